@@ -1,0 +1,12 @@
+//! The Weft replica, server node and replication engine.
+//!
+//! A replica is a local store (ledger + sparse Merkle tree index + apply pipeline) that
+//! an application embeds; a server node serves many tenants to many replicas; the
+//! replication engine keeps the two in step through links with durable checkpoints in
+//! both directions.
+//!
+//! Invariants (filled by the `sync-engine` issues):
+//! - durable checkpoints are the truth; live delivery only accelerates discovery;
+//! - a checkpoint advances only over a contiguous run of durably applied work;
+//! - replicas that have applied the same messages hold the same state;
+//! - the per-link logic is a sans-IO state machine driven by a thin tokio driver.

@@ -1,0 +1,1 @@
+//! Weft's pure types (being filled by the workspace issue).
