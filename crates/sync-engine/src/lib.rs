@@ -5,8 +5,16 @@
 //! replication engine keeps the two in step through links with durable checkpoints in
 //! both directions.
 //!
-//! Invariants (filled by the `sync-engine` issues):
+//! Invariants:
 //! - durable checkpoints are the truth; live delivery only accelerates discovery;
-//! - a checkpoint advances only over a contiguous run of durably applied work;
+//! - a checkpoint advances only over a contiguous run of durably applied work
+//!   ([`delivery::DeliveryTracker`]);
 //! - replicas that have applied the same messages hold the same state;
-//! - the per-link logic is a sans-IO state machine driven by a thin tokio driver.
+//! - the per-link logic is a sans-IO state machine ([`machine::LinkMachine`]) driven by a
+//!   thin tokio driver: no clock reads, no sockets and no tokio inside it.
+
+#![deny(missing_docs)]
+
+pub mod delivery;
+pub mod machine;
+pub mod order;

@@ -1,0 +1,1085 @@
+//! The per-link replication state machine, sans-IO.
+//!
+//! A [`LinkMachine`] owns one link's durable state ([`LinkState`]) and its runtime state
+//! (subscription, deliveries in flight, push and repair progress, timers). It never does
+//! I/O and never reads a clock: the driver feeds it inputs through `handle_*` methods, with
+//! `now_ms` passed in, and drains the resulting [`Action`]s with
+//! [`poll_action`](LinkMachine::poll_action): open or close the subscription, push, pull,
+//! reconcile, persist the state, emit an event, arm or cancel a timer.
+//!
+//! Invariants it keeps:
+//!
+//! - **Checkpoints move only over contiguous durable work.** Pull deliveries are tracked
+//!   by ordinal ([`DeliveryTracker`]); the pull checkpoint moves when the lowest
+//!   outstanding delivery is applied. The push checkpoint moves only to what the remote
+//!   acknowledged.
+//! - **Persist before announce.** Every `Persist` action precedes the events that report
+//!   the change it carries; the driver executes actions in order.
+//! - **Nothing stale acts.** Each subscription the machine opens has a fresh
+//!   [`SubscriptionId`]; inputs naming an old one are ignored. Each reconcile, push and
+//!   pull the machine asks for carries a [`Ticket`]; results with another ticket are
+//!   ignored. A machine replaced on reconfiguration ignores everything of the old one by
+//!   construction: the driver drops it.
+//! - **An explicit opening state.** A loaded link starts in `opening`
+//!   ([`LinkState::on_load`]); deliveries are accepted and committed while `opening`,
+//!   `initializing` or `live`, and by the subscription that a repair reopens, so no
+//!   catch-up event is applied without being committed (upstream hazard H1).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use sync_types::{
+    Connectivity, Direction, Gap, LinkState, LinkStatus, ProgressToken, ReconcileReason, Scope,
+    SyncEvent,
+};
+
+use crate::delivery::{DeliveryTracker, IN_FLIGHT_DELIVERIES_MAX, Ordinal};
+
+/// How a link replicates.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    /// A live subscription pulls; local writes push at once.
+    Live,
+    /// Periodic catch-up, push and reconcile.
+    Poll,
+}
+
+/// Tunables of a link. Defaults follow SPEC section 2 and the upstream constants.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    /// Live or poll.
+    pub mode: Mode,
+    /// Deliveries in flight before the link goes to repair (default 100).
+    pub in_flight_deliveries_max: usize,
+    /// Wait before each push attempt (default 0, 250, 1000, 2000 ms); after the last
+    /// attempt fails the link needs a reconcile.
+    pub push_retry_backoff_ms: Vec<u64>,
+    /// Batch window for writes that arrive while a push is in flight (default 100 ms).
+    pub push_batch_window_ms: u64,
+    /// Wait before each repair retry (default 1, 3, 10 s).
+    pub repair_backoff_ms: Vec<u64>,
+    /// Repair attempts before degraded polling (default 3).
+    pub repair_attempts_max: u32,
+    /// Degraded poll period (default 15 s) plus up to `degraded_poll_jitter_ms` (15 s).
+    pub degraded_poll_ms: u64,
+    /// Jitter added to each degraded poll period.
+    pub degraded_poll_jitter_ms: u64,
+    /// Poll period in poll mode (default 2 min).
+    pub poll_interval_ms: u64,
+    /// Cap on the poll backoff factor after consecutive failures (default 4).
+    pub poll_backoff_factor_max: u64,
+    /// Period of the integrity reconcile in live mode (default 5 min).
+    pub integrity_check_ms: u64,
+    /// Delay before a reconcile the link asked for itself (default 1 s).
+    pub reconcile_delay_ms: u64,
+    /// Delays before reconnecting a dropped subscription (default 250 ms, 1 s, 5 s).
+    pub reconnect_backoff_ms: Vec<u64>,
+    /// Seed of the jitter generator, so a simulation replays exactly.
+    pub jitter_seed: u64,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Live,
+            in_flight_deliveries_max: IN_FLIGHT_DELIVERIES_MAX,
+            push_retry_backoff_ms: vec![0, 250, 1_000, 2_000],
+            push_batch_window_ms: 100,
+            repair_backoff_ms: vec![1_000, 3_000, 10_000],
+            repair_attempts_max: 3,
+            degraded_poll_ms: 15_000,
+            degraded_poll_jitter_ms: 15_000,
+            poll_interval_ms: 120_000,
+            poll_backoff_factor_max: 4,
+            integrity_check_ms: 300_000,
+            reconcile_delay_ms: 1_000,
+            reconnect_backoff_ms: vec![250, 1_000, 5_000],
+            jitter_seed: 0,
+        }
+    }
+}
+
+/// Names one subscription the machine opened.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct SubscriptionId(pub u64);
+
+/// Names one push, pull or reconcile the machine asked for.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct Ticket(pub u64);
+
+/// The timers a link uses; at most one of each is armed.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum Timer {
+    /// Retry a failed push.
+    PushRetry,
+    /// Flush writes batched while a push was in flight.
+    PushBatch,
+    /// Run a reconcile the link asked for.
+    Reconcile,
+    /// Retry a failed repair.
+    RepairRetry,
+    /// Degraded polling tick.
+    DegradedPoll,
+    /// Poll-mode tick.
+    Poll,
+    /// Live-mode integrity reconcile.
+    IntegrityCheck,
+    /// Reopen a dropped subscription.
+    Reconnect,
+}
+
+/// Something the driver must do, in order.
+// Actions are drained as soon as they are produced; boxing events would cost an
+// allocation per event for no memory saved.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[must_use]
+pub enum Action {
+    /// Open the live subscription after `from` (from the log's start when `None`).
+    OpenSubscription {
+        /// Names this subscription in later inputs.
+        id: SubscriptionId,
+        /// The cursor to resume after.
+        from: Option<ProgressToken>,
+    },
+    /// Close the current subscription.
+    CloseSubscription,
+    /// Push local log entries after `after`, and report with
+    /// [`handle_push_result`](LinkMachine::handle_push_result).
+    Push {
+        /// Names this push.
+        ticket: Ticket,
+        /// The push checkpoint.
+        after: Option<ProgressToken>,
+    },
+    /// Read the remote log after `after` and apply it, and report with
+    /// [`handle_catch_up_result`](LinkMachine::handle_catch_up_result).
+    CatchUp {
+        /// Names this pull.
+        ticket: Ticket,
+        /// The pull checkpoint.
+        after: Option<ProgressToken>,
+    },
+    /// Run a full reconcile (tree diff both ways, then compare roots), and report with
+    /// [`handle_reconcile_result`](LinkMachine::handle_reconcile_result).
+    Reconcile {
+        /// Names this reconcile.
+        ticket: Ticket,
+    },
+    /// Write the link state durably before doing anything that follows.
+    Persist(Box<LinkState>),
+    /// Report an event (after the preceding `Persist`).
+    Emit(SyncEvent),
+    /// Arm (or re-arm) a timer.
+    ArmTimer {
+        /// Which timer.
+        timer: Timer,
+        /// When it fires, in the driver's clock.
+        at_ms: u64,
+    },
+    /// Disarm a timer.
+    CancelTimer(Timer),
+}
+
+/// What the driver should do with a live event.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[must_use]
+pub enum EventDecision {
+    /// Apply it, then call [`handle_applied`](LinkMachine::handle_applied) with this
+    /// ordinal.
+    Apply(Ordinal),
+    /// Nothing to do (already counted).
+    Skip,
+    /// Drop it: stale subscription, or the link went to repair.
+    Ignore,
+}
+
+/// How the driver classified a live event.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum EventClass {
+    /// In scope and not yet held: must be applied.
+    Apply,
+    /// Out of scope, or already held: nothing to apply.
+    Skip,
+    /// Cannot be classified: fail closed and repair.
+    Unknown,
+}
+
+/// Why a subscription ended.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum SubscriptionEnd {
+    /// The cursor is stale.
+    Gap(Gap),
+    /// The server reported an error, or told the subscriber it fell behind.
+    Error(String),
+    /// The connection dropped.
+    Disconnected,
+}
+
+/// The result of a push.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum PushResult {
+    /// The remote settled every entry up to `upto` (applied, or refused for good and
+    /// dead-lettered by the driver); `None` when there was nothing to push.
+    Settled {
+        /// The new push checkpoint.
+        upto: Option<ProgressToken>,
+    },
+    /// The push failed transiently (unreachable, timeout, deferred).
+    Failed(String),
+}
+
+/// The result of a reconcile.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum ReconcileResult {
+    /// Both sides exchanged what they lacked; `converged` when the roots then matched.
+    Done {
+        /// Whether the roots matched afterwards.
+        converged: bool,
+    },
+    /// The reconcile failed (unreachable, timeout, refused).
+    Failed(String),
+}
+
+/// The result of a catch-up read of the remote log.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum CatchUpResult {
+    /// Every page was applied; `upto` is the last token applied (or `None` if there was
+    /// nothing) and `head` the remote head seen.
+    Done {
+        /// The new pull checkpoint.
+        upto: Option<ProgressToken>,
+        /// The remote head.
+        head: Option<ProgressToken>,
+    },
+    /// The cursor is stale.
+    Gap(Gap),
+    /// The read or an apply failed.
+    Failed(String),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum RepairPhase {
+    /// First reconcile running.
+    Reconciling,
+    /// Subscription reopened; waiting for end-of-stored-events.
+    Reopening,
+    /// Second reconcile, closing the window between reconcile and resubscribe.
+    Closing,
+    /// Waiting for a retry timer.
+    Waiting,
+}
+
+#[derive(Debug)]
+struct Repair {
+    attempt: u32,
+    phase: RepairPhase,
+    resume: Option<ProgressToken>,
+    from_degraded: bool,
+}
+
+/// One link's replication logic. See the module docs.
+#[derive(Debug)]
+pub struct LinkMachine {
+    config: LinkConfig,
+    state: LinkState,
+    actions: VecDeque<Action>,
+    tracker: DeliveryTracker,
+    next_id: u64,
+    subscription: Option<SubscriptionId>,
+    reconnects: u32,
+    push_ticket: Option<Ticket>,
+    push_failures: usize,
+    writes_during_push: bool,
+    local_head: Option<ProgressToken>,
+    remote_head: Option<ProgressToken>,
+    reconcile_ticket: Option<Ticket>,
+    reconcile_again: bool,
+    catch_up_ticket: Option<Ticket>,
+    poll_failures: u32,
+    repair: Option<Repair>,
+    timers: BTreeMap<Timer, u64>,
+    jitter_state: u64,
+    started: bool,
+}
+
+impl LinkMachine {
+    /// A machine over a link state as loaded from the ledger (or just created). Call
+    /// [`handle_start`](Self::handle_start) to begin.
+    pub fn new(state: LinkState, config: LinkConfig) -> Self {
+        let state = if state.status == LinkStatus::Initializing {
+            state
+        } else {
+            state.on_load()
+        };
+        Self {
+            tracker: DeliveryTracker::new(config.in_flight_deliveries_max),
+            jitter_state: config.jitter_seed,
+            config,
+            state,
+            actions: VecDeque::new(),
+            next_id: 0,
+            subscription: None,
+            reconnects: 0,
+            push_ticket: None,
+            push_failures: 0,
+            writes_during_push: false,
+            local_head: None,
+            remote_head: None,
+            reconcile_ticket: None,
+            reconcile_again: false,
+            catch_up_ticket: None,
+            poll_failures: 0,
+            repair: None,
+            timers: BTreeMap::new(),
+            started: false,
+        }
+    }
+
+    /// The link's state as the machine sees it.
+    pub fn state(&self) -> &LinkState {
+        &self.state
+    }
+
+    /// The next action for the driver, in order.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The time the earliest armed timer fires.
+    pub fn next_timer(&self) -> Option<(Timer, u64)> {
+        self.timers
+            .iter()
+            .map(|(&t, &at)| (t, at))
+            .min_by_key(|&(_, at)| at)
+    }
+
+    /// Whether everything known on the remote has been applied here and nothing local is
+    /// waiting to be pushed. Never true before the remote head has been seen once.
+    pub fn is_caught_up(&self) -> bool {
+        let pulled = match (self.remote_head, self.state.pull.contiguous_applied) {
+            (None, _) => false,
+            (Some(head), Some(at)) => head.compare(&at).is_some_and(|o| o.is_le()),
+            (Some(_), None) => false,
+        };
+        let pushed = match (self.local_head, self.state.push.contiguous_applied) {
+            (None, _) => true,
+            (Some(head), Some(at)) => head.compare(&at).is_some_and(|o| o.is_le()),
+            (Some(_), None) => false,
+        };
+        pulled && pushed && self.push_ticket.is_none()
+    }
+
+    /// Tells the machine the newest entry of the local log, so it knows what is pending
+    /// to push (call it once at start, then [`handle_local_write`](Self::handle_local_write)
+    /// for every new entry).
+    pub fn set_local_head(&mut self, head: Option<ProgressToken>) {
+        self.local_head = head;
+    }
+
+    /// Starts the link: opens the subscription (live mode) or starts polling, pushes what
+    /// is pending and schedules the reconciles it needs.
+    pub fn handle_start(&mut self, now_ms: u64) {
+        if self.started
+            || matches!(
+                self.state.status,
+                LinkStatus::Paused | LinkStatus::TerminalIncomplete
+            )
+        {
+            return;
+        }
+        self.started = true;
+        let first_sync = self.state.last_sync_ms.is_none();
+        if self.live() {
+            self.open_subscription(self.state.pull.contiguous_applied);
+            self.arm(
+                Timer::IntegrityCheck,
+                now_ms + self.config.integrity_check_ms,
+            );
+        } else {
+            self.set_status(LinkStatus::Polling);
+            self.arm(Timer::Poll, now_ms);
+        }
+        if first_sync && !self.state.needs_reconcile {
+            self.state.needs_reconcile = true;
+            self.persist();
+            self.emit(SyncEvent::ReconcileNeeded {
+                link: self.state.key.clone(),
+                reason: ReconcileReason::FirstSync,
+            });
+        }
+        if self.state.needs_reconcile && self.live() {
+            self.start_reconcile();
+        }
+        self.push_if_idle();
+    }
+
+    /// Stops the link: closes the subscription and disarms every timer. Results of work
+    /// still in flight are ignored from now on.
+    pub fn handle_stop(&mut self) {
+        if self.subscription.take().is_some() {
+            self.actions.push_back(Action::CloseSubscription);
+        }
+        for timer in std::mem::take(&mut self.timers).into_keys() {
+            self.actions.push_back(Action::CancelTimer(timer));
+        }
+        self.push_ticket = None;
+        self.reconcile_ticket = None;
+        self.catch_up_ticket = None;
+        self.tracker.reset();
+        self.started = false;
+    }
+
+    /// A live event arrived on subscription `id` with cursor `token`.
+    pub fn handle_event(
+        &mut self,
+        _now_ms: u64,
+        id: SubscriptionId,
+        token: ProgressToken,
+        class: EventClass,
+    ) -> EventDecision {
+        if self.subscription != Some(id) {
+            return EventDecision::Ignore;
+        }
+        self.reconnects = 0;
+        if !self.state.pull.accepts_domain(&token) {
+            self.enter_repair(None);
+            return EventDecision::Ignore;
+        }
+        match class {
+            EventClass::Unknown => {
+                self.mark_needs_reconcile(ReconcileReason::ScopeUnclassified);
+                self.enter_repair(None);
+                EventDecision::Ignore
+            }
+            EventClass::Skip => match self.tracker.skip(token) {
+                Ok(advanced) => {
+                    self.advance_pull(advanced);
+                    EventDecision::Skip
+                }
+                Err(_) => {
+                    self.enter_repair(None);
+                    EventDecision::Ignore
+                }
+            },
+            EventClass::Apply => match self.tracker.deliver(token) {
+                Ok(ordinal) => EventDecision::Apply(ordinal),
+                Err(_) => {
+                    self.enter_repair(None);
+                    EventDecision::Ignore
+                }
+            },
+        }
+    }
+
+    /// A delivery finished: durably applied (`Ok`) or failed.
+    pub fn handle_applied(
+        &mut self,
+        _now_ms: u64,
+        id: SubscriptionId,
+        ordinal: Ordinal,
+        result: Result<(), String>,
+    ) {
+        if self.subscription != Some(id) {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                let advanced = self.tracker.complete(ordinal);
+                self.state.counters.messages_pulled += 1;
+                self.advance_pull(advanced);
+            }
+            Err(_) => {
+                self.state.counters.failures += 1;
+                self.enter_repair(None);
+            }
+        }
+    }
+
+    /// The subscription finished replaying stored events; `token` is the remote head.
+    pub fn handle_eose(&mut self, now_ms: u64, id: SubscriptionId, token: Option<ProgressToken>) {
+        if self.subscription != Some(id) {
+            return;
+        }
+        self.reconnects = 0;
+        if let Some(token) = token {
+            if !self.state.pull.accepts_domain(&token) {
+                self.enter_repair(None);
+                return;
+            }
+            self.remote_head = Some(token);
+            self.state.pull.observe_received(token);
+        }
+        self.set_connectivity(Connectivity::Online);
+        match self.state.status {
+            LinkStatus::Opening | LinkStatus::Initializing => self.set_status(LinkStatus::Live),
+            LinkStatus::Repairing => {
+                if let Some(repair) = &mut self.repair
+                    && repair.phase == RepairPhase::Reopening
+                {
+                    repair.phase = RepairPhase::Closing;
+                    self.start_reconcile();
+                }
+            }
+            _ => {}
+        }
+        if self.state.needs_reconcile && self.repair.is_none() && self.reconcile_ticket.is_none() {
+            self.arm(Timer::Reconcile, now_ms + self.config.reconcile_delay_ms);
+        }
+    }
+
+    /// The subscription ended.
+    pub fn handle_subscription_end(
+        &mut self,
+        now_ms: u64,
+        id: SubscriptionId,
+        end: SubscriptionEnd,
+    ) {
+        if self.subscription != Some(id) {
+            return;
+        }
+        self.subscription = None;
+        match end {
+            SubscriptionEnd::Gap(gap) => {
+                let resume = gap.latest_available;
+                self.emit(SyncEvent::GapDetected {
+                    link: self.state.key.clone(),
+                    gap,
+                });
+                self.enter_repair(resume);
+            }
+            SubscriptionEnd::Error(_) => self.enter_repair(None),
+            SubscriptionEnd::Disconnected => {
+                // The durable checkpoint is the truth: reopening from it replays whatever
+                // was in flight, so a drop costs latency, not a repair.
+                self.tracker.reset();
+                self.set_connectivity(Connectivity::Offline);
+                if self.repair.is_some() {
+                    self.repair_failed(now_ms, "subscription dropped during repair".into());
+                } else {
+                    let delays = &self.config.reconnect_backoff_ms;
+                    let delay = delays[usize::try_from(self.reconnects)
+                        .unwrap_or(usize::MAX)
+                        .min(delays.len() - 1)];
+                    self.reconnects = self.reconnects.saturating_add(1);
+                    self.arm(Timer::Reconnect, now_ms + delay);
+                }
+            }
+        }
+    }
+
+    /// A new entry was appended to the local log.
+    pub fn handle_local_write(&mut self, _now_ms: u64, head: ProgressToken) {
+        self.local_head = Some(head);
+        if self.push_ticket.is_some() {
+            // Bursts: batch what arrives during a push into one flush right after it.
+            self.writes_during_push = true;
+        } else if !self.timers.contains_key(&Timer::PushRetry)
+            && !self.timers.contains_key(&Timer::PushBatch)
+        {
+            self.start_push();
+        }
+    }
+
+    /// A push finished.
+    pub fn handle_push_result(&mut self, now_ms: u64, ticket: Ticket, result: PushResult) {
+        if self.push_ticket != Some(ticket) {
+            return;
+        }
+        self.push_ticket = None;
+        match result {
+            PushResult::Settled { upto } => {
+                self.push_failures = 0;
+                self.set_connectivity(Connectivity::Online);
+                if let Some(upto) = upto
+                    && self.state.push.contiguous_applied != Some(upto)
+                {
+                    self.state.push.commit(upto);
+                    self.persist();
+                    self.emit(SyncEvent::CheckpointAdvanced {
+                        link: self.state.key.clone(),
+                        direction: Direction::Push,
+                        token: upto,
+                    });
+                }
+                if self.push_pending() {
+                    if std::mem::take(&mut self.writes_during_push) {
+                        self.arm(Timer::PushBatch, now_ms + self.config.push_batch_window_ms);
+                    } else {
+                        self.start_push();
+                    }
+                }
+            }
+            PushResult::Failed(_) => {
+                self.writes_during_push = false;
+                self.push_failures += 1;
+                self.set_connectivity(Connectivity::Offline);
+                match self.config.push_retry_backoff_ms.get(self.push_failures) {
+                    Some(&delay) => self.arm(Timer::PushRetry, now_ms + delay),
+                    None => {
+                        self.push_failures = 0;
+                        self.mark_needs_reconcile(ReconcileReason::PushRetryExhausted);
+                        self.arm(Timer::Reconcile, now_ms + self.config.reconcile_delay_ms);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A catch-up read finished.
+    pub fn handle_catch_up_result(&mut self, now_ms: u64, ticket: Ticket, result: CatchUpResult) {
+        if self.catch_up_ticket != Some(ticket) {
+            return;
+        }
+        self.catch_up_ticket = None;
+        match result {
+            CatchUpResult::Done { upto, head } => {
+                self.poll_failures = 0;
+                self.set_connectivity(Connectivity::Online);
+                if head.is_some() {
+                    self.remote_head = head;
+                }
+                self.advance_pull(upto);
+                self.arm(Timer::Poll, now_ms + self.config.poll_interval_ms);
+            }
+            CatchUpResult::Gap(gap) => {
+                let resume = gap.latest_available;
+                self.emit(SyncEvent::GapDetected {
+                    link: self.state.key.clone(),
+                    gap,
+                });
+                self.enter_repair(resume);
+            }
+            CatchUpResult::Failed(_) => {
+                self.poll_failures = self.poll_failures.saturating_add(1);
+                self.set_connectivity(Connectivity::Offline);
+                let factor = 1u64
+                    .checked_shl(self.poll_failures)
+                    .unwrap_or(u64::MAX)
+                    .min(self.config.poll_backoff_factor_max);
+                self.arm(
+                    Timer::Poll,
+                    now_ms + self.config.poll_interval_ms.saturating_mul(factor),
+                );
+            }
+        }
+    }
+
+    /// A reconcile finished.
+    pub fn handle_reconcile_result(
+        &mut self,
+        now_ms: u64,
+        ticket: Ticket,
+        result: ReconcileResult,
+    ) {
+        if self.reconcile_ticket != Some(ticket) {
+            return;
+        }
+        self.reconcile_ticket = None;
+        if let Some(phase) = self.repair.as_ref().map(|r| r.phase) {
+            match (phase, result) {
+                (RepairPhase::Reconciling, ReconcileResult::Done { .. }) => self.repair_reopen(),
+                (RepairPhase::Closing, ReconcileResult::Done { converged: true }) => {
+                    self.repair_completed(now_ms)
+                }
+                (RepairPhase::Closing, ReconcileResult::Done { converged: false }) => {
+                    self.repair_failed(now_ms, "roots differ after repair".into());
+                }
+                (_, ReconcileResult::Failed(error)) => self.repair_failed(now_ms, error),
+                (_, ReconcileResult::Done { .. }) => {}
+            }
+            return;
+        }
+        match result {
+            ReconcileResult::Done { converged: true } => {
+                self.set_connectivity(Connectivity::Online);
+                self.state.needs_reconcile = false;
+                self.state.last_sync_ms = Some(now_ms);
+                self.persist();
+                self.emit(SyncEvent::ReconcileCompleted {
+                    link: self.state.key.clone(),
+                });
+            }
+            ReconcileResult::Done { converged: false } => {
+                // Writes landed on either side while the diff ran; try again shortly.
+                self.arm(Timer::Reconcile, now_ms + self.config.reconcile_delay_ms);
+            }
+            ReconcileResult::Failed(_) => {
+                self.set_connectivity(Connectivity::Offline);
+                self.arm(
+                    Timer::Reconcile,
+                    now_ms + self.config.reconcile_delay_ms.saturating_mul(5),
+                );
+            }
+        }
+        if std::mem::take(&mut self.reconcile_again) {
+            self.start_reconcile();
+        }
+    }
+
+    /// A timer fired. Timers the machine no longer has armed are ignored.
+    pub fn handle_timer(&mut self, now_ms: u64, timer: Timer) {
+        match self.timers.get(&timer) {
+            Some(&at) if at <= now_ms => {
+                self.timers.remove(&timer);
+            }
+            _ => return,
+        }
+        match timer {
+            Timer::PushRetry | Timer::PushBatch => self.start_push(),
+            Timer::Reconcile => {
+                if self.repair.is_none() {
+                    self.start_reconcile();
+                }
+            }
+            Timer::RepairRetry => {
+                if let Some(repair) = &mut self.repair {
+                    repair.phase = RepairPhase::Reconciling;
+                    repair.attempt += 1;
+                    let attempt = repair.attempt;
+                    self.state.counters.repairs += 1;
+                    self.emit(SyncEvent::RepairStarted {
+                        link: self.state.key.clone(),
+                        attempt,
+                    });
+                    self.start_reconcile();
+                }
+            }
+            Timer::DegradedPoll => {
+                if self.state.status == LinkStatus::DegradedPoll {
+                    self.set_status(LinkStatus::Repairing);
+                    self.repair = Some(Repair {
+                        attempt: 1,
+                        phase: RepairPhase::Reconciling,
+                        resume: None,
+                        from_degraded: true,
+                    });
+                    self.state.counters.repairs += 1;
+                    self.emit(SyncEvent::RepairStarted {
+                        link: self.state.key.clone(),
+                        attempt: 1,
+                    });
+                    self.start_reconcile();
+                }
+            }
+            Timer::Poll => {
+                if self.state.status == LinkStatus::Polling {
+                    self.start_catch_up();
+                    self.push_if_idle();
+                    if self.state.needs_reconcile {
+                        self.start_reconcile();
+                    }
+                }
+            }
+            Timer::IntegrityCheck => {
+                self.start_reconcile();
+                self.arm(
+                    Timer::IntegrityCheck,
+                    now_ms + self.config.integrity_check_ms,
+                );
+            }
+            Timer::Reconnect => {
+                if self.subscription.is_none() && self.repair.is_none() && self.live() {
+                    self.open_subscription(self.state.pull.contiguous_applied);
+                }
+            }
+        }
+    }
+
+    /// A dependency outside the grant is missing: the link stops for good.
+    pub fn handle_terminal(&mut self) {
+        if self.state.status == LinkStatus::TerminalIncomplete {
+            return;
+        }
+        self.handle_stop();
+        self.repair = None;
+        self.set_status(LinkStatus::TerminalIncomplete);
+    }
+
+    fn live(&self) -> bool {
+        // Projections have no live subscription: they are reconciled by polling.
+        self.config.mode == Mode::Live && !matches!(self.state.scope, Scope::Projection(_))
+    }
+
+    fn push_pending(&self) -> bool {
+        match (self.local_head, self.state.push.contiguous_applied) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            // A checkpoint from another epoch of the local log counts as nothing pushed.
+            (Some(head), Some(at)) => head.compare(&at).is_none_or(|o| o.is_gt()),
+        }
+    }
+
+    fn push_if_idle(&mut self) {
+        if self.push_ticket.is_none() && self.push_pending() {
+            self.start_push();
+        }
+    }
+
+    fn start_push(&mut self) {
+        if self.push_ticket.is_some() || !self.push_pending() {
+            return;
+        }
+        let ticket = self.ticket();
+        self.push_ticket = Some(ticket);
+        self.actions.push_back(Action::Push {
+            ticket,
+            after: self.state.push.contiguous_applied,
+        });
+    }
+
+    fn start_catch_up(&mut self) {
+        if self.catch_up_ticket.is_some() {
+            return;
+        }
+        let ticket = self.ticket();
+        self.catch_up_ticket = Some(ticket);
+        self.actions.push_back(Action::CatchUp {
+            ticket,
+            after: self.state.pull.contiguous_applied,
+        });
+    }
+
+    fn start_reconcile(&mut self) {
+        if self.reconcile_ticket.is_some() {
+            self.reconcile_again = true;
+            return;
+        }
+        self.cancel(Timer::Reconcile);
+        let ticket = self.ticket();
+        self.reconcile_ticket = Some(ticket);
+        self.actions.push_back(Action::Reconcile { ticket });
+    }
+
+    fn open_subscription(&mut self, from: Option<ProgressToken>) {
+        if self.subscription.take().is_some() {
+            self.actions.push_back(Action::CloseSubscription);
+        }
+        self.tracker.reset();
+        let id = SubscriptionId(self.next_id);
+        self.next_id += 1;
+        self.subscription = Some(id);
+        self.actions
+            .push_back(Action::OpenSubscription { id, from });
+    }
+
+    fn advance_pull(&mut self, token: Option<ProgressToken>) {
+        let Some(token) = token else { return };
+        if self.state.pull.contiguous_applied == Some(token) {
+            return;
+        }
+        self.state.pull.commit(token);
+        self.persist();
+        self.emit(SyncEvent::CheckpointAdvanced {
+            link: self.state.key.clone(),
+            direction: Direction::Pull,
+            token,
+        });
+    }
+
+    fn mark_needs_reconcile(&mut self, reason: ReconcileReason) {
+        if self.state.needs_reconcile {
+            return;
+        }
+        self.state.needs_reconcile = true;
+        self.persist();
+        self.emit(SyncEvent::ReconcileNeeded {
+            link: self.state.key.clone(),
+            reason,
+        });
+    }
+
+    fn enter_repair(&mut self, resume: Option<ProgressToken>) {
+        if matches!(
+            self.state.status,
+            LinkStatus::TerminalIncomplete | LinkStatus::Paused
+        ) {
+            return;
+        }
+        if let Some(repair) = &mut self.repair {
+            // Already repairing: remember the newest resume point, keep going.
+            if resume.is_some() {
+                repair.resume = resume;
+            }
+            return;
+        }
+        if self.subscription.take().is_some() {
+            self.actions.push_back(Action::CloseSubscription);
+        }
+        self.tracker.reset();
+        self.cancel(Timer::Reconnect);
+        self.set_status(LinkStatus::Repairing);
+        self.set_connectivity(Connectivity::Offline);
+        self.repair = Some(Repair {
+            attempt: 1,
+            phase: RepairPhase::Reconciling,
+            resume,
+            from_degraded: false,
+        });
+        self.state.counters.repairs += 1;
+        self.emit(SyncEvent::RepairStarted {
+            link: self.state.key.clone(),
+            attempt: 1,
+        });
+        if self.reconcile_ticket.take().is_some() {
+            // A reconcile already running started before the trouble; run a fresh one.
+            self.reconcile_again = false;
+        }
+        self.start_reconcile();
+    }
+
+    fn repair_reopen(&mut self) {
+        let Some(resume) = self.repair.as_ref().map(|r| r.resume) else {
+            return;
+        };
+        let resume = resume.or(self.state.pull.contiguous_applied);
+        self.state.pull.reset(resume);
+        self.persist();
+        let live = self.live();
+        if let Some(repair) = &mut self.repair {
+            repair.phase = if live {
+                RepairPhase::Reopening
+            } else {
+                RepairPhase::Closing
+            };
+        }
+        if live {
+            self.open_subscription(resume);
+        } else {
+            self.start_reconcile();
+        }
+    }
+
+    fn repair_completed(&mut self, now_ms: u64) {
+        self.repair = None;
+        self.state.needs_reconcile = false;
+        self.state.last_sync_ms = Some(now_ms);
+        self.cancel(Timer::RepairRetry);
+        self.cancel(Timer::DegradedPoll);
+        let to = if self.live() {
+            LinkStatus::Live
+        } else {
+            LinkStatus::Polling
+        };
+        self.set_connectivity(Connectivity::Online);
+        self.set_status(to);
+        self.emit(SyncEvent::RepairCompleted {
+            link: self.state.key.clone(),
+        });
+        if to == LinkStatus::Polling {
+            self.arm(Timer::Poll, now_ms + self.config.poll_interval_ms);
+        }
+        self.push_if_idle();
+    }
+
+    fn repair_failed(&mut self, now_ms: u64, error: String) {
+        let Some(repair) = &mut self.repair else {
+            return;
+        };
+        let attempt = repair.attempt;
+        let from_degraded = repair.from_degraded;
+        repair.phase = RepairPhase::Waiting;
+        if self.subscription.take().is_some() {
+            self.actions.push_back(Action::CloseSubscription);
+        }
+        self.tracker.reset();
+        self.emit(SyncEvent::RepairFailed {
+            link: self.state.key.clone(),
+            attempt,
+            error,
+        });
+        if from_degraded || attempt >= self.config.repair_attempts_max {
+            self.repair = None;
+            let entering = self.state.status != LinkStatus::DegradedPoll && !from_degraded;
+            self.set_status(LinkStatus::DegradedPoll);
+            if entering {
+                self.emit(SyncEvent::DegradedPollEntered {
+                    link: self.state.key.clone(),
+                });
+            }
+            let jitter = self.jitter(self.config.degraded_poll_jitter_ms);
+            self.arm(
+                Timer::DegradedPoll,
+                now_ms + self.config.degraded_poll_ms + jitter,
+            );
+        } else {
+            let delays = &self.config.repair_backoff_ms;
+            let index = usize::try_from(attempt - 1)
+                .unwrap_or(usize::MAX)
+                .min(delays.len() - 1);
+            let delay = delays[index];
+            self.arm(Timer::RepairRetry, now_ms + delay);
+        }
+    }
+
+    fn set_status(&mut self, to: LinkStatus) {
+        let from = self.state.status;
+        if from == to && to != LinkStatus::Repairing {
+            return;
+        }
+        match self.state.set_status(to) {
+            Ok(_) => {
+                self.persist();
+                if from != to {
+                    self.emit(SyncEvent::LinkStatusChanged {
+                        link: self.state.key.clone(),
+                        from,
+                        to,
+                    });
+                }
+            }
+            Err(e) => debug_assert!(false, "the machine asked for a refused transition: {e}"),
+        }
+    }
+
+    fn set_connectivity(&mut self, to: Connectivity) {
+        let from = self.state.connectivity;
+        if from == to {
+            return;
+        }
+        // Connectivity is runtime knowledge (reset on load): reported, not persisted.
+        self.state.connectivity = to;
+        self.emit(SyncEvent::ConnectivityChanged {
+            link: self.state.key.clone(),
+            from,
+            to,
+        });
+    }
+
+    fn persist(&mut self) {
+        self.actions
+            .push_back(Action::Persist(Box::new(self.state.clone())));
+    }
+
+    fn emit(&mut self, event: SyncEvent) {
+        self.actions.push_back(Action::Emit(event));
+    }
+
+    fn arm(&mut self, timer: Timer, at_ms: u64) {
+        self.timers.insert(timer, at_ms);
+        self.actions.push_back(Action::ArmTimer { timer, at_ms });
+    }
+
+    fn cancel(&mut self, timer: Timer) {
+        if self.timers.remove(&timer).is_some() {
+            self.actions.push_back(Action::CancelTimer(timer));
+        }
+    }
+
+    fn ticket(&mut self) -> Ticket {
+        let t = Ticket(self.next_id);
+        self.next_id += 1;
+        t
+    }
+
+    /// Uniform in `[0, bound)` from the seeded splitmix64 sequence.
+    fn jitter(&mut self, bound: u64) -> u64 {
+        if bound == 0 {
+            return 0;
+        }
+        self.jitter_state = self.jitter_state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.jitter_state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % bound
+    }
+}
