@@ -16,5 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod delivery;
+pub mod echo;
+pub mod index;
 pub mod machine;
 pub mod order;

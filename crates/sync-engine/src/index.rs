@@ -1,0 +1,185 @@
+//! The tree index: one sparse Merkle tree per tenant and one per (tenant, protocol).
+//!
+//! A tree holds the cids of the messages a store retains (protocol configurations and the
+//! retained versions of records), so two stores that retain the same messages have the
+//! same roots, and the diff between them finds exactly what each lacks. The index lives in
+//! memory; it is rebuilt from the ledger on open, which is what keeps it from ever being
+//! out of step with the store after a crash.
+//!
+//! Cost: each tree costs what [`sync_smt::Tree`] documents per key, and every message is
+//! in two trees (its tenant's and its protocol's). A protocol-set scope of one protocol
+//! uses that protocol's tree; a set of several builds the union on demand, in time linear
+//! in its size.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+
+use sync_smt::{Hash, Tree};
+use sync_types::{Cid, ProtocolName, Scope, TenantId};
+
+/// The trees of every tenant.
+#[derive(Debug, Default)]
+pub struct TreeIndex {
+    tenants: HashMap<TenantId, TenantTrees>,
+}
+
+#[derive(Debug, Default)]
+struct TenantTrees {
+    all: Tree,
+    by_protocol: BTreeMap<ProtocolName, Tree>,
+}
+
+impl TreeIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a retained message; returns whether it was new.
+    pub fn insert(&mut self, tenant: &TenantId, protocol: &ProtocolName, cid: Cid) -> bool {
+        let trees = self.tenants.entry(tenant.clone()).or_default();
+        trees
+            .by_protocol
+            .entry(protocol.clone())
+            .or_default()
+            .insert(*cid.as_bytes());
+        trees.all.insert(*cid.as_bytes())
+    }
+
+    /// Removes a message that is no longer retained; returns whether it was there.
+    pub fn remove(&mut self, tenant: &TenantId, protocol: &ProtocolName, cid: &Cid) -> bool {
+        let Some(trees) = self.tenants.get_mut(tenant) else {
+            return false;
+        };
+        if let Some(tree) = trees.by_protocol.get_mut(protocol) {
+            tree.remove(cid.as_bytes());
+            if tree.is_empty() {
+                trees.by_protocol.remove(protocol);
+            }
+        }
+        trees.all.remove(cid.as_bytes())
+    }
+
+    /// Replaces a tenant's trees with ones built from `(protocol, cid)` pairs in any order
+    /// (used on open).
+    pub fn rebuild_tenant(
+        &mut self,
+        tenant: &TenantId,
+        entries: impl IntoIterator<Item = (ProtocolName, Cid)>,
+    ) {
+        let mut all = Vec::new();
+        let mut by_protocol: BTreeMap<ProtocolName, Vec<[u8; 32]>> = BTreeMap::new();
+        for (protocol, cid) in entries {
+            all.push(*cid.as_bytes());
+            by_protocol
+                .entry(protocol)
+                .or_default()
+                .push(*cid.as_bytes());
+        }
+        let trees = TenantTrees {
+            all: Tree::from_keys(all),
+            by_protocol: by_protocol
+                .into_iter()
+                .map(|(p, keys)| (p, Tree::from_keys(keys)))
+                .collect(),
+        };
+        self.tenants.insert(tenant.clone(), trees);
+    }
+
+    /// The tree of `scope` for `tenant`: borrowed for the full scope and for one protocol,
+    /// built for a set of several; `None` for a projection, whose tree the replica builds
+    /// from its record indexes.
+    pub fn tree(&self, tenant: &TenantId, scope: &Scope) -> Option<Cow<'_, Tree>> {
+        static EMPTY: std::sync::OnceLock<Tree> = std::sync::OnceLock::new();
+        let empty = || Cow::Borrowed(EMPTY.get_or_init(Tree::new));
+        let Some(trees) = self.tenants.get(tenant) else {
+            return match scope {
+                Scope::Projection(_) => None,
+                _ => Some(empty()),
+            };
+        };
+        match scope {
+            Scope::Full => Some(Cow::Borrowed(&trees.all)),
+            Scope::ProtocolSet(set) => match set.protocols() {
+                [one] => Some(trees.by_protocol.get(one).map_or_else(empty, Cow::Borrowed)),
+                many => Some(Cow::Owned(Tree::from_keys(
+                    many.iter()
+                        .filter_map(|p| trees.by_protocol.get(p))
+                        .flat_map(|t| t.iter().copied()),
+                ))),
+            },
+            Scope::Projection(_) => None,
+        }
+    }
+
+    /// The root of `scope` for `tenant` (`None` for a projection).
+    pub fn root(&self, tenant: &TenantId, scope: &Scope) -> Option<Hash> {
+        self.tree(tenant, scope).map(|t| t.root())
+    }
+
+    /// Number of messages in the tenant's tree.
+    pub fn len(&self, tenant: &TenantId) -> usize {
+        self.tenants.get(tenant).map_or(0, |t| t.all.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> ProtocolName {
+        ProtocolName::new(s).unwrap()
+    }
+
+    #[test]
+    fn scopes_select_the_right_trees() {
+        let t = TenantId::new("t").unwrap();
+        let mut index = TreeIndex::new();
+        let (a, b, c) = (
+            Cid::from_bytes([1; 32]),
+            Cid::from_bytes([2; 32]),
+            Cid::from_bytes([3; 32]),
+        );
+        index.insert(&t, &p("x"), a);
+        index.insert(&t, &p("y"), b);
+        index.insert(&t, &p("z"), c);
+        let only_x = Scope::protocols(vec![p("x")]).unwrap();
+        let x_and_y = Scope::protocols(vec![p("x"), p("y")]).unwrap();
+        assert_eq!(index.tree(&t, &Scope::Full).unwrap().len(), 3);
+        assert_eq!(index.tree(&t, &only_x).unwrap().len(), 1);
+        assert_eq!(
+            index.root(&t, &x_and_y),
+            Some(Tree::from_keys([[1; 32], [2; 32]]).root())
+        );
+        assert!(index.remove(&t, &p("x"), &a));
+        assert_eq!(index.root(&t, &only_x), Some(Tree::new().root()));
+        let other = TenantId::new("u").unwrap();
+        assert_eq!(index.root(&other, &Scope::Full), Some(Tree::new().root()));
+    }
+
+    #[test]
+    fn rebuilding_gives_the_same_roots_as_incremental_inserts() {
+        let t = TenantId::new("t").unwrap();
+        let entries: Vec<(ProtocolName, Cid)> = (0u8..50)
+            .map(|i| {
+                (
+                    p(if i % 3 == 0 { "x" } else { "y" }),
+                    Cid::from_bytes([i; 32]),
+                )
+            })
+            .collect();
+        let mut incremental = TreeIndex::new();
+        for (protocol, cid) in &entries {
+            incremental.insert(&t, protocol, *cid);
+        }
+        let mut rebuilt = TreeIndex::new();
+        rebuilt.rebuild_tenant(&t, entries.into_iter().rev());
+        for scope in [
+            Scope::Full,
+            Scope::protocols(vec![p("x")]).unwrap(),
+            Scope::protocols(vec![p("y"), p("x")]).unwrap(),
+        ] {
+            assert_eq!(incremental.root(&t, &scope), rebuilt.root(&t, &scope));
+        }
+    }
+}
