@@ -24,6 +24,11 @@ pub struct Config {
     /// Most attempts, each with a fresh salt, before a root mismatch is an error.
     /// Default 3.
     pub attempts_max: u32,
+    /// Most prefixes open at once (queued or in flight). Each answer can open up to 256
+    /// new prefixes, so this bounds the memory a responder can make the initiator spend
+    /// (about 150 bytes per prefix). Default 524288: a 10% difference over a million keys
+    /// opens about 100000.
+    pub open_prefixes_max: usize,
 }
 
 impl Default for Config {
@@ -33,6 +38,7 @@ impl Default for Config {
             limits: Limits::default(),
             round_trips_max: 128,
             attempts_max: 3,
+            open_prefixes_max: 1 << 19,
         }
     }
 }
@@ -218,6 +224,7 @@ impl Initiator {
         for query in deferred.into_iter().rev() {
             self.pending.push_front(query);
         }
+
         if self.pending.is_empty() {
             return self.finish(tree);
         }
@@ -420,6 +427,13 @@ impl Initiator {
                         None => {}
                         Some(f) if *count > 0 && self.keys.fingerprint(hash)[..fp] == *f => {}
                         Some(_) => {
+                            if self.pending.len() >= self.config.open_prefixes_max {
+                                return Err(Error::LimitExceeded {
+                                    what: "open prefix",
+                                    count: self.pending.len() + 1,
+                                    max: self.config.open_prefixes_max,
+                                });
+                            }
                             let query = self.local_view(tree, child, *count);
                             self.pending.push_back(query);
                         }
