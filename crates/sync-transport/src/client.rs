@@ -1,0 +1,730 @@
+//! The client side: the [`Remote`] trait the engine talks to a node through, and its two
+//! implementations, [`HttpClient`] (hyper, pooled HTTP/1.1 and WebSocket) and
+//! [`InProcessClient`] (a [`Node`] in the same process, no sockets).
+//!
+//! Both go through the same node code (token checks, limits, subscription loop), and
+//! the in-process client even encodes and decodes every frame, so what passes or fails
+//! in a simulation passes or fails the same way over a socket. What the in-process
+//! client does not have is a socket: no connect errors, no heartbeats.
+//!
+//! Retries: [`HttpClient`] retries a call at most [`ClientConfig::retries_max`] times,
+//! only when the call is idempotent (roots, diff rounds, log pages, reads, blob stats and
+//! downloads, health) and the failure is retryable ([`TransportError::is_retryable`]).
+//! Writes are not retried here: the engine owns the push retry schedule and the dead
+//! letters, and a transport retry underneath it would multiply its attempts.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use sync_types::{Endpoint, Gap, ProgressToken};
+use tokio::sync::mpsc;
+
+use crate::body::{BodyReader, ReadError};
+use crate::error::TransportError;
+use crate::frame::{self, FRAME_BYTES_MAX_DEFAULT, FrameKind, HEADER_BYTES};
+use crate::node::{Feed, Handler, Node, ms};
+use crate::proto::{
+    BlobReadHead, BlobReadRequest, BlobStat, BlobStatRequest, BlobWriteRequest, CloseReason,
+    DiffReply, DiffRequest, ErrorReply, HealthReply, LogEntry, LogPageReply, LogPageRequest,
+    Notice, ReadMessagesReply, ReadMessagesRequest, Reply, Request, RootReply, RootRequest,
+    SubscribeRequest, WriteBatchReply, WriteBatchRequest,
+};
+use crate::server::{BoxError, FRAME_CONTENT_TYPE};
+use crate::token::Token;
+use crate::ws::{Heartbeat, SUBSCRIBE_HEADER, run_client, ws_config};
+
+/// The bytes of a blob upload, in order.
+pub type BlobSource = BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+/// A blob download: the head and exactly `head.len` bytes.
+pub struct BlobDownload {
+    /// Total size, offset and length of the range.
+    pub head: BlobReadHead,
+    /// The bytes of the range, in order; an error ends it.
+    pub bytes: BoxStream<'static, Result<Bytes, TransportError>>,
+}
+
+impl std::fmt::Debug for BlobDownload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobDownload")
+            .field("head", &self.head)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlobDownload {
+    /// Collects the range into memory (for small ranges and tests).
+    pub async fn collect(mut self) -> Result<Vec<u8>, TransportError> {
+        let mut out = Vec::with_capacity(usize::try_from(self.head.len).unwrap_or(0).min(1 << 20));
+        while let Some(chunk) = self.bytes.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        if out.len() as u64 != self.head.len {
+            return Err(TransportError::Unreachable(format!(
+                "blob range ended after {} of {} bytes",
+                out.len(),
+                self.head.len
+            )));
+        }
+        Ok(out)
+    }
+}
+
+/// What a subscription delivers.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[allow(clippy::large_enum_variant)] // events are the common item
+pub enum SubscriptionItem {
+    /// A stored or live event.
+    Event(LogEntry),
+    /// Every stored event up to `cursor` was delivered; what follows is live.
+    EndOfStored {
+        /// The last token the node read.
+        cursor: Option<ProgressToken>,
+    },
+    /// The cursor cannot be served: reconcile, then resubscribe from
+    /// `latest_available`. The subscription closes after this.
+    Gap(Gap),
+    /// The subscription ended; nothing follows.
+    Closed(CloseReason),
+}
+
+enum SubscriptionInner {
+    Local(Feed),
+    Remote {
+        rx: mpsc::Receiver<Notice>,
+        task: tokio::task::JoinHandle<()>,
+    },
+    Done,
+}
+
+/// An open subscription. Dropping it closes it.
+pub struct Subscription {
+    inner: SubscriptionInner,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// The next item; `None` after [`SubscriptionItem::Closed`].
+    pub async fn next(&mut self) -> Option<SubscriptionItem> {
+        let notice = match &mut self.inner {
+            SubscriptionInner::Local(feed) => feed.next().await,
+            SubscriptionInner::Remote { rx, .. } => rx.recv().await,
+            SubscriptionInner::Done => return None,
+        };
+        let item = match notice {
+            Some(Notice::Event(e)) => SubscriptionItem::Event(e),
+            Some(Notice::EndOfStored { cursor }) => SubscriptionItem::EndOfStored { cursor },
+            Some(Notice::Gap(g)) => SubscriptionItem::Gap(g),
+            Some(Notice::Closing(r)) => SubscriptionItem::Closed(r),
+            None => SubscriptionItem::Closed(CloseReason::error("subscription ended")),
+        };
+        if matches!(item, SubscriptionItem::Closed(_)) {
+            self.inner = SubscriptionInner::Done;
+        }
+        Some(item)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let SubscriptionInner::Remote { task, .. } = &self.inner {
+            task.abort();
+        }
+    }
+}
+
+/// How the engine talks to one remote node. Every call returns a
+/// [`TransportError`] that tells retryable failures from permanent refusals.
+pub trait Remote: Send + Sync {
+    /// The root of the tenant's tree over a scope.
+    fn root(
+        &self,
+        req: RootRequest,
+    ) -> impl Future<Output = Result<RootReply, TransportError>> + Send;
+    /// One SMT diff round.
+    fn diff_round(
+        &self,
+        req: DiffRequest,
+    ) -> impl Future<Output = Result<DiffReply, TransportError>> + Send;
+    /// A page of the tenant's log, or a gap.
+    fn log_page(
+        &self,
+        req: LogPageRequest,
+    ) -> impl Future<Output = Result<LogPageReply, TransportError>> + Send;
+    /// Messages by cid.
+    fn read_messages(
+        &self,
+        req: ReadMessagesRequest,
+    ) -> impl Future<Output = Result<ReadMessagesReply, TransportError>> + Send;
+    /// Writes a batch; one outcome per message.
+    fn write_batch(
+        &self,
+        req: WriteBatchRequest,
+    ) -> impl Future<Output = Result<WriteBatchReply, TransportError>> + Send;
+    /// How much of a blob the node holds.
+    fn blob_stat(
+        &self,
+        req: BlobStatRequest,
+    ) -> impl Future<Output = Result<BlobStat, TransportError>> + Send;
+    /// Downloads a byte range of a complete blob.
+    fn blob_read(
+        &self,
+        req: BlobReadRequest,
+    ) -> impl Future<Output = Result<BlobDownload, TransportError>> + Send;
+    /// Uploads exactly `req.len` bytes from `source` at `req.offset`.
+    fn blob_write(
+        &self,
+        req: BlobWriteRequest,
+        source: BlobSource,
+    ) -> impl Future<Output = Result<BlobStat, TransportError>> + Send;
+    /// The node's health.
+    fn health(&self) -> impl Future<Output = Result<HealthReply, TransportError>> + Send;
+    /// Opens a subscription.
+    fn subscribe(
+        &self,
+        req: SubscribeRequest,
+    ) -> impl Future<Output = Result<Subscription, TransportError>> + Send;
+}
+
+fn unexpected(what: &'static str) -> TransportError {
+    TransportError::UnexpectedReply(what)
+}
+
+macro_rules! expect_reply {
+    ($reply:expr, $variant:ident, $what:literal) => {
+        match $reply {
+            Reply::$variant(r) => Ok(r),
+            _ => Err(unexpected(concat!("expected a ", $what, " reply"))),
+        }
+    };
+}
+
+/// A [`Remote`] in the same process: a [`Node`] called directly, no sockets.
+#[derive(Debug)]
+pub struct InProcessClient<H> {
+    node: Node<H>,
+    token: String,
+}
+
+impl<H> Clone for InProcessClient<H> {
+    fn clone(&self) -> Self {
+        Self {
+            node: self.node.clone(),
+            token: self.token.clone(),
+        }
+    }
+}
+
+impl<H: Handler> InProcessClient<H> {
+    /// A client of `node` presenting `token`.
+    pub fn new(node: Node<H>, token: &Token) -> Self {
+        Self {
+            node,
+            token: token.to_string(),
+        }
+    }
+
+    /// A client presenting raw token text (for tests of malformed tokens).
+    pub fn with_token_text(node: Node<H>, token: impl Into<String>) -> Self {
+        Self {
+            node,
+            token: token.into(),
+        }
+    }
+
+    /// Round-trips a request through the frame codec and the node, exactly as the
+    /// server would.
+    async fn call(&self, request: Request) -> Result<Reply, TransportError> {
+        let ctx = self
+            .node
+            .authenticate(Some(&self.token))
+            .map_err(TransportError::refused)?;
+        let request = self
+            .node
+            .decode_request(&frame::encode(&request))
+            .map_err(TransportError::refused)?;
+        let reply = self
+            .node
+            .call(&ctx, request)
+            .await
+            .map_err(TransportError::refused)?;
+        Ok(frame::decode::<Reply>(&frame::encode(&reply), usize::MAX)?)
+    }
+}
+
+impl<H: Handler> Remote for InProcessClient<H> {
+    async fn root(&self, req: RootRequest) -> Result<RootReply, TransportError> {
+        expect_reply!(self.call(Request::Root(req)).await?, Root, "root")
+    }
+    async fn diff_round(&self, req: DiffRequest) -> Result<DiffReply, TransportError> {
+        expect_reply!(self.call(Request::Diff(req)).await?, Diff, "diff")
+    }
+    async fn log_page(&self, req: LogPageRequest) -> Result<LogPageReply, TransportError> {
+        expect_reply!(self.call(Request::LogPage(req)).await?, LogPage, "log page")
+    }
+    async fn read_messages(
+        &self,
+        req: ReadMessagesRequest,
+    ) -> Result<ReadMessagesReply, TransportError> {
+        expect_reply!(
+            self.call(Request::ReadMessages(req)).await?,
+            ReadMessages,
+            "read messages"
+        )
+    }
+    async fn write_batch(&self, req: WriteBatchRequest) -> Result<WriteBatchReply, TransportError> {
+        expect_reply!(
+            self.call(Request::WriteBatch(req)).await?,
+            WriteBatch,
+            "write batch"
+        )
+    }
+    async fn blob_stat(&self, req: BlobStatRequest) -> Result<BlobStat, TransportError> {
+        expect_reply!(self.call(Request::BlobStat(req)).await?, Blob, "blob")
+    }
+    async fn blob_read(&self, req: BlobReadRequest) -> Result<BlobDownload, TransportError> {
+        let ctx = self
+            .node
+            .authenticate(Some(&self.token))
+            .map_err(TransportError::refused)?;
+        let (head, stream) = self
+            .node
+            .blob_read(&ctx, req)
+            .await
+            .map_err(TransportError::refused)?;
+        let bytes = stream
+            .map(|r| r.map_err(|e| TransportError::refused(e.to_reply())))
+            .boxed();
+        Ok(BlobDownload { head, bytes })
+    }
+    async fn blob_write(
+        &self,
+        req: BlobWriteRequest,
+        source: BlobSource,
+    ) -> Result<BlobStat, TransportError> {
+        let ctx = self
+            .node
+            .authenticate(Some(&self.token))
+            .map_err(TransportError::refused)?;
+        self.node
+            .blob_write(&ctx, req, source)
+            .await
+            .map_err(TransportError::refused)
+    }
+    async fn health(&self) -> Result<HealthReply, TransportError> {
+        expect_reply!(self.call(Request::Health).await?, Health, "health")
+    }
+    async fn subscribe(&self, req: SubscribeRequest) -> Result<Subscription, TransportError> {
+        let ctx = self
+            .node
+            .authenticate(Some(&self.token))
+            .map_err(TransportError::refused)?;
+        let req: SubscribeRequest = frame::decode(&frame::encode(&req), usize::MAX)?;
+        let feed = self
+            .node
+            .subscribe(&ctx, req)
+            .map_err(TransportError::refused)?;
+        Ok(Subscription {
+            inner: SubscriptionInner::Local(feed),
+        })
+    }
+}
+
+/// Settings of an [`HttpClient`]; every limit has its unit last.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Longest time to connect. Default 5 000.
+    pub connect_time_ms_max: u64,
+    /// Longest time for one request/reply call. Default 30 000.
+    pub request_time_ms_max: u64,
+    /// Longest gap between two chunks of a blob transfer. Default 30 000.
+    pub transfer_idle_ms_max: u64,
+    /// Retries of an idempotent call after a retryable failure. Default 2.
+    pub retries_max: u32,
+    /// Wait before the first retry; doubled for each next one. Default 50.
+    pub retry_backoff_ms: u64,
+    /// Largest reply frame accepted. Default [`FRAME_BYTES_MAX_DEFAULT`].
+    pub frame_bytes_max: usize,
+    /// Idle pooled connections are closed after this long. Default 60 000.
+    pub pool_idle_ms_max: u64,
+    /// Interval between heartbeat pings on a subscription. Default 15 000.
+    pub heartbeat_interval_ms: u64,
+    /// A subscription that hears nothing for this long ends. Default 45 000.
+    pub heartbeat_timeout_ms: u64,
+    /// Notices buffered between the socket and the consumer. Default 64.
+    pub subscription_buffer_len: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            connect_time_ms_max: 5_000,
+            request_time_ms_max: 30_000,
+            transfer_idle_ms_max: 30_000,
+            retries_max: 2,
+            retry_backoff_ms: 50,
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            pool_idle_ms_max: 60_000,
+            heartbeat_interval_ms: 15_000,
+            heartbeat_timeout_ms: 45_000,
+            subscription_buffer_len: 64,
+        }
+    }
+}
+
+type ReqBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// A [`Remote`] over HTTP/1.1 (hyper, pooled keep-alive connections) and WebSocket.
+/// Plain `http://` endpoints only: terminate TLS in front of the node.
+#[derive(Clone)]
+pub struct HttpClient {
+    client: Client<HttpConnector, ReqBody>,
+    base: String,
+    authority: String,
+    token: HeaderValue,
+    config: Arc<ClientConfig>,
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("base", &self.base)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unreachable_err(e: impl std::fmt::Display) -> TransportError {
+    TransportError::Unreachable(e.to_string())
+}
+
+impl HttpClient {
+    /// A client of `endpoint` presenting `token`.
+    pub fn new(
+        endpoint: &Endpoint,
+        token: &Token,
+        config: ClientConfig,
+    ) -> Result<Self, TransportError> {
+        Self::with_token_text(endpoint, &token.to_string(), config)
+    }
+
+    /// A client presenting raw token text (for tests of malformed tokens).
+    pub fn with_token_text(
+        endpoint: &Endpoint,
+        token: &str,
+        config: ClientConfig,
+    ) -> Result<Self, TransportError> {
+        let authority = endpoint
+            .as_str()
+            .strip_prefix("http://")
+            .ok_or_else(|| {
+                TransportError::Endpoint(format!("{endpoint}: only http:// is supported"))
+            })?
+            .trim_end_matches('/')
+            .to_owned();
+        if authority.is_empty() || authority.contains('/') {
+            return Err(TransportError::Endpoint(format!(
+                "{endpoint}: expected http://host:port"
+            )));
+        }
+        let token = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| TransportError::Endpoint("token is not a valid header value".into()))?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(ms(config.connect_time_ms_max)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(ms(config.pool_idle_ms_max))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Ok(Self {
+            client,
+            base: format!("http://{authority}"),
+            authority,
+            token,
+            config: Arc::new(config),
+        })
+    }
+
+    fn request(
+        &self,
+        path: &str,
+        body: ReqBody,
+        len: Option<u64>,
+    ) -> Result<hyper::Request<ReqBody>, TransportError> {
+        let mut req = hyper::Request::post(format!("{}{path}", self.base))
+            .header(AUTHORIZATION, self.token.clone())
+            .header(CONTENT_TYPE, FRAME_CONTENT_TYPE)
+            .body(body)
+            .map_err(|e| TransportError::Endpoint(e.to_string()))?;
+        if let Some(len) = len {
+            req.headers_mut().insert(CONTENT_LENGTH, len.into());
+        }
+        Ok(req)
+    }
+
+    /// Sends one frame and reads the whole reply within the request time.
+    async fn call_once(&self, path: &str, frame_bytes: Bytes) -> Result<Reply, TransportError> {
+        let time = self.config.request_time_ms_max;
+        let len = frame_bytes.len() as u64;
+        let body = Full::new(frame_bytes)
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let req = self.request(path, body, Some(len))?;
+        tokio::time::timeout(ms(time), async {
+            let res = self.client.request(req).await.map_err(unreachable_err)?;
+            let status = res.status().as_u16();
+            let limit = HEADER_BYTES + self.config.frame_bytes_max;
+            let body = http_body_util::Limited::new(res.into_body(), limit)
+                .collect()
+                .await
+                .map_err(unreachable_err)?
+                .to_bytes();
+            decode_reply(status, &body, self.config.frame_bytes_max)
+        })
+        .await
+        .unwrap_or(Err(TransportError::Timeout { ms: time }))
+    }
+
+    /// Calls with bounded retries when `idempotent`.
+    async fn call(&self, request: &Request, idempotent: bool) -> Result<Reply, TransportError> {
+        let frame_bytes = Bytes::from(frame::encode(request));
+        let mut attempt = 0;
+        loop {
+            match self.call_once("/v1/rpc", frame_bytes.clone()).await {
+                Err(e) if idempotent && e.is_retryable() && attempt < self.config.retries_max => {
+                    let backoff = self
+                        .config
+                        .retry_backoff_ms
+                        .saturating_mul(1 << attempt.min(16));
+                    tokio::time::sleep(ms(backoff)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn blob_read_once(&self, req: &BlobReadRequest) -> Result<BlobDownload, TransportError> {
+        let bytes = Bytes::from(frame::encode(&Request::BlobRead(req.clone())));
+        let len = bytes.len() as u64;
+        let body = Full::new(bytes)
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let http = self.request("/v1/blob/read", body, Some(len))?;
+        let time = self.config.request_time_ms_max;
+        let res = tokio::time::timeout(ms(time), self.client.request(http))
+            .await
+            .map_err(|_| TransportError::Timeout { ms: time })?
+            .map_err(unreachable_err)?;
+        let status = res.status().as_u16();
+        let idle = ms(self.config.transfer_idle_ms_max);
+        let mut reader = BodyReader::new(res.into_body(), idle);
+        let head = reader
+            .read_frame(self.config.frame_bytes_max)
+            .await
+            .map_err(|e| match e {
+                ReadError::Frame(f) => TransportError::BadReply(f),
+                ReadError::Idle => TransportError::Timeout {
+                    ms: self.config.transfer_idle_ms_max,
+                },
+                other => TransportError::Unreachable(format!("{other:?}")),
+            })?;
+        let head = match decode_reply(status, &head, self.config.frame_bytes_max)? {
+            Reply::BlobRead(h) => h,
+            _ => return Err(unexpected("expected a blob read reply")),
+        };
+        let mut left = head.len;
+        let bytes =
+            reader
+                .into_stream()
+                .map(move |r| {
+                    let chunk = r.map_err(TransportError::Unreachable)?;
+                    left = left.checked_sub(chunk.len() as u64).ok_or(
+                        TransportError::UnexpectedReply("blob range is longer than its head says"),
+                    )?;
+                    Ok(chunk)
+                })
+                .boxed();
+        Ok(BlobDownload { head, bytes })
+    }
+}
+
+fn decode_reply(status: u16, body: &[u8], frame_bytes_max: usize) -> Result<Reply, TransportError> {
+    let (header, payload) = frame::split(body, frame_bytes_max)?;
+    match header.kind {
+        FrameKind::Error => {
+            let mut e = TransportError::refused(frame::decode_body::<ErrorReply>(header, payload)?);
+            if let TransportError::Refused { status: s, .. } = &mut e {
+                *s = status;
+            }
+            Err(e)
+        }
+        _ => Ok(frame::decode_body::<Reply>(header, payload)?),
+    }
+}
+
+impl Remote for HttpClient {
+    async fn root(&self, req: RootRequest) -> Result<RootReply, TransportError> {
+        expect_reply!(self.call(&Request::Root(req), true).await?, Root, "root")
+    }
+    async fn diff_round(&self, req: DiffRequest) -> Result<DiffReply, TransportError> {
+        expect_reply!(self.call(&Request::Diff(req), true).await?, Diff, "diff")
+    }
+    async fn log_page(&self, req: LogPageRequest) -> Result<LogPageReply, TransportError> {
+        expect_reply!(
+            self.call(&Request::LogPage(req), true).await?,
+            LogPage,
+            "log page"
+        )
+    }
+    async fn read_messages(
+        &self,
+        req: ReadMessagesRequest,
+    ) -> Result<ReadMessagesReply, TransportError> {
+        expect_reply!(
+            self.call(&Request::ReadMessages(req), true).await?,
+            ReadMessages,
+            "read messages"
+        )
+    }
+    async fn write_batch(&self, req: WriteBatchRequest) -> Result<WriteBatchReply, TransportError> {
+        expect_reply!(
+            self.call(&Request::WriteBatch(req), false).await?,
+            WriteBatch,
+            "write batch"
+        )
+    }
+    async fn blob_stat(&self, req: BlobStatRequest) -> Result<BlobStat, TransportError> {
+        expect_reply!(
+            self.call(&Request::BlobStat(req), true).await?,
+            Blob,
+            "blob"
+        )
+    }
+    async fn blob_read(&self, req: BlobReadRequest) -> Result<BlobDownload, TransportError> {
+        let mut attempt = 0;
+        loop {
+            match self.blob_read_once(&req).await {
+                Err(e) if e.is_retryable() && attempt < self.config.retries_max => {
+                    tokio::time::sleep(ms(self
+                        .config
+                        .retry_backoff_ms
+                        .saturating_mul(1 << attempt.min(16))))
+                    .await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+    async fn blob_write(
+        &self,
+        req: BlobWriteRequest,
+        source: BlobSource,
+    ) -> Result<BlobStat, TransportError> {
+        let head = Bytes::from(frame::encode(&Request::BlobWrite(req.clone())));
+        let total = head.len() as u64 + req.len;
+        let head_chunk = futures_util::stream::once(async move { Ok::<_, BoxError>(head) });
+        let rest = source.map(|r| r.map_err(|e| -> BoxError { Box::new(e) }));
+        let body =
+            StreamBody::new(head_chunk.chain(rest).map(|r| r.map(Frame::data))).boxed_unsync();
+        let http = self.request("/v1/blob/write", body, Some(total))?;
+        let res = self.client.request(http).await.map_err(unreachable_err)?;
+        let status = res.status().as_u16();
+        let time = self.config.request_time_ms_max;
+        let body = tokio::time::timeout(
+            ms(time),
+            http_body_util::Limited::new(
+                res.into_body(),
+                HEADER_BYTES + self.config.frame_bytes_max,
+            )
+            .collect(),
+        )
+        .await
+        .map_err(|_| TransportError::Timeout { ms: time })?
+        .map_err(unreachable_err)?
+        .to_bytes();
+        expect_reply!(
+            decode_reply(status, &body, self.config.frame_bytes_max)?,
+            Blob,
+            "blob"
+        )
+    }
+    async fn health(&self) -> Result<HealthReply, TransportError> {
+        expect_reply!(self.call(&Request::Health, true).await?, Health, "health")
+    }
+    async fn subscribe(&self, req: SubscribeRequest) -> Result<Subscription, TransportError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let time = self.config.connect_time_ms_max;
+        let tcp = tokio::time::timeout(ms(time), tokio::net::TcpStream::connect(&self.authority))
+            .await
+            .map_err(|_| TransportError::Timeout { ms: time })?
+            .map_err(unreachable_err)?;
+        let _ = tcp.set_nodelay(true);
+        let mut http = format!("ws://{}/v1/subscribe", self.authority)
+            .into_client_request()
+            .map_err(|e| TransportError::Endpoint(e.to_string()))?;
+        http.headers_mut().insert(AUTHORIZATION, self.token.clone());
+        let encoded = URL_SAFE_NO_PAD.encode(frame::encode(&req));
+        http.headers_mut().insert(
+            SUBSCRIBE_HEADER,
+            HeaderValue::from_str(&encoded).map_err(|e| TransportError::Endpoint(e.to_string()))?,
+        );
+        let frame_max = self.config.frame_bytes_max + HEADER_BYTES;
+        let handshake =
+            tokio_tungstenite::client_async_with_config(http, tcp, Some(ws_config(frame_max)));
+        let time = self.config.request_time_ms_max;
+        let (ws, _) = match tokio::time::timeout(ms(time), handshake).await {
+            Err(_) => return Err(TransportError::Timeout { ms: time }),
+            Ok(Ok(ok)) => ok,
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(res))) => {
+                let status = res.status().as_u16();
+                let body = res.body().clone().unwrap_or_default();
+                return Err(
+                    match decode_reply(status, &body, self.config.frame_bytes_max) {
+                        Err(e) => e,
+                        Ok(_) => unexpected("expected an error for a refused subscription"),
+                    },
+                );
+            }
+            Ok(Err(e)) => return Err(unreachable_err(e)),
+        };
+        let (tx, rx) = mpsc::channel(self.config.subscription_buffer_len.max(1));
+        let hb = Heartbeat {
+            interval: ms(self.config.heartbeat_interval_ms.max(1)),
+            timeout: ms(self.config.heartbeat_timeout_ms.max(1)),
+            send: ms(self.config.request_time_ms_max.max(1)),
+        };
+        let frame_bytes_max = self.config.frame_bytes_max;
+        let task = tokio::spawn(run_client(ws, tx, hb, frame_bytes_max));
+        Ok(Subscription {
+            inner: SubscriptionInner::Remote { rx, task },
+        })
+    }
+}
+
+/// A [`BlobSource`] over bytes in memory, in chunks of `chunk_bytes`.
+pub fn blob_source_from_bytes(bytes: Bytes, chunk_bytes: usize) -> BlobSource {
+    let chunk = chunk_bytes.max(1);
+    let chunks: Vec<Result<Bytes, std::io::Error>> = (0..bytes.len())
+        .step_by(chunk)
+        .map(|i| Ok(bytes.slice(i..(i + chunk).min(bytes.len()))))
+        .collect();
+    futures_util::stream::iter(chunks).boxed()
+}

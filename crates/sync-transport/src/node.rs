@@ -1,0 +1,814 @@
+//! The node side shared by the hyper server and the in-process client: the [`Handler`]
+//! trait, credential checks, limits, and the subscription loop.
+//!
+//! Both transports go through [`Node`], so they behave the same: the same token checks
+//! (401/403 before the handler is called), the same per-message write authorization,
+//! the same time limits, the same subscription queue and lag rule. Only sockets,
+//! HTTP and WebSocket framing live elsewhere (`server`, `ws`, `client`).
+//!
+//! # Subscriptions read the durable log
+//!
+//! A subscription is "read log pages from the cursor through the handler, send them,
+//! then wait for a change notification from [`Handler::changes`] and read the next
+//! page". Replay and live delivery are one loop over the durable log, so a lost or
+//! coalesced notification costs latency, never events (a slow periodic re-read,
+//! [`ServerConfig::live_poll_interval_ms`], bounds even that). Each subscriber has a
+//! bounded queue ([`ServerConfig::subscriber_queue_len_max`]); when it stays full for
+//! [`ServerConfig::subscriber_stall_ms_max`] the subscriber is told
+//! [`CloseReason::Lagged`] and closed, and resubscribes from its checkpoint.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use sync_types::{
+    Actions, ApplyOutcome, Clock, HealthSummary, Message, ScopeClass, SystemClock, TenantId,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+
+use crate::error::HandlerError;
+use crate::frame::{self, FRAME_BYTES_MAX_DEFAULT, FrameError};
+use crate::proto::{
+    BlobReadHead, BlobReadRequest, BlobStat, BlobStatRequest, BlobWriteRequest, CloseReason,
+    DiffReply, DiffRequest, ErrorCode, ErrorReply, HealthReply, LOG_PAGE_ENTRIES_MAX, LogPageReply,
+    LogPageRequest, MessageData, Notice, ReadMessagesReply, ReadMessagesRequest, Reply, Request,
+    RootReply, RootRequest, SubscribeRequest, WriteBatchReply, request_needs,
+};
+use crate::token::{AuthError, Claims, Token, TokenKey};
+
+/// What the handler learns about the caller: verified claims.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RequestContext {
+    /// The caller's verified claims; the request was already checked against them.
+    pub claims: Claims,
+}
+
+/// What a node does with requests. The engine's node implements it over its ledger,
+/// tree and blob store; tests implement it over maps.
+///
+/// Every method receives the verified claims. The transport has already checked the
+/// request's tenant, the scope it asks for and the action against them; what only the
+/// handler can check is noted per method (which messages or blobs lie inside the scope).
+/// Futures must be `Send`; implementations can use `async fn`.
+pub trait Handler: Send + Sync + 'static {
+    /// The root of the tenant's tree over `req.scope`.
+    fn root(
+        &self,
+        ctx: &RequestContext,
+        req: RootRequest,
+    ) -> impl Future<Output = Result<RootReply, HandlerError>> + Send;
+
+    /// One round of the SMT diff over `req.scope`; the bytes are `sync-smt` messages.
+    fn diff_round(
+        &self,
+        ctx: &RequestContext,
+        req: DiffRequest,
+    ) -> impl Future<Output = Result<DiffReply, HandlerError>> + Send;
+
+    /// A page of the tenant's log after `req.from`, only entries in `req.scope` and the
+    /// filter, at most `req.limit`; or a gap when the cursor cannot be served.
+    fn log_page(
+        &self,
+        ctx: &RequestContext,
+        req: LogPageRequest,
+    ) -> impl Future<Output = Result<LogPageReply, HandlerError>> + Send;
+
+    /// Messages by cid; those outside `req.scope` are reported missing.
+    fn read_messages(
+        &self,
+        ctx: &RequestContext,
+        req: ReadMessagesRequest,
+    ) -> impl Future<Output = Result<ReadMessagesReply, HandlerError>> + Send;
+
+    /// Applies messages of `tenant`, returning exactly one outcome per message, in
+    /// order. The transport has already answered messages of another tenant `Invalid`
+    /// and messages the caller's scope excludes `Unauthorized`; messages it could not
+    /// classify alone (a delete under a projection grant) come here, and the handler
+    /// must check them against `ctx.claims.scope`.
+    fn apply(
+        &self,
+        ctx: &RequestContext,
+        tenant: &TenantId,
+        messages: Vec<MessageData>,
+    ) -> impl Future<Output = Result<Vec<ApplyOutcome>, HandlerError>> + Send;
+
+    /// How much of a blob the node holds (only blobs of records in `req.scope`).
+    fn blob_stat(
+        &self,
+        ctx: &RequestContext,
+        req: BlobStatRequest,
+    ) -> impl Future<Output = Result<BlobStat, HandlerError>> + Send;
+
+    /// Up to `len` bytes of a complete blob from `offset`; fewer only at its end.
+    fn blob_read(
+        &self,
+        ctx: &RequestContext,
+        req: &BlobReadRequest,
+        offset: u64,
+        len: u32,
+    ) -> impl Future<Output = Result<Bytes, HandlerError>> + Send;
+
+    /// Stores `chunk` at `offset` of an upload; `offset` is always the node's current
+    /// `received_bytes` for that blob (the transport sends chunks in order). When the
+    /// blob is complete the handler verifies its hash.
+    fn blob_write(
+        &self,
+        ctx: &RequestContext,
+        req: &BlobWriteRequest,
+        offset: u64,
+        chunk: Bytes,
+    ) -> impl Future<Output = Result<BlobStat, HandlerError>> + Send;
+
+    /// The node's health summary.
+    fn health(&self) -> impl Future<Output = Result<HealthSummary, HandlerError>> + Send;
+
+    /// A receiver whose value changes whenever the tenant's log grows. Coalescing is
+    /// fine: a subscription reads the log, the value is only a wake-up.
+    fn changes(&self, tenant: &TenantId) -> watch::Receiver<u64>;
+}
+
+/// Limits and settings of a node, shared by the hyper server and the in-process
+/// transport. Every limit has its unit last.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// The key tokens are verified with.
+    pub key: TokenKey,
+    /// The clock tokens' expiries are checked against. Default: the system clock.
+    pub clock: Arc<dyn Clock + Send + Sync>,
+    /// Largest frame body accepted. Default [`FRAME_BYTES_MAX_DEFAULT`].
+    pub frame_bytes_max: usize,
+    /// Most open HTTP connections; more are answered 503 and closed. Default 1024.
+    pub connections_max: usize,
+    /// Most open subscriptions; more are answered 503. Default 4096.
+    pub subscriptions_max: usize,
+    /// Longest time for one request/reply call, body read included. Default 30 000.
+    pub request_time_ms_max: u64,
+    /// Longest time to receive a request's headers, and to wait idle on a kept-alive
+    /// connection. Default 30 000.
+    pub header_read_time_ms_max: u64,
+    /// Longest time a write to a client may make no progress before the connection is
+    /// dropped (a client that stops reading). Default 30 000.
+    pub write_stall_ms_max: u64,
+    /// Longest gap between two chunks of a blob transfer. Default 30 000.
+    pub transfer_idle_ms_max: u64,
+    /// Bytes read from the handler per blob chunk. Default 256 KiB.
+    pub blob_chunk_bytes: u32,
+    /// Interval between heartbeat pings on a subscription. Default 15 000.
+    pub heartbeat_interval_ms: u64,
+    /// A subscription that receives nothing (not even a pong) for this long is closed.
+    /// Default 45 000.
+    pub heartbeat_timeout_ms: u64,
+    /// Notices queued per subscriber. Default 256.
+    pub subscriber_queue_len_max: usize,
+    /// A subscriber whose queue stays full this long is told it lagged and closed.
+    /// Default 5 000.
+    pub subscriber_stall_ms_max: u64,
+    /// Entries read per log page by a subscription. Default 100.
+    pub subscription_page_len: u32,
+    /// A live subscription re-reads the log this often even without a notification.
+    /// Default 30 000.
+    pub live_poll_interval_ms: u64,
+    /// On graceful shutdown, how long open connections get to finish. Default 5 000.
+    pub shutdown_grace_ms: u64,
+}
+
+impl ServerConfig {
+    /// Defaults around `key`.
+    pub fn new(key: TokenKey) -> Self {
+        Self {
+            key,
+            clock: Arc::new(SystemClock),
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            connections_max: 1024,
+            subscriptions_max: 4096,
+            request_time_ms_max: 30_000,
+            header_read_time_ms_max: 30_000,
+            write_stall_ms_max: 30_000,
+            transfer_idle_ms_max: 30_000,
+            blob_chunk_bytes: 256 * 1024,
+            heartbeat_interval_ms: 15_000,
+            heartbeat_timeout_ms: 45_000,
+            subscriber_queue_len_max: 256,
+            subscriber_stall_ms_max: 5_000,
+            subscription_page_len: 100,
+            live_poll_interval_ms: 30_000,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("frame_bytes_max", &self.frame_bytes_max)
+            .field("connections_max", &self.connections_max)
+            .field("subscriptions_max", &self.subscriptions_max)
+            .field("request_time_ms_max", &self.request_time_ms_max)
+            .field("subscriber_queue_len_max", &self.subscriber_queue_len_max)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn ms(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+/// Counters a node exposes.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) connections: AtomicU64,
+}
+
+/// A node: a handler behind the transport's checks and limits.
+pub struct Node<H> {
+    pub(crate) handler: Arc<H>,
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) stats: Arc<Stats>,
+    subscriptions: Arc<Semaphore>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl<H> Clone for Node<H> {
+    fn clone(&self) -> Self {
+        Self {
+            handler: self.handler.clone(),
+            config: self.config.clone(),
+            stats: self.stats.clone(),
+            subscriptions: self.subscriptions.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
+impl<H> std::fmt::Debug for Node<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn auth_reply(e: &AuthError) -> ErrorReply {
+    let code = if e.http_status() == 401 {
+        ErrorCode::Unauthenticated
+    } else {
+        ErrorCode::Forbidden
+    };
+    ErrorReply::new(code, e.to_string())
+}
+
+pub(crate) fn frame_reply(e: &FrameError) -> ErrorReply {
+    let code = match e {
+        FrameError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+        FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+        _ => ErrorCode::BadFrame,
+    };
+    ErrorReply::new(code, e.to_string())
+}
+
+/// The per-subscriber end of a subscription: the bounded queue and, once the loop has
+/// ended, why.
+pub(crate) struct Feed {
+    pub(crate) rx: mpsc::Receiver<Notice>,
+    pub(crate) reason: Arc<OnceLock<CloseReason>>,
+    pub(crate) task: tokio::task::JoinHandle<()>,
+}
+
+impl Feed {
+    /// The next notice to deliver, or the final `Closing` notice once the loop ended.
+    /// After a lag the backlog is dropped: the subscriber resubscribes anyway.
+    pub(crate) async fn next(&mut self) -> Option<Notice> {
+        if let Some(CloseReason::Lagged { .. }) = self.reason.get() {
+            self.rx.close();
+            while self.rx.try_recv().is_ok() {}
+        }
+        match self.rx.recv().await {
+            Some(n) => Some(n),
+            None => {
+                let reason = self.reason.get().cloned()?;
+                // Deliver the reason once.
+                self.reason = Arc::new(OnceLock::new());
+                Some(Notice::Closing(reason))
+            }
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<H: Handler> Node<H> {
+    /// A node serving `handler` with `config`.
+    pub fn new(handler: Arc<H>, config: ServerConfig) -> Self {
+        let subscriptions = Arc::new(Semaphore::new(config.subscriptions_max));
+        Self {
+            handler,
+            config: Arc::new(config),
+            stats: Arc::default(),
+            subscriptions,
+            shutdown: watch::Sender::new(false),
+        }
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Open HTTP connections.
+    pub fn connections(&self) -> u64 {
+        self.stats.connections.load(Ordering::Relaxed)
+    }
+
+    /// Open subscriptions.
+    pub fn subscriptions(&self) -> u64 {
+        (self.config.subscriptions_max - self.subscriptions.available_permits()) as u64
+    }
+
+    /// Waits until every subscription has ended.
+    pub(crate) async fn wait_for_subscriptions(&self) {
+        let all = u32::try_from(self.config.subscriptions_max).unwrap_or(u32::MAX);
+        let _all = self.subscriptions.acquire_many(all).await;
+    }
+
+    /// Tells every subscription to close with [`CloseReason::ShuttingDown`].
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.config.clock.now_ms()
+    }
+
+    /// Parses and verifies a bearer token.
+    pub(crate) fn authenticate(&self, bearer: Option<&str>) -> Result<RequestContext, ErrorReply> {
+        let text = bearer
+            .ok_or(AuthError::Missing)
+            .map_err(|e| auth_reply(&e))?;
+        let token: Token = text
+            .parse()
+            .map_err(|e| auth_reply(&AuthError::Malformed(e)))?;
+        let claims = token
+            .verify(&self.config.key, self.now_ms())
+            .map_err(|e| auth_reply(&e))?;
+        Ok(RequestContext {
+            claims: claims.clone(),
+        })
+    }
+
+    fn authorize(&self, ctx: &RequestContext, request: &Request) -> Result<(), ErrorReply> {
+        match request_needs(request) {
+            Some((tenant, scope, actions)) => ctx
+                .claims
+                .authorize(tenant, scope, actions, self.now_ms())
+                .map_err(|e| auth_reply(&e)),
+            // Health needs a valid token, which `authenticate` checked.
+            None => Ok(()),
+        }
+    }
+
+    /// Decodes a request frame.
+    pub(crate) fn decode_request(&self, bytes: &[u8]) -> Result<Request, ErrorReply> {
+        frame::decode::<Request>(bytes, self.config.frame_bytes_max).map_err(|e| frame_reply(&e))
+    }
+
+    /// Serves one request/reply call (not blob transfers): authorizes it against the
+    /// verified claims, then calls the handler within the request time limit.
+    pub(crate) async fn call(
+        &self,
+        ctx: &RequestContext,
+        request: Request,
+    ) -> Result<Reply, ErrorReply> {
+        self.authorize(ctx, &request)?;
+        let limit = ms(self.config.request_time_ms_max);
+        match tokio::time::timeout(limit, self.dispatch(ctx, request)).await {
+            Ok(r) => r,
+            Err(_) => Err(ErrorReply::new(
+                ErrorCode::Timeout,
+                format!(
+                    "request took longer than {} ms",
+                    self.config.request_time_ms_max
+                ),
+            )),
+        }
+    }
+
+    async fn dispatch(&self, ctx: &RequestContext, request: Request) -> Result<Reply, ErrorReply> {
+        let h = &self.handler;
+        let e = |e: HandlerError| e.to_reply();
+        Ok(match request {
+            Request::Root(r) => Reply::Root(h.root(ctx, r).await.map_err(e)?),
+            Request::Diff(r) => Reply::Diff(h.diff_round(ctx, r).await.map_err(e)?),
+            Request::LogPage(r) => Reply::LogPage(h.log_page(ctx, r).await.map_err(e)?),
+            Request::ReadMessages(r) => {
+                Reply::ReadMessages(h.read_messages(ctx, r).await.map_err(e)?)
+            }
+            Request::WriteBatch(r) => Reply::WriteBatch(self.write_batch(ctx, r).await?),
+            Request::BlobStat(r) => Reply::Blob(h.blob_stat(ctx, r).await.map_err(e)?),
+            Request::Health => Reply::Health(HealthReply {
+                protocol_versions: frame::SUPPORTED_VERSIONS.to_vec(),
+                summary: h.health().await.map_err(e)?,
+                connections: self.connections(),
+                subscriptions: self.subscriptions(),
+            }),
+            Request::BlobRead(_) | Request::BlobWrite(_) => {
+                return Err(ErrorReply::new(
+                    ErrorCode::BadRequest,
+                    "blob transfers use their own calls (/v1/blob/read, /v1/blob/write)",
+                ));
+            }
+        })
+    }
+
+    /// Answers out-of-tenant and out-of-scope messages here, passes the rest to the
+    /// handler, and merges the outcomes back in request order.
+    async fn write_batch(
+        &self,
+        ctx: &RequestContext,
+        req: crate::proto::WriteBatchRequest,
+    ) -> Result<WriteBatchReply, ErrorReply> {
+        let scope = &ctx.claims.scope;
+        let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; req.messages.len()];
+        let mut passed = Vec::with_capacity(req.messages.len());
+        for (i, item) in req.messages.into_iter().enumerate() {
+            if *item.message.tenant() != req.tenant {
+                outcomes[i] = Some(ApplyOutcome::invalid(
+                    "message belongs to another tenant than the batch",
+                ));
+                continue;
+            }
+            let class = match &item.message {
+                Message::Configure(c) => {
+                    if scope.covers_protocol(&c.protocol) {
+                        ScopeClass::InScope
+                    } else {
+                        ScopeClass::OutOfScope
+                    }
+                }
+                Message::Write(w) => scope.classify(&w.protocol, Some((&w.path, &w.context_id))),
+                Message::Delete(d) => scope.classify(&d.protocol, None),
+            };
+            if class == ScopeClass::OutOfScope {
+                outcomes[i] = Some(ApplyOutcome::Unauthorized);
+            } else {
+                passed.push((i, item));
+            }
+        }
+        let (indices, items): (Vec<usize>, Vec<MessageData>) = passed.into_iter().unzip();
+        if !items.is_empty() {
+            let applied = self
+                .handler
+                .apply(ctx, &req.tenant, items)
+                .await
+                .map_err(|e| e.to_reply())?;
+            if applied.len() != indices.len() {
+                return Err(ErrorReply::new(
+                    ErrorCode::Internal,
+                    format!(
+                        "handler returned {} outcomes for {} messages",
+                        applied.len(),
+                        indices.len()
+                    ),
+                ));
+            }
+            for (i, o) in indices.into_iter().zip(applied) {
+                outcomes[i] = Some(o);
+            }
+        }
+        Ok(WriteBatchReply {
+            outcomes: outcomes.into_iter().flatten().collect(),
+        })
+    }
+
+    /// Opens a blob download: checks, then the head and a stream of exactly `head.len`
+    /// bytes read from the handler chunk by chunk.
+    pub(crate) async fn blob_read(
+        &self,
+        ctx: &RequestContext,
+        req: BlobReadRequest,
+    ) -> Result<
+        (
+            BlobReadHead,
+            impl Stream<Item = Result<Bytes, HandlerError>> + Send + 'static,
+        ),
+        ErrorReply,
+    > {
+        self.authorize(ctx, &Request::BlobRead(req.clone()))?;
+        let stat_req = BlobStatRequest {
+            tenant: req.tenant.clone(),
+            scope: req.scope.clone(),
+            cid: req.cid,
+        };
+        let limit = ms(self.config.request_time_ms_max);
+        let stat = tokio::time::timeout(limit, self.handler.blob_stat(ctx, stat_req))
+            .await
+            .map_err(|_| ErrorReply::new(ErrorCode::Timeout, "blob stat timed out"))?
+            .map_err(|e| e.to_reply())?;
+        let total_size = match (stat.complete, stat.size) {
+            (true, Some(size)) => size,
+            _ => {
+                return Err(ErrorReply::new(
+                    ErrorCode::NotFound,
+                    "blob is not complete on this node",
+                ));
+            }
+        };
+        if req.offset > total_size {
+            return Err(ErrorReply::new(
+                ErrorCode::BadRequest,
+                format!("offset {} is past the blob's end {total_size}", req.offset),
+            ));
+        }
+        let len = req.len.min(total_size - req.offset);
+        let head = BlobReadHead {
+            total_size,
+            offset: req.offset,
+            len,
+        };
+        let handler = self.handler.clone();
+        let ctx = ctx.clone();
+        let chunk = u64::from(self.config.blob_chunk_bytes.max(1));
+        let idle = ms(self.config.transfer_idle_ms_max);
+        let end = req.offset + len;
+        let stream = futures_util::stream::unfold((req.offset, false), move |(offset, failed)| {
+            let handler = handler.clone();
+            let ctx = ctx.clone();
+            let req = req.clone();
+            async move {
+                if offset >= end || failed {
+                    return None;
+                }
+                let want = u32::try_from((end - offset).min(chunk)).unwrap_or(u32::MAX);
+                let read = tokio::time::timeout(idle, handler.blob_read(&ctx, &req, offset, want))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(HandlerError::Unavailable("blob read timed out".into()))
+                    });
+                match read {
+                    Ok(bytes) if bytes.is_empty() || bytes.len() > want as usize => Some((
+                        Err(HandlerError::Internal(format!(
+                            "handler returned {} bytes for a read of {want} at {offset}",
+                            bytes.len()
+                        ))),
+                        (offset, true),
+                    )),
+                    Ok(bytes) => {
+                        let next = offset + bytes.len() as u64;
+                        Some((Ok(bytes), (next, false)))
+                    }
+                    Err(e) => Some((Err(e), (offset, true))),
+                }
+            }
+        });
+        Ok((head, stream))
+    }
+
+    /// Stores an upload: chunks from `body` in order, each within the transfer idle
+    /// limit, exactly `req.len` bytes in total.
+    pub(crate) async fn blob_write<S, E>(
+        &self,
+        ctx: &RequestContext,
+        req: BlobWriteRequest,
+        body: S,
+    ) -> Result<BlobStat, ErrorReply>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        self.authorize(ctx, &Request::BlobWrite(req.clone()))?;
+        let idle = ms(self.config.transfer_idle_ms_max);
+        let mut body = std::pin::pin!(body);
+        let mut offset = req.offset;
+        let end = req.offset + req.len;
+        let mut last = None;
+        loop {
+            let next = tokio::time::timeout(idle, body.next()).await.map_err(|_| {
+                ErrorReply::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "upload stalled at byte {offset} for {} ms",
+                        self.config.transfer_idle_ms_max
+                    ),
+                )
+            })?;
+            let Some(chunk) = next else { break };
+            let chunk = chunk.map_err(|e| {
+                ErrorReply::new(ErrorCode::BadRequest, format!("upload body failed: {e}"))
+            })?;
+            if chunk.is_empty() {
+                continue;
+            }
+            if offset + chunk.len() as u64 > end {
+                return Err(ErrorReply::new(
+                    ErrorCode::BadRequest,
+                    format!("upload is longer than its declared {} bytes", req.len),
+                ));
+            }
+            let n = chunk.len() as u64;
+            let stat =
+                tokio::time::timeout(idle, self.handler.blob_write(ctx, &req, offset, chunk))
+                    .await
+                    .map_err(|_| ErrorReply::new(ErrorCode::Timeout, "blob write timed out"))?
+                    .map_err(|e| e.to_reply())?;
+            offset += n;
+            last = Some(stat);
+        }
+        if offset != end {
+            return Err(ErrorReply::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "upload ended after {} of its declared {} bytes",
+                    offset - req.offset,
+                    req.len
+                ),
+            ));
+        }
+        match last {
+            Some(stat) => Ok(stat),
+            None => self
+                .handler
+                .blob_stat(
+                    ctx,
+                    BlobStatRequest {
+                        tenant: req.tenant.clone(),
+                        scope: sync_types::Scope::Full,
+                        cid: req.cid,
+                    },
+                )
+                .await
+                .map_err(|e| e.to_reply()),
+        }
+    }
+
+    /// Opens a subscription: checks, takes a subscription slot, starts the loop.
+    pub(crate) fn subscribe(
+        &self,
+        ctx: &RequestContext,
+        req: SubscribeRequest,
+    ) -> Result<Feed, ErrorReply> {
+        ctx.claims
+            .authorize(
+                &req.tenant,
+                Some(&req.scope),
+                Actions::READ.union(Actions::SYNC),
+                self.now_ms(),
+            )
+            .map_err(|e| auth_reply(&e))?;
+        let permit = self
+            .subscriptions
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                ErrorReply::new(
+                    ErrorCode::Overloaded,
+                    format!(
+                        "the node holds its limit of {} subscriptions",
+                        self.config.subscriptions_max
+                    ),
+                )
+            })?;
+        let (tx, rx) = mpsc::channel(self.config.subscriber_queue_len_max.max(1));
+        let reason = Arc::new(OnceLock::new());
+        let run = SubscriptionLoop {
+            node: self.clone(),
+            ctx: ctx.clone(),
+            req,
+            tx,
+            _permit: permit,
+        };
+        let reason2 = reason.clone();
+        let task = tokio::spawn(async move {
+            let r = run.run().await;
+            let _ = reason2.set(r);
+            // `run` (and with it the sender and the slot) is dropped here, after the
+            // reason is set, so a receiver that sees the queue closed finds the reason.
+        });
+        Ok(Feed { rx, reason, task })
+    }
+}
+
+struct SubscriptionLoop<H> {
+    node: Node<H>,
+    ctx: RequestContext,
+    req: SubscribeRequest,
+    tx: mpsc::Sender<Notice>,
+    _permit: OwnedSemaphorePermit,
+}
+
+enum Drained {
+    /// Read every stored entry; the new cursor.
+    UpToDate,
+    /// The loop must end.
+    End(CloseReason),
+}
+
+impl<H: Handler> SubscriptionLoop<H> {
+    async fn run(mut self) -> CloseReason {
+        // Take the change receiver before the first read, and mark it seen before each
+        // read, so a change that lands during a read wakes the next wait.
+        let mut changes = self.node.handler.changes(&self.req.tenant);
+        let mut shutdown = self.node.shutdown.subscribe();
+        if *shutdown.borrow_and_update() {
+            return CloseReason::ShuttingDown;
+        }
+        let mut cursor = self.req.from;
+        changes.mark_unchanged();
+        match self.drain(&mut cursor).await {
+            Drained::UpToDate => {}
+            Drained::End(r) => return r,
+        }
+        if let Err(r) = self.send(Notice::EndOfStored { cursor }).await {
+            return r;
+        }
+        let poll = ms(self.node.config.live_poll_interval_ms.max(1));
+        loop {
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        // The handler dropped its sender; fall back to polling.
+                        changes = self.node.handler.changes(&self.req.tenant);
+                        tokio::time::sleep(poll).await;
+                    }
+                }
+                _ = shutdown.changed() => return CloseReason::ShuttingDown,
+                _ = tokio::time::sleep(poll) => {}
+                _ = self.tx.closed() => return CloseReason::error("subscriber went away"),
+            }
+            changes.mark_unchanged();
+            match self.drain(&mut cursor).await {
+                Drained::UpToDate => {}
+                Drained::End(r) => return r,
+            }
+        }
+    }
+
+    /// Reads and sends pages from `cursor` until the log has no more.
+    async fn drain(&mut self, cursor: &mut Option<sync_types::ProgressToken>) -> Drained {
+        let limit = self
+            .node
+            .config
+            .subscription_page_len
+            .clamp(1, LOG_PAGE_ENTRIES_MAX);
+        loop {
+            if self.node.now_ms() >= self.ctx.claims.expires_at_ms {
+                return Drained::End(CloseReason::Expired);
+            }
+            let req = LogPageRequest {
+                tenant: self.req.tenant.clone(),
+                scope: self.req.scope.clone(),
+                from: *cursor,
+                filter: self.req.filter.clone(),
+                limit,
+            };
+            let time = ms(self.node.config.request_time_ms_max);
+            let page = match tokio::time::timeout(time, self.node.handler.log_page(&self.ctx, req))
+                .await
+            {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => return Drained::End(CloseReason::error(e.to_string())),
+                Err(_) => return Drained::End(CloseReason::error("log read timed out")),
+            };
+            match page {
+                LogPageReply::Gap(gap) => {
+                    return match self.send(Notice::Gap(gap)).await {
+                        Ok(()) => Drained::End(CloseReason::Gap),
+                        Err(r) => Drained::End(r),
+                    };
+                }
+                LogPageReply::Page(page) => {
+                    for entry in page.entries {
+                        if let Err(r) = self.send(Notice::Event(entry)).await {
+                            return Drained::End(r);
+                        }
+                    }
+                    if page.next.is_some() {
+                        *cursor = page.next;
+                    }
+                    if !page.has_more {
+                        return Drained::UpToDate;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, notice: Notice) -> Result<(), CloseReason> {
+        let stall = ms(self.node.config.subscriber_stall_ms_max);
+        match self.tx.send_timeout(notice, stall).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(CloseReason::Lagged {
+                queue_len_max: u32::try_from(self.node.config.subscriber_queue_len_max)
+                    .unwrap_or(u32::MAX),
+            }),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => {
+                Err(CloseReason::error("subscriber went away"))
+            }
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! The hyper server: HTTP/1.1 routes over a [`Node`], with connection limits, time
+//! limits, a write-stall guard and graceful shutdown.
+//!
+//! Routes (all on one port):
+//!
+//! | method and path       | request body                     | reply body                        |
+//! |-----------------------|----------------------------------|-----------------------------------|
+//! | `POST /v1/rpc`        | a `Request` frame                | a `Reply` or `Error` frame        |
+//! | `POST /v1/blob/read`  | a `Request::BlobRead` frame      | a `Reply::BlobRead` frame + bytes |
+//! | `POST /v1/blob/write` | a `Request::BlobWrite` frame + bytes | a `Reply::Blob` or `Error` frame |
+//! | `GET /v1/subscribe`   | WebSocket upgrade (see `ws`)     | `Notice` frames                   |
+//!
+//! Every route checks `Authorization: Bearer <token>` before it reads the body.
+//!
+//! What bounds a client's hold on the node: `connections_max` (more are answered 503
+//! and closed), `header_read_time_ms_max` (slow headers and idle keep-alive),
+//! `request_time_ms_max` (body read plus handler), `transfer_idle_ms_max` (gaps in a blob
+//! transfer), `write_stall_ms_max` (a client that stops reading its reply), the frame
+//! size limit, and for subscriptions the heartbeat timeout and the lag rule.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request as HttpRequest, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Sleep;
+
+use crate::body::{BodyReader, ReadError};
+use crate::frame::{self, HEADER_BYTES};
+use crate::node::{Handler, Node, ServerConfig, frame_reply, ms};
+use crate::proto::{ErrorCode, ErrorReply, Reply, Request};
+
+/// The media type of frame bodies.
+pub const FRAME_CONTENT_TYPE: &str = "application/x-weft-frame";
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type ResBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A running server. Dropping it stops accepting and closes connections abruptly; call
+/// [`ServerHandle::shutdown`] for a graceful stop.
+#[derive(Debug)]
+pub struct ServerHandle<H> {
+    node: Node<H>,
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl<H: Handler> ServerHandle<H> {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The node behind the server (for its counters, or an in-process client).
+    pub fn node(&self) -> &Node<H> {
+        &self.node
+    }
+
+    /// Stops accepting, closes subscriptions with `ShuttingDown`, lets open requests
+    /// finish within `shutdown_grace_ms`, then returns.
+    pub async fn shutdown(mut self) {
+        self.stop.send_replace(true);
+        self.node.begin_shutdown();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl<H> Drop for ServerHandle<H> {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Binds `addr` and serves `handler` until shut down.
+pub async fn serve<H: Handler>(
+    handler: Arc<H>,
+    config: ServerConfig,
+    addr: SocketAddr,
+) -> io::Result<ServerHandle<H>> {
+    let listener = TcpListener::bind(addr).await?;
+    serve_listener(listener, Node::new(handler, config))
+}
+
+/// Serves `node` on an already bound listener.
+pub fn serve_listener<H: Handler>(
+    listener: TcpListener,
+    node: Node<H>,
+) -> io::Result<ServerHandle<H>> {
+    let local_addr = listener.local_addr()?;
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(accept_loop(listener, node.clone(), stop_rx));
+    Ok(ServerHandle {
+        node,
+        local_addr,
+        stop,
+        task: Some(task),
+    })
+}
+
+async fn accept_loop<H: Handler>(
+    listener: TcpListener,
+    node: Node<H>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let connections_max = node.config.connections_max.max(1);
+    let slots = Arc::new(Semaphore::new(connections_max));
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => break,
+            a = listener.accept() => a,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let node = node.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    serve_connection(node, tcp, stop).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(refuse_overloaded(tcp, connections_max));
+            }
+        }
+    }
+    drop(listener);
+    // Graceful: open connections finish their current request (they saw `stop`), and
+    // subscriptions were told `ShuttingDown`; wait for both within the grace time.
+    let grace = ms(node.config.shutdown_grace_ms);
+    let _ = tokio::time::timeout(grace, async {
+        let _all = slots
+            .acquire_many(u32::try_from(connections_max).unwrap_or(u32::MAX))
+            .await;
+        node.wait_for_subscriptions().await;
+    })
+    .await;
+}
+
+async fn refuse_overloaded(mut tcp: TcpStream, connections_max: usize) {
+    let reply = ErrorReply::new(
+        ErrorCode::Overloaded,
+        format!("the node holds its limit of {connections_max} connections"),
+    );
+    let body = frame::encode(&reply);
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: {FRAME_CONTENT_TYPE}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        tcp.write_all(head.as_bytes()).await?;
+        tcp.write_all(&body).await?;
+        tcp.shutdown().await
+    })
+    .await;
+}
+
+struct ConnectionCount<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for ConnectionCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_connection<H: Handler>(
+    node: Node<H>,
+    tcp: TcpStream,
+    mut stop: watch::Receiver<bool>,
+) {
+    node.stats.connections.fetch_add(1, Ordering::Relaxed);
+    let stats = node.stats.clone();
+    let _count = ConnectionCount(&stats.connections);
+    let io = TokioIo::new(StallGuard::new(tcp, ms(node.config.write_stall_ms_max)));
+    let svc_node = node.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let node = svc_node.clone();
+        async move { Ok::<_, Infallible>(route(node, req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(ms(node.config.header_read_time_ms_max))
+        .keep_alive(true);
+    let conn = builder.serve_connection(io, service).with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    if *stop.borrow_and_update() {
+        conn.as_mut().graceful_shutdown();
+    }
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(ms(node.config.shutdown_grace_ms), conn).await;
+        }
+    }
+}
+
+fn bearer<B>(req: &HttpRequest<B>) -> Option<&str> {
+    let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    value.strip_prefix("Bearer ").map(str::trim)
+}
+
+pub(crate) fn full(bytes: impl Into<Bytes>) -> ResBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn frame_response(status: u16, frame: Vec<u8>) -> Response<ResBody> {
+    let mut res = Response::new(full(frame));
+    *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    res.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(FRAME_CONTENT_TYPE),
+    );
+    res
+}
+
+pub(crate) fn error_response(reply: &ErrorReply) -> Response<ResBody> {
+    frame_response(reply.code.http_status(), frame::encode(reply))
+}
+
+fn reply_response(reply: &Reply) -> Response<ResBody> {
+    frame_response(200, frame::encode(reply))
+}
+
+async fn route<H: Handler>(node: Node<H>, req: HttpRequest<Incoming>) -> Response<ResBody> {
+    let result = match (req.method(), req.uri().path()) {
+        (&Method::POST, "/v1/rpc") => rpc(&node, req).await,
+        (&Method::POST, "/v1/blob/read") => blob_read(&node, req).await,
+        (&Method::POST, "/v1/blob/write") => blob_write(&node, req).await,
+        (&Method::GET, "/v1/subscribe") => crate::ws::upgrade(&node, req),
+        (_, path) => Err(ErrorReply::new(
+            ErrorCode::NotFound,
+            format!("no route for {} {path}", req.method()),
+        )),
+    };
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+fn read_error(e: ReadError, what: &str) -> ErrorReply {
+    match e {
+        ReadError::Frame(f) => frame_reply(&f),
+        ReadError::Eof { needed, got } => ErrorReply::new(
+            ErrorCode::BadFrame,
+            format!("{what} ended after {got} of {needed} bytes"),
+        ),
+        ReadError::Idle => ErrorReply::new(ErrorCode::Timeout, format!("{what} stalled")),
+        ReadError::Body(e) => ErrorReply::new(ErrorCode::BadFrame, format!("{what} failed: {e}")),
+    }
+}
+
+/// Reads a small request body (one frame) within the frame limit and the request time.
+async fn read_small_body<H: Handler>(
+    node: &Node<H>,
+    req: HttpRequest<Incoming>,
+) -> Result<Bytes, ErrorReply> {
+    let max = HEADER_BYTES + node.config.frame_bytes_max;
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared
+        && len > max as u64
+    {
+        return Err(ErrorReply::new(
+            ErrorCode::TooLarge,
+            format!("request body of {len} bytes exceeds the limit of {max} bytes"),
+        ));
+    }
+    let limit = ms(node.config.request_time_ms_max);
+    let collected = tokio::time::timeout(limit, Limited::new(req.into_body(), max).collect())
+        .await
+        .map_err(|_| {
+            ErrorReply::new(ErrorCode::Timeout, "request body was not received in time")
+        })?;
+    match collected {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ErrorReply::new(
+            ErrorCode::TooLarge,
+            format!("request body exceeds the limit of {max} bytes"),
+        )),
+        Err(e) => Err(ErrorReply::new(
+            ErrorCode::BadFrame,
+            format!("request body failed: {e}"),
+        )),
+    }
+}
+
+async fn rpc<H: Handler>(
+    node: &Node<H>,
+    req: HttpRequest<Incoming>,
+) -> Result<Response<ResBody>, ErrorReply> {
+    let ctx = node.authenticate(bearer(&req))?;
+    let time = ms(node.config.request_time_ms_max);
+    tokio::time::timeout(time, async {
+        let body = read_small_body(node, req).await?;
+        let request = node.decode_request(&body)?;
+        let reply = node.call(&ctx, request).await?;
+        Ok(reply_response(&reply))
+    })
+    .await
+    .unwrap_or_else(|_| Err(ErrorReply::new(ErrorCode::Timeout, "request took too long")))
+}
+
+async fn blob_read<H: Handler>(
+    node: &Node<H>,
+    req: HttpRequest<Incoming>,
+) -> Result<Response<ResBody>, ErrorReply> {
+    let ctx = node.authenticate(bearer(&req))?;
+    let body = read_small_body(node, req).await?;
+    let Request::BlobRead(request) = node.decode_request(&body)? else {
+        return Err(ErrorReply::new(
+            ErrorCode::BadRequest,
+            "expected a blob read request",
+        ));
+    };
+    let (head, stream) = node.blob_read(&ctx, request).await?;
+    let head_frame = frame::encode(&Reply::BlobRead(head));
+    let total = head_frame.len() as u64 + head.len;
+    let head_chunk =
+        futures_util::stream::once(async move { Ok::<_, BoxError>(Bytes::from(head_frame)) });
+    let rest = stream.map(|r| r.map_err(|e| -> BoxError { Box::new(e) }));
+    let body = StreamBody::new(head_chunk.chain(rest).map(|r| r.map(Frame::data)));
+    let mut res = Response::new(BodyExt::boxed_unsync(body));
+    res.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(FRAME_CONTENT_TYPE),
+    );
+    res.headers_mut().insert(CONTENT_LENGTH, total.into());
+    Ok(res)
+}
+
+async fn blob_write<H: Handler>(
+    node: &Node<H>,
+    req: HttpRequest<Incoming>,
+) -> Result<Response<ResBody>, ErrorReply> {
+    let ctx = node.authenticate(bearer(&req))?;
+    let mut reader = BodyReader::new(req.into_body(), ms(node.config.transfer_idle_ms_max));
+    let head = reader
+        .read_frame(node.config.frame_bytes_max)
+        .await
+        .map_err(|e| read_error(e, "blob upload head"))?;
+    let Request::BlobWrite(request) = node.decode_request(&head)? else {
+        return Err(ErrorReply::new(
+            ErrorCode::BadRequest,
+            "expected a blob write request",
+        ));
+    };
+    let stat = node.blob_write(&ctx, request, reader.into_stream()).await?;
+    Ok(reply_response(&Reply::Blob(stat)))
+}
+
+/// Fails writes that make no progress for `limit`, so a client that stops reading
+/// cannot hold a connection (and its buffers) forever.
+pub(crate) struct StallGuard<T> {
+    inner: T,
+    limit: Duration,
+    stall: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> StallGuard<T> {
+    pub(crate) fn new(inner: T, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            stall: None,
+        }
+    }
+
+    fn on_write<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        match poll {
+            Poll::Pending => {
+                let limit = self.limit;
+                let sleep = self
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "peer stopped reading",
+                    )));
+                }
+                Poll::Pending
+            }
+            ready => {
+                self.stall = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for StallGuard<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for StallGuard<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.on_write(cx, poll)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.on_write(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.on_write(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.on_write(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
