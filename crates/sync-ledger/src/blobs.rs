@@ -1,0 +1,455 @@
+//! The blob store: payloads larger than the inline limit, addressed by their blake3
+//! hash, written as verified streams that can resume.
+//!
+//! A blob is *stored* exactly when its `blob_meta` entry exists, and that entry is
+//! written in the same batch as the last chunk, only after the bytes hashed to the
+//! announced id. Chunks of an unfinished upload are invisible to readers; a mismatch
+//! deletes them and the upload state in one batch, so a bad upload stores nothing.
+
+use std::io::Read;
+use std::ops::Bound;
+
+use sync_types::Cid;
+
+use crate::error::{Error, Result};
+use crate::layout::{self, BLOB_CHUNK_BYTES, BlobMeta, Key, UploadState, dec, enc};
+use crate::ledger::{Ledger, lock};
+use crate::store::{Batch, Durability, KeyRange, Order};
+
+/// The blob store of a [`Ledger`]; see [`Ledger::blobs`].
+#[derive(Clone, Copy, Debug)]
+pub struct Blobs<'a> {
+    ledger: &'a Ledger,
+}
+
+fn chunk_key(cid: &Cid, index: u64) -> Result<Vec<u8>> {
+    let index = u32::try_from(index).map_err(|_| Error::LimitExceeded {
+        what: "blob chunk index",
+        len: usize::MAX,
+        max: u32::MAX as usize,
+    })?;
+    Ok(Key::raw(cid.as_bytes()).u32(index).into_vec())
+}
+
+fn chunk_bytes() -> u64 {
+    BLOB_CHUNK_BYTES as u64
+}
+
+impl Ledger {
+    /// The blob store.
+    pub fn blobs(&self) -> Blobs<'_> {
+        Blobs { ledger: self }
+    }
+}
+
+impl<'a> Blobs<'a> {
+    fn meta(&self, cid: &Cid) -> Result<Option<BlobMeta>> {
+        let key = cid.as_bytes();
+        match self.ledger.store.get(layout::BLOB_META, key)? {
+            Some(v) => Ok(Some(dec(layout::BLOB_META, key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the blob is completely stored (resident).
+    pub fn has(&self, cid: &Cid) -> Result<bool> {
+        Ok(self.meta(cid)?.is_some())
+    }
+
+    /// The size of a stored blob.
+    pub fn size(&self, cid: &Cid) -> Result<Option<u64>> {
+        Ok(self.meta(cid)?.map(|m| m.size))
+    }
+
+    /// A whole stored blob.
+    pub fn read(&self, cid: &Cid) -> Result<Vec<u8>> {
+        let size = self.size(cid)?.ok_or(Error::BlobNotFound(*cid))?;
+        self.read_range(cid, 0, size)
+    }
+
+    /// `len` bytes of a stored blob from `offset` (for resumed downloads).
+    pub fn read_range(&self, cid: &Cid, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let meta = self.meta(cid)?.ok_or(Error::BlobNotFound(*cid))?;
+        let end =
+            offset
+                .checked_add(len)
+                .filter(|&e| e <= meta.size)
+                .ok_or(Error::RangeOutOfBounds {
+                    cid: *cid,
+                    offset,
+                    end: offset.saturating_add(len),
+                    size: meta.size,
+                })?;
+        let chunk = u64::from(meta.chunk_bytes);
+        let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        if len == 0 {
+            return Ok(out);
+        }
+        let first = offset / chunk;
+        let last = (end - 1) / chunk;
+        let range = KeyRange {
+            start: Bound::Included(chunk_key(cid, first)?),
+            end: Bound::Included(chunk_key(cid, last)?),
+        };
+        let mut expected = first;
+        for kv in self
+            .ledger
+            .store
+            .scan(layout::BLOB_CHUNKS, range, Order::Ascending)?
+        {
+            let (k, v) = kv?;
+            let index = u64::from(u32::from_be_bytes(layout::key_tail::<4>(
+                layout::BLOB_CHUNKS,
+                &k,
+            )?));
+            let chunk_start = index * chunk;
+            let full = (meta.size - chunk_start).min(chunk);
+            if index != expected || v.len() as u64 != full {
+                return Err(Error::Inconsistent(format!(
+                    "blob {cid} chunk {index} is missing or has the wrong size"
+                )));
+            }
+            expected += 1;
+            let from = offset.saturating_sub(chunk_start);
+            let to = (end - chunk_start).min(full);
+            // Both bounds are within one chunk, which is at most BLOB_CHUNK_BYTES.
+            out.extend_from_slice(
+                &v[usize::try_from(from).unwrap_or(0)..usize::try_from(to).unwrap_or(0)],
+            );
+        }
+        if expected != last + 1 {
+            return Err(Error::Inconsistent(format!("blob {cid} is missing chunks")));
+        }
+        Ok(out)
+    }
+
+    /// Stores a blob from a reader, verifying it against `cid`; returns its size. A
+    /// mismatch stores nothing and returns [`Error::BlobMismatch`]. An existing partial
+    /// upload of the same blob is discarded first (the reader starts at byte 0).
+    pub fn put(
+        &self,
+        cid: &Cid,
+        mut reader: impl Read,
+        durability: Durability,
+        now_ms: u64,
+    ) -> Result<u64> {
+        self.abort_upload(cid)?;
+        let mut upload = self.upload(cid, None, now_ms)?;
+        if upload.is_complete() {
+            return upload.finish(durability);
+        }
+        let mut buf = vec![0u8; BLOB_CHUNK_BYTES];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::backend(e)),
+            };
+            upload.write(&buf[..n])?;
+        }
+        upload.finish(durability)
+    }
+
+    /// Starts or resumes an upload of `cid`. `size`, when given, is the announced size:
+    /// writing past it fails early. The upload resumes at
+    /// [`offset`](BlobUpload::offset), the bytes durably received by an earlier upload
+    /// (0 for a new one, the blob's size when it is already stored).
+    pub fn upload(&self, cid: &Cid, size: Option<u64>, now_ms: u64) -> Result<BlobUpload<'a>> {
+        if !lock(&self.ledger.uploads).insert(*cid) {
+            return Err(Error::UploadInProgress(*cid));
+        }
+        let mut upload = BlobUpload {
+            ledger: self.ledger,
+            cid: *cid,
+            size,
+            received: 0,
+            hasher: blake3::Hasher::new(),
+            buf: Vec::new(),
+            complete: None,
+            now_ms,
+        };
+        if let Some(meta) = self.meta(cid)? {
+            upload.complete = Some(meta.size);
+            upload.received = meta.size;
+            return Ok(upload);
+        }
+        if let Some(state) = self.upload_state(cid)? {
+            match self.rehash(cid, state.received, &mut upload.hasher)? {
+                Some(tail) => {
+                    upload.received = state.received - tail.len() as u64;
+                    upload.buf = tail;
+                    upload.size = size.or(state.size);
+                }
+                None => {
+                    // The chunks do not match the recorded state: start over.
+                    upload.hasher = blake3::Hasher::new();
+                }
+            }
+        }
+        Ok(upload)
+    }
+
+    /// Hashes the first `received` bytes of a partial upload; returns the bytes of the
+    /// last, incomplete chunk (to be continued), or `None` when chunks are missing.
+    fn rehash(
+        &self,
+        cid: &Cid,
+        received: u64,
+        hasher: &mut blake3::Hasher,
+    ) -> Result<Option<Vec<u8>>> {
+        let full_chunks = received / chunk_bytes();
+        let tail_len = received % chunk_bytes();
+        let mut expected = 0u64;
+        let mut tail = Vec::new();
+        for kv in
+            self.ledger
+                .store
+                .scan_prefix(layout::BLOB_CHUNKS, cid.as_bytes(), Order::Ascending)?
+        {
+            let (k, v) = kv?;
+            let index = u64::from(u32::from_be_bytes(layout::key_tail::<4>(
+                layout::BLOB_CHUNKS,
+                &k,
+            )?));
+            if index != expected {
+                return Ok(None);
+            }
+            if index < full_chunks {
+                if v.len() as u64 != chunk_bytes() {
+                    return Ok(None);
+                }
+                hasher.update(&v);
+            } else if index == full_chunks && tail_len > 0 {
+                if v.len() as u64 != tail_len {
+                    return Ok(None);
+                }
+                tail = v;
+            } else {
+                break;
+            }
+            expected += 1;
+        }
+        let needed = full_chunks + u64::from(tail_len > 0);
+        Ok((expected >= needed).then_some(tail))
+    }
+
+    fn upload_state(&self, cid: &Cid) -> Result<Option<UploadState>> {
+        let key = cid.as_bytes();
+        match self.ledger.store.get(layout::BLOB_UPLOADS, key)? {
+            Some(v) => Ok(Some(dec(layout::BLOB_UPLOADS, key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Bytes durably received by a partial upload of `cid`, if one exists.
+    pub fn upload_offset(&self, cid: &Cid) -> Result<Option<u64>> {
+        Ok(self.upload_state(cid)?.map(|s| s.received))
+    }
+
+    /// Every partial upload with its state (for removing stale ones by `updated_ms`).
+    pub fn partial_uploads(&self) -> Result<Vec<(Cid, UploadState)>> {
+        self.ledger
+            .store
+            .scan(layout::BLOB_UPLOADS, KeyRange::all(), Order::Ascending)?
+            .map(|kv| {
+                let (k, v) = kv?;
+                let cid = Cid::from_bytes(layout::key_tail::<32>(layout::BLOB_UPLOADS, &k)?);
+                Ok((cid, dec(layout::BLOB_UPLOADS, &k, &v)?))
+            })
+            .collect()
+    }
+
+    /// Discards a partial upload of `cid` (not a stored blob).
+    pub fn abort_upload(&self, cid: &Cid) -> Result<()> {
+        if lock(&self.ledger.uploads).contains(cid) {
+            return Err(Error::UploadInProgress(*cid));
+        }
+        if self.upload_state(cid)?.is_none() || self.has(cid)? {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        self.delete_chunks(cid, &mut batch)?;
+        batch.delete(layout::BLOB_UPLOADS, cid.as_bytes().to_vec());
+        self.ledger.commit(batch, Durability::Buffered)
+    }
+
+    fn delete_chunks(&self, cid: &Cid, batch: &mut Batch) -> Result<()> {
+        for kv in
+            self.ledger
+                .store
+                .scan_prefix(layout::BLOB_CHUNKS, cid.as_bytes(), Order::Ascending)?
+        {
+            let (k, _) = kv?;
+            batch.delete(layout::BLOB_CHUNKS, k);
+        }
+        Ok(())
+    }
+
+    /// Deletes a stored blob; returns whether it was stored.
+    pub fn delete(&self, cid: &Cid, durability: Durability) -> Result<bool> {
+        if lock(&self.ledger.uploads).contains(cid) {
+            return Err(Error::UploadInProgress(*cid));
+        }
+        let existed = self.has(cid)?;
+        let mut batch = Batch::new();
+        self.delete_chunks(cid, &mut batch)?;
+        batch.delete(layout::BLOB_META, cid.as_bytes().to_vec());
+        batch.delete(layout::BLOB_UPLOADS, cid.as_bytes().to_vec());
+        self.ledger.commit(batch, durability)?;
+        Ok(existed)
+    }
+}
+
+/// An upload in progress: bytes are hashed as they arrive, full chunks are written as
+/// they fill, and [`finish`](Self::finish) stores the blob only if the hash matches.
+///
+/// Dropping an upload without finishing keeps what was written for a later resume.
+pub struct BlobUpload<'a> {
+    ledger: &'a Ledger,
+    cid: Cid,
+    size: Option<u64>,
+    /// Bytes written in chunks so far (not counting `buf`).
+    received: u64,
+    hasher: blake3::Hasher,
+    /// The current, incomplete chunk.
+    buf: Vec<u8>,
+    /// Set when the blob was already stored when the upload started.
+    complete: Option<u64>,
+    now_ms: u64,
+}
+
+impl std::fmt::Debug for BlobUpload<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobUpload")
+            .field("cid", &self.cid)
+            .field("offset", &self.offset())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlobUpload<'_> {
+    /// The blob.
+    pub fn cid(&self) -> Cid {
+        self.cid
+    }
+
+    /// Bytes received so far; the sender resumes from here.
+    pub fn offset(&self) -> u64 {
+        self.received + self.buf.len() as u64
+    }
+
+    /// Whether the blob was already stored when the upload started (nothing to send).
+    pub fn is_complete(&self) -> bool {
+        self.complete.is_some()
+    }
+
+    /// Appends bytes, writing each chunk as it fills (buffered durability).
+    pub fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
+        let limit = self.complete.or(self.size);
+        if let Some(size) = limit
+            && self.offset() + bytes.len() as u64 > size
+        {
+            return Err(Error::BlobTooLarge {
+                cid: self.cid,
+                size,
+            });
+        }
+        while !bytes.is_empty() {
+            let room = BLOB_CHUNK_BYTES - self.buf.len();
+            let take = room.min(bytes.len());
+            self.hasher.update(&bytes[..take]);
+            self.buf.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.buf.len() == BLOB_CHUNK_BYTES {
+                self.write_chunk(Durability::Buffered)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the current chunk (full or not) and records the upload's progress.
+    fn write_chunk(&mut self, durability: Durability) -> Result<()> {
+        let index = self.received / chunk_bytes();
+        let mut batch = Batch::new();
+        batch.put(
+            layout::BLOB_CHUNKS,
+            chunk_key(&self.cid, index)?,
+            self.buf.clone(),
+        );
+        let received = self.received + self.buf.len() as u64;
+        batch.put(
+            layout::BLOB_UPLOADS,
+            self.cid.as_bytes().to_vec(),
+            enc(&UploadState {
+                received,
+                size: self.size,
+                updated_ms: self.now_ms,
+            }),
+        );
+        self.ledger.commit(batch, durability)?;
+        if self.buf.len() == BLOB_CHUNK_BYTES {
+            self.received = received;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far durable and resumable; returns the offset a
+    /// resumed upload will start from.
+    pub fn checkpoint(&mut self, durability: Durability) -> Result<u64> {
+        if self.complete.is_none() && !self.buf.is_empty() {
+            self.write_chunk(durability)?;
+        } else {
+            self.ledger.persist(durability)?;
+        }
+        Ok(self.offset())
+    }
+
+    /// Verifies the bytes against the blob id and stores the blob; returns its size.
+    /// On a mismatch every chunk and the upload state are deleted and
+    /// [`Error::BlobMismatch`] is returned.
+    pub fn finish(mut self, durability: Durability) -> Result<u64> {
+        if let Some(size) = self.complete {
+            return Ok(size);
+        }
+        let size = self.offset();
+        let actual = Cid::from_bytes(*self.hasher.finalize().as_bytes());
+        let mut batch = Batch::new();
+        if actual != self.cid {
+            self.ledger.blobs().delete_chunks(&self.cid, &mut batch)?;
+            batch.delete(layout::BLOB_UPLOADS, self.cid.as_bytes().to_vec());
+            self.ledger.commit(batch, durability)?;
+            self.buf.clear();
+            return Err(Error::BlobMismatch {
+                expected: self.cid,
+                actual,
+            });
+        }
+        if !self.buf.is_empty() {
+            let index = self.received / chunk_bytes();
+            batch.put(
+                layout::BLOB_CHUNKS,
+                chunk_key(&self.cid, index)?,
+                std::mem::take(&mut self.buf),
+            );
+        }
+        batch.put(
+            layout::BLOB_META,
+            self.cid.as_bytes().to_vec(),
+            enc(&BlobMeta {
+                size,
+                chunk_bytes: u32::try_from(BLOB_CHUNK_BYTES).unwrap_or(u32::MAX),
+            }),
+        );
+        batch.delete(layout::BLOB_UPLOADS, self.cid.as_bytes().to_vec());
+        self.ledger.commit(batch, durability)?;
+        Ok(size)
+    }
+}
+
+impl Drop for BlobUpload<'_> {
+    fn drop(&mut self) {
+        lock(&self.ledger.uploads).remove(&self.cid);
+    }
+}

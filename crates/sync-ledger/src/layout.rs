@@ -1,0 +1,426 @@
+//! The on-store layout: every partition, its key layout and its value type.
+//!
+//! Notation: `t` is a tenant id's bytes followed by `0x00` (tenant ids are visible
+//! ASCII, so the terminator cannot occur inside one and a tenant's keys never share a
+//! prefix with another tenant's); `p` is a protocol name followed by `0x00` (same
+//! argument); `cid`, `record` are 32 raw bytes; `pos` is a `u64` big-endian, so byte
+//! order is numeric order. Values are [`sync_types::codec`] envelopes (one version byte
+//! and a postcard body) unless noted; `()` is the one-byte empty envelope.
+//!
+//! | partition | key | value | what for |
+//! |---|---|---|---|
+//! | `meta` | `"layout"` | `u32` layout version | refuse stores from another layout |
+//! | `log` | `t pos` | [`StoredEntry`]: cid, message, inline data | the event log, and the message bodies |
+//! | `log_meta` | `t` | [`LogMeta`]: stream id, epoch, head, compaction floor | log identity and next position |
+//! | `log_by_protocol` | `t p pos` | `Cid` | filtered log pages without a full scan |
+//! | `msg` | `t cid` | `u64` position | message lookup; ordered cid scan per tenant |
+//! | `msg_by_protocol` | `t p cid` | `u64` position | ordered cid scan per (tenant, protocol) |
+//! | `records` | `t record` | [`RecordRow`]: head, path, context | the merge rule's state per record |
+//! | `by_path` | `t p path 0x00 cid` | `()` | scoped reads by path prefix |
+//! | `by_context` | `t p record… cid` | `()` | scoped reads by context prefix |
+//! | `configs` | `t p wall:u64 counter:u32 node:u64 cid` | `u64` position | newest protocol definition |
+//! | `blob_meta` | `cid` | [`BlobMeta`] | a complete, verified blob |
+//! | `blob_chunks` | `cid index:u32` | raw bytes (not an envelope) | blob content, [`BLOB_CHUNK_BYTES`] per chunk |
+//! | `blob_uploads` | `cid` | [`UploadState`] | a resumable partial upload |
+//! | `links` | `t key` (the link key text) | `LinkState` | replication links |
+//! | `dead_letters` | `t cid endpoint` | `DeadLetter` | failed messages per endpoint |
+//! | `identities` | `t` | [`RegisteredIdentity`](crate::RegisteredIdentity) | registered identities |
+//!
+//! Invariants, kept by [`Ledger::apply`](crate::Ledger::apply) in one batch:
+//! - a message is stored iff it has a `log` entry, iff it has a `msg` entry, and the
+//!   two agree on its position; every index entry names a stored message;
+//! - the stored versions of a record are exactly `records[record].head.retained()`;
+//! - positions only grow: `log_meta.head` is the last position ever assigned, entries
+//!   of pruned versions are deleted and their positions never reused.
+//!
+//! Blob chunks are raw bytes rather than envelopes: they are payload, verified against
+//! their blake3 id, and copying them through a serializer would only cost throughput.
+
+use serde::{Deserialize, Serialize};
+use sync_types::merge::RecordHead;
+use sync_types::{
+    Cid, ContextId, Hlc, Message, ProtocolName, ProtocolPath, RecordId, StreamId, TenantId,
+};
+
+use crate::error::{Error, Result};
+use crate::store::Partition;
+
+/// The layout version this build reads and writes.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Largest stored value the ledger decodes, in bytes (a message with its largest inline
+/// payload fits with room to spare).
+pub const VALUE_BYTES_MAX: usize = 256 * 1024;
+
+/// Size of a blob chunk, in bytes.
+pub const BLOB_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Ledger-wide settings.
+pub const META: Partition = Partition::new("meta");
+/// The event log, which also holds message bodies.
+pub const LOG: Partition = Partition::new("log");
+/// Per-tenant log identity and head.
+pub const LOG_META: Partition = Partition::new("log_meta");
+/// Log positions per protocol.
+pub const LOG_BY_PROTOCOL: Partition = Partition::new("log_by_protocol");
+/// Message positions by cid.
+pub const MSG: Partition = Partition::new("msg");
+/// Message positions by protocol and cid.
+pub const MSG_BY_PROTOCOL: Partition = Partition::new("msg_by_protocol");
+/// Record heads.
+pub const RECORDS: Partition = Partition::new("records");
+/// Writes by protocol path.
+pub const BY_PATH: Partition = Partition::new("by_path");
+/// Writes by context chain.
+pub const BY_CONTEXT: Partition = Partition::new("by_context");
+/// Configure messages by protocol and timestamp.
+pub const CONFIGS: Partition = Partition::new("configs");
+/// Complete blobs.
+pub const BLOB_META: Partition = Partition::new("blob_meta");
+/// Blob content.
+pub const BLOB_CHUNKS: Partition = Partition::new("blob_chunks").with_large_values();
+/// Partial uploads.
+pub const BLOB_UPLOADS: Partition = Partition::new("blob_uploads");
+/// Replication links.
+pub const LINKS: Partition = Partition::new("links");
+/// Dead letters.
+pub const DEAD_LETTERS: Partition = Partition::new("dead_letters");
+/// Registered identities.
+pub const IDENTITIES: Partition = Partition::new("identities");
+
+/// Every partition of the ledger.
+pub const PARTITIONS: [Partition; 16] = [
+    META,
+    LOG,
+    LOG_META,
+    LOG_BY_PROTOCOL,
+    MSG,
+    MSG_BY_PROTOCOL,
+    RECORDS,
+    BY_PATH,
+    BY_CONTEXT,
+    CONFIGS,
+    BLOB_META,
+    BLOB_CHUNKS,
+    BLOB_UPLOADS,
+    LINKS,
+    DEAD_LETTERS,
+    IDENTITIES,
+];
+
+/// A log entry: a stored message with its inline payload.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct StoredEntry {
+    /// The message's cid (stored so reading a page does not hash every message).
+    pub cid: Cid,
+    /// The message.
+    pub message: Message,
+    /// Its inline payload, if it has one and it was supplied.
+    #[serde(with = "opt_bytes")]
+    pub data: Option<Vec<u8>>,
+}
+
+/// The identity and head of one tenant's log.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct LogMeta {
+    /// The log instance, drawn at random when the log is created.
+    pub stream_id: StreamId,
+    /// Changes when the log is rebuilt.
+    pub epoch: u64,
+    /// The last position ever assigned (0 before the first append).
+    pub head: u64,
+    /// Positions up to and including this one are compacted: a cursor below it gets a
+    /// gap.
+    pub compacted_through: u64,
+}
+
+/// What the ledger keeps per record.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RecordRow {
+    /// The retained versions.
+    pub head: RecordHead,
+    /// The record's path, from the first write seen (deletes carry none).
+    pub path: Option<ProtocolPath>,
+    /// The record's context, from the first write seen.
+    pub context: Option<ContextId>,
+}
+
+/// A complete, verified blob.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct BlobMeta {
+    /// Size in bytes.
+    pub size: u64,
+    /// Chunk size in bytes it was stored with.
+    pub chunk_bytes: u32,
+}
+
+/// A partial upload that can resume.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct UploadState {
+    /// Bytes durably received, from the start.
+    pub received: u64,
+    /// The announced size, if any.
+    pub size: Option<u64>,
+    /// When the upload last made progress, in ms since the Unix epoch (caller's clock).
+    pub updated_ms: u64,
+}
+
+/// Serde for `Option<Vec<u8>>` as a byte string (postcard: a length and raw bytes),
+/// not as a sequence of integers.
+mod opt_bytes {
+    use serde::de::{Deserializer, Visitor};
+    use serde::ser::Serializer;
+
+    struct Bytes<'a>(&'a [u8]);
+
+    impl serde::Serialize for Bytes<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    pub(super) fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&Bytes(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    struct BufVisitor;
+
+    impl<'de> Visitor<'de> for BufVisitor {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("bytes")
+        }
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+    }
+
+    struct OptVisitor;
+
+    impl<'de> Visitor<'de> for OptVisitor {
+        type Value = Option<Vec<u8>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("optional bytes")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_byte_buf(BufVisitor).map(Some)
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
+        d.deserialize_option(OptVisitor)
+    }
+}
+
+/// Encodes a value in the codec envelope.
+pub(crate) fn enc<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    sync_types::codec::encode(value)
+}
+
+/// Decodes a stored value, naming the partition and key on failure.
+pub(crate) fn dec<T: serde::de::DeserializeOwned>(
+    partition: Partition,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T> {
+    sync_types::codec::decode(bytes, VALUE_BYTES_MAX).map_err(|source| Error::CorruptValue {
+        partition: partition.name(),
+        key: hex(key),
+        source,
+    })
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Builds keys by appending parts.
+#[derive(Default)]
+pub(crate) struct Key(Vec<u8>);
+
+impl Key {
+    pub(crate) fn tenant(t: &TenantId) -> Self {
+        let mut v = Vec::with_capacity(t.as_str().len() + 64);
+        v.extend_from_slice(t.as_str().as_bytes());
+        v.push(0);
+        Key(v)
+    }
+    pub(crate) fn raw(bytes: &[u8]) -> Self {
+        Key(bytes.to_vec())
+    }
+    pub(crate) fn str0(mut self, s: &str) -> Self {
+        self.0.extend_from_slice(s.as_bytes());
+        self.0.push(0);
+        self
+    }
+    pub(crate) fn protocol(self, p: &ProtocolName) -> Self {
+        self.str0(p.as_str())
+    }
+    pub(crate) fn bytes(mut self, b: &[u8]) -> Self {
+        self.0.extend_from_slice(b);
+        self
+    }
+    pub(crate) fn u64(mut self, n: u64) -> Self {
+        self.0.extend_from_slice(&n.to_be_bytes());
+        self
+    }
+    pub(crate) fn u32(mut self, n: u32) -> Self {
+        self.0.extend_from_slice(&n.to_be_bytes());
+        self
+    }
+    pub(crate) fn cid(self, c: &Cid) -> Self {
+        self.bytes(c.as_bytes())
+    }
+    pub(crate) fn hlc(self, h: &Hlc) -> Self {
+        self.u64(h.wall_ms).u32(h.counter).u64(h.node.0)
+    }
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+pub(crate) fn log_key(t: &TenantId, pos: u64) -> Vec<u8> {
+    Key::tenant(t).u64(pos).into_vec()
+}
+
+pub(crate) fn msg_key(t: &TenantId, cid: &Cid) -> Vec<u8> {
+    Key::tenant(t).cid(cid).into_vec()
+}
+
+pub(crate) fn record_key(t: &TenantId, record: &RecordId) -> Vec<u8> {
+    Key::tenant(t).bytes(record.as_bytes()).into_vec()
+}
+
+/// The last `N` bytes of a key, as an array.
+pub(crate) fn key_tail<const N: usize>(partition: Partition, key: &[u8]) -> Result<[u8; N]> {
+    key.len()
+        .checked_sub(N)
+        .and_then(|at| key[at..].try_into().ok())
+        .ok_or(Error::CorruptKey {
+            partition: partition.name(),
+            reason: "key is shorter than its fixed-size tail",
+        })
+}
+
+/// The index entries of a stored message: (partition, key, value). Used both to
+/// insert them and, with the same inputs, to delete them when the message is pruned.
+pub(crate) fn index_entries(
+    t: &TenantId,
+    pos: u64,
+    cid: &Cid,
+    message: &Message,
+    row: Option<&RecordRow>,
+) -> Vec<(Partition, Vec<u8>, Vec<u8>)> {
+    let protocol = message.protocol();
+    let pos_value = enc(&pos);
+    let mut out = vec![
+        (MSG, msg_key(t, cid), pos_value.clone()),
+        (
+            MSG_BY_PROTOCOL,
+            Key::tenant(t).protocol(protocol).cid(cid).into_vec(),
+            pos_value.clone(),
+        ),
+        (
+            LOG_BY_PROTOCOL,
+            Key::tenant(t).protocol(protocol).u64(pos).into_vec(),
+            enc(cid),
+        ),
+    ];
+    let (path, context) = match message {
+        Message::Configure(c) => {
+            out.push((
+                CONFIGS,
+                Key::tenant(t)
+                    .protocol(protocol)
+                    .hlc(&c.timestamp)
+                    .cid(cid)
+                    .into_vec(),
+                pos_value,
+            ));
+            (None, None)
+        }
+        Message::Write(w) => (Some(&w.path), Some(&w.context_id)),
+        Message::Delete(_) => (
+            row.and_then(|r| r.path.as_ref()),
+            row.and_then(|r| r.context.as_ref()),
+        ),
+    };
+    if let Some(path) = path {
+        out.push((
+            BY_PATH,
+            Key::tenant(t)
+                .protocol(protocol)
+                .str0(path.as_str())
+                .cid(cid)
+                .into_vec(),
+            enc(&()),
+        ));
+    }
+    if let Some(context) = context {
+        let mut k = Key::tenant(t).protocol(protocol);
+        for r in context.chain() {
+            k = k.bytes(r.as_bytes());
+        }
+        out.push((BY_CONTEXT, k.cid(cid).into_vec(), enc(&())));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_entries_round_trip_with_and_without_data() {
+        let t = TenantId::new("t").unwrap();
+        let p = ProtocolName::new("p").unwrap();
+        let def = sync_types::ProtocolDefinition::new(
+            &p,
+            vec![sync_types::TypeRule {
+                path: ProtocolPath::new("a").unwrap(),
+                data_bytes_max: None,
+            }],
+            vec![],
+        )
+        .unwrap();
+        let m = Message::Configure(sync_types::Configure {
+            tenant: t,
+            protocol: p,
+            definition: def,
+            timestamp: Hlc::ZERO,
+            author: sync_types::PrincipalId::new("a").unwrap(),
+        });
+        for data in [None, Some(vec![]), Some((0..=255).collect::<Vec<u8>>())] {
+            let e = StoredEntry {
+                cid: m.cid(),
+                message: m.clone(),
+                data,
+            };
+            let bytes = enc(&e);
+            assert_eq!(dec::<StoredEntry>(LOG, b"k", &bytes).unwrap(), e);
+        }
+        assert!(matches!(
+            dec::<StoredEntry>(LOG, b"k", &[1, 0xff]),
+            Err(Error::CorruptValue {
+                partition: "log",
+                ..
+            })
+        ));
+    }
+}

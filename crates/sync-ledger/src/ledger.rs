@@ -1,0 +1,928 @@
+//! The ledger: opening, the atomic apply, message and record lookups, change
+//! notification.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use sync_types::merge::{Conflict, MergeDecision, RecordHead, Version, VersionKind, merge_one};
+use sync_types::{
+    Cid, Configure, ContextId, DataRef, INLINE_DATA_BYTES_MAX, Message, ProgressToken,
+    ProtocolName, ProtocolPath, RecordId, StreamId, TenantId,
+};
+
+use crate::error::{Error, Result};
+use crate::layout::{self, Key, LogMeta, RecordRow, StoredEntry, dec, enc};
+use crate::store::{Batch, Durability, FjallStore, MemoryStore, Order, Store};
+
+/// Most messages in one [`Ledger::apply`] call.
+pub const APPLY_BATCH_MESSAGES_MAX: usize = 10_000;
+
+/// A source of random stream ids, injectable so a simulation can replay a run.
+pub trait IdSource: Send {
+    /// A fresh stream id.
+    fn stream_id(&mut self) -> StreamId;
+}
+
+/// Stream ids from the operating system's random source (the default).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OsRandom;
+
+impl IdSource for OsRandom {
+    fn stream_id(&mut self) -> StreamId {
+        let mut bytes = [0u8; 16];
+        // Without OS randomness the machine cannot run anything we need; there is no
+        // sensible fallback that keeps stream ids unique across restarts.
+        getrandom::fill(&mut bytes).expect("the OS random source is available");
+        StreamId::from_bytes(bytes)
+    }
+}
+
+/// Stream ids from a seeded generator (splitmix64): the same seed gives the same ids,
+/// for deterministic simulation and tests.
+#[derive(Clone, Copy, Debug)]
+pub struct SeededIds {
+    state: u64,
+}
+
+impl SeededIds {
+    /// A generator starting from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self { state: seed }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+impl IdSource for SeededIds {
+    fn stream_id(&mut self) -> StreamId {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.next_u64().to_le_bytes());
+        bytes[8..].copy_from_slice(&self.next_u64().to_le_bytes());
+        StreamId::from_bytes(bytes)
+    }
+}
+
+/// Options for opening a [`Ledger`].
+#[must_use]
+pub struct LedgerBuilder {
+    ids: Box<dyn IdSource>,
+}
+
+impl std::fmt::Debug for LedgerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerBuilder").finish_non_exhaustive()
+    }
+}
+
+impl Default for LedgerBuilder {
+    fn default() -> Self {
+        Self {
+            ids: Box::new(OsRandom),
+        }
+    }
+}
+
+impl LedgerBuilder {
+    /// Where stream ids come from. Default: [`OsRandom`].
+    pub fn id_source(mut self, ids: impl IdSource + 'static) -> Self {
+        self.ids = Box::new(ids);
+        self
+    }
+
+    /// Shorthand for `id_source(SeededIds::new(seed))`.
+    pub fn seed(self, seed: u64) -> Self {
+        self.id_source(SeededIds::new(seed))
+    }
+
+    /// Opens the ledger on any store.
+    pub fn open(self, store: impl Store) -> Result<Ledger> {
+        Ledger::open_with(Arc::new(store), self.ids)
+    }
+
+    /// Opens the ledger on a fjall database in `path` (created when missing).
+    pub fn open_fjall(self, path: impl AsRef<Path>) -> Result<Ledger> {
+        self.open(FjallStore::open(path)?)
+    }
+
+    /// Opens the ledger on a new, empty in-memory store.
+    pub fn open_in_memory(self) -> Result<Ledger> {
+        self.open(MemoryStore::new())
+    }
+}
+
+/// What happened to one message of [`Ledger::apply`].
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct LedgerApplied {
+    /// The message.
+    pub cid: Cid,
+    /// What the ledger did with it.
+    pub outcome: LedgerOutcome,
+}
+
+/// What the ledger did with one message.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum LedgerOutcome {
+    /// Stored, indexed and appended to the log.
+    Applied {
+        /// Its log position.
+        token: ProgressToken,
+        /// Versions of the record that were pruned in the same commit.
+        pruned: Vec<Cid>,
+        /// Set when it is concurrent with the record's previous winner.
+        conflict: Option<Conflict>,
+    },
+    /// Already stored; nothing changed.
+    Duplicate,
+    /// Neither the record's initial write nor its winner; nothing stored. Counts as
+    /// success.
+    Superseded {
+        /// Set when it is concurrent with the record's winner.
+        conflict: Option<Conflict>,
+    },
+}
+
+impl LedgerOutcome {
+    /// Whether the message was newly stored.
+    pub fn is_applied(&self) -> bool {
+        matches!(self, LedgerOutcome::Applied { .. })
+    }
+}
+
+/// A stored message with its inline payload and log position.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct StoredMessage {
+    /// Its cid.
+    pub cid: Cid,
+    /// The message.
+    pub message: Message,
+    /// Its inline payload, when stored.
+    pub data: Option<Vec<u8>>,
+    /// Its log position.
+    pub position: u64,
+}
+
+/// A record's retained versions and where it lives.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RecordInfo {
+    /// The retained versions.
+    pub head: RecordHead,
+    /// The record's path, from the first write seen.
+    pub path: Option<ProtocolPath>,
+    /// The record's context, from the first write seen.
+    pub context: Option<ContextId>,
+}
+
+/// The id of a change listener, for [`Ledger::remove_listener`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct ListenerId(u64);
+
+type Listener = Arc<dyn Fn(&TenantId, u64) + Send + Sync>;
+
+/// Change notification without an async runtime: a generation counter with a condvar,
+/// and callbacks.
+pub(crate) struct Notifier {
+    generation: Mutex<u64>,
+    changed: Condvar,
+    listeners: RwLock<Vec<(ListenerId, Listener)>>,
+    next_listener: AtomicU64,
+}
+
+impl Notifier {
+    fn new() -> Self {
+        Self {
+            generation: Mutex::new(0),
+            changed: Condvar::new(),
+            listeners: RwLock::new(Vec::new()),
+            next_listener: AtomicU64::new(1),
+        }
+    }
+
+    fn notify(&self, heads: &[(TenantId, u64)]) {
+        {
+            let mut g = lock(&self.generation);
+            *g += 1;
+        }
+        self.changed.notify_all();
+        let listeners: Vec<Listener> = self
+            .listeners
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect();
+        for (tenant, head) in heads {
+            for l in &listeners {
+                l(tenant, *head);
+            }
+        }
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (every critical
+/// section in this crate either completes or leaves the data untouched).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The durable ledger of one replica or node. See the crate documentation.
+pub struct Ledger {
+    pub(crate) store: Arc<dyn Store>,
+    poisoned: AtomicBool,
+    /// Serializes every apply (and log maintenance): the merge reads record heads and
+    /// log heads, and the batch that follows must be based on what it read.
+    writer: Mutex<()>,
+    /// Cached log metadata per tenant; changed only under `writer`, after a commit.
+    log_metas: Mutex<HashMap<TenantId, LogMeta>>,
+    ids: Mutex<Box<dyn IdSource>>,
+    notifier: Notifier,
+    /// Serializes read-modify-write of links, dead letters and identities.
+    pub(crate) registry_lock: Mutex<()>,
+    /// Blobs being uploaded in this process.
+    pub(crate) uploads: Mutex<std::collections::HashSet<Cid>>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("poisoned", &self.is_poisoned())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Pending<'a> {
+    ledger: &'a Ledger,
+    batch: Batch,
+    records: HashMap<RecordId, RecordRow>,
+    /// Messages stored by this batch: cid -> (position, message).
+    added: HashMap<Cid, (u64, Message)>,
+}
+
+impl Pending<'_> {
+    fn record(&self, t: &TenantId, id: &RecordId) -> Result<Option<RecordRow>> {
+        match self.records.get(id) {
+            Some(row) => Ok(Some(row.clone())),
+            None => self.ledger.record_row(t, id),
+        }
+    }
+
+    fn has_message(&self, t: &TenantId, cid: &Cid) -> Result<bool> {
+        match self.batch.pending(layout::MSG, &layout::msg_key(t, cid)) {
+            Some(v) => Ok(v.is_some()),
+            None => self.ledger.has_message(t, cid),
+        }
+    }
+
+    fn store_message(
+        &mut self,
+        t: &TenantId,
+        meta: &mut LogMeta,
+        entry: StoredEntry,
+        row: Option<&RecordRow>,
+    ) -> ProgressToken {
+        meta.head += 1;
+        let pos = meta.head;
+        for (p, k, v) in layout::index_entries(t, pos, &entry.cid, &entry.message, row) {
+            self.batch.put(p, k, v);
+        }
+        self.batch
+            .put(layout::LOG, layout::log_key(t, pos), enc(&entry));
+        let token = ProgressToken {
+            stream_id: meta.stream_id,
+            epoch: meta.epoch,
+            position: pos,
+            cid: entry.cid,
+        };
+        self.added.insert(entry.cid, (pos, entry.message));
+        token
+    }
+
+    fn prune(&mut self, t: &TenantId, cid: &Cid, row: &RecordRow) -> Result<()> {
+        let (pos, message) = match self.added.remove(cid) {
+            Some(found) => found,
+            None => {
+                let stored = self.ledger.get_message(t, cid)?.ok_or_else(|| {
+                    Error::Inconsistent(format!("retained version {cid} is not stored"))
+                })?;
+                (stored.position, stored.message)
+            }
+        };
+        for (p, k, _) in layout::index_entries(t, pos, cid, &message, Some(row)) {
+            self.batch.delete(p, k);
+        }
+        self.batch.delete(layout::LOG, layout::log_key(t, pos));
+        Ok(())
+    }
+}
+
+impl Ledger {
+    /// Options for opening a ledger.
+    pub fn builder() -> LedgerBuilder {
+        LedgerBuilder::default()
+    }
+
+    /// Opens a ledger on `store` with OS randomness.
+    pub fn open(store: impl Store) -> Result<Ledger> {
+        Self::builder().open(store)
+    }
+
+    /// Opens a ledger on a fjall database in `path` with OS randomness.
+    pub fn open_fjall(path: impl AsRef<Path>) -> Result<Ledger> {
+        Self::builder().open_fjall(path)
+    }
+
+    /// Opens a ledger on a new in-memory store with OS randomness.
+    pub fn in_memory() -> Result<Ledger> {
+        Self::builder().open_in_memory()
+    }
+
+    fn open_with(store: Arc<dyn Store>, ids: Box<dyn IdSource>) -> Result<Ledger> {
+        const KEY: &[u8] = b"layout";
+        match store.get(layout::META, KEY)? {
+            Some(bytes) => {
+                let found: u32 = dec(layout::META, KEY, &bytes)?;
+                if found != layout::LAYOUT_VERSION {
+                    return Err(Error::UnsupportedLayout {
+                        found,
+                        supported: layout::LAYOUT_VERSION,
+                    });
+                }
+            }
+            None => store.put(
+                layout::META,
+                KEY,
+                enc(&layout::LAYOUT_VERSION),
+                Durability::SyncData,
+            )?,
+        }
+        Ok(Ledger {
+            store,
+            poisoned: AtomicBool::new(false),
+            writer: Mutex::new(()),
+            log_metas: Mutex::new(HashMap::new()),
+            ids: Mutex::new(ids),
+            notifier: Notifier::new(),
+            registry_lock: Mutex::new(()),
+            uploads: Mutex::new(Default::default()),
+        })
+    }
+
+    /// The storage backend.
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    /// Whether a failed write has poisoned the ledger; a poisoned ledger refuses every
+    /// write with [`Error::Poisoned`] and must be reopened (reads still work).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Makes every commit so far at least as durable as `durability` (a sync after a
+    /// run of buffered commits).
+    pub fn persist(&self, durability: Durability) -> Result<()> {
+        if self.is_poisoned() {
+            return Err(Error::Poisoned);
+        }
+        self.store
+            .persist(durability)
+            .inspect_err(|_| self.poison())
+    }
+
+    /// Syncs everything and drops the ledger. Dropping without `close` loses nothing
+    /// that was committed with a synced durability.
+    pub fn close(self) -> Result<()> {
+        self.persist(Durability::SyncAll)
+    }
+
+    fn poison(&self) {
+        self.poisoned.store(true, Ordering::Release);
+    }
+
+    /// Commits `batch`, poisoning the ledger when the backend fails: after a failed
+    /// write (above all a failed fsync) the state on disk is unknown, and writing on
+    /// top of it could make an unacknowledged commit look acknowledged.
+    pub(crate) fn commit(&self, batch: Batch, durability: Durability) -> Result<()> {
+        if self.is_poisoned() {
+            return Err(Error::Poisoned);
+        }
+        self.store
+            .commit(batch, durability)
+            .inspect_err(|_| self.poison())
+    }
+
+    fn log_meta_loaded(&self, t: &TenantId) -> Result<Option<LogMeta>> {
+        if let Some(m) = lock(&self.log_metas).get(t) {
+            return Ok(Some(*m));
+        }
+        let key = Key::tenant(t).into_vec();
+        let Some(bytes) = self.store.get(layout::LOG_META, &key)? else {
+            return Ok(None);
+        };
+        let meta: LogMeta = dec(layout::LOG_META, &key, &bytes)?;
+        lock(&self.log_metas).insert(t.clone(), meta);
+        Ok(Some(meta))
+    }
+
+    /// The log metadata of a tenant, if its log exists.
+    pub(crate) fn log_meta(&self, t: &TenantId) -> Result<Option<LogMeta>> {
+        self.log_meta_loaded(t)
+    }
+
+    /// Applies a batch of one tenant's messages in ONE atomic commit.
+    ///
+    /// Under the writer lock, for each message in order: a `Configure` is stored
+    /// unless present (all `Configure`s are retained, none is pruned); a `Write` or
+    /// `Delete` is merged with [`merge_one`] against its record's head (as left by the
+    /// messages before it in the batch). Every accepted message is stored with its
+    /// inline data, indexed and appended to the tenant's log; versions the merge
+    /// prunes are deleted with their index entries and log entries. Then everything,
+    /// with the new record heads and log head, is committed as one batch with
+    /// `durability`, so a crash leaves all of it or none of it.
+    ///
+    /// Validation and dependency checks are the caller's job. The ledger only refuses
+    /// the whole call, before writing anything, when a message belongs to another
+    /// tenant ([`Error::WrongTenant`]), inline data does not match its message's data
+    /// reference ([`Error::DataMismatch`]), or the batch is larger than
+    /// [`APPLY_BATCH_MESSAGES_MAX`].
+    ///
+    /// Listeners and waiters are notified after the commit returns.
+    pub fn apply(
+        &self,
+        tenant: &TenantId,
+        items: impl IntoIterator<Item = (Message, Option<Vec<u8>>)>,
+        durability: Durability,
+    ) -> Result<Vec<LedgerApplied>> {
+        let items: Vec<(Message, Option<Vec<u8>>)> = items.into_iter().collect();
+        if items.len() > APPLY_BATCH_MESSAGES_MAX {
+            return Err(Error::LimitExceeded {
+                what: "apply batch",
+                len: items.len(),
+                max: APPLY_BATCH_MESSAGES_MAX,
+            });
+        }
+        let mut checked = Vec::with_capacity(items.len());
+        for (message, data) in items {
+            let cid = message.cid();
+            if message.tenant() != tenant {
+                return Err(Error::WrongTenant {
+                    cid,
+                    expected: tenant.clone(),
+                    found: message.tenant().clone(),
+                });
+            }
+            if let Some(bytes) = &data {
+                let declared = match &message {
+                    Message::Write(w) => w.data,
+                    _ => None,
+                };
+                let ok = bytes.len() as u64 <= INLINE_DATA_BYTES_MAX
+                    && declared == Some(DataRef::of(bytes));
+                if !ok {
+                    return Err(Error::DataMismatch { cid });
+                }
+            }
+            checked.push(StoredEntry { cid, message, data });
+        }
+        if checked.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.is_poisoned() {
+            return Err(Error::Poisoned);
+        }
+
+        let _writer = lock(&self.writer);
+        let mut meta = match self.log_meta_loaded(tenant)? {
+            Some(m) => m,
+            None => LogMeta {
+                stream_id: lock(&self.ids).stream_id(),
+                epoch: 1,
+                head: 0,
+                compacted_through: 0,
+            },
+        };
+        let head_before = meta.head;
+        let mut pending = Pending {
+            ledger: self,
+            batch: Batch::new(),
+            records: HashMap::new(),
+            added: HashMap::new(),
+        };
+        let mut results = Vec::with_capacity(checked.len());
+        for entry in checked {
+            let cid = entry.cid;
+            let outcome = match &entry.message {
+                Message::Configure(_) => {
+                    if pending.has_message(tenant, &cid)? {
+                        LedgerOutcome::Duplicate
+                    } else {
+                        let token = pending.store_message(tenant, &mut meta, entry, None);
+                        LedgerOutcome::Applied {
+                            token,
+                            pruned: Vec::new(),
+                            conflict: None,
+                        }
+                    }
+                }
+                Message::Write(_) | Message::Delete(_) => {
+                    self.merge_entry(tenant, &mut meta, &mut pending, entry)?
+                }
+            };
+            results.push(LedgerApplied { cid, outcome });
+        }
+        if meta.head == head_before {
+            // Nothing accepted: no commit, no notification.
+            return Ok(results);
+        }
+        for (id, row) in &pending.records {
+            pending
+                .batch
+                .put(layout::RECORDS, layout::record_key(tenant, id), enc(row));
+        }
+        pending
+            .batch
+            .put(layout::LOG_META, Key::tenant(tenant).into_vec(), enc(&meta));
+        let batch = std::mem::take(&mut pending.batch);
+        drop(pending);
+        self.commit(batch, durability)?;
+        lock(&self.log_metas).insert(tenant.clone(), meta);
+        drop(_writer);
+        self.notifier.notify(&[(tenant.clone(), meta.head)]);
+        Ok(results)
+    }
+
+    fn merge_entry(
+        &self,
+        tenant: &TenantId,
+        meta: &mut LogMeta,
+        pending: &mut Pending<'_>,
+        entry: StoredEntry,
+    ) -> Result<LedgerOutcome> {
+        let (record_id, prev, kind, write) = match &entry.message {
+            Message::Write(w) => (w.record_id, w.prev, VersionKind::Write, Some(w)),
+            Message::Delete(d) => (d.record_id, d.prev, VersionKind::Delete, None),
+            Message::Configure(_) => unreachable!("configure is handled by the caller"),
+        };
+        let version = Version {
+            cid: entry.cid,
+            timestamp: entry.message.timestamp(),
+            prev,
+            kind,
+        };
+        let row = pending.record(tenant, &record_id)?;
+        Ok(match merge_one(row.as_ref().map(|r| &r.head), &version) {
+            MergeDecision::Duplicate => LedgerOutcome::Duplicate,
+            MergeDecision::Superseded { conflict } => LedgerOutcome::Superseded { conflict },
+            MergeDecision::Accepted {
+                head,
+                pruned,
+                conflict,
+            } => {
+                let mut new_row = row.unwrap_or(RecordRow {
+                    head,
+                    path: None,
+                    context: None,
+                });
+                new_row.head = head;
+                if let Some(w) = write
+                    && new_row.path.is_none()
+                {
+                    new_row.path = Some(w.path.clone());
+                    new_row.context = Some(w.context_id.clone());
+                }
+                for cid in &pruned {
+                    pending.prune(tenant, cid, &new_row)?;
+                }
+                let token = pending.store_message(tenant, meta, entry, Some(&new_row));
+                pending.records.insert(record_id, new_row);
+                LedgerOutcome::Applied {
+                    token,
+                    pruned,
+                    conflict,
+                }
+            }
+        })
+    }
+
+    // ---- lookups the engine uses ----
+
+    /// Whether the tenant stores the message.
+    pub fn has_message(&self, tenant: &TenantId, cid: &Cid) -> Result<bool> {
+        Ok(self
+            .store
+            .get(layout::MSG, &layout::msg_key(tenant, cid))?
+            .is_some())
+    }
+
+    /// A stored message with its inline data and position.
+    ///
+    /// Lookups are per tenant on purpose: a cid names a message of one tenant, and a
+    /// lookup that crossed tenants would be one missing check away from a leak.
+    pub fn get_message(&self, tenant: &TenantId, cid: &Cid) -> Result<Option<StoredMessage>> {
+        let key = layout::msg_key(tenant, cid);
+        let Some(bytes) = self.store.get(layout::MSG, &key)? else {
+            return Ok(None);
+        };
+        let position: u64 = dec(layout::MSG, &key, &bytes)?;
+        let log_key = layout::log_key(tenant, position);
+        let Some(bytes) = self.store.get(layout::LOG, &log_key)? else {
+            return Err(Error::Inconsistent(format!(
+                "message {cid} is indexed at position {position} but the log has no entry there"
+            )));
+        };
+        let entry: StoredEntry = dec(layout::LOG, &log_key, &bytes)?;
+        if entry.cid != *cid {
+            return Err(Error::Inconsistent(format!(
+                "log position {position} holds {} instead of {cid}",
+                entry.cid
+            )));
+        }
+        Ok(Some(StoredMessage {
+            cid: entry.cid,
+            message: entry.message,
+            data: entry.data,
+            position,
+        }))
+    }
+
+    fn record_row(&self, tenant: &TenantId, id: &RecordId) -> Result<Option<RecordRow>> {
+        let key = layout::record_key(tenant, id);
+        match self.store.get(layout::RECORDS, &key)? {
+            Some(bytes) => Ok(Some(dec(layout::RECORDS, &key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The retained versions of a record (its initial write and winner).
+    pub fn record_head(&self, tenant: &TenantId, record: &RecordId) -> Result<Option<RecordHead>> {
+        Ok(self.record_row(tenant, record)?.map(|r| r.head))
+    }
+
+    /// A record's head with its path and context.
+    pub fn record_info(&self, tenant: &TenantId, record: &RecordId) -> Result<Option<RecordInfo>> {
+        Ok(self.record_row(tenant, record)?.map(|r| RecordInfo {
+            head: r.head,
+            path: r.path,
+            context: r.context,
+        }))
+    }
+
+    /// Whether a `Configure` of the protocol is stored.
+    pub fn has_protocol(&self, tenant: &TenantId, protocol: &ProtocolName) -> Result<bool> {
+        let prefix = Key::tenant(tenant).protocol(protocol).into_vec();
+        Ok(self
+            .store
+            .first(
+                layout::CONFIGS,
+                crate::store::KeyRange::prefix(&prefix),
+                Order::Ascending,
+            )?
+            .is_some())
+    }
+
+    /// The current definition of a protocol: its newest `Configure` by
+    /// `(timestamp, cid)`, with that message's cid.
+    pub fn protocol_definition(
+        &self,
+        tenant: &TenantId,
+        protocol: &ProtocolName,
+    ) -> Result<Option<(Cid, Configure)>> {
+        let prefix = Key::tenant(tenant).protocol(protocol).into_vec();
+        let Some((key, _)) = self.store.first(
+            layout::CONFIGS,
+            crate::store::KeyRange::prefix(&prefix),
+            Order::Descending,
+        )?
+        else {
+            return Ok(None);
+        };
+        let cid = Cid::from_bytes(layout::key_tail::<32>(layout::CONFIGS, &key)?);
+        match self.get_message(tenant, &cid)? {
+            Some(StoredMessage {
+                message: Message::Configure(c),
+                ..
+            }) => Ok(Some((cid, c))),
+            _ => Err(Error::Inconsistent(format!(
+                "configure index names {cid}, which is not a stored configure"
+            ))),
+        }
+    }
+
+    /// The cids of every stored `Configure` of a protocol, oldest first by
+    /// `(timestamp, cid)`.
+    pub fn configures(&self, tenant: &TenantId, protocol: &ProtocolName) -> Result<Vec<Cid>> {
+        let prefix = Key::tenant(tenant).protocol(protocol).into_vec();
+        self.store
+            .scan_prefix(layout::CONFIGS, &prefix, Order::Ascending)?
+            .map(|kv| {
+                let (k, _) = kv?;
+                Ok(Cid::from_bytes(layout::key_tail::<32>(
+                    layout::CONFIGS,
+                    &k,
+                )?))
+            })
+            .collect()
+    }
+
+    /// Every stored message cid of the tenant, in ascending cid order (to rebuild a
+    /// Merkle tree on open).
+    pub fn cids(&self, tenant: &TenantId) -> Result<CidIter<'_>> {
+        let prefix = Key::tenant(tenant).into_vec();
+        self.cid_scan(layout::MSG, &prefix)
+    }
+
+    /// Every stored message cid of one protocol of the tenant, in ascending cid order.
+    pub fn protocol_cids(&self, tenant: &TenantId, protocol: &ProtocolName) -> Result<CidIter<'_>> {
+        let prefix = Key::tenant(tenant).protocol(protocol).into_vec();
+        self.cid_scan(layout::MSG_BY_PROTOCOL, &prefix)
+    }
+
+    /// The cids of stored writes and deletes whose record path equals `path` or lies
+    /// below it (segment-wise), in ascending order per path.
+    pub fn path_cids(
+        &self,
+        tenant: &TenantId,
+        protocol: &ProtocolName,
+        path: &ProtocolPath,
+    ) -> Result<Vec<Cid>> {
+        let base = Key::tenant(tenant).protocol(protocol).into_vec();
+        let mut exact = base.clone();
+        exact.extend_from_slice(path.as_str().as_bytes());
+        let mut below = exact.clone();
+        exact.push(0);
+        below.push(b'/');
+        let mut out = Vec::new();
+        for prefix in [exact, below] {
+            for cid in self.cid_scan(layout::BY_PATH, &prefix)? {
+                out.push(cid?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The cids of stored writes and deletes whose record context equals `context` or
+    /// lies below it.
+    pub fn context_cids(
+        &self,
+        tenant: &TenantId,
+        protocol: &ProtocolName,
+        context: &ContextId,
+    ) -> Result<Vec<Cid>> {
+        let mut k = Key::tenant(tenant).protocol(protocol);
+        for r in context.chain() {
+            k = k.bytes(r.as_bytes());
+        }
+        self.cid_scan(layout::BY_CONTEXT, &k.into_vec())?.collect()
+    }
+
+    fn cid_scan(&self, partition: crate::store::Partition, prefix: &[u8]) -> Result<CidIter<'_>> {
+        let plen = prefix.len();
+        let iter = self
+            .store
+            .scan_prefix(partition, prefix, Order::Ascending)?;
+        Ok(CidIter {
+            inner: Box::new(iter.map(move |kv| {
+                let (k, _) = kv?;
+                if k.len() < plen + 32 {
+                    return Err(Error::CorruptKey {
+                        partition: partition.name(),
+                        reason: "key too short for a cid",
+                    });
+                }
+                Ok(Cid::from_bytes(layout::key_tail::<32>(partition, &k)?))
+            })),
+        })
+    }
+
+    // ---- change notification ----
+
+    /// A counter that grows by at least one after every commit that appended to a log.
+    pub fn generation(&self) -> u64 {
+        *lock(&self.notifier.generation)
+    }
+
+    /// Blocks until the generation exceeds `seen` or `timeout` passes, and returns the
+    /// generation. For threads without an async runtime; an async driver should
+    /// register a listener instead.
+    pub fn wait_for_change(&self, seen: u64, timeout: Duration) -> u64 {
+        let g = lock(&self.notifier.generation);
+        let (g, _) = self
+            .notifier
+            .changed
+            .wait_timeout_while(g, timeout, |g| *g <= seen)
+            .unwrap_or_else(|e| e.into_inner());
+        *g
+    }
+
+    /// Registers `listener`, called with the tenant and its new log head after every
+    /// commit that appended to that tenant's log, on the committing thread, after the
+    /// ledger's locks are released. It must be quick and must not block (a tokio
+    /// driver calls `Notify::notify_one` in it). A notification is a hint: a reader
+    /// must read the log from its checkpoint, never trust a notification to carry data.
+    pub fn add_listener(
+        &self,
+        listener: impl Fn(&TenantId, u64) + Send + Sync + 'static,
+    ) -> ListenerId {
+        let id = ListenerId(self.notifier.next_listener.fetch_add(1, Ordering::Relaxed));
+        self.notifier
+            .listeners
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id, Arc::new(listener)));
+        id
+    }
+
+    /// Removes a listener; returns whether it was registered.
+    pub fn remove_listener(&self, id: ListenerId) -> bool {
+        let mut l = self
+            .notifier
+            .listeners
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let before = l.len();
+        l.retain(|(i, _)| *i != id);
+        l.len() != before
+    }
+
+    /// Raises the compaction floor of a tenant's log: a cursor at a position below
+    /// `through` gets a [`GapReason::TooOld`](sync_types::GapReason::TooOld) answer.
+    ///
+    /// Nothing is deleted: the log holds the message bodies, and versions that were
+    /// pruned have already lost their entries at apply time, so the log never holds
+    /// more than the retained messages. The floor exists so an operator can force
+    /// readers with old cursors to reconcile instead of replaying. Returns the new
+    /// floor (never lowered, never above the head).
+    pub fn compact_log(
+        &self,
+        tenant: &TenantId,
+        through: u64,
+        durability: Durability,
+    ) -> Result<u64> {
+        let _writer = lock(&self.writer);
+        let Some(mut meta) = self.log_meta_loaded(tenant)? else {
+            return Ok(0);
+        };
+        let floor = through.min(meta.head).max(meta.compacted_through);
+        if floor == meta.compacted_through {
+            return Ok(floor);
+        }
+        meta.compacted_through = floor;
+        let mut batch = Batch::new();
+        batch.put(layout::LOG_META, Key::tenant(tenant).into_vec(), enc(&meta));
+        self.commit(batch, durability)?;
+        lock(&self.log_metas).insert(tenant.clone(), meta);
+        Ok(floor)
+    }
+
+    /// Every tenant with a log.
+    pub fn tenants(&self) -> Result<Vec<TenantId>> {
+        self.store
+            .scan(
+                layout::LOG_META,
+                crate::store::KeyRange::all(),
+                Order::Ascending,
+            )?
+            .map(|kv| {
+                let (k, _) = kv?;
+                let s = k
+                    .strip_suffix(&[0])
+                    .and_then(|s| std::str::from_utf8(s).ok())
+                    .ok_or(Error::CorruptKey {
+                        partition: layout::LOG_META.name(),
+                        reason: "not a tenant id",
+                    })?;
+                TenantId::new(s).map_err(|_| Error::CorruptKey {
+                    partition: layout::LOG_META.name(),
+                    reason: "not a tenant id",
+                })
+            })
+            .collect()
+    }
+}
+
+/// Stored cids in ascending order; each item is a `Result` because the scan reads
+/// storage as it goes.
+pub struct CidIter<'a> {
+    inner: Box<dyn Iterator<Item = Result<Cid>> + 'a>,
+}
+
+impl Iterator for CidIter<'_> {
+    type Item = Result<Cid>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.inner.next()
+    }
+}
+
+impl std::fmt::Debug for CidIter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CidIter")
+    }
+}

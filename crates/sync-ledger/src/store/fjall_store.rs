@@ -1,0 +1,206 @@
+//! The fjall backend: one fjall database on a directory, one keyspace per partition.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
+
+use super::{Batch, Durability, KeyRange, Order, Partition, ScanIter, Store, check_key};
+use crate::error::{Error, Result};
+
+/// Default block cache, in bytes.
+pub const CACHE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// A [`Store`] on a fjall database in a directory.
+///
+/// fjall writes a batch to its journal and then to in-memory tables; a background
+/// worker flushes tables to disk and compacts them. By default a fjall batch only
+/// reaches OS buffers, so this backend always passes an explicit
+/// [`PersistMode`] that matches the [`Durability`] the caller asked for.
+///
+/// fjall poisons its database after a failed journal write or sync and then refuses
+/// writes; this backend reports that as [`Error::Poisoned`].
+pub struct FjallStore {
+    db: Database,
+    path: PathBuf,
+    keyspaces: RwLock<HashMap<&'static str, Keyspace>>,
+}
+
+/// Options for opening a [`FjallStore`].
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct FjallStoreBuilder {
+    path: PathBuf,
+    cache_bytes: u64,
+    worker_threads: Option<usize>,
+}
+
+impl FjallStoreBuilder {
+    /// Block cache size in bytes. Default: [`CACHE_BYTES_DEFAULT`].
+    pub fn cache_bytes(mut self, bytes: u64) -> Self {
+        self.cache_bytes = bytes;
+        self
+    }
+
+    /// Background flush and compaction threads. Default: fjall's (the number of cores,
+    /// at most 4).
+    pub fn worker_threads(mut self, threads: usize) -> Self {
+        self.worker_threads = Some(threads.max(1));
+        self
+    }
+
+    /// Opens (or creates) the database.
+    pub fn open(self) -> Result<FjallStore> {
+        let mut builder = Database::builder(&self.path).cache_size(self.cache_bytes);
+        if let Some(n) = self.worker_threads {
+            builder = builder.worker_threads(n);
+        }
+        let db = builder.open().map_err(map_err)?;
+        Ok(FjallStore {
+            db,
+            path: self.path,
+            keyspaces: RwLock::new(HashMap::new()),
+        })
+    }
+}
+
+impl FjallStore {
+    /// Options for a store in `path`.
+    pub fn builder(path: impl AsRef<Path>) -> FjallStoreBuilder {
+        FjallStoreBuilder {
+            path: path.as_ref().to_path_buf(),
+            cache_bytes: CACHE_BYTES_DEFAULT,
+            worker_threads: None,
+        }
+    }
+
+    /// Opens (or creates) a store in `path` with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::builder(path).open()
+    }
+
+    /// The directory of the database.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Flushes every in-memory table to disk and syncs the journal, so the next open
+    /// has no journal to replay. Used on a clean close; never needed for durability.
+    pub fn flush_tables(&self) -> Result<()> {
+        self.db.persist(PersistMode::SyncAll).map_err(map_err)?;
+        let keyspaces: Vec<Keyspace> = self.read_keyspaces().values().cloned().collect();
+        for ks in keyspaces {
+            ks.rotate_memtable_and_wait().map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    fn read_keyspaces(&self) -> std::sync::RwLockReadGuard<'_, HashMap<&'static str, Keyspace>> {
+        // The map only ever gains complete entries, so a poisoned lock is still sound.
+        self.keyspaces.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn keyspace(&self, partition: Partition) -> Result<Keyspace> {
+        if let Some(ks) = self.read_keyspaces().get(partition.name()) {
+            return Ok(ks.clone());
+        }
+        let mut map = self.keyspaces.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(ks) = map.get(partition.name()) {
+            return Ok(ks.clone());
+        }
+        let large = partition.large_values();
+        let ks = self
+            .db
+            .keyspace(partition.name(), || {
+                let opts = KeyspaceCreateOptions::default();
+                if large {
+                    opts.with_kv_separation(Some(KvSeparationOptions::default()))
+                } else {
+                    opts
+                }
+            })
+            .map_err(map_err)?;
+        map.insert(partition.name(), ks.clone());
+        Ok(ks)
+    }
+}
+
+impl std::fmt::Debug for FjallStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FjallStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn map_err(e: fjall::Error) -> Error {
+    match e {
+        fjall::Error::Poisoned => Error::Poisoned,
+        other => Error::backend(other),
+    }
+}
+
+fn persist_mode(durability: Durability) -> PersistMode {
+    match durability {
+        Durability::Buffered => PersistMode::Buffer,
+        Durability::SyncData => PersistMode::SyncData,
+        Durability::SyncAll => PersistMode::SyncAll,
+    }
+}
+
+impl Store for FjallStore {
+    fn get(&self, partition: Partition, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        check_key(key)?;
+        let ks = self.keyspace(partition)?;
+        Ok(ks.get(key).map_err(map_err)?.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, partition: Partition, range: KeyRange, order: Order) -> Result<ScanIter<'_>> {
+        let ks = self.keyspace(partition)?;
+        if range.is_empty() {
+            return Ok(Box::new(std::iter::empty()));
+        }
+        let iter = ks.range::<Vec<u8>, _>((range.start, range.end));
+        let map = |guard: fjall::Guard| {
+            guard
+                .into_inner()
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .map_err(map_err)
+        };
+        Ok(match order {
+            Order::Ascending => Box::new(iter.map(map)),
+            Order::Descending => Box::new(iter.rev().map(map)),
+        })
+    }
+
+    fn commit(&self, batch: Batch, durability: Durability) -> Result<()> {
+        if batch.is_empty() {
+            return self.persist(durability);
+        }
+        for op in batch.ops() {
+            check_key(&op.key)?;
+        }
+        let mut keyspaces: HashMap<&'static str, Keyspace> = HashMap::new();
+        let mut wb = self.db.batch().durability(Some(persist_mode(durability)));
+        for op in batch.into_ops() {
+            let name = op.partition.name();
+            let ks = match keyspaces.get(name) {
+                Some(ks) => ks,
+                None => {
+                    let ks = self.keyspace(op.partition)?;
+                    keyspaces.entry(name).or_insert(ks)
+                }
+            };
+            match op.value {
+                Some(v) => wb.insert(ks, op.key, v),
+                None => wb.remove(ks, op.key),
+            }
+        }
+        wb.commit().map_err(map_err)
+    }
+
+    fn persist(&self, durability: Durability) -> Result<()> {
+        self.db.persist(persist_mode(durability)).map_err(map_err)
+    }
+}

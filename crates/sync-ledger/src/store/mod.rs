@@ -1,0 +1,439 @@
+//! The storage boundary: a small ordered key-value interface with named partitions and
+//! atomic, durability-tagged batches.
+//!
+//! Everything the ledger keeps goes through [`Store`]. The trait is deliberately small
+//! (get, ordered scans, one atomic batch commit, an explicit persist) so that a backend
+//! is a few hundred lines: [`FjallStore`] on a directory (the default) and
+//! [`MemoryStore`] for tests and simulation. A later backend (a shared
+//! PostgreSQL-compatible store, SPEC §7) implements the same five methods.
+//!
+//! Why this shape:
+//! - **Partitions are static names** ([`Partition`]): the ledger's schema is fixed and
+//!   documented in [`crate::layout`], so a partition is a constant, not a runtime string.
+//! - **Every write is a batch** with an explicit [`Durability`]: the ledger never writes
+//!   one key on its own, so no caller can forget to say how durable a write must be.
+//! - **Last write to a key in a batch wins** ([`Batch`] coalesces), because a backend
+//!   that gives all items of a batch one sequence number (fjall) cannot order an insert
+//!   and a delete of the same key inside it.
+//! - **Scans are ordered by key bytes** in both directions, and each item is a `Result`:
+//!   a backend that fails halfway through a scan reports it instead of ending early.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Bound;
+
+use crate::error::Result;
+
+mod fjall_store;
+mod memory;
+
+pub use fjall_store::{CACHE_BYTES_DEFAULT, FjallStore, FjallStoreBuilder};
+pub use memory::MemoryStore;
+
+/// Longest key a store accepts, in bytes. The ledger's longest key (a tenant, a
+/// protocol, a deep path or context and a cid) is about 2.2 KiB; fjall's own limit is
+/// 64 KiB.
+pub const KEY_BYTES_MAX: usize = 16 * 1024;
+
+/// Checks that a key is 1 to [`KEY_BYTES_MAX`] bytes long. Every backend calls it on
+/// every key it is given, so all backends refuse the same keys (fjall would panic on an
+/// empty one).
+pub fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() || key.len() > KEY_BYTES_MAX {
+        return Err(crate::error::Error::InvalidKey {
+            len: key.len(),
+            max: KEY_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// A named partition of a store (a fjall keyspace, a table): an independent ordered
+/// key space.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Partition {
+    name: &'static str,
+    large_values: bool,
+}
+
+impl Partition {
+    /// A partition called `name` (1 to 64 bytes of `[a-z0-9_]`, checked at compile time
+    /// when used in a `const`).
+    pub const fn new(name: &'static str) -> Self {
+        let bytes = name.as_bytes();
+        assert!(
+            !bytes.is_empty() && bytes.len() <= 64,
+            "partition name length"
+        );
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            assert!(
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_',
+                "partition names are [a-z0-9_]"
+            );
+            i += 1;
+        }
+        Self {
+            name,
+            large_values: false,
+        }
+    }
+
+    /// Marks the partition as holding large values (blob chunks); a backend may store
+    /// them apart from the keys (fjall: key-value separation).
+    pub const fn with_large_values(mut self) -> Self {
+        self.large_values = true;
+        self
+    }
+
+    /// The partition's name.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Whether the partition holds large values.
+    pub const fn large_values(&self) -> bool {
+        self.large_values
+    }
+}
+
+impl fmt::Debug for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Partition({})", self.name)
+    }
+}
+
+impl fmt::Display for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// How durable a commit must be when it returns, from weakest to strongest.
+///
+/// | mode | process crash (kill -9) | OS crash or power loss |
+/// |---|---|---|
+/// | `Buffered` | kept | may be lost, always a whole suffix of commits |
+/// | `SyncData` | kept | kept (with everything committed before it) |
+/// | `SyncAll` | kept | kept (with everything committed before it) |
+///
+/// `Buffered` hands the commit to the operating system (fjall's `PersistMode::Buffer`,
+/// which is also what a fjall batch does when no mode is given): it survives the
+/// process but not the machine. `SyncData` adds `fdatasync` of the journal, `SyncAll`
+/// adds `fsync` (file metadata too). A sync covers every earlier commit, because the
+/// journal is sequential, so a run of `Buffered` commits followed by one synced commit
+/// makes the whole run durable. Only a commit that returned `Ok` with a sync mode may
+/// be acknowledged to a peer as durable.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub enum Durability {
+    /// Written to OS buffers: survives a process crash, not a power loss.
+    Buffered,
+    /// Journal synced with `fdatasync`: survives a power loss.
+    SyncData,
+    /// Journal synced with `fsync` (data and metadata): survives a power loss.
+    SyncAll,
+}
+
+impl Durability {
+    /// Every mode, weakest first.
+    pub const ALL: [Durability; 3] = [
+        Durability::Buffered,
+        Durability::SyncData,
+        Durability::SyncAll,
+    ];
+
+    /// Whether the mode survives a power loss.
+    pub fn is_synced(self) -> bool {
+        self != Durability::Buffered
+    }
+
+    /// The snake_case name, for benches and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Buffered => "buffered",
+            Durability::SyncData => "sync_data",
+            Durability::SyncAll => "sync_all",
+        }
+    }
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One write of a [`Batch`]: a put (`value` is `Some`) or a delete.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct BatchOp {
+    /// Where.
+    pub partition: Partition,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The new value, or `None` to delete.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Writes to any partitions that a [`Store`] applies atomically: after a crash either
+/// all of them are visible or none is.
+///
+/// When a batch writes the same key twice, the last write wins and the earlier one is
+/// dropped, so an insert followed by a delete of the same key deletes it.
+#[derive(Clone, Default, Debug)]
+pub struct Batch {
+    ops: Vec<BatchOp>,
+    index: HashMap<(&'static str, Vec<u8>), usize>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `key` to `value` in `partition`.
+    pub fn put(&mut self, partition: Partition, key: impl Into<Vec<u8>>, value: Vec<u8>) {
+        self.push(partition, key.into(), Some(value));
+    }
+
+    /// Deletes `key` from `partition` (a no-op when it is absent).
+    pub fn delete(&mut self, partition: Partition, key: impl Into<Vec<u8>>) {
+        self.push(partition, key.into(), None);
+    }
+
+    fn push(&mut self, partition: Partition, key: Vec<u8>, value: Option<Vec<u8>>) {
+        match self.index.get(&(partition.name, key.clone())) {
+            Some(&at) => self.ops[at].value = value,
+            None => {
+                self.index
+                    .insert((partition.name, key.clone()), self.ops.len());
+                self.ops.push(BatchOp {
+                    partition,
+                    key,
+                    value,
+                });
+            }
+        }
+    }
+
+    /// The pending value of `key`: `Some(Some(v))` for a put, `Some(None)` for a
+    /// delete, `None` when the batch does not touch the key.
+    pub fn pending(&self, partition: Partition, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.index
+            .get(&(partition.name, key.to_vec()))
+            .map(|&at| self.ops[at].value.as_deref())
+    }
+
+    /// Number of distinct keys written.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether the batch writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// The writes, in first-touched order, each key once.
+    pub fn ops(&self) -> &[BatchOp] {
+        &self.ops
+    }
+
+    /// The writes, consuming the batch.
+    pub fn into_ops(self) -> Vec<BatchOp> {
+        self.ops
+    }
+}
+
+/// A range of keys: start and end bounds over key bytes.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct KeyRange {
+    /// Lower bound.
+    pub start: Bound<Vec<u8>>,
+    /// Upper bound.
+    pub end: Bound<Vec<u8>>,
+}
+
+impl KeyRange {
+    /// Every key.
+    pub fn all() -> Self {
+        Self {
+            start: Bound::Unbounded,
+            end: Bound::Unbounded,
+        }
+    }
+
+    /// Every key that starts with `prefix`.
+    pub fn prefix(prefix: &[u8]) -> Self {
+        Self {
+            start: Bound::Included(prefix.to_vec()),
+            end: match prefix_successor(prefix) {
+                Some(end) => Bound::Excluded(end),
+                None => Bound::Unbounded,
+            },
+        }
+    }
+
+    /// Keys in `start..end` (end excluded).
+    pub fn between(start: Vec<u8>, end: Vec<u8>) -> Self {
+        Self {
+            start: Bound::Included(start),
+            end: Bound::Excluded(end),
+        }
+    }
+
+    /// Whether `key` lies in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        let above = match &self.start {
+            Bound::Included(s) => key >= s.as_slice(),
+            Bound::Excluded(s) => key > s.as_slice(),
+            Bound::Unbounded => true,
+        };
+        let below = match &self.end {
+            Bound::Included(e) => key <= e.as_slice(),
+            Bound::Excluded(e) => key < e.as_slice(),
+            Bound::Unbounded => true,
+        };
+        above && below
+    }
+
+    /// Whether no key can lie in the range.
+    pub fn is_empty(&self) -> bool {
+        match (&self.start, &self.end) {
+            (Bound::Included(s), Bound::Included(e)) => s > e,
+            (Bound::Included(s), Bound::Excluded(e))
+            | (Bound::Excluded(s), Bound::Included(e))
+            | (Bound::Excluded(s), Bound::Excluded(e)) => s >= e,
+            _ => false,
+        }
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`, or `None` when there
+/// is none (the prefix is empty or all `0xff`).
+pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Scan direction.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Order {
+    /// Ascending key bytes.
+    Ascending,
+    /// Descending key bytes.
+    Descending,
+}
+
+/// A key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// The items of a scan, in key order.
+pub type ScanIter<'a> = Box<dyn Iterator<Item = Result<KeyValue>> + 'a>;
+
+/// An ordered key-value store with named partitions and atomic batches.
+///
+/// Contract, checked for every backend by the shared suite (`tests/backend_suite.rs`):
+/// - keys are 1 to [`KEY_BYTES_MAX`] bytes ([`check_key`]); a batch with any other key
+///   fails with [`Error::InvalidKey`](crate::Error::InvalidKey) and applies nothing;
+/// - a committed batch is visible to every later read, all of it at once;
+/// - scans are ordered by key bytes and see only committed batches (a scan may or may
+///   not see a batch committed while it runs, but never part of one);
+/// - a commit that returns an error may or may not have been applied, and the caller
+///   (the [`Ledger`](crate::Ledger)) must treat the store as poisoned;
+/// - after a crash, the store holds a prefix of the committed batches that includes
+///   every batch committed with a synced [`Durability`] (and, after a process crash
+///   only, every batch).
+pub trait Store: Send + Sync + 'static {
+    /// The value of `key` in `partition`.
+    fn get(&self, partition: Partition, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// The entries of `partition` whose keys lie in `range`, in `order`.
+    fn scan(&self, partition: Partition, range: KeyRange, order: Order) -> Result<ScanIter<'_>>;
+
+    /// Applies `batch` atomically with at least the given durability.
+    fn commit(&self, batch: Batch, durability: Durability) -> Result<()>;
+
+    /// Makes every commit so far at least as durable as `durability`.
+    fn persist(&self, durability: Durability) -> Result<()>;
+
+    /// Sets one key (a batch of one).
+    fn put(
+        &self,
+        partition: Partition,
+        key: &[u8],
+        value: Vec<u8>,
+        durability: Durability,
+    ) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.put(partition, key, value);
+        self.commit(batch, durability)
+    }
+
+    /// Deletes one key (a batch of one).
+    fn delete(&self, partition: Partition, key: &[u8], durability: Durability) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.delete(partition, key);
+        self.commit(batch, durability)
+    }
+
+    /// The entries whose keys start with `prefix`, in `order`.
+    fn scan_prefix(
+        &self,
+        partition: Partition,
+        prefix: &[u8],
+        order: Order,
+    ) -> Result<ScanIter<'_>> {
+        self.scan(partition, KeyRange::prefix(prefix), order)
+    }
+
+    /// The first entry of `range` in `order`.
+    fn first(
+        &self,
+        partition: Partition,
+        range: KeyRange,
+        order: Order,
+    ) -> Result<Option<KeyValue>> {
+        self.scan(partition, range, order)?.next().transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: Partition = Partition::new("p");
+
+    #[test]
+    fn batches_keep_the_last_write_per_key() {
+        let mut b = Batch::new();
+        b.put(P, b"a".to_vec(), vec![1]);
+        b.put(P, b"b".to_vec(), vec![2]);
+        b.delete(P, b"a".to_vec());
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.pending(P, b"a"), Some(None));
+        assert_eq!(b.pending(P, b"b"), Some(Some(&[2u8][..])));
+        assert_eq!(b.pending(P, b"c"), None);
+    }
+
+    #[test]
+    fn prefix_ranges() {
+        assert_eq!(prefix_successor(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_successor(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_successor(&[0xff, 0xff]), None);
+        let r = KeyRange::prefix(b"ab");
+        assert!(r.contains(b"ab"));
+        assert!(r.contains(b"ab\xff\xff"));
+        assert!(!r.contains(b"ac"));
+        assert!(!r.contains(b"aa"));
+        assert!(KeyRange::between(b"b".to_vec(), b"a".to_vec()).is_empty());
+        assert!(!KeyRange::all().is_empty());
+    }
+}
