@@ -224,6 +224,8 @@ impl<'a> Blobs<'a> {
                 if v.len() as u64 != tail_len {
                     return Ok(None);
                 }
+                // The hasher has seen every byte before `offset()`, the tail included.
+                hasher.update(&v);
                 tail = v;
             } else {
                 break;
