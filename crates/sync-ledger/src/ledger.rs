@@ -394,7 +394,7 @@ impl Ledger {
         }
         self.store
             .persist(durability)
-            .inspect_err(|_| self.poison())
+            .inspect_err(|e| self.poison_on(e))
     }
 
     /// Syncs everything and drops the ledger. Dropping without `close` loses nothing
@@ -416,7 +416,15 @@ impl Ledger {
         }
         self.store
             .commit(batch, durability)
-            .inspect_err(|_| self.poison())
+            .inspect_err(|e| self.poison_on(e))
+    }
+
+    /// Poisons on errors that leave the store's state unknown (a backend failure), not
+    /// on refusals that wrote nothing (an invalid key).
+    fn poison_on(&self, e: &Error) {
+        if matches!(e, Error::Backend(_) | Error::Poisoned) {
+            self.poison();
+        }
     }
 
     fn log_meta_loaded(&self, t: &TenantId) -> Result<Option<LogMeta>> {
@@ -539,7 +547,14 @@ impl Ledger {
             results.push(LedgerApplied { cid, outcome });
         }
         if meta.head == head_before {
-            // Nothing accepted: no commit, no notification.
+            // Nothing accepted: no commit, no notification. A duplicate may still be
+            // acknowledged as durable, and its original may have been committed with
+            // `Buffered`, so a synced apply syncs what is there.
+            if durability.is_synced() {
+                self.store
+                    .persist(durability)
+                    .inspect_err(|e| self.poison_on(e))?;
+            }
             return Ok(results);
         }
         for (id, row) in &pending.records {

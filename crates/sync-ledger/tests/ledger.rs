@@ -556,7 +556,7 @@ fn blobs_verify_read_by_range_and_resume() {
         let got = blobs.read_range(&cid, offset, len).unwrap();
         assert_eq!(
             got,
-            data[offset as usize..(offset + len) as usize],
+            data[usize::try_from(offset).unwrap()..usize::try_from(offset + len).unwrap()],
             "range {offset}+{len}"
         );
     }
