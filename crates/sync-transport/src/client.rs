@@ -36,9 +36,9 @@ use crate::frame::{self, FRAME_BYTES_MAX_DEFAULT, FrameKind, HEADER_BYTES};
 use crate::node::{Feed, Handler, Node, ms};
 use crate::proto::{
     BlobReadHead, BlobReadRequest, BlobStat, BlobStatRequest, BlobWriteRequest, CloseReason,
-    DiffReply, DiffRequest, ErrorReply, HealthReply, LogEntry, LogPageReply, LogPageRequest,
-    Notice, ReadMessagesReply, ReadMessagesRequest, Reply, Request, RootReply, RootRequest,
-    SubscribeRequest, WriteBatchReply, WriteBatchRequest,
+    DiffReply, DiffRequest, ErrorCode, ErrorReply, HealthReply, LogEntry, LogPageReply,
+    LogPageRequest, Notice, ReadMessagesReply, ReadMessagesRequest, Reply, Request, RootReply,
+    RootRequest, SubscribeRequest, WriteBatchReply, WriteBatchRequest,
 };
 use crate::server::{BoxError, FRAME_CONTENT_TYPE};
 use crate::token::Token;
@@ -565,8 +565,33 @@ impl HttpClient {
     }
 }
 
+fn status_error(status: u16) -> TransportError {
+    let code = match status {
+        401 => ErrorCode::Unauthenticated,
+        403 => ErrorCode::Forbidden,
+        404 => ErrorCode::NotFound,
+        408 => ErrorCode::Timeout,
+        413 => ErrorCode::TooLarge,
+        503 => ErrorCode::Overloaded,
+        500..=599 => ErrorCode::Internal,
+        _ => ErrorCode::BadRequest,
+    };
+    TransportError::Refused {
+        status,
+        code,
+        message: format!("http status {status} without an error frame"),
+        supported_versions: Vec::new(),
+    }
+}
+
+/// Decodes a reply or error frame; a failed status without a readable error frame (a
+/// proxy's page, a cut body) becomes a refusal with the status's meaning.
 fn decode_reply(status: u16, body: &[u8], frame_bytes_max: usize) -> Result<Reply, TransportError> {
-    let (header, payload) = frame::split(body, frame_bytes_max)?;
+    let (header, payload) = match frame::split(body, frame_bytes_max) {
+        Ok(parts) => parts,
+        Err(_) if status != 200 => return Err(status_error(status)),
+        Err(e) => return Err(e.into()),
+    };
     match header.kind {
         FrameKind::Error => {
             let mut e = TransportError::refused(frame::decode_body::<ErrorReply>(header, payload)?);
@@ -575,6 +600,7 @@ fn decode_reply(status: u16, body: &[u8], frame_bytes_max: usize) -> Result<Repl
             }
             Err(e)
         }
+        _ if status != 200 => Err(status_error(status)),
         _ => Ok(frame::decode_body::<Reply>(header, payload)?),
     }
 }
@@ -699,7 +725,7 @@ impl Remote for HttpClient {
                 return Err(
                     match decode_reply(status, &body, self.config.frame_bytes_max) {
                         Err(e) => e,
-                        Ok(_) => unexpected("expected an error for a refused subscription"),
+                        Ok(_) => status_error(status),
                     },
                 );
             }
