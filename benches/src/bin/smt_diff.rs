@@ -252,6 +252,7 @@ fn main() {
         let tree_a = Tree::from_sorted(&base).expect("sorted");
         let storage_a = storage(&base);
         let mut ds = vec![0, 1, 10, 100, 1000, n / 100, n / 10];
+        ds.sort_unstable();
         ds.dedup();
         for d in ds {
             let removed = d / 2;
