@@ -6,8 +6,10 @@
 //! memory; it is rebuilt from the ledger on open, which is what keeps it from ever being
 //! out of step with the store after a crash.
 //!
-//! Cost: each tree costs what [`sync_smt::Tree`] documents per key, and every message is
-//! in two trees (its tenant's and its protocol's). A protocol-set scope of one protocol
+//! Cost: each tree costs what [`sync_smt::Tree`] documents per key. The tenant trees are
+//! built on open; a protocol's tree is loaded from the ledger the first time a scope
+//! names it ([`TreeIndex::load_protocol`]) and maintained from then on, so a node that
+//! never serves protocol scopes never pays for them. A protocol-set scope of one protocol
 //! uses that protocol's tree; a set of several builds the union on demand, in time linear
 //! in its size.
 
@@ -35,14 +37,13 @@ impl TreeIndex {
         Self::default()
     }
 
-    /// Adds a retained message; returns whether it was new.
+    /// Adds a retained message; returns whether it was new. The protocol's tree is
+    /// updated only when it is loaded.
     pub fn insert(&mut self, tenant: &TenantId, protocol: &ProtocolName, cid: Cid) -> bool {
         let trees = self.tenants.entry(tenant.clone()).or_default();
-        trees
-            .by_protocol
-            .entry(protocol.clone())
-            .or_default()
-            .insert(*cid.as_bytes());
+        if let Some(tree) = trees.by_protocol.get_mut(protocol) {
+            tree.insert(*cid.as_bytes());
+        }
         trees.all.insert(*cid.as_bytes())
     }
 
@@ -53,42 +54,56 @@ impl TreeIndex {
         };
         if let Some(tree) = trees.by_protocol.get_mut(protocol) {
             tree.remove(cid.as_bytes());
-            if tree.is_empty() {
-                trees.by_protocol.remove(protocol);
-            }
         }
         trees.all.remove(cid.as_bytes())
     }
 
-    /// Replaces a tenant's trees with ones built from `(protocol, cid)` pairs in any order
-    /// (used on open).
+    /// Whether the protocol's tree is loaded.
+    pub fn has_protocol(&self, tenant: &TenantId, protocol: &ProtocolName) -> bool {
+        self.tenants
+            .get(tenant)
+            .is_some_and(|t| t.by_protocol.contains_key(protocol))
+    }
+
+    /// Loads a protocol's tree from its cids (in any order). Inserts and removes that
+    /// raced with the load are idempotent, so loading from a ledger that already holds a
+    /// commit whose index update is still pending gives the same tree.
+    pub fn load_protocol(
+        &mut self,
+        tenant: &TenantId,
+        protocol: &ProtocolName,
+        cids: impl IntoIterator<Item = Cid>,
+    ) {
+        let tree = Tree::from_keys(cids.into_iter().map(|c| *c.as_bytes()));
+        self.tenants
+            .entry(tenant.clone())
+            .or_default()
+            .by_protocol
+            .insert(protocol.clone(), tree);
+    }
+
+    /// Replaces a tenant's trees with its tree built from `sorted` cids (ascending, as
+    /// the ledger scans them), dropping loaded protocol trees (used on open).
     pub fn rebuild_tenant(
         &mut self,
         tenant: &TenantId,
-        entries: impl IntoIterator<Item = (ProtocolName, Cid)>,
-    ) {
-        let mut all = Vec::new();
-        let mut by_protocol: BTreeMap<ProtocolName, Vec<[u8; 32]>> = BTreeMap::new();
-        for (protocol, cid) in entries {
-            all.push(*cid.as_bytes());
-            by_protocol
-                .entry(protocol)
-                .or_default()
-                .push(*cid.as_bytes());
-        }
-        let trees = TenantTrees {
-            all: Tree::from_keys(all),
-            by_protocol: by_protocol
-                .into_iter()
-                .map(|(p, keys)| (p, Tree::from_keys(keys)))
-                .collect(),
-        };
-        self.tenants.insert(tenant.clone(), trees);
+        sorted: &[[u8; 32]],
+    ) -> Result<(), sync_smt::Error> {
+        let all = Tree::from_sorted(sorted)?;
+        self.tenants.insert(
+            tenant.clone(),
+            TenantTrees {
+                all,
+                by_protocol: BTreeMap::new(),
+            },
+        );
+        Ok(())
     }
 
     /// The tree of `scope` for `tenant`: borrowed for the full scope and for one protocol,
     /// built for a set of several; `None` for a projection, whose tree the replica builds
-    /// from its record indexes.
+    /// from its record indexes. The protocols of a set must be loaded
+    /// ([`load_protocol`](Self::load_protocol)); one that is not counts as empty.
     pub fn tree(&self, tenant: &TenantId, scope: &Scope) -> Option<Cow<'_, Tree>> {
         static EMPTY: std::sync::OnceLock<Tree> = std::sync::OnceLock::new();
         let empty = || Cow::Borrowed(EMPTY.get_or_init(Tree::new));
@@ -140,6 +155,9 @@ mod tests {
             Cid::from_bytes([2; 32]),
             Cid::from_bytes([3; 32]),
         );
+        for name in ["x", "y", "z"] {
+            index.load_protocol(&t, &p(name), []);
+        }
         index.insert(&t, &p("x"), a);
         index.insert(&t, &p("y"), b);
         index.insert(&t, &p("z"), c);
@@ -158,7 +176,7 @@ mod tests {
     }
 
     #[test]
-    fn rebuilding_gives_the_same_roots_as_incremental_inserts() {
+    fn rebuilding_and_lazy_loading_give_the_same_roots_as_incremental_inserts() {
         let t = TenantId::new("t").unwrap();
         let entries: Vec<(ProtocolName, Cid)> = (0u8..50)
             .map(|i| {
@@ -169,11 +187,22 @@ mod tests {
             })
             .collect();
         let mut incremental = TreeIndex::new();
+        incremental.load_protocol(&t, &p("x"), []);
+        incremental.load_protocol(&t, &p("y"), []);
         for (protocol, cid) in &entries {
             incremental.insert(&t, protocol, *cid);
         }
         let mut rebuilt = TreeIndex::new();
-        rebuilt.rebuild_tenant(&t, entries.into_iter().rev());
+        let mut sorted: Vec<[u8; 32]> = entries.iter().map(|(_, c)| *c.as_bytes()).collect();
+        sorted.sort();
+        rebuilt.rebuild_tenant(&t, &sorted).unwrap();
+        for name in ["x", "y"] {
+            let cids = entries
+                .iter()
+                .filter(|(q, _)| *q == p(name))
+                .map(|(_, c)| *c);
+            rebuilt.load_protocol(&t, &p(name), cids);
+        }
         for scope in [
             Scope::Full,
             Scope::protocols(vec![p("x")]).unwrap(),

@@ -17,6 +17,14 @@
 
 pub mod delivery;
 pub mod echo;
+mod error;
 pub mod index;
 pub mod machine;
 pub mod order;
+pub mod replica;
+
+pub use error::{Error, Result};
+pub use replica::{
+    Change, ConflictInfo, ConflictPolicy, Origin, Receipt, Record, RecordKey, Replica,
+    ReplicaBuilder, Resolution, WriteRequest,
+};

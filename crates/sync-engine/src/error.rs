@@ -1,0 +1,30 @@
+//! Errors of the engine.
+
+use sync_types::{Dependency, RecordId, ValidationError};
+
+/// Any error of the engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The ledger failed (storage, corruption, poisoning).
+    #[error("ledger: {0}")]
+    Ledger(#[from] sync_ledger::Error),
+    /// A value given by the caller is invalid.
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+    /// The tree index could not be built.
+    #[error("tree index: {0}")]
+    Tree(#[from] sync_smt::Error),
+    /// The write or delete names a record this replica does not hold.
+    #[error("record {0} not found")]
+    RecordNotFound(RecordId),
+    /// The message cannot be applied until these are present.
+    #[error("missing dependencies: {0:?}")]
+    Missing(Vec<Dependency>),
+    /// The message breaks its protocol or an invariant.
+    #[error("invalid: {0}")]
+    Invalid(String),
+}
+
+/// The engine's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,1135 @@
+//! The replica: a local store an application embeds.
+//!
+//! A [`Replica`] is the ledger, the tree index and the apply pipeline behind one handle.
+//! Application writes ([`Replica::put`], [`Replica::write`], [`Replica::delete`],
+//! [`Replica::configure`]) and messages from elsewhere ([`Replica::apply`]) take the same
+//! path:
+//!
+//! 1. check each message alone: tenant, invariants ([`Message::validate`]), inline data
+//!    against its reference;
+//! 2. order the batch by dependencies ([`crate::order`]);
+//! 3. in passes (at most [`APPLY_PASSES_MAX`]): check each message's hard dependencies
+//!    and protocol rules against what is committed; commit every ready message in one
+//!    atomic ledger batch (merge rule, indexes, pruning, log append); update the tree
+//!    index; what waited on those messages becomes ready in the next pass;
+//! 4. answer every message with an [`ApplyOutcome`]: what is still missing after the
+//!    passes is `Incomplete { missing }`;
+//! 5. notify: changes to subscribers, conflicts as events, and resolve conflicts by the
+//!    [`ConflictPolicy`].
+//!
+//! One writer at a time: a mutex serialises apply calls, so the tree index always
+//! follows the ledger's commit order. Reads never take it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use sync_ledger::{Durability, Ledger, LedgerOutcome, LogQuery, LogRead};
+use sync_smt::{Hash, Tree};
+use sync_types::merge::Conflict;
+use sync_types::{
+    ApplyOutcome, Cid, Clock, Configure, ContextId, DataRef, Delete, Dependency, Hlc, HlcClock,
+    INLINE_DATA_BYTES_MAX, MISSING_MAX, Message, NodeId, PrincipalId, ProgressToken, Projection,
+    ProtocolDefinition, ProtocolName, ProtocolPath, RecordId, Scope, SyncEvent, SystemClock,
+    TenantId, TypeRule, Write,
+};
+use tokio::sync::broadcast;
+
+use crate::error::{Error, Result};
+use crate::index::TreeIndex;
+use crate::order::dependency_order;
+
+/// Most passes of one apply call: enough for a protocol, its composed protocols, and a
+/// record tree as deep as [`sync_types::PATH_DEPTH_MAX`], plus updates and deletes.
+pub const APPLY_PASSES_MAX: usize = sync_types::PATH_DEPTH_MAX + 4;
+/// Capacity of the change and event channels; a subscriber that falls further behind
+/// misses changes (and learns it from the channel) but can re-read the log.
+pub const CHANNEL_CAPACITY: usize = 4096;
+
+/// Where a message came from.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Origin {
+    /// Written by the application through this replica.
+    Local,
+    /// Received from a peer (the endpoint when known).
+    Remote(Option<sync_types::Endpoint>),
+}
+
+/// A message the replica accepted, for change subscribers.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Change {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The accepted message.
+    pub cid: Cid,
+    /// Its position in the tenant's log.
+    pub token: ProgressToken,
+    /// The record it is a version of, for writes and deletes.
+    pub record_id: Option<RecordId>,
+    /// Whether the record is now deleted.
+    pub deleted: bool,
+    /// Where it came from.
+    pub origin: Origin,
+}
+
+/// A record as the application sees it: its winning version.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Record {
+    /// The record.
+    pub record_id: RecordId,
+    /// Its protocol.
+    pub protocol: ProtocolName,
+    /// Its type path.
+    pub path: ProtocolPath,
+    /// Its context.
+    pub context_id: ContextId,
+    /// The winning version's cid.
+    pub cid: Cid,
+    /// The initial write's cid.
+    pub initial: Option<Cid>,
+    /// When the winning version was written.
+    pub timestamp: Hlc,
+    /// Who wrote the winning version.
+    pub author: PrincipalId,
+    /// Whether the winning version is a delete.
+    pub deleted: bool,
+    /// The payload reference of the winning version.
+    pub data_ref: Option<DataRef>,
+    /// The payload, when it is resident (inline, or a blob that has arrived).
+    pub data: Option<Vec<u8>>,
+}
+
+/// The receipt of a local write.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Receipt {
+    /// The record written.
+    pub record_id: RecordId,
+    /// The new version's cid.
+    pub cid: Cid,
+    /// Its position in the local log.
+    pub token: Option<ProgressToken>,
+}
+
+/// What a write addresses.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum RecordKey {
+    /// A new record with a fresh id.
+    New,
+    /// The record of an application's natural key (created on first write).
+    Natural(Vec<u8>),
+    /// An existing record.
+    Id(RecordId),
+}
+
+/// A local write.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct WriteRequest {
+    /// The record's protocol.
+    pub protocol: ProtocolName,
+    /// The record's type path.
+    pub path: ProtocolPath,
+    /// Which record.
+    pub key: RecordKey,
+    /// The parent record, for a type below the root.
+    pub parent: Option<RecordId>,
+    /// The payload.
+    pub data: Option<Vec<u8>>,
+    /// Who writes.
+    pub author: PrincipalId,
+}
+
+/// A conflict handed to a [`ConflictPolicy::Callback`].
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ConflictInfo {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The record.
+    pub record_id: RecordId,
+    /// The version the merge rule picked.
+    pub winner: Cid,
+    /// The concurrent versions that lost, with their payloads when known.
+    pub losers: Vec<(Cid, Option<Vec<u8>>)>,
+}
+
+/// What a callback decides.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Resolution {
+    /// Keep the merge rule's winner.
+    KeepWinner,
+    /// Write a new version carrying this payload.
+    Write(Option<Vec<u8>>),
+}
+
+/// How the replica resolves concurrent versions of a record. Every policy converges: the
+/// merge rule picks the same winner everywhere, and the non-default policies act by
+/// writing a new version on top of it.
+#[derive(Clone, Default)]
+pub enum ConflictPolicy {
+    /// Keep the merge rule's winner (the default).
+    #[default]
+    LastWriterWins,
+    /// When a remote version beat a local one, write the local payload again.
+    PreferLocal,
+    /// When a local version beat a remote one, write the remote payload again.
+    PreferRemote,
+    /// Ask the application.
+    Callback(Arc<dyn Fn(&ConflictInfo) -> Resolution + Send + Sync>),
+}
+
+impl std::fmt::Debug for ConflictPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConflictPolicy::LastWriterWins => "LastWriterWins",
+            ConflictPolicy::PreferLocal => "PreferLocal",
+            ConflictPolicy::PreferRemote => "PreferRemote",
+            ConflictPolicy::Callback(_) => "Callback",
+        })
+    }
+}
+
+/// Opens a [`Replica`].
+#[must_use]
+pub struct ReplicaBuilder {
+    node: Option<NodeId>,
+    clock: Arc<dyn Clock + Send + Sync>,
+    durability: Durability,
+    policy: ConflictPolicy,
+    seed: Option<u64>,
+}
+
+impl Default for ReplicaBuilder {
+    fn default() -> Self {
+        Self {
+            node: None,
+            clock: Arc::new(SystemClock),
+            durability: Durability::SyncData,
+            policy: ConflictPolicy::default(),
+            seed: None,
+        }
+    }
+}
+
+impl ReplicaBuilder {
+    /// The node id stamped into timestamps. Default: random per open.
+    pub fn node_id(mut self, node: NodeId) -> Self {
+        self.node = Some(node);
+        self
+    }
+
+    /// The wall clock. Default: the system clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock + Send + Sync>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The durability of every commit. Default: [`Durability::SyncData`], so an
+    /// acknowledged write survives a power loss.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// The conflict policy. Default: last writer wins.
+    pub fn conflict_policy(mut self, policy: ConflictPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Seeds the ledger's stream ids and the node id, so a simulation replays exactly.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Opens a replica on a fjall directory.
+    pub fn open(self, path: impl AsRef<Path>) -> Result<Replica> {
+        let ledger = self.ledger_builder().open_fjall(path)?;
+        self.with_ledger(ledger)
+    }
+
+    /// Opens a replica in memory.
+    pub fn in_memory(self) -> Result<Replica> {
+        let ledger = self.ledger_builder().open_in_memory()?;
+        self.with_ledger(ledger)
+    }
+
+    fn ledger_builder(&self) -> sync_ledger::LedgerBuilder {
+        match self.seed {
+            Some(seed) => Ledger::builder().seed(seed),
+            None => Ledger::builder(),
+        }
+    }
+
+    /// Opens a replica over a ledger that is already open (any backend).
+    pub fn with_ledger(self, ledger: Ledger) -> Result<Replica> {
+        let node = self.node.unwrap_or_else(|| match self.seed {
+            Some(seed) => NodeId(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+            None => NodeId(random_u64()),
+        });
+        let mut index = TreeIndex::new();
+        for tenant in ledger.tenants()? {
+            let sorted: Vec<[u8; 32]> = ledger
+                .cids(&tenant)?
+                .map(|c| c.map(|c| *c.as_bytes()))
+                .collect::<std::result::Result<_, _>>()?;
+            index.rebuild_tenant(&tenant, &sorted)?;
+        }
+        let (changes, _) = broadcast::channel(CHANNEL_CAPACITY);
+        let (events, _) = broadcast::channel(CHANNEL_CAPACITY);
+        Ok(Replica {
+            inner: Arc::new(Inner {
+                hlc: Mutex::new(HlcClock::new(self.clock.clone(), node)),
+                clock: self.clock,
+                ledger,
+                index: RwLock::new(index),
+                writer: Mutex::new(()),
+                durability: self.durability,
+                policy: RwLock::new(self.policy),
+                changes,
+                events,
+            }),
+        })
+    }
+}
+
+/// A local store: ledger, tree index and apply pipeline. Cheap to clone (a handle).
+#[derive(Clone)]
+pub struct Replica {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ledger: Ledger,
+    index: RwLock<TreeIndex>,
+    writer: Mutex<()>,
+    clock: Arc<dyn Clock + Send + Sync>,
+    hlc: Mutex<HlcClock<Arc<dyn Clock + Send + Sync>>>,
+    durability: Durability,
+    policy: RwLock<ConflictPolicy>,
+    changes: broadcast::Sender<Change>,
+    events: broadcast::Sender<SyncEvent>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// OS-seeded randomness without another dependency: std's `RandomState` is keyed from the
+/// operating system's random source.
+fn random_u64() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("node", &self.node_id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A message with its inline payload, as it travels.
+pub type MessageWithData = (Message, Option<Vec<u8>>);
+
+impl Replica {
+    /// A builder with defaults: system clock, synced durability, last writer wins.
+    pub fn builder() -> ReplicaBuilder {
+        ReplicaBuilder::default()
+    }
+
+    /// Opens a replica on a fjall directory with defaults.
+    pub fn open(path: impl AsRef<Path>) -> Result<Replica> {
+        Self::builder().open(path)
+    }
+
+    /// Opens an in-memory replica with defaults.
+    pub fn in_memory() -> Result<Replica> {
+        Self::builder().in_memory()
+    }
+
+    /// The node id this replica stamps into its timestamps.
+    pub fn node_id(&self) -> NodeId {
+        lock(&self.inner.hlc).node()
+    }
+
+    /// The ledger underneath (links, dead letters, identities, log reads).
+    pub fn ledger(&self) -> &Ledger {
+        &self.inner.ledger
+    }
+
+    /// The current wall time of the replica's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// The durability of the replica's commits.
+    pub fn durability(&self) -> Durability {
+        self.inner.durability
+    }
+
+    /// Sets the conflict policy.
+    pub fn set_conflict_policy(&self, policy: ConflictPolicy) {
+        *self.inner.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
+    }
+
+    /// Changes accepted from now on, local and remote.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Events (conflicts, and what the engine reports through this replica).
+    pub fn events(&self) -> broadcast::Receiver<SyncEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Sends an event to [`events`](Self::events) subscribers.
+    pub fn emit(&self, event: SyncEvent) {
+        let _ = self.inner.events.send(event);
+    }
+
+    fn tick(&self) -> Hlc {
+        lock(&self.inner.hlc).tick()
+    }
+
+    // ---- local writes ----
+
+    /// Installs or updates a protocol.
+    pub fn configure(
+        &self,
+        tenant: &TenantId,
+        protocol: &ProtocolName,
+        types: Vec<TypeRule>,
+        uses: Vec<ProtocolName>,
+        author: &PrincipalId,
+    ) -> Result<Cid> {
+        let definition = ProtocolDefinition::new(protocol, types, uses)?;
+        let message = Message::Configure(Configure {
+            tenant: tenant.clone(),
+            protocol: protocol.clone(),
+            definition,
+            timestamp: self.tick(),
+            author: author.clone(),
+        });
+        self.apply_local(tenant, message, None).map(|r| r.cid)
+    }
+
+    /// Writes `data` as the record of a natural key: created on the first write, a new
+    /// version afterwards (an upsert).
+    pub fn put(
+        &self,
+        tenant: &TenantId,
+        protocol: &ProtocolName,
+        path: &ProtocolPath,
+        key: &[u8],
+        data: Vec<u8>,
+        author: &PrincipalId,
+    ) -> Result<Receipt> {
+        self.write(
+            tenant,
+            WriteRequest {
+                protocol: protocol.clone(),
+                path: path.clone(),
+                key: RecordKey::Natural(key.to_vec()),
+                parent: None,
+                data: Some(data),
+                author: author.clone(),
+            },
+        )
+    }
+
+    /// Writes a version of a record.
+    pub fn write(&self, tenant: &TenantId, req: WriteRequest) -> Result<Receipt> {
+        let _writer = lock(&self.inner.writer);
+        let timestamp = self.tick();
+        let record_id = match &req.key {
+            RecordKey::New => {
+                RecordId::for_new_record(tenant, &req.protocol, &req.path, &req.author, &timestamp)
+            }
+            RecordKey::Natural(key) => RecordId::from_natural_key(tenant, &req.protocol, key),
+            RecordKey::Id(id) => *id,
+        };
+        let info = self.inner.ledger.record_info(tenant, &record_id)?;
+        let (prev, context_id) = match &info {
+            Some(info) if info.head.initial.is_some() => {
+                let context = info
+                    .context
+                    .clone()
+                    .ok_or(Error::RecordNotFound(record_id))?;
+                (Some(info.head.winner.cid), context)
+            }
+            _ if matches!(req.key, RecordKey::Id(_)) => {
+                return Err(Error::RecordNotFound(record_id));
+            }
+            _ => {
+                let context = match req.parent {
+                    None => ContextId::root(record_id),
+                    Some(parent) => {
+                        let parent_info = self
+                            .inner
+                            .ledger
+                            .record_info(tenant, &parent)?
+                            .ok_or(Error::RecordNotFound(parent))?;
+                        parent_info
+                            .context
+                            .ok_or(Error::RecordNotFound(parent))?
+                            .child(record_id)?
+                    }
+                };
+                (None, context)
+            }
+        };
+        let parent_id = context_id
+            .chain()
+            .len()
+            .checked_sub(2)
+            .map(|i| context_id.chain()[i]);
+        let (data_ref, inline) = self.stage_data(req.data)?;
+        let message = Message::Write(Write {
+            tenant: tenant.clone(),
+            record_id,
+            parent_id,
+            protocol: req.protocol,
+            path: req.path,
+            context_id,
+            prev,
+            timestamp,
+            author: req.author,
+            data: data_ref,
+        });
+        self.apply_local_locked(tenant, message, inline)
+    }
+
+    /// Deletes a record.
+    pub fn delete(
+        &self,
+        tenant: &TenantId,
+        record_id: RecordId,
+        author: &PrincipalId,
+    ) -> Result<Receipt> {
+        let _writer = lock(&self.inner.writer);
+        let info = self
+            .inner
+            .ledger
+            .record_info(tenant, &record_id)?
+            .ok_or(Error::RecordNotFound(record_id))?;
+        let winner = self
+            .inner
+            .ledger
+            .get_message(tenant, &info.head.winner.cid)?
+            .ok_or(Error::RecordNotFound(record_id))?;
+        let message = Message::Delete(Delete {
+            tenant: tenant.clone(),
+            record_id,
+            protocol: winner.message.protocol().clone(),
+            prev: Some(info.head.winner.cid),
+            timestamp: self.tick(),
+            author: author.clone(),
+        });
+        self.apply_local_locked(tenant, message, None)
+    }
+
+    /// Payloads up to the inline limit travel with the message; larger ones go to the
+    /// blob store first, so the write that references them is complete.
+    fn stage_data(&self, data: Option<Vec<u8>>) -> Result<(Option<DataRef>, Option<Vec<u8>>)> {
+        let Some(data) = data else {
+            return Ok((None, None));
+        };
+        let data_ref = DataRef::of(&data);
+        if data_ref.is_inline() {
+            return Ok((Some(data_ref), Some(data)));
+        }
+        self.inner.ledger.blobs().put(
+            &data_ref.data_cid,
+            data.as_slice(),
+            self.inner.durability,
+            self.now_ms(),
+        )?;
+        Ok((Some(data_ref), None))
+    }
+
+    fn apply_local(
+        &self,
+        tenant: &TenantId,
+        message: Message,
+        data: Option<Vec<u8>>,
+    ) -> Result<Receipt> {
+        let _writer = lock(&self.inner.writer);
+        self.apply_local_locked(tenant, message, data)
+    }
+
+    fn apply_local_locked(
+        &self,
+        tenant: &TenantId,
+        message: Message,
+        data: Option<Vec<u8>>,
+    ) -> Result<Receipt> {
+        let cid = message.cid();
+        let record_id = message.record_id();
+        let (outcomes, tokens) =
+            self.apply_locked(tenant, vec![(message, data)], &Origin::Local)?;
+        match outcomes.into_iter().next() {
+            Some(ApplyOutcome::Applied | ApplyOutcome::Duplicate | ApplyOutcome::Superseded) => {
+                Ok(Receipt {
+                    record_id: record_id.unwrap_or(RecordId::from_bytes(*cid.as_bytes())),
+                    cid,
+                    token: tokens.get(&cid).copied(),
+                })
+            }
+            Some(ApplyOutcome::Incomplete { missing }) => Err(Error::Missing(missing)),
+            Some(other) => Err(Error::Invalid(other.to_string())),
+            None => Err(Error::Invalid("no outcome".into())),
+        }
+    }
+
+    // ---- the apply pipeline ----
+
+    /// Applies messages from elsewhere; one outcome per message, in input order.
+    pub fn apply(
+        &self,
+        tenant: &TenantId,
+        items: Vec<MessageWithData>,
+        origin: Origin,
+    ) -> Result<Vec<ApplyOutcome>> {
+        let _writer = lock(&self.inner.writer);
+        self.apply_locked(tenant, items, &origin)
+            .map(|(outcomes, _)| outcomes)
+    }
+
+    fn apply_locked(
+        &self,
+        tenant: &TenantId,
+        items: Vec<MessageWithData>,
+        origin: &Origin,
+    ) -> Result<(Vec<ApplyOutcome>, HashMap<Cid, ProgressToken>)> {
+        let ledger = &self.inner.ledger;
+        let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; items.len()];
+        let messages: Vec<Message> = items.iter().map(|(m, _)| m.clone()).collect();
+        let mut datas: Vec<Option<Vec<u8>>> = items.into_iter().map(|(_, d)| d).collect();
+        for (i, m) in messages.iter().enumerate() {
+            if let Err(reason) = check_alone(tenant, m, datas[i].as_deref()) {
+                outcomes[i] = Some(ApplyOutcome::invalid(reason));
+            }
+        }
+        let mut pending: Vec<usize> = dependency_order(&messages)
+            .into_iter()
+            .filter(|&i| outcomes[i].is_none())
+            .collect();
+        let mut missing: BTreeMap<usize, Vec<Dependency>> = BTreeMap::new();
+        let mut tokens = HashMap::new();
+        let mut conflicts = Vec::new();
+        let mut changes = Vec::new();
+        for _pass in 0..APPLY_PASSES_MAX {
+            missing.clear();
+            let mut ready = Vec::new();
+            for &i in &pending {
+                match self.check_against_store(tenant, &messages[i])? {
+                    Check::Ready => ready.push(i),
+                    Check::Missing(deps) => {
+                        missing.insert(i, deps);
+                    }
+                    Check::Invalid(reason) => outcomes[i] = Some(ApplyOutcome::invalid(reason)),
+                }
+            }
+            if *origin != Origin::Local {
+                // Remote timestamps move the local clock forward, so later local writes
+                // order after what this replica has seen. One too far ahead waits.
+                let mut hlc = lock(&self.inner.hlc);
+                ready.retain(|&i| match hlc.observe(messages[i].timestamp()) {
+                    Ok(_) => true,
+                    Err(_) => {
+                        outcomes[i] = Some(ApplyOutcome::Deferred);
+                        false
+                    }
+                });
+            }
+            if ready.is_empty() {
+                break;
+            }
+            // Versions that may lose a conflict in this commit, with their payloads, kept
+            // before the commit prunes them so a policy can write them again.
+            let mut known: HashMap<Cid, MessageWithData> = HashMap::new();
+            for &i in &ready {
+                let head = match messages[i].record_id() {
+                    Some(r) => ledger.record_head(tenant, &r)?,
+                    None => None,
+                };
+                if let Some(head) = head
+                    && let Some(stored) = ledger.get_message(tenant, &head.winner.cid)?
+                {
+                    known.insert(stored.cid, (stored.message, stored.data));
+                }
+                known.insert(messages[i].cid(), (messages[i].clone(), datas[i].clone()));
+            }
+            let batch: Vec<MessageWithData> = ready
+                .iter()
+                .map(|&i| (messages[i].clone(), datas[i].take()))
+                .collect();
+            let applied = ledger.apply(tenant, batch, self.inner.durability)?;
+            let mut index = self.inner.index.write().unwrap_or_else(|e| e.into_inner());
+            for (&i, result) in ready.iter().zip(applied) {
+                let message = &messages[i];
+                outcomes[i] = Some(match result.outcome {
+                    LedgerOutcome::Applied {
+                        token,
+                        pruned,
+                        conflict,
+                    } => {
+                        index.insert(tenant, message.protocol(), result.cid);
+                        for p in &pruned {
+                            index.remove(tenant, message.protocol(), p);
+                        }
+                        tokens.insert(result.cid, token);
+                        changes.push(Change {
+                            tenant: tenant.clone(),
+                            cid: result.cid,
+                            token,
+                            record_id: message.record_id(),
+                            deleted: matches!(message, Message::Delete(_)),
+                            origin: origin.clone(),
+                        });
+                        if let Some(c) = conflict {
+                            conflicts.push((message.record_id(), c));
+                        }
+                        ApplyOutcome::Applied
+                    }
+                    LedgerOutcome::Duplicate => ApplyOutcome::Duplicate,
+                    LedgerOutcome::Superseded { conflict } => {
+                        if let Some(c) = conflict {
+                            conflicts.push((message.record_id(), c));
+                        }
+                        ApplyOutcome::Superseded
+                    }
+                });
+            }
+            drop(index);
+            pending.retain(|i| outcomes[*i].is_none());
+            self.resolve_conflicts(tenant, &known, &conflicts, origin)?;
+            conflicts.clear();
+        }
+        let outcomes = outcomes
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| {
+                o.unwrap_or_else(|| {
+                    let mut deps = missing.remove(&i).unwrap_or_default();
+                    deps.truncate(MISSING_MAX);
+                    ApplyOutcome::Incomplete { missing: deps }
+                })
+            })
+            .collect();
+        for change in changes {
+            let _ = self.inner.changes.send(change);
+        }
+        Ok((outcomes, tokens))
+    }
+
+    /// Checks a message's hard dependencies and protocol rules against committed state.
+    fn check_against_store(&self, tenant: &TenantId, message: &Message) -> Result<Check> {
+        let ledger = &self.inner.ledger;
+        let mut missing = Vec::new();
+        match message {
+            Message::Configure(c) => {
+                for used in &c.definition.uses {
+                    if !ledger.has_protocol(tenant, used)? {
+                        missing.push(Dependency::Protocol(used.clone()));
+                    }
+                }
+            }
+            Message::Write(w) => {
+                match ledger.protocol_definition(tenant, &w.protocol)? {
+                    None => missing.push(Dependency::Protocol(w.protocol.clone())),
+                    Some((_, definition)) => {
+                        let Some(rule) = definition.definition.rule(&w.path) else {
+                            return Ok(Check::Invalid(format!(
+                                "path {} is not declared by protocol {}",
+                                w.path, w.protocol
+                            )));
+                        };
+                        if let (Some(max), Some(data)) = (rule.data_bytes_max, w.data)
+                            && data.size > max
+                        {
+                            return Ok(Check::Invalid(format!(
+                                "payload of {} bytes exceeds the type's limit of {max}",
+                                data.size
+                            )));
+                        }
+                    }
+                }
+                if let Some(parent) = w.parent_id {
+                    match ledger.record_info(tenant, &parent)? {
+                        Some(info) if info.head.initial.is_some() => {
+                            let chain = w.context_id.chain();
+                            if info.path != w.path.parent()
+                                || info.context.as_ref().map(ContextId::chain)
+                                    != Some(&chain[..chain.len() - 1])
+                            {
+                                return Ok(Check::Invalid(
+                                    "the parent's path or context does not match".into(),
+                                ));
+                            }
+                        }
+                        _ => missing.push(Dependency::Record(parent)),
+                    }
+                }
+                let info = ledger.record_info(tenant, &w.record_id)?;
+                match info.filter(|info| info.head.initial.is_some()) {
+                    Some(info)
+                        if info.path.as_ref() != Some(&w.path)
+                            || info.context.as_ref() != Some(&w.context_id) =>
+                    {
+                        return Ok(Check::Invalid(
+                            "a version cannot move its record to another path or context".into(),
+                        ));
+                    }
+                    Some(_) => {}
+                    None if w.prev.is_some() => missing.push(Dependency::Record(w.record_id)),
+                    None => {}
+                }
+            }
+            Message::Delete(d) => {
+                if !ledger.has_protocol(tenant, &d.protocol)? {
+                    missing.push(Dependency::Protocol(d.protocol.clone()));
+                }
+                match ledger.record_info(tenant, &d.record_id)? {
+                    Some(info) if info.head.initial.is_some() => {}
+                    _ => missing.push(Dependency::Record(d.record_id)),
+                }
+            }
+        }
+        Ok(if missing.is_empty() {
+            Check::Ready
+        } else {
+            Check::Missing(missing)
+        })
+    }
+
+    fn resolve_conflicts(
+        &self,
+        tenant: &TenantId,
+        known: &HashMap<Cid, MessageWithData>,
+        conflicts: &[(Option<RecordId>, Conflict)],
+        origin: &Origin,
+    ) -> Result<()> {
+        if conflicts.is_empty() {
+            return Ok(());
+        }
+        let policy = self
+            .inner
+            .policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let local = self.node_id();
+        for (record, conflict) in conflicts {
+            let Some(record_id) = *record else { continue };
+            self.emit(SyncEvent::Conflict {
+                tenant: tenant.clone(),
+                record: record_id,
+                winner: conflict.winner,
+                losers: conflict.losers.clone(),
+            });
+            if *origin == Origin::Local {
+                continue;
+            }
+            let find = |cid: &Cid| -> Result<Option<MessageWithData>> {
+                if let Some(found) = known.get(cid) {
+                    return Ok(Some(found.clone()));
+                }
+                Ok(self
+                    .inner
+                    .ledger
+                    .get_message(tenant, cid)?
+                    .map(|s| (s.message, s.data)))
+            };
+            let Some((winner, _)) = find(&conflict.winner)? else {
+                continue;
+            };
+            let mut losers = Vec::new();
+            for cid in &conflict.losers {
+                if let Some(found) = find(cid)? {
+                    losers.push(found);
+                }
+            }
+            let pick = |want_local: bool| {
+                losers
+                    .iter()
+                    .filter(|(m, _)| (m.timestamp().node == local) == want_local)
+                    .max_by_key(|(m, _)| (m.timestamp(), m.cid()))
+                    .map(|(m, d)| (m.clone(), d.clone()))
+            };
+            let winner_is_local = winner.timestamp().node == local;
+            let rewrite = match &policy {
+                ConflictPolicy::LastWriterWins => None,
+                ConflictPolicy::PreferLocal if !winner_is_local => pick(true),
+                ConflictPolicy::PreferRemote if winner_is_local => pick(false),
+                ConflictPolicy::PreferLocal | ConflictPolicy::PreferRemote => None,
+                ConflictPolicy::Callback(f) => {
+                    let info = ConflictInfo {
+                        tenant: tenant.clone(),
+                        record_id,
+                        winner: conflict.winner,
+                        losers: losers.iter().map(|(m, d)| (m.cid(), d.clone())).collect(),
+                    };
+                    match f(&info) {
+                        Resolution::KeepWinner => None,
+                        Resolution::Write(data) => Some((winner.clone(), data)),
+                    }
+                }
+            };
+            let Some((source, data)) = rewrite else {
+                continue;
+            };
+            let (Message::Write(w), Message::Write(src)) = (&winner, &source) else {
+                continue;
+            };
+            let data = match data {
+                Some(d) => Some(d),
+                None => match src.data {
+                    Some(r) if r.is_inline() => continue, // payload unknown: keep the winner
+                    Some(r) => Some(self.inner.ledger.blobs().read(&r.data_cid)?),
+                    None => None,
+                },
+            };
+            let (data_ref, inline) = self.stage_data(data)?;
+            let resolution = Message::Write(Write {
+                prev: Some(conflict.winner),
+                timestamp: self.tick(),
+                author: src.author.clone(),
+                data: data_ref,
+                ..w.clone()
+            });
+            self.apply_locked(tenant, vec![(resolution, inline)], &Origin::Local)?;
+        }
+        Ok(())
+    }
+
+    // ---- reads ----
+
+    /// The record's winning version; `None` when absent or deleted.
+    pub fn get(&self, tenant: &TenantId, record_id: &RecordId) -> Result<Option<Record>> {
+        Ok(self
+            .get_with_tombstone(tenant, record_id)?
+            .filter(|r| !r.deleted))
+    }
+
+    /// The record's winning version, including a delete.
+    pub fn get_with_tombstone(
+        &self,
+        tenant: &TenantId,
+        record_id: &RecordId,
+    ) -> Result<Option<Record>> {
+        let ledger = &self.inner.ledger;
+        let Some(info) = ledger.record_info(tenant, record_id)? else {
+            return Ok(None);
+        };
+        let Some(winner) = ledger.get_message(tenant, &info.head.winner.cid)? else {
+            return Ok(None);
+        };
+        let (Some(path), Some(context_id)) = (info.path, info.context) else {
+            return Ok(None);
+        };
+        let (author, data_ref, deleted, protocol) = match &winner.message {
+            Message::Write(w) => (w.author.clone(), w.data, false, w.protocol.clone()),
+            Message::Delete(d) => (d.author.clone(), None, true, d.protocol.clone()),
+            Message::Configure(_) => return Ok(None),
+        };
+        let data = match (winner.data, data_ref) {
+            (Some(d), _) => Some(d),
+            (None, Some(r)) if ledger.blobs().has(&r.data_cid)? => {
+                Some(ledger.blobs().read(&r.data_cid)?)
+            }
+            _ => None,
+        };
+        Ok(Some(Record {
+            record_id: *record_id,
+            protocol,
+            path,
+            context_id,
+            cid: winner.cid,
+            initial: info.head.initial.map(|v| v.cid),
+            timestamp: winner.message.timestamp(),
+            author,
+            deleted,
+            data_ref,
+            data,
+        }))
+    }
+
+    /// The record of a natural key; `None` when absent or deleted.
+    pub fn get_by_key(
+        &self,
+        tenant: &TenantId,
+        protocol: &ProtocolName,
+        key: &[u8],
+    ) -> Result<Option<Record>> {
+        self.get(tenant, &RecordId::from_natural_key(tenant, protocol, key))
+    }
+
+    /// The live records of a protocol, optionally only at or below `path`, ordered by
+    /// record id.
+    pub fn list(
+        &self,
+        tenant: &TenantId,
+        protocol: &ProtocolName,
+        path: Option<&ProtocolPath>,
+    ) -> Result<Vec<Record>> {
+        let ledger = &self.inner.ledger;
+        let cids: Vec<Cid> = match path {
+            Some(path) => ledger.path_cids(tenant, protocol, path)?,
+            None => ledger
+                .protocol_cids(tenant, protocol)?
+                .collect::<std::result::Result<_, _>>()?,
+        };
+        let mut records = BTreeMap::new();
+        for cid in cids {
+            let Some(stored) = ledger.get_message(tenant, &cid)? else {
+                continue;
+            };
+            let Some(record_id) = stored.message.record_id() else {
+                continue;
+            };
+            if let std::collections::btree_map::Entry::Vacant(slot) = records.entry(record_id)
+                && let Some(record) = self.get(tenant, &record_id)?
+            {
+                slot.insert(record);
+            }
+        }
+        Ok(records.into_values().collect())
+    }
+
+    /// A page of the tenant's log after `after` (changes since a token).
+    pub fn changes_since(
+        &self,
+        tenant: &TenantId,
+        after: Option<ProgressToken>,
+        limit: usize,
+    ) -> Result<LogRead> {
+        Ok(self
+            .inner
+            .ledger
+            .read_log(tenant, &LogQuery::after(after, limit))?)
+    }
+
+    // ---- trees ----
+
+    /// Runs `f` on the tree of `scope` for `tenant` (loading protocol trees on first use,
+    /// building projection trees from the record indexes).
+    pub fn with_tree<R>(
+        &self,
+        tenant: &TenantId,
+        scope: &Scope,
+        f: impl FnOnce(&Tree) -> R,
+    ) -> Result<R> {
+        if let Scope::Projection(projection) = scope {
+            let tree = self.projection_tree(tenant, projection)?;
+            return Ok(f(&tree));
+        }
+        if let Scope::ProtocolSet(set) = scope {
+            let unloaded: Vec<&ProtocolName> = {
+                let index = self.inner.index.read().unwrap_or_else(|e| e.into_inner());
+                set.protocols()
+                    .iter()
+                    .filter(|p| !index.has_protocol(tenant, p))
+                    .collect()
+            };
+            if !unloaded.is_empty() {
+                let mut index = self.inner.index.write().unwrap_or_else(|e| e.into_inner());
+                for protocol in unloaded {
+                    if !index.has_protocol(tenant, protocol) {
+                        let cids: Vec<Cid> = self
+                            .inner
+                            .ledger
+                            .protocol_cids(tenant, protocol)?
+                            .collect::<std::result::Result<_, _>>()?;
+                        index.load_protocol(tenant, protocol, cids);
+                    }
+                }
+            }
+        }
+        let index = self.inner.index.read().unwrap_or_else(|e| e.into_inner());
+        let tree = index
+            .tree(tenant, scope)
+            .expect("full and protocol-set scopes always have a tree");
+        Ok(f(&tree))
+    }
+
+    /// The root of `scope` for `tenant`.
+    pub fn root(&self, tenant: &TenantId, scope: &Scope) -> Result<Hash> {
+        self.with_tree(tenant, scope, Tree::root)
+    }
+
+    /// A projection covers the configures of its protocols (records need them) and the
+    /// retained messages of records under its path and context prefixes.
+    fn projection_tree(&self, tenant: &TenantId, projection: &Projection) -> Result<Tree> {
+        let ledger = &self.inner.ledger;
+        let mut keys = Vec::new();
+        for entry in projection.entries() {
+            keys.extend(
+                ledger
+                    .configures(tenant, &entry.protocol)?
+                    .into_iter()
+                    .map(|c| *c.as_bytes()),
+            );
+            if entry.is_whole_protocol() {
+                for cid in ledger.protocol_cids(tenant, &entry.protocol)? {
+                    keys.push(*cid?.as_bytes());
+                }
+                continue;
+            }
+            for path in &entry.path_prefixes {
+                keys.extend(
+                    ledger
+                        .path_cids(tenant, &entry.protocol, path)?
+                        .into_iter()
+                        .map(|c| *c.as_bytes()),
+                );
+            }
+            for context in &entry.context_prefixes {
+                keys.extend(
+                    ledger
+                        .context_cids(tenant, &entry.protocol, context)?
+                        .into_iter()
+                        .map(|c| *c.as_bytes()),
+                );
+            }
+        }
+        Ok(Tree::from_keys(keys))
+    }
+}
+
+enum Check {
+    Ready,
+    Missing(Vec<Dependency>),
+    Invalid(String),
+}
+
+/// Checks what a message must satisfy on its own.
+fn check_alone(
+    tenant: &TenantId,
+    message: &Message,
+    data: Option<&[u8]>,
+) -> std::result::Result<(), String> {
+    if message.tenant() != tenant {
+        return Err(format!(
+            "message of tenant {} sent to tenant {tenant}",
+            message.tenant()
+        ));
+    }
+    message.validate().map_err(|e| e.to_string())?;
+    if let Some(data) = data {
+        let Message::Write(w) = message else {
+            return Err("only writes carry data".into());
+        };
+        if data.len() as u64 > INLINE_DATA_BYTES_MAX {
+            return Err(format!(
+                "inline data of {} bytes exceeds {INLINE_DATA_BYTES_MAX}",
+                data.len()
+            ));
+        }
+        if w.data != Some(DataRef::of(data)) {
+            return Err("inline data does not match the message's data reference".into());
+        }
+    }
+    Ok(())
+}
