@@ -20,10 +20,12 @@ pub mod echo;
 mod error;
 pub mod index;
 pub mod machine;
+pub mod node;
 pub mod order;
 pub mod replica;
 
 pub use error::{Error, Result};
+pub use node::ReplicaHandler;
 pub use replica::{
     Change, ConflictInfo, ConflictPolicy, Origin, Receipt, Record, RecordKey, Replica,
     ReplicaBuilder, Resolution, WriteRequest,

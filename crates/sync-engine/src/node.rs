@@ -1,0 +1,405 @@
+//! The server node: the transport's [`Handler`] over a multi-tenant [`Replica`].
+//!
+//! The transport has already verified the caller's token and checked the request's
+//! tenant, action and scope against it; the handler cuts every answer to the scope the
+//! request names (which lies inside the grant):
+//!
+//! - roots and diffs run over the tree of that scope;
+//! - log pages and message reads leave out messages outside it (a page still advances
+//!   its cursor past them, so a filtered reader never re-reads them);
+//! - a delete is classified by its record's initial write, and one outside the caller's
+//!   grant is answered `Unauthorized`.
+//!
+//! Storage calls are synchronous (the ledger has no async runtime); the ones that can
+//! wait on an fsync (apply, blob writes) run on tokio's blocking pool.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use sync_ledger::{DeadLetterFilter, LogQuery, LogRead};
+use sync_smt::{Limits, Responder};
+use sync_transport::HandlerError;
+use sync_transport::node::{Handler, RequestContext};
+use sync_transport::proto::{
+    BlobReadRequest, BlobStat, BlobStatRequest, BlobWriteRequest, DiffReply, DiffRequest, LogEntry,
+    LogFilter, LogPage, LogPageReply, LogPageRequest, MessageData, ReadMessagesReply,
+    ReadMessagesRequest, RootReply, RootRequest,
+};
+use sync_types::{
+    ApplyOutcome, Connectivity, DeadLetterCategory, HealthSummary, Message, Scope, ScopeClass,
+    TenantId,
+};
+use tokio::sync::watch;
+
+use crate::replica::{Origin, Replica};
+
+/// Serves a replica to remote peers. Cheap to clone.
+#[derive(Clone)]
+pub struct ReplicaHandler {
+    replica: Replica,
+    responder: Arc<Responder>,
+    changes: Arc<Mutex<HashMap<TenantId, watch::Sender<u64>>>>,
+}
+
+impl std::fmt::Debug for ReplicaHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaHandler")
+            .field("replica", &self.replica)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplicaHandler {
+    /// A handler over `replica`, with default diff limits.
+    pub fn new(replica: Replica) -> Self {
+        let changes: Arc<Mutex<HashMap<TenantId, watch::Sender<u64>>>> = Arc::default();
+        let senders = Arc::downgrade(&changes);
+        // The ledger calls this after every commit that appended to a tenant's log; the
+        // watch value is only a wake-up, subscriptions read the durable log.
+        replica
+            .ledger()
+            .add_listener(move |tenant: &TenantId, head: u64| {
+                if let Some(senders) = senders.upgrade()
+                    && let Some(tx) = senders
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(tenant)
+                {
+                    tx.send_replace(head);
+                }
+            });
+        Self {
+            replica,
+            responder: Arc::new(Responder::new(Limits::default())),
+            changes,
+        }
+    }
+
+    /// The replica served.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// Classifies a stored or incoming message against `scope`, looking a delete's
+    /// record up when the scope needs its path.
+    fn classify(
+        &self,
+        tenant: &TenantId,
+        scope: &Scope,
+        message: &Message,
+    ) -> Result<ScopeClass, HandlerError> {
+        if !matches!(scope, Scope::Projection(_)) {
+            return Ok(scope.classify(message.protocol(), None));
+        }
+        Ok(match message {
+            Message::Configure(c) => {
+                // A projection carries the configures of its protocols: records need them.
+                if scope
+                    .protocol_list()
+                    .is_some_and(|ps| ps.contains(&&c.protocol))
+                {
+                    ScopeClass::InScope
+                } else {
+                    ScopeClass::OutOfScope
+                }
+            }
+            Message::Write(w) => scope.classify(&w.protocol, Some((&w.path, &w.context_id))),
+            Message::Delete(d) => {
+                let info = self
+                    .replica
+                    .ledger()
+                    .record_info(tenant, &d.record_id)
+                    .map_err(internal)?;
+                match info
+                    .as_ref()
+                    .and_then(|i| i.path.as_ref().zip(i.context.as_ref()))
+                {
+                    Some(record) => scope.classify(&d.protocol, Some(record)),
+                    None => scope.classify(&d.protocol, None),
+                }
+            }
+        })
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Internal(e.to_string())
+}
+
+fn in_filter(filter: &LogFilter, message: &Message) -> bool {
+    filter
+        .protocols
+        .as_ref()
+        .is_none_or(|set| set.contains(message.protocol()))
+}
+
+impl Handler for ReplicaHandler {
+    async fn root(
+        &self,
+        _ctx: &RequestContext,
+        req: RootRequest,
+    ) -> Result<RootReply, HandlerError> {
+        let root = self
+            .replica
+            .root(&req.tenant, &req.scope)
+            .map_err(internal)?;
+        Ok(RootReply {
+            root: *root.as_bytes(),
+        })
+    }
+
+    async fn diff_round(
+        &self,
+        _ctx: &RequestContext,
+        req: DiffRequest,
+    ) -> Result<DiffReply, HandlerError> {
+        let responder = self.responder.clone();
+        let round = self
+            .replica
+            .with_tree(&req.tenant, &req.scope, |tree| {
+                responder.respond_bytes(tree, &req.round)
+            })
+            .map_err(internal)?
+            .map_err(|e| HandlerError::BadRequest(format!("diff round: {e}")))?;
+        Ok(DiffReply { round })
+    }
+
+    async fn log_page(
+        &self,
+        _ctx: &RequestContext,
+        req: LogPageRequest,
+    ) -> Result<LogPageReply, HandlerError> {
+        let ledger = self.replica.ledger();
+        // One protocol can be filtered by the ledger's per-protocol log index; other
+        // scopes are filtered here, and the page's cursor still moves past what was left
+        // out.
+        let single = match (&req.scope, &req.filter.protocols) {
+            (_, Some(set)) if set.protocols().len() == 1 => Some(set.protocols()[0].clone()),
+            (Scope::ProtocolSet(set), None) if set.protocols().len() == 1 => {
+                Some(set.protocols()[0].clone())
+            }
+            _ => None,
+        };
+        let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
+        let mut query = LogQuery::after(req.from, limit);
+        query.protocol = single;
+        let page = match ledger.read_log(&req.tenant, &query).map_err(internal)? {
+            LogRead::Gap(gap) => return Ok(LogPageReply::Gap(gap)),
+            LogRead::Page(page) => page,
+        };
+        let mut entries = Vec::with_capacity(page.entries.len());
+        for entry in page.entries {
+            if !in_filter(&req.filter, &entry.message)
+                || self.classify(&req.tenant, &req.scope, &entry.message)? != ScopeClass::InScope
+            {
+                continue;
+            }
+            entries.push(LogEntry {
+                token: entry.token,
+                item: MessageData {
+                    message: entry.message,
+                    data: entry.data,
+                },
+            });
+        }
+        Ok(LogPageReply::Page(LogPage {
+            entries,
+            next: page.next,
+            has_more: page.has_more,
+        }))
+    }
+
+    async fn read_messages(
+        &self,
+        _ctx: &RequestContext,
+        req: ReadMessagesRequest,
+    ) -> Result<ReadMessagesReply, HandlerError> {
+        let ledger = self.replica.ledger();
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for cid in req.cids {
+            match ledger.get_message(&req.tenant, &cid).map_err(internal)? {
+                Some(stored)
+                    if self.classify(&req.tenant, &req.scope, &stored.message)?
+                        == ScopeClass::InScope =>
+                {
+                    found.push(MessageData {
+                        message: stored.message,
+                        data: stored.data,
+                    });
+                }
+                _ => missing.push(cid),
+            }
+        }
+        Ok(ReadMessagesReply { found, missing })
+    }
+
+    async fn apply(
+        &self,
+        ctx: &RequestContext,
+        tenant: &TenantId,
+        messages: Vec<MessageData>,
+    ) -> Result<Vec<ApplyOutcome>, HandlerError> {
+        // Deletes the transport could not classify alone: check them against the grant.
+        let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; messages.len()];
+        for (i, m) in messages.iter().enumerate() {
+            if matches!(m.message, Message::Delete(_))
+                && self.classify(tenant, &ctx.claims.scope, &m.message)? != ScopeClass::InScope
+            {
+                outcomes[i] = Some(ApplyOutcome::Unauthorized);
+            }
+        }
+        let items: Vec<(Message, Option<Vec<u8>>)> = messages
+            .into_iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| o.is_none())
+            .map(|(m, _)| (m.message, m.data))
+            .collect();
+        let replica = self.replica.clone();
+        let tenant = tenant.clone();
+        let applied = tokio::task::spawn_blocking(move || {
+            replica.apply(&tenant, items, Origin::Remote(None))
+        })
+        .await
+        .map_err(internal)?
+        .map_err(|e| match e {
+            crate::Error::Ledger(sync_ledger::Error::Poisoned) => {
+                HandlerError::Unavailable(e.to_string())
+            }
+            other => internal(other),
+        })?;
+        let mut applied = applied.into_iter();
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| applied.next().unwrap_or(ApplyOutcome::Deferred)))
+            .collect())
+    }
+
+    async fn blob_stat(
+        &self,
+        _ctx: &RequestContext,
+        req: BlobStatRequest,
+    ) -> Result<BlobStat, HandlerError> {
+        let blobs = self.replica.ledger().blobs();
+        if let Some(size) = blobs.size(&req.cid).map_err(internal)? {
+            return Ok(BlobStat {
+                cid: req.cid,
+                size: Some(size),
+                received_bytes: size,
+                complete: true,
+            });
+        }
+        let received = blobs
+            .upload_offset(&req.cid)
+            .map_err(internal)?
+            .unwrap_or(0);
+        Ok(BlobStat {
+            cid: req.cid,
+            size: None,
+            received_bytes: received,
+            complete: false,
+        })
+    }
+
+    async fn blob_read(
+        &self,
+        _ctx: &RequestContext,
+        req: &BlobReadRequest,
+        offset: u64,
+        len: u32,
+    ) -> Result<Bytes, HandlerError> {
+        let blobs = self.replica.ledger().blobs();
+        if !blobs.has(&req.cid).map_err(internal)? {
+            return Err(HandlerError::NotFound(format!("blob {}", req.cid)));
+        }
+        let bytes = blobs
+            .read_range(&req.cid, offset, u64::from(len))
+            .map_err(internal)?;
+        Ok(Bytes::from(bytes))
+    }
+
+    async fn blob_write(
+        &self,
+        _ctx: &RequestContext,
+        req: &BlobWriteRequest,
+        offset: u64,
+        chunk: Bytes,
+    ) -> Result<BlobStat, HandlerError> {
+        let replica = self.replica.clone();
+        let req = req.clone();
+        tokio::task::spawn_blocking(move || {
+            let blobs = replica.ledger().blobs();
+            let mut upload = blobs
+                .upload(&req.cid, Some(req.total_size), replica.now_ms())
+                .map_err(internal)?;
+            if upload.is_complete() {
+                return Ok(BlobStat {
+                    cid: req.cid,
+                    size: Some(upload.offset()),
+                    received_bytes: upload.offset(),
+                    complete: true,
+                });
+            }
+            if upload.offset() != offset {
+                return Err(HandlerError::BadRequest(format!(
+                    "chunk at offset {offset}, but the upload continues at {}",
+                    upload.offset()
+                )));
+            }
+            upload.write(&chunk).map_err(internal)?;
+            if upload.offset() >= req.total_size {
+                let size = upload.finish(replica.durability()).map_err(|e| match e {
+                    sync_ledger::Error::BlobMismatch { .. } => {
+                        HandlerError::BadRequest(e.to_string())
+                    }
+                    other => internal(other),
+                })?;
+                return Ok(BlobStat {
+                    cid: req.cid,
+                    size: Some(size),
+                    received_bytes: size,
+                    complete: true,
+                });
+            }
+            let received = upload.checkpoint(replica.durability()).map_err(internal)?;
+            Ok(BlobStat {
+                cid: req.cid,
+                size: Some(req.total_size),
+                received_bytes: received,
+                complete: false,
+            })
+        })
+        .await
+        .map_err(internal)?
+    }
+
+    async fn health(&self) -> Result<HealthSummary, HandlerError> {
+        let letters = self.replica.ledger().dead_letters();
+        let failed = letters
+            .count(&DeadLetterFilter::default())
+            .map_err(internal)?;
+        let closure = letters
+            .count(&DeadLetterFilter {
+                categories: vec![DeadLetterCategory::Closure],
+                ..DeadLetterFilter::default()
+            })
+            .map_err(internal)?;
+        Ok(HealthSummary::new(
+            Connectivity::Online,
+            failed,
+            closure,
+            0,
+            0,
+            None,
+        ))
+    }
+
+    fn changes(&self, tenant: &TenantId) -> watch::Receiver<u64> {
+        let mut senders = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        senders
+            .entry(tenant.clone())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+}
