@@ -19,6 +19,7 @@ pub mod delivery;
 pub mod echo;
 mod error;
 pub mod index;
+pub mod live;
 pub mod machine;
 pub mod node;
 pub mod order;

@@ -1,0 +1,597 @@
+//! The live driver: runs one [`LinkMachine`] per link against the ledger and a remote.
+//!
+//! The machines decide; the driver only does what their actions say, in order, and feeds
+//! back what happened. It is one tokio task consuming one closed [`Event`] enum (timers
+//! firing, operations finishing, subscription items, local writes, control), so there
+//! is exactly one place where link state changes.
+//!
+//! The three operations a link needs — push the local log, catch up on the remote log,
+//! reconcile by tree diff — and the live subscription are behind [`LinkOps`], implemented
+//! over the transport by the engine and by the simulation over its simulated network.
+//!
+//! # Teardown safety
+//!
+//! Every task the driver spawns for a link (a timer, a subscription reader, an
+//! operation) carries the link's *incarnation*: a number that changes whenever the link
+//! is added, removed or reconfigured. Events from an old incarnation are dropped, and
+//! the tasks are aborted when their incarnation ends, so nothing stale mutates state.
+//! [`LiveDriver::stop`] stops every machine (which persists their last state), aborts
+//! every task and waits for the loop to end, with a timeout.
+//!
+//! # Durability of link state
+//!
+//! Link state (checkpoints, status) is saved with [`Durability::Buffered`]: it survives a
+//! process crash, and a power loss can only roll a checkpoint back, which replays
+//! messages that apply idempotently. The messages themselves were committed with the
+//! replica's durability before any checkpoint could cover them.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sync_ledger::{Durability, LogEntry};
+use sync_transport::SubscriptionItem;
+use sync_transport::proto::CloseReason;
+use sync_types::{LinkKey, LinkState, ProgressToken};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::delivery::Ordinal;
+use crate::machine::{
+    Action, CatchUpResult, EventClass, EventDecision, LinkConfig, LinkMachine, PushResult,
+    ReconcileResult, SubscriptionEnd, SubscriptionId, Ticket, Timer,
+};
+use crate::replica::Replica;
+
+/// A stream of live items for one link.
+pub trait LiveFeed: Send + 'static {
+    /// The next item; `None` when the feed ended.
+    fn next(&mut self) -> impl Future<Output = Option<SubscriptionItem>> + Send;
+}
+
+impl LiveFeed for sync_transport::Subscription {
+    async fn next(&mut self) -> Option<SubscriptionItem> {
+        sync_transport::Subscription::next(self).await
+    }
+}
+
+/// What a link needs from the outside world.
+pub trait LinkOps: Send + Sync + 'static {
+    /// The feed type of [`subscribe`](Self::subscribe).
+    type Feed: LiveFeed;
+
+    /// Pushes the local log after `after` to the link's remote.
+    fn push(
+        &self,
+        link: LinkState,
+        after: Option<ProgressToken>,
+    ) -> impl Future<Output = PushResult> + Send;
+
+    /// Reads and applies the remote log after `after`.
+    fn catch_up(
+        &self,
+        link: LinkState,
+        after: Option<ProgressToken>,
+    ) -> impl Future<Output = CatchUpResult> + Send;
+
+    /// Reconciles the link's scope by tree diff, both ways, and compares roots.
+    fn reconcile(&self, link: LinkState) -> impl Future<Output = ReconcileResult> + Send;
+
+    /// Opens the live subscription after `from`.
+    fn subscribe(
+        &self,
+        link: LinkState,
+        from: Option<ProgressToken>,
+    ) -> impl Future<Output = Result<Self::Feed, String>> + Send;
+
+    /// Classifies a live event: must it be applied, can it be skipped (already held, or
+    /// out of scope), or is it unknown (fail closed)?
+    fn classify(&self, link: &LinkState, entry: &LogEntry) -> EventClass;
+
+    /// Applies a live event durably.
+    fn apply(
+        &self,
+        link: LinkState,
+        entry: LogEntry,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// Everything that happens to the driver.
+#[derive(Debug)]
+pub enum Event {
+    /// A timer of a link fired.
+    Timer(LinkKey, u64, Timer),
+    /// A push finished.
+    Pushed(LinkKey, u64, Ticket, PushResult),
+    /// A catch-up finished.
+    CaughtUp(LinkKey, u64, Ticket, CatchUpResult),
+    /// A reconcile finished.
+    Reconciled(LinkKey, u64, Ticket, ReconcileResult),
+    /// A subscription produced an item.
+    Feed(LinkKey, u64, SubscriptionId, FeedItem),
+    /// A live event was applied (or failed).
+    Applied(LinkKey, u64, SubscriptionId, Ordinal, Result<(), String>),
+    /// The local log of a tenant grew.
+    LocalWrite(sync_types::TenantId, ProgressToken),
+    /// Add (or replace) a link.
+    AddLink(Box<LinkState>),
+    /// Remove a link.
+    RemoveLink(LinkKey),
+    /// Report whether a link is caught up.
+    CaughtUpQuery(LinkKey, oneshot::Sender<Option<bool>>),
+    /// Report the links' states.
+    States(oneshot::Sender<Vec<LinkState>>),
+    /// Stop every link and end the loop.
+    Stop(oneshot::Sender<()>),
+}
+
+/// What a subscription reader forwards.
+#[derive(Debug)]
+pub enum FeedItem {
+    /// A stored or live entry.
+    Entry(Box<LogEntry>),
+    /// End of stored events.
+    EndOfStored(Option<ProgressToken>),
+    /// The subscription ended.
+    End(SubscriptionEnd),
+}
+
+/// A running driver. Dropping it without [`stop`](Self::stop) aborts its loop.
+#[derive(Debug)]
+pub struct LiveDriver {
+    tx: mpsc::UnboundedSender<Event>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for LiveDriver {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl LiveDriver {
+    /// Starts a driver over `links`, each loaded through [`LinkMachine::new`] (so every
+    /// loaded link starts in its explicit opening status).
+    pub fn start<O: LinkOps>(
+        replica: Replica,
+        ops: Arc<O>,
+        links: Vec<LinkState>,
+        config: LinkConfig,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut changes = replica.subscribe();
+        let forward = tx.clone();
+        let local_writes = tokio::spawn(async move {
+            loop {
+                match changes.recv().await {
+                    Ok(change) => {
+                        if forward
+                            .send(Event::LocalWrite(change.tenant, change.token))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    // Lagging only loses wake-ups: pushes read the durable log.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        let mut driver = Driver {
+            replica,
+            ops,
+            config,
+            tx: tx.clone(),
+            links: HashMap::new(),
+            next_incarnation: 0,
+            epoch: Instant::now(),
+        };
+        for link in links {
+            driver.add_link(link);
+        }
+        let task = tokio::spawn(async move {
+            driver.run(rx).await;
+            local_writes.abort();
+        });
+        Self {
+            tx,
+            task: Some(task),
+        }
+    }
+
+    /// Adds a link, or replaces the one with the same key (its old incarnation ends).
+    pub fn add_link(&self, link: LinkState) {
+        let _ = self.tx.send(Event::AddLink(Box::new(link)));
+    }
+
+    /// Removes a link (its machine stops and persists its last state).
+    pub fn remove_link(&self, key: LinkKey) {
+        let _ = self.tx.send(Event::RemoveLink(key));
+    }
+
+    /// Whether the link has applied everything the remote had when last seen and has
+    /// nothing pending to push; `None` for an unknown link or a stopped driver.
+    pub async fn caught_up(&self, key: &LinkKey) -> Option<bool> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Event::CaughtUpQuery(key.clone(), reply))
+            .ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// The links' states as their machines see them.
+    pub async fn states(&self) -> Vec<LinkState> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Event::States(reply)).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Stops every link and waits for the loop to end, at most `timeout`; the loop is
+    /// aborted if it takes longer.
+    pub async fn stop(mut self, timeout: Duration) -> bool {
+        let (reply, done) = oneshot::channel();
+        let _ = self.tx.send(Event::Stop(reply));
+        let finished = tokio::time::timeout(timeout, done).await.is_ok();
+        if let Some(task) = self.task.take() {
+            if finished {
+                let _ = task.await;
+            } else {
+                task.abort();
+            }
+        }
+        finished
+    }
+}
+
+struct LinkRuntime {
+    machine: LinkMachine,
+    incarnation: u64,
+    timers: HashMap<Timer, JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
+    feed: Option<JoinHandle<()>>,
+}
+
+impl LinkRuntime {
+    fn abort_all(&mut self) {
+        for (_, t) in self.timers.drain() {
+            t.abort();
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        if let Some(f) = self.feed.take() {
+            f.abort();
+        }
+    }
+}
+
+struct Driver<O> {
+    replica: Replica,
+    ops: Arc<O>,
+    config: LinkConfig,
+    tx: mpsc::UnboundedSender<Event>,
+    links: HashMap<LinkKey, LinkRuntime>,
+    next_incarnation: u64,
+    epoch: Instant,
+}
+
+impl<O: LinkOps> Driver<O> {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn add_link(&mut self, link: LinkState) {
+        if let Some(mut old) = self.links.remove(&link.key) {
+            old.abort_all();
+        }
+        let key = link.key.clone();
+        let tenant = key.tenant.clone();
+        let mut machine = LinkMachine::new(link, self.config.clone());
+        // What is pending to push: the local log's head.
+        let head = self.replica.ledger().log_head(&tenant).ok().flatten();
+        machine.set_local_head(head);
+        self.next_incarnation += 1;
+        self.links.insert(
+            key.clone(),
+            LinkRuntime {
+                machine,
+                incarnation: self.next_incarnation,
+                timers: HashMap::new(),
+                tasks: Vec::new(),
+                feed: None,
+            },
+        );
+        let now = self.now_ms();
+        if let Some(rt) = self.links.get_mut(&key) {
+            rt.machine.handle_start(now);
+        }
+        self.drain(&key);
+    }
+
+    fn stop_link(&mut self, key: &LinkKey) {
+        if let Some(rt) = self.links.get_mut(key) {
+            rt.machine.handle_stop();
+        }
+        self.drain(key);
+        if let Some(mut rt) = self.links.remove(key) {
+            rt.abort_all();
+        }
+    }
+
+    async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
+        while let Some(event) = rx.recv().await {
+            if let Event::Stop(reply) = event {
+                let keys: Vec<LinkKey> = self.links.keys().cloned().collect();
+                for key in keys {
+                    self.stop_link(&key);
+                }
+                let _ = reply.send(());
+                return;
+            }
+            self.handle(event);
+        }
+    }
+
+    /// The runtime of `key` when `incarnation` is still current.
+    fn current(&mut self, key: &LinkKey, incarnation: u64) -> Option<&mut LinkRuntime> {
+        self.links
+            .get_mut(key)
+            .filter(|rt| rt.incarnation == incarnation)
+    }
+
+    fn handle(&mut self, event: Event) {
+        let now = self.now_ms();
+        let key = match event {
+            Event::Timer(key, inc, timer) => {
+                let Some(rt) = self.current(&key, inc) else {
+                    return;
+                };
+                rt.timers.remove(&timer);
+                rt.machine.handle_timer(now, timer);
+                key
+            }
+            Event::Pushed(key, inc, ticket, result) => {
+                let Some(rt) = self.current(&key, inc) else {
+                    return;
+                };
+                rt.machine.handle_push_result(now, ticket, result);
+                key
+            }
+            Event::CaughtUp(key, inc, ticket, result) => {
+                let Some(rt) = self.current(&key, inc) else {
+                    return;
+                };
+                rt.machine.handle_catch_up_result(now, ticket, result);
+                key
+            }
+            Event::Reconciled(key, inc, ticket, result) => {
+                let Some(rt) = self.current(&key, inc) else {
+                    return;
+                };
+                rt.machine.handle_reconcile_result(now, ticket, result);
+                key
+            }
+            Event::Feed(key, inc, sub, item) => {
+                let ops = self.ops.clone();
+                let tx = self.tx.clone();
+                let Some(rt) = self.current(&key, inc) else {
+                    return;
+                };
+                match item {
+                    FeedItem::Entry(entry) => {
+                        let class = ops.classify(rt.machine.state(), &entry);
+                        if let EventDecision::Apply(ordinal) =
+                            rt.machine.handle_event(now, sub, entry.token, class)
+                        {
+                            let state = rt.machine.state().clone();
+                            let k = key.clone();
+                            rt.tasks.retain(|t| !t.is_finished());
+                            rt.tasks.push(tokio::spawn(async move {
+                                let result = ops.apply(state, *entry).await;
+                                let _ = tx.send(Event::Applied(k, inc, sub, ordinal, result));
+                            }));
+                        }
+                    }
+                    FeedItem::EndOfStored(cursor) => rt.machine.handle_eose(now, sub, cursor),
+                    FeedItem::End(end) => rt.machine.handle_subscription_end(now, sub, end),
+                }
+                key
+            }
+            Event::Applied(key, inc, sub, ordinal, result) => {
+                let Some(rt) = self.current(&key, inc) else {
+                    return;
+                };
+                rt.machine.handle_applied(now, sub, ordinal, result);
+                key
+            }
+            Event::LocalWrite(tenant, token) => {
+                let keys: Vec<LinkKey> = self
+                    .links
+                    .keys()
+                    .filter(|k| k.tenant == tenant)
+                    .cloned()
+                    .collect();
+                for key in keys {
+                    if let Some(rt) = self.links.get_mut(&key) {
+                        rt.machine.handle_local_write(now, token);
+                    }
+                    self.drain(&key);
+                }
+                return;
+            }
+            Event::AddLink(link) => {
+                self.add_link(*link);
+                return;
+            }
+            Event::RemoveLink(key) => {
+                self.stop_link(&key);
+                return;
+            }
+            Event::CaughtUpQuery(key, reply) => {
+                let _ = reply.send(self.links.get(&key).map(|rt| rt.machine.is_caught_up()));
+                return;
+            }
+            Event::States(reply) => {
+                let _ = reply.send(
+                    self.links
+                        .values()
+                        .map(|rt| rt.machine.state().clone())
+                        .collect(),
+                );
+                return;
+            }
+            Event::Stop(_) => unreachable!("handled by the loop"),
+        };
+        self.drain(&key);
+    }
+
+    /// Executes the machine's actions, in order.
+    fn drain(&mut self, key: &LinkKey) {
+        let epoch = self.epoch;
+        let ops = self.ops.clone();
+        let tx = self.tx.clone();
+        let replica = self.replica.clone();
+        let Some(rt) = self.links.get_mut(key) else {
+            return;
+        };
+        let inc = rt.incarnation;
+        while let Some(action) = rt.machine.poll_action() {
+            match action {
+                Action::Persist(state) => {
+                    if let Err(e) = replica.ledger().links().save(&state, Durability::Buffered) {
+                        tracing::warn!(link = %state.key, error = %e, "could not save link state");
+                    }
+                }
+                Action::Emit(event) => replica.emit(event),
+                Action::ArmTimer { timer, at_ms } => {
+                    if let Some(old) = rt.timers.remove(&timer) {
+                        old.abort();
+                    }
+                    let (tx, k) = (tx.clone(), key.clone());
+                    let deadline = epoch + Duration::from_millis(at_ms);
+                    rt.timers.insert(
+                        timer,
+                        tokio::spawn(async move {
+                            tokio::time::sleep_until(deadline).await;
+                            let _ = tx.send(Event::Timer(k, inc, timer));
+                        }),
+                    );
+                }
+                Action::CancelTimer(timer) => {
+                    if let Some(old) = rt.timers.remove(&timer) {
+                        old.abort();
+                    }
+                }
+                Action::OpenSubscription { id, from } => {
+                    if let Some(old) = rt.feed.take() {
+                        old.abort();
+                    }
+                    let (ops, tx, k, state) = (
+                        ops.clone(),
+                        tx.clone(),
+                        key.clone(),
+                        rt.machine.state().clone(),
+                    );
+                    rt.feed = Some(tokio::spawn(async move {
+                        let send = |item| tx.send(Event::Feed(k.clone(), inc, id, item)).is_ok();
+                        let mut feed = match ops.subscribe(state, from).await {
+                            Ok(feed) => feed,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "subscription could not open");
+                                send(FeedItem::End(SubscriptionEnd::Disconnected));
+                                return;
+                            }
+                        };
+                        loop {
+                            let item = match feed.next().await {
+                                Some(SubscriptionItem::Event(e)) => {
+                                    FeedItem::Entry(Box::new(LogEntry {
+                                        token: e.token,
+                                        message: e.item.message,
+                                        data: e.item.data,
+                                    }))
+                                }
+                                Some(SubscriptionItem::EndOfStored { cursor }) => {
+                                    FeedItem::EndOfStored(cursor)
+                                }
+                                Some(SubscriptionItem::Gap(gap)) => {
+                                    FeedItem::End(SubscriptionEnd::Gap(gap))
+                                }
+                                Some(SubscriptionItem::Closed(reason)) => {
+                                    FeedItem::End(end_of(reason))
+                                }
+                                None => FeedItem::End(SubscriptionEnd::Disconnected),
+                            };
+                            let last = matches!(item, FeedItem::End(_));
+                            if !send(item) || last {
+                                return;
+                            }
+                        }
+                    }));
+                }
+                Action::CloseSubscription => {
+                    if let Some(old) = rt.feed.take() {
+                        old.abort();
+                    }
+                }
+                Action::Push { ticket, after } => {
+                    let (ops, tx, k, state) = (
+                        ops.clone(),
+                        tx.clone(),
+                        key.clone(),
+                        rt.machine.state().clone(),
+                    );
+                    rt.tasks.retain(|t| !t.is_finished());
+                    rt.tasks.push(tokio::spawn(async move {
+                        let result = ops.push(state, after).await;
+                        let _ = tx.send(Event::Pushed(k, inc, ticket, result));
+                    }));
+                }
+                Action::CatchUp { ticket, after } => {
+                    let (ops, tx, k, state) = (
+                        ops.clone(),
+                        tx.clone(),
+                        key.clone(),
+                        rt.machine.state().clone(),
+                    );
+                    rt.tasks.retain(|t| !t.is_finished());
+                    rt.tasks.push(tokio::spawn(async move {
+                        let result = ops.catch_up(state, after).await;
+                        let _ = tx.send(Event::CaughtUp(k, inc, ticket, result));
+                    }));
+                }
+                Action::Reconcile { ticket } => {
+                    let (ops, tx, k, state) = (
+                        ops.clone(),
+                        tx.clone(),
+                        key.clone(),
+                        rt.machine.state().clone(),
+                    );
+                    rt.tasks.retain(|t| !t.is_finished());
+                    rt.tasks.push(tokio::spawn(async move {
+                        let result = ops.reconcile(state).await;
+                        let _ = tx.send(Event::Reconciled(k, inc, ticket, result));
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// A lagging subscriber, a heartbeat timeout or a node going away cost a reconnect from
+/// the durable checkpoint; expired credentials and handler errors send the link to repair.
+fn end_of(reason: CloseReason) -> SubscriptionEnd {
+    match reason {
+        CloseReason::Lagged { .. } | CloseReason::HeartbeatTimeout | CloseReason::ShuttingDown => {
+            SubscriptionEnd::Disconnected
+        }
+        other => SubscriptionEnd::Error(format!("{other:?}")),
+    }
+}
