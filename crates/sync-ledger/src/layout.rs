@@ -1,24 +1,34 @@
 //! The on-store layout: every partition, its key layout and its value type.
 //!
-//! Notation: `t` is a tenant id's bytes followed by `0x00` (tenant ids are visible
-//! ASCII, so the terminator cannot occur inside one and a tenant's keys never share a
-//! prefix with another tenant's); `p` is a protocol name followed by `0x00` (same
-//! argument); `cid`, `record` are 32 raw bytes; `pos` is a `u64` big-endian, so byte
-//! order is numeric order. Values are [`sync_types::codec`] envelopes (one version byte
-//! and a postcard body) unless noted; `()` is the one-byte empty envelope.
+//! Notation: `T` is a tenant's number and `P` a protocol's number within its tenant,
+//! both LEB128 varints (one byte below 128, and prefix-free, so a prefix scan on one
+//! number never matches another) interned in `names` the first time the tenant or
+//! protocol is applied; `t` is a tenant id's bytes followed by `0x00` (tenant ids are
+//! visible ASCII, so the terminator cannot occur inside one and no tenant's keys share
+//! a prefix with another's); `cid`, `record` are 32 raw bytes; `pos` is a `u64`
+//! big-endian, so byte order is numeric order. Values are [`sync_types::codec`]
+//! envelopes (one version byte and a postcard body) unless noted; `()` is the one-byte
+//! empty envelope.
+//!
+//! Message keys use the short interned numbers rather than the (up to 256-byte) names:
+//! every message writes six keys, and keys are what an LSM memtable compares on every
+//! insert and lookup. fjall compares the first 4 bytes of two keys inline before it
+//! follows a pointer to the rest, so keys whose first bytes already differ (a one-byte
+//! tenant number, then a cid) compare fastest; with full names, key comparisons were
+//! the largest cost of a commit.
 //!
 //! | partition | key | value | what for |
 //! |---|---|---|---|
 //! | `meta` | `"layout"` | `u32` layout version | refuse stores from another layout |
-//! | `log` | `t pos` | [`StoredEntry`]: cid, message, inline data | the event log, and the message bodies |
-//! | `log_meta` | `t` | [`LogMeta`]: stream id, epoch, head, compaction floor | log identity and next position |
-//! | `log_by_protocol` | `t p pos` | `Cid` | filtered log pages without a full scan |
-//! | `msg` | `t cid` | `u64` position | message lookup; ordered cid scan per tenant |
-//! | `msg_by_protocol` | `t p cid` | `u64` position | ordered cid scan per (tenant, protocol) |
-//! | `records` | `t record` | [`RecordRow`]: head, path, context | the merge rule's state per record |
-//! | `by_path` | `t p path 0x00 cid` | `()` | scoped reads by path prefix |
-//! | `by_context` | `t p record… cid` | `()` | scoped reads by context prefix |
-//! | `configs` | `t p wall:u64 counter:u32 node:u64 cid` | `u64` position | newest protocol definition |
+//! | `names` | `'t' tenant` / `'T' T` / `'p' T protocol` / `'#t'` / `'#p' T` | `u32` / `TenantId` / `u32` / next `u32` / next `u32` | interned tenant and protocol numbers, both ways, and the counters that allocate them |
+//! | `log` | `T pos` | [`StoredEntry`]: cid, message, inline data | the event log, and the message bodies |
+//! | `log_meta` | `T` | [`LogMeta`]: stream id, epoch, head, compaction floor | log identity and next position |
+//! | `log_by_protocol` | `T P pos` | `Cid` | filtered log pages without a full scan; cids per protocol |
+//! | `msg` | `T cid` | `u64` position | message lookup; ordered cid scan per tenant |
+//! | `records` | `T record` | [`RecordRow`]: head, path, context | the merge rule's state per record |
+//! | `by_path` | `T P path 0x00 cid` | `()` | scoped reads by path prefix |
+//! | `by_context` | `T P record… cid` | `()` | scoped reads by context prefix |
+//! | `configs` | `T P wall:u64 counter:u32 node:u64 cid` | `u64` position | newest protocol definition |
 //! | `blob_meta` | `cid` | [`BlobMeta`] | a complete, verified blob |
 //! | `blob_chunks` | `cid index:u32` | raw bytes (not an envelope) | blob content, [`BLOB_CHUNK_BYTES`] per chunk |
 //! | `blob_uploads` | `cid` | [`UploadState`] | a resumable partial upload |
@@ -31,7 +41,8 @@
 //!   two agree on its position; every index entry names a stored message;
 //! - the stored versions of a record are exactly `records[record].head.retained()`;
 //! - positions only grow: `log_meta.head` is the last position ever assigned, entries
-//!   of pruned versions are deleted and their positions never reused.
+//!   of pruned versions are deleted and their positions never reused;
+//! - an interned number, once committed, never changes or gets reused.
 //!
 //! Blob chunks are raw bytes rather than envelopes: they are payload, verified against
 //! their blake3 id, and copying them through a serializer would only cost throughput.
@@ -57,6 +68,8 @@ pub const BLOB_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Ledger-wide settings.
 pub const META: Partition = Partition::new("meta");
+/// Interned tenant and protocol numbers.
+pub const NAMES: Partition = Partition::new("names");
 /// The event log, which also holds message bodies.
 pub const LOG: Partition = Partition::new("log");
 /// Per-tenant log identity and head.
@@ -65,8 +78,6 @@ pub const LOG_META: Partition = Partition::new("log_meta");
 pub const LOG_BY_PROTOCOL: Partition = Partition::new("log_by_protocol");
 /// Message positions by cid.
 pub const MSG: Partition = Partition::new("msg");
-/// Message positions by protocol and cid.
-pub const MSG_BY_PROTOCOL: Partition = Partition::new("msg_by_protocol");
 /// Record heads.
 pub const RECORDS: Partition = Partition::new("records");
 /// Writes by protocol path.
@@ -91,11 +102,11 @@ pub const IDENTITIES: Partition = Partition::new("identities");
 /// Every partition of the ledger.
 pub const PARTITIONS: [Partition; 16] = [
     META,
+    NAMES,
     LOG,
     LOG_META,
     LOG_BY_PROTOCOL,
     MSG,
-    MSG_BY_PROTOCOL,
     RECORDS,
     BY_PATH,
     BY_CONTEXT,
@@ -269,9 +280,6 @@ impl Key {
         self.0.push(0);
         self
     }
-    pub(crate) fn protocol(self, p: &ProtocolName) -> Self {
-        self.str0(p.as_str())
-    }
     pub(crate) fn bytes(mut self, b: &[u8]) -> Self {
         self.0.extend_from_slice(b);
         self
@@ -295,16 +303,63 @@ impl Key {
     }
 }
 
-pub(crate) fn log_key(t: &TenantId, pos: u64) -> Vec<u8> {
-    Key::tenant(t).u64(pos).into_vec()
+/// A tenant's interned number.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) struct Tn(pub(crate) u32);
+
+/// A protocol's interned number within its tenant.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) struct Pn(pub(crate) u32);
+
+impl Key {
+    pub(crate) fn tn(t: Tn) -> Self {
+        Key(Vec::with_capacity(48)).varint(t.0)
+    }
+    pub(crate) fn pn(self, p: Pn) -> Self {
+        self.varint(p.0)
+    }
+    /// LEB128: prefix-free (no encoding is a prefix of another), one byte below 128.
+    pub(crate) fn varint(mut self, mut n: u32) -> Self {
+        while n >= 0x80 {
+            self.0.push(u8::try_from(n & 0x7f).unwrap_or(0) | 0x80);
+            n >>= 7;
+        }
+        self.0.push(u8::try_from(n).unwrap_or(0));
+        self
+    }
 }
 
-pub(crate) fn msg_key(t: &TenantId, cid: &Cid) -> Vec<u8> {
-    Key::tenant(t).cid(cid).into_vec()
+pub(crate) fn log_key(t: Tn, pos: u64) -> Vec<u8> {
+    Key::tn(t).u64(pos).into_vec()
 }
 
-pub(crate) fn record_key(t: &TenantId, record: &RecordId) -> Vec<u8> {
-    Key::tenant(t).bytes(record.as_bytes()).into_vec()
+pub(crate) fn msg_key(t: Tn, cid: &Cid) -> Vec<u8> {
+    Key::tn(t).cid(cid).into_vec()
+}
+
+pub(crate) fn record_key(t: Tn, record: &RecordId) -> Vec<u8> {
+    Key::tn(t).bytes(record.as_bytes()).into_vec()
+}
+
+pub(crate) fn name_tenant_key(t: &TenantId) -> Vec<u8> {
+    Key::raw(b"t").bytes(t.as_str().as_bytes()).into_vec()
+}
+
+pub(crate) fn name_tenant_reverse_key(t: Tn) -> Vec<u8> {
+    Key::raw(b"T").u32(t.0).into_vec()
+}
+
+pub(crate) fn name_protocol_key(t: Tn, p: &ProtocolName) -> Vec<u8> {
+    Key::raw(b"p")
+        .u32(t.0)
+        .bytes(p.as_str().as_bytes())
+        .into_vec()
+}
+
+pub(crate) const NEXT_TENANT_KEY: &[u8] = b"#t";
+
+pub(crate) fn next_protocol_key(t: Tn) -> Vec<u8> {
+    Key::raw(b"#p").varint(t.0).into_vec()
 }
 
 /// The last `N` bytes of a key, as an array.
@@ -320,37 +375,28 @@ pub(crate) fn key_tail<const N: usize>(partition: Partition, key: &[u8]) -> Resu
 
 /// The index entries of a stored message: (partition, key, value). Used both to
 /// insert them and, with the same inputs, to delete them when the message is pruned.
+/// `p` is the number of the message's protocol.
 pub(crate) fn index_entries(
-    t: &TenantId,
+    t: Tn,
+    p: Pn,
     pos: u64,
     cid: &Cid,
     message: &Message,
     row: Option<&RecordRow>,
 ) -> Vec<(Partition, Vec<u8>, Vec<u8>)> {
-    let protocol = message.protocol();
     let pos_value = enc(&pos);
-    let mut out = vec![
-        (MSG, msg_key(t, cid), pos_value.clone()),
-        (
-            MSG_BY_PROTOCOL,
-            Key::tenant(t).protocol(protocol).cid(cid).into_vec(),
-            pos_value.clone(),
-        ),
-        (
-            LOG_BY_PROTOCOL,
-            Key::tenant(t).protocol(protocol).u64(pos).into_vec(),
-            enc(cid),
-        ),
-    ];
+    let mut out = Vec::with_capacity(5);
+    out.push((MSG, msg_key(t, cid), pos_value.clone()));
+    out.push((
+        LOG_BY_PROTOCOL,
+        Key::tn(t).pn(p).u64(pos).into_vec(),
+        enc(cid),
+    ));
     let (path, context) = match message {
         Message::Configure(c) => {
             out.push((
                 CONFIGS,
-                Key::tenant(t)
-                    .protocol(protocol)
-                    .hlc(&c.timestamp)
-                    .cid(cid)
-                    .into_vec(),
+                Key::tn(t).pn(p).hlc(&c.timestamp).cid(cid).into_vec(),
                 pos_value,
             ));
             (None, None)
@@ -364,16 +410,12 @@ pub(crate) fn index_entries(
     if let Some(path) = path {
         out.push((
             BY_PATH,
-            Key::tenant(t)
-                .protocol(protocol)
-                .str0(path.as_str())
-                .cid(cid)
-                .into_vec(),
+            Key::tn(t).pn(p).str0(path.as_str()).cid(cid).into_vec(),
             enc(&()),
         ));
     }
     if let Some(context) = context {
-        let mut k = Key::tenant(t).protocol(protocol);
+        let mut k = Key::tn(t).pn(p);
         for r in context.chain() {
             k = k.bytes(r.as_bytes());
         }
@@ -385,6 +427,23 @@ pub(crate) fn index_entries(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn varints_are_prefix_free_and_short() {
+        let enc = |n| Key::default().varint(n).into_vec();
+        assert_eq!(enc(0), vec![0]);
+        assert_eq!(enc(127), vec![127]);
+        assert_eq!(enc(128), vec![0x80, 1]);
+        assert_eq!(enc(u32::MAX).len(), 5);
+        let samples = [0u32, 1, 127, 128, 255, 300, 16_383, 16_384, u32::MAX];
+        for a in samples {
+            for b in samples {
+                if a != b {
+                    assert!(!enc(b).starts_with(&enc(a)), "{a} is a prefix of {b}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn stored_entries_round_trip_with_and_without_data() {

@@ -14,8 +14,8 @@ use sync_types::{
 };
 
 use crate::error::{Error, Result};
-use crate::layout::{self, Key, LogMeta, RecordRow, StoredEntry, dec, enc};
-use crate::store::{Batch, Durability, FjallStore, MemoryStore, Order, Store};
+use crate::layout::{self, Key, LogMeta, Pn, RecordRow, StoredEntry, Tn, dec, enc};
+use crate::store::{Batch, Durability, FjallStore, KeyRange, MemoryStore, Order, Partition, Store};
 
 /// Most messages in one [`Ledger::apply`] call.
 pub const APPLY_BATCH_MESSAGES_MAX: usize = 10_000;
@@ -241,7 +241,9 @@ pub struct Ledger {
     /// log heads, and the batch that follows must be based on what it read.
     writer: Mutex<()>,
     /// Cached log metadata per tenant; changed only under `writer`, after a commit.
-    log_metas: Mutex<HashMap<TenantId, LogMeta>>,
+    log_metas: Mutex<HashMap<TenantId, (Tn, LogMeta)>>,
+    /// Interned numbers known to be committed.
+    names: Mutex<NameCache>,
     ids: Mutex<Box<dyn IdSource>>,
     notifier: Notifier,
     /// Serializes read-modify-write of links, dead letters and identities.
@@ -258,43 +260,96 @@ impl std::fmt::Debug for Ledger {
     }
 }
 
+#[derive(Default)]
+struct NameCache {
+    tenants: HashMap<TenantId, Tn>,
+    protocols: HashMap<(Tn, ProtocolName), Pn>,
+}
+
 struct Pending<'a> {
     ledger: &'a Ledger,
+    tn: Tn,
+    /// Whether this batch interns the tenant (nothing of it is stored yet).
+    tenant_new: bool,
     batch: Batch,
     records: HashMap<RecordId, RecordRow>,
     /// Messages stored by this batch: cid -> (position, message).
     added: HashMap<Cid, (u64, Message)>,
+    new_protocols: HashMap<ProtocolName, Pn>,
+    next_protocol: Option<u32>,
 }
 
 impl Pending<'_> {
-    fn record(&self, t: &TenantId, id: &RecordId) -> Result<Option<RecordRow>> {
+    fn record(&self, id: &RecordId) -> Result<Option<RecordRow>> {
         match self.records.get(id) {
             Some(row) => Ok(Some(row.clone())),
-            None => self.ledger.record_row(t, id),
+            None if self.tenant_new => Ok(None),
+            None => self.ledger.record_row(self.tn, id),
         }
     }
 
-    fn has_message(&self, t: &TenantId, cid: &Cid) -> Result<bool> {
-        match self.batch.pending(layout::MSG, &layout::msg_key(t, cid)) {
-            Some(v) => Ok(v.is_some()),
-            None => self.ledger.has_message(t, cid),
+    /// Whether a configure is stored (configures are never pruned, so the batch's own
+    /// additions are exactly `added`).
+    fn has_message(&self, cid: &Cid) -> Result<bool> {
+        if self.added.contains_key(cid) {
+            return Ok(true);
         }
+        if self.tenant_new {
+            return Ok(false);
+        }
+        self.ledger.has_message_tn(self.tn, cid)
+    }
+
+    /// The protocol's number, interning it in this batch when it is new.
+    fn protocol(&mut self, p: &ProtocolName) -> Result<Pn> {
+        if let Some(n) = self.new_protocols.get(p) {
+            return Ok(*n);
+        }
+        if !self.tenant_new
+            && let Some(n) = self.ledger.protocol_no(self.tn, p)?
+        {
+            return Ok(n);
+        }
+        let next = match self.next_protocol {
+            Some(n) => n,
+            None if self.tenant_new => 0,
+            None => self.ledger.counter(&layout::next_protocol_key(self.tn))?,
+        };
+        let after = next.checked_add(1).ok_or(Error::LimitExceeded {
+            what: "protocols of a tenant",
+            len: usize::MAX,
+            max: u32::MAX as usize,
+        })?;
+        self.next_protocol = Some(after);
+        let n = Pn(next);
+        self.batch.put(
+            layout::NAMES,
+            layout::name_protocol_key(self.tn, p),
+            enc(&n.0),
+        );
+        self.batch.put(
+            layout::NAMES,
+            layout::next_protocol_key(self.tn),
+            enc(&after),
+        );
+        self.new_protocols.insert(p.clone(), n);
+        Ok(n)
     }
 
     fn store_message(
         &mut self,
-        t: &TenantId,
         meta: &mut LogMeta,
         entry: StoredEntry,
         row: Option<&RecordRow>,
-    ) -> ProgressToken {
+    ) -> Result<ProgressToken> {
+        let pn = self.protocol(entry.message.protocol())?;
         meta.head += 1;
         let pos = meta.head;
-        for (p, k, v) in layout::index_entries(t, pos, &entry.cid, &entry.message, row) {
+        for (p, k, v) in layout::index_entries(self.tn, pn, pos, &entry.cid, &entry.message, row) {
             self.batch.put(p, k, v);
         }
         self.batch
-            .put(layout::LOG, layout::log_key(t, pos), enc(&entry));
+            .put(layout::LOG, layout::log_key(self.tn, pos), enc(&entry));
         let token = ProgressToken {
             stream_id: meta.stream_id,
             epoch: meta.epoch,
@@ -302,23 +357,25 @@ impl Pending<'_> {
             cid: entry.cid,
         };
         self.added.insert(entry.cid, (pos, entry.message));
-        token
+        Ok(token)
     }
 
-    fn prune(&mut self, t: &TenantId, cid: &Cid, row: &RecordRow) -> Result<()> {
+    fn prune(&mut self, cid: &Cid, row: &RecordRow) -> Result<()> {
         let (pos, message) = match self.added.remove(cid) {
             Some(found) => found,
             None => {
-                let stored = self.ledger.get_message(t, cid)?.ok_or_else(|| {
+                let stored = self.ledger.get_message_tn(self.tn, cid)?.ok_or_else(|| {
                     Error::Inconsistent(format!("retained version {cid} is not stored"))
                 })?;
                 (stored.position, stored.message)
             }
         };
-        for (p, k, _) in layout::index_entries(t, pos, cid, &message, Some(row)) {
+        let pn = self.protocol(message.protocol())?;
+        for (p, k, _) in layout::index_entries(self.tn, pn, pos, cid, &message, Some(row)) {
             self.batch.delete(p, k);
         }
-        self.batch.delete(layout::LOG, layout::log_key(t, pos));
+        self.batch
+            .delete(layout::LOG, layout::log_key(self.tn, pos));
         Ok(())
     }
 }
@@ -368,6 +425,7 @@ impl Ledger {
             poisoned: AtomicBool::new(false),
             writer: Mutex::new(()),
             log_metas: Mutex::new(HashMap::new()),
+            names: Mutex::new(NameCache::default()),
             ids: Mutex::new(ids),
             notifier: Notifier::new(),
             registry_lock: Mutex::new(()),
@@ -397,10 +455,15 @@ impl Ledger {
             .inspect_err(|e| self.poison_on(e))
     }
 
-    /// Syncs everything and drops the ledger. Dropping without `close` loses nothing
+    /// Syncs everything, lets the backend tidy up for a fast reopen
+    /// ([`Store::close`]) and drops the ledger. Dropping without `close` loses nothing
     /// that was committed with a synced durability.
     pub fn close(self) -> Result<()> {
-        self.persist(Durability::SyncAll)
+        if self.is_poisoned() {
+            return Err(Error::Poisoned);
+        }
+        let _writer = lock(&self.writer);
+        self.store.close().inspect_err(|e| self.poison_on(e))
     }
 
     fn poison(&self) {
@@ -427,22 +490,65 @@ impl Ledger {
         }
     }
 
-    fn log_meta_loaded(&self, t: &TenantId) -> Result<Option<LogMeta>> {
+    /// A tenant's interned number, if the tenant has ever been applied.
+    pub(crate) fn tenant_no(&self, t: &TenantId) -> Result<Option<Tn>> {
+        if let Some(n) = lock(&self.names).tenants.get(t) {
+            return Ok(Some(*n));
+        }
+        let key = layout::name_tenant_key(t);
+        let Some(v) = self.store.get(layout::NAMES, &key)? else {
+            return Ok(None);
+        };
+        let n = Tn(dec(layout::NAMES, &key, &v)?);
+        lock(&self.names).tenants.insert(t.clone(), n);
+        Ok(Some(n))
+    }
+
+    /// A protocol's interned number within a tenant, if it has ever been applied.
+    pub(crate) fn protocol_no(&self, t: Tn, p: &ProtocolName) -> Result<Option<Pn>> {
+        if let Some(n) = lock(&self.names).protocols.get(&(t, p.clone())) {
+            return Ok(Some(*n));
+        }
+        let key = layout::name_protocol_key(t, p);
+        let Some(v) = self.store.get(layout::NAMES, &key)? else {
+            return Ok(None);
+        };
+        let n = Pn(dec(layout::NAMES, &key, &v)?);
+        lock(&self.names).protocols.insert((t, p.clone()), n);
+        Ok(Some(n))
+    }
+
+    /// Both numbers, when the tenant and protocol exist.
+    pub(crate) fn names_of(&self, t: &TenantId, p: &ProtocolName) -> Result<Option<(Tn, Pn)>> {
+        let Some(tn) = self.tenant_no(t)? else {
+            return Ok(None);
+        };
+        Ok(self.protocol_no(tn, p)?.map(|pn| (tn, pn)))
+    }
+
+    /// A stored allocation counter (0 when absent).
+    pub(crate) fn counter(&self, key: &[u8]) -> Result<u32> {
+        match self.store.get(layout::NAMES, key)? {
+            Some(v) => dec(layout::NAMES, key, &v),
+            None => Ok(0),
+        }
+    }
+
+    /// The log metadata of a tenant with its number, if its log exists.
+    pub(crate) fn log_meta(&self, t: &TenantId) -> Result<Option<(Tn, LogMeta)>> {
         if let Some(m) = lock(&self.log_metas).get(t) {
             return Ok(Some(*m));
         }
-        let key = Key::tenant(t).into_vec();
+        let Some(tn) = self.tenant_no(t)? else {
+            return Ok(None);
+        };
+        let key = Key::tn(tn).into_vec();
         let Some(bytes) = self.store.get(layout::LOG_META, &key)? else {
             return Ok(None);
         };
         let meta: LogMeta = dec(layout::LOG_META, &key, &bytes)?;
-        lock(&self.log_metas).insert(t.clone(), meta);
-        Ok(Some(meta))
-    }
-
-    /// The log metadata of a tenant, if its log exists.
-    pub(crate) fn log_meta(&self, t: &TenantId) -> Result<Option<LogMeta>> {
-        self.log_meta_loaded(t)
+        lock(&self.log_metas).insert(t.clone(), (tn, meta));
+        Ok(Some((tn, meta)))
     }
 
     /// Applies a batch of one tenant's messages in ONE atomic commit.
@@ -453,8 +559,9 @@ impl Ledger {
     /// messages before it in the batch). Every accepted message is stored with its
     /// inline data, indexed and appended to the tenant's log; versions the merge
     /// prunes are deleted with their index entries and log entries. Then everything,
-    /// with the new record heads and log head, is committed as one batch with
-    /// `durability`, so a crash leaves all of it or none of it.
+    /// with the new record heads, the log head and any newly interned tenant or
+    /// protocol number, is committed as one batch with `durability`, so a crash
+    /// leaves all of it or none of it.
     ///
     /// Validation and dependency checks are the caller's job. The ledger only refuses
     /// the whole call, before writing anything, when a message belongs to another
@@ -462,7 +569,9 @@ impl Ledger {
     /// reference ([`Error::DataMismatch`]), or the batch is larger than
     /// [`APPLY_BATCH_MESSAGES_MAX`].
     ///
-    /// Listeners and waiters are notified after the commit returns.
+    /// When nothing is accepted there is no commit, but a synced `durability` still
+    /// syncs (a duplicate may be acknowledged as durable while its original was
+    /// committed `Buffered`). Listeners and waiters are notified after the commit.
     pub fn apply(
         &self,
         tenant: &TenantId,
@@ -507,9 +616,31 @@ impl Ledger {
             return Err(Error::Poisoned);
         }
 
-        let _writer = lock(&self.writer);
-        let mut meta = match self.log_meta_loaded(tenant)? {
-            Some(m) => m,
+        let writer = lock(&self.writer);
+        // About seven writes per message: body, indexes, record head.
+        let mut batch = Batch::with_capacity(checked.len() * 7 + 8);
+        let (tn, tenant_new) = match self.tenant_no(tenant)? {
+            Some(tn) => (tn, false),
+            None => {
+                let next = self.counter(layout::NEXT_TENANT_KEY)?;
+                let after = next.checked_add(1).ok_or(Error::LimitExceeded {
+                    what: "tenants",
+                    len: usize::MAX,
+                    max: u32::MAX as usize,
+                })?;
+                let tn = Tn(next);
+                batch.put(layout::NAMES, layout::name_tenant_key(tenant), enc(&tn.0));
+                batch.put(
+                    layout::NAMES,
+                    layout::name_tenant_reverse_key(tn),
+                    enc(tenant),
+                );
+                batch.put(layout::NAMES, layout::NEXT_TENANT_KEY, enc(&after));
+                (tn, true)
+            }
+        };
+        let mut meta = match self.log_meta(tenant)? {
+            Some((_, m)) => m,
             None => LogMeta {
                 stream_id: lock(&self.ids).stream_id(),
                 epoch: 1,
@@ -520,19 +651,23 @@ impl Ledger {
         let head_before = meta.head;
         let mut pending = Pending {
             ledger: self,
-            batch: Batch::new(),
+            tn,
+            tenant_new,
+            batch,
             records: HashMap::new(),
             added: HashMap::new(),
+            new_protocols: HashMap::new(),
+            next_protocol: None,
         };
         let mut results = Vec::with_capacity(checked.len());
         for entry in checked {
             let cid = entry.cid;
             let outcome = match &entry.message {
                 Message::Configure(_) => {
-                    if pending.has_message(tenant, &cid)? {
+                    if pending.has_message(&cid)? {
                         LedgerOutcome::Duplicate
                     } else {
-                        let token = pending.store_message(tenant, &mut meta, entry, None);
+                        let token = pending.store_message(&mut meta, entry, None)?;
                         LedgerOutcome::Applied {
                             token,
                             pruned: Vec::new(),
@@ -541,7 +676,7 @@ impl Ledger {
                     }
                 }
                 Message::Write(_) | Message::Delete(_) => {
-                    self.merge_entry(tenant, &mut meta, &mut pending, entry)?
+                    Self::merge_entry(&mut meta, &mut pending, entry)?
                 }
             };
             results.push(LedgerApplied { cid, outcome });
@@ -560,23 +695,29 @@ impl Ledger {
         for (id, row) in &pending.records {
             pending
                 .batch
-                .put(layout::RECORDS, layout::record_key(tenant, id), enc(row));
+                .put(layout::RECORDS, layout::record_key(tn, id), enc(row));
         }
         pending
             .batch
-            .put(layout::LOG_META, Key::tenant(tenant).into_vec(), enc(&meta));
+            .put(layout::LOG_META, Key::tn(tn).into_vec(), enc(&meta));
         let batch = std::mem::take(&mut pending.batch);
+        let new_protocols = std::mem::take(&mut pending.new_protocols);
         drop(pending);
         self.commit(batch, durability)?;
-        lock(&self.log_metas).insert(tenant.clone(), meta);
-        drop(_writer);
+        {
+            let mut names = lock(&self.names);
+            names.tenants.insert(tenant.clone(), tn);
+            for (p, n) in new_protocols {
+                names.protocols.insert((tn, p), n);
+            }
+        }
+        lock(&self.log_metas).insert(tenant.clone(), (tn, meta));
+        drop(writer);
         self.notifier.notify(&[(tenant.clone(), meta.head)]);
         Ok(results)
     }
 
     fn merge_entry(
-        &self,
-        tenant: &TenantId,
         meta: &mut LogMeta,
         pending: &mut Pending<'_>,
         entry: StoredEntry,
@@ -592,7 +733,7 @@ impl Ledger {
             prev,
             kind,
         };
-        let row = pending.record(tenant, &record_id)?;
+        let row = pending.record(&record_id)?;
         Ok(match merge_one(row.as_ref().map(|r| &r.head), &version) {
             MergeDecision::Duplicate => LedgerOutcome::Duplicate,
             MergeDecision::Superseded { conflict } => LedgerOutcome::Superseded { conflict },
@@ -614,9 +755,9 @@ impl Ledger {
                     new_row.context = Some(w.context_id.clone());
                 }
                 for cid in &pruned {
-                    pending.prune(tenant, cid, &new_row)?;
+                    pending.prune(cid, &new_row)?;
                 }
-                let token = pending.store_message(tenant, meta, entry, Some(&new_row));
+                let token = pending.store_message(meta, entry, Some(&new_row))?;
                 pending.records.insert(record_id, new_row);
                 LedgerOutcome::Applied {
                     token,
@@ -631,9 +772,16 @@ impl Ledger {
 
     /// Whether the tenant stores the message.
     pub fn has_message(&self, tenant: &TenantId, cid: &Cid) -> Result<bool> {
+        match self.tenant_no(tenant)? {
+            Some(tn) => self.has_message_tn(tn, cid),
+            None => Ok(false),
+        }
+    }
+
+    fn has_message_tn(&self, tn: Tn, cid: &Cid) -> Result<bool> {
         Ok(self
             .store
-            .get(layout::MSG, &layout::msg_key(tenant, cid))?
+            .get(layout::MSG, &layout::msg_key(tn, cid))?
             .is_some())
     }
 
@@ -642,12 +790,19 @@ impl Ledger {
     /// Lookups are per tenant on purpose: a cid names a message of one tenant, and a
     /// lookup that crossed tenants would be one missing check away from a leak.
     pub fn get_message(&self, tenant: &TenantId, cid: &Cid) -> Result<Option<StoredMessage>> {
-        let key = layout::msg_key(tenant, cid);
+        match self.tenant_no(tenant)? {
+            Some(tn) => self.get_message_tn(tn, cid),
+            None => Ok(None),
+        }
+    }
+
+    fn get_message_tn(&self, tn: Tn, cid: &Cid) -> Result<Option<StoredMessage>> {
+        let key = layout::msg_key(tn, cid);
         let Some(bytes) = self.store.get(layout::MSG, &key)? else {
             return Ok(None);
         };
         let position: u64 = dec(layout::MSG, &key, &bytes)?;
-        let log_key = layout::log_key(tenant, position);
+        let log_key = layout::log_key(tn, position);
         let Some(bytes) = self.store.get(layout::LOG, &log_key)? else {
             return Err(Error::Inconsistent(format!(
                 "message {cid} is indexed at position {position} but the log has no entry there"
@@ -668,22 +823,29 @@ impl Ledger {
         }))
     }
 
-    fn record_row(&self, tenant: &TenantId, id: &RecordId) -> Result<Option<RecordRow>> {
-        let key = layout::record_key(tenant, id);
+    fn record_row(&self, tn: Tn, id: &RecordId) -> Result<Option<RecordRow>> {
+        let key = layout::record_key(tn, id);
         match self.store.get(layout::RECORDS, &key)? {
             Some(bytes) => Ok(Some(dec(layout::RECORDS, &key, &bytes)?)),
             None => Ok(None),
         }
     }
 
+    fn record_row_of(&self, tenant: &TenantId, id: &RecordId) -> Result<Option<RecordRow>> {
+        match self.tenant_no(tenant)? {
+            Some(tn) => self.record_row(tn, id),
+            None => Ok(None),
+        }
+    }
+
     /// The retained versions of a record (its initial write and winner).
     pub fn record_head(&self, tenant: &TenantId, record: &RecordId) -> Result<Option<RecordHead>> {
-        Ok(self.record_row(tenant, record)?.map(|r| r.head))
+        Ok(self.record_row_of(tenant, record)?.map(|r| r.head))
     }
 
     /// A record's head with its path and context.
     pub fn record_info(&self, tenant: &TenantId, record: &RecordId) -> Result<Option<RecordInfo>> {
-        Ok(self.record_row(tenant, record)?.map(|r| RecordInfo {
+        Ok(self.record_row_of(tenant, record)?.map(|r| RecordInfo {
             head: r.head,
             path: r.path,
             context: r.context,
@@ -692,14 +854,13 @@ impl Ledger {
 
     /// Whether a `Configure` of the protocol is stored.
     pub fn has_protocol(&self, tenant: &TenantId, protocol: &ProtocolName) -> Result<bool> {
-        let prefix = Key::tenant(tenant).protocol(protocol).into_vec();
+        let Some((tn, pn)) = self.names_of(tenant, protocol)? else {
+            return Ok(false);
+        };
+        let prefix = Key::tn(tn).pn(pn).into_vec();
         Ok(self
             .store
-            .first(
-                layout::CONFIGS,
-                crate::store::KeyRange::prefix(&prefix),
-                Order::Ascending,
-            )?
+            .first(layout::CONFIGS, KeyRange::prefix(&prefix), Order::Ascending)?
             .is_some())
     }
 
@@ -710,17 +871,20 @@ impl Ledger {
         tenant: &TenantId,
         protocol: &ProtocolName,
     ) -> Result<Option<(Cid, Configure)>> {
-        let prefix = Key::tenant(tenant).protocol(protocol).into_vec();
+        let Some((tn, pn)) = self.names_of(tenant, protocol)? else {
+            return Ok(None);
+        };
+        let prefix = Key::tn(tn).pn(pn).into_vec();
         let Some((key, _)) = self.store.first(
             layout::CONFIGS,
-            crate::store::KeyRange::prefix(&prefix),
+            KeyRange::prefix(&prefix),
             Order::Descending,
         )?
         else {
             return Ok(None);
         };
         let cid = Cid::from_bytes(layout::key_tail::<32>(layout::CONFIGS, &key)?);
-        match self.get_message(tenant, &cid)? {
+        match self.get_message_tn(tn, &cid)? {
             Some(StoredMessage {
                 message: Message::Configure(c),
                 ..
@@ -734,30 +898,39 @@ impl Ledger {
     /// The cids of every stored `Configure` of a protocol, oldest first by
     /// `(timestamp, cid)`.
     pub fn configures(&self, tenant: &TenantId, protocol: &ProtocolName) -> Result<Vec<Cid>> {
-        let prefix = Key::tenant(tenant).protocol(protocol).into_vec();
-        self.store
-            .scan_prefix(layout::CONFIGS, &prefix, Order::Ascending)?
-            .map(|kv| {
-                let (k, _) = kv?;
-                Ok(Cid::from_bytes(layout::key_tail::<32>(
-                    layout::CONFIGS,
-                    &k,
-                )?))
-            })
-            .collect()
+        let Some((tn, pn)) = self.names_of(tenant, protocol)? else {
+            return Ok(Vec::new());
+        };
+        let prefix = Key::tn(tn).pn(pn).into_vec();
+        self.cid_scan(layout::CONFIGS, &prefix)?.collect()
     }
 
     /// Every stored message cid of the tenant, in ascending cid order (to rebuild a
     /// Merkle tree on open).
     pub fn cids(&self, tenant: &TenantId) -> Result<CidIter<'_>> {
-        let prefix = Key::tenant(tenant).into_vec();
-        self.cid_scan(layout::MSG, &prefix)
+        match self.tenant_no(tenant)? {
+            Some(tn) => self.cid_scan(layout::MSG, &Key::tn(tn).into_vec()),
+            None => Ok(CidIter::empty()),
+        }
     }
 
-    /// Every stored message cid of one protocol of the tenant, in ascending cid order.
+    /// Every stored message cid of one protocol of the tenant, in **log order** (the
+    /// per-protocol log index serves this and filtered log pages alike; sort the cids
+    /// when an order by cid is needed).
     pub fn protocol_cids(&self, tenant: &TenantId, protocol: &ProtocolName) -> Result<CidIter<'_>> {
-        let prefix = Key::tenant(tenant).protocol(protocol).into_vec();
-        self.cid_scan(layout::MSG_BY_PROTOCOL, &prefix)
+        let Some((tn, pn)) = self.names_of(tenant, protocol)? else {
+            return Ok(CidIter::empty());
+        };
+        let prefix = Key::tn(tn).pn(pn).into_vec();
+        let iter = self
+            .store
+            .scan_prefix(layout::LOG_BY_PROTOCOL, &prefix, Order::Ascending)?;
+        Ok(CidIter {
+            inner: Box::new(iter.map(|kv| {
+                let (k, v) = kv?;
+                dec(layout::LOG_BY_PROTOCOL, &k, &v)
+            })),
+        })
     }
 
     /// The cids of stored writes and deletes whose record path equals `path` or lies
@@ -768,8 +941,10 @@ impl Ledger {
         protocol: &ProtocolName,
         path: &ProtocolPath,
     ) -> Result<Vec<Cid>> {
-        let base = Key::tenant(tenant).protocol(protocol).into_vec();
-        let mut exact = base.clone();
+        let Some((tn, pn)) = self.names_of(tenant, protocol)? else {
+            return Ok(Vec::new());
+        };
+        let mut exact = Key::tn(tn).pn(pn).into_vec();
         exact.extend_from_slice(path.as_str().as_bytes());
         let mut below = exact.clone();
         exact.push(0);
@@ -791,14 +966,17 @@ impl Ledger {
         protocol: &ProtocolName,
         context: &ContextId,
     ) -> Result<Vec<Cid>> {
-        let mut k = Key::tenant(tenant).protocol(protocol);
+        let Some((tn, pn)) = self.names_of(tenant, protocol)? else {
+            return Ok(Vec::new());
+        };
+        let mut k = Key::tn(tn).pn(pn);
         for r in context.chain() {
             k = k.bytes(r.as_bytes());
         }
         self.cid_scan(layout::BY_CONTEXT, &k.into_vec())?.collect()
     }
 
-    fn cid_scan(&self, partition: crate::store::Partition, prefix: &[u8]) -> Result<CidIter<'_>> {
+    fn cid_scan(&self, partition: Partition, prefix: &[u8]) -> Result<CidIter<'_>> {
         let plen = prefix.len();
         let iter = self
             .store
@@ -882,7 +1060,7 @@ impl Ledger {
         durability: Durability,
     ) -> Result<u64> {
         let _writer = lock(&self.writer);
-        let Some(mut meta) = self.log_meta_loaded(tenant)? else {
+        let Some((tn, mut meta)) = self.log_meta(tenant)? else {
             return Ok(0);
         };
         let floor = through.min(meta.head).max(meta.compacted_through);
@@ -891,35 +1069,24 @@ impl Ledger {
         }
         meta.compacted_through = floor;
         let mut batch = Batch::new();
-        batch.put(layout::LOG_META, Key::tenant(tenant).into_vec(), enc(&meta));
+        batch.put(layout::LOG_META, Key::tn(tn).into_vec(), enc(&meta));
         self.commit(batch, durability)?;
-        lock(&self.log_metas).insert(tenant.clone(), meta);
+        lock(&self.log_metas).insert(tenant.clone(), (tn, meta));
         Ok(floor)
     }
 
-    /// Every tenant with a log.
+    /// Every tenant that has ever had a message applied, ordered by id.
     pub fn tenants(&self) -> Result<Vec<TenantId>> {
-        self.store
-            .scan(
-                layout::LOG_META,
-                crate::store::KeyRange::all(),
-                Order::Ascending,
-            )?
+        let mut out: Vec<TenantId> = self
+            .store
+            .scan_prefix(layout::NAMES, b"T", Order::Ascending)?
             .map(|kv| {
-                let (k, _) = kv?;
-                let s = k
-                    .strip_suffix(&[0])
-                    .and_then(|s| std::str::from_utf8(s).ok())
-                    .ok_or(Error::CorruptKey {
-                        partition: layout::LOG_META.name(),
-                        reason: "not a tenant id",
-                    })?;
-                TenantId::new(s).map_err(|_| Error::CorruptKey {
-                    partition: layout::LOG_META.name(),
-                    reason: "not a tenant id",
-                })
+                let (k, v) = kv?;
+                dec(layout::NAMES, &k, &v)
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        out.sort();
+        Ok(out)
     }
 }
 
@@ -927,6 +1094,14 @@ impl Ledger {
 /// storage as it goes.
 pub struct CidIter<'a> {
     inner: Box<dyn Iterator<Item = Result<Cid>> + 'a>,
+}
+
+impl CidIter<'_> {
+    fn empty() -> Self {
+        CidIter {
+            inner: Box::new(std::iter::empty()),
+        }
+    }
 }
 
 impl Iterator for CidIter<'_> {

@@ -5,7 +5,7 @@ use std::ops::Bound;
 use sync_types::{Cid, Gap, GapReason, Message, ProgressToken, ProtocolName, StreamId, TenantId};
 
 use crate::error::Result;
-use crate::layout::{self, Key, LogMeta, StoredEntry, dec};
+use crate::layout::{self, Key, LogMeta, StoredEntry, Tn, dec};
 use crate::ledger::Ledger;
 use crate::store::{KeyRange, Order};
 
@@ -109,7 +109,7 @@ pub struct LogInfo {
 impl Ledger {
     /// The identity and extent of a tenant's log, if it has one.
     pub fn log_info(&self, tenant: &TenantId) -> Result<Option<LogInfo>> {
-        Ok(self.log_meta(tenant)?.map(|m| LogInfo {
+        Ok(self.log_meta(tenant)?.map(|(_, m)| LogInfo {
             stream_id: m.stream_id,
             epoch: m.epoch,
             head_position: m.head,
@@ -120,14 +120,14 @@ impl Ledger {
     /// The token of the newest entry of a tenant's log.
     pub fn log_head(&self, tenant: &TenantId) -> Result<Option<ProgressToken>> {
         match self.log_meta(tenant)? {
-            Some(meta) => self.edge_token(tenant, &meta, Order::Descending),
+            Some((tn, meta)) => self.edge_token(tn, &meta, Order::Descending),
             None => Ok(None),
         }
     }
 
     fn edge_token(
         &self,
-        tenant: &TenantId,
+        tenant: Tn,
         meta: &LogMeta,
         order: Order,
     ) -> Result<Option<ProgressToken>> {
@@ -167,7 +167,7 @@ impl Ledger {
     /// the per-protocol index, not the whole log.
     pub fn read_log(&self, tenant: &TenantId, query: &LogQuery) -> Result<LogRead> {
         let limit = query.limit.clamp(1, LOG_PAGE_ENTRIES_MAX);
-        let Some(meta) = self.log_meta(tenant)? else {
+        let Some((tn, meta)) = self.log_meta(tenant)? else {
             return Ok(match query.after {
                 // A cursor into a log that does not exist here comes from another log.
                 Some(requested) => LogRead::Gap(Gap {
@@ -187,11 +187,11 @@ impl Ledger {
         let start_after = match query.after {
             None => meta.compacted_through,
             Some(token) => {
-                if let Some(reason) = self.check_cursor(tenant, &meta, &token)? {
+                if let Some(reason) = self.check_cursor(tn, &meta, &token)? {
                     return Ok(LogRead::Gap(Gap {
                         requested: token,
-                        oldest_available: self.edge_token(tenant, &meta, Order::Ascending)?,
-                        latest_available: self.edge_token(tenant, &meta, Order::Descending)?,
+                        oldest_available: self.edge_token(tn, &meta, Order::Ascending)?,
+                        latest_available: self.edge_token(tn, &meta, Order::Descending)?,
                         reason,
                     }));
                 }
@@ -204,8 +204,8 @@ impl Ledger {
         match &query.protocol {
             None => {
                 let range = KeyRange {
-                    start: Bound::Included(layout::log_key(tenant, first)),
-                    end: Bound::Included(layout::log_key(tenant, meta.head)),
+                    start: Bound::Included(layout::log_key(tn, first)),
+                    end: Bound::Included(layout::log_key(tn, meta.head)),
                 };
                 for kv in self.store.scan(layout::LOG, range, Order::Ascending)? {
                     let (k, v) = kv?;
@@ -217,31 +217,28 @@ impl Ledger {
                 }
             }
             Some(protocol) => {
-                let base = Key::tenant(tenant).protocol(protocol);
-                let start = Key::raw(&base.into_vec()).u64(first).into_vec();
-                let end = Key::tenant(tenant)
-                    .protocol(protocol)
-                    .u64(meta.head)
-                    .into_vec();
-                let range = KeyRange {
-                    start: Bound::Included(start),
-                    end: Bound::Included(end),
-                };
-                for kv in self
-                    .store
-                    .scan(layout::LOG_BY_PROTOCOL, range, Order::Ascending)?
-                {
-                    let (k, _) = kv?;
-                    if entries.len() == limit {
-                        has_more = true;
-                        break;
-                    }
-                    let position =
-                        u64::from_be_bytes(layout::key_tail::<8>(layout::LOG_BY_PROTOCOL, &k)?);
-                    let log_key = layout::log_key(tenant, position);
-                    // The entry may have been pruned since the index was scanned.
-                    if let Some(v) = self.store.get(layout::LOG, &log_key)? {
-                        entries.push(self.decode_entry(&meta, &log_key, &v)?);
+                // A protocol never applied has no entries.
+                if let Some(pn) = self.protocol_no(tn, protocol)? {
+                    let range = KeyRange {
+                        start: Bound::Included(Key::tn(tn).pn(pn).u64(first).into_vec()),
+                        end: Bound::Included(Key::tn(tn).pn(pn).u64(meta.head).into_vec()),
+                    };
+                    for kv in self
+                        .store
+                        .scan(layout::LOG_BY_PROTOCOL, range, Order::Ascending)?
+                    {
+                        let (k, _) = kv?;
+                        if entries.len() == limit {
+                            has_more = true;
+                            break;
+                        }
+                        let position =
+                            u64::from_be_bytes(layout::key_tail::<8>(layout::LOG_BY_PROTOCOL, &k)?);
+                        let log_key = layout::log_key(tn, position);
+                        // The entry may have been pruned since the index was scanned.
+                        if let Some(v) = self.store.get(layout::LOG, &log_key)? {
+                            entries.push(self.decode_entry(&meta, &log_key, &v)?);
+                        }
                     }
                 }
             }
@@ -251,13 +248,13 @@ impl Ledger {
             entries,
             next,
             has_more,
-            head: self.edge_token(tenant, &meta, Order::Descending)?,
+            head: self.edge_token(tn, &meta, Order::Descending)?,
         }))
     }
 
     fn check_cursor(
         &self,
-        tenant: &TenantId,
+        tenant: Tn,
         meta: &LogMeta,
         token: &ProgressToken,
     ) -> Result<Option<GapReason>> {
@@ -294,21 +291,26 @@ impl Ledger {
         after: u64,
         protocol: Option<&ProtocolName>,
     ) -> Result<u64> {
-        let Some(meta) = self.log_meta(tenant)? else {
+        let Some((tn, meta)) = self.log_meta(tenant)? else {
             return Ok(0);
         };
         let first = after.saturating_add(1);
         let (partition, start, end) = match protocol {
             None => (
                 layout::LOG,
-                layout::log_key(tenant, first),
-                layout::log_key(tenant, meta.head),
+                layout::log_key(tn, first),
+                layout::log_key(tn, meta.head),
             ),
-            Some(p) => (
-                layout::LOG_BY_PROTOCOL,
-                Key::tenant(tenant).protocol(p).u64(first).into_vec(),
-                Key::tenant(tenant).protocol(p).u64(meta.head).into_vec(),
-            ),
+            Some(p) => {
+                let Some(pn) = self.protocol_no(tn, p)? else {
+                    return Ok(0);
+                };
+                (
+                    layout::LOG_BY_PROTOCOL,
+                    Key::tn(tn).pn(pn).u64(first).into_vec(),
+                    Key::tn(tn).pn(pn).u64(meta.head).into_vec(),
+                )
+            }
         };
         let range = KeyRange {
             start: Bound::Included(start),

@@ -1,6 +1,5 @@
 //! The fjall backend: one fjall database on a directory, one keyspace per partition.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -11,6 +10,13 @@ use crate::error::{Error, Result};
 
 /// Default block cache, in bytes.
 pub const CACHE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// Default size at which a partition's in-memory table is flushed to disk, in bytes.
+pub const MEMTABLE_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
+
+/// Default journal size after which fjall flushes tables so the journal can be
+/// truncated, in bytes. It bounds the journal a reopen after a crash must replay.
+pub const JOURNAL_BYTES_MAX_DEFAULT: u64 = 128 * 1024 * 1024;
 
 /// A [`Store`] on a fjall database in a directory.
 ///
@@ -23,8 +29,10 @@ pub const CACHE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 /// writes; this backend reports that as [`Error::Poisoned`].
 pub struct FjallStore {
     db: Database,
+    memtable_bytes: u64,
     path: PathBuf,
-    keyspaces: RwLock<HashMap<&'static str, Keyspace>>,
+    /// Open keyspaces by partition name: a handful, so a linear scan beats hashing.
+    keyspaces: RwLock<Vec<(&'static str, Keyspace)>>,
 }
 
 /// Options for opening a [`FjallStore`].
@@ -33,6 +41,8 @@ pub struct FjallStore {
 pub struct FjallStoreBuilder {
     path: PathBuf,
     cache_bytes: u64,
+    memtable_bytes: u64,
+    journal_bytes_max: u64,
     worker_threads: Option<usize>,
 }
 
@@ -40,6 +50,22 @@ impl FjallStoreBuilder {
     /// Block cache size in bytes. Default: [`CACHE_BYTES_DEFAULT`].
     pub fn cache_bytes(mut self, bytes: u64) -> Self {
         self.cache_bytes = bytes;
+        self
+    }
+
+    /// Size at which a partition's in-memory table is flushed, in bytes. Default:
+    /// [`MEMTABLE_BYTES_DEFAULT`] (smaller tables are cheaper to insert into; fjall's
+    /// own default is 64 MiB).
+    pub fn memtable_bytes(mut self, bytes: u64) -> Self {
+        self.memtable_bytes = bytes;
+        self
+    }
+
+    /// Journal size that forces a flush, in bytes. Default:
+    /// [`JOURNAL_BYTES_MAX_DEFAULT`] (fjall's own default is 512 MiB, which makes a
+    /// reopen after a crash replay up to that much).
+    pub fn journal_bytes_max(mut self, bytes: u64) -> Self {
+        self.journal_bytes_max = bytes;
         self
     }
 
@@ -52,15 +78,18 @@ impl FjallStoreBuilder {
 
     /// Opens (or creates) the database.
     pub fn open(self) -> Result<FjallStore> {
-        let mut builder = Database::builder(&self.path).cache_size(self.cache_bytes);
+        let mut builder = Database::builder(&self.path)
+            .cache_size(self.cache_bytes)
+            .max_journaling_size(self.journal_bytes_max);
         if let Some(n) = self.worker_threads {
             builder = builder.worker_threads(n);
         }
         let db = builder.open().map_err(map_err)?;
         Ok(FjallStore {
             db,
+            memtable_bytes: self.memtable_bytes,
             path: self.path,
-            keyspaces: RwLock::new(HashMap::new()),
+            keyspaces: RwLock::new(Vec::new()),
         })
     }
 }
@@ -71,6 +100,8 @@ impl FjallStore {
         FjallStoreBuilder {
             path: path.as_ref().to_path_buf(),
             cache_bytes: CACHE_BYTES_DEFAULT,
+            memtable_bytes: MEMTABLE_BYTES_DEFAULT,
+            journal_bytes_max: JOURNAL_BYTES_MAX_DEFAULT,
             worker_threads: None,
         }
     }
@@ -89,31 +120,42 @@ impl FjallStore {
     /// has no journal to replay. Used on a clean close; never needed for durability.
     pub fn flush_tables(&self) -> Result<()> {
         self.db.persist(PersistMode::SyncAll).map_err(map_err)?;
-        let keyspaces: Vec<Keyspace> = self.read_keyspaces().values().cloned().collect();
+        let keyspaces: Vec<Keyspace> = self
+            .read_keyspaces()
+            .iter()
+            .map(|(_, ks)| ks.clone())
+            .collect();
         for ks in keyspaces {
             ks.rotate_memtable_and_wait().map_err(map_err)?;
         }
         Ok(())
     }
 
-    fn read_keyspaces(&self) -> std::sync::RwLockReadGuard<'_, HashMap<&'static str, Keyspace>> {
-        // The map only ever gains complete entries, so a poisoned lock is still sound.
+    fn read_keyspaces(&self) -> std::sync::RwLockReadGuard<'_, Vec<(&'static str, Keyspace)>> {
+        // The list only ever gains complete entries, so a poisoned lock is still sound.
         self.keyspaces.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn find(list: &[(&'static str, Keyspace)], name: &str) -> Option<Keyspace> {
+        list.iter()
+            .find(|(n, _)| std::ptr::eq(*n, name) || *n == name)
+            .map(|(_, ks)| ks.clone())
+    }
+
     fn keyspace(&self, partition: Partition) -> Result<Keyspace> {
-        if let Some(ks) = self.read_keyspaces().get(partition.name()) {
-            return Ok(ks.clone());
+        if let Some(ks) = Self::find(&self.read_keyspaces(), partition.name()) {
+            return Ok(ks);
         }
-        let mut map = self.keyspaces.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(ks) = map.get(partition.name()) {
-            return Ok(ks.clone());
+        let mut list = self.keyspaces.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(ks) = Self::find(&list, partition.name()) {
+            return Ok(ks);
         }
         let large = partition.large_values();
+        let memtable = self.memtable_bytes;
         let ks = self
             .db
             .keyspace(partition.name(), || {
-                let opts = KeyspaceCreateOptions::default();
+                let opts = KeyspaceCreateOptions::default().max_memtable_size(memtable);
                 if large {
                     opts.with_kv_separation(Some(KvSeparationOptions::default()))
                 } else {
@@ -121,7 +163,7 @@ impl FjallStore {
                 }
             })
             .map_err(map_err)?;
-        map.insert(partition.name(), ks.clone());
+        list.push((partition.name(), ks.clone()));
         Ok(ks)
     }
 }
@@ -181,15 +223,19 @@ impl Store for FjallStore {
         for op in batch.ops() {
             check_key(&op.key)?;
         }
-        let mut keyspaces: HashMap<&'static str, Keyspace> = HashMap::new();
+        // The batch touches a few partitions many times: resolve each handle once.
+        let mut handles: Vec<(&'static str, Keyspace)> = Vec::new();
         let mut wb = self.db.batch().durability(Some(persist_mode(durability)));
         for op in batch.into_ops() {
             let name = op.partition.name();
-            let ks = match keyspaces.get(name) {
-                Some(ks) => ks,
+            let ks = match handles
+                .iter()
+                .position(|(n, _)| std::ptr::eq(*n, name) || *n == name)
+            {
+                Some(at) => &handles[at].1,
                 None => {
-                    let ks = self.keyspace(op.partition)?;
-                    keyspaces.entry(name).or_insert(ks)
+                    handles.push((name, self.keyspace(op.partition)?));
+                    &handles[handles.len() - 1].1
                 }
             };
             match op.value {
@@ -202,5 +248,9 @@ impl Store for FjallStore {
 
     fn persist(&self, durability: Durability) -> Result<()> {
         self.db.persist(persist_mode(durability)).map_err(map_err)
+    }
+
+    fn close(&self) -> Result<()> {
+        self.flush_tables()
     }
 }

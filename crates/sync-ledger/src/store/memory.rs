@@ -140,11 +140,11 @@ impl Store for MemoryStore {
         for op in batch.ops() {
             check_key(&op.key)?;
         }
+        let ops = batch.into_ops();
         let mut inner = self.write();
         if durability.is_synced() && inner.fail_syncs {
             return Err(Self::sync_failure());
         }
-        let ops = batch.into_ops();
         apply(&mut inner.live, ops.iter().cloned());
         inner.unsynced.push(ops);
         if durability.is_synced() {

@@ -18,7 +18,7 @@
 //! - **Scans are ordered by key bytes** in both directions, and each item is a `Result`:
 //!   a backend that fails halfway through a scan reports it instead of ending early.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fmt;
 use std::ops::Bound;
 
@@ -27,7 +27,10 @@ use crate::error::Result;
 mod fjall_store;
 mod memory;
 
-pub use fjall_store::{CACHE_BYTES_DEFAULT, FjallStore, FjallStoreBuilder};
+pub use fjall_store::{
+    CACHE_BYTES_DEFAULT, FjallStore, FjallStoreBuilder, JOURNAL_BYTES_MAX_DEFAULT,
+    MEMTABLE_BYTES_DEFAULT,
+};
 pub use memory::MemoryStore;
 
 /// Longest key a store accepts, in bytes. The ledger's longest key (a tenant, a
@@ -179,11 +182,12 @@ pub struct BatchOp {
 /// all of them are visible or none is.
 ///
 /// When a batch writes the same key twice, the last write wins and the earlier one is
-/// dropped, so an insert followed by a delete of the same key deletes it.
+/// dropped, so an insert followed by a delete of the same key deletes it. Duplicates
+/// are removed once, in [`into_ops`](Self::into_ops), without copying keys: pushing a
+/// write is just a `Vec` push, which matters when one apply writes thousands of keys.
 #[derive(Clone, Default, Debug)]
 pub struct Batch {
     ops: Vec<BatchOp>,
-    index: HashMap<(&'static str, Vec<u8>), usize>,
 }
 
 impl Batch {
@@ -192,40 +196,32 @@ impl Batch {
         Self::default()
     }
 
+    /// An empty batch with room for `writes` writes.
+    pub fn with_capacity(writes: usize) -> Self {
+        Self {
+            ops: Vec::with_capacity(writes),
+        }
+    }
+
     /// Sets `key` to `value` in `partition`.
     pub fn put(&mut self, partition: Partition, key: impl Into<Vec<u8>>, value: Vec<u8>) {
-        self.push(partition, key.into(), Some(value));
+        self.ops.push(BatchOp {
+            partition,
+            key: key.into(),
+            value: Some(value),
+        });
     }
 
     /// Deletes `key` from `partition` (a no-op when it is absent).
     pub fn delete(&mut self, partition: Partition, key: impl Into<Vec<u8>>) {
-        self.push(partition, key.into(), None);
+        self.ops.push(BatchOp {
+            partition,
+            key: key.into(),
+            value: None,
+        });
     }
 
-    fn push(&mut self, partition: Partition, key: Vec<u8>, value: Option<Vec<u8>>) {
-        match self.index.get(&(partition.name, key.clone())) {
-            Some(&at) => self.ops[at].value = value,
-            None => {
-                self.index
-                    .insert((partition.name, key.clone()), self.ops.len());
-                self.ops.push(BatchOp {
-                    partition,
-                    key,
-                    value,
-                });
-            }
-        }
-    }
-
-    /// The pending value of `key`: `Some(Some(v))` for a put, `Some(None)` for a
-    /// delete, `None` when the batch does not touch the key.
-    pub fn pending(&self, partition: Partition, key: &[u8]) -> Option<Option<&[u8]>> {
-        self.index
-            .get(&(partition.name, key.to_vec()))
-            .map(|&at| self.ops[at].value.as_deref())
-    }
-
-    /// Number of distinct keys written.
+    /// Number of writes pushed (a key written twice counts twice).
     pub fn len(&self) -> usize {
         self.ops.len()
     }
@@ -235,14 +231,33 @@ impl Batch {
         self.ops.is_empty()
     }
 
-    /// The writes, in first-touched order, each key once.
+    /// The writes as pushed, duplicates included.
     pub fn ops(&self) -> &[BatchOp] {
         &self.ops
     }
 
-    /// The writes, consuming the batch.
+    /// The writes to apply: each key once, with its last write, in the order of those
+    /// last writes.
     pub fn into_ops(self) -> Vec<BatchOp> {
-        self.ops
+        let ops = self.ops;
+        if ops.len() < 2 {
+            return ops;
+        }
+        let mut seen: HashSet<(&'static str, &[u8])> = HashSet::with_capacity(ops.len());
+        let keep: Vec<bool> = {
+            let mut keep = vec![false; ops.len()];
+            for (i, op) in ops.iter().enumerate().rev() {
+                keep[i] = seen.insert((op.partition.name(), op.key.as_slice()));
+            }
+            keep
+        };
+        if keep.iter().all(|&k| k) {
+            return ops;
+        }
+        ops.into_iter()
+            .zip(keep)
+            .filter_map(|(op, k)| k.then_some(op))
+            .collect()
     }
 }
 
@@ -364,6 +379,14 @@ pub trait Store: Send + Sync + 'static {
     /// Makes every commit so far at least as durable as `durability`.
     fn persist(&self, durability: Durability) -> Result<()>;
 
+    /// Makes everything durable and leaves the store ready to be dropped; a backend may
+    /// also tidy up so the next open is fast (fjall flushes its in-memory tables, so
+    /// reopening replays no journal). Dropping without `close` loses nothing that was
+    /// committed with a synced durability.
+    fn close(&self) -> Result<()> {
+        self.persist(Durability::SyncAll)
+    }
+
     /// Sets one key (a batch of one).
     fn put(
         &self,
@@ -417,10 +440,22 @@ mod tests {
         b.put(P, b"a".to_vec(), vec![1]);
         b.put(P, b"b".to_vec(), vec![2]);
         b.delete(P, b"a".to_vec());
-        assert_eq!(b.len(), 2);
-        assert_eq!(b.pending(P, b"a"), Some(None));
-        assert_eq!(b.pending(P, b"b"), Some(Some(&[2u8][..])));
-        assert_eq!(b.pending(P, b"c"), None);
+        b.put(Partition::new("q"), b"a".to_vec(), vec![3]);
+        assert_eq!(b.len(), 4);
+        let ops = b.into_ops();
+        type Brief<'a> = (&'a str, &'a [u8], Option<&'a [u8]>);
+        let brief: Vec<Brief<'_>> = ops
+            .iter()
+            .map(|o| (o.partition.name(), &o.key[..], o.value.as_deref()))
+            .collect();
+        assert_eq!(
+            brief,
+            vec![
+                ("p", &b"b"[..], Some(&[2u8][..])),
+                ("p", &b"a"[..], None),
+                ("q", &b"a"[..], Some(&[3u8][..])),
+            ]
+        );
     }
 
     #[test]

@@ -1,0 +1,422 @@
+//! Throughput and latency of `sync-ledger` on its fjall backend, printed as markdown
+//! tables for BENCHMARKS.md.
+//!
+//! Usage: `cargo run --release -p benches --bin ledger_bench [-- --dir PATH] [--quick]`
+//!
+//! - commits: messages per second through `Ledger::apply` in batches of 1, 100 and
+//!   1000, for each durability mode;
+//! - log pages: time to read a page of 1000 entries, unfiltered and filtered by
+//!   protocol;
+//! - point reads: `get_message`, `record_head`, `has_message`;
+//! - blobs: write (verified, synced) and read MB/s;
+//! - reopen: time to open a ledger holding 1M messages and read its head, and to scan
+//!   all 1M cids (what rebuilding a Merkle tree costs).
+
+// A bench binary's output is its result: it prints tables on stdout by design.
+#![allow(clippy::print_stdout)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sync_ledger::store::Durability;
+use sync_ledger::{FjallStore, Ledger, LogQuery, LogRead, MemoryStore};
+use sync_types::*;
+
+fn tenant() -> TenantId {
+    TenantId::new("did:example:bench").unwrap()
+}
+
+fn protocols() -> [ProtocolName; 2] {
+    [
+        ProtocolName::new("https://example.com/notes").unwrap(),
+        ProtocolName::new("https://example.com/other").unwrap(),
+    ]
+}
+
+fn configures() -> Vec<(Message, Option<Vec<u8>>)> {
+    protocols()
+        .into_iter()
+        .map(|p| {
+            let def = ProtocolDefinition::new(
+                &p,
+                vec![TypeRule {
+                    path: ProtocolPath::new("note").unwrap(),
+                    data_bytes_max: None,
+                }],
+                vec![],
+            )
+            .unwrap();
+            (
+                Message::Configure(Configure {
+                    tenant: tenant(),
+                    protocol: p,
+                    definition: def,
+                    timestamp: Hlc::ZERO,
+                    author: PrincipalId::new("did:example:bench").unwrap(),
+                }),
+                None,
+            )
+        })
+        .collect()
+}
+
+/// A small message: an initial write of a new record with 32 bytes of inline data,
+/// alternating between two protocols.
+fn small_write(i: u64) -> (Message, Option<Vec<u8>>) {
+    let t = tenant();
+    let p = protocols()[usize::from(i % 2 == 1)].clone();
+    let record_id = RecordId::from_natural_key(&t, &p, &i.to_be_bytes());
+    let mut data = [0u8; 32];
+    data[..8].copy_from_slice(&i.to_le_bytes());
+    (
+        Message::Write(Write {
+            tenant: t,
+            record_id,
+            parent_id: None,
+            protocol: p,
+            path: ProtocolPath::new("note").unwrap(),
+            context_id: ContextId::root(record_id),
+            prev: None,
+            timestamp: Hlc {
+                wall_ms: 1_700_000_000_000 + i,
+                counter: 0,
+                node: NodeId(1),
+            },
+            author: PrincipalId::new("did:example:bench").unwrap(),
+            data: Some(DataRef::of(&data)),
+        }),
+        Some(data.to_vec()),
+    )
+}
+
+struct Dirs {
+    base: PathBuf,
+    n: u32,
+}
+
+impl Dirs {
+    fn next(&mut self) -> PathBuf {
+        self.n += 1;
+        let p = self.base.join(format!("ledger-{}", self.n));
+        let _ = std::fs::remove_dir_all(&p);
+        p
+    }
+}
+
+fn open(path: &Path) -> Ledger {
+    Ledger::builder().seed(1).open_fjall(path).unwrap()
+}
+
+fn per_sec(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn commits(dirs: &mut Dirs, quick: bool) {
+    println!("### Commits (small messages: initial writes, 32-byte inline data)\n");
+    println!("| backend | batch | durability | messages | messages/s |");
+    println!("|---|---:|---|---:|---:|");
+    for batch in [1usize, 100, 1000] {
+        for durability in Durability::ALL {
+            let n: u64 = match (batch, durability) {
+                (1, Durability::Buffered) => 20_000,
+                (1, _) => 1_000,
+                (100, Durability::Buffered) => 100_000,
+                (100, _) => 50_000,
+                _ => 300_000,
+            };
+            let n = if quick { n / 10 } else { n };
+            let path = dirs.next();
+            let ledger = open(&path);
+            ledger
+                .apply(&tenant(), configures(), Durability::SyncData)
+                .unwrap();
+            // Owned batches built before the clock starts: apply takes ownership.
+            let batches: Vec<Vec<_>> = (0..n)
+                .map(small_write)
+                .collect::<Vec<_>>()
+                .chunks(batch)
+                .map(<[_]>::to_vec)
+                .collect();
+            let start = Instant::now();
+            for b in batches {
+                ledger.apply(&tenant(), b, durability).unwrap();
+            }
+            let took = start.elapsed();
+            println!(
+                "| fjall | {batch} | {durability} | {n} | {:.0} |",
+                per_sec(n, took)
+            );
+            drop(ledger);
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+    let n = if quick { 30_000 } else { 300_000 };
+    let ledger = Ledger::builder().seed(1).open(MemoryStore::new()).unwrap();
+    ledger
+        .apply(&tenant(), configures(), Durability::SyncData)
+        .unwrap();
+    let messages: Vec<_> = (0..n).map(small_write).collect();
+    let batches: Vec<Vec<_>> = messages.chunks(1000).map(<[_]>::to_vec).collect();
+    drop(messages);
+    let start = Instant::now();
+    for b in batches {
+        ledger.apply(&tenant(), b, Durability::SyncData).unwrap();
+    }
+    println!(
+        "| memory | 1000 | sync_data | {n} | {:.0} |\n",
+        per_sec(n, start.elapsed())
+    );
+}
+
+fn reads(dirs: &mut Dirs, quick: bool) {
+    let n: u64 = if quick { 20_000 } else { 200_000 };
+    let path = dirs.next();
+    let ledger = open(&path);
+    ledger
+        .apply(&tenant(), configures(), Durability::SyncData)
+        .unwrap();
+    let messages: Vec<_> = (0..n).map(small_write).collect();
+    let cids: Vec<Cid> = messages.iter().map(|(m, _)| m.cid()).collect();
+    let records: Vec<RecordId> = messages
+        .iter()
+        .map(|(m, _)| m.record_id().unwrap())
+        .collect();
+    for chunk in messages.chunks(1000) {
+        ledger
+            .apply(&tenant(), chunk.to_vec(), Durability::Buffered)
+            .unwrap();
+    }
+    ledger.persist(Durability::SyncData).unwrap();
+    let t = tenant();
+    let LogRead::Page(all) = ledger.read_log(&t, &LogQuery::after(None, 10_000)).unwrap() else {
+        unreachable!()
+    };
+    let tokens: Vec<ProgressToken> = all.entries.iter().map(|e| e.token).collect();
+
+    println!("### Log pages ({n} messages in the log, two protocols alternating)\n");
+    println!("| page | entries | mean per page | entries/s |");
+    println!("|---|---:|---:|---:|");
+    let rounds = if quick { 50 } else { 300 };
+    for (label, filter) in [
+        ("unfiltered", None),
+        (
+            "one protocol (every other entry)",
+            Some(protocols()[1].clone()),
+        ),
+    ] {
+        let mut entries = 0u64;
+        let start = Instant::now();
+        for i in 0..rounds {
+            let cursor = tokens[(i * 37) % tokens.len()];
+            let mut q = LogQuery::after(Some(cursor), 1000);
+            q.protocol = filter.clone();
+            let LogRead::Page(p) = ledger.read_log(&t, &q).unwrap() else {
+                unreachable!()
+            };
+            assert_eq!(p.entries.len(), 1000);
+            entries += p.entries.len() as u64;
+        }
+        let took = start.elapsed();
+        println!(
+            "| {label} | 1000 | {:.3} ms | {:.0} |",
+            took.as_secs_f64() * 1000.0 / f64::from(u32::try_from(rounds).unwrap()),
+            per_sec(entries, took)
+        );
+    }
+
+    println!("\n### Point reads ({n} messages)\n");
+    println!("| operation | mean |");
+    println!("|---|---:|");
+    let k = if quick { 20_000 } else { 200_000 };
+    let pick = |i: usize| (i * 7919) % cids.len();
+    let start = Instant::now();
+    for i in 0..k {
+        assert!(ledger.get_message(&t, &cids[pick(i)]).unwrap().is_some());
+    }
+    println!(
+        "| get_message | {:.2} µs |",
+        start.elapsed().as_secs_f64() * 1e6 / k as f64
+    );
+    let start = Instant::now();
+    for i in 0..k {
+        assert!(ledger.record_head(&t, &records[pick(i)]).unwrap().is_some());
+    }
+    println!(
+        "| record_head | {:.2} µs |",
+        start.elapsed().as_secs_f64() * 1e6 / k as f64
+    );
+    let start = Instant::now();
+    for i in 0..k {
+        assert!(ledger.has_message(&t, &cids[pick(i)]).unwrap());
+    }
+    println!(
+        "| has_message | {:.2} µs |",
+        start.elapsed().as_secs_f64() * 1e6 / k as f64
+    );
+    let missing = Cid::from_bytes([0xee; 32]);
+    let start = Instant::now();
+    for _ in 0..k {
+        assert!(!ledger.has_message(&t, &missing).unwrap());
+    }
+    println!(
+        "| has_message (absent) | {:.2} µs |\n",
+        start.elapsed().as_secs_f64() * 1e6 / k as f64
+    );
+    drop(ledger);
+    let _ = std::fs::remove_dir_all(&path);
+}
+
+fn blobs(dirs: &mut Dirs, quick: bool) {
+    let mib = if quick { 16 } else { 256 };
+    let path = dirs.next();
+    let ledger = open(&path);
+    let data: Vec<u8> = (0..mib * 1024 * 1024)
+        .map(|i: usize| u8::try_from((i * 31 + i / 4096) % 251).unwrap())
+        .collect();
+    let cid = Cid::of_data(&data);
+    println!("### Blobs ({mib} MiB, 64 KiB chunks)\n");
+    println!("| operation | MB/s |");
+    println!("|---|---:|");
+    let mb = data.len() as f64 / 1e6;
+    let start = Instant::now();
+    ledger
+        .blobs()
+        .put(&cid, &data[..], Durability::SyncData, 0)
+        .unwrap();
+    println!(
+        "| write (hash-verified, sync_data at the end) | {:.0} |",
+        mb / start.elapsed().as_secs_f64()
+    );
+    let start = Instant::now();
+    let back = ledger.blobs().read(&cid).unwrap();
+    println!("| read whole | {:.0} |", mb / start.elapsed().as_secs_f64());
+    assert_eq!(back.len(), data.len());
+    let start = Instant::now();
+    let mut total = 0usize;
+    let step = 1024 * 1024;
+    for off in (0..data.len()).step_by(step) {
+        total += ledger
+            .blobs()
+            .read_range(&cid, off as u64, step as u64)
+            .unwrap()
+            .len();
+    }
+    assert_eq!(total, data.len());
+    println!(
+        "| read in 1 MiB ranges | {:.0} |\n",
+        mb / start.elapsed().as_secs_f64()
+    );
+    drop(ledger);
+    let _ = std::fs::remove_dir_all(&path);
+}
+
+fn reopen(dirs: &mut Dirs, quick: bool) {
+    let n: u64 = if quick { 100_000 } else { 1_000_000 };
+    let path = dirs.next();
+    let t = tenant();
+    {
+        let ledger = open(&path);
+        ledger
+            .apply(&t, configures(), Durability::SyncData)
+            .unwrap();
+        let mut i = 0;
+        while i < n {
+            let batch: Vec<_> = (i..(i + 1000).min(n)).map(small_write).collect();
+            i += batch.len() as u64;
+            ledger.apply(&t, batch, Durability::Buffered).unwrap();
+        }
+        ledger.close().unwrap();
+    }
+    println!("### Reopen ({n} messages)\n");
+    println!("| step | time |");
+    println!("|---|---:|");
+    let start = Instant::now();
+    let store = FjallStore::open(&path).unwrap();
+    let ledger = Ledger::builder().seed(1).open(store).unwrap();
+    let head = ledger.log_head(&t).unwrap().unwrap();
+    let opened = start.elapsed();
+    assert_eq!(head.position, n + 2);
+    println!(
+        "| open and read the log head | {:.0} ms |",
+        opened.as_secs_f64() * 1000.0
+    );
+    let start = Instant::now();
+    let count = ledger.cids(&t).unwrap().map(Result::unwrap).count();
+    assert_eq!(count as u64, n + 2);
+    println!(
+        "| scan all {count} cids (Merkle tree rebuild input) | {:.0} ms |",
+        start.elapsed().as_secs_f64() * 1000.0
+    );
+    let start = Instant::now();
+    let count = ledger
+        .protocol_cids(&t, &protocols()[0])
+        .unwrap()
+        .map(Result::unwrap)
+        .count();
+    println!(
+        "| scan one protocol's {count} cids | {:.0} ms |",
+        start.elapsed().as_secs_f64() * 1000.0
+    );
+    let disk: u64 = walk_size(&path);
+    println!("| size on disk | {:.0} MB |\n", disk as f64 / 1e6);
+    drop(ledger);
+    let _ = std::fs::remove_dir_all(&path);
+}
+
+fn walk_size(p: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => walk_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let base = args
+        .iter()
+        .position(|a| a == "--dir")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("ledger-bench-{}", std::process::id()))
+        });
+    std::fs::create_dir_all(&base).unwrap();
+    let mut only: Vec<&str> = Vec::new();
+    let mut skip_next = false;
+    for a in args.iter().skip(1) {
+        if skip_next {
+            skip_next = false;
+        } else if a == "--dir" {
+            skip_next = true;
+        } else if !a.starts_with("--") {
+            only.push(a);
+        }
+    }
+    let run = |name: &str| only.is_empty() || only.contains(&name);
+    let mut dirs = Dirs {
+        base: base.clone(),
+        n: 0,
+    };
+    println!("## sync-ledger bench (fjall in {})\n", base.display());
+    if run("commits") {
+        commits(&mut dirs, quick);
+    }
+    if run("reads") {
+        reads(&mut dirs, quick);
+    }
+    if run("blobs") {
+        blobs(&mut dirs, quick);
+    }
+    if run("reopen") {
+        reopen(&mut dirs, quick);
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}
