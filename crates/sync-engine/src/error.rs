@@ -24,6 +24,20 @@ pub enum Error {
     /// The message breaks its protocol or an invariant.
     #[error("invalid: {0}")]
     Invalid(String),
+    /// A call to a remote node failed (see [`sync_transport::TransportError::is_retryable`]).
+    #[error("transport: {0}")]
+    Transport(#[from] sync_transport::TransportError),
+    /// A remote node answered something the protocol does not allow (a token from another
+    /// log, a malformed diff round, a page that does not advance).
+    #[error("remote broke the protocol: {0}")]
+    Protocol(String),
+    /// The link does not belong to a registered identity (unregistered, or its scope or
+    /// credentials changed).
+    #[error("link {0} is not registered")]
+    UnknownLink(String),
+    /// A blocking task of the engine panicked or was cancelled.
+    #[error("background task failed: {0}")]
+    Task(String),
 }
 
 /// The engine's result type.

@@ -24,6 +24,7 @@ pub mod machine;
 pub mod node;
 pub mod order;
 pub mod replica;
+pub mod sync;
 
 pub use error::{Error, Result};
 pub use node::ReplicaHandler;
@@ -31,3 +32,4 @@ pub use replica::{
     Change, ConflictInfo, ConflictPolicy, Origin, Receipt, Record, RecordKey, Replica,
     ReplicaBuilder, Resolution, WriteRequest,
 };
+pub use sync::{Engine, EngineBuilder, Identity, SyncConfig, SyncReport};

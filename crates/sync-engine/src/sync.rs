@@ -1,0 +1,2338 @@
+//! One-shot replication: catch up, push and reconcile every registered link.
+//!
+//! The [`Engine`] replicates a [`Replica`] with remote nodes. An application registers
+//! identities ([`Engine::register_identity`]: a tenant, the endpoints it syncs with, a
+//! scope, credentials); each (identity, endpoint) pair is a durable link in the ledger's
+//! link store ([`LinkState`]), with a checkpoint in each direction. [`Engine::sync_once`]
+//! runs every link once; the three per-link operations it is made of are public so the
+//! live driver (the tokio shell around [`crate::machine::LinkMachine`], whose `CatchUp`,
+//! `Push` and `Reconcile` actions they are) can call them one by one.
+//!
+//! # The three operations
+//!
+//! - [`Engine::catch_up`] reads the remote log in pages from the link's pull checkpoint
+//!   and applies each page with [`Replica::apply`]. The pull checkpoint then moves over
+//!   the longest prefix of the page that is *settled*: applied, duplicate or superseded,
+//!   or failed for good (invalid, unauthorized, outside the scope) and recorded as a dead
+//!   letter. It stops at the first entry that is not settled (deferred, or still missing
+//!   a dependency), so nothing after an unsettled entry can become the resume point. A
+//!   [`Gap`] answer (the remote cannot serve the cursor) is returned to the caller, which
+//!   reconciles and resumes from the gap's `latest_available`.
+//! - [`Engine::push`] reads the local log after the push checkpoint, keeps what the
+//!   link's scope covers and what did not just come from that endpoint (echo
+//!   suppression), and sends it in write batches. An `Incomplete { missing }` answer makes
+//!   the engine send exactly those dependencies, found through the local indexes (a
+//!   protocol's configures, a record's initial write, a blob), in bounded passes.
+//!   Permanent refusals become `push_permanent` dead letters and count as settled;
+//!   transient failures are retried with backoff ([`SyncConfig::push_retry_backoff_ms`]),
+//!   then recorded as `push_exhausted` and the link is marked `needs_reconcile`. The push
+//!   checkpoint moves over the settled prefix only.
+//! - [`Engine::reconcile`] compares roots of the link's scope; when they differ it runs
+//!   the SMT diff ([`sync_smt::Initiator`]) against the node's responder, fetches and
+//!   applies what only the remote has, pushes what only the local side has, and compares
+//!   roots again. Equal roots clear `needs_reconcile`, set `last_sync_ms`, move the push
+//!   checkpoint up to the local head seen before the diff (everything up to it is now on
+//!   the remote), and clear the link's dead letters that convergence clears
+//!   ([`DeadLetterCategory::cleared_by_convergence`]).
+//!
+//! # Why pulled dependencies come from the tree diff
+//!
+//! The wire reads messages by cid, and an `Incomplete` outcome names a dependency by
+//! protocol or record id: the pulling side cannot ask the node for "the initial write of
+//! record R". Dependencies always precede their dependents in the node's log (the node
+//! only accepts a message after its dependencies), so catch-up meets a missing
+//! dependency only after a reset cursor, a compacted log or a dead-lettered message.
+//! When it does, [`Engine::sync_once`] reconciles (the diff finds exactly the messages
+//! only the remote holds, dependencies included) and catches up again. The pushing side
+//! has the indexes and supplies dependencies by name.
+//!
+//! # sync_once
+//!
+//! [`Engine::sync_once`] takes every registered identity and endpoint, groups the links
+//! by endpoint and runs the groups concurrently, the links of a group one after the
+//! other: catch-up, push, then reconcile when the link has never synced, is marked
+//! `needs_reconcile`, or its integrity interval has passed, and for protocol and full
+//! scopes always at least the root comparison (two reads of cached roots; the diff runs
+//! only when they differ). A group whose endpoint is unreachable stops at its first
+//! unreachable link; the other groups go on. The [`SyncReport`] has per-link message and
+//! byte counts each way, the reconcile outcome and roots compared, and errors. Events go
+//! through [`Replica::emit`] after the state they report is persisted.
+//!
+//! # Echo suppression
+//!
+//! A pulled message is appended to the local log, and the push would send it straight
+//! back. The engine remembers, per endpoint, the *local log positions* of messages it
+//! applied from that endpoint (learned from the replica's change feed, which carries the
+//! origin) as ranges: an initial sync of a million messages is one range, where a set of
+//! cids would hold a million entries. Forgetting is harmless (the node answers
+//! `Duplicate`); the set is in memory and bounded ([`ECHO_RANGES_MAX`]).
+//!
+//! # Blocking
+//!
+//! The ledger is synchronous. Applying a page or a fetched chunk (which waits on an
+//! fsync) runs on tokio's blocking pool; small ledger reads and link saves run inline.
+//!
+//! # Concurrency
+//!
+//! Operations on one link are serialised by a per-link async lock; different links run
+//! concurrently. `sync_once` calls do not overlap (a second waits for the first).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sync_ledger::{DeadLetterFilter, LogRead, RegisteredIdentity};
+use sync_smt::{Config as DiffConfig, Hash, Initiator, Step, Tree};
+use sync_transport::client::blob_source_from_bytes;
+use sync_transport::proto::ErrorCode;
+use sync_transport::proto::{
+    BATCH_MESSAGES_MAX, BlobReadRequest, BlobStatRequest, BlobWriteRequest, DiffRequest,
+    LOG_PAGE_ENTRIES_MAX, LogFilter, LogPageReply, LogPageRequest, MessageData, READ_CIDS_MAX,
+    ReadMessagesRequest, RootRequest, WriteBatchRequest,
+};
+use sync_transport::{
+    ClientConfig, Handler, HttpClient, InProcessClient, Node, Remote, TransportError,
+};
+use sync_types::{
+    ApplyOutcome, Authorization, Cid, Connectivity, DeadLetter, DeadLetterCategory, Dependency,
+    Direction, DirectionCheckpoint, Endpoint, Gap, HealthSummary, LinkKey, LinkState, Message,
+    ProgressToken, ReconcileReason, Scope, ScopeClass, SyncEvent, TenantId, codec,
+};
+
+use crate::error::{Error, Result};
+use crate::replica::{Origin, Replica};
+
+/// Most entries asked for per remote log page (the protocol's maximum).
+pub const PAGE_ENTRIES_DEFAULT: u32 = LOG_PAGE_ENTRIES_MAX;
+/// Most pages one catch-up reads before it yields (the next call goes on).
+pub const CATCH_UP_PAGES_MAX: usize = 100_000;
+/// Most local log entries read per push step.
+pub const PUSH_READ_ENTRIES_DEFAULT: usize = 1_000;
+/// Most bytes (encoded messages and inline data) in one write batch, well under the
+/// transport's default frame limit.
+pub const PUSH_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Most passes that supply missing dependencies, per batch.
+pub const DEPENDENCY_PASSES_MAX: usize = 8;
+/// Pages in a row that may fail to advance the pull checkpoint (repeated pages) before a
+/// catch-up gives up.
+pub const STALLED_PAGES_MAX: u32 = 3;
+/// Default interval of the integrity reconcile, in milliseconds.
+pub const INTEGRITY_CHECK_MS_DEFAULT: u64 = 300_000;
+/// Most ranges of pulled local positions remembered per endpoint for echo suppression.
+pub const ECHO_RANGES_MAX: usize = 65_536;
+/// Largest blob moved in one piece by sync, in bytes; larger blobs move in chunks.
+pub const BLOB_CHUNK_BYTES: u64 = 1024 * 1024;
+
+/// Tunables of the engine; every limit has its unit last.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    /// Entries asked for per remote log page. Default [`PAGE_ENTRIES_DEFAULT`].
+    pub page_entries: u32,
+    /// Pages one catch-up reads at most. Default [`CATCH_UP_PAGES_MAX`].
+    pub catch_up_pages_max: usize,
+    /// Local log entries read per push step. Default [`PUSH_READ_ENTRIES_DEFAULT`].
+    pub push_read_entries: usize,
+    /// Messages per write batch. Default [`BATCH_MESSAGES_MAX`].
+    pub push_batch_messages: usize,
+    /// Bytes per write batch. Default [`PUSH_BATCH_BYTES_MAX`].
+    pub push_batch_bytes_max: usize,
+    /// Cids per message read. Default [`READ_CIDS_MAX`].
+    pub read_batch_cids: usize,
+    /// Passes supplying missing dependencies. Default [`DEPENDENCY_PASSES_MAX`].
+    pub dependency_passes_max: usize,
+    /// Wait before each push attempt, in milliseconds; after the last attempt fails the
+    /// messages are dead-lettered `push_exhausted` and the link needs a reconcile.
+    /// Default `[0, 250, 1000, 2000]`.
+    pub push_retry_backoff_ms: Vec<u64>,
+    /// A link is reconciled at least this often by `sync_once`. Default
+    /// [`INTEGRITY_CHECK_MS_DEFAULT`].
+    pub integrity_check_ms: u64,
+    /// Compare roots at the end of every `sync_once` for full and protocol-set scopes
+    /// (cheap: both roots are cached), and diff when they differ. Projection scopes
+    /// build their trees on demand and are compared only when a reconcile is due.
+    /// Default true.
+    pub verify_roots: bool,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            page_entries: PAGE_ENTRIES_DEFAULT,
+            catch_up_pages_max: CATCH_UP_PAGES_MAX,
+            push_read_entries: PUSH_READ_ENTRIES_DEFAULT,
+            push_batch_messages: BATCH_MESSAGES_MAX,
+            push_batch_bytes_max: PUSH_BATCH_BYTES_MAX,
+            read_batch_cids: READ_CIDS_MAX,
+            dependency_passes_max: DEPENDENCY_PASSES_MAX,
+            push_retry_backoff_ms: vec![0, 250, 1_000, 2_000],
+            integrity_check_ms: INTEGRITY_CHECK_MS_DEFAULT,
+            verify_roots: true,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Connectors
+// ---------------------------------------------------------------------------------------
+
+/// How the engine reaches an endpoint: a [`Remote`] per endpoint and credentials. The
+/// engine never talks to a node any other way, so a simulation swaps the connector and
+/// nothing else.
+pub trait Connector: Send + Sync + 'static {
+    /// The client type.
+    type Remote: Remote + 'static;
+
+    /// A client of `endpoint` presenting `token` (the registered identity's capability
+    /// token text). Connecting may be lazy: an unreachable node usually shows on the
+    /// first call, as a retryable [`TransportError`].
+    fn connect(
+        &self,
+        endpoint: &Endpoint,
+        token: Option<&str>,
+    ) -> std::result::Result<Self::Remote, TransportError>;
+}
+
+impl<C: Connector> Connector for Arc<C> {
+    type Remote = C::Remote;
+
+    fn connect(
+        &self,
+        endpoint: &Endpoint,
+        token: Option<&str>,
+    ) -> std::result::Result<Self::Remote, TransportError> {
+        (**self).connect(endpoint, token)
+    }
+}
+
+/// Connects over HTTP ([`HttpClient`]); clients are kept per (endpoint, token) so their
+/// connection pools are reused across syncs.
+#[derive(Debug, Default)]
+pub struct HttpConnector {
+    config: ClientConfig,
+    clients: Mutex<HashMap<(Endpoint, String), HttpClient>>,
+}
+
+impl HttpConnector {
+    /// A connector whose clients use `config`.
+    pub fn new(config: ClientConfig) -> Self {
+        Self {
+            config,
+            clients: Mutex::default(),
+        }
+    }
+}
+
+impl Connector for HttpConnector {
+    type Remote = HttpClient;
+
+    fn connect(
+        &self,
+        endpoint: &Endpoint,
+        token: Option<&str>,
+    ) -> std::result::Result<HttpClient, TransportError> {
+        let token = token.unwrap_or_default().to_owned();
+        let mut clients = lock(&self.clients);
+        let key = (endpoint.clone(), token);
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = HttpClient::with_token_text(endpoint, &key.1, self.config.clone())?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+}
+
+/// Connects to [`Node`]s in the same process ([`InProcessClient`]), for tests and
+/// simulation. An endpoint without a node is unreachable.
+pub struct InProcessConnector<H> {
+    nodes: Mutex<HashMap<Endpoint, Node<H>>>,
+}
+
+impl<H> Default for InProcessConnector<H> {
+    fn default() -> Self {
+        Self {
+            nodes: Mutex::default(),
+        }
+    }
+}
+
+impl<H> std::fmt::Debug for InProcessConnector<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessConnector")
+            .field("endpoints", &lock(&self.nodes).keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl<H: Handler> InProcessConnector<H> {
+    /// A connector without nodes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves `endpoint` with `node` (replacing any node there).
+    pub fn insert(&self, endpoint: Endpoint, node: Node<H>) {
+        lock(&self.nodes).insert(endpoint, node);
+    }
+
+    /// Takes `endpoint` off the network; returns whether it was there.
+    pub fn remove(&self, endpoint: &Endpoint) -> Option<Node<H>> {
+        lock(&self.nodes).remove(endpoint)
+    }
+}
+
+impl<H: Handler> Connector for InProcessConnector<H> {
+    type Remote = InProcessClient<H>;
+
+    fn connect(
+        &self,
+        endpoint: &Endpoint,
+        token: Option<&str>,
+    ) -> std::result::Result<InProcessClient<H>, TransportError> {
+        let node = lock(&self.nodes)
+            .get(endpoint)
+            .cloned()
+            .ok_or_else(|| TransportError::Unreachable(format!("no node at {endpoint}")))?;
+        Ok(InProcessClient::with_token_text(
+            node,
+            token.unwrap_or_default(),
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Identities, outcomes and reports
+// ---------------------------------------------------------------------------------------
+
+/// What an application registers to sync a tenant.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Identity {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The nodes to sync with (at least one; duplicates are dropped).
+    pub endpoints: Vec<Endpoint>,
+    /// What to replicate.
+    pub scope: Scope,
+    /// The credentials' description (part of each link's identity).
+    pub authorization: Authorization,
+    /// The capability token text presented to the nodes.
+    pub token: Option<String>,
+}
+
+impl Identity {
+    /// The owner of `tenant` syncing everything with `endpoints`, presenting `token`.
+    pub fn owner(tenant: TenantId, endpoints: Vec<Endpoint>, token: impl Into<String>) -> Self {
+        Self {
+            tenant,
+            endpoints,
+            scope: Scope::Full,
+            authorization: Authorization::Owner,
+            token: Some(token.into()),
+        }
+    }
+}
+
+/// Messages and bytes moved in one direction.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Traffic {
+    /// Messages (received, or acknowledged by the remote).
+    pub messages: u64,
+    /// Bytes of encoded messages and inline data (received, or sent).
+    pub bytes: u64,
+}
+
+impl std::ops::AddAssign for Traffic {
+    fn add_assign(&mut self, other: Traffic) {
+        self.messages += other.messages;
+        self.bytes += other.bytes;
+    }
+}
+
+/// Why a catch-up stopped before the remote's head.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum CatchUpStop {
+    /// The remote cannot serve the pull checkpoint: reconcile, then resume from
+    /// `latest_available`.
+    Gap(Gap),
+    /// An entry could not be settled (deferred, or a dependency is missing); the
+    /// checkpoint stays before it.
+    Unsettled {
+        /// The entry's message.
+        cid: Cid,
+        /// What applying it answered.
+        outcome: ApplyOutcome,
+    },
+}
+
+/// What [`Engine::catch_up`] did.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct CatchUpOutcome {
+    /// Pages read.
+    pub pages: u64,
+    /// Entries received.
+    pub received: Traffic,
+    /// Entries newly applied (not duplicates).
+    pub applied: u64,
+    /// Entries dropped because they were delivered before (repeated pages, duplicates
+    /// across page boundaries).
+    pub duplicates_dropped: u64,
+    /// Entries recorded as dead letters.
+    pub dead_lettered: u64,
+    /// Blobs downloaded.
+    pub blobs_fetched: u64,
+    /// The pull checkpoint afterwards.
+    pub checkpoint: Option<ProgressToken>,
+    /// Whether the last page said nothing more is stored after it.
+    pub reached_head: bool,
+    /// Why it stopped early, if it did.
+    pub stop: Option<CatchUpStop>,
+}
+
+/// What [`Engine::push`] did.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct PushOutcome {
+    /// Messages the remote acknowledged and bytes sent.
+    pub sent: Traffic,
+    /// Local entries skipped because they came from this endpoint.
+    pub echoes_skipped: u64,
+    /// Local entries outside the link's scope.
+    pub out_of_scope: u64,
+    /// Messages recorded as dead letters.
+    pub dead_lettered: u64,
+    /// Dependencies supplied after `Incomplete` answers.
+    pub dependencies_sent: u64,
+    /// Blobs uploaded.
+    pub blobs_sent: u64,
+    /// The push checkpoint afterwards.
+    pub checkpoint: Option<ProgressToken>,
+    /// Retries were exhausted: the link needs a reconcile.
+    pub exhausted: bool,
+    /// Whether the whole local log was settled.
+    pub reached_head: bool,
+}
+
+/// What [`Engine::reconcile`] did.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ReconcileOutcome {
+    /// The local root before.
+    pub local_root: Hash,
+    /// The remote root before.
+    pub remote_root: Hash,
+    /// Whether the roots differed and the diff ran.
+    pub diffed: bool,
+    /// Messages only the local side held.
+    pub only_local: u64,
+    /// Messages only the remote held.
+    pub only_remote: u64,
+    /// Diff round trips.
+    pub round_trips: u64,
+    /// Messages fetched and bytes received.
+    pub pulled: Traffic,
+    /// Messages acknowledged and bytes sent.
+    pub pushed: Traffic,
+    /// Messages recorded as dead letters.
+    pub dead_lettered: u64,
+    /// The local root after.
+    pub post_local_root: Hash,
+    /// The remote root after.
+    pub post_remote_root: Hash,
+    /// Whether the roots are equal after.
+    pub converged: bool,
+}
+
+/// What one link did in [`Engine::sync_once`].
+#[derive(Debug)]
+pub struct LinkReport {
+    /// The link.
+    pub link: LinkKey,
+    /// Received from the remote (catch-up and reconcile).
+    pub pulled: Traffic,
+    /// Sent to the remote (push and reconcile).
+    pub pushed: Traffic,
+    /// The catch-up, when it ran (the last one, after a reconcile it needed).
+    pub catch_up: Option<CatchUpOutcome>,
+    /// The push, when it ran.
+    pub push: Option<PushOutcome>,
+    /// The last reconcile, when one ran.
+    pub reconcile: Option<ReconcileOutcome>,
+    /// What stopped the link, if anything.
+    pub error: Option<Error>,
+}
+
+impl LinkReport {
+    fn new(link: LinkKey) -> Self {
+        Self {
+            link,
+            pulled: Traffic::default(),
+            pushed: Traffic::default(),
+            catch_up: None,
+            push: None,
+            reconcile: None,
+            error: None,
+        }
+    }
+
+    /// Whether the roots were compared and found equal (`None`: not compared).
+    pub fn converged(&self) -> Option<bool> {
+        self.reconcile.as_ref().map(|r| r.converged)
+    }
+}
+
+/// What [`Engine::sync_once`] did.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    /// One report per link, grouped by endpoint.
+    pub links: Vec<LinkReport>,
+    /// Endpoints whose links all ran.
+    pub endpoints_ok: usize,
+    /// Endpoints that were unreachable (their remaining links were skipped).
+    pub endpoints_failed: usize,
+    /// A failure before any link ran (reading the registered identities).
+    pub error: Option<Error>,
+}
+
+impl SyncReport {
+    /// No error anywhere.
+    pub fn is_ok(&self) -> bool {
+        self.error.is_none() && self.links.iter().all(|l| l.error.is_none())
+    }
+
+    /// Received over all links.
+    pub fn pulled(&self) -> Traffic {
+        let mut t = Traffic::default();
+        for l in &self.links {
+            t += l.pulled;
+        }
+        t
+    }
+
+    /// Sent over all links.
+    pub fn pushed(&self) -> Traffic {
+        let mut t = Traffic::default();
+        for l in &self.links {
+            t += l.pushed;
+        }
+        t
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The engine
+// ---------------------------------------------------------------------------------------
+
+/// Builds an [`Engine`].
+#[must_use]
+pub struct EngineBuilder<C> {
+    replica: Replica,
+    connector: C,
+    config: SyncConfig,
+    seed: Option<u64>,
+}
+
+impl<C: Connector> EngineBuilder<C> {
+    /// The tunables. Default: [`SyncConfig::default`].
+    pub fn config(mut self, config: SyncConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Seeds the diff salts, so a simulation replays exactly. Default: seeded from the
+    /// operating system's random source.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// The engine.
+    pub fn build(self) -> Engine<C> {
+        let seed = self.seed.unwrap_or_else(os_random_u64);
+        Engine {
+            inner: Arc::new(Inner {
+                replica: self.replica,
+                connector: self.connector,
+                config: self.config,
+                rng: Mutex::new(seed),
+                echoes: Mutex::default(),
+                link_locks: Mutex::default(),
+                last_reconcile_ms: Mutex::default(),
+                sync_lock: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+}
+
+/// Replicates a [`Replica`] with remote nodes; see the [module docs](self). Cheap to
+/// clone (a handle).
+pub struct Engine<C> {
+    inner: Arc<Inner<C>>,
+}
+
+impl<C> Clone for Engine<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<C> std::fmt::Debug for Engine<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("replica", &self.inner.replica)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner<C> {
+    replica: Replica,
+    connector: C,
+    config: SyncConfig,
+    rng: Mutex<u64>,
+    echoes: Mutex<HashMap<Endpoint, Echoes>>,
+    link_locks: Mutex<HashMap<LinkKey, Arc<tokio::sync::Mutex<()>>>>,
+    last_reconcile_ms: Mutex<HashMap<LinkKey, u64>>,
+    sync_lock: tokio::sync::Mutex<()>,
+}
+
+/// One link, ready to run: its key, scope and a client of its endpoint.
+struct LinkCtx<R> {
+    key: LinkKey,
+    scope: Scope,
+    remote: R,
+}
+
+/// A message to push, with what the batch needs to know about it.
+#[derive(Clone)]
+struct PushItem {
+    cid: Cid,
+    item: MessageData,
+    bytes: u64,
+}
+
+impl PushItem {
+    fn new(message: Message, data: Option<Vec<u8>>) -> Self {
+        let bytes = item_bytes(&message, data.as_deref());
+        Self {
+            cid: message.cid(),
+            item: MessageData { message, data },
+            bytes,
+        }
+    }
+}
+
+/// Where a message ended up after sending or applying it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Settle {
+    /// Held by the receiver.
+    Done,
+    /// Refused for good and dead-lettered.
+    Failed,
+    /// Not settled: the checkpoint must stay before it.
+    Open,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn os_random_u64() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn item_bytes(message: &Message, data: Option<&[u8]>) -> u64 {
+    (codec::encode(message).len() + data.map_or(0, <[u8]>::len)) as u64
+}
+
+/// A reply too large for the frame limit: ask for a smaller page.
+fn too_large(e: &TransportError) -> bool {
+    matches!(e, TransportError::BadReply(_)) || e.code() == Some(ErrorCode::TooLarge)
+}
+
+/// Whether an error means the endpoint cannot be reached now (its group stops).
+fn is_unreachable(e: &Error) -> bool {
+    matches!(e, Error::Transport(t) if t.is_retryable())
+}
+
+fn settle(outcome: &ApplyOutcome) -> Settle {
+    if outcome.is_success() {
+        Settle::Done
+    } else if outcome.is_permanent_failure() {
+        Settle::Failed
+    } else {
+        Settle::Open
+    }
+}
+
+fn big_data(message: &Message) -> Option<(Cid, u64)> {
+    match message {
+        Message::Write(w) => w
+            .data
+            .filter(|d| !d.is_inline())
+            .map(|d| (d.data_cid, d.size)),
+        _ => None,
+    }
+}
+
+/// Local log positions applied from one endpoint, as inclusive ranges.
+#[derive(Debug, Default)]
+struct Echoes {
+    ranges: BTreeMap<u64, u64>,
+}
+
+impl Echoes {
+    fn contains(&self, position: u64) -> bool {
+        self.ranges
+            .range(..=position)
+            .next_back()
+            .is_some_and(|(_, &end)| position <= end)
+    }
+
+    fn insert(&mut self, position: u64) {
+        if self.contains(position) {
+            return;
+        }
+        let mut start = position;
+        let mut end = position;
+        if let Some((&s, &e)) = self.ranges.range(..position).next_back()
+            && e.checked_add(1) == Some(position)
+        {
+            start = s;
+        }
+        if let Some(next) = position.checked_add(1)
+            && let Some(e) = self.ranges.remove(&next)
+        {
+            end = e;
+        }
+        self.ranges.insert(start, end);
+        while self.ranges.len() > ECHO_RANGES_MAX {
+            self.ranges.pop_first();
+        }
+    }
+}
+
+impl<C: Connector> Engine<C> {
+    /// A builder for an engine over `replica`, reaching nodes through `connector`.
+    pub fn builder(replica: Replica, connector: C) -> EngineBuilder<C> {
+        EngineBuilder {
+            replica,
+            connector,
+            config: SyncConfig::default(),
+            seed: None,
+        }
+    }
+
+    /// The replica replicated.
+    pub fn replica(&self) -> &Replica {
+        &self.inner.replica
+    }
+
+    /// The connector.
+    pub fn connector(&self) -> &C {
+        &self.inner.connector
+    }
+
+    /// The tunables.
+    pub fn config(&self) -> &SyncConfig {
+        &self.inner.config
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.replica.now_ms()
+    }
+
+    fn durability(&self) -> sync_ledger::Durability {
+        self.inner.replica.durability()
+    }
+
+    fn ledger(&self) -> &sync_ledger::Ledger {
+        self.inner.replica.ledger()
+    }
+
+    fn salt(&self) -> [u8; 16] {
+        let mut state = lock(&self.inner.rng);
+        let a = splitmix64(&mut state).to_le_bytes();
+        let b = splitmix64(&mut state).to_le_bytes();
+        let mut salt = [0u8; 16];
+        salt[..8].copy_from_slice(&a);
+        salt[8..].copy_from_slice(&b);
+        salt
+    }
+
+    // ---- identities and links ----
+
+    /// Registers a tenant for sync and creates its links (one per endpoint). Fails when
+    /// the tenant is already registered.
+    pub fn register_identity(&self, identity: Identity) -> Result<Vec<LinkKey>> {
+        let registered = self.to_registered(identity)?;
+        self.ledger()
+            .identities()
+            .register(&registered, self.durability())?;
+        self.ensure_links(&registered)
+    }
+
+    /// Replaces a tenant's registration; links the new one does not use (another scope,
+    /// credentials or endpoint) are deleted with their checkpoints.
+    pub fn update_identity(&self, identity: Identity) -> Result<Vec<LinkKey>> {
+        let registered = self.to_registered(identity)?;
+        self.ledger()
+            .identities()
+            .update(&registered, self.durability())?;
+        let keys = self.ensure_links(&registered)?;
+        for link in self.ledger().links().list(&registered.tenant)? {
+            if !keys.contains(&link.key) {
+                self.ledger().links().delete(&link.key, self.durability())?;
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Unregisters a tenant and deletes its links; returns the removed registration.
+    pub fn unregister_identity(&self, tenant: &TenantId) -> Result<RegisteredIdentity> {
+        Ok(self
+            .ledger()
+            .identities()
+            .unregister(tenant, self.durability())?)
+    }
+
+    /// Every registered identity, ordered by tenant.
+    pub fn identities(&self) -> Result<Vec<RegisteredIdentity>> {
+        Ok(self.ledger().identities().list()?)
+    }
+
+    /// The stored state of every registered link, ordered by tenant, then in the order
+    /// of each identity's endpoints.
+    pub fn links(&self) -> Result<Vec<LinkState>> {
+        let mut out = Vec::new();
+        for identity in self.identities()? {
+            for key in self.ensure_links(&identity)? {
+                if let Some(state) = self.ledger().links().get(&key)? {
+                    out.push(state);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn to_registered(&self, identity: Identity) -> Result<RegisteredIdentity> {
+        let mut endpoints: Vec<Endpoint> = Vec::with_capacity(identity.endpoints.len());
+        for e in identity.endpoints {
+            if !endpoints.contains(&e) {
+                endpoints.push(e);
+            }
+        }
+        if endpoints.is_empty() {
+            return Err(sync_types::ValidationError::Empty { what: "endpoints" }.into());
+        }
+        Ok(RegisteredIdentity {
+            tenant: identity.tenant,
+            endpoints,
+            scope: identity.scope,
+            authorization: identity.authorization,
+            token: identity.token,
+            updated_ms: self.now_ms(),
+        })
+    }
+
+    fn ensure_links(&self, identity: &RegisteredIdentity) -> Result<Vec<LinkKey>> {
+        let mut keys = Vec::with_capacity(identity.endpoints.len());
+        for endpoint in &identity.endpoints {
+            let state = LinkState::new(
+                identity.tenant.clone(),
+                endpoint.clone(),
+                identity.scope.clone(),
+                identity.authorization.clone(),
+            );
+            let (state, _) = self
+                .ledger()
+                .links()
+                .get_or_create(state, self.durability())?;
+            keys.push(state.key);
+        }
+        Ok(keys)
+    }
+
+    fn link_ctx(&self, key: &LinkKey) -> Result<LinkCtx<C::Remote>> {
+        let unknown = || Error::UnknownLink(key.to_string());
+        let identity = self
+            .ledger()
+            .identities()
+            .get(&key.tenant)?
+            .ok_or_else(unknown)?;
+        let expected = LinkKey::new(
+            identity.tenant.clone(),
+            key.endpoint.clone(),
+            &identity.scope,
+            &identity.authorization,
+        );
+        if !identity.endpoints.contains(&key.endpoint) || expected != *key {
+            return Err(unknown());
+        }
+        self.ensure_links(&identity)?;
+        let remote = self
+            .inner
+            .connector
+            .connect(&key.endpoint, identity.token.as_deref())?;
+        Ok(LinkCtx {
+            key: key.clone(),
+            scope: identity.scope,
+            remote,
+        })
+    }
+
+    fn load(&self, key: &LinkKey) -> Result<LinkState> {
+        self.ledger()
+            .links()
+            .get(key)?
+            .ok_or_else(|| Error::UnknownLink(key.to_string()))
+    }
+
+    async fn lock_link(&self, key: &LinkKey) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = lock(&self.inner.link_locks)
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        m.lock_owned().await
+    }
+
+    // ---- shared steps ----
+
+    fn record_dead_letter(
+        &self,
+        key: &LinkKey,
+        message: &Message,
+        category: DeadLetterCategory,
+        error_code: Option<String>,
+        error: String,
+    ) -> Result<()> {
+        let letter = DeadLetter {
+            cid: message.cid(),
+            tenant: key.tenant.clone(),
+            endpoint: key.endpoint.clone(),
+            protocol: Some(message.protocol().clone()),
+            category,
+            error_code,
+            error,
+            attempts: 0,
+            failed_at_ms: self.now_ms(),
+        };
+        let stored = self
+            .ledger()
+            .dead_letters()
+            .record(letter, self.durability())?;
+        self.replica().emit(SyncEvent::DeadLetterRecorded {
+            dead_letter: stored,
+        });
+        Ok(())
+    }
+
+    fn mark_needs_reconcile(&self, key: &LinkKey, reason: Option<ReconcileReason>) -> Result<()> {
+        let before = self.load(key)?.needs_reconcile;
+        if !before {
+            self.ledger()
+                .links()
+                .set_needs_reconcile(key, true, self.durability())?;
+            if let Some(reason) = reason {
+                self.replica().emit(SyncEvent::ReconcileNeeded {
+                    link: key.clone(),
+                    reason,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves a checkpoint with the traffic it covers, then announces it.
+    fn save_checkpoint(
+        &self,
+        key: &LinkKey,
+        direction: Direction,
+        checkpoint: DirectionCheckpoint,
+        traffic: Traffic,
+    ) -> Result<()> {
+        let now = self.now_ms();
+        self.ledger().links().update(key, self.durability(), |s| {
+            match direction {
+                Direction::Pull => {
+                    s.pull = checkpoint;
+                    s.counters.messages_pulled += traffic.messages;
+                    s.counters.bytes_pulled += traffic.bytes;
+                }
+                Direction::Push => {
+                    s.push = checkpoint;
+                    s.counters.messages_pushed += traffic.messages;
+                    s.counters.bytes_pushed += traffic.bytes;
+                }
+            }
+            s.last_activity_ms = Some(now);
+        })?;
+        if let Some(token) = checkpoint.contiguous_applied {
+            self.replica().emit(SyncEvent::CheckpointAdvanced {
+                link: key.clone(),
+                direction,
+                token,
+            });
+        }
+        Ok(())
+    }
+
+    fn progress(&self, key: &LinkKey, direction: Direction, t: Traffic) {
+        self.replica().emit(SyncEvent::SyncProgress {
+            link: key.clone(),
+            direction,
+            messages: t.messages,
+            bytes: t.bytes,
+        });
+    }
+
+    /// Where a message falls relative to the link's scope; a delete in a projection is
+    /// classified by its record as stored locally.
+    fn classify(&self, tenant: &TenantId, scope: &Scope, message: &Message) -> Result<ScopeClass> {
+        Ok(match (scope, message) {
+            (Scope::Full, _) => ScopeClass::InScope,
+            (Scope::ProtocolSet(_), m) => scope.classify(m.protocol(), None),
+            (Scope::Projection(_), Message::Configure(c)) => {
+                if scope
+                    .protocol_list()
+                    .is_some_and(|ps| ps.contains(&&c.protocol))
+                {
+                    ScopeClass::InScope
+                } else {
+                    ScopeClass::OutOfScope
+                }
+            }
+            (Scope::Projection(_), Message::Write(w)) => {
+                scope.classify(&w.protocol, Some((&w.path, &w.context_id)))
+            }
+            (Scope::Projection(_), Message::Delete(d)) => {
+                let info = self.ledger().record_info(tenant, &d.record_id)?;
+                match info
+                    .as_ref()
+                    .and_then(|i| i.path.as_ref().zip(i.context.as_ref()))
+                {
+                    Some(record) => scope.classify(&d.protocol, Some(record)),
+                    None => scope.classify(&d.protocol, None),
+                }
+            }
+        })
+    }
+
+    /// Applies messages from the link's endpoint on the blocking pool and remembers the
+    /// local positions they got, for echo suppression.
+    async fn apply_remote(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        items: Vec<(Message, Option<Vec<u8>>)>,
+    ) -> Result<Vec<ApplyOutcome>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let replica = self.replica().clone();
+        let tenant = ctx.key.tenant.clone();
+        let origin = Origin::Remote(Some(ctx.key.endpoint.clone()));
+        let mut changes = replica.subscribe();
+        let apply_origin = origin.clone();
+        let outcomes =
+            tokio::task::spawn_blocking(move || replica.apply(&tenant, items, apply_origin))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))??;
+        let mut echoes = lock(&self.inner.echoes);
+        let echoes = echoes.entry(ctx.key.endpoint.clone()).or_default();
+        loop {
+            match changes.try_recv() {
+                Ok(c) if c.origin == origin && c.tenant == ctx.key.tenant => {
+                    echoes.insert(c.token.position);
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
+                Err(_) => break,
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Downloads a blob the local store lacks, in ranges, resuming a partial download.
+    /// Returns whether it was fetched; a blob the remote does not hold complete is left
+    /// for later (the record stays staged).
+    async fn fetch_blob(&self, ctx: &LinkCtx<C::Remote>, cid: Cid, size: u64) -> Result<bool> {
+        let blobs = self.ledger().blobs();
+        if blobs.has(&cid)? {
+            return Ok(false);
+        }
+        let mut offset = blobs.upload_offset(&cid)?.unwrap_or(0);
+        while offset < size {
+            let len = (size - offset).min(BLOB_CHUNK_BYTES);
+            let req = BlobReadRequest {
+                tenant: ctx.key.tenant.clone(),
+                scope: ctx.scope.clone(),
+                cid,
+                offset,
+                len,
+            };
+            let download = match ctx.remote.blob_read(req).await {
+                Ok(d) => d,
+                Err(e) if e.code() == Some(ErrorCode::NotFound) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            };
+            let bytes = download.collect().await?;
+            if bytes.is_empty() {
+                return Err(Error::Protocol(format!(
+                    "blob {cid} range at {offset} is empty"
+                )));
+            }
+            let mut upload = blobs.upload(&cid, Some(size), self.now_ms())?;
+            if upload.offset() != offset {
+                // Someone else moved the upload; continue from where it is.
+                offset = upload.offset();
+                continue;
+            }
+            upload.write(&bytes)?;
+            offset = upload.offset();
+            if offset >= size {
+                upload.finish(self.durability())?;
+            } else {
+                upload.checkpoint(self.durability())?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Uploads a local blob the remote lacks, resuming where the remote stopped.
+    async fn push_blob(&self, ctx: &LinkCtx<C::Remote>, cid: Cid) -> Result<bool> {
+        let blobs = self.ledger().blobs();
+        let Some(size) = blobs.size(&cid)? else {
+            return Ok(false);
+        };
+        let stat = ctx
+            .remote
+            .blob_stat(BlobStatRequest {
+                tenant: ctx.key.tenant.clone(),
+                scope: ctx.scope.clone(),
+                cid,
+            })
+            .await?;
+        if stat.complete {
+            return Ok(false);
+        }
+        let mut offset = stat.received_bytes;
+        while offset < size {
+            let len = (size - offset).min(BLOB_CHUNK_BYTES);
+            let bytes = bytes::Bytes::from(blobs.read_range(&cid, offset, len)?);
+            let req = BlobWriteRequest {
+                tenant: ctx.key.tenant.clone(),
+                cid,
+                total_size: size,
+                offset,
+                len,
+            };
+            let stat = ctx
+                .remote
+                .blob_write(req, blob_source_from_bytes(bytes, 64 * 1024))
+                .await?;
+            if stat.complete {
+                break;
+            }
+            if stat.received_bytes <= offset {
+                return Err(Error::Protocol(format!(
+                    "blob {cid} upload did not advance past {offset}"
+                )));
+            }
+            offset = stat.received_bytes;
+        }
+        Ok(true)
+    }
+
+    // ---- catch-up ----
+
+    /// Reads the remote log from the link's pull checkpoint and applies it; see the
+    /// [module docs](self).
+    pub async fn catch_up(&self, link: &LinkKey) -> Result<CatchUpOutcome> {
+        let ctx = self.link_ctx(link)?;
+        let _guard = self.lock_link(link).await;
+        self.catch_up_locked(&ctx).await
+    }
+
+    async fn catch_up_locked(&self, ctx: &LinkCtx<C::Remote>) -> Result<CatchUpOutcome> {
+        let cfg = &self.inner.config;
+        let key = &ctx.key;
+        let mut cp = self.load(key)?.pull;
+        let mut out = CatchUpOutcome {
+            checkpoint: cp.contiguous_applied,
+            ..CatchUpOutcome::default()
+        };
+        let mut limit = cfg.page_entries.clamp(1, LOG_PAGE_ENTRIES_MAX);
+        let mut stalls = 0;
+        while out.pages < cfg.catch_up_pages_max as u64 {
+            let from = cp.contiguous_applied;
+            let req = LogPageRequest {
+                tenant: key.tenant.clone(),
+                scope: ctx.scope.clone(),
+                from,
+                filter: LogFilter::default(),
+                limit,
+            };
+            let page = match ctx.remote.log_page(req).await {
+                Ok(LogPageReply::Page(page)) => page,
+                Ok(LogPageReply::Gap(gap)) => {
+                    self.replica().emit(SyncEvent::GapDetected {
+                        link: key.clone(),
+                        gap: gap.clone(),
+                    });
+                    out.stop = Some(CatchUpStop::Gap(gap));
+                    return Ok(out);
+                }
+                Err(e) if limit > 1 && too_large(&e) => {
+                    limit /= 2;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            out.pages += 1;
+            // Every token must belong to the checkpoint's log. Entries at or before what
+            // was already delivered (a repeated page, a duplicate across a page boundary
+            // or inside a page) are dropped: they are settled already.
+            let mut page = page;
+            let mut prev = from;
+            let mut entries = Vec::with_capacity(page.entries.len());
+            for e in page.entries {
+                if !cp.accepts_domain(&e.token) {
+                    return Err(Error::Protocol(format!(
+                        "log page entry {} is from another log than the checkpoint",
+                        e.token
+                    )));
+                }
+                if prev.is_none_or(|p| e.token.compare(&p) == Some(std::cmp::Ordering::Greater)) {
+                    prev = Some(e.token);
+                    entries.push(e);
+                } else {
+                    out.duplicates_dropped += 1;
+                }
+            }
+            page.entries = entries;
+            if let Some(next) = page.next
+                && !cp.accepts_domain(&next)
+            {
+                return Err(Error::Protocol(format!(
+                    "log page cursor {next} is from another log than the checkpoint"
+                )));
+            }
+            // A cursor behind the entries (a repeated page) moves nothing back.
+            if page.next.is_some_and(|n| {
+                prev.is_some_and(|p| n.compare(&p) == Some(std::cmp::Ordering::Less))
+            }) {
+                page.next = prev;
+            }
+
+            // Gate, then apply what is in scope.
+            let mut traffic = Traffic::default();
+            let mut gated = vec![false; page.entries.len()];
+            let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; page.entries.len()];
+            let mut to_apply = Vec::new();
+            let mut apply_index = Vec::new();
+            for (i, e) in page.entries.iter().enumerate() {
+                traffic.messages += 1;
+                traffic.bytes += item_bytes(&e.item.message, e.item.data.as_deref());
+                match self.classify(&key.tenant, &ctx.scope, &e.item.message)? {
+                    ScopeClass::OutOfScope => {
+                        self.record_dead_letter(
+                            key,
+                            &e.item.message,
+                            DeadLetterCategory::PullScopeRejected,
+                            Some("out_of_scope".into()),
+                            "pulled message lies outside the link's scope".into(),
+                        )?;
+                        out.dead_lettered += 1;
+                        gated[i] = true;
+                        outcomes[i] = Some(ApplyOutcome::Unauthorized);
+                    }
+                    // An unknown class is a delete whose record is not stored yet: the
+                    // replica answers it `Incomplete` unless the page brings the record.
+                    ScopeClass::InScope | ScopeClass::Unknown => {
+                        apply_index.push(i);
+                        to_apply.push((e.item.message.clone(), e.item.data.clone()));
+                    }
+                }
+            }
+            let applied = self.apply_remote(ctx, to_apply).await?;
+            if applied.len() != apply_index.len() {
+                return Err(Error::Task(
+                    "apply returned the wrong number of outcomes".into(),
+                ));
+            }
+            for (i, o) in apply_index.into_iter().zip(applied) {
+                outcomes[i] = Some(o);
+            }
+            for (e, o) in page.entries.iter().zip(&outcomes) {
+                let o = o.as_ref().expect("every entry has an outcome");
+                if *o == ApplyOutcome::Applied {
+                    out.applied += 1;
+                }
+                if o.is_success()
+                    && let Some((cid, size)) = big_data(&e.item.message)
+                    && self.fetch_blob(ctx, cid, size).await?
+                {
+                    out.blobs_fetched += 1;
+                }
+            }
+
+            // Move the checkpoint over the settled prefix.
+            let mut last_settled = None;
+            let mut stop = None;
+            for ((e, o), gated) in page.entries.iter().zip(outcomes).zip(gated) {
+                let o = o.expect("every entry has an outcome");
+                match settle(&o) {
+                    Settle::Done => {}
+                    Settle::Failed => {
+                        if !gated {
+                            self.record_dead_letter(
+                                key,
+                                &e.item.message,
+                                DeadLetterCategory::PullProcessing,
+                                Some(o.as_str().into()),
+                                o.to_string(),
+                            )?;
+                            out.dead_lettered += 1;
+                        }
+                    }
+                    Settle::Open => {
+                        stop = Some(CatchUpStop::Unsettled {
+                            cid: e.item.message.cid(),
+                            outcome: o,
+                        });
+                        break;
+                    }
+                }
+                last_settled = Some(e.token);
+            }
+            let target = if stop.is_none() {
+                page.next.or(last_settled)
+            } else {
+                last_settled
+            };
+            if let Some(last) = page.entries.last() {
+                cp.observe_received(last.token);
+            }
+            out.received += traffic;
+            if let Some(t) = target
+                && cp.contiguous_applied != Some(t)
+            {
+                cp.commit(t);
+                self.save_checkpoint(key, Direction::Pull, cp, traffic)?;
+            }
+            out.checkpoint = cp.contiguous_applied;
+            self.progress(key, Direction::Pull, out.received);
+            if stop.is_some() {
+                out.stop = stop;
+                return Ok(out);
+            }
+            if !page.has_more {
+                out.reached_head = true;
+                return Ok(out);
+            }
+            if cp.contiguous_applied == from {
+                stalls += 1;
+                if stalls > STALLED_PAGES_MAX {
+                    return Err(Error::Protocol(
+                        "log pages say more follows but do not advance".into(),
+                    ));
+                }
+            } else {
+                stalls = 0;
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- push ----
+
+    /// Sends the local log after the link's push checkpoint; see the
+    /// [module docs](self).
+    pub async fn push(&self, link: &LinkKey) -> Result<PushOutcome> {
+        let ctx = self.link_ctx(link)?;
+        let _guard = self.lock_link(link).await;
+        self.push_locked(&ctx).await
+    }
+
+    async fn push_locked(&self, ctx: &LinkCtx<C::Remote>) -> Result<PushOutcome> {
+        let cfg = &self.inner.config;
+        let key = &ctx.key;
+        let mut cp = self.load(key)?.push;
+        let mut out = PushOutcome {
+            checkpoint: cp.contiguous_applied,
+            ..PushOutcome::default()
+        };
+        loop {
+            let page = match self.replica().changes_since(
+                &key.tenant,
+                cp.contiguous_applied,
+                cfg.push_read_entries.max(1),
+            )? {
+                LogRead::Page(page) => page,
+                LogRead::Gap(gap) => {
+                    // The local log was rebuilt or compacted past the checkpoint: only a
+                    // reconcile can tell what the remote lacks. Resume after it.
+                    cp.reset(gap.latest_available);
+                    self.save_checkpoint(key, Direction::Push, cp, Traffic::default())?;
+                    self.mark_needs_reconcile(key, None)?;
+                    out.checkpoint = cp.contiguous_applied;
+                    return Ok(out);
+                }
+            };
+            // Plan: which entries to send, which are settled without sending.
+            let mut plan: Vec<(ProgressToken, Option<usize>)> = Vec::new();
+            let mut to_send: Vec<PushItem> = Vec::new();
+            {
+                let echoes = lock(&self.inner.echoes);
+                let echoes = echoes.get(&key.endpoint);
+                for e in &page.entries {
+                    if echoes.is_some_and(|x| x.contains(e.token.position)) {
+                        out.echoes_skipped += 1;
+                        plan.push((e.token, None));
+                        continue;
+                    }
+                    plan.push((e.token, Some(to_send.len())));
+                    to_send.push(PushItem::new(e.message.clone(), e.data.clone()));
+                }
+            }
+            let mut keep = Vec::with_capacity(to_send.len());
+            let mut renumber = vec![None; to_send.len()];
+            for (i, item) in to_send.into_iter().enumerate() {
+                match self.classify(&key.tenant, &ctx.scope, &item.item.message)? {
+                    ScopeClass::InScope => {
+                        renumber[i] = Some(keep.len());
+                        keep.push(item);
+                    }
+                    ScopeClass::OutOfScope => out.out_of_scope += 1,
+                    ScopeClass::Unknown => {
+                        out.out_of_scope += 1;
+                        self.mark_needs_reconcile(key, Some(ReconcileReason::ScopeUnclassified))?;
+                    }
+                }
+            }
+            for (_, slot) in &mut plan {
+                *slot = slot.and_then(|i| renumber[i]);
+            }
+            let to_send = keep;
+
+            // Send in batches, in log order; stop after a batch with unsettled messages.
+            let mut settles: Vec<Option<Settle>> = vec![None; to_send.len()];
+            let mut failure = None;
+            let mut start = 0;
+            while start < to_send.len() {
+                let mut end = start;
+                let mut bytes = 0u64;
+                while end < to_send.len()
+                    && end - start < cfg.push_batch_messages.max(1)
+                    && (end == start
+                        || bytes + to_send[end].bytes <= cfg.push_batch_bytes_max as u64)
+                {
+                    bytes += to_send[end].bytes;
+                    end += 1;
+                }
+                let (batch_settles, err) = self
+                    .send_with_retry(ctx, to_send[start..end].to_vec(), &mut out)
+                    .await?;
+                let open = batch_settles.contains(&Settle::Open);
+                for (i, s) in batch_settles.into_iter().enumerate() {
+                    settles[start + i] = Some(s);
+                }
+                start = end;
+                if let Some(e) = err {
+                    failure = Some(e);
+                    break;
+                }
+                if open {
+                    break;
+                }
+            }
+
+            // Move the checkpoint over the settled prefix.
+            let mut last_settled = None;
+            let mut all = true;
+            let mut acked = Traffic::default();
+            for (token, slot) in &plan {
+                if let Some(i) = slot {
+                    match settles[*i] {
+                        Some(Settle::Done) => {
+                            acked.messages += 1;
+                            acked.bytes += to_send[*i].bytes;
+                        }
+                        Some(Settle::Failed) => {}
+                        Some(Settle::Open) | None => {
+                            all = false;
+                            break;
+                        }
+                    }
+                }
+                last_settled = Some(*token);
+            }
+            let target = if all {
+                page.next.or(last_settled)
+            } else {
+                last_settled
+            };
+            if let Some(t) = target
+                && cp.contiguous_applied != Some(t)
+            {
+                cp.commit(t);
+                self.save_checkpoint(key, Direction::Push, cp, acked)?;
+            }
+            out.checkpoint = cp.contiguous_applied;
+            self.progress(key, Direction::Push, out.sent);
+            if let Some(e) = failure {
+                return Err(e.into());
+            }
+            if !all {
+                return Ok(out);
+            }
+            if !page.has_more {
+                out.reached_head = true;
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Sends `items` with the retry schedule. Returns one settle per item and, when the
+    /// last attempt failed in transport, that error (after dead-lettering the items).
+    async fn send_with_retry(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        items: Vec<PushItem>,
+        out: &mut PushOutcome,
+    ) -> Result<(Vec<Settle>, Option<TransportError>)> {
+        let cfg = &self.inner.config;
+        let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; items.len()];
+        let mut last_err = None;
+        let schedule: &[u64] = if cfg.push_retry_backoff_ms.is_empty() {
+            &[0]
+        } else {
+            &cfg.push_retry_backoff_ms
+        };
+        for &delay in schedule {
+            let pending: Vec<usize> = (0..items.len())
+                .filter(|&i| {
+                    outcomes[i]
+                        .as_ref()
+                        .is_none_or(|o| settle(o) == Settle::Open)
+                })
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            let batch: Vec<PushItem> = pending.iter().map(|&i| items[i].clone()).collect();
+            match self.write_resolving(ctx, batch, out).await {
+                Ok(results) => {
+                    last_err = None;
+                    for (i, o) in pending.into_iter().zip(results) {
+                        outcomes[i] = Some(o);
+                    }
+                }
+                Err(Error::Transport(e)) if e.is_retryable() => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        let mut settles = Vec::with_capacity(items.len());
+        let mut exhausted = false;
+        for (item, o) in items.iter().zip(outcomes) {
+            let s = match &o {
+                Some(o) if o.is_success() => Settle::Done,
+                Some(o) if o.is_permanent_failure() => {
+                    self.record_dead_letter(
+                        &ctx.key,
+                        &item.item.message,
+                        DeadLetterCategory::PushPermanent,
+                        Some(o.as_str().into()),
+                        o.to_string(),
+                    )?;
+                    out.dead_lettered += 1;
+                    Settle::Failed
+                }
+                other => {
+                    let why = match (other, &last_err) {
+                        (_, Some(e)) => e.to_string(),
+                        (Some(o), None) => o.to_string(),
+                        (None, None) => "not sent".into(),
+                    };
+                    self.record_dead_letter(
+                        &ctx.key,
+                        &item.item.message,
+                        DeadLetterCategory::PushExhausted,
+                        other.as_ref().map(|o| o.as_str().into()),
+                        format!(
+                            "push retries exhausted after {} attempts: {why}",
+                            schedule.len()
+                        ),
+                    )?;
+                    out.dead_lettered += 1;
+                    exhausted = true;
+                    Settle::Open
+                }
+            };
+            settles.push(s);
+        }
+        if exhausted {
+            out.exhausted = true;
+            self.mark_needs_reconcile(&ctx.key, Some(ReconcileReason::PushRetryExhausted))?;
+        }
+        Ok((settles, last_err))
+    }
+
+    /// One attempt at a batch: sends it, and while the remote answers `Incomplete`,
+    /// sends exactly the missing dependencies with the messages that need them, in at
+    /// most [`SyncConfig::dependency_passes_max`] passes. Returns the outcome of each of
+    /// `items`.
+    async fn write_resolving(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        items: Vec<PushItem>,
+        out: &mut PushOutcome,
+    ) -> Result<Vec<ApplyOutcome>> {
+        let cfg = &self.inner.config;
+        let n = items.len();
+        let mut all = items;
+        let mut supplied: HashSet<Cid> = all.iter().map(|i| i.cid).collect();
+        let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; n];
+        let mut todo: Vec<usize> = (0..n).collect();
+        for pass in 0..cfg.dependency_passes_max.max(1) {
+            for &i in &todo {
+                if let Some((cid, _)) = big_data(&all[i].item.message)
+                    && self.push_blob(ctx, cid).await?
+                {
+                    out.blobs_sent += 1;
+                }
+            }
+            let mut missing = BTreeSet::new();
+            let mut next = Vec::new();
+            for chunk in todo.chunks(cfg.push_batch_messages.max(1)) {
+                let messages: Vec<MessageData> =
+                    chunk.iter().map(|&i| all[i].item.clone()).collect();
+                let sent: u64 = chunk.iter().map(|&i| all[i].bytes).sum();
+                let reply = ctx
+                    .remote
+                    .write_batch(WriteBatchRequest {
+                        tenant: ctx.key.tenant.clone(),
+                        messages,
+                    })
+                    .await?;
+                out.sent.bytes += sent;
+                if reply.outcomes.len() != chunk.len() {
+                    return Err(Error::Protocol(format!(
+                        "{} outcomes for a batch of {}",
+                        reply.outcomes.len(),
+                        chunk.len()
+                    )));
+                }
+                for (&i, o) in chunk.iter().zip(reply.outcomes) {
+                    if let ApplyOutcome::Incomplete { missing: m } = &o {
+                        missing.extend(m.iter().cloned());
+                        next.push(i);
+                    }
+                    if i < n {
+                        if o.is_success() {
+                            out.sent.messages += 1;
+                        }
+                        outcomes[i] = Some(o);
+                    }
+                }
+            }
+            if next.is_empty() || pass + 1 == cfg.dependency_passes_max.max(1) {
+                break;
+            }
+            // Supply exactly what is missing, from the local indexes.
+            let deps = self
+                .local_dependencies(ctx, &missing, &mut supplied, out)
+                .await?;
+            if deps.is_empty() {
+                break;
+            }
+            out.dependencies_sent += deps.len() as u64;
+            let first_dep = all.len();
+            all.extend(deps);
+            // Dependencies first, then what waited for them (the remote also orders each
+            // batch by dependencies).
+            todo = (first_dep..all.len()).chain(next).collect();
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(ApplyOutcome::Deferred))
+            .collect())
+    }
+
+    /// The local messages that satisfy `missing` and were not sent yet; blobs are
+    /// uploaded on the spot.
+    async fn local_dependencies(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        missing: &BTreeSet<Dependency>,
+        supplied: &mut HashSet<Cid>,
+        out: &mut PushOutcome,
+    ) -> Result<Vec<PushItem>> {
+        let tenant = &ctx.key.tenant;
+        let mut cids = Vec::new();
+        for dep in missing {
+            match dep {
+                Dependency::Protocol(p) => cids.extend(self.ledger().configures(tenant, p)?),
+                Dependency::Record(r) => {
+                    if let Some(info) = self.ledger().record_info(tenant, r)?
+                        && let Some(initial) = info.head.initial
+                    {
+                        cids.push(initial.cid);
+                    }
+                }
+                Dependency::Blob(c) => {
+                    if self.push_blob(ctx, *c).await? {
+                        out.blobs_sent += 1;
+                    }
+                }
+            }
+        }
+        let mut items = Vec::new();
+        for cid in cids {
+            if supplied.insert(cid)
+                && let Some(stored) = self.ledger().get_message(tenant, &cid)?
+            {
+                items.push(PushItem::new(stored.message, stored.data));
+            }
+        }
+        Ok(items)
+    }
+}
+
+impl<C: Connector> Engine<C> {
+    // ---- reconcile ----
+
+    /// Compares the link's scope with the remote and repairs the difference both ways;
+    /// see the [module docs](self).
+    pub async fn reconcile(&self, link: &LinkKey) -> Result<ReconcileOutcome> {
+        let ctx = self.link_ctx(link)?;
+        let _guard = self.lock_link(link).await;
+        self.reconcile_locked(&ctx).await
+    }
+
+    async fn remote_root(&self, ctx: &LinkCtx<C::Remote>) -> Result<Hash> {
+        let reply = ctx
+            .remote
+            .root(RootRequest {
+                tenant: ctx.key.tenant.clone(),
+                scope: ctx.scope.clone(),
+            })
+            .await?;
+        Ok(Hash(reply.root))
+    }
+
+    async fn reconcile_locked(&self, ctx: &LinkCtx<C::Remote>) -> Result<ReconcileOutcome> {
+        let key = &ctx.key;
+        // Everything up to this local position is in the local tree read below.
+        let local_head = self.ledger().log_head(&key.tenant)?;
+        let local_root = self.replica().root(&key.tenant, &ctx.scope)?;
+        let remote_root = self.remote_root(ctx).await?;
+        let mut out = ReconcileOutcome {
+            local_root,
+            remote_root,
+            diffed: false,
+            only_local: 0,
+            only_remote: 0,
+            round_trips: 0,
+            pulled: Traffic::default(),
+            pushed: Traffic::default(),
+            dead_lettered: 0,
+            post_local_root: local_root,
+            post_remote_root: remote_root,
+            converged: local_root == remote_root,
+        };
+        if !out.converged {
+            let diff = self.diff(ctx).await?;
+            out.diffed = true;
+            out.only_local = diff.only_local.len() as u64;
+            out.only_remote = diff.only_remote.len() as u64;
+            out.round_trips = diff.round_trips as u64;
+
+            let only_remote: Vec<Cid> = diff
+                .only_remote
+                .iter()
+                .map(|k| Cid::from_bytes(*k))
+                .collect();
+            self.fetch_and_apply(ctx, &only_remote, &mut out).await?;
+
+            // Messages the remote refused for good are not offered again until the
+            // application clears their dead letters.
+            let refused: HashSet<Cid> = self
+                .ledger()
+                .dead_letters()
+                .list(&DeadLetterFilter {
+                    tenant: Some(key.tenant.clone()),
+                    endpoint: Some(key.endpoint.clone()),
+                    categories: vec![DeadLetterCategory::PushPermanent],
+                    protocol: None,
+                })?
+                .into_iter()
+                .map(|d| d.cid)
+                .collect();
+            let mut items = Vec::new();
+            for k in &diff.only_local {
+                let cid = Cid::from_bytes(*k);
+                if refused.contains(&cid) {
+                    continue;
+                }
+                if let Some(stored) = self.ledger().get_message(&key.tenant, &cid)? {
+                    items.push(PushItem::new(stored.message, stored.data));
+                }
+            }
+            let mut push = PushOutcome::default();
+            for batch in items.chunks(self.inner.config.push_batch_messages.max(1)) {
+                let (_, err) = self.send_with_retry(ctx, batch.to_vec(), &mut push).await?;
+                if let Some(e) = err {
+                    return Err(e.into());
+                }
+            }
+            out.pushed = push.sent;
+            out.dead_lettered += push.dead_lettered;
+            out.post_local_root = self.replica().root(&key.tenant, &ctx.scope)?;
+            out.post_remote_root = self.remote_root(ctx).await?;
+            out.converged = out.post_local_root == out.post_remote_root;
+        }
+        lock(&self.inner.last_reconcile_ms).insert(key.clone(), self.now_ms());
+        if out.converged {
+            self.on_converged(key, local_head)?;
+        } else {
+            self.mark_needs_reconcile(key, None)?;
+        }
+        Ok(out)
+    }
+
+    /// Equal roots: clear the flag, note the time, move the push checkpoint up to what
+    /// the roots proved the remote holds, clear what convergence clears.
+    fn on_converged(&self, key: &LinkKey, local_head: Option<ProgressToken>) -> Result<()> {
+        let now = self.now_ms();
+        let mut push_moved = None;
+        self.ledger().links().update(key, self.durability(), |s| {
+            s.needs_reconcile = false;
+            s.last_sync_ms = Some(now);
+            s.last_activity_ms = Some(now);
+            if let Some(head) = local_head {
+                let behind = match s.push.contiguous_applied {
+                    None => true,
+                    Some(cp) => head.compare(&cp) == Some(std::cmp::Ordering::Greater),
+                };
+                if behind {
+                    s.push.commit(head);
+                    push_moved = Some(head);
+                }
+            }
+        })?;
+        if let Some(token) = push_moved {
+            self.replica().emit(SyncEvent::CheckpointAdvanced {
+                link: key.clone(),
+                direction: Direction::Push,
+                token,
+            });
+        }
+        self.ledger().dead_letters().clear_matching(
+            &DeadLetterFilter {
+                tenant: Some(key.tenant.clone()),
+                endpoint: Some(key.endpoint.clone()),
+                categories: DeadLetterCategory::ALL
+                    .into_iter()
+                    .filter(|c| c.cleared_by_convergence())
+                    .collect(),
+                protocol: None,
+            },
+            self.durability(),
+        )?;
+        self.replica()
+            .emit(SyncEvent::ReconcileCompleted { link: key.clone() });
+        Ok(())
+    }
+
+    /// Runs the SMT diff of the link's scope against the remote's responder. Full scopes
+    /// diff the live tree and fall back to a snapshot when local writes change it
+    /// meanwhile; other scopes diff a snapshot (their trees are assembled per call).
+    async fn diff(&self, ctx: &LinkCtx<C::Remote>) -> Result<sync_smt::Diff> {
+        let salt = self.salt();
+        let snapshot = |this: &Self| -> Result<Tree> {
+            this.replica()
+                .with_tree(&ctx.key.tenant, &ctx.scope, Tree::clone)
+        };
+        let mut tree = match ctx.scope {
+            Scope::Full => None,
+            _ => Some(snapshot(self)?),
+        };
+        loop {
+            match self.diff_once(ctx, tree.as_ref(), salt).await? {
+                Some(diff) => return Ok(diff),
+                None if tree.is_none() => tree = Some(snapshot(self)?),
+                None => return Err(Error::Protocol("diff snapshot changed".into())),
+            }
+        }
+    }
+
+    fn on_tree<R>(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        snapshot: Option<&Tree>,
+        f: impl FnOnce(&Tree) -> R,
+    ) -> Result<R> {
+        match snapshot {
+            Some(tree) => Ok(f(tree)),
+            None => self.replica().with_tree(&ctx.key.tenant, &ctx.scope, f),
+        }
+    }
+
+    /// One diff session; `None` when the live local tree changed under it.
+    async fn diff_once(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        snapshot: Option<&Tree>,
+        salt: [u8; 16],
+    ) -> Result<Option<sync_smt::Diff>> {
+        let smt = |e: sync_smt::Error| Error::Protocol(format!("diff: {e}"));
+        let (mut session, mut request) = self
+            .on_tree(ctx, snapshot, |t| {
+                Initiator::start(t, DiffConfig::default(), salt)
+            })?
+            .map_err(smt)?;
+        loop {
+            let reply = ctx
+                .remote
+                .diff_round(DiffRequest {
+                    tenant: ctx.key.tenant.clone(),
+                    scope: ctx.scope.clone(),
+                    round: request.encode(),
+                })
+                .await?;
+            match self.on_tree(ctx, snapshot, |t| session.handle_bytes(t, &reply.round))? {
+                Ok(Step::Send(next)) => request = next,
+                Ok(Step::Done(diff)) => return Ok(Some(diff)),
+                Err(sync_smt::Error::LocalChanged) => return Ok(None),
+                Err(e) => return Err(smt(e)),
+            }
+        }
+    }
+
+    /// Reads `cids` from the remote in chunks and applies them; what waits for a
+    /// dependency fetched in a later chunk is applied again after the last chunk, in
+    /// bounded passes; what still fails is dead-lettered `pull_processing`.
+    async fn fetch_and_apply(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        cids: &[Cid],
+        out: &mut ReconcileOutcome,
+    ) -> Result<()> {
+        let key = &ctx.key;
+        let mut pending: Vec<(Message, Option<Vec<u8>>)> = Vec::new();
+        let mut last_outcome: HashMap<Cid, ApplyOutcome> = HashMap::new();
+        for chunk in cids.chunks(self.inner.config.read_batch_cids.clamp(1, READ_CIDS_MAX)) {
+            let reply = ctx
+                .remote
+                .read_messages(ReadMessagesRequest {
+                    tenant: key.tenant.clone(),
+                    scope: ctx.scope.clone(),
+                    cids: chunk.to_vec(),
+                })
+                .await?;
+            let wanted: HashSet<&Cid> = chunk.iter().collect();
+            let mut items = Vec::with_capacity(reply.found.len());
+            for found in reply.found {
+                if !wanted.contains(&found.message.cid()) {
+                    return Err(Error::Protocol(
+                        "read returned a message not asked for".into(),
+                    ));
+                }
+                match self.classify(&key.tenant, &ctx.scope, &found.message)? {
+                    ScopeClass::OutOfScope => {
+                        self.record_dead_letter(
+                            key,
+                            &found.message,
+                            DeadLetterCategory::PullScopeRejected,
+                            Some("out_of_scope".into()),
+                            "pulled message lies outside the link's scope".into(),
+                        )?;
+                        out.dead_lettered += 1;
+                    }
+                    ScopeClass::InScope | ScopeClass::Unknown => {
+                        out.pulled.messages += 1;
+                        out.pulled.bytes += item_bytes(&found.message, found.data.as_deref());
+                        items.push((found.message, found.data));
+                    }
+                }
+            }
+            self.apply_round(ctx, items, &mut pending, &mut last_outcome)
+                .await?;
+            self.progress(key, Direction::Pull, out.pulled);
+        }
+        for _pass in 0..self.inner.config.dependency_passes_max {
+            if pending.is_empty() {
+                break;
+            }
+            let before = pending.len();
+            let items = std::mem::take(&mut pending);
+            self.apply_round(ctx, items, &mut pending, &mut last_outcome)
+                .await?;
+            if pending.len() == before {
+                break;
+            }
+        }
+        for (message, _) in pending {
+            let outcome = last_outcome
+                .remove(&message.cid())
+                .unwrap_or(ApplyOutcome::Deferred);
+            self.record_dead_letter(
+                key,
+                &message,
+                DeadLetterCategory::PullProcessing,
+                Some(outcome.as_str().into()),
+                format!("pull processing failed after retry passes: {outcome}"),
+            )?;
+            out.dead_lettered += 1;
+        }
+        Ok(())
+    }
+
+    /// Applies `items`; settled ones are done (blobs fetched, refusals dead-lettered),
+    /// unsettled ones go to `pending`.
+    async fn apply_round(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        items: Vec<(Message, Option<Vec<u8>>)>,
+        pending: &mut Vec<(Message, Option<Vec<u8>>)>,
+        last_outcome: &mut HashMap<Cid, ApplyOutcome>,
+    ) -> Result<()> {
+        let outcomes = self.apply_remote(ctx, items.clone()).await?;
+        for (item, o) in items.into_iter().zip(outcomes) {
+            match settle(&o) {
+                Settle::Done => {
+                    if let Some((cid, size)) = big_data(&item.0) {
+                        self.fetch_blob(ctx, cid, size).await?;
+                    }
+                }
+                Settle::Failed => {
+                    self.record_dead_letter(
+                        &ctx.key,
+                        &item.0,
+                        DeadLetterCategory::PullProcessing,
+                        Some(o.as_str().into()),
+                        o.to_string(),
+                    )?;
+                }
+                Settle::Open => {
+                    last_outcome.insert(item.0.cid(), o);
+                    pending.push(item);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- one link, every link ----
+
+    /// Syncs one link: catch-up, push, and a reconcile when due; see the
+    /// [module docs](self).
+    pub async fn sync_link(&self, link: &LinkKey) -> LinkReport {
+        let mut report = LinkReport::new(link.clone());
+        let result = self.sync_link_inner(link, &mut report).await;
+        let connectivity = match &result {
+            Err(e) if is_unreachable(e) => Connectivity::Offline,
+            Err(Error::UnknownLink(_)) => Connectivity::Unknown,
+            _ => Connectivity::Online,
+        };
+        if let Err(e) = self.set_connectivity(link, connectivity) {
+            tracing::warn!(link = %link, error = %e, "could not save the link's connectivity");
+        }
+        if let Err(e) = result {
+            tracing::debug!(link = %link, error = %e, "link sync failed");
+            report.error = Some(e);
+        }
+        report
+    }
+
+    fn set_connectivity(&self, key: &LinkKey, to: Connectivity) -> Result<()> {
+        if to == Connectivity::Unknown {
+            return Ok(());
+        }
+        let Some(state) = self.ledger().links().get(key)? else {
+            return Ok(());
+        };
+        if state.connectivity != to {
+            self.ledger()
+                .links()
+                .update(key, self.durability(), |s| s.connectivity = to)?;
+            self.replica().emit(SyncEvent::ConnectivityChanged {
+                link: key.clone(),
+                from: state.connectivity,
+                to,
+            });
+        }
+        Ok(())
+    }
+
+    async fn sync_link_inner(&self, key: &LinkKey, report: &mut LinkReport) -> Result<()> {
+        let ctx = self.link_ctx(key)?;
+        let _guard = self.lock_link(key).await;
+        let cfg = &self.inner.config;
+
+        // 1. Pull what the remote logged since the checkpoint.
+        let mut catch_up = self.catch_up_locked(&ctx).await?;
+        report.pulled += catch_up.received;
+        if let Some(stop) = catch_up.stop.clone() {
+            // A gap or a missing dependency: the tree diff finds what the log cannot
+            // give, then the log resumes.
+            let reconcile = self.reconcile_locked(&ctx).await?;
+            report.pulled += reconcile.pulled;
+            report.pushed += reconcile.pushed;
+            if let CatchUpStop::Gap(gap) = &stop
+                && reconcile.converged
+            {
+                let mut cp = self.load(key)?.pull;
+                cp.reset(gap.latest_available);
+                self.save_checkpoint(key, Direction::Pull, cp, Traffic::default())?;
+            }
+            report.reconcile = Some(reconcile);
+            catch_up = self.catch_up_locked(&ctx).await?;
+            report.pulled += catch_up.received;
+        }
+        report.catch_up = Some(catch_up);
+
+        // 2. Push the local log since the checkpoint.
+        let push = self.push_locked(&ctx).await?;
+        report.pushed += push.sent;
+        report.push = Some(push);
+
+        // 3. Reconcile when due; compare roots anyway when that is cheap.
+        let state = self.load(key)?;
+        let now = self.now_ms();
+        let last = lock(&self.inner.last_reconcile_ms).get(key).copied();
+        let due = state.last_sync_ms.is_none()
+            || state.needs_reconcile
+            || last.is_none_or(|t| now.saturating_sub(t) >= cfg.integrity_check_ms);
+        let cheap = cfg.verify_roots && !matches!(ctx.scope, Scope::Projection(_));
+        if due || cheap {
+            let reconcile = self.reconcile_locked(&ctx).await?;
+            report.pulled += reconcile.pulled;
+            report.pushed += reconcile.pushed;
+            report.reconcile = Some(reconcile);
+        }
+        Ok(())
+    }
+
+    /// Syncs every registered link once; see the [module docs](self). Links are grouped
+    /// by endpoint; groups run concurrently, and an unreachable endpoint stops only its
+    /// own group. A second call waits for the first.
+    pub async fn sync_once(&self) -> SyncReport {
+        let _sync = self.inner.sync_lock.lock().await;
+        let mut report = SyncReport::default();
+        let links = match self.links() {
+            Ok(links) => links,
+            Err(e) => {
+                report.error = Some(e);
+                return report;
+            }
+        };
+        let mut groups: Vec<(Endpoint, Vec<LinkKey>)> = Vec::new();
+        for link in links {
+            match groups.iter_mut().find(|(e, _)| *e == link.key.endpoint) {
+                Some((_, keys)) => keys.push(link.key),
+                None => groups.push((link.key.endpoint.clone(), vec![link.key])),
+            }
+        }
+        let runs = groups.into_iter().map(|(_, keys)| self.sync_group(keys));
+        for (links, ok) in futures_util::future::join_all(runs).await {
+            report.links.extend(links);
+            if ok {
+                report.endpoints_ok += 1;
+            } else {
+                report.endpoints_failed += 1;
+            }
+        }
+        report
+    }
+
+    async fn sync_group(&self, keys: Vec<LinkKey>) -> (Vec<LinkReport>, bool) {
+        let mut reports = Vec::with_capacity(keys.len());
+        let mut keys = keys.into_iter();
+        for key in keys.by_ref() {
+            let report = self.sync_link(&key).await;
+            let unreachable = report.error.as_ref().is_some_and(is_unreachable);
+            reports.push(report);
+            if unreachable {
+                for skipped in keys {
+                    let mut r = LinkReport::new(skipped.clone());
+                    r.error = Some(Error::Transport(TransportError::Unreachable(format!(
+                        "skipped: {} is unreachable",
+                        skipped.endpoint
+                    ))));
+                    reports.push(r);
+                }
+                return (reports, false);
+            }
+        }
+        (reports, true)
+    }
+
+    // ---- health ----
+
+    /// Local log entries after the link's push checkpoint that its scope may cover
+    /// (for a projection, every entry of its protocols: an upper bound).
+    pub fn pending_outbound(&self, link: &LinkKey) -> Result<u64> {
+        let state = self.load(link)?;
+        self.pending_of(&state)
+    }
+
+    fn pending_of(&self, state: &LinkState) -> Result<u64> {
+        let ledger = self.ledger();
+        let tenant = &state.key.tenant;
+        let Some(info) = ledger.log_info(tenant)? else {
+            return Ok(0);
+        };
+        let after = state
+            .push
+            .contiguous_applied
+            .filter(|t| t.stream_id == info.stream_id && t.epoch == info.epoch)
+            .map_or(0, |t| t.position);
+        match state.scope.protocol_list() {
+            None => Ok(ledger.count_log_after(tenant, after, None)?),
+            Some(protocols) => {
+                let mut n = 0;
+                let mut seen = BTreeSet::new();
+                for p in protocols {
+                    if seen.insert(p) {
+                        n += ledger.count_log_after(tenant, after, Some(p))?;
+                    }
+                }
+                Ok(n)
+            }
+        }
+    }
+
+    /// Replication health over every registered link.
+    pub fn health(&self) -> Result<HealthSummary> {
+        let links = self.links()?;
+        let connectivity = if links.iter().any(|l| l.connectivity == Connectivity::Online) {
+            Connectivity::Online
+        } else if links
+            .iter()
+            .any(|l| l.connectivity == Connectivity::Offline)
+        {
+            Connectivity::Offline
+        } else {
+            Connectivity::Unknown
+        };
+        let letters = self.ledger().dead_letters();
+        let failed = letters.count(&DeadLetterFilter::default())?;
+        let closure = letters.count(&DeadLetterFilter {
+            categories: vec![DeadLetterCategory::Closure],
+            ..DeadLetterFilter::default()
+        })?;
+        let degraded = links.iter().filter(|l| l.status.is_unhealthy()).count() as u64;
+        let mut pending = 0;
+        for l in &links {
+            pending += self.pending_of(l)?;
+        }
+        let last_sync = links.iter().filter_map(|l| l.last_sync_ms).max();
+        Ok(HealthSummary::new(
+            connectivity,
+            failed,
+            closure,
+            degraded,
+            pending,
+            last_sync,
+        ))
+    }
+
+    /// Whether the link is caught up now: nothing local waits to be pushed, and
+    /// everything the remote logged after the pull checkpoint is already held locally
+    /// (typically this replica's own pushes, which the next catch-up skips over). The
+    /// remote is asked, so it never answers early.
+    pub async fn caught_up(&self, link: &LinkKey) -> Result<bool> {
+        let ctx = self.link_ctx(link)?;
+        let state = self.load(link)?;
+        if self.pending_of(&state)? > 0 {
+            return Ok(false);
+        }
+        let mut from = state.pull.contiguous_applied;
+        for _ in 0..self.inner.config.catch_up_pages_max {
+            let reply = ctx
+                .remote
+                .log_page(LogPageRequest {
+                    tenant: link.tenant.clone(),
+                    scope: ctx.scope.clone(),
+                    from,
+                    filter: LogFilter::default(),
+                    limit: self
+                        .inner
+                        .config
+                        .page_entries
+                        .clamp(1, LOG_PAGE_ENTRIES_MAX),
+                })
+                .await?;
+            let LogPageReply::Page(page) = reply else {
+                return Ok(false);
+            };
+            for e in &page.entries {
+                if !self.ledger().has_message(&link.tenant, &e.token.cid)? {
+                    return Ok(false);
+                }
+            }
+            if !page.has_more {
+                return Ok(true);
+            }
+            if page.next == from {
+                return Ok(false);
+            }
+            from = page.next;
+        }
+        Ok(false)
+    }
+
+    /// The dead letters of every link, newest first.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        Ok(self
+            .ledger()
+            .dead_letters()
+            .list(&DeadLetterFilter::default())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_ranges_merge_and_stay_bounded() {
+        let mut e = Echoes::default();
+        for p in [5, 7, 6, 1, 2, 9] {
+            e.insert(p);
+        }
+        assert_eq!(
+            e.ranges.iter().map(|(a, b)| (*a, *b)).collect::<Vec<_>>(),
+            vec![(1, 2), (5, 7), (9, 9)]
+        );
+        assert!(e.contains(6) && e.contains(1) && e.contains(9));
+        assert!(!e.contains(3) && !e.contains(8) && !e.contains(10));
+        e.insert(8);
+        assert_eq!(e.ranges.len(), 2, "8 joins 5..=7 and 9");
+        for p in 0..(ECHO_RANGES_MAX as u64 + 10) {
+            e.insert(100 + 2 * p);
+        }
+        assert!(e.ranges.len() <= ECHO_RANGES_MAX);
+        assert!(!e.contains(1), "the oldest ranges go first");
+    }
+
+    #[test]
+    fn salts_come_from_the_seed() {
+        let mut a = 7;
+        let mut b = 7;
+        assert_eq!(splitmix64(&mut a), splitmix64(&mut b));
+        assert_ne!(splitmix64(&mut a), 7);
+    }
+}
