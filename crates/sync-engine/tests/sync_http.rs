@@ -1,0 +1,184 @@
+//! `sync_once` over real HTTP: nodes served by hyper on 127.0.0.1 (port 0), replicas
+//! talking to them through the HTTP client.
+
+mod sync_support;
+
+use std::sync::Arc;
+
+use sync_engine::sync::HttpConnector;
+use sync_engine::{Engine, Identity, Replica, ReplicaHandler};
+use sync_support::*;
+use sync_transport::{Claims, ClientConfig, Role, ServerConfig, ServerHandle, Token, serve};
+use sync_types::*;
+
+async fn http_node(id: u64) -> (Replica, ServerHandle<ReplicaHandler>, Endpoint) {
+    let r = replica(id);
+    let server = serve(
+        Arc::new(ReplicaHandler::new(r.clone())),
+        ServerConfig::new(key()),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let endpoint = Endpoint::new(format!("http://{}", server.local_addr())).unwrap();
+    (r, server, endpoint)
+}
+
+fn http() -> Arc<HttpConnector> {
+    Arc::new(HttpConnector::new(ClientConfig {
+        retries_max: 1,
+        retry_backoff_ms: 10,
+        connect_time_ms_max: 2_000,
+        ..ClientConfig::default()
+    }))
+}
+
+/// An endpoint nothing listens on.
+async fn closed_endpoint() -> Endpoint {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    Endpoint::new(format!("http://{addr}")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_converge_over_http_with_blobs() {
+    let (server, _handle, ep) = http_node(100).await;
+    let a = replica(1);
+    let b = replica(2);
+    configure(&a);
+    configure(&b);
+    for i in 0..150 {
+        put(&a, &format!("a{i}"), format!("from a {i}").as_bytes());
+        put(&b, &format!("b{i}"), format!("from b {i}").as_bytes());
+    }
+    put(&a, "same", b"a");
+    put(&b, "same", b"b");
+    delete(&b, "b9");
+    // Payloads over the inline limit travel as blobs.
+    let big_a: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let big_b: Vec<u8> = (0..40_000u32).map(|i| (i % 13) as u8).collect();
+    put(&a, "blob-a", &big_a);
+    put(&b, "blob-b", &big_b);
+
+    let connector = http();
+    let ea = engine(&a, connector.clone(), vec![ep.clone()], fast_config());
+    let eb = engine(&b, connector.clone(), vec![ep.clone()], fast_config());
+    let ra = ea.sync_once().await;
+    assert!(ra.is_ok(), "{ra:?}");
+    let rb = eb.sync_once().await;
+    assert!(rb.is_ok(), "{rb:?}");
+    sync_until_quiet(&ea, 3).await;
+    sync_until_quiet(&eb, 3).await;
+
+    assert_eq!(root(&a), root(&server));
+    assert_eq!(root(&b), root(&server));
+    assert_eq!(records(&a), records(&b));
+    assert_eq!(records(&server), records(&a));
+    assert_eq!(
+        get(&b, "blob-a"),
+        Some(big_a.clone()),
+        "the blob arrived whole"
+    );
+    assert_eq!(get(&a, "blob-b"), Some(big_b));
+    assert_eq!(get(&server, "blob-a"), Some(big_a));
+    assert_eq!(get(&a, "b9"), None);
+    for e in [&ea, &eb] {
+        assert!(e.health().unwrap().healthy);
+        assert!(e.caught_up(&link(e)).await.unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_node_does_not_stop_another_over_http() {
+    let (server, _handle, up) = http_node(100).await;
+    let down = closed_endpoint().await;
+    let a = replica(1);
+    configure(&a);
+    put(&a, "k", b"v");
+    let ea = engine(&a, http(), vec![down.clone(), up.clone()], fast_config());
+    let report = ea.sync_once().await;
+    assert_eq!((report.endpoints_ok, report.endpoints_failed), (1, 1));
+    for l in &report.links {
+        if l.link.endpoint == down {
+            assert!(
+                matches!(&l.error, Some(sync_engine::Error::Transport(t)) if t.is_retryable()),
+                "{l:?}"
+            );
+        } else {
+            assert!(l.error.is_none(), "{l:?}");
+            assert_eq!(l.converged(), Some(true));
+        }
+    }
+    assert_eq!(get(&server, "k"), Some(b"v".to_vec()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delegate_link_replicates_only_its_scope() {
+    let (server, _handle, ep) = http_node(100).await;
+    let photos = ProtocolName::new("https://example.com/photos").unwrap();
+    let a = replica(1);
+    configure(&a);
+    a.configure(
+        &tenant(),
+        &photos,
+        vec![TypeRule {
+            path: note(),
+            data_bytes_max: None,
+        }],
+        vec![],
+        &alice(),
+    )
+    .unwrap();
+    for i in 0..10 {
+        put(&a, &format!("n{i}"), b"note");
+        a.put(&tenant(), &photos, &note(), &[i], vec![i], &alice())
+            .unwrap();
+    }
+    let scope = Scope::protocols(vec![notes()]).unwrap();
+    let phone = PrincipalId::new("did:example:phone").unwrap();
+    let grant = Grant {
+        id: GrantId::new("phone-notes").unwrap(),
+        scope: scope.clone(),
+        actions: Actions::ALL,
+        expires_at_ms: FAR_FUTURE_MS,
+    };
+    let token = Token::issue(
+        &key(),
+        Claims {
+            tenant: tenant(),
+            principal: phone.clone(),
+            role: Role::Delegate,
+            scope: scope.clone(),
+            actions: Actions::ALL,
+            expires_at_ms: FAR_FUTURE_MS,
+            grant_id: grant.id.clone(),
+        },
+    );
+    let ea = Engine::builder(a.clone(), http())
+        .config(fast_config())
+        .build();
+    ea.register_identity(Identity {
+        tenant: tenant(),
+        endpoints: vec![ep.clone()],
+        scope: scope.clone(),
+        authorization: Authorization::Delegate(Delegation::new(phone, vec![grant]).unwrap()),
+        token: Some(token.to_string()),
+    })
+    .unwrap();
+    let report = ea.sync_once().await;
+    assert!(report.is_ok(), "{report:?}");
+    let l = &report.links[0];
+    assert_eq!(l.converged(), Some(true));
+    let push = l.push.as_ref().unwrap();
+    assert_eq!(push.sent.messages, 11, "{push:?}");
+    assert_eq!(push.out_of_scope, 11, "{push:?}");
+    assert_eq!(records(&server), records(&a));
+    assert!(server.list(&tenant(), &photos, None).unwrap().is_empty());
+    assert_eq!(
+        server.root(&tenant(), &scope).unwrap(),
+        a.root(&tenant(), &scope).unwrap()
+    );
+    assert_ne!(root(&server), root(&a), "the photos stayed home");
+    assert_eq!(ea.health().unwrap().pending_outbound, 0);
+}
