@@ -595,3 +595,144 @@ fn end_of(reason: CloseReason) -> SubscriptionEnd {
         other => SubscriptionEnd::Error(format!("{other:?}")),
     }
 }
+
+/// [`LinkOps`] over an [`Engine`](crate::sync::Engine): the engine's catch-up, push and
+/// reconcile, the connector's subscription, and the replica's apply.
+///
+/// The engine retries a failed push itself (its `push_retry_backoff_ms`), so a driver
+/// over `EngineOps` should give its machines a single push attempt
+/// ([`EngineOps::link_config`] does), and a failed push goes straight to a reconcile.
+pub struct EngineOps<C: crate::sync::Connector> {
+    engine: crate::sync::Engine<C>,
+}
+
+impl<C: crate::sync::Connector> std::fmt::Debug for EngineOps<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineOps").finish_non_exhaustive()
+    }
+}
+
+impl<C: crate::sync::Connector> EngineOps<C> {
+    /// Operations over `engine`.
+    pub fn new(engine: crate::sync::Engine<C>) -> Self {
+        Self { engine }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &crate::sync::Engine<C> {
+        &self.engine
+    }
+
+    /// `base` with the machine's push retries left to the engine.
+    pub fn link_config(base: LinkConfig) -> LinkConfig {
+        LinkConfig {
+            push_retry_backoff_ms: vec![0],
+            ..base
+        }
+    }
+
+    fn token(&self, tenant: &sync_types::TenantId) -> Option<String> {
+        self.engine
+            .identities()
+            .ok()?
+            .into_iter()
+            .find(|i| &i.tenant == tenant)
+            .and_then(|i| i.token)
+    }
+}
+
+impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
+    type Feed = sync_transport::Subscription;
+
+    async fn push(&self, link: LinkState, _after: Option<ProgressToken>) -> PushResult {
+        match self.engine.push(&link.key).await {
+            Ok(outcome) if outcome.exhausted => PushResult::Failed("push retries exhausted".into()),
+            Ok(outcome) => PushResult::Settled {
+                upto: outcome.checkpoint,
+            },
+            Err(e) => PushResult::Failed(e.to_string()),
+        }
+    }
+
+    async fn catch_up(&self, link: LinkState, _after: Option<ProgressToken>) -> CatchUpResult {
+        match self.engine.catch_up(&link.key).await {
+            Ok(outcome) => match outcome.stop {
+                Some(crate::sync::CatchUpStop::Gap(gap)) => CatchUpResult::Gap(gap),
+                Some(crate::sync::CatchUpStop::Unsettled { cid, outcome: o }) => {
+                    CatchUpResult::Failed(format!("entry {cid} not settled: {o}"))
+                }
+                None => CatchUpResult::Done {
+                    upto: outcome.checkpoint,
+                    head: outcome.reached_head.then_some(outcome.checkpoint).flatten(),
+                },
+            },
+            Err(e) => CatchUpResult::Failed(e.to_string()),
+        }
+    }
+
+    async fn reconcile(&self, link: LinkState) -> ReconcileResult {
+        match self.engine.reconcile(&link.key).await {
+            Ok(outcome) => ReconcileResult::Done {
+                converged: outcome.converged,
+            },
+            Err(e) => ReconcileResult::Failed(e.to_string()),
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        link: LinkState,
+        from: Option<ProgressToken>,
+    ) -> Result<Self::Feed, String> {
+        use sync_transport::Remote as _;
+        let token = self.token(&link.key.tenant);
+        let remote = self
+            .engine
+            .connector()
+            .connect(&link.key.endpoint, token.as_deref())
+            .map_err(|e| e.to_string())?;
+        remote
+            .subscribe(sync_transport::proto::SubscribeRequest {
+                tenant: link.key.tenant.clone(),
+                scope: link.scope.clone(),
+                from,
+                filter: sync_transport::proto::LogFilter::default(),
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn classify(&self, link: &LinkState, entry: &LogEntry) -> EventClass {
+        let replica = self.engine.replica();
+        match replica
+            .ledger()
+            .has_message(&link.key.tenant, &entry.token.cid)
+        {
+            Ok(true) => return EventClass::Skip,
+            Ok(false) => {}
+            Err(_) => return EventClass::Unknown,
+        }
+        match replica.classify(&link.key.tenant, &link.scope, &entry.message) {
+            Ok(sync_types::ScopeClass::InScope) => EventClass::Apply,
+            Ok(sync_types::ScopeClass::OutOfScope) => EventClass::Skip,
+            Ok(sync_types::ScopeClass::Unknown) | Err(_) => EventClass::Unknown,
+        }
+    }
+
+    async fn apply(&self, link: LinkState, entry: LogEntry) -> Result<(), String> {
+        let replica = self.engine.replica().clone();
+        let origin = crate::replica::Origin::Remote(Some(link.key.endpoint.clone()));
+        let tenant = link.key.tenant.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            replica.apply(&tenant, vec![(entry.message, entry.data)], origin)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        match outcome.into_iter().next() {
+            Some(o) if o.is_success() => Ok(()),
+            Some(o) => Err(format!("live event not applied: {o}")),
+            None => Err("no outcome".into()),
+        }
+    }
+}

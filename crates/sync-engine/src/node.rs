@@ -81,45 +81,15 @@ impl ReplicaHandler {
         &self.replica
     }
 
-    /// Classifies a stored or incoming message against `scope`, looking a delete's
-    /// record up when the scope needs its path.
     fn classify(
         &self,
         tenant: &TenantId,
         scope: &Scope,
         message: &Message,
     ) -> Result<ScopeClass, HandlerError> {
-        if !matches!(scope, Scope::Projection(_)) {
-            return Ok(scope.classify(message.protocol(), None));
-        }
-        Ok(match message {
-            Message::Configure(c) => {
-                // A projection carries the configures of its protocols: records need them.
-                if scope
-                    .protocol_list()
-                    .is_some_and(|ps| ps.contains(&&c.protocol))
-                {
-                    ScopeClass::InScope
-                } else {
-                    ScopeClass::OutOfScope
-                }
-            }
-            Message::Write(w) => scope.classify(&w.protocol, Some((&w.path, &w.context_id))),
-            Message::Delete(d) => {
-                let info = self
-                    .replica
-                    .ledger()
-                    .record_info(tenant, &d.record_id)
-                    .map_err(internal)?;
-                match info
-                    .as_ref()
-                    .and_then(|i| i.path.as_ref().zip(i.context.as_ref()))
-                {
-                    Some(record) => scope.classify(&d.protocol, Some(record)),
-                    None => scope.classify(&d.protocol, None),
-                }
-            }
-        })
+        self.replica
+            .classify(tenant, scope, message)
+            .map_err(internal)
     }
 }
 

@@ -30,8 +30,8 @@ use sync_types::merge::Conflict;
 use sync_types::{
     ApplyOutcome, Cid, Clock, Configure, ContextId, DataRef, Delete, Dependency, Hlc, HlcClock,
     INLINE_DATA_BYTES_MAX, MISSING_MAX, Message, NodeId, PrincipalId, ProgressToken, Projection,
-    ProtocolDefinition, ProtocolName, ProtocolPath, RecordId, Scope, SyncEvent, SystemClock,
-    TenantId, TypeRule, Write,
+    ProtocolDefinition, ProtocolName, ProtocolPath, RecordId, Scope, ScopeClass, SyncEvent,
+    SystemClock, TenantId, TypeRule, Write,
 };
 use tokio::sync::broadcast;
 
@@ -1009,6 +1009,40 @@ impl Replica {
             .inner
             .ledger
             .read_log(tenant, &LogQuery::after(after, limit))?)
+    }
+
+    /// Where a message falls relative to `scope`. A projection carries the configures of
+    /// its protocols (records need them); a delete is classified by its record's path and
+    /// context, from the record's initial write, and is `Unknown` when that is not held.
+    pub fn classify(
+        &self,
+        tenant: &TenantId,
+        scope: &Scope,
+        message: &Message,
+    ) -> Result<ScopeClass> {
+        if !matches!(scope, Scope::Projection(_)) {
+            return Ok(scope.classify(message.protocol(), None));
+        }
+        Ok(match message {
+            Message::Configure(c) => {
+                if scope
+                    .protocol_list()
+                    .is_some_and(|ps| ps.contains(&&c.protocol))
+                {
+                    ScopeClass::InScope
+                } else {
+                    ScopeClass::OutOfScope
+                }
+            }
+            Message::Write(w) => scope.classify(&w.protocol, Some((&w.path, &w.context_id))),
+            Message::Delete(d) => {
+                let info = self.inner.ledger.record_info(tenant, &d.record_id)?;
+                let record = info
+                    .as_ref()
+                    .and_then(|i| i.path.as_ref().zip(i.context.as_ref()));
+                scope.classify(&d.protocol, record)
+            }
+        })
     }
 
     // ---- trees ----
