@@ -18,6 +18,7 @@
 //!   - [`node`]: the [`Handler`] trait a node implements, and [`Node`], which puts the
 //!     checks, limits and the subscription loop in front of it;
 //!   - [`server`]: the hyper HTTP/1.1 server ([`serve`]);
+//!   - [`metrics`]: Prometheus metrics of a node at `GET /metrics` (opt-in);
 //!   - [`ws`]: WebSocket subscriptions on the same port;
 //!   - [`client`]: the [`Remote`] trait the engine talks through, with [`HttpClient`]
 //!     and [`InProcessClient`] (same behaviour, no sockets).
@@ -84,6 +85,8 @@ pub mod token;
 mod body;
 #[cfg(feature = "net")]
 pub mod client;
+#[cfg(feature = "net")]
+pub mod metrics;
 #[cfg(feature = "net")]
 pub mod node;
 #[cfg(feature = "net")]

@@ -173,6 +173,9 @@ pub struct ServerConfig {
     pub live_poll_interval_ms: u64,
     /// On graceful shutdown, how long open connections get to finish. Default 5 000.
     pub shutdown_grace_ms: u64,
+    /// Where the HTTP server counts requests and serves `GET /metrics`; `None` (the
+    /// default) counts nothing and has no `/metrics` route. See [`crate::metrics`].
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl ServerConfig {
@@ -196,6 +199,7 @@ impl ServerConfig {
             subscription_page_len: 100,
             live_poll_interval_ms: 30_000,
             shutdown_grace_ms: 5_000,
+            metrics: None,
         }
     }
 }

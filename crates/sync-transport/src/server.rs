@@ -9,8 +9,10 @@
 //! | `POST /v1/blob/read`  | a `Request::BlobRead` frame      | a `Reply::BlobRead` frame + bytes |
 //! | `POST /v1/blob/write` | a `Request::BlobWrite` frame + bytes | a `Reply::Blob` or `Error` frame |
 //! | `GET /v1/subscribe`   | WebSocket upgrade (see `ws`)     | `Notice` frames                   |
+//! | `GET /metrics`        | none (no token; only when `ServerConfig::metrics` is set) | Prometheus text |
 //!
-//! Every route checks `Authorization: Bearer <token>` before it reads the body.
+//! Every route but `/metrics` checks `Authorization: Bearer <token>` before it reads the
+//! body.
 //!
 //! What bounds a client's hold on the node: `connections_max` (more are answered 503
 //! and closed), `header_read_time_ms_max` (slow headers and idle keep-alive),
@@ -42,6 +44,7 @@ use tokio::time::Sleep;
 
 use crate::body::{BodyReader, ReadError};
 use crate::frame::{self, HEADER_BYTES};
+use crate::metrics::RequestKind;
 use crate::node::{Handler, Node, ServerConfig, frame_reply, ms};
 use crate::proto::{ErrorCode, ErrorReply, Reply, Request};
 
@@ -256,17 +259,55 @@ fn reply_response(reply: &Reply) -> Response<ResBody> {
 }
 
 async fn route<H: Handler>(node: Node<H>, req: HttpRequest<Incoming>) -> Response<ResBody> {
+    let started = std::time::Instant::now();
+    let bytes_in = hyper::body::Body::size_hint(req.body()).exact();
+    let mut kind = RequestKind::Other;
     let result = match (req.method(), req.uri().path()) {
-        (&Method::POST, "/v1/rpc") => rpc(&node, req).await,
-        (&Method::POST, "/v1/blob/read") => blob_read(&node, req).await,
-        (&Method::POST, "/v1/blob/write") => blob_write(&node, req).await,
-        (&Method::GET, "/v1/subscribe") => crate::ws::upgrade(&node, req),
+        (&Method::POST, "/v1/rpc") => rpc(&node, req, &mut kind).await,
+        (&Method::POST, "/v1/blob/read") => {
+            kind = RequestKind::BlobRead;
+            blob_read(&node, req).await
+        }
+        (&Method::POST, "/v1/blob/write") => {
+            kind = RequestKind::BlobWrite;
+            blob_write(&node, req).await
+        }
+        (&Method::GET, "/v1/subscribe") => {
+            kind = RequestKind::Subscribe;
+            crate::ws::upgrade(&node, req)
+        }
+        (&Method::GET, "/metrics") if node.config.metrics.is_some() => {
+            kind = RequestKind::Metrics;
+            Ok(metrics_response(&node))
+        }
         (_, path) => Err(ErrorReply::new(
             ErrorCode::NotFound,
             format!("no route for {} {path}", req.method()),
         )),
     };
-    result.unwrap_or_else(|e| error_response(&e))
+    let res = result.unwrap_or_else(|e| error_response(&e));
+    if let Some(metrics) = &node.config.metrics {
+        let bytes_out = res
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .or_else(|| hyper::body::Body::size_hint(res.body()).exact());
+        let status = res.status().as_u16();
+        metrics.record_request(kind, status, started.elapsed(), bytes_in, bytes_out);
+    }
+    res
+}
+
+fn metrics_response<H: Handler>(node: &Node<H>) -> Response<ResBody> {
+    let text = node.config.metrics.as_ref().map_or_else(String::new, |m| {
+        m.render(node.connections(), node.subscriptions())
+    });
+    let mut res = Response::new(full(text));
+    res.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res
 }
 
 fn read_error(e: ReadError, what: &str) -> ErrorReply {
@@ -322,13 +363,18 @@ async fn read_small_body<H: Handler>(
 async fn rpc<H: Handler>(
     node: &Node<H>,
     req: HttpRequest<Incoming>,
+    kind: &mut RequestKind,
 ) -> Result<Response<ResBody>, ErrorReply> {
     let ctx = node.authenticate(bearer(&req))?;
     let time = ms(node.config.request_time_ms_max);
     tokio::time::timeout(time, async {
         let body = read_small_body(node, req).await?;
         let request = node.decode_request(&body)?;
+        *kind = RequestKind::of(&request);
         let reply = node.call(&ctx, request).await?;
+        if let (Some(metrics), Reply::WriteBatch(r)) = (&node.config.metrics, &reply) {
+            metrics.record_outcomes(&r.outcomes);
+        }
         Ok(reply_response(&reply))
     })
     .await
