@@ -1,0 +1,591 @@
+//! The command line: every command, its flags, its environment variables and examples.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sync_types::{Cid, DeadLetterCategory, PrincipalId, ProtocolName, ProtocolPath, TenantId};
+
+/// The exit codes, shown under every `--help` (a macro, so `concat!` can use it).
+macro_rules! exit_codes {
+    () => {
+        "Exit codes:
+  0  success
+  1  the command ran but did not fully succeed (key not found, dead letters left, unhealthy)
+  2  usage error (bad flags or values, unreadable config file)
+  3  cannot reach the node (wrong address, connection refused, timeout, node shutting down)
+  4  authorization refused (malformed, forged or expired token, request beyond its grant)
+  5  local store error (cannot open, read or write the store, or it is in use)
+  6  cannot listen on the address (in use, not permitted)"
+    };
+}
+
+/// Where the node listens when nothing else says.
+pub(crate) const LISTEN_DEFAULT: &str = "127.0.0.1:7700";
+/// Where client commands look for the node when nothing else says (see `NodeArgs`).
+pub(crate) const NODE_DEFAULT: &str = "http://127.0.0.1:7700";
+/// The tenant of client commands when nothing else says.
+pub(crate) const TENANT_DEFAULT: &str = "local";
+
+/// Weft: a local-first replication engine. Run a node, write to local replicas, sync
+/// them through the node, and inspect replication.
+#[derive(Parser, Debug)]
+#[command(
+    name = "weft",
+    version,
+    propagate_version = true,
+    after_help = concat!("Start here: weft quickstart\n\n", exit_codes!()),
+    after_long_help = concat!(
+        "Start here:\n",
+        "  weft quickstart                     a node and two replicas converging on loopback\n",
+        "\n",
+        "A five-minute tour (see README.md):\n",
+        "  weft serve --data-dir ./node &                 run a node on 127.0.0.1:7700\n",
+        "  export WEFT_TENANT=demo WEFT_TOKEN=$(weft token issue --key-file ./node/node.key)\n",
+        "  weft put --store ./a greeting hello && weft sync --store ./a\n",
+        "  weft sync --store ./b && weft get --store ./b greeting\n",
+        "\n",
+        exit_codes!(),
+    )
+)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) log: LogArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Logging of every command (to stderr).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct LogArgs {
+    /// Log filter in `RUST_LOG` syntax, e.g. `info` or `sync_engine=debug,warn`
+    /// [default: `RUST_LOG`, else `info` for serve (storage internals at `warn`) and
+    /// `warn` for the rest]
+    #[arg(long, global = true, env = "WEFT_LOG", value_name = "FILTER")]
+    pub(crate) log: Option<String>,
+    /// Log format on stderr: human-readable text, or one JSON object per line
+    #[arg(
+        long,
+        global = true,
+        env = "WEFT_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub(crate) log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// Run a server node on an embedded store
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  weft serve                                   store and key under ~/.local/share/weft/node\n",
+        "  weft serve --data-dir ./node --listen 0.0.0.0:7700\n",
+        "  weft serve --config /etc/weft/weft.toml --log-format json\n",
+        "  WEFT_LISTEN=127.0.0.1:0 weft serve          port 0 picks a free port (printed on stdout)\n",
+        "\n",
+        "Settings come from, highest first: flags, environment variables (WEFT_*), the TOML\n",
+        "config file (--config or WEFT_CONFIG), then the defaults. Config file keys:\n",
+        "  data_dir, listen, key_file, metrics,\n",
+        "  [limits] connections_max, subscriptions_max, frame_bytes_max, request_time_ms_max,\n",
+        "           shutdown_grace_ms, subscriber_queue_len_max, heartbeat_interval_ms,\n",
+        "           heartbeat_timeout_ms\n",
+        "\n",
+        "The node prints `listening on http://ADDR` on stdout once it accepts connections,\n",
+        "serves Prometheus metrics at GET /metrics on the same port (unless --no-metrics),\n",
+        "and on SIGINT or SIGTERM stops accepting, lets open requests finish within\n",
+        "shutdown_grace_ms, closes subscriptions, and exits 0.",
+        "\n\n",
+        exit_codes!(),
+    ))]
+    Serve(ServeArgs),
+
+    /// Issue and inspect capability tokens
+    #[command(subcommand)]
+    Token(TokenCommand),
+
+    /// Write a value under a key in the local replica
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  weft put greeting hello\n",
+        "  weft put --store ./a --tenant demo config --file ./config.json\n",
+        "  echo hi | weft put note --file -\n",
+        "\n",
+        "The first put configures the protocol (default weft:kv, path entry) in the store.",
+        "\n\n",
+        exit_codes!(),
+    ))]
+    Put(PutArgs),
+
+    /// Print the value of a key in the local replica
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  weft get greeting\n",
+        "  weft get --store ./b --tenant demo greeting --json\n",
+        "\n",
+        "Exits 1 when the key has no value (never written, or deleted).",
+        "\n\n",
+        exit_codes!(),
+    ))]
+    Get(GetArgs),
+
+    /// List the keys and values in the local replica
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  weft list\n",
+        "  weft list --prefix user/ --json | jq '.[].key'",
+        "\n\n",
+        exit_codes!(),
+    ))]
+    List(ListArgs),
+
+    /// Delete a key in the local replica
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  weft delete greeting\n",
+        "\n",
+        "Exits 1 when the key has no value.",
+        "\n\n",
+        exit_codes!(),
+    ))]
+    Delete(DeleteArgs),
+
+    /// Replicate the local replica with a node once: pull, push, verify
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  weft sync --node http://127.0.0.1:7700 --token $TOKEN\n",
+        "  WEFT_TOKEN=$TOKEN weft sync --store ./b --tenant demo --json\n",
+        "\n",
+        "Shows progress bars for messages and bytes each way when stderr is a terminal,\n",
+        "and a summary otherwise. Exits 1 when messages were left in the dead letters or the\n",
+        "replicas did not converge, 3 when the node cannot be reached, 4 when it refuses\n",
+        "the token.",
+        "\n\n",
+        exit_codes!(),
+    ))]
+    Sync(SyncArgs),
+
+    /// Replicate live and print changes as they arrive
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  weft watch --store ./b --tenant demo\n",
+        "  weft watch --json --count 1          exit after the first change\n",
+        "\n",
+        "Syncs once, then subscribes to the node from the replica's pull checkpoint and\n",
+        "applies every change to the local store as it arrives, printing it. On a gap or a\n",
+        "disconnect it syncs again and resubscribes. Stops on Ctrl-C.",
+        "\n\n",
+        exit_codes!(),
+    ))]
+    Watch(WatchArgs),
+
+    /// Show the local replica: tenants, log heads, links and their checkpoints
+    #[command(after_help = concat!("Examples:\n  weft status\n  weft status --store ./a --json", "\n\n", exit_codes!()))]
+    Status(StatusArgs),
+
+    /// List the replication links of the local replica
+    #[command(after_help = concat!("Examples:\n  weft links\n  weft links --json | jq '.[].status'", "\n\n", exit_codes!()))]
+    Links(StatusArgs),
+
+    /// Show replication health of the local replica, or of a node with --node
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  weft health                                  the local replica's links and dead letters\n",
+        "  weft health --node http://127.0.0.1:7700 --token $TOKEN --json\n",
+        "\n",
+        "Exits 1 when not healthy (dead letters or degraded links).",
+        "\n\n",
+        exit_codes!(),
+    ))]
+    Health(HealthArgs),
+
+    /// List, retry or clear messages that failed to replicate
+    #[command(subcommand, name = "dead-letters")]
+    DeadLetters(DeadLettersCommand),
+
+    /// Start a node and two replicas on loopback and show them converge
+    #[command(after_help = concat!(
+        "Example:\n",
+        "  weft quickstart\n",
+        "\n",
+        "Everything runs in one process in a temporary directory that is removed at the end\n",
+        "(keep it with --keep). Prints what happened and the latencies it measured.",
+        "\n\n",
+        exit_codes!(),
+    ))]
+    Quickstart(QuickstartArgs),
+}
+
+/// Flags of `weft serve`. Every setting is optional here: what is unset falls back to
+/// the config file, then to the default (see `cmd::serve::Settings`).
+#[derive(Args, Debug, Default)]
+pub(crate) struct ServeArgs {
+    /// TOML config file
+    #[arg(long, env = "WEFT_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Directory of the node's store and key file [default: $XDG_DATA_HOME/weft/node or
+    /// ~/.local/share/weft/node]
+    #[arg(long, env = "WEFT_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Address to listen on, IP:PORT (port 0 picks a free one) [default: 127.0.0.1:7700]
+    #[arg(long, env = "WEFT_LISTEN", value_name = "ADDR")]
+    pub(crate) listen: Option<String>,
+    /// The node's token key (64 hex characters; created with mode 0600 if missing)
+    /// [default: DATA_DIR/node.key]
+    #[arg(long, env = "WEFT_KEY_FILE", value_name = "FILE")]
+    pub(crate) key_file: Option<PathBuf>,
+    /// Do not serve Prometheus metrics at /metrics
+    #[arg(long, env = "WEFT_NO_METRICS")]
+    pub(crate) no_metrics: bool,
+    /// Most open HTTP connections [default: 1024]
+    #[arg(long, env = "WEFT_CONNECTIONS_MAX", value_name = "N")]
+    pub(crate) connections_max: Option<usize>,
+    /// Most open subscriptions [default: 4096]
+    #[arg(long, env = "WEFT_SUBSCRIPTIONS_MAX", value_name = "N")]
+    pub(crate) subscriptions_max: Option<usize>,
+    /// Largest request frame body, in bytes [default: 8 MiB]
+    #[arg(long, env = "WEFT_FRAME_BYTES_MAX", value_name = "BYTES")]
+    pub(crate) frame_bytes_max: Option<usize>,
+    /// Longest time for one request, body included, in ms [default: 30000]
+    #[arg(long, env = "WEFT_REQUEST_TIME_MS_MAX", value_name = "MS")]
+    pub(crate) request_time_ms_max: Option<u64>,
+    /// How long open requests get to finish on shutdown, in ms [default: 5000]
+    #[arg(long, env = "WEFT_SHUTDOWN_GRACE_MS", value_name = "MS")]
+    pub(crate) shutdown_grace_ms: Option<u64>,
+    /// Notices queued per subscriber before it counts as lagging [default: 256]
+    #[arg(long, env = "WEFT_SUBSCRIBER_QUEUE_LEN_MAX", value_name = "N")]
+    pub(crate) subscriber_queue_len_max: Option<usize>,
+    /// Interval between heartbeat pings on a subscription, in ms [default: 15000]
+    #[arg(long, env = "WEFT_HEARTBEAT_INTERVAL_MS", value_name = "MS")]
+    pub(crate) heartbeat_interval_ms: Option<u64>,
+    /// A silent subscription is closed after this long, in ms [default: 45000]
+    #[arg(long, env = "WEFT_HEARTBEAT_TIMEOUT_MS", value_name = "MS")]
+    pub(crate) heartbeat_timeout_ms: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum TokenCommand {
+    /// Issue a token signed with the node's key (printed on stdout)
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  weft token issue --key-file ./node/node.key --tenant demo\n",
+        "  weft token issue --tenant demo --delegate phone --protocol weft:kv \\\n",
+        "      --actions read,sync --expires-in 7d\n",
+        "\n",
+        "Without --delegate the token is the tenant owner's: every action on the whole tenant.\n",
+        "A delegate token covers the --protocol scopes (all when none) and the --actions.",
+        "\n\n",
+        exit_codes!(),
+    ))]
+    Issue(IssueArgs),
+    /// Show what a token allows, and verify it with --key-file
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  weft token inspect $WEFT_TOKEN\n",
+        "  weft token inspect --key-file ./node/node.key --json $TOKEN\n",
+        "\n",
+        "With --key-file, exits 4 when the signature does not verify or the token expired.",
+        "\n\n",
+        exit_codes!(),
+    ))]
+    Inspect(InspectArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct KeyFileArgs {
+    /// The node's key file [default: DATA_DIR/node.key]
+    #[arg(long, env = "WEFT_KEY_FILE", value_name = "FILE")]
+    pub(crate) key_file: Option<PathBuf>,
+    /// The node's data directory, to find its key file [default: $XDG_DATA_HOME/weft/node]
+    #[arg(long, env = "WEFT_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct IssueArgs {
+    #[command(flatten)]
+    pub(crate) key: KeyFileArgs,
+    /// The tenant the token is for
+    #[arg(long, env = "WEFT_TENANT", default_value = TENANT_DEFAULT)]
+    pub(crate) tenant: TenantId,
+    /// Issue a delegate token for this principal (default: the owner's token)
+    #[arg(long, value_name = "PRINCIPAL")]
+    pub(crate) delegate: Option<PrincipalId>,
+    /// The principal of an owner token [default: the tenant]
+    #[arg(long, value_name = "PRINCIPAL", conflicts_with = "delegate")]
+    pub(crate) principal: Option<PrincipalId>,
+    /// Limit a delegate to these protocols (repeat; default: the whole tenant)
+    #[arg(long = "protocol", value_name = "PROTOCOL", requires = "delegate")]
+    pub(crate) protocols: Vec<ProtocolName>,
+    /// A delegate's actions, comma-separated: read, write, sync [default: read,write,sync]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_enum,
+        requires = "delegate",
+        value_name = "ACTIONS"
+    )]
+    pub(crate) actions: Vec<Action>,
+    /// Lifetime: a number and a unit (s, m, h, d), or `never` [default: 30d]
+    #[arg(long, default_value = "30d", value_name = "DURATION")]
+    pub(crate) expires_in: String,
+    /// The grant's id, shown in logs [default: derived from the principal and the time]
+    #[arg(long, value_name = "ID")]
+    pub(crate) grant_id: Option<String>,
+}
+
+/// An action a delegate may be granted.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Read messages, roots and logs.
+    Read,
+    /// Write messages.
+    Write,
+    /// Replicate (diff rounds, subscriptions).
+    Sync,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct InspectArgs {
+    /// The token text, or `-` to read it from stdin [default: WEFT_TOKEN]
+    #[arg(value_name = "TOKEN")]
+    pub(crate) token: Option<String>,
+    /// Verify the signature with this key file
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key_file: Option<PathBuf>,
+    /// Print JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Which local replica and tenant a command works on.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ReplicaArgs {
+    /// The replica's store directory [default: $XDG_DATA_HOME/weft/replica or
+    /// ~/.local/share/weft/replica]
+    #[arg(long, env = "WEFT_STORE", value_name = "DIR")]
+    pub(crate) store: Option<PathBuf>,
+    /// The tenant
+    #[arg(long, env = "WEFT_TENANT", default_value = TENANT_DEFAULT)]
+    pub(crate) tenant: TenantId,
+}
+
+/// The record layout of `put`, `get`, `list`, `delete` and `watch`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct KvArgs {
+    /// The protocol records are written under (configured on first use)
+    #[arg(long, env = "WEFT_PROTOCOL", default_value = crate::kv::PROTOCOL_DEFAULT)]
+    pub(crate) protocol: ProtocolName,
+    /// The record type path within the protocol
+    #[arg(long, env = "WEFT_PATH", default_value = crate::kv::PATH_DEFAULT)]
+    pub(crate) path: ProtocolPath,
+    /// Who writes [default: the tenant]
+    #[arg(long, env = "WEFT_AUTHOR", value_name = "PRINCIPAL")]
+    pub(crate) author: Option<PrincipalId>,
+}
+
+/// Which node a command talks to, with which token.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct NodeArgs {
+    /// The node's address, http://HOST:PORT [default: the node of the last sync of this
+    /// store and tenant, else http://127.0.0.1:7700]
+    #[arg(long, env = "WEFT_NODE", value_name = "URL")]
+    pub(crate) node: Option<String>,
+    /// The capability token (see `weft token issue`) [default: the token of the last
+    /// sync of this store and tenant]
+    #[arg(long, env = "WEFT_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub(crate) token: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct PutArgs {
+    #[command(flatten)]
+    pub(crate) replica: ReplicaArgs,
+    #[command(flatten)]
+    pub(crate) kv: KvArgs,
+    /// The key
+    pub(crate) key: String,
+    /// The value (or use --file)
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    pub(crate) value: Option<String>,
+    /// Read the value from a file, `-` for stdin
+    #[arg(long, value_name = "PATH")]
+    pub(crate) file: Option<PathBuf>,
+    /// Print the receipt as JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct GetArgs {
+    #[command(flatten)]
+    pub(crate) replica: ReplicaArgs,
+    #[command(flatten)]
+    pub(crate) kv: KvArgs,
+    /// The key
+    pub(crate) key: String,
+    /// Print the record as JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    pub(crate) replica: ReplicaArgs,
+    #[command(flatten)]
+    pub(crate) kv: KvArgs,
+    /// Only keys starting with this
+    #[arg(long, value_name = "PREFIX")]
+    pub(crate) prefix: Option<String>,
+    /// Print JSON (an array of records)
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct DeleteArgs {
+    #[command(flatten)]
+    pub(crate) replica: ReplicaArgs,
+    #[command(flatten)]
+    pub(crate) kv: KvArgs,
+    /// The key
+    pub(crate) key: String,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct SyncArgs {
+    #[command(flatten)]
+    pub(crate) replica: ReplicaArgs,
+    #[command(flatten)]
+    pub(crate) node: NodeArgs,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct WatchArgs {
+    #[command(flatten)]
+    pub(crate) replica: ReplicaArgs,
+    #[command(flatten)]
+    pub(crate) kv: KvArgs,
+    #[command(flatten)]
+    pub(crate) node: NodeArgs,
+    /// Print one JSON object per change
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Exit after this many changes have been printed
+    #[arg(long, value_name = "N")]
+    pub(crate) count: Option<u64>,
+}
+
+/// Which store an inspecting command reads, and which tenant's part of it.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct StoreArgs {
+    /// The replica's store directory [default: $XDG_DATA_HOME/weft/replica or
+    /// ~/.local/share/weft/replica]
+    #[arg(long, env = "WEFT_STORE", value_name = "DIR")]
+    pub(crate) store: Option<PathBuf>,
+    /// Only this tenant [default: every tenant in the store]
+    #[arg(long, env = "WEFT_TENANT")]
+    pub(crate) tenant: Option<TenantId>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// Print JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct HealthArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// Ask this node instead of the local replica
+    #[arg(long, value_name = "URL")]
+    pub(crate) node: Option<String>,
+    /// The capability token, for --node
+    #[arg(long, env = "WEFT_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub(crate) token: Option<String>,
+    /// Print JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum DeadLettersCommand {
+    /// List dead letters
+    #[command(after_help = concat!("Examples:\n  weft dead-letters list\n  weft dead-letters list --category push_permanent --json", "\n\n", exit_codes!()))]
+    List(DeadLetterArgs),
+    /// Retry dead letters with their nodes (a reconcile of their links); the ones that
+    /// go through are cleared
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  weft dead-letters retry\n",
+        "  weft dead-letters retry --category push_exhausted --json\n",
+        "\n",
+        "Uses the node address and token of the last `weft sync` of each tenant.\n",
+        "Exits 1 when some still fail, 3 when a node cannot be reached.",
+        "\n\n",
+        exit_codes!(),
+    ))]
+    Retry(DeadLetterArgs),
+    /// Remove dead letters without retrying them
+    #[command(after_help = concat!("Examples:\n  weft dead-letters clear --category pull_processing\n  weft dead-letters clear --cid <CID>", "\n\n", exit_codes!()))]
+    Clear(DeadLetterArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct DeadLetterArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    #[command(flatten)]
+    pub(crate) filter: DeadLetterFilterArgs,
+    /// Print JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct DeadLetterFilterArgs {
+    /// Only this category (repeat): push_permanent, push_exhausted, pull_processing,
+    /// pull_scope_rejected, closure
+    #[arg(long = "category", value_name = "CATEGORY")]
+    pub(crate) categories: Vec<DeadLetterCategory>,
+    /// Only failures with this node
+    #[arg(long, value_name = "URL")]
+    pub(crate) endpoint: Option<String>,
+    /// Only this message
+    #[arg(long, value_name = "CID")]
+    pub(crate) cid: Option<Cid>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct QuickstartArgs {
+    /// Keep the temporary directory (its path is printed)
+    #[arg(long)]
+    pub(crate) keep: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_model_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

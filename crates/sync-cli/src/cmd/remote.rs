@@ -1,0 +1,199 @@
+//! What the commands that talk to a node share: which node, which token, and the
+//! engine with the tenant registered for it.
+//!
+//! A store syncs each tenant with one node at a time: `weft sync --node X --token T`
+//! registers (or re-registers) the tenant's identity with endpoint X, scope and
+//! credentials from T, and the engine keeps the link's checkpoints in the store. Later
+//! commands without `--node` or `--token` reuse the registered ones.
+
+use anyhow::Context as _;
+use sync_engine::sync::{Connector, HttpConnector};
+use sync_engine::{Engine, Identity, Replica};
+use sync_ledger::RegisteredIdentity;
+use sync_transport::{ClientConfig, HttpClient, Token};
+use sync_types::{Endpoint, LinkKey, LinkState, Scope, TenantId};
+
+use crate::cli::{NODE_DEFAULT, NodeArgs, ReplicaArgs};
+use crate::exit::{Exit, coded, usage};
+use crate::{kv, paths};
+
+/// Parses a node address; a bare `HOST:PORT` means `http://HOST:PORT`.
+pub(crate) fn parse_endpoint(text: &str) -> anyhow::Result<Endpoint> {
+    let text = text.trim();
+    let full = if text.contains("://") {
+        text.to_owned()
+    } else {
+        format!("http://{text}")
+    };
+    let Some(authority) = full.strip_prefix("http://") else {
+        return Err(usage(format!(
+            "bad node address {text:?}: only http://HOST:PORT is supported (terminate TLS in front of the node)"
+        )));
+    };
+    let authority = authority.trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') {
+        return Err(usage(format!(
+            "bad node address {text:?}: expected http://HOST:PORT"
+        )));
+    }
+    Endpoint::new(format!("http://{authority}"))
+        .map_err(|e| usage(format!("bad node address {text:?}: {e}")))
+}
+
+/// The client settings of the CLI: the transport's defaults.
+pub(crate) fn client_config() -> ClientConfig {
+    ClientConfig::default()
+}
+
+/// A client of one node (for `health --node`).
+pub(crate) fn client(endpoint: &Endpoint, token: &str) -> anyhow::Result<HttpClient> {
+    HttpClient::with_token_text(endpoint, token, client_config())
+        .with_context(|| format!("cannot talk to {endpoint}"))
+}
+
+/// Parses token text; a malformed token is an authorization error (exit 4).
+pub(crate) fn parse_token(text: &str) -> anyhow::Result<Token> {
+    text.trim()
+        .parse()
+        .map_err(|e| coded(Exit::Refused, format!("bad token: {e}")))
+}
+
+/// An engine over a store, reaching nodes over HTTP.
+pub(crate) type HttpEngine = Engine<HttpConnector>;
+
+/// An engine over `replica`.
+pub(crate) fn engine(replica: Replica) -> HttpEngine {
+    Engine::builder(replica, HttpConnector::new(client_config())).build()
+}
+
+/// A store with a tenant registered for one node, and that node's link.
+pub(crate) struct Session {
+    pub(crate) engine: HttpEngine,
+    pub(crate) replica: Replica,
+    pub(crate) tenant: TenantId,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) scope: Scope,
+    pub(crate) token: String,
+    pub(crate) link: LinkKey,
+}
+
+impl Session {
+    /// Opens the store and registers the tenant for the node of `node` (flags, then
+    /// what is registered, then the default).
+    pub(crate) fn open(replica: &ReplicaArgs, node: &NodeArgs) -> anyhow::Result<Self> {
+        let dir = paths::replica_dir(replica.store.clone())?;
+        let store = kv::open_replica(&dir, true)?;
+        Self::over(store, replica.tenant.clone(), node)
+    }
+
+    /// Registers `tenant` of an open replica for the node of `node`.
+    pub(crate) fn over(
+        replica: Replica,
+        tenant: TenantId,
+        node: &NodeArgs,
+    ) -> anyhow::Result<Self> {
+        let registered = replica
+            .ledger()
+            .identities()
+            .get(&tenant)
+            .context("cannot read the registered identities")?;
+        let endpoint = match (&node.node, &registered) {
+            (Some(text), _) => parse_endpoint(text)?,
+            (None, Some(r)) if !r.endpoints.is_empty() => r.endpoints[0].clone(),
+            _ => parse_endpoint(NODE_DEFAULT)?,
+        };
+        let token_text = match (&node.token, &registered) {
+            (Some(t), _) => t.trim().to_owned(),
+            (None, Some(RegisteredIdentity { token: Some(t), .. })) => t.clone(),
+            _ => {
+                return Err(usage(format!(
+                    "no token for tenant {tenant}: pass --token or set WEFT_TOKEN (issue one with `weft token issue --tenant {tenant}`)"
+                )));
+            }
+        };
+        let token = parse_token(&token_text)?;
+        let claims = token.unverified_claims();
+        if claims.tenant != tenant {
+            return Err(usage(format!(
+                "the token is for tenant {}, not {tenant}: pass --tenant {}",
+                claims.tenant, claims.tenant
+            )));
+        }
+        let identity = Identity {
+            tenant: tenant.clone(),
+            endpoints: vec![endpoint.clone()],
+            scope: claims.scope.clone(),
+            authorization: claims.authorization(),
+            token: Some(token_text.clone()),
+        };
+        let engine = engine(replica.clone());
+        let same = registered.as_ref().is_some_and(|r| {
+            r.endpoints == identity.endpoints
+                && r.scope == identity.scope
+                && r.authorization == identity.authorization
+                && r.token == identity.token
+        });
+        let keys = match (&registered, same) {
+            (None, _) => engine.register_identity(identity.clone()),
+            (Some(_), false) => engine.update_identity(identity.clone()),
+            (Some(_), true) => Ok(engine
+                .links()?
+                .into_iter()
+                .filter(|l| l.key.tenant == tenant)
+                .map(|l| l.key)
+                .collect()),
+        }
+        .with_context(|| format!("cannot register tenant {tenant} for {endpoint}"))?;
+        let link = keys
+            .into_iter()
+            .find(|k| k.endpoint == endpoint)
+            .ok_or_else(|| anyhow::anyhow!("the engine made no link for {endpoint}"))?;
+        Ok(Self {
+            engine,
+            replica,
+            tenant,
+            endpoint,
+            scope: claims.scope.clone(),
+            token: token_text,
+            link,
+        })
+    }
+
+    /// The link's stored state.
+    pub(crate) fn link_state(&self) -> anyhow::Result<LinkState> {
+        self.replica
+            .ledger()
+            .links()
+            .get(&self.link)?
+            .ok_or_else(|| anyhow::anyhow!("link {} is not stored", self.link))
+    }
+
+    /// A transport client of the link's node with the session's token.
+    pub(crate) fn remote(&self) -> anyhow::Result<HttpClient> {
+        Ok(self
+            .engine
+            .connector()
+            .connect(&self.endpoint, Some(&self.token))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_addresses_parse_with_or_without_a_scheme() {
+        assert_eq!(
+            parse_endpoint("127.0.0.1:7700").unwrap().as_str(),
+            "http://127.0.0.1:7700"
+        );
+        assert_eq!(
+            parse_endpoint("http://localhost:1/").unwrap().as_str(),
+            "http://localhost:1"
+        );
+        for bad in ["https://x:1", "http://", "http://a:1/path", "ftp://x"] {
+            let err = parse_endpoint(bad).unwrap_err();
+            assert_eq!(crate::exit::classify(&err), Exit::Usage, "{bad}");
+        }
+    }
+}

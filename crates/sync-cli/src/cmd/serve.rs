@@ -1,0 +1,305 @@
+//! `weft serve`: a node on an embedded fjall store.
+//!
+//! Settings are resolved once, highest first: flags, `WEFT_*` environment variables
+//! (clap merges these two), the TOML config file, the defaults. Relative paths in the
+//! config file are relative to the file's directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+use sync_engine::{Replica, ReplicaHandler};
+use sync_transport::metrics::{Family, Metrics, Sample};
+use sync_transport::{ServerConfig, serve};
+
+use crate::cli::{LISTEN_DEFAULT, ServeArgs};
+use crate::exit::{Exit, coded, usage};
+use crate::{key, kv, out, paths};
+
+/// The config file's shape.
+#[derive(Deserialize, Default, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    key_file: Option<PathBuf>,
+    metrics: Option<bool>,
+    #[serde(default)]
+    limits: FileLimits,
+}
+
+#[derive(Deserialize, Default, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    connections_max: Option<usize>,
+    subscriptions_max: Option<usize>,
+    frame_bytes_max: Option<usize>,
+    request_time_ms_max: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
+    subscriber_queue_len_max: Option<usize>,
+    heartbeat_interval_ms: Option<u64>,
+    heartbeat_timeout_ms: Option<u64>,
+}
+
+/// Everything `serve` needs, resolved.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) listen: String,
+    pub(crate) key_file: PathBuf,
+    pub(crate) metrics: bool,
+    /// Limits left unset keep the transport's defaults.
+    limits: FileLimits,
+}
+
+impl Settings {
+    /// Merges flags and environment (`args`) over the config file over the defaults.
+    pub(crate) fn resolve(args: ServeArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => read_config(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = paths::node_dir(args.data_dir.or(file.data_dir))?;
+        let key_file = args
+            .key_file
+            .or(file.key_file)
+            .unwrap_or_else(|| paths::node_key_file(&data_dir));
+        let l = file.limits;
+        Ok(Self {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| LISTEN_DEFAULT.to_owned()),
+            metrics: !args.no_metrics && file.metrics.unwrap_or(true),
+            limits: FileLimits {
+                connections_max: args.connections_max.or(l.connections_max),
+                subscriptions_max: args.subscriptions_max.or(l.subscriptions_max),
+                frame_bytes_max: args.frame_bytes_max.or(l.frame_bytes_max),
+                request_time_ms_max: args.request_time_ms_max.or(l.request_time_ms_max),
+                shutdown_grace_ms: args.shutdown_grace_ms.or(l.shutdown_grace_ms),
+                subscriber_queue_len_max: args
+                    .subscriber_queue_len_max
+                    .or(l.subscriber_queue_len_max),
+                heartbeat_interval_ms: args.heartbeat_interval_ms.or(l.heartbeat_interval_ms),
+                heartbeat_timeout_ms: args.heartbeat_timeout_ms.or(l.heartbeat_timeout_ms),
+            },
+            data_dir,
+            key_file,
+        })
+    }
+
+    /// The transport's configuration: its defaults, with the limits that were set.
+    fn server_config(&self, key: sync_transport::TokenKey) -> ServerConfig {
+        let mut c = ServerConfig::new(key);
+        let l = &self.limits;
+        if let Some(v) = l.connections_max {
+            c.connections_max = v;
+        }
+        if let Some(v) = l.subscriptions_max {
+            c.subscriptions_max = v;
+        }
+        if let Some(v) = l.frame_bytes_max {
+            c.frame_bytes_max = v;
+        }
+        if let Some(v) = l.request_time_ms_max {
+            c.request_time_ms_max = v;
+        }
+        if let Some(v) = l.shutdown_grace_ms {
+            c.shutdown_grace_ms = v;
+        }
+        if let Some(v) = l.subscriber_queue_len_max {
+            c.subscriber_queue_len_max = v;
+        }
+        if let Some(v) = l.heartbeat_interval_ms {
+            c.heartbeat_interval_ms = v;
+        }
+        if let Some(v) = l.heartbeat_timeout_ms {
+            c.heartbeat_timeout_ms = v;
+        }
+        c
+    }
+}
+
+fn read_config(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage(format!("cannot read config file {}: {e}", path.display())))?;
+    let mut config: FileConfig = toml::from_str(&text)
+        .map_err(|e| usage(format!("bad config file {}: {e}", path.display())))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    for p in [&mut config.data_dir, &mut config.key_file]
+        .into_iter()
+        .flatten()
+    {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    }
+    Ok(config)
+}
+
+async fn resolve_listen(listen: &str) -> anyhow::Result<SocketAddr> {
+    let mut addrs = tokio::net::lookup_host(listen).await.map_err(|e| {
+        usage(format!(
+            "bad listen address {listen:?} (expected IP:PORT such as 127.0.0.1:7700): {e}"
+        ))
+    })?;
+    addrs
+        .next()
+        .ok_or_else(|| usage(format!("listen address {listen:?} resolves to nothing")))
+}
+
+/// Gauges the transport cannot know: each tenant's log head.
+fn log_positions(replica: Replica) -> impl Fn() -> Vec<Family> + Send + Sync + 'static {
+    move || {
+        let ledger = replica.ledger();
+        let mut heads = Vec::new();
+        for tenant in ledger.tenants().unwrap_or_default() {
+            if let Ok(Some(head)) = ledger.log_head(&tenant) {
+                heads.push(Sample::new(head.position as f64).label("tenant", tenant.as_str()));
+            }
+        }
+        vec![
+            Family::gauge(
+                "weft_tenants",
+                "Tenants with data on this node.",
+                vec![Sample::new(heads.len() as f64)],
+            ),
+            Family::gauge(
+                "weft_log_position",
+                "Position of the newest entry in each tenant's log.",
+                heads,
+            ),
+        ]
+    }
+}
+
+/// Runs the node until SIGINT or SIGTERM.
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<Exit> {
+    let settings = Settings::resolve(args)?;
+    let addr = resolve_listen(&settings.listen).await?;
+    std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
+        coded(
+            Exit::Store,
+            format!(
+                "cannot create data directory {}: {e}",
+                settings.data_dir.display()
+            ),
+        )
+    })?;
+    let (key, created) = key::load_or_create(&settings.key_file)?;
+    if created {
+        tracing::info!(key_file = %settings.key_file.display(), "created a new node key");
+    }
+    let store = paths::node_store(&settings.data_dir);
+    let replica = kv::open_replica(&store, true)?;
+    let mut config = settings.server_config(key);
+    if settings.metrics {
+        let metrics = Arc::new(Metrics::new());
+        metrics.add_source(log_positions(replica.clone()));
+        config.metrics = Some(metrics);
+    }
+    let grace_ms = config.shutdown_grace_ms;
+    let handler = Arc::new(ReplicaHandler::new(replica.clone()));
+    let server = serve(handler, config, addr).await.map_err(|e| {
+        coded(
+            Exit::Listen,
+            format!("cannot listen on {addr}: {}", describe_bind_error(&e)),
+        )
+    })?;
+    let local = server.local_addr();
+    tracing::info!(
+        address = %local,
+        store = %store.display(),
+        key_file = %settings.key_file.display(),
+        metrics = settings.metrics,
+        "node started"
+    );
+    out::line(format!("listening on http://{local}"))?;
+
+    let signal = shutdown_signal().await?;
+    tracing::info!(signal, grace_ms, "shutting down: finishing open requests");
+    server.shutdown().await;
+    replica
+        .ledger()
+        .persist(replica.durability())
+        .context("cannot flush the store on shutdown")?;
+    tracing::info!("node stopped");
+    Ok(Exit::Ok)
+}
+
+fn describe_bind_error(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => "address already in use".to_owned(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        std::io::ErrorKind::AddrNotAvailable => "address not available on this host".to_owned(),
+        _ => e.to_string(),
+    }
+}
+
+/// Waits for SIGINT or SIGTERM; returns its name.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+        tokio::select! {
+            _ = term.recv() => Ok("SIGTERM"),
+            _ = int.recv() => Ok("SIGINT"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot listen for Ctrl-C")?;
+        Ok("Ctrl-C")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_and_env_beat_the_config_file_which_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("weft.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"node\"\nlisten = \"127.0.0.1:9000\"\nmetrics = false\n[limits]\nconnections_max = 7\nshutdown_grace_ms = 100\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            listen: Some("127.0.0.1:9001".into()),
+            shutdown_grace_ms: Some(200),
+            ..ServeArgs::default()
+        };
+        let s = Settings::resolve(args).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:9001", "the flag wins");
+        assert_eq!(s.data_dir, dir.path().join("node"), "relative to the file");
+        assert_eq!(s.key_file, dir.path().join("node/node.key"));
+        assert!(!s.metrics);
+        let c = s.server_config(sync_transport::TokenKey::from_bytes([1; 32]));
+        assert_eq!(c.connections_max, 7, "from the file");
+        assert_eq!(c.shutdown_grace_ms, 200, "the flag wins");
+        assert_eq!(c.subscriptions_max, 4096, "the default");
+
+        std::fs::write(&file, "listen = 5\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            ..ServeArgs::default()
+        };
+        let err = Settings::resolve(args).unwrap_err();
+        assert_eq!(crate::exit::classify(&err), Exit::Usage);
+        std::fs::write(&file, "lsiten = \"x\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        };
+        assert!(format!("{:#}", Settings::resolve(args).unwrap_err()).contains("lsiten"));
+    }
+}

@@ -1,0 +1,306 @@
+//! The key-value layout of `put`, `get`, `list`, `delete` and `watch`.
+//!
+//! Records live under one protocol (default `weft:kv`) at one type path (default
+//! `entry`), configured by the first `put`. A key is a natural key: its record id is
+//! derived from (tenant, protocol, key), so two replicas writing the same key write
+//! versions of the same record and the merge rule picks one winner everywhere.
+//!
+//! Record ids are hashes, so the payload carries the key to let `list` and `watch` show
+//! it. Payload format, version 1: one byte `1`, the key's length as a big-endian `u16`,
+//! the key's UTF-8 bytes, then the value's bytes. Payloads in another layout are shown
+//! with their record id as the key and the whole payload as the value.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use sync_engine::{Receipt, Record, Replica};
+use sync_types::{PrincipalId, ProtocolName, ProtocolPath, RecordId, TenantId, TypeRule};
+
+use crate::cli::{KvArgs, ReplicaArgs};
+use crate::exit::{Exit, coded, usage};
+
+/// The protocol records are written under by default.
+pub(crate) const PROTOCOL_DEFAULT: &str = "weft:kv";
+/// The record type path by default.
+pub(crate) const PATH_DEFAULT: &str = "entry";
+/// The payload format's version byte.
+const FORMAT_VERSION: u8 = 1;
+/// Longest key, in bytes.
+pub(crate) const KEY_BYTES_MAX: usize = 1024;
+
+/// Encodes a payload.
+pub(crate) fn encode(key: &str, value: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(key.len()).expect("keys are checked against KEY_BYTES_MAX");
+    let mut out = Vec::with_capacity(3 + key.len() + value.len());
+    out.push(FORMAT_VERSION);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+/// Decodes a payload into its key and value; `None` for another layout.
+pub(crate) fn decode(data: &[u8]) -> Option<(&str, &[u8])> {
+    let (&version, rest) = data.split_first()?;
+    if version != FORMAT_VERSION || rest.len() < 2 {
+        return None;
+    }
+    let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+    let rest = &rest[2..];
+    if rest.len() < len {
+        return None;
+    }
+    let key = std::str::from_utf8(&rest[..len]).ok()?;
+    Some((key, &rest[len..]))
+}
+
+/// A key's value as a reader sees it.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    /// The key (or the record id for a payload in another layout).
+    pub(crate) key: String,
+    /// The value; `None` when the payload is a blob that has not arrived yet.
+    pub(crate) value: Option<Vec<u8>>,
+    /// The record's winning version.
+    pub(crate) record: Record,
+}
+
+impl Entry {
+    fn of(record: Record) -> Self {
+        let (key, value) = match record.data.as_deref().and_then(decode) {
+            Some((k, v)) => (k.to_owned(), Some(v.to_vec())),
+            None => (record.record_id.to_string(), record.data.clone()),
+        };
+        Self { key, value, record }
+    }
+
+    /// The value for a table cell: text, or a note for binary or missing data.
+    pub(crate) fn value_preview(&self, max_chars: usize) -> String {
+        match &self.value {
+            None => "(blob not yet received)".to_owned(),
+            Some(v) => match std::str::from_utf8(v) {
+                Ok(s) => {
+                    let one_line: String = s
+                        .chars()
+                        .map(|c| if c.is_control() { ' ' } else { c })
+                        .collect();
+                    if one_line.chars().count() > max_chars {
+                        let cut: String =
+                            one_line.chars().take(max_chars.saturating_sub(1)).collect();
+                        format!("{cut}…")
+                    } else {
+                        one_line
+                    }
+                }
+                Err(_) => format!("({} bytes, binary)", v.len()),
+            },
+        }
+    }
+
+    /// The entry as JSON: the value as `value` when it is UTF-8, else `value_base64`.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        let mut obj = serde_json::json!({
+            "key": self.key,
+            "record_id": self.record.record_id.to_string(),
+            "cid": self.record.cid.to_string(),
+            "protocol": self.record.protocol.as_str(),
+            "path": self.record.path.as_str(),
+            "author": self.record.author.as_str(),
+            "timestamp_ms": self.record.timestamp.wall_ms,
+            "deleted": self.record.deleted,
+        });
+        match &self.value {
+            Some(v) => match std::str::from_utf8(v) {
+                Ok(s) => obj["value"] = s.into(),
+                Err(_) => obj["value_base64"] = BASE64.encode(v).into(),
+            },
+            None => obj["value"] = serde_json::Value::Null,
+        }
+        obj
+    }
+}
+
+/// Opens the replica in `dir`. With `create` false, a missing directory is an error
+/// (reading an empty store that was never written is almost always a wrong `--store`).
+pub(crate) fn open_replica(dir: &Path, create: bool) -> anyhow::Result<Replica> {
+    if !create && !dir.exists() {
+        return Err(coded(
+            Exit::Store,
+            format!(
+                "no store at {} (write to it with `weft put` or `weft sync` first, or pass --store)",
+                dir.display()
+            ),
+        ));
+    }
+    if dir.exists() && !dir.is_dir() {
+        return Err(coded(
+            Exit::Store,
+            format!("cannot open store {}: not a directory", dir.display()),
+        ));
+    }
+    Replica::open(dir).with_context(|| format!("cannot open store {}", dir.display()))
+}
+
+/// A replica with the tenant, protocol, path and author of a key-value command.
+pub(crate) struct Kv {
+    pub(crate) replica: Replica,
+    pub(crate) dir: PathBuf,
+    pub(crate) tenant: TenantId,
+    pub(crate) protocol: ProtocolName,
+    pub(crate) path: ProtocolPath,
+    pub(crate) author: PrincipalId,
+}
+
+impl Kv {
+    /// Opens the store of `replica` for the layout `kv`.
+    pub(crate) fn open(replica: &ReplicaArgs, kv: &KvArgs, create: bool) -> anyhow::Result<Self> {
+        let dir = crate::paths::replica_dir(replica.store.clone())?;
+        let author = match &kv.author {
+            Some(a) => a.clone(),
+            None => PrincipalId::new(replica.tenant.as_str())
+                .context("the tenant is not a valid principal; pass --author")?,
+        };
+        Ok(Self {
+            replica: open_replica(&dir, create)?,
+            dir,
+            tenant: replica.tenant.clone(),
+            protocol: kv.protocol.clone(),
+            path: kv.path.clone(),
+            author,
+        })
+    }
+
+    /// Over an open replica (quickstart).
+    pub(crate) fn over(replica: Replica, tenant: TenantId) -> anyhow::Result<Self> {
+        Ok(Self {
+            replica,
+            dir: PathBuf::new(),
+            author: PrincipalId::new(tenant.as_str())?,
+            tenant,
+            protocol: ProtocolName::new(PROTOCOL_DEFAULT)?,
+            path: ProtocolPath::new(PATH_DEFAULT)?,
+        })
+    }
+
+    fn record_id(&self, key: &str) -> RecordId {
+        RecordId::from_natural_key(&self.tenant, &self.protocol, key.as_bytes())
+    }
+
+    /// Configures the protocol with the type path unless its current definition has it.
+    fn ensure_configured(&self) -> anyhow::Result<()> {
+        let current = self
+            .replica
+            .ledger()
+            .protocol_definition(&self.tenant, &self.protocol)
+            .context("cannot read the protocol's definition")?;
+        let mut types = match &current {
+            Some((_, c)) if c.definition.types.iter().any(|t| t.path == self.path) => {
+                return Ok(());
+            }
+            Some((_, c)) => c.definition.types.clone(),
+            None => Vec::new(),
+        };
+        let uses = current
+            .map(|(_, c)| c.definition.uses.clone())
+            .unwrap_or_default();
+        types.push(TypeRule {
+            path: self.path.clone(),
+            data_bytes_max: None,
+        });
+        self.replica
+            .configure(&self.tenant, &self.protocol, types, uses, &self.author)
+            .with_context(|| format!("cannot configure protocol {}", self.protocol))?;
+        Ok(())
+    }
+
+    /// Writes `value` under `key`.
+    pub(crate) fn put(&self, key: &str, value: &[u8]) -> anyhow::Result<Receipt> {
+        if key.is_empty() || key.len() > KEY_BYTES_MAX {
+            return Err(usage(format!(
+                "a key must be 1 to {KEY_BYTES_MAX} bytes long"
+            )));
+        }
+        self.ensure_configured()?;
+        self.replica
+            .put(
+                &self.tenant,
+                &self.protocol,
+                &self.path,
+                key.as_bytes(),
+                encode(key, value),
+                &self.author,
+            )
+            .with_context(|| format!("cannot write {key:?} to {}", self.dir.display()))
+    }
+
+    /// The live value of `key`.
+    pub(crate) fn get(&self, key: &str) -> anyhow::Result<Option<Entry>> {
+        let record = self
+            .replica
+            .get(&self.tenant, &self.record_id(key))
+            .with_context(|| format!("cannot read {key:?}"))?;
+        Ok(record.map(Entry::of))
+    }
+
+    /// Every live entry at the path, ordered by key.
+    pub(crate) fn list(&self, prefix: Option<&str>) -> anyhow::Result<Vec<Entry>> {
+        let records = self
+            .replica
+            .list(&self.tenant, &self.protocol, Some(&self.path))
+            .context("cannot list records")?;
+        let mut entries: Vec<Entry> = records
+            .into_iter()
+            .map(Entry::of)
+            .filter(|e| prefix.is_none_or(|p| e.key.starts_with(p)))
+            .collect();
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(entries)
+    }
+
+    /// Deletes `key`; `None` when it has no live value.
+    pub(crate) fn delete(&self, key: &str) -> anyhow::Result<Option<Receipt>> {
+        let id = self.record_id(key);
+        if self.replica.get(&self.tenant, &id)?.is_none() {
+            return Ok(None);
+        }
+        self.replica
+            .delete(&self.tenant, id, &self.author)
+            .map(Some)
+            .with_context(|| format!("cannot delete {key:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_round_trip_and_foreign_ones_are_refused() {
+        let data = encode("greeting", b"hello");
+        assert_eq!(decode(&data), Some(("greeting", &b"hello"[..])));
+        assert_eq!(decode(&encode("", b"")), Some(("", &b""[..])));
+        assert_eq!(decode(b""), None);
+        assert_eq!(decode(&[2, 0, 1, b'a']), None);
+        assert_eq!(decode(&[1, 0, 9, b'a']), None);
+    }
+
+    #[test]
+    fn put_get_list_delete_on_a_replica() {
+        let kv = Kv::over(Replica::in_memory().unwrap(), TenantId::new("t").unwrap()).unwrap();
+        kv.put("b", b"2").unwrap();
+        kv.put("a", b"1").unwrap();
+        kv.put("a", b"one").unwrap();
+        assert_eq!(
+            kv.get("a").unwrap().unwrap().value.as_deref(),
+            Some(&b"one"[..])
+        );
+        let keys: Vec<String> = kv.list(None).unwrap().into_iter().map(|e| e.key).collect();
+        assert_eq!(keys, ["a", "b"]);
+        assert!(kv.delete("a").unwrap().is_some());
+        assert!(kv.delete("a").unwrap().is_none());
+        assert!(kv.get("a").unwrap().is_none());
+        assert_eq!(kv.list(Some("b")).unwrap().len(), 1);
+    }
+}

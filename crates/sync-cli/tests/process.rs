@@ -1,0 +1,1055 @@
+//! The `weft` binary as its users run it: child processes on 127.0.0.1, in temporary
+//! directories, with the environment cleared of `WEFT_*` settings. Every child is killed
+//! by a guard when a test ends, passing or not.
+//!
+//! Covered: the README's tour and config example run line by line, serve, tokens, put
+//! on one replica and get on another after syncs, watch receiving a live change, `--json`
+//! outputs parsed, every documented exit code, dead letters, metrics, graceful shutdown
+//! with an in-flight sync and a live subscription, and the quickstart.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+/// Longest a command may take before the test fails (generous: CI machines are slow).
+const COMMAND_TIME_MAX: Duration = Duration::from_secs(60);
+
+// ---- harness -------------------------------------------------------------------------
+
+/// A temporary working directory with its own data home.
+struct Env {
+    dir: tempfile::TempDir,
+    vars: Vec<(String, String)>,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self {
+            dir,
+            vars: Vec::new(),
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn set(&mut self, k: &str, v: &str) {
+        self.vars.retain(|(key, _)| key != k);
+        self.vars.push((k.to_owned(), v.to_owned()));
+    }
+
+    /// A `weft` command in the directory, with only this env's `WEFT_*` variables.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(WEFT);
+        c.args(args).current_dir(self.dir.path());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("WEFT_") || k == "RUST_LOG" {
+                c.env_remove(k);
+            }
+        }
+        c.env("XDG_DATA_HOME", self.path("xdg"))
+            .env("HOME", self.path("home"))
+            .env("TMPDIR", self.dir.path());
+        for (k, v) in &self.vars {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Runs `weft args` to its end.
+    fn run(&self, args: &[&str]) -> Run {
+        run_command(self.command(args), args)
+    }
+
+    /// Runs and expects exit 0.
+    fn ok(&self, args: &[&str]) -> Run {
+        let r = self.run(args);
+        assert_eq!(r.code, 0, "weft {args:?} failed:\n{}", r.report());
+        r
+    }
+
+    /// Runs and expects `code`.
+    fn fails(&self, code: i32, args: &[&str]) -> Run {
+        let r = self.run(args);
+        assert_eq!(
+            r.code,
+            code,
+            "weft {args:?}: wrong exit code:\n{}",
+            r.report()
+        );
+        assert!(
+            r.stderr.contains("weft: error:") || code == 2,
+            "no error line for weft {args:?}:\n{}",
+            r.report()
+        );
+        assert!(!r.stderr.contains("panicked"), "{}", r.report());
+        r
+    }
+
+    /// Starts `weft serve` on a free port; waits until it listens.
+    fn serve(&self, data_dir: &str, extra: &[&str]) -> Node {
+        let mut args = vec!["serve", "--data-dir", data_dir, "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        self.serve_with(&args)
+    }
+
+    fn serve_with(&self, args: &[&str]) -> Node {
+        let mut bg = self.spawn(args);
+        let url = bg.wait_stdout(|l| l.strip_prefix("listening on ").map(str::to_owned));
+        Node { bg, url }
+    }
+
+    /// Starts a long-running command; its output is collected by threads.
+    fn spawn(&self, args: &[&str]) -> Background {
+        let mut c = self.command(args);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr2 = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let mut r = BufReader::new(err);
+            while r.read_line(&mut s).unwrap_or(0) > 0 {
+                stderr2.lock().unwrap().push_str(&s);
+                s.clear();
+            }
+        });
+        Background {
+            child: Some(child),
+            lines: rx,
+            stdout: Vec::new(),
+            stderr,
+            what: format!("{args:?}"),
+        }
+    }
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    what: String,
+}
+
+impl Run {
+    fn report(&self) -> String {
+        format!(
+            "weft {}\nexit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.what, self.code, self.stdout, self.stderr
+        )
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.report()))
+    }
+}
+
+fn run_command(mut c: Command, args: &[&str]) -> Run {
+    c.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
+    let child = c.spawn().unwrap();
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let output: Output = match rx.recv_timeout(COMMAND_TIME_MAX) {
+        Ok(o) => o.unwrap(),
+        Err(_) => {
+            signal(pid, "KILL");
+            panic!("weft {args:?} did not finish within {COMMAND_TIME_MAX:?}");
+        }
+    };
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        what: format!("{args:?}"),
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status();
+}
+
+/// A running child; killed when dropped.
+struct Background {
+    child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+    stdout: Vec<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    what: String,
+}
+
+impl Background {
+    /// Waits for a stdout line `f` accepts.
+    fn wait_stdout<T>(&mut self, f: impl Fn(&str) -> Option<T>) -> T {
+        let deadline = Instant::now() + COMMAND_TIME_MAX;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = f(&line);
+                    self.stdout.push(line);
+                    if let Some(t) = found {
+                        return t;
+                    }
+                }
+                Err(_) => panic!(
+                    "{}: the expected line never came\n--- stdout\n{}\n--- stderr\n{}",
+                    self.what,
+                    self.stdout.join("\n"),
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// Waits until stderr contains `text`.
+    fn wait_stderr(&self, text: &str) {
+        let deadline = Instant::now() + COMMAND_TIME_MAX;
+        while !self.stderr().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "{}: stderr never showed {text:?}:\n{}",
+                self.what,
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().unwrap().is_some())
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Waits for the exit; the collected stdout and stderr.
+    fn wait(&mut self) -> (ExitStatus, String, String) {
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + COMMAND_TIME_MAX;
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{} did not exit:\n{}", self.what, self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // The reader threads end at EOF.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.stdout.push(line);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        (status, self.stdout.join("\n"), self.stderr())
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A running `weft serve`.
+struct Node {
+    bg: Background,
+    url: String,
+}
+
+impl Node {
+    /// SIGTERM, and the exit status with stderr.
+    fn terminate(mut self) -> (ExitStatus, String) {
+        signal(self.bg.pid(), "TERM");
+        let (status, _, err) = self.bg.wait();
+        (status, err)
+    }
+
+    /// `GET path` on the node: status code and body.
+    fn get(&self, path: &str) -> (u16, String) {
+        let authority = self.url.strip_prefix("http://").unwrap();
+        let mut s = TcpStream::connect(authority).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status = text[9..12].parse().unwrap();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_owned();
+        (status, body)
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An env with a node, an owner token for tenant `demo`, and WEFT_NODE/TOKEN/TENANT set.
+fn env_with_node(extra: &[&str]) -> (Env, Node) {
+    let mut env = Env::new();
+    let node = env.serve("node", extra);
+    let token = env.ok(&[
+        "token",
+        "issue",
+        "--key-file",
+        "node/node.key",
+        "--tenant",
+        "demo",
+    ]);
+    env.set("WEFT_TOKEN", token.stdout.trim());
+    env.set("WEFT_NODE", &node.url);
+    env.set("WEFT_TENANT", "demo");
+    (env, node)
+}
+
+/// Splits a shell line into words: spaces separate, double quotes group.
+fn words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            ' ' if !quoted => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
+}
+
+fn readme() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap()
+}
+
+/// The lines of the README's tour block.
+fn tour_lines() -> Vec<String> {
+    let text = readme();
+    let start = text.find("<!-- tour:start -->").expect("tour start marker");
+    let end = text.find("<!-- tour:end -->").expect("tour end marker");
+    text[start..end]
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with('#') && !l.starts_with("```") && !l.starts_with("<!--")
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The README's TOML config example.
+fn readme_toml() -> String {
+    let text = readme();
+    let start = text.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let end = start + text[start..].find("```").unwrap();
+    text[start..end].to_owned()
+}
+
+// ---- the README ----------------------------------------------------------------------
+
+/// Runs the tour exactly as written (on a free port instead of 7700): `export` lines set
+/// variables (with `$(weft ...)` replaced by its output), lines ending in `&` run in the
+/// background, every other line must exit 0.
+#[test]
+fn readme_tour_runs() {
+    let mut env = Env::new();
+    let port = free_port().to_string();
+    let mut background: Vec<(String, Background)> = Vec::new();
+    let mut node_pid = None;
+    for raw in tour_lines() {
+        let line = raw.replace("7700", &port);
+        if let Some(assignments) = line.strip_prefix("export ") {
+            if let Some((k, v)) = assignments.split_once("=$(") {
+                let cmd = v.strip_suffix(')').unwrap();
+                let w = words(cmd);
+                assert_eq!(w[0], "weft", "{line}");
+                let args: Vec<&str> = w[1..].iter().map(String::as_str).collect();
+                let out = env.ok(&args);
+                env.set(k, out.stdout.trim());
+            } else {
+                for pair in words(assignments) {
+                    let (k, v) = pair.split_once('=').unwrap();
+                    env.set(k, v);
+                }
+            }
+            continue;
+        }
+        let (line, bg) = match line.strip_suffix('&') {
+            Some(l) => (l.trim().to_owned(), true),
+            None => (line, false),
+        };
+        let w = words(&line);
+        assert_eq!(w[0], "weft", "the tour only runs weft: {line}");
+        let args: Vec<&str> = w[1..].iter().map(String::as_str).collect();
+        if !bg {
+            env.ok(&args);
+            continue;
+        }
+        let mut b = env.spawn(&args);
+        match args[0] {
+            "serve" => {
+                b.wait_stdout(|l| l.starts_with("listening on ").then_some(()));
+                node_pid = Some(b.pid());
+            }
+            "watch" => b.wait_stderr("watching tenant"),
+            other => panic!("unexpected background command {other}"),
+        }
+        background.push((args[0].to_owned(), b));
+    }
+    // The watch printed the note written on A.
+    let (_, watch) = background
+        .iter_mut()
+        .find(|(name, _)| name == "watch")
+        .expect("the tour watches");
+    watch.wait_stdout(|l| l.contains("note written while B watches").then_some(()));
+    // The node shuts down gracefully.
+    signal(node_pid.expect("the tour runs a node"), "TERM");
+    let (_, node) = background.iter_mut().find(|(n, _)| n == "serve").unwrap();
+    let (status, _, stderr) = node.wait();
+    assert!(status.success(), "node exit {status}:\n{stderr}");
+    assert!(stderr.contains("shutting down"), "{stderr}");
+}
+
+/// The README's config example, with `weft serve --config weft.toml`.
+#[test]
+fn readme_config_example_serves() {
+    let env = Env::new();
+    let toml = readme_toml().replace("127.0.0.1:7700", "127.0.0.1:0");
+    std::fs::write(env.path("weft.toml"), toml).unwrap();
+    let line = "weft serve --config weft.toml";
+    assert!(readme().contains(line));
+    let w = words(line);
+    let args: Vec<&str> = w[1..].iter().map(String::as_str).collect();
+    let node = env.serve_with(&args);
+    assert!(
+        env.path("node/node.key").exists(),
+        "key under data_dir from the file"
+    );
+    assert!(env.path("node/store").is_dir());
+    let (code, body) = node.get("/metrics");
+    assert_eq!(code, 200, "metrics = true in the example");
+    assert!(body.contains("weft_connections_active"));
+    let (status, _) = node.terminate();
+    assert!(status.success());
+}
+
+/// Every `weft` command in the README's shell blocks is one these tests run.
+#[test]
+fn every_weft_command_in_the_readme_is_run() {
+    let text = readme();
+    let tour = tour_lines();
+    let mut in_sh = false;
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with("```") {
+            in_sh = l == "```sh";
+            continue;
+        }
+        if !in_sh || l.starts_with('#') || !l.contains("weft ") {
+            continue;
+        }
+        if l.starts_with("cargo ") || l.starts_with("export PATH") {
+            continue;
+        }
+        assert!(
+            tour.iter().any(|t| t == l) || l == "weft serve --config weft.toml",
+            "README command not run by a test: {l}"
+        );
+    }
+}
+
+// ---- commands ------------------------------------------------------------------------
+
+#[test]
+fn help_for_every_command_has_examples_and_exit_codes() {
+    let env = Env::new();
+    let top = env.ok(&["--help"]);
+    assert!(top.stdout.contains("Exit codes"), "{}", top.stdout);
+    assert!(top.stdout.contains("quickstart"));
+    for cmd in [
+        vec!["serve"],
+        vec!["token", "issue"],
+        vec!["token", "inspect"],
+        vec!["put"],
+        vec!["get"],
+        vec!["list"],
+        vec!["delete"],
+        vec!["sync"],
+        vec!["watch"],
+        vec!["status"],
+        vec!["links"],
+        vec!["health"],
+        vec!["dead-letters", "list"],
+        vec!["dead-letters", "retry"],
+        vec!["dead-letters", "clear"],
+        vec!["quickstart"],
+    ] {
+        let mut args = cmd.clone();
+        args.push("--help");
+        let r = env.ok(&args);
+        assert!(
+            r.stdout.contains("Example"),
+            "no examples in {cmd:?} --help"
+        );
+        assert!(
+            r.stdout.contains("Exit codes"),
+            "no exit codes in {cmd:?} --help"
+        );
+    }
+}
+
+/// serve, token, put on one replica, sync both, get on the other, and the JSON outputs.
+#[test]
+fn put_on_one_replica_get_on_another_through_a_node() {
+    let (env, node) = env_with_node(&[]);
+    env.ok(&["put", "--store", "a", "greeting", "hello"]);
+    env.ok(&["put", "--store", "a", "count", "3"]);
+    let sync = env.ok(&["sync", "--store", "a", "--json"]).json();
+    assert_eq!(
+        sync["pushed"]["messages"], 3,
+        "configure and two writes: {sync}"
+    );
+    assert_eq!(sync["converged"], true);
+    assert_eq!(sync["dead_letters"], 0);
+    let sync = env.ok(&["sync", "--store", "b", "--json"]).json();
+    assert_eq!(sync["pulled"]["messages"], 3, "{sync}");
+
+    assert_eq!(env.ok(&["get", "--store", "b", "greeting"]).stdout, "hello");
+    let got = env.ok(&["get", "--store", "b", "count", "--json"]).json();
+    assert_eq!(got["value"], "3");
+    assert_eq!(got["key"], "count");
+    let list = env.ok(&["list", "--store", "b", "--json"]).json();
+    let keys: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["count", "greeting"]);
+
+    // A delete travels too.
+    env.ok(&["delete", "--store", "b", "count"]);
+    env.ok(&["sync", "--store", "b"]);
+    env.ok(&["sync", "--store", "a"]);
+    env.fails(1, &["get", "--store", "a", "count"]);
+
+    // Inspection, as JSON.
+    let status = env.ok(&["status", "--store", "a", "--json"]).json();
+    assert_eq!(status["tenants"][0]["tenant"], "demo");
+    assert_eq!(status["links"][0]["node"], node.url.as_str());
+    assert_eq!(status["links"][0]["pending_outbound"], 0);
+    assert_eq!(status["health"]["healthy"], true);
+    let links = env.ok(&["links", "--store", "a", "--json"]).json();
+    assert_eq!(links.as_array().unwrap().len(), 1);
+    assert_eq!(links[0]["connectivity"], "online");
+    assert!(links[0]["last_sync_ms"].as_u64().is_some());
+    let health = env.ok(&["health", "--store", "a", "--json"]).json();
+    assert_eq!(health["healthy"], true);
+    let health = env.ok(&["health", "--node", &node.url, "--json"]).json();
+    assert_eq!(health["node"], node.url.as_str());
+    assert!(health["protocol_versions"].as_array().is_some());
+    let letters = env
+        .ok(&["dead-letters", "list", "--store", "a", "--json"])
+        .json();
+    assert_eq!(letters, Value::Array(vec![]));
+
+    // The token, inspected and verified.
+    let token = env
+        .vars
+        .iter()
+        .find(|(k, _)| k == "WEFT_TOKEN")
+        .unwrap()
+        .1
+        .clone();
+    let t = env
+        .ok(&[
+            "token",
+            "inspect",
+            "--key-file",
+            "node/node.key",
+            "--json",
+            &token,
+        ])
+        .json();
+    assert_eq!(t["tenant"], "demo");
+    assert_eq!(t["role"], "owner");
+    assert_eq!(t["verified"], true);
+    assert_eq!(t["actions"], serde_json::json!(["read", "write", "sync"]));
+}
+
+#[test]
+fn delegate_tokens_carry_scope_actions_and_expiry() {
+    let env = Env::new();
+    let r = env.ok(&[
+        "token",
+        "issue",
+        "--key-file",
+        "k.key",
+        "--tenant",
+        "demo",
+        "--delegate",
+        "phone",
+        "--protocol",
+        "weft:kv",
+        "--actions",
+        "read,sync",
+        "--expires-in",
+        "2h",
+    ]);
+    assert!(r.stderr.contains("created a new node key"));
+    let t = env
+        .ok(&[
+            "token",
+            "inspect",
+            "--key-file",
+            "k.key",
+            "--json",
+            r.stdout.trim(),
+        ])
+        .json();
+    assert_eq!(t["role"], "delegate");
+    assert_eq!(t["principal"], "phone");
+    assert_eq!(t["actions"], serde_json::json!(["read", "sync"]));
+    assert_eq!(
+        t["scope"],
+        serde_json::json!({ "ProtocolSet": ["weft:kv"] })
+    );
+    assert_eq!(t["expired"], false);
+    // A usage error: --protocol needs --delegate.
+    env.fails(
+        2,
+        &["token", "issue", "--key-file", "k.key", "--protocol", "x"],
+    );
+}
+
+#[test]
+fn watch_prints_a_live_change() {
+    let (env, _node) = env_with_node(&[]);
+    env.ok(&["put", "--store", "a", "before", "1"]);
+    env.ok(&["sync", "--store", "a"]);
+    env.ok(&["sync", "--store", "b"]);
+    let mut watch = env.spawn(&["watch", "--store", "b", "--json", "--count", "1"]);
+    watch.wait_stderr("watching tenant demo");
+    env.ok(&["put", "--store", "a", "live", "arrived"]);
+    env.ok(&["sync", "--store", "a"]);
+    let (status, stdout, stderr) = watch.wait();
+    assert!(status.success(), "{stderr}");
+    let change: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(change["op"], "put");
+    assert_eq!(change["key"], "live");
+    assert_eq!(change["value"], "arrived");
+    // B applied it durably: readable after the watch ended.
+    assert_eq!(env.ok(&["get", "--store", "b", "live"]).stdout, "arrived");
+}
+
+#[test]
+fn dead_letters_list_retry_and_clear() {
+    let (env, node) = env_with_node(&[]);
+    env.ok(&["put", "--store", "a", "k", "v"]);
+    env.ok(&["sync", "--store", "a"]);
+    // Record two dead letters in A's store as the engine would: a push failure of a
+    // message both sides now hold, and a closure failure, which convergence never clears.
+    {
+        let replica = sync_engine::Replica::open(env.path("a")).unwrap();
+        let tenant = sync_types::TenantId::new("demo").unwrap();
+        let sync_ledger::LogRead::Page(page) = replica.changes_since(&tenant, None, 10).unwrap()
+        else {
+            panic!("a fresh cursor is not a gap")
+        };
+        for (entry, category) in page.entries.iter().zip([
+            sync_types::DeadLetterCategory::PushExhausted,
+            sync_types::DeadLetterCategory::Closure,
+        ]) {
+            replica
+                .ledger()
+                .dead_letters()
+                .record(
+                    sync_types::DeadLetter {
+                        cid: entry.cid(),
+                        tenant: tenant.clone(),
+                        endpoint: sync_types::Endpoint::new(node.url.as_str()).unwrap(),
+                        protocol: None,
+                        category,
+                        error_code: None,
+                        error: "test failure".into(),
+                        attempts: 1,
+                        failed_at_ms: 1,
+                    },
+                    sync_ledger::Durability::SyncData,
+                )
+                .unwrap();
+        }
+    }
+    let letters = env
+        .ok(&["dead-letters", "list", "--store", "a", "--json"])
+        .json();
+    assert_eq!(letters.as_array().unwrap().len(), 2, "{letters}");
+    // Unhealthy: exit 1, and the table says so.
+    let h = env.fails(1, &["health", "--store", "a"]);
+    assert!(h.stdout.contains("NO"), "{}", h.report());
+    // Retry: the reconcile converges, which clears the push failure but not the closure
+    // failure, so one still fails.
+    let r = env.fails(1, &["dead-letters", "retry", "--store", "a", "--json"]);
+    let v = r.json();
+    assert_eq!(v["retried"], 2);
+    assert_eq!(v["went_through"], 1);
+    assert_eq!(v["still_failing"][0]["category"], "closure");
+    env.ok(&[
+        "dead-letters",
+        "clear",
+        "--store",
+        "a",
+        "--category",
+        "closure",
+    ]);
+    env.ok(&["health", "--store", "a"]);
+    assert_eq!(
+        env.ok(&["dead-letters", "list", "--store", "a", "--json"])
+            .json(),
+        Value::Array(vec![])
+    );
+}
+
+// ---- exit codes ----------------------------------------------------------------------
+
+#[test]
+fn exit_codes_mean_what_the_help_says() {
+    let (env, node) = env_with_node(&[]);
+
+    // 2: usage errors.
+    env.fails(2, &["put"]);
+    env.fails(2, &["frobnicate"]);
+    env.fails(2, &["sync", "--store", "a", "--node", "ftp://example.com"]);
+    env.fails(2, &["put", "--tenant", "bad^tenant", "k", "v"]);
+    env.fails(
+        2,
+        &["serve", "--data-dir", "n2", "--listen", "not-an-address"],
+    );
+    std::fs::write(env.path("bad.toml"), "listen = [").unwrap();
+    let r = env.fails(2, &["serve", "--config", "bad.toml"]);
+    assert!(r.stderr.contains("bad config file"), "{}", r.report());
+
+    // 1: the command ran but did not succeed.
+    env.ok(&["put", "--store", "a", "k", "v"]);
+    env.fails(1, &["get", "--store", "a", "missing"]);
+    env.fails(1, &["delete", "--store", "a", "missing"]);
+
+    // 3: cannot reach the node (nothing listens on a freed port).
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let r = env.fails(3, &["sync", "--store", "a", "--node", &dead]);
+    assert!(r.stderr.contains("weft: hint:"), "{}", r.report());
+    env.fails(3, &["health", "--node", &dead]);
+
+    // 4: authorization refused: a token from another key, a malformed one, a
+    // delegate without write access pushing.
+    let other = env.ok(&[
+        "token",
+        "issue",
+        "--key-file",
+        "other.key",
+        "--tenant",
+        "demo",
+    ]);
+    let r = env.fails(
+        4,
+        &[
+            "sync",
+            "--store",
+            "a",
+            "--node",
+            &node.url,
+            "--token",
+            other.stdout.trim(),
+        ],
+    );
+    assert!(r.stderr.contains("another node's key"), "{}", r.report());
+    env.fails(4, &["sync", "--store", "a", "--token", "weft1.garbage.x"]);
+    env.fails(
+        4,
+        &[
+            "token",
+            "inspect",
+            "--key-file",
+            "node/node.key",
+            other.stdout.trim(),
+        ],
+    );
+    let reader = env.ok(&[
+        "token",
+        "issue",
+        "--key-file",
+        "node/node.key",
+        "--tenant",
+        "demo",
+        "--delegate",
+        "reader",
+        "--actions",
+        "read,sync",
+    ]);
+    env.fails(
+        4,
+        &["sync", "--store", "a", "--token", reader.stdout.trim()],
+    );
+
+    // 5: the store cannot be opened: a file, or a store another process holds.
+    std::fs::write(env.path("not-a-dir"), "x").unwrap();
+    env.fails(5, &["put", "--store", "not-a-dir", "k", "v"]);
+    env.fails(5, &["list", "--store", "never-written"]);
+    env.ok(&["sync", "--store", "b"]);
+    let watch = env.spawn(&["watch", "--store", "b"]);
+    watch.wait_stderr("watching tenant");
+    let r = env.fails(5, &["list", "--store", "b"]);
+    assert!(r.stderr.contains("another weft process"), "{}", r.report());
+    drop(watch);
+
+    // 6: the address is taken.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let r = env.fails(6, &["serve", "--data-dir", "n3", "--listen", &addr]);
+    assert!(
+        r.stderr.contains("address already in use"),
+        "{}",
+        r.report()
+    );
+
+    // 0: a closed stdout is a normal end.
+    for i in 0..50 {
+        env.ok(&["put", "--store", "c", &format!("key-{i:02}"), "some value"]);
+    }
+    let mut c = env.command(&["list", "--store", "c"]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
+
+// ---- the node ------------------------------------------------------------------------
+
+#[test]
+fn metrics_count_requests_outcomes_and_log_positions() {
+    let (env, node) = env_with_node(&[]);
+    env.ok(&["put", "--store", "a", "k", "v"]);
+    env.ok(&["sync", "--store", "a"]);
+    let (code, body) = node.get("/metrics");
+    assert_eq!(code, 200);
+    for needle in [
+        "# TYPE weft_requests_total counter",
+        "weft_requests_total{kind=\"write_batch\",status=\"200\"}",
+        "weft_request_duration_seconds_bucket{kind=\"log_page\",le=\"+Inf\"}",
+        "weft_apply_outcomes_total{outcome=\"applied\"} 2",
+        "weft_log_position{tenant=\"demo\"} 2",
+        "weft_subscriptions_active 0",
+        "weft_tenants 1",
+    ] {
+        assert!(body.contains(needle), "missing {needle:?} in:\n{body}");
+    }
+    let received: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_received_bytes_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(received > 0);
+
+    let quiet = env.serve("node2", &["--no-metrics"]);
+    assert_eq!(quiet.get("/metrics").0, 404);
+}
+
+#[test]
+fn serve_takes_env_over_config_and_logs_json() {
+    let mut env = Env::new();
+    std::fs::write(
+        env.path("weft.toml"),
+        "data_dir = \"from-file\"\nlisten = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    env.set("WEFT_LISTEN", "127.0.0.1:0");
+    env.set("WEFT_CONFIG", "weft.toml");
+    let node = env.serve_with(&["serve", "--log-format", "json"]);
+    assert!(env.path("from-file/node.key").exists());
+    let (status, stderr) = node.terminate();
+    assert!(status.success());
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["message"] == "node started"),
+        "{stderr}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(env.path("from-file/node.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
+
+/// SIGTERM while a sync uploads a large value and a watch is subscribed: the node
+/// finishes or refuses cleanly, exits 0, the watch ends with exit 3 and a clear message,
+/// the sync either completed or says the node is unreachable, and after a restart
+/// everything converges intact.
+#[test]
+fn graceful_shutdown_with_an_in_flight_sync() {
+    let (mut env, node) = env_with_node(&["--shutdown-grace-ms", "5000"]);
+    env.ok(&["put", "--store", "b", "hello", "b"]);
+    env.ok(&["sync", "--store", "b"]);
+    let mut watch = env.spawn(&["watch", "--store", "b"]);
+    watch.wait_stderr("watching tenant");
+
+    let big: Vec<u8> = (0..6_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(env.path("big.bin"), &big).unwrap();
+    env.ok(&["put", "--store", "a", "big", "--file", "big.bin"]);
+    let open = |node: &Node| -> u64 {
+        let (_, body) = node.get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix("weft_connections_active "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let before = open(&node);
+    let mut sync = env.spawn(&["sync", "--store", "a"]);
+    // Wait until the sync holds a connection to the node (or has already finished).
+    let deadline = Instant::now() + COMMAND_TIME_MAX;
+    while open(&node) <= before && !sync.exited() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let data_dir = env.path("node");
+    let (status, stderr) = node.terminate();
+    assert!(status.success(), "node exit {status}:\n{stderr}");
+    assert!(stderr.contains("shutting down"), "{stderr}");
+
+    let (sync_status, _, sync_err) = sync.wait();
+    assert!(
+        matches!(sync_status.code(), Some(0 | 3)),
+        "sync exit {sync_status}:\n{sync_err}"
+    );
+    let (watch_status, _, watch_err) = watch.wait();
+    assert_eq!(watch_status.code(), Some(3), "{watch_err}");
+    assert!(watch_err.contains("shut down"), "{watch_err}");
+
+    // Restart on the same store: everything converges, the value intact.
+    let node = env.serve_with(&[
+        "serve",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    env.set("WEFT_NODE", &node.url);
+    env.ok(&["sync", "--store", "a", "--node", &node.url]);
+    env.ok(&["sync", "--store", "b", "--node", &node.url]);
+    let got = env.ok(&["get", "--store", "b", "big", "--json"]).json();
+    assert_eq!(
+        got["value"].as_str().map(str::len),
+        None,
+        "binary values come as base64"
+    );
+    let b64 = got["value_base64"].as_str().unwrap();
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    assert!(bytes == big, "the value arrived intact");
+    assert_eq!(env.ok(&["get", "--store", "a", "hello"]).stdout, "b");
+}
+
+#[test]
+fn quickstart_completes_and_cleans_up() {
+    let env = Env::new();
+    let r = env.ok(&["quickstart"]);
+    for needle in [
+        "Node listening on http://127.0.0.1:",
+        "applied on B",
+        "converged",
+        "min / median / max",
+        "Stopped the node and removed",
+    ] {
+        assert!(
+            r.stdout.contains(needle),
+            "missing {needle:?}:\n{}",
+            r.report()
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(env.dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("weft-quickstart-")
+        })
+        .collect();
+    assert!(left.is_empty(), "the quickstart left {left:?}");
+}
