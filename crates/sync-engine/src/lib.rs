@@ -24,6 +24,7 @@ pub mod machine;
 pub mod node;
 pub mod order;
 pub mod replica;
+pub mod sim;
 pub mod sync;
 
 pub use error::{Error, Result};

@@ -1,0 +1,770 @@
+//! Deterministic simulation: replicas and a node over a simulated network, from a seed.
+//!
+//! [`run`] builds a node and several replicas, all on in-memory stores, connects them
+//! through [`SimConnector`] (the real transport stack, in process: frames, tokens, the
+//! node's handler) and plays a random workload: writes, updates and deletes on random
+//! replicas, one-shot syncs, and faults: lost requests, lost responses (the request took
+//! effect, the caller saw an error), duplicated requests, latency, partitions, replica
+//! restarts with power loss, node restarts. Then the faults stop, every replica syncs
+//! until the roots agree, and [`run`] checks:
+//!
+//! - every replica and the node hold the same tree root and the same records;
+//! - no acknowledged write is lost: its record's winner is the write or a version that
+//!   orders after it;
+//! - no delete is undone: a deleted record's winner is the delete or a version that
+//!   orders after it.
+//!
+//! Everything runs on one thread with tokio's paused clock, and the workload runs one
+//! step at a time (each awaited to completion), so a seed replays the same run exactly.
+//! A failure names its seed; `SIM_SEED=<seed> cargo test -p sync-engine --test simulation
+//! replay` runs it again.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sync_ledger::{Durability, Ledger, MemoryStore};
+use sync_transport::proto::{
+    BlobReadRequest, BlobStat, BlobStatRequest, BlobWriteRequest, DiffReply, DiffRequest,
+    HealthReply, LogPageReply, LogPageRequest, ReadMessagesReply, ReadMessagesRequest, RootReply,
+    RootRequest, SubscribeRequest, WriteBatchReply, WriteBatchRequest,
+};
+use sync_transport::{
+    BlobDownload, BlobSource, Claims, InProcessClient, Node, Remote, ServerConfig, Subscription,
+    Token, TokenKey, TransportError,
+};
+use sync_types::{
+    Clock, Endpoint, GrantId, Hlc, NodeId, PrincipalId, ProtocolName, ProtocolPath, RecordId,
+    Scope, TenantId, TypeRule,
+};
+
+use crate::node::ReplicaHandler;
+use crate::replica::Replica;
+use crate::sync::{Connector, Engine, Identity, InProcessConnector};
+
+/// Fault rates, in parts per thousand of the chances they get.
+#[derive(Clone, Debug)]
+pub struct Faults {
+    /// A request is lost before the node sees it.
+    pub request_loss: u32,
+    /// The node handles a request, and the response is lost.
+    pub response_loss: u32,
+    /// The node receives a request twice.
+    pub duplicate: u32,
+    /// Largest one-way latency, in milliseconds of virtual time.
+    pub latency_ms_max: u64,
+    /// Per step: a replica is partitioned from the node, or healed.
+    pub partition: u32,
+    /// Per step: a replica restarts, losing what was not synced to disk.
+    pub replica_restart: u32,
+    /// Per step: the node restarts, losing what was not synced to disk.
+    pub node_restart: u32,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            request_loss: 60,
+            response_loss: 60,
+            duplicate: 60,
+            latency_ms_max: 40,
+            partition: 40,
+            replica_restart: 30,
+            node_restart: 15,
+        }
+    }
+}
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The seed: the whole run follows from it.
+    pub seed: u64,
+    /// Number of replicas (each its own device).
+    pub replicas: usize,
+    /// Workload steps before the faults stop.
+    pub steps: usize,
+    /// Distinct record keys (fewer keys, more concurrent edits of one record).
+    pub keys: u32,
+    /// Fault rates.
+    pub faults: Faults,
+    /// Most sync rounds (every replica once) after the faults stop; 0 skips settling, so
+    /// the checks see the replicas as the faults left them (a test of the checks).
+    pub settle_rounds_max: usize,
+}
+
+impl SimConfig {
+    /// Defaults for `seed`: 3 replicas, 60 steps, 6 keys, default faults.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            replicas: 3,
+            steps: 60,
+            keys: 6,
+            faults: Faults::default(),
+            settle_rounds_max: 8,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimReport {
+    /// The seed.
+    pub seed: u64,
+    /// Acknowledged writes.
+    pub writes: u64,
+    /// Acknowledged deletes.
+    pub deletes: u64,
+    /// One-shot syncs run (with faults on).
+    pub syncs: u64,
+    /// Requests lost.
+    pub requests_lost: u64,
+    /// Responses lost.
+    pub responses_lost: u64,
+    /// Requests duplicated.
+    pub duplicated: u64,
+    /// Partitions started.
+    pub partitions: u64,
+    /// Replica restarts.
+    pub replica_restarts: u64,
+    /// Node restarts.
+    pub node_restarts: u64,
+    /// Sync rounds it took to converge after the faults stopped.
+    pub settle_rounds: u64,
+}
+
+impl SimReport {
+    /// Faults injected in the run.
+    pub fn faults(&self) -> u64 {
+        self.requests_lost
+            + self.responses_lost
+            + self.duplicated
+            + self.partitions
+            + self.replica_restarts
+            + self.node_restarts
+    }
+}
+
+/// A failed run.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error(
+    "simulation seed {seed} failed: {message} (replay: SIM_SEED={seed} cargo test -p sync-engine --test simulation replay)"
+)]
+pub struct SimFailure {
+    /// The seed that fails.
+    pub seed: u64,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// A small deterministic generator (splitmix64).
+#[derive(Clone, Debug)]
+pub struct SimRng(u64);
+
+impl SimRng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, n)`; 0 when `n` is 0.
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
+
+    /// True with probability `per_mille / 1000`.
+    pub fn chance(&mut self, per_mille: u32) -> bool {
+        self.below(1000) < u64::from(per_mille)
+    }
+}
+
+/// Virtual wall time: tokio's (paused) clock plus a fixed base.
+#[derive(Debug)]
+struct SimClock {
+    start: tokio::time::Instant,
+    base_ms: u64,
+}
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        self.base_ms + u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests_lost: AtomicU64,
+    responses_lost: AtomicU64,
+    duplicated: AtomicU64,
+}
+
+/// The simulated network shared by every replica's connector.
+#[derive(Debug)]
+pub struct SimNet {
+    rng: Mutex<SimRng>,
+    faults: Mutex<Faults>,
+    partitioned: Mutex<HashSet<usize>>,
+    counters: Counters,
+    nodes: InProcessConnector<ReplicaHandler>,
+}
+
+impl SimNet {
+    fn draw(&self, per_mille: impl Fn(&Faults) -> u32) -> bool {
+        let p = per_mille(&self.faults.lock().unwrap_or_else(|e| e.into_inner()));
+        self.rng.lock().unwrap_or_else(|e| e.into_inner()).chance(p)
+    }
+
+    fn latency(&self) -> Duration {
+        let max = self
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .latency_ms_max;
+        Duration::from_millis(
+            self.rng
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .below(max + 1),
+        )
+    }
+
+    fn is_partitioned(&self, replica: usize) -> bool {
+        self.partitioned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&replica)
+    }
+}
+
+/// One replica's way onto the simulated network.
+#[derive(Debug, Clone)]
+pub struct SimConnector {
+    net: Arc<SimNet>,
+    replica: usize,
+}
+
+impl Connector for SimConnector {
+    type Remote = SimRemote;
+
+    fn connect(
+        &self,
+        endpoint: &Endpoint,
+        token: Option<&str>,
+    ) -> Result<SimRemote, TransportError> {
+        if self.net.is_partitioned(self.replica) {
+            return Err(TransportError::Unreachable("partitioned".into()));
+        }
+        let inner = self.net.nodes.connect(endpoint, token)?;
+        Ok(SimRemote {
+            inner,
+            net: self.net.clone(),
+            replica: self.replica,
+        })
+    }
+}
+
+/// A client whose calls cross the simulated network.
+#[derive(Clone)]
+pub struct SimRemote {
+    inner: InProcessClient<ReplicaHandler>,
+    net: Arc<SimNet>,
+    replica: usize,
+}
+
+impl std::fmt::Debug for SimRemote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimRemote")
+            .field("replica", &self.replica)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimRemote {
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, TransportError>
+    where
+        F: Fn(InProcessClient<ReplicaHandler>) -> Fut,
+        Fut: Future<Output = Result<T, TransportError>>,
+    {
+        let net = &self.net;
+        if net.is_partitioned(self.replica) {
+            return Err(TransportError::Unreachable("partitioned".into()));
+        }
+        tokio::time::sleep(net.latency()).await;
+        if net.draw(|f| f.request_loss) {
+            net.counters.requests_lost.fetch_add(1, Ordering::Relaxed);
+            return Err(TransportError::Unreachable("request lost".into()));
+        }
+        let mut reply = f(self.inner.clone()).await;
+        if net.draw(|f| f.duplicate) {
+            net.counters.duplicated.fetch_add(1, Ordering::Relaxed);
+            reply = f(self.inner.clone()).await;
+        }
+        tokio::time::sleep(net.latency()).await;
+        if net.draw(|f| f.response_loss) {
+            net.counters.responses_lost.fetch_add(1, Ordering::Relaxed);
+            return Err(TransportError::Unreachable("response lost".into()));
+        }
+        reply
+    }
+}
+
+impl Remote for SimRemote {
+    async fn root(&self, req: RootRequest) -> Result<RootReply, TransportError> {
+        self.call(|c| {
+            let req = req.clone();
+            async move { c.root(req).await }
+        })
+        .await
+    }
+    async fn diff_round(&self, req: DiffRequest) -> Result<DiffReply, TransportError> {
+        self.call(|c| {
+            let req = req.clone();
+            async move { c.diff_round(req).await }
+        })
+        .await
+    }
+    async fn log_page(&self, req: LogPageRequest) -> Result<LogPageReply, TransportError> {
+        self.call(|c| {
+            let req = req.clone();
+            async move { c.log_page(req).await }
+        })
+        .await
+    }
+    async fn read_messages(
+        &self,
+        req: ReadMessagesRequest,
+    ) -> Result<ReadMessagesReply, TransportError> {
+        self.call(|c| {
+            let req = req.clone();
+            async move { c.read_messages(req).await }
+        })
+        .await
+    }
+    async fn write_batch(&self, req: WriteBatchRequest) -> Result<WriteBatchReply, TransportError> {
+        self.call(|c| {
+            let req = req.clone();
+            async move { c.write_batch(req).await }
+        })
+        .await
+    }
+    async fn blob_stat(&self, req: BlobStatRequest) -> Result<BlobStat, TransportError> {
+        self.call(|c| {
+            let req = req.clone();
+            async move { c.blob_stat(req).await }
+        })
+        .await
+    }
+    async fn blob_read(&self, req: BlobReadRequest) -> Result<BlobDownload, TransportError> {
+        self.call(|c| {
+            let req = req.clone();
+            async move { c.blob_read(req).await }
+        })
+        .await
+    }
+    async fn blob_write(
+        &self,
+        req: BlobWriteRequest,
+        source: BlobSource,
+    ) -> Result<BlobStat, TransportError> {
+        // A stream cannot be replayed, so uploads are not duplicated; loss still applies.
+        if self.net.is_partitioned(self.replica) {
+            return Err(TransportError::Unreachable("partitioned".into()));
+        }
+        self.inner.blob_write(req, source).await
+    }
+    async fn health(&self) -> Result<HealthReply, TransportError> {
+        self.call(|c| async move { c.health().await }).await
+    }
+    async fn subscribe(&self, req: SubscribeRequest) -> Result<Subscription, TransportError> {
+        if self.net.is_partitioned(self.replica) {
+            return Err(TransportError::Unreachable("partitioned".into()));
+        }
+        self.inner.subscribe(req).await
+    }
+}
+
+fn tenant() -> TenantId {
+    TenantId::new("did:sim:tenant").expect("valid")
+}
+fn protocol() -> ProtocolName {
+    ProtocolName::new("https://sim.example/kv").expect("valid")
+}
+fn path() -> ProtocolPath {
+    ProtocolPath::new("entry").expect("valid")
+}
+fn author() -> PrincipalId {
+    PrincipalId::new("did:sim:author").expect("valid")
+}
+
+struct Device {
+    store: MemoryStore,
+    engine: Engine<SimConnector>,
+}
+
+/// An acknowledged write or delete: its record and order key.
+#[derive(Clone, Copy, Debug)]
+struct Acked {
+    record: RecordId,
+    order: (Hlc, sync_types::Cid),
+    delete: bool,
+}
+
+struct World {
+    config: SimConfig,
+    rng: SimRng,
+    net: Arc<SimNet>,
+    clock: Arc<SimClock>,
+    endpoint: Endpoint,
+    token: String,
+    key: TokenKey,
+    node_store: MemoryStore,
+    node: Replica,
+    devices: Vec<Device>,
+    acked: Vec<Acked>,
+    report: SimReport,
+}
+
+fn fail(seed: u64, message: impl Into<String>) -> SimFailure {
+    SimFailure {
+        seed,
+        message: message.into(),
+    }
+}
+
+impl World {
+    fn open_replica(&self, store: &MemoryStore, node: u64) -> Result<Replica, SimFailure> {
+        let seed = self.config.seed ^ node.wrapping_mul(0x1000_0000_01b3);
+        let ledger = Ledger::builder()
+            .seed(seed)
+            .open(store.clone())
+            .map_err(|e| fail(self.config.seed, format!("open: {e}")))?;
+        Replica::builder()
+            .node_id(NodeId(node))
+            .clock(self.clock.clone())
+            .durability(Durability::SyncData)
+            .seed(seed)
+            .with_ledger(ledger)
+            .map_err(|e| fail(self.config.seed, format!("open replica: {e}")))
+    }
+
+    fn start_node(&mut self) -> Result<(), SimFailure> {
+        self.node = self.open_replica(&self.node_store.clone(), 1_000)?;
+        let mut config = ServerConfig::new(self.key.clone());
+        config.clock = self.clock.clone();
+        let node = Node::new(Arc::new(ReplicaHandler::new(self.node.clone())), config);
+        self.net.nodes.insert(self.endpoint.clone(), node);
+        Ok(())
+    }
+
+    fn open_device(&self, index: usize, store: MemoryStore) -> Result<Device, SimFailure> {
+        let replica = self.open_replica(&store, index as u64 + 1)?;
+        let connector = SimConnector {
+            net: self.net.clone(),
+            replica: index,
+        };
+        let engine = Engine::builder(replica, connector)
+            .seed(self.config.seed ^ ((index as u64) << 8))
+            .build();
+        // A restarted replica finds its identity in its ledger.
+        let registered = engine
+            .identities()
+            .map_err(|e| fail(self.config.seed, format!("identities: {e}")))?;
+        if registered.is_empty() {
+            let identity =
+                Identity::owner(tenant(), vec![self.endpoint.clone()], self.token.clone());
+            engine
+                .register_identity(identity)
+                .map_err(|e| fail(self.config.seed, format!("register: {e}")))?;
+        }
+        Ok(Device { store, engine })
+    }
+
+    fn restart_device(&mut self, index: usize) -> Result<(), SimFailure> {
+        let store = self.devices[index].store.clone();
+        // Drop the old replica before its store "loses power".
+        let placeholder = self.open_device(index, MemoryStore::new())?;
+        drop(std::mem::replace(&mut self.devices[index], placeholder));
+        let keep = self.rng.below(store.unsynced_batches() as u64 + 1);
+        store.simulate_power_loss(usize::try_from(keep).unwrap_or(usize::MAX));
+        self.devices[index] = self.open_device(index, store)?;
+        self.report.replica_restarts += 1;
+        Ok(())
+    }
+
+    fn restart_node(&mut self) -> Result<(), SimFailure> {
+        self.net.nodes.remove(&self.endpoint);
+        self.node = Replica::in_memory().map_err(|e| fail(self.config.seed, e.to_string()))?;
+        let keep = self
+            .rng
+            .below(self.node_store.unsynced_batches() as u64 + 1);
+        self.node_store
+            .simulate_power_loss(usize::try_from(keep).unwrap_or(usize::MAX));
+        self.start_node()?;
+        self.report.node_restarts += 1;
+        Ok(())
+    }
+
+    fn write(&mut self, index: usize) {
+        let key = self.rng.below(u64::from(self.config.keys));
+        let replica = self.devices[index].engine.replica().clone();
+        let record = RecordId::from_natural_key(&tenant(), &protocol(), &key.to_be_bytes());
+        let delete = self.rng.chance(200) && matches!(replica.get(&tenant(), &record), Ok(Some(_)));
+        let result = if delete {
+            replica.delete(&tenant(), record, &author())
+        } else {
+            let value = format!("r{index} v{}", self.rng.next_u64()).into_bytes();
+            replica.put(
+                &tenant(),
+                &protocol(),
+                &path(),
+                &key.to_be_bytes(),
+                value,
+                &author(),
+            )
+        };
+        if let Ok(receipt) = result
+            && let Ok(Some(stored)) = replica.ledger().get_message(&tenant(), &receipt.cid)
+        {
+            self.acked.push(Acked {
+                record,
+                order: (stored.message.timestamp(), receipt.cid),
+                delete,
+            });
+            if delete {
+                self.report.deletes += 1;
+            } else {
+                self.report.writes += 1;
+            }
+        }
+    }
+
+    async fn step(&mut self) -> Result<(), SimFailure> {
+        let n = self.devices.len();
+        let index = usize::try_from(self.rng.below(n as u64)).unwrap_or(0);
+        let faults = self.config.faults.clone();
+        let roll = self.rng.below(1000);
+        if roll < 450 {
+            self.write(index);
+        } else if roll < 800 {
+            self.devices[index].engine.sync_once().await;
+            self.report.syncs += 1;
+        } else if self.rng.chance(faults.partition * 5) {
+            let mut partitioned = self
+                .net
+                .partitioned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !partitioned.remove(&index) {
+                partitioned.insert(index);
+                self.report.partitions += 1;
+            }
+        } else if self.rng.chance(faults.replica_restart * 5) {
+            self.restart_device(index)?;
+        } else if self.rng.chance(faults.node_restart * 5) {
+            self.restart_node()?;
+        }
+        tokio::time::sleep(Duration::from_millis(self.rng.below(200))).await;
+        Ok(())
+    }
+
+    async fn settle(&mut self) -> Result<(), SimFailure> {
+        let seed = self.config.seed;
+        if self.config.settle_rounds_max == 0 {
+            // No settling: the checks then see the replicas as the faults left them.
+            return Ok(());
+        }
+        self.net
+            .partitioned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        *self.net.faults.lock().unwrap_or_else(|e| e.into_inner()) = Faults {
+            request_loss: 0,
+            response_loss: 0,
+            duplicate: 0,
+            partition: 0,
+            replica_restart: 0,
+            node_restart: 0,
+            latency_ms_max: 0,
+        };
+        let node_root = |w: &World| {
+            w.node
+                .root(&tenant(), &Scope::Full)
+                .map_err(|e| fail(seed, e.to_string()))
+        };
+        for round in 1..=self.config.settle_rounds_max {
+            for device in &self.devices {
+                device.engine.sync_once().await;
+            }
+            let root = node_root(self)?;
+            let mut agree = true;
+            for d in &self.devices {
+                agree &= d
+                    .engine
+                    .replica()
+                    .root(&tenant(), &Scope::Full)
+                    .map_err(|e| fail(seed, e.to_string()))?
+                    == root;
+            }
+            if agree {
+                self.report.settle_rounds = round as u64;
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Err(fail(
+            seed,
+            format!(
+                "roots still differ after {} sync rounds without faults",
+                self.config.settle_rounds_max
+            ),
+        ))
+    }
+
+    fn check(&self) -> Result<(), SimFailure> {
+        let seed = self.config.seed;
+        let records = |r: &Replica| -> Result<Vec<(RecordId, sync_types::Cid, bool)>, SimFailure> {
+            let mut out = Vec::new();
+            for k in 0..self.config.keys {
+                let record =
+                    RecordId::from_natural_key(&tenant(), &protocol(), &u64::from(k).to_be_bytes());
+                if let Some(rec) = r
+                    .get_with_tombstone(&tenant(), &record)
+                    .map_err(|e| fail(seed, e.to_string()))?
+                {
+                    out.push((record, rec.cid, rec.deleted));
+                }
+            }
+            Ok(out)
+        };
+        let expected = records(&self.node)?;
+        for (i, d) in self.devices.iter().enumerate() {
+            let got = records(d.engine.replica())?;
+            if got != expected {
+                return Err(fail(
+                    seed,
+                    format!("replica {i} records differ from the node's: {got:?} vs {expected:?}"),
+                ));
+            }
+        }
+        let ledger = self.node.ledger();
+        for a in &self.acked {
+            let head = ledger
+                .record_head(&tenant(), &a.record)
+                .map_err(|e| fail(seed, e.to_string()))?
+                .ok_or_else(|| {
+                    fail(
+                        seed,
+                        format!(
+                            "acknowledged {} of record {} is lost: no record",
+                            if a.delete { "delete" } else { "write" },
+                            a.record
+                        ),
+                    )
+                })?;
+            if head.winner.order_key() < a.order {
+                return Err(fail(
+                    seed,
+                    format!(
+                        "acknowledged {} {} of record {} lost: the winner {} orders before it",
+                        if a.delete { "delete" } else { "write" },
+                        a.order.1,
+                        a.record,
+                        head.winner.cid
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs one simulation; see the module docs.
+pub async fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
+    let seed = config.seed;
+    let clock = Arc::new(SimClock {
+        start: tokio::time::Instant::now(),
+        base_ms: 1_700_000_000_000,
+    });
+    let key = TokenKey::derive(&seed.to_be_bytes());
+    let token = Token::issue(
+        &key,
+        Claims::owner(
+            tenant(),
+            author(),
+            GrantId::new("sim").expect("valid"),
+            u64::MAX,
+        ),
+    )
+    .to_string();
+    let net = Arc::new(SimNet {
+        rng: Mutex::new(SimRng::new(seed ^ 0x5eed)),
+        faults: Mutex::new(config.faults.clone()),
+        partitioned: Mutex::default(),
+        counters: Counters::default(),
+        nodes: InProcessConnector::new(),
+    });
+    let mut world = World {
+        rng: SimRng::new(seed),
+        endpoint: Endpoint::new("http://node.sim").expect("valid"),
+        node: Replica::in_memory().map_err(|e| fail(seed, e.to_string()))?,
+        node_store: MemoryStore::new(),
+        devices: Vec::new(),
+        acked: Vec::new(),
+        report: SimReport {
+            seed,
+            ..SimReport::default()
+        },
+        token,
+        key,
+        net,
+        clock,
+        config,
+    };
+    world.start_node()?;
+    for i in 0..world.config.replicas {
+        let device = world.open_device(i, MemoryStore::new())?;
+        let types = vec![TypeRule {
+            path: path(),
+            data_bytes_max: None,
+        }];
+        device
+            .engine
+            .replica()
+            .configure(&tenant(), &protocol(), types, vec![], &author())
+            .map_err(|e| fail(seed, format!("configure: {e}")))?;
+        world.devices.push(device);
+    }
+    for _ in 0..world.config.steps {
+        world.step().await?;
+    }
+    world.settle().await?;
+    world.check()?;
+    let c = &world.net.counters;
+    world.report.requests_lost = c.requests_lost.load(Ordering::Relaxed);
+    world.report.responses_lost = c.responses_lost.load(Ordering::Relaxed);
+    world.report.duplicated = c.duplicated.load(Ordering::Relaxed);
+    Ok(world.report)
+}
+
+/// Runs one simulation on a fresh single-threaded runtime with a paused clock.
+pub fn run_blocking(config: SimConfig) -> Result<SimReport, SimFailure> {
+    let seed = config.seed;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .map_err(|e| fail(seed, format!("runtime: {e}")))?;
+    runtime.block_on(run(config))
+}
