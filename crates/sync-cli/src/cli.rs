@@ -179,9 +179,10 @@ pub(crate) enum Command {
         "  weft watch --store ./b --tenant demo\n",
         "  weft watch --json --count 1          exit after the first change\n",
         "\n",
-        "Syncs once, then subscribes to the node from the replica's pull checkpoint and\n",
-        "applies every change to the local store as it arrives, printing it. On a gap or a\n",
-        "disconnect it syncs again and resubscribes. Stops on Ctrl-C.",
+        "Syncs once (exit 3 or 4 at once when the node cannot be reached or refuses the\n",
+        "token), then runs the engine's live driver: it subscribes from the replica's pull\n",
+        "checkpoint, applies and prints every change as it arrives, pushes local writes at\n",
+        "once, and reconnects by itself when the node restarts. Stops on Ctrl-C or SIGTERM.",
         "\n\n",
         exit_codes!(),
     ))]

@@ -12,12 +12,13 @@ use sync_engine::ReplicaHandler;
 use sync_transport::metrics::Metrics;
 use sync_transport::{Claims, ServerConfig, Token, serve};
 use sync_types::{Clock as _, GrantId, PrincipalId, Scope, SystemClock, TenantId};
-use tokio::sync::{broadcast, mpsc};
+use sync_types::{LinkStatus, SyncEvent};
+use tokio::sync::broadcast;
 
 use crate::cli::{NodeArgs, QuickstartArgs};
 use crate::cmd::remote::Session;
 use crate::cmd::sync::sync_once;
-use crate::cmd::watch::{FollowEvent, Printed, follow};
+use crate::cmd::watch::{Printed, start_live};
 use crate::exit::{Exit, coded};
 use crate::kv::{self, Kv};
 use crate::{key, out};
@@ -92,6 +93,37 @@ async fn seen(
     })
     .await
     .map_err(|_| anyhow::anyhow!("{key} did not reach replica B within {WAIT_MAX:?}"))?
+}
+
+/// Waits until the session's link reports it is live.
+async fn until_live(
+    s: &Session,
+    events: &mut broadcast::Receiver<SyncEvent>,
+) -> anyhow::Result<()> {
+    tokio::time::timeout(WAIT_MAX, async {
+        loop {
+            match events.recv().await {
+                Ok(SyncEvent::LinkStatusChanged {
+                    link,
+                    to: LinkStatus::Live,
+                    ..
+                }) if link == s.link => {
+                    return Ok(());
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => {
+                    anyhow::bail!("the replica stopped reporting events")
+                }
+            }
+        }
+    })
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "the link to {} did not go live within {WAIT_MAX:?}",
+            s.endpoint
+        )
+    })?
 }
 
 fn kv_protocol() -> anyhow::Result<sync_types::ProtocolName> {
@@ -190,34 +222,23 @@ pub(crate) async fn run(args: QuickstartArgs) -> anyhow::Result<Exit> {
         say(format!("     {k} = {v}"))?;
     }
 
-    // 4. Live: B follows the node; A writes one key at a time and pushes it.
+    // 4. Live: both replicas run the engine's live driver; A writes one key at a time,
+    //    with no explicit sync.
     let mut b_changes = b.replica.subscribe();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let follower = tokio::spawn(follow(b.clone(), tx));
-    tokio::time::timeout(WAIT_MAX, async {
-        while let Some(e) = rx.recv().await {
-            if matches!(e, FollowEvent::Live) {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .ok()
-    .filter(|live| *live)
-    .ok_or_else(|| anyhow::anyhow!("replica B could not subscribe to the node"))?;
+    let mut a_events = a.replica.events();
+    let mut b_events = b.replica.events();
+    let live_a = start_live(&a)?;
+    let mut live_b = start_live(&b)?;
+    until_live(&a, &mut a_events).await?;
+    until_live(&b, &mut b_events).await?;
     say(format!(
-        "4. B subscribed to the node. A writes {LIVE_WRITES} keys, pushing each at once:"
+        "4. Both replicas now replicate live (subscription plus push on write). A writes {LIVE_WRITES} keys:"
     ))?;
     let mut live = Vec::with_capacity(LIVE_WRITES);
     for i in 1..=LIVE_WRITES {
         let k = format!("live-{i}");
         let t0 = Instant::now();
         put(&kv_a, &k, &format!("live write {i}")).await?;
-        a.engine
-            .push(&a.link)
-            .await
-            .context("replica A could not push")?;
         seen(&b, &mut b_changes, &k).await?;
         let took = t0.elapsed();
         live.push(took);
@@ -228,16 +249,14 @@ pub(crate) async fn run(args: QuickstartArgs) -> anyhow::Result<Exit> {
     }
 
     // 5. B goes offline; both sides edit, including the same key.
-    follower.abort();
-    let _ = follower.await;
-    say("5. B goes offline. While it is:")?;
+    live_b.stop(WAIT_MAX).await;
+    say("5. B goes offline (its driver stops). While it is:")?;
     put(&kv_b, "color", "green").await?;
     put(&kv_b, "from-b", "written on B while offline").await?;
     say("     B sets color = green and adds from-b (no node to talk to)")?;
     put(&kv_a, "color", "blue").await?;
     put(&kv_a, "from-a", "written on A while B was offline").await?;
-    synced(&a, "A").await?;
-    say("     A sets color = blue, adds from-a, and syncs")?;
+    say("     A sets color = blue and adds from-a (pushed live to the node)")?;
     let (na, nb) = (kv_a.list(None)?.len(), kv_b.list(None)?.len());
     let root_a = a.replica.root(&tenant, &Scope::Full)?;
     let root_b = b.replica.root(&tenant, &Scope::Full)?;
@@ -247,19 +266,35 @@ pub(crate) async fn run(args: QuickstartArgs) -> anyhow::Result<Exit> {
         root_b.to_string()
     ))?;
 
-    // 6. B comes back: its sync pushes its edits and pulls A's; A's next sync pulls B's.
+    // 6. B comes back: its link opens from its checkpoints, pulls A's edits and pushes
+    //    its own, which reach A through A's subscription.
     let t0 = Instant::now();
-    let sb = synced(&b, "B").await?;
-    let sa = synced(&a, "A").await?;
-    let converge = t0.elapsed();
+    live_b = start_live(&b)?;
+    let converge = tokio::time::timeout(WAIT_MAX, async {
+        loop {
+            let ra = a.replica.root(&tenant, &Scope::Full)?;
+            let rb = b.replica.root(&tenant, &Scope::Full)?;
+            let rn = node_store.root(&tenant, &Scope::Full)?;
+            if ra == rb && rb == rn {
+                return anyhow::Ok(t0.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .map_err(|_| {
+        coded(
+            Exit::Failure,
+            format!("the replicas did not converge within {WAIT_MAX:?}"),
+        )
+    })??;
+    live_b.stop(WAIT_MAX).await;
+    live_a.stop(WAIT_MAX).await;
     let (snap_a, snap_b) = (snapshot(&kv_a)?, snapshot(&kv_b)?);
     let root_a = a.replica.root(&tenant, &Scope::Full)?;
     let root_b = b.replica.root(&tenant, &Scope::Full)?;
     let root_node = node_store.root(&tenant, &Scope::Full)?;
-    say(format!(
-        "6. B comes back online: B syncs (pushed {}, pulled {}), then A syncs (pulled {}).",
-        sb.pushed_messages, sb.pulled_messages, sa.pulled_messages
-    ))?;
+    say("6. B comes back online: its link reopens from its checkpoints, with no explicit sync.")?;
     if snap_a != snap_b || root_a != root_b || root_a != root_node {
         return Err(coded(
             Exit::Failure,
@@ -301,7 +336,7 @@ pub(crate) async fn run(args: QuickstartArgs) -> anyhow::Result<Exit> {
         ),
     ]);
     t.row(vec![
-        "offline edits converged (B sync + A sync)".into(),
+        "B back online -> A, B and the node converged".into(),
         ms(converge),
     ]);
     t.row(vec![

@@ -7,11 +7,11 @@
 //! commands without `--node` or `--token` reuse the registered ones.
 
 use anyhow::Context as _;
-use sync_engine::sync::{Connector, HttpConnector};
+use sync_engine::sync::HttpConnector;
 use sync_engine::{Engine, Identity, Replica};
 use sync_ledger::RegisteredIdentity;
 use sync_transport::{ClientConfig, HttpClient, Token};
-use sync_types::{Endpoint, LinkKey, LinkState, Scope, TenantId};
+use sync_types::{Endpoint, LinkKey, TenantId};
 
 use crate::cli::{NODE_DEFAULT, NodeArgs, ReplicaArgs};
 use crate::exit::{Exit, coded, usage};
@@ -72,8 +72,6 @@ pub(crate) struct Session {
     pub(crate) replica: Replica,
     pub(crate) tenant: TenantId,
     pub(crate) endpoint: Endpoint,
-    pub(crate) scope: Scope,
-    pub(crate) token: String,
     pub(crate) link: LinkKey,
 }
 
@@ -153,27 +151,8 @@ impl Session {
             replica,
             tenant,
             endpoint,
-            scope: claims.scope.clone(),
-            token: token_text,
             link,
         })
-    }
-
-    /// The link's stored state.
-    pub(crate) fn link_state(&self) -> anyhow::Result<LinkState> {
-        self.replica
-            .ledger()
-            .links()
-            .get(&self.link)?
-            .ok_or_else(|| anyhow::anyhow!("link {} is not stored", self.link))
-    }
-
-    /// A transport client of the link's node with the session's token.
-    pub(crate) fn remote(&self) -> anyhow::Result<HttpClient> {
-        Ok(self
-            .engine
-            .connector()
-            .connect(&self.endpoint, Some(&self.token))?)
     }
 }
 

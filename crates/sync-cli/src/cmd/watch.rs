@@ -1,184 +1,57 @@
-//! `weft watch`: follow a node live and print changes as they arrive.
+//! `weft watch`: replicate live and print changes as they arrive.
 //!
-//! [`follow`] keeps a replica in step with its node: it syncs once with the engine
-//! (catch-up, push, root check), subscribes from the link's pull checkpoint, and applies
-//! every event with [`sync_engine::Replica::apply`], moving the pull checkpoint over each
-//! applied event (events arrive in log order, so the run stays contiguous). Anything it
-//! cannot settle alone (a gap, an event that is not applied, a dropped subscription)
-//! sends it back to the engine's one-shot sync, then it resubscribes. The subscription is
-//! only an accelerator: the engine's checkpointed sync is what guarantees nothing is
-//! missed.
+//! After one sync with the engine (so an unreachable node or a refused token is
+//! reported at once, with its exit code), the tenant's link runs in the engine's live
+//! driver ([`sync_engine::live::LiveDriver`] over [`EngineOps`]): it subscribes from the
+//! link's pull checkpoint, applies each event as the node announces it, pushes local
+//! writes at once, reconnects after a drop (a node restart, a network cut) and repairs
+//! by tree diff after a gap. The subscription is only an accelerator: the checkpoints are
+//! what guarantee nothing is missed.
 //!
 //! Printing is separate: the replica's change feed reports every message that arrived
-//! from elsewhere, whichever path applied it.
+//! from elsewhere, whichever path applied it, and the engine's events say when the link
+//! is live, offline or repairing.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use sync_engine::live::{EngineOps, LiveDriver};
+use sync_engine::machine::LinkConfig;
+use sync_engine::sync::HttpConnector;
 use sync_engine::{Change, Origin};
-use sync_transport::proto::{CloseReason, LogEntry, LogFilter, SubscribeRequest};
-use sync_transport::{Remote as _, SubscriptionItem};
-use sync_types::Message;
-use tokio::sync::{broadcast, mpsc};
+use sync_types::{Connectivity, LinkStatus, Message, SyncEvent};
+use tokio::sync::broadcast;
 
 use crate::cli::WatchArgs;
 use crate::cmd::remote::Session;
 use crate::cmd::sync::sync_once;
-use crate::exit::{Exit, classify, coded};
+use crate::exit::{Exit, coded};
 use crate::{kv, out, paths};
 
-/// Reconnection attempts after a connection that worked breaks, with doubling waits
-/// from [`RECONNECT_BACKOFF_MS`].
-pub(crate) const RECONNECTS_MAX: u32 = 5;
-/// The first wait before a reconnection, in ms.
-pub(crate) const RECONNECT_BACKOFF_MS: u64 = 250;
+/// Waits before reconnecting a dropped subscription, in ms (the last one repeats).
+pub(crate) const RECONNECT_BACKOFF_MS: [u64; 3] = [250, 1_000, 2_000];
+/// Longest wait for the driver to persist its links on exit.
+const STOP_TIME_MAX: Duration = Duration::from_secs(5);
 
-/// What [`follow`] reports while it runs.
-#[derive(Debug)]
-pub(crate) enum FollowEvent {
-    /// The subscription replayed what was stored; changes now arrive live.
-    Live,
-    /// The connection broke; it is retrying.
-    Reconnecting(String),
-}
-
-/// How one round of [`follow_once`] ended.
-enum Next {
-    /// Back to the engine's sync, then resubscribe: a gap, an event that did not settle.
-    Resync,
-    /// Stop following; no retry can help (the node shut down, the token expired).
-    Stop(anyhow::Error),
-}
-
-/// Keeps `s` in step with its node until an error it cannot recover from. A broken
-/// connection or a dropped subscription is retried [`RECONNECTS_MAX`] times with
-/// doubling waits, but only after the first connection worked: a node that cannot be
-/// reached at all is reported at once. A node shutting down ends it (exit 3).
-pub(crate) async fn follow(
-    s: Arc<Session>,
-    events: mpsc::UnboundedSender<FollowEvent>,
-) -> anyhow::Result<Exit> {
-    let mut connected_once = false;
-    let mut failures = 0u32;
-    loop {
-        match follow_once(&s, &events, &mut connected_once, &mut failures).await {
-            Ok(Next::Resync) => {
-                // A short pause, so a flapping node is not hammered.
-                tokio::time::sleep(Duration::from_millis(RECONNECT_BACKOFF_MS)).await;
-            }
-            Ok(Next::Stop(e)) => return Err(e),
-            Err(e) => {
-                let retry = connected_once
-                    && classify(&e) == Exit::Unreachable
-                    && failures < RECONNECTS_MAX;
-                if !retry {
-                    return Err(e);
-                }
-                let _ = events.send(FollowEvent::Reconnecting(crate::exit::describe(&e)));
-                let wait = RECONNECT_BACKOFF_MS << failures;
-                failures += 1;
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-            }
-        }
-    }
-}
-
-/// One sync and one subscription, until the subscription needs the engine again or
-/// must stop (`Ok`), or fails in a way worth retrying (`Err`).
-async fn follow_once(
-    s: &Arc<Session>,
-    events: &mpsc::UnboundedSender<FollowEvent>,
-    connected_once: &mut bool,
-    failures: &mut u32,
-) -> anyhow::Result<Next> {
-    let (_, error) = sync_once(s).await?;
-    if let Some(e) = error {
-        return Err(anyhow::Error::new(e).context(format!("sync with {} failed", s.endpoint)));
-    }
-    *connected_once = true;
-    let from = s.link_state()?.pull.contiguous_applied;
-    let mut sub = s
-        .remote()?
-        .subscribe(SubscribeRequest {
-            tenant: s.tenant.clone(),
-            scope: s.scope.clone(),
-            from,
-            filter: LogFilter::default(),
-        })
-        .await
-        .with_context(|| format!("cannot subscribe to {}", s.endpoint))?;
-    loop {
-        let Some(item) = sub.next().await else {
-            return Ok(Next::Resync);
-        };
-        match item {
-            SubscriptionItem::Event(entry) => {
-                if !apply_event(s, entry).await? {
-                    return Ok(Next::Resync);
-                }
-            }
-            SubscriptionItem::EndOfStored { .. } => {
-                *failures = 0;
-                let _ = events.send(FollowEvent::Live);
-            }
-            SubscriptionItem::Gap(gap) => {
-                tracing::info!(?gap, "the node cannot serve the checkpoint; reconciling");
-                return Ok(Next::Resync);
-            }
-            SubscriptionItem::Closed(CloseReason::ShuttingDown) => {
-                return Ok(Next::Stop(coded(
-                    Exit::Unreachable,
-                    format!("the node at {} shut down", s.endpoint),
-                )));
-            }
-            SubscriptionItem::Closed(CloseReason::Expired) => {
-                return Ok(Next::Stop(coded(
-                    Exit::Refused,
-                    "the token expired: issue a new one with `weft token issue`",
-                )));
-            }
-            SubscriptionItem::Closed(reason) => {
-                return Err(coded(
-                    Exit::Unreachable,
-                    format!("the subscription to {} closed: {reason:?}", s.endpoint),
-                ));
-            }
-        }
-    }
-}
-
-/// Applies one event and moves the pull checkpoint over it; `false` when the event was
-/// not settled (the engine's sync takes over).
-async fn apply_event(s: &Arc<Session>, entry: LogEntry) -> anyhow::Result<bool> {
-    let s2 = s.clone();
-    let token = entry.token;
-    tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
-        let origin = Origin::Remote(Some(s2.endpoint.clone()));
-        let outcomes = s2.replica.apply(
-            &s2.tenant,
-            vec![(entry.item.message, entry.item.data)],
-            origin,
-        )?;
-        if !outcomes.first().is_some_and(|o| o.is_success()) {
-            tracing::debug!(?outcomes, "live event not applied; syncing");
-            return Ok(false);
-        }
-        let mut checkpoint = s2.link_state()?.pull;
-        if !checkpoint.accepts_domain(&token) {
-            return Ok(false);
-        }
-        checkpoint.commit(token);
-        s2.replica.ledger().links().save_pull_checkpoint(
-            &s2.link,
-            checkpoint,
-            s2.replica.now_ms(),
-            sync_ledger::Durability::Buffered,
-        )?;
-        Ok(true)
-    })
-    .await
-    .context("the apply task failed")?
+/// Starts the live driver over the session's links.
+pub(crate) fn start_live(s: &Session) -> anyhow::Result<LiveDriver> {
+    let links = s
+        .engine
+        .links()?
+        .into_iter()
+        .filter(|l| l.key == s.link)
+        .collect();
+    let config = EngineOps::<HttpConnector>::link_config(LinkConfig {
+        reconnect_backoff_ms: RECONNECT_BACKOFF_MS.to_vec(),
+        ..LinkConfig::default()
+    });
+    Ok(LiveDriver::start(
+        s.replica.clone(),
+        Arc::new(EngineOps::new(s.engine.clone())),
+        links,
+        config,
+    ))
 }
 
 /// A change as `watch` prints it.
@@ -263,36 +136,63 @@ impl Printed {
 pub(crate) async fn run(args: WatchArgs) -> anyhow::Result<Exit> {
     let dir = paths::replica_dir(args.replica.store.clone())?;
     let replica = kv::open_replica(&dir, true)?;
-    // Subscribe to the change feed before anything can change.
+    // Subscribe to the change and event feeds before anything can change.
     let mut changes = replica.subscribe();
-    let s = Arc::new(Session::over(
-        replica,
-        args.replica.tenant.clone(),
-        &args.node,
-    )?);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut follower = tokio::spawn(follow(s.clone(), tx));
-    let mut printed = 0u64;
+    let mut events = replica.events();
+    let s = Session::over(replica, args.replica.tenant.clone(), &args.node)?;
+    let (_, error) = sync_once(&s).await?;
+    if let Some(e) = error {
+        return Err(anyhow::Error::new(e).context(format!("sync with {} failed", s.endpoint)));
+    }
     if args.count == Some(0) {
         return Ok(Exit::Ok);
     }
+    let driver = start_live(&s)?;
+    let result = watch(&s, &args, &mut changes, &mut events).await;
+    driver.stop(STOP_TIME_MAX).await;
+    result
+}
+
+async fn watch(
+    s: &Session,
+    args: &WatchArgs,
+    changes: &mut broadcast::Receiver<Change>,
+    events: &mut broadcast::Receiver<SyncEvent>,
+) -> anyhow::Result<Exit> {
+    let mut printed = 0u64;
     let mut announced = false;
+    let mut offline = false;
+    let terminate = terminate_signal();
+    tokio::pin!(terminate);
     loop {
         tokio::select! {
-            done = &mut follower => {
-                return done.context("the follower task failed")?;
-            }
-            event = rx.recv() => match event {
-                Some(FollowEvent::Live) if !announced => {
-                    announced = true;
-                    eprintln!(
-                        "watching tenant {} at {} (Ctrl-C to stop)",
-                        s.tenant, s.endpoint
-                    );
-                }
-                Some(FollowEvent::Reconnecting(why)) => {
-                    eprintln!("weft: connection lost ({why}); reconnecting");
-                }
+            event = events.recv() => match event {
+                Ok(SyncEvent::LinkStatusChanged { link, to, .. }) if link == s.link => match to {
+                    LinkStatus::Live if !announced => {
+                        announced = true;
+                        eprintln!("watching tenant {} at {} (Ctrl-C to stop)", s.tenant, s.endpoint);
+                    }
+                    LinkStatus::Repairing => eprintln!("weft: link needs repair; reconciling with {}", s.endpoint),
+                    LinkStatus::DegradedPoll => eprintln!("weft: {} keeps failing; polling it", s.endpoint),
+                    LinkStatus::TerminalIncomplete => {
+                        return Err(coded(
+                            Exit::Failure,
+                            "the link cannot complete its scope (see `weft dead-letters list`)",
+                        ));
+                    }
+                    _ => {}
+                },
+                Ok(SyncEvent::ConnectivityChanged { link, to, .. }) if link == s.link => match to {
+                    Connectivity::Offline if !offline => {
+                        offline = true;
+                        eprintln!("weft: lost the connection to {}; reconnecting", s.endpoint);
+                    }
+                    Connectivity::Online if offline => {
+                        offline = false;
+                        eprintln!("weft: reconnected to {}", s.endpoint);
+                    }
+                    _ => {}
+                },
                 _ => {}
             },
             change = changes.recv() => {
@@ -302,9 +202,9 @@ pub(crate) async fn run(args: WatchArgs) -> anyhow::Result<Exit> {
                         eprintln!("weft: {n} changes were applied too fast to print");
                         continue;
                     }
-                    Err(broadcast::error::RecvError::Closed) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return Ok(Exit::Ok),
                 };
-                if let Some(p) = Printed::of(&s, &change)? {
+                if let Some(p) = Printed::of(s, &change)? {
                     if args.json {
                         out::json(&p.to_json())?;
                     } else {
@@ -312,15 +212,33 @@ pub(crate) async fn run(args: WatchArgs) -> anyhow::Result<Exit> {
                     }
                     printed += 1;
                     if args.count.is_some_and(|n| printed >= n) {
-                        follower.abort();
                         return Ok(Exit::Ok);
                     }
                 }
             }
-            _ = tokio::signal::ctrl_c() => {
-                follower.abort();
+            signal = &mut terminate => {
+                signal?;
                 return Ok(Exit::Ok);
             }
         }
+    }
+}
+
+/// Waits for Ctrl-C (SIGINT) or SIGTERM.
+async fn terminate_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            _ = term.recv() => Ok(()),
+            r = tokio::signal::ctrl_c() => r.context("cannot listen for Ctrl-C"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot listen for Ctrl-C")
     }
 }
