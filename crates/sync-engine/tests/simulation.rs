@@ -10,7 +10,7 @@
 // The figures of a run are reported on stderr, like a bench table.
 #![allow(clippy::print_stderr)]
 
-use sync_engine::sim::{SimConfig, run_blocking};
+use sync_engine::sim::{SimConfig, SimMode, run_blocking};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -24,13 +24,24 @@ const REGRESSIONS: &[u64] = &[];
 
 #[test]
 fn many_seeds() {
+    run_seeds(SimMode::Poll, env_u64("SIM_SEEDS", 500));
+}
+
+#[test]
+fn many_live_seeds() {
+    run_seeds(SimMode::Live, env_u64("SIM_LIVE_SEEDS", 300));
+}
+
+fn run_seeds(mode: SimMode, count: u64) {
     let first = env_u64("SIM_FIRST_SEED", 0);
-    let count = env_u64("SIM_SEEDS", 500);
     let mut faults = 0;
     let mut writes = 0;
     let mut failures = Vec::new();
     for seed in REGRESSIONS.iter().copied().chain(first..first + count) {
-        match run_blocking(SimConfig::new(seed)) {
+        match run_blocking(SimConfig {
+            mode,
+            ..SimConfig::new(seed)
+        }) {
             Ok(report) => {
                 faults += report.faults();
                 writes += report.writes + report.deletes;
@@ -39,7 +50,7 @@ fn many_seeds() {
         }
     }
     eprintln!(
-        "{count} seeds from {first}: {writes} acknowledged writes, {faults} faults injected, {} failures",
+        "{mode:?}: {count} seeds from {first}: {writes} acknowledged writes, {faults} faults injected, {} failures",
         failures.len()
     );
     assert!(
@@ -48,22 +59,43 @@ fn many_seeds() {
         failures.len(),
         failures.join("\n")
     );
-    assert!(faults > count, "the runs must actually inject faults");
+    assert!(
+        count == 0 || faults > count,
+        "the runs must actually inject faults"
+    );
 }
 
 #[test]
 fn a_seed_replays_exactly() {
-    let a = run_blocking(SimConfig::new(42)).unwrap();
-    let b = run_blocking(SimConfig::new(42)).unwrap();
-    assert_eq!(a, b);
-    assert!(a.faults() > 0 && a.writes > 0, "{a:?}");
+    for mode in [SimMode::Poll, SimMode::Live] {
+        let a = run_blocking(SimConfig {
+            mode,
+            ..SimConfig::new(42)
+        })
+        .unwrap();
+        let b = run_blocking(SimConfig {
+            mode,
+            ..SimConfig::new(42)
+        })
+        .unwrap();
+        assert_eq!(a, b);
+        assert!(a.faults() > 0 && a.writes > 0, "{a:?}");
+    }
 }
 
 #[test]
 fn replay() {
     // Without SIM_SEED this replays seed 7, so the test always does something.
     let seed = env_u64("SIM_SEED", 7);
-    match run_blocking(SimConfig::new(seed)) {
+    let mode = if std::env::var("SIM_MODE").as_deref() == Ok("live") {
+        SimMode::Live
+    } else {
+        SimMode::Poll
+    };
+    match run_blocking(SimConfig {
+        mode,
+        ..SimConfig::new(seed)
+    }) {
         Ok(report) => eprintln!("{report:?}"),
         Err(failure) => panic!("{failure}"),
     }
