@@ -8,6 +8,52 @@
 //! live driver (the tokio shell around [`crate::machine::LinkMachine`], whose `CatchUp`,
 //! `Push` and `Reconcile` actions they are) can call them one by one.
 //!
+//! # Example
+//!
+//! A replica and a node in one process (the in-process transport encodes every frame
+//! as a socket would); over HTTP, use [`HttpConnector`] and the node's `http://` address.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use sync_engine::sync::{Engine, Identity, InProcessConnector};
+//! use sync_engine::{Replica, ReplicaHandler};
+//! use sync_transport::{Claims, Node, ServerConfig, Token, TokenKey};
+//! use sync_types::*;
+//!
+//! # tokio::runtime::Runtime::new()?.block_on(async {
+//! let tenant = TenantId::new("did:example:alice")?;
+//! let alice = PrincipalId::new("did:example:alice")?;
+//! let notes = ProtocolName::new("https://example.com/notes")?;
+//! let note = ProtocolPath::new("note")?;
+//!
+//! // A node serving its own replica, reachable at an endpoint name.
+//! let key = TokenKey::derive(b"node secret");
+//! let server = Replica::in_memory()?;
+//! let node = Node::new(Arc::new(ReplicaHandler::new(server.clone())), ServerConfig::new(key.clone()));
+//! let endpoint = Endpoint::new("http://node.example:7070")?;
+//! let net = Arc::new(InProcessConnector::new());
+//! net.insert(endpoint.clone(), node);
+//!
+//! // A replica with local writes, and an engine syncing the tenant with the node.
+//! let local = Replica::in_memory()?;
+//! let rule = TypeRule { path: note.clone(), data_bytes_max: None };
+//! local.configure(&tenant, &notes, vec![rule], vec![], &alice)?;
+//! local.put(&tenant, &notes, &note, b"groceries", b"milk".to_vec(), &alice)?;
+//! let token = Token::issue(&key, Claims::owner(tenant.clone(), alice, GrantId::new("laptop")?, u64::MAX));
+//! let engine = Engine::builder(local.clone(), net).build();
+//! engine.register_identity(Identity::owner(tenant.clone(), vec![endpoint], token.to_string()))?;
+//!
+//! let report = engine.sync_once().await;
+//! assert!(report.is_ok());
+//! assert_eq!(report.pushed().messages, 2);
+//! assert_eq!(report.links[0].converged(), Some(true));
+//! assert_eq!(server.root(&tenant, &Scope::Full)?, local.root(&tenant, &Scope::Full)?);
+//! assert!(engine.health()?.healthy);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # The three operations
 //!
 //! - [`Engine::catch_up`] reads the remote log in pages from the link's pull checkpoint
