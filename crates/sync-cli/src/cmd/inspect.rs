@@ -197,10 +197,14 @@ pub(crate) async fn health(args: HealthArgs) -> anyhow::Result<Exit> {
                 .token
                 .as_deref()
                 .ok_or_else(|| usage("--node needs a token: pass --token or set WEFT_TOKEN"))?;
-            let reply = remote::client(&endpoint, token)?
-                .health()
-                .await
-                .with_context(|| format!("cannot get the health of {endpoint}"))?;
+            let reply = match remote::client(&endpoint, token)?.health().await {
+                Ok(r) => r,
+                Err(e) => {
+                    let err = anyhow::Error::new(e)
+                        .context(format!("cannot get the health of {endpoint}"));
+                    return Err(remote::explain(err, &endpoint));
+                }
+            };
             (reply.summary.clone(), Some((endpoint, reply)))
         }
         None => {

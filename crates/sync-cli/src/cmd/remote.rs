@@ -40,6 +40,46 @@ pub(crate) fn parse_endpoint(text: &str) -> anyhow::Result<Endpoint> {
         .map_err(|e| usage(format!("bad node address {text:?}: {e}")))
 }
 
+/// Why `endpoint` cannot be reached, found with a plain TCP connection: the transport's
+/// own message says only that the connection failed.
+pub(crate) fn diagnose(endpoint: &Endpoint) -> String {
+    use std::net::ToSocketAddrs as _;
+    let authority = endpoint.as_str().trim_start_matches("http://");
+    let addrs: Vec<std::net::SocketAddr> = match authority.to_socket_addrs() {
+        Ok(a) => a.collect(),
+        Err(e) => return format!("cannot resolve {authority}: {e}"),
+    };
+    let Some(addr) = addrs.first() else {
+        return format!("{authority} resolves to no address");
+    };
+    match std::net::TcpStream::connect_timeout(addr, std::time::Duration::from_secs(2)) {
+        Ok(_) => format!("{addr} accepts connections but did not answer as a weft node"),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            format!("nothing listens on {addr} (connection refused)")
+        }
+        Err(e) => format!("cannot connect to {addr}: {e}"),
+    }
+}
+
+/// `err`, with the reason a node cannot be reached when that is what it says.
+pub(crate) fn explain(err: anyhow::Error, endpoint: &Endpoint) -> anyhow::Error {
+    if crate::exit::classify(&err) == Exit::Unreachable
+        && err.chain().any(|c| {
+            matches!(
+                c.downcast_ref(),
+                Some(sync_transport::TransportError::Unreachable(_))
+            )
+        })
+    {
+        let why = diagnose(endpoint);
+        return coded(
+            Exit::Unreachable,
+            format!("{}: {why}", crate::exit::describe(&err)),
+        );
+    }
+    err
+}
+
 /// The client settings of the CLI: the transport's defaults.
 pub(crate) fn client_config() -> ClientConfig {
     ClientConfig::default()

@@ -11,7 +11,7 @@ use sync_types::{Direction, SyncEvent};
 use tokio::sync::broadcast;
 
 use crate::cli::SyncArgs;
-use crate::cmd::remote::Session;
+use crate::cmd::remote::{self, Session};
 use crate::exit::{Exit, coded};
 use crate::out;
 
@@ -105,10 +105,11 @@ pub(crate) async fn run(args: SyncArgs) -> anyhow::Result<Exit> {
     });
     let (summary, error) = sync_once(&s).await?;
     if let Some(bars) = bars {
-        bars.finish(&summary).await;
+        bars.finish().await;
     }
     if let Some(e) = error {
-        return Err(anyhow::Error::new(e).context(format!("sync with {} failed", s.endpoint)));
+        let err = anyhow::Error::new(e).context(format!("sync with {} failed", s.endpoint));
+        return Err(remote::explain(err, &s.endpoint));
     }
     if args.json {
         out::json(&summary.to_json())?;
@@ -210,18 +211,14 @@ impl Bars {
         Self { task, pull, push }
     }
 
-    async fn finish(self, summary: &Summary) {
-        // Let events already sent reach the bars, then show the report's totals.
+    /// Clears the bars: the summary that follows says the same, and a cleared bar never
+    /// shares a line with it.
+    async fn finish(self) {
+        // Let events already sent reach the bars before they go.
         tokio::time::sleep(Duration::from_millis(20)).await;
         self.task.abort();
-        self.pull.set_position(summary.pulled_messages);
-        self.pull
-            .finish_with_message(out::bytes_human(summary.pulled_bytes));
-        self.push
-            .set_length(summary.pushed_messages.max(self.push.length().unwrap_or(0)));
-        self.push.set_position(summary.pushed_messages);
-        self.push
-            .finish_with_message(out::bytes_human(summary.pushed_bytes));
+        self.pull.finish_and_clear();
+        self.push.finish_and_clear();
     }
 }
 

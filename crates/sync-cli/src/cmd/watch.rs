@@ -24,7 +24,7 @@ use sync_types::{Connectivity, LinkStatus, Message, SyncEvent};
 use tokio::sync::broadcast;
 
 use crate::cli::WatchArgs;
-use crate::cmd::remote::Session;
+use crate::cmd::remote::{self, Session};
 use crate::cmd::sync::sync_once;
 use crate::exit::{Exit, coded};
 use crate::{kv, out, paths};
@@ -142,7 +142,8 @@ pub(crate) async fn run(args: WatchArgs) -> anyhow::Result<Exit> {
     let s = Session::over(replica, args.replica.tenant.clone(), &args.node)?;
     let (_, error) = sync_once(&s).await?;
     if let Some(e) = error {
-        return Err(anyhow::Error::new(e).context(format!("sync with {} failed", s.endpoint)));
+        let err = anyhow::Error::new(e).context(format!("sync with {} failed", s.endpoint));
+        return Err(remote::explain(err, &s.endpoint));
     }
     if args.count == Some(0) {
         return Ok(Exit::Ok);
