@@ -301,6 +301,17 @@ impl Feed {
     }
 }
 
+impl Feed {
+    /// A notice already queued, without waiting; `None` when the queue is empty, closed
+    /// or the subscriber lagged (then [`Feed::next`] gives the reason).
+    pub(crate) fn try_next(&mut self) -> Option<Notice> {
+        if let Some(CloseReason::Lagged { .. }) = self.reason.get() {
+            return None;
+        }
+        self.rx.try_recv().ok()
+    }
+}
+
 impl Drop for Feed {
     fn drop(&mut self) {
         self.task.abort();

@@ -41,12 +41,13 @@ pub const SUBSCRIBE_HEADER: &str = "x-weft-subscribe";
 /// Longest `x-weft-subscribe` header value accepted, in bytes.
 pub const SUBSCRIBE_HEADER_BYTES_MAX: usize = 32 * 1024;
 
-/// The WebSocket settings of a subscription: small eager buffers (idle subscriptions
-/// are cheap) and a bounded write buffer.
+/// The WebSocket settings of a subscription: a small eager read buffer (idle
+/// subscriptions are cheap), writes gathered up to 8 KiB between flushes, and a bounded
+/// write buffer.
 pub(crate) fn ws_config(message_bytes_max: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        .write_buffer_size(8 * 1024)
         .max_write_buffer_size(message_bytes_max.saturating_mul(2).max(64 * 1024))
         .max_message_size(Some(message_bytes_max))
         .max_frame_size(Some(message_bytes_max))
@@ -149,6 +150,22 @@ where
     matches!(tokio::time::timeout(limit, ws.send(msg)).await, Ok(Ok(())))
 }
 
+/// Most notices written before one flush.
+const SEND_BATCH_LEN_MAX: usize = 64;
+
+async fn send_notices<S>(ws: &mut S, notices: &[Notice], limit: Duration) -> bool
+where
+    S: futures_util::Sink<WsMessage> + Unpin,
+{
+    let all = async {
+        for n in notices {
+            ws.feed(WsMessage::Binary(frame::encode(n).into())).await?;
+        }
+        ws.flush().await
+    };
+    matches!(tokio::time::timeout(limit, all).await, Ok(Ok(())))
+}
+
 /// Pumps a subscription's queue into the socket, with heartbeats.
 async fn serve_feed<S>(ws: WebSocketStream<S>, mut feed: Feed, hb: Heartbeat)
 where
@@ -163,7 +180,16 @@ where
             notice = feed.next() => match notice {
                 Some(Notice::Closing(reason)) => break Some(reason),
                 Some(n) => {
-                    if !send_notice(&mut sink, &n, hb.send).await {
+                    // Send what is already queued in one flush: one write per burst
+                    // instead of one per event.
+                    let mut batch = vec![n];
+                    while batch.len() < SEND_BATCH_LEN_MAX {
+                        match feed.try_next() {
+                            Some(n) => batch.push(n),
+                            None => break,
+                        }
+                    }
+                    if !send_notices(&mut sink, &batch, hb.send).await {
                         break None;
                     }
                 }
