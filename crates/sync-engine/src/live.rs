@@ -736,3 +736,106 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
         }
     }
 }
+
+/// Live replication for an application: an [`Engine`](crate::sync::Engine) whose links
+/// run in a [`LiveDriver`], with identities added, updated and removed while it runs.
+///
+/// Registering an identity starts its links; updating one stops the links the new
+/// registration no longer uses (the engine deletes their durable state) and starts the
+/// new ones; unregistering stops every link of the tenant.
+pub struct LiveSync<C: crate::sync::Connector> {
+    ops: Arc<EngineOps<C>>,
+    driver: LiveDriver,
+}
+
+impl<C: crate::sync::Connector> std::fmt::Debug for LiveSync<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveSync")
+            .field("driver", &self.driver)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: crate::sync::Connector> LiveSync<C> {
+    /// Starts every registered link of `engine` in live or poll mode (`config.mode`).
+    pub fn start(engine: crate::sync::Engine<C>, config: LinkConfig) -> crate::Result<Self> {
+        let links = engine.links()?;
+        let replica = engine.replica().clone();
+        let ops = Arc::new(EngineOps::new(engine));
+        let driver = LiveDriver::start(
+            replica,
+            ops.clone(),
+            links,
+            EngineOps::<C>::link_config(config),
+        );
+        Ok(Self { ops, driver })
+    }
+
+    /// The engine (one-shot sync, health, dead letters, links).
+    pub fn engine(&self) -> &crate::sync::Engine<C> {
+        self.ops.engine()
+    }
+
+    /// The driver (link states, caught-up checks).
+    pub fn driver(&self) -> &LiveDriver {
+        &self.driver
+    }
+
+    fn start_links(&self, keys: &[LinkKey]) -> crate::Result<()> {
+        for state in self.engine().links()? {
+            if keys.contains(&state.key) {
+                self.driver.add_link(state);
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers an identity and starts its links.
+    pub fn register_identity(
+        &self,
+        identity: crate::sync::Identity,
+    ) -> crate::Result<Vec<LinkKey>> {
+        let keys = self.engine().register_identity(identity)?;
+        self.start_links(&keys)?;
+        Ok(keys)
+    }
+
+    /// Replaces an identity's registration: links it no longer uses stop, new ones start.
+    pub fn update_identity(&self, identity: crate::sync::Identity) -> crate::Result<Vec<LinkKey>> {
+        let tenant = identity.tenant.clone();
+        let before: Vec<LinkKey> = self
+            .engine()
+            .links()?
+            .into_iter()
+            .map(|l| l.key)
+            .filter(|k| k.tenant == tenant)
+            .collect();
+        let keys = self.engine().update_identity(identity)?;
+        for old in before.into_iter().filter(|k| !keys.contains(k)) {
+            self.driver.remove_link(old);
+        }
+        self.start_links(&keys)?;
+        Ok(keys)
+    }
+
+    /// Unregisters an identity and stops its links.
+    pub fn unregister_identity(&self, tenant: &sync_types::TenantId) -> crate::Result<()> {
+        let keys: Vec<LinkKey> = self
+            .engine()
+            .links()?
+            .into_iter()
+            .map(|l| l.key)
+            .filter(|k| &k.tenant == tenant)
+            .collect();
+        for key in keys {
+            self.driver.remove_link(key);
+        }
+        self.engine().unregister_identity(tenant)?;
+        Ok(())
+    }
+
+    /// Stops every link, at most `timeout`; see [`LiveDriver::stop`].
+    pub async fn stop(self, timeout: Duration) -> bool {
+        self.driver.stop(timeout).await
+    }
+}

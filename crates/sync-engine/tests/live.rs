@@ -1,16 +1,25 @@
-//! Live replication over real sockets: two replicas with live drivers and a node on
-//! 127.0.0.1. A write on one appears on the other without any explicit sync, including
-//! after the node restarts.
+//! Live replication over real sockets: replicas with live drivers and a node on
+//! 127.0.0.1. A write on one appears on the others without any explicit sync: after a node
+//! restart, with change notifications lost or repeated, from a stale checkpoint, and while
+//! identities are added, changed and removed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sync_engine::live::{EngineOps, LiveDriver};
+use sync_engine::live::{EngineOps, LiveDriver, LiveSync};
 use sync_engine::machine::LinkConfig;
 use sync_engine::sync::{Engine, HttpConnector, Identity};
 use sync_engine::{Replica, ReplicaHandler};
-use sync_transport::{Claims, ClientConfig, ServerConfig, ServerHandle, Token, TokenKey, serve};
+use sync_transport::node::{Handler, RequestContext};
+use sync_transport::proto::{
+    BlobReadRequest, BlobStat, BlobStatRequest, BlobWriteRequest, DiffReply, DiffRequest,
+    LogPageReply, LogPageRequest, MessageData, ReadMessagesReply, ReadMessagesRequest, RootReply,
+    RootRequest,
+};
+use sync_transport::{
+    Claims, ClientConfig, HandlerError, ServerConfig, ServerHandle, Token, TokenKey, serve,
+};
 use sync_types::*;
 
 fn tenant() -> TenantId {
@@ -185,5 +194,345 @@ async fn writes_propagate_live_both_ways_and_survive_a_node_restart() {
     }
     assert!(a.driver.stop(Duration::from_secs(5)).await);
     assert!(b.driver.stop(Duration::from_secs(5)).await);
+    server.shutdown().await;
+}
+
+/// Forwards everything to a `ReplicaHandler`, but its change notifications are lost
+/// (`Muted`) or repeated many times over (`Noisy`).
+#[derive(Clone)]
+struct Wakeups {
+    inner: ReplicaHandler,
+    noisy: bool,
+    quiet: tokio::sync::watch::Sender<u64>,
+}
+
+impl Handler for Wakeups {
+    async fn root(
+        &self,
+        ctx: &RequestContext,
+        req: RootRequest,
+    ) -> Result<RootReply, HandlerError> {
+        self.inner.root(ctx, req).await
+    }
+    async fn diff_round(
+        &self,
+        ctx: &RequestContext,
+        req: DiffRequest,
+    ) -> Result<DiffReply, HandlerError> {
+        self.inner.diff_round(ctx, req).await
+    }
+    async fn log_page(
+        &self,
+        ctx: &RequestContext,
+        req: LogPageRequest,
+    ) -> Result<LogPageReply, HandlerError> {
+        self.inner.log_page(ctx, req).await
+    }
+    async fn read_messages(
+        &self,
+        ctx: &RequestContext,
+        req: ReadMessagesRequest,
+    ) -> Result<ReadMessagesReply, HandlerError> {
+        self.inner.read_messages(ctx, req).await
+    }
+    async fn apply(
+        &self,
+        ctx: &RequestContext,
+        tenant: &TenantId,
+        messages: Vec<MessageData>,
+    ) -> Result<Vec<ApplyOutcome>, HandlerError> {
+        self.inner.apply(ctx, tenant, messages).await
+    }
+    async fn blob_stat(
+        &self,
+        ctx: &RequestContext,
+        req: BlobStatRequest,
+    ) -> Result<BlobStat, HandlerError> {
+        self.inner.blob_stat(ctx, req).await
+    }
+    async fn blob_read(
+        &self,
+        ctx: &RequestContext,
+        req: &BlobReadRequest,
+        offset: u64,
+        len: u32,
+    ) -> Result<bytes::Bytes, HandlerError> {
+        self.inner.blob_read(ctx, req, offset, len).await
+    }
+    async fn blob_write(
+        &self,
+        ctx: &RequestContext,
+        req: &BlobWriteRequest,
+        offset: u64,
+        chunk: bytes::Bytes,
+    ) -> Result<BlobStat, HandlerError> {
+        self.inner.blob_write(ctx, req, offset, chunk).await
+    }
+    async fn health(&self) -> Result<HealthSummary, HandlerError> {
+        self.inner.health().await
+    }
+    fn changes(&self, tenant: &TenantId) -> tokio::sync::watch::Receiver<u64> {
+        if !self.noisy {
+            return self.quiet.subscribe();
+        }
+        // Every real notification, plus a stream of spurious ones.
+        let real = self.inner.changes(tenant);
+        let (tx, rx) = tokio::sync::watch::channel(0u64);
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !tx.is_closed() {
+                n += 1;
+                tx.send_replace(n);
+                let _ = real.has_changed();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        rx
+    }
+}
+
+async fn start_wrapped(noisy: bool, key: &TokenKey) -> (Replica, ServerHandle<Wakeups>) {
+    let node = Replica::in_memory().unwrap();
+    let mut config = ServerConfig::new(key.clone());
+    // With notifications lost, only the periodic re-read finds new entries.
+    config.live_poll_interval_ms = 100;
+    let handler = Wakeups {
+        inner: ReplicaHandler::new(node.clone()),
+        noisy,
+        quiet: tokio::sync::watch::channel(0).0,
+    };
+    let server = serve(Arc::new(handler), config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    (node, server)
+}
+
+fn owner_token(key: &TokenKey) -> Token {
+    Token::issue(
+        key,
+        Claims::owner(
+            tenant(),
+            alice(),
+            GrantId::new("owner").unwrap(),
+            4_000_000_000_000,
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_or_repeated_notifications_cost_latency_never_data() {
+    for noisy in [false, true] {
+        let key = TokenKey::derive(b"wakeups");
+        let (node, server) = start_wrapped(noisy, &key).await;
+        let endpoint = Endpoint::new(format!("http://{}", server.local_addr())).unwrap();
+        let token = owner_token(&key);
+        let a = device(&endpoint, &token);
+        let b = device(&endpoint, &token);
+        let types = vec![TypeRule {
+            path: note(),
+            data_bytes_max: None,
+        }];
+        a.replica
+            .configure(&tenant(), &notes(), types, vec![], &alice())
+            .unwrap();
+        for i in 0..20u8 {
+            a.replica
+                .put(&tenant(), &notes(), &note(), &[i], vec![i; 3], &alice())
+                .unwrap();
+        }
+        for i in 0..20u8 {
+            arrives(&b.replica, &[i], &[i; 3]).await;
+        }
+        // Each message is held once everywhere: 21 retained messages, 21 log entries.
+        let sync_ledger::LogRead::Page(page) =
+            b.replica.changes_since(&tenant(), None, 1000).unwrap()
+        else {
+            panic!("gap")
+        };
+        assert_eq!(page.entries.len(), 21, "noisy = {noisy}");
+        assert_eq!(
+            node.root(&tenant(), &Scope::Full).unwrap(),
+            b.replica.root(&tenant(), &Scope::Full).unwrap()
+        );
+        assert!(a.driver.stop(Duration::from_secs(5)).await);
+        assert!(b.driver.stop(Duration::from_secs(5)).await);
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_checkpoint_repairs_and_converges() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = TokenKey::derive(b"stale");
+    let server = start_node(dir.path(), &key, "127.0.0.1:0".parse().unwrap()).await;
+    let endpoint = Endpoint::new(format!("http://{}", server.local_addr())).unwrap();
+    let token = owner_token(&key);
+    // A writer without a driver: it syncs by hand, as a device that comes online now and
+    // then would.
+    let a = Replica::in_memory().unwrap();
+    let a_engine = Engine::builder(a.clone(), HttpConnector::new(ClientConfig::default())).build();
+    a_engine
+        .register_identity(Identity::owner(
+            tenant(),
+            vec![endpoint.clone()],
+            token.to_string(),
+        ))
+        .unwrap();
+    let types = vec![TypeRule {
+        path: note(),
+        data_bytes_max: None,
+    }];
+    a.configure(&tenant(), &notes(), types, vec![], &alice())
+        .unwrap();
+    a.put(&tenant(), &notes(), &note(), b"x", b"1".to_vec(), &alice())
+        .unwrap();
+    assert!(a_engine.sync_once().await.is_ok());
+
+    // A replica whose pull checkpoint names another epoch of the node's log, and one
+    // whose checkpoint is beyond the node's head: both must repair, then go live.
+    for stale in [
+        |t: ProgressToken| ProgressToken {
+            epoch: t.epoch + 1,
+            ..t
+        },
+        |t: ProgressToken| ProgressToken {
+            position: t.position + 1_000,
+            ..t
+        },
+    ] {
+        let replica = Replica::in_memory().unwrap();
+        let engine =
+            Engine::builder(replica.clone(), HttpConnector::new(ClientConfig::default())).build();
+        engine
+            .register_identity(Identity::owner(
+                tenant(),
+                vec![endpoint.clone()],
+                token.to_string(),
+            ))
+            .unwrap();
+        let link = engine.links().unwrap().remove(0);
+        engine.sync_once().await;
+        let real = replica
+            .ledger()
+            .links()
+            .get(&link.key)
+            .unwrap()
+            .unwrap()
+            .pull
+            .contiguous_applied
+            .unwrap();
+        replica
+            .ledger()
+            .links()
+            .update(&link.key, sync_ledger::Durability::SyncData, |s| {
+                s.pull.reset(Some(stale(real)))
+            })
+            .unwrap();
+        let live = LiveSync::start(engine, LinkConfig::default()).unwrap();
+        let mut events = replica.events();
+        a.put(
+            &tenant(),
+            &notes(),
+            &note(),
+            b"late",
+            b"2".to_vec(),
+            &alice(),
+        )
+        .unwrap();
+        assert!(a_engine.sync_once().await.is_ok());
+        arrives(&replica, b"late", b"2").await;
+        let mut repaired = false;
+        while let Ok(event) = events.try_recv() {
+            repaired |= matches!(
+                event,
+                SyncEvent::RepairCompleted { .. } | SyncEvent::GapDetected { .. }
+            );
+        }
+        assert!(repaired, "the stale cursor was noticed and repaired");
+        assert!(live.stop(Duration::from_secs(5)).await);
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_come_and_go_while_live_sync_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = TokenKey::derive(b"identities");
+    let server = start_node(dir.path(), &key, "127.0.0.1:0".parse().unwrap()).await;
+    let endpoint = Endpoint::new(format!("http://{}", server.local_addr())).unwrap();
+    let token = owner_token(&key);
+    let writer = device(&endpoint, &token);
+    let types = vec![TypeRule {
+        path: note(),
+        data_bytes_max: None,
+    }];
+    writer
+        .replica
+        .configure(&tenant(), &notes(), types, vec![], &alice())
+        .unwrap();
+
+    let replica = Replica::in_memory().unwrap();
+    let engine =
+        Engine::builder(replica.clone(), HttpConnector::new(ClientConfig::default())).build();
+    let live = LiveSync::start(engine, LinkConfig::default()).unwrap();
+    assert!(live.driver().states().await.is_empty());
+    let keys = live
+        .register_identity(Identity::owner(
+            tenant(),
+            vec![endpoint.clone()],
+            token.to_string(),
+        ))
+        .unwrap();
+    writer
+        .replica
+        .put(
+            &tenant(),
+            &notes(),
+            &note(),
+            b"one",
+            b"1".to_vec(),
+            &alice(),
+        )
+        .unwrap();
+    arrives(&replica, b"one", b"1").await;
+
+    // Narrowing the scope makes a new link identity: the old link stops, the new one runs.
+    let narrowed = Identity {
+        scope: Scope::protocols(vec![notes()]).unwrap(),
+        ..Identity::owner(tenant(), vec![endpoint.clone()], token.to_string())
+    };
+    let new_keys = live.update_identity(narrowed).unwrap();
+    assert_ne!(keys, new_keys);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let states = live.driver().states().await;
+        if states.len() == 1 && states[0].key == new_keys[0] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{states:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    writer
+        .replica
+        .put(
+            &tenant(),
+            &notes(),
+            &note(),
+            b"two",
+            b"2".to_vec(),
+            &alice(),
+        )
+        .unwrap();
+    arrives(&replica, b"two", b"2").await;
+
+    live.unregister_identity(&tenant()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !live.driver().states().await.is_empty() {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(live.engine().links().unwrap().is_empty());
+    assert!(live.stop(Duration::from_secs(5)).await);
+    assert!(writer.driver.stop(Duration::from_secs(5)).await);
     server.shutdown().await;
 }
