@@ -699,6 +699,29 @@ fn item_bytes(message: &Message, data: Option<&[u8]>) -> u64 {
     (codec::encode(message).len() + data.map_or(0, <[u8]>::len)) as u64
 }
 
+/// Splits items of these sizes, in order, into batches of at most
+/// [`SyncConfig::push_batch_messages`] messages and [`SyncConfig::push_batch_bytes_max`]
+/// bytes (a single larger item goes alone).
+fn batch_ranges(sizes: impl Iterator<Item = u64>, cfg: &SyncConfig) -> Vec<std::ops::Range<usize>> {
+    let max_messages = cfg.push_batch_messages.max(1);
+    let max_bytes = cfg.push_batch_bytes_max as u64;
+    let mut out = Vec::new();
+    let (mut start, mut bytes, mut len) = (0, 0u64, 0);
+    for (i, size) in sizes.enumerate() {
+        if i > start && (i - start >= max_messages || bytes + size > max_bytes) {
+            out.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+        len = i + 1;
+    }
+    if len > start {
+        out.push(start..len);
+    }
+    out
+}
+
 /// A reply too large for the frame limit: ask for a smaller page.
 fn too_large(e: &TransportError) -> bool {
     matches!(e, TransportError::BadReply(_)) || e.code() == Some(ErrorCode::TooLarge)
@@ -1471,26 +1494,15 @@ impl<C: Connector> Engine<C> {
             // Send in batches, in log order; stop after a batch with unsettled messages.
             let mut settles: Vec<Option<Settle>> = vec![None; to_send.len()];
             let mut failure = None;
-            let mut start = 0;
-            while start < to_send.len() {
-                let mut end = start;
-                let mut bytes = 0u64;
-                while end < to_send.len()
-                    && end - start < cfg.push_batch_messages.max(1)
-                    && (end == start
-                        || bytes + to_send[end].bytes <= cfg.push_batch_bytes_max as u64)
-                {
-                    bytes += to_send[end].bytes;
-                    end += 1;
-                }
+            for range in batch_ranges(to_send.iter().map(|i| i.bytes), cfg) {
+                let start = range.start;
                 let (batch_settles, err) = self
-                    .send_with_retry(ctx, to_send[start..end].to_vec(), &mut out)
+                    .send_with_retry(ctx, to_send[range].to_vec(), &mut out)
                     .await?;
                 let open = batch_settles.contains(&Settle::Open);
                 for (i, s) in batch_settles.into_iter().enumerate() {
                     settles[start + i] = Some(s);
                 }
-                start = end;
                 if let Some(e) = err {
                     failure = Some(e);
                     break;
@@ -1660,7 +1672,8 @@ impl<C: Connector> Engine<C> {
             }
             let mut missing = BTreeSet::new();
             let mut next = Vec::new();
-            for chunk in todo.chunks(cfg.push_batch_messages.max(1)) {
+            for range in batch_ranges(todo.iter().map(|&i| all[i].bytes), cfg) {
+                let chunk = &todo[range];
                 let messages: Vec<MessageData> =
                     chunk.iter().map(|&i| all[i].item.clone()).collect();
                 let sent: u64 = chunk.iter().map(|&i| all[i].bytes).sum();
@@ -1836,8 +1849,10 @@ impl<C: Connector> Engine<C> {
                 }
             }
             let mut push = PushOutcome::default();
-            for batch in items.chunks(self.inner.config.push_batch_messages.max(1)) {
-                let (_, err) = self.send_with_retry(ctx, batch.to_vec(), &mut push).await?;
+            for range in batch_ranges(items.iter().map(|i| i.bytes), &self.inner.config) {
+                let (_, err) = self
+                    .send_with_retry(ctx, items[range].to_vec(), &mut push)
+                    .await?;
                 if let Some(e) = err {
                     return Err(e.into());
                 }
@@ -2372,6 +2387,21 @@ mod tests {
         }
         assert!(e.ranges.len() <= ECHO_RANGES_MAX);
         assert!(!e.contains(1), "the oldest ranges go first");
+    }
+
+    #[test]
+    fn batches_respect_both_bounds_in_order() {
+        let cfg = SyncConfig {
+            push_batch_messages: 3,
+            push_batch_bytes_max: 100,
+            ..SyncConfig::default()
+        };
+        let sizes = [10, 10, 10, 10, 90, 200, 5, 5];
+        assert_eq!(
+            batch_ranges(sizes.into_iter(), &cfg),
+            vec![0..3, 3..5, 5..6, 6..8]
+        );
+        assert!(batch_ranges(std::iter::empty(), &cfg).is_empty());
     }
 
     #[test]
