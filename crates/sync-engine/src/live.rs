@@ -542,47 +542,39 @@ impl<O: LinkOps> Driver<O> {
                     }
                 }
                 Action::Push { ticket, after } => {
-                    let (ops, tx, k, state) = (
-                        ops.clone(),
-                        tx.clone(),
-                        key.clone(),
-                        rt.machine.state().clone(),
-                    );
-                    rt.tasks.retain(|t| !t.is_finished());
-                    rt.tasks.push(tokio::spawn(async move {
-                        let result = ops.push(state, after).await;
-                        let _ = tx.send(Event::Pushed(k, inc, ticket, result));
-                    }));
+                    let (ops, k, state) = (ops.clone(), key.clone(), rt.machine.state().clone());
+                    spawn_op(rt, &tx, async move {
+                        Event::Pushed(k, inc, ticket, ops.push(state, after).await)
+                    });
                 }
                 Action::CatchUp { ticket, after } => {
-                    let (ops, tx, k, state) = (
-                        ops.clone(),
-                        tx.clone(),
-                        key.clone(),
-                        rt.machine.state().clone(),
-                    );
-                    rt.tasks.retain(|t| !t.is_finished());
-                    rt.tasks.push(tokio::spawn(async move {
-                        let result = ops.catch_up(state, after).await;
-                        let _ = tx.send(Event::CaughtUp(k, inc, ticket, result));
-                    }));
+                    let (ops, k, state) = (ops.clone(), key.clone(), rt.machine.state().clone());
+                    spawn_op(rt, &tx, async move {
+                        Event::CaughtUp(k, inc, ticket, ops.catch_up(state, after).await)
+                    });
                 }
                 Action::Reconcile { ticket } => {
-                    let (ops, tx, k, state) = (
-                        ops.clone(),
-                        tx.clone(),
-                        key.clone(),
-                        rt.machine.state().clone(),
-                    );
-                    rt.tasks.retain(|t| !t.is_finished());
-                    rt.tasks.push(tokio::spawn(async move {
-                        let result = ops.reconcile(state).await;
-                        let _ = tx.send(Event::Reconciled(k, inc, ticket, result));
-                    }));
+                    let (ops, k, state) = (ops.clone(), key.clone(), rt.machine.state().clone());
+                    spawn_op(rt, &tx, async move {
+                        Event::Reconciled(k, inc, ticket, ops.reconcile(state).await)
+                    });
                 }
             }
         }
     }
+}
+
+/// Runs one operation of a link as a task that reports its result as an event.
+fn spawn_op(
+    rt: &mut LinkRuntime,
+    tx: &mpsc::UnboundedSender<Event>,
+    op: impl Future<Output = Event> + Send + 'static,
+) {
+    let tx = tx.clone();
+    rt.tasks.retain(|t| !t.is_finished());
+    rt.tasks.push(tokio::spawn(async move {
+        let _ = tx.send(op.await);
+    }));
 }
 
 /// A lagging subscriber, a heartbeat timeout or a node going away cost a reconnect from
