@@ -348,6 +348,16 @@ impl Replica {
         Self::builder().in_memory()
     }
 
+    /// Closes the replica: syncs the ledger and, when this is the last handle, flushes its
+    /// tables so the next open does not replay the journal. Other handles keep working
+    /// until dropped.
+    pub fn close(self) -> Result<()> {
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => Ok(inner.ledger.close()?),
+            Err(shared) => Ok(shared.ledger.persist(Durability::SyncAll)?),
+        }
+    }
+
     /// The node id this replica stamps into its timestamps.
     pub fn node_id(&self) -> NodeId {
         lock(&self.inner.hlc).node()
@@ -611,10 +621,25 @@ impl Replica {
                 outcomes[i] = Some(ApplyOutcome::invalid(reason));
             }
         }
+        let cids: Vec<Cid> = messages.iter().map(Message::cid).collect();
+        // Already held: nothing to check (repeated pages and re-sent batches are common).
+        for (i, cid) in cids.iter().enumerate() {
+            if outcomes[i].is_none() && ledger.has_message(tenant, cid)? {
+                outcomes[i] = Some(ApplyOutcome::Duplicate);
+            }
+        }
         let mut pending: Vec<usize> = dependency_order(&messages)
             .into_iter()
             .filter(|&i| outcomes[i].is_none())
             .collect();
+        // Only a policy that rewrites losers needs their payloads before the commit
+        // prunes them.
+        let resolving = *origin != Origin::Local
+            && !matches!(
+                *self.inner.policy.read().unwrap_or_else(|e| e.into_inner()),
+                ConflictPolicy::LastWriterWins
+            );
+        let mut definitions = Definitions::default();
         let mut missing: BTreeMap<usize, Vec<Dependency>> = BTreeMap::new();
         let mut tokens = HashMap::new();
         let mut conflicts = Vec::new();
@@ -623,7 +648,7 @@ impl Replica {
             missing.clear();
             let mut ready = Vec::new();
             for &i in &pending {
-                match self.check_against_store(tenant, &messages[i])? {
+                match self.check_against_store(tenant, &messages[i], &mut definitions)? {
                     Check::Ready => ready.push(i),
                     Check::Missing(deps) => {
                         missing.insert(i, deps);
@@ -649,7 +674,7 @@ impl Replica {
             // Versions that may lose a conflict in this commit, with their payloads, kept
             // before the commit prunes them so a policy can write them again.
             let mut known: HashMap<Cid, MessageWithData> = HashMap::new();
-            for &i in &ready {
+            for &i in ready.iter().filter(|_| resolving) {
                 let head = match messages[i].record_id() {
                     Some(r) => ledger.record_head(tenant, &r)?,
                     None => None,
@@ -659,7 +684,7 @@ impl Replica {
                 {
                     known.insert(stored.cid, (stored.message, stored.data));
                 }
-                known.insert(messages[i].cid(), (messages[i].clone(), datas[i].clone()));
+                known.insert(cids[i], (messages[i].clone(), datas[i].clone()));
             }
             let batch: Vec<MessageWithData> = ready
                 .iter()
@@ -703,6 +728,11 @@ impl Replica {
                 });
             }
             drop(index);
+            for &i in &ready {
+                if let Message::Configure(c) = &messages[i] {
+                    definitions.forget(&c.protocol);
+                }
+            }
             pending.retain(|i| outcomes[*i].is_none());
             self.resolve_conflicts(tenant, &known, &conflicts, origin)?;
             conflicts.clear();
@@ -725,7 +755,12 @@ impl Replica {
     }
 
     /// Checks a message's hard dependencies and protocol rules against committed state.
-    fn check_against_store(&self, tenant: &TenantId, message: &Message) -> Result<Check> {
+    fn check_against_store(
+        &self,
+        tenant: &TenantId,
+        message: &Message,
+        definitions: &mut Definitions,
+    ) -> Result<Check> {
         let ledger = &self.inner.ledger;
         let mut missing = Vec::new();
         match message {
@@ -737,10 +772,10 @@ impl Replica {
                 }
             }
             Message::Write(w) => {
-                match ledger.protocol_definition(tenant, &w.protocol)? {
+                match definitions.get(ledger, tenant, &w.protocol)? {
                     None => missing.push(Dependency::Protocol(w.protocol.clone())),
-                    Some((_, definition)) => {
-                        let Some(rule) = definition.definition.rule(&w.path) else {
+                    Some(definition) => {
+                        let Some(rule) = definition.rule(&w.path) else {
                             return Ok(Check::Invalid(format!(
                                 "path {} is not declared by protocol {}",
                                 w.path, w.protocol
@@ -1129,6 +1164,33 @@ impl Replica {
             }
         }
         Ok(Tree::from_keys(keys))
+    }
+}
+
+/// Protocol definitions read during one apply call: a batch of writes of one protocol
+/// reads its definition once. Forgotten when a configure of the protocol is committed.
+#[derive(Default)]
+struct Definitions(HashMap<ProtocolName, Option<Arc<ProtocolDefinition>>>);
+
+impl Definitions {
+    fn get(
+        &mut self,
+        ledger: &Ledger,
+        tenant: &TenantId,
+        protocol: &ProtocolName,
+    ) -> Result<Option<Arc<ProtocolDefinition>>> {
+        if let Some(found) = self.0.get(protocol) {
+            return Ok(found.clone());
+        }
+        let found = ledger
+            .protocol_definition(tenant, protocol)?
+            .map(|(_, c)| Arc::new(c.definition));
+        self.0.insert(protocol.clone(), found.clone());
+        Ok(found)
+    }
+
+    fn forget(&mut self, protocol: &ProtocolName) {
+        self.0.remove(protocol);
     }
 }
 
