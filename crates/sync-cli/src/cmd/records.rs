@@ -66,7 +66,7 @@ pub(crate) fn get(args: GetArgs) -> anyhow::Result<Exit> {
         None => Err(coded(
             Exit::Failure,
             format!(
-                "the value of {:?} is a blob that has not arrived yet; run `weft sync`",
+                "the value of {:?} is a blob that has not arrived in this replica yet",
                 args.key
             ),
         )),
