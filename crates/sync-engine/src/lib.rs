@@ -15,6 +15,7 @@
 
 #![deny(missing_docs)]
 
+pub mod blob;
 pub mod delivery;
 pub mod echo;
 mod error;
@@ -27,6 +28,7 @@ pub mod replica;
 pub mod sim;
 pub mod sync;
 
+pub use blob::{BlobGc, Residency};
 pub use error::{Error, Result};
 pub use node::ReplicaHandler;
 pub use replica::{

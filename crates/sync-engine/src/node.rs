@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use sync_ledger::{DeadLetterFilter, LogQuery, LogRead};
+use sync_ledger::{DeadLetterFilter, LogQuery, LogRead, UploadCursor};
 use sync_smt::{Limits, Responder};
 use sync_transport::HandlerError;
 use sync_transport::node::{Handler, RequestContext};
@@ -34,12 +34,59 @@ use tokio::sync::watch;
 
 use crate::replica::{Origin, Replica};
 
+/// Default largest blob a tenant may upload to a node, in bytes (4 GiB).
+pub const BLOB_BYTES_MAX_DEFAULT: u64 = 4 * 1024 * 1024 * 1024;
+/// Default number of blob uploads a node keeps open at once.
+pub const BLOB_UPLOADS_MAX_DEFAULT: usize = 16;
+/// An open upload that received nothing for this long may be closed to make room for
+/// another (its durable part stays; the sender resumes), in ms.
+pub const BLOB_UPLOAD_IDLE_MS_MAX: u64 = 60_000;
+
+/// What blob uploads a node accepts; every limit has its unit last.
+#[derive(Clone, Debug)]
+pub struct BlobLimits {
+    /// Largest blob a tenant may upload, in bytes. Default [`BLOB_BYTES_MAX_DEFAULT`].
+    pub blob_bytes_max: u64,
+    /// Per-tenant overrides of [`blob_bytes_max`](Self::blob_bytes_max), in bytes.
+    pub tenant_blob_bytes_max: HashMap<TenantId, u64>,
+    /// Uploads open at once over all tenants; a new one beyond this is refused as
+    /// unavailable (retryable) until one finishes or idles out. Default
+    /// [`BLOB_UPLOADS_MAX_DEFAULT`].
+    pub uploads_max: usize,
+}
+
+impl Default for BlobLimits {
+    fn default() -> Self {
+        Self {
+            blob_bytes_max: BLOB_BYTES_MAX_DEFAULT,
+            tenant_blob_bytes_max: HashMap::new(),
+            uploads_max: BLOB_UPLOADS_MAX_DEFAULT,
+        }
+    }
+}
+
+impl BlobLimits {
+    /// The largest blob `tenant` may upload, in bytes.
+    pub fn blob_bytes_max_for(&self, tenant: &TenantId) -> u64 {
+        self.tenant_blob_bytes_max
+            .get(tenant)
+            .copied()
+            .unwrap_or(self.blob_bytes_max)
+    }
+}
+
+/// Uploads between two chunks: the hash state of each, so a chunk continues the upload
+/// without re-reading what is stored, and when it last moved (ms).
+type OpenUploads = Arc<Mutex<HashMap<sync_types::Cid, (UploadCursor, u64)>>>;
+
 /// Serves a replica to remote peers. Cheap to clone.
 #[derive(Clone)]
 pub struct ReplicaHandler {
     replica: Replica,
     responder: Arc<Responder>,
     changes: Arc<Mutex<HashMap<TenantId, watch::Sender<u64>>>>,
+    blob_limits: Arc<BlobLimits>,
+    uploads: OpenUploads,
 }
 
 impl std::fmt::Debug for ReplicaHandler {
@@ -73,7 +120,16 @@ impl ReplicaHandler {
             replica,
             responder: Arc::new(Responder::new(Limits::default())),
             changes,
+            blob_limits: Arc::new(BlobLimits::default()),
+            uploads: Arc::default(),
         }
+    }
+
+    /// Sets the blob upload limits. Default [`BlobLimits::default`].
+    #[must_use]
+    pub fn with_blob_limits(mut self, limits: BlobLimits) -> Self {
+        self.blob_limits = Arc::new(limits);
+        self
     }
 
     /// The replica served.
@@ -296,49 +352,19 @@ impl Handler for ReplicaHandler {
         offset: u64,
         chunk: Bytes,
     ) -> Result<BlobStat, HandlerError> {
+        let max = self.blob_limits.blob_bytes_max_for(&req.tenant);
+        if req.total_size > max {
+            return Err(HandlerError::Forbidden(format!(
+                "blob of {} bytes exceeds tenant {}'s upload limit of {max} bytes",
+                req.total_size, req.tenant
+            )));
+        }
         let replica = self.replica.clone();
         let req = req.clone();
+        let uploads = self.uploads.clone();
+        let uploads_max = self.blob_limits.uploads_max.max(1);
         tokio::task::spawn_blocking(move || {
-            let blobs = replica.ledger().blobs();
-            let mut upload = blobs
-                .upload(&req.cid, Some(req.total_size), replica.now_ms())
-                .map_err(internal)?;
-            if upload.is_complete() {
-                return Ok(BlobStat {
-                    cid: req.cid,
-                    size: Some(upload.offset()),
-                    received_bytes: upload.offset(),
-                    complete: true,
-                });
-            }
-            if upload.offset() != offset {
-                return Err(HandlerError::BadRequest(format!(
-                    "chunk at offset {offset}, but the upload continues at {}",
-                    upload.offset()
-                )));
-            }
-            upload.write(&chunk).map_err(internal)?;
-            if upload.offset() >= req.total_size {
-                let size = upload.finish(replica.durability()).map_err(|e| match e {
-                    sync_ledger::Error::BlobMismatch { .. } => {
-                        HandlerError::BadRequest(e.to_string())
-                    }
-                    other => internal(other),
-                })?;
-                return Ok(BlobStat {
-                    cid: req.cid,
-                    size: Some(size),
-                    received_bytes: size,
-                    complete: true,
-                });
-            }
-            let received = upload.checkpoint(replica.durability()).map_err(internal)?;
-            Ok(BlobStat {
-                cid: req.cid,
-                size: Some(req.total_size),
-                received_bytes: received,
-                complete: false,
-            })
+            write_chunk(&replica, &uploads, uploads_max, &req, offset, &chunk)
         })
         .await
         .map_err(internal)?
@@ -372,4 +398,89 @@ impl Handler for ReplicaHandler {
             .or_insert_with(|| watch::channel(0).0)
             .subscribe()
     }
+}
+
+/// Stores one chunk of an upload. The upload stays open between chunks (its hash state
+/// in `uploads`), so a transfer of any size hashes every byte once; it is made durable
+/// at the end of each request's range, which is where a sender resumes after a failure.
+fn write_chunk(
+    replica: &Replica,
+    uploads: &OpenUploads,
+    uploads_max: usize,
+    req: &BlobWriteRequest,
+    offset: u64,
+    chunk: &[u8],
+) -> Result<BlobStat, HandlerError> {
+    let blobs = replica.ledger().blobs();
+    let now = replica.now_ms();
+    let open = lock(uploads)
+        .remove(&req.cid)
+        // A sender that lost a request resumes from the durable offset: reopen there.
+        .filter(|(cursor, _)| cursor.offset() == offset);
+    let upload = match open {
+        Some((cursor, _)) => blobs.resume(cursor, now),
+        None => {
+            let mut open = lock(uploads);
+            if open.len() >= uploads_max {
+                open.retain(|_, (_, at)| now.saturating_sub(*at) < BLOB_UPLOAD_IDLE_MS_MAX);
+            }
+            if open.len() >= uploads_max {
+                return Err(HandlerError::Unavailable(format!(
+                    "{} blob uploads are in progress; retry later",
+                    open.len()
+                )));
+            }
+            drop(open);
+            blobs.upload(&req.cid, Some(req.total_size), now)
+        }
+    };
+    let mut upload = upload.map_err(|e| match e {
+        sync_ledger::Error::UploadInProgress(_) => HandlerError::Unavailable(e.to_string()),
+        other => internal(other),
+    })?;
+    if upload.is_complete() {
+        return Ok(BlobStat {
+            cid: req.cid,
+            size: Some(upload.offset()),
+            received_bytes: upload.offset(),
+            complete: true,
+        });
+    }
+    if upload.offset() != offset {
+        return Err(HandlerError::BadRequest(format!(
+            "chunk at offset {offset}, but the upload continues at {}",
+            upload.offset()
+        )));
+    }
+    upload.write(chunk).map_err(internal)?;
+    if upload.offset() >= req.total_size {
+        let size = upload.finish(replica.durability()).map_err(|e| match e {
+            sync_ledger::Error::BlobMismatch { .. } => HandlerError::BadRequest(e.to_string()),
+            other => internal(other),
+        })?;
+        return Ok(BlobStat {
+            cid: req.cid,
+            size: Some(size),
+            received_bytes: size,
+            complete: true,
+        });
+    }
+    let received = if upload.offset() >= req.offset + req.len {
+        upload.checkpoint(replica.durability()).map_err(internal)?
+    } else {
+        upload.offset()
+    };
+    if let Some(cursor) = upload.pause() {
+        lock(uploads).insert(req.cid, (cursor, now));
+    }
+    Ok(BlobStat {
+        cid: req.cid,
+        size: Some(req.total_size),
+        received_bytes: received,
+        complete: false,
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

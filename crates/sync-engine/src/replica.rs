@@ -95,8 +95,14 @@ pub struct Record {
     pub deleted: bool,
     /// The payload reference of the winning version.
     pub data_ref: Option<DataRef>,
-    /// The payload, when it is resident (inline, or a blob that has arrived).
+    /// The payload, when it is resident and at most
+    /// [`RECORD_DATA_BYTES_MAX`](crate::blob::RECORD_DATA_BYTES_MAX): inline payloads
+    /// always, blobs only when small; a larger blob is never loaded implicitly, read it
+    /// with [`Replica::blob_reader`] or [`Replica::read_blob`].
     pub data: Option<Vec<u8>>,
+    /// Whether the payload is here: [`Residency::Staged`] until a referenced blob has
+    /// arrived and been verified.
+    pub residency: crate::blob::Residency,
 }
 
 /// The receipt of a local write.
@@ -450,6 +456,17 @@ impl Replica {
 
     /// Writes a version of a record.
     pub fn write(&self, tenant: &TenantId, req: WriteRequest) -> Result<Receipt> {
+        self.write_staged(tenant, req, None)
+    }
+
+    /// [`write`](Self::write) with the payload already staged (`(reference, inline
+    /// bytes)`, see [`Replica::write_with_blob`]); `req.data` is then ignored.
+    pub(crate) fn write_staged(
+        &self,
+        tenant: &TenantId,
+        req: WriteRequest,
+        staged: Option<(Option<DataRef>, Option<Vec<u8>>)>,
+    ) -> Result<Receipt> {
         let _writer = lock(&self.inner.writer);
         let timestamp = self.tick();
         let record_id = match &req.key {
@@ -494,7 +511,10 @@ impl Replica {
             .len()
             .checked_sub(2)
             .map(|i| context_id.chain()[i]);
-        let (data_ref, inline) = self.stage_data(req.data)?;
+        let (data_ref, inline) = match staged {
+            Some(staged) => staged,
+            None => self.stage_data(req.data)?,
+        };
         let message = Message::Write(Write {
             tenant: tenant.clone(),
             record_id,
@@ -918,15 +938,15 @@ impl Replica {
             let (Message::Write(w), Message::Write(src)) = (&winner, &source) else {
                 continue;
             };
-            let data = match data {
-                Some(d) => Some(d),
+            // A blob is written again by reference, never loaded into memory.
+            let (data_ref, inline) = match data {
+                Some(d) => self.stage_data(Some(d))?,
                 None => match src.data {
                     Some(r) if r.is_inline() => continue, // payload unknown: keep the winner
-                    Some(r) => Some(self.inner.ledger.blobs().read(&r.data_cid)?),
-                    None => None,
+                    Some(r) => (Some(r), None),
+                    None => (None, None),
                 },
             };
-            let (data_ref, inline) = self.stage_data(data)?;
             let resolution = Message::Write(Write {
                 prev: Some(conflict.winner),
                 timestamp: self.tick(),
@@ -969,9 +989,13 @@ impl Replica {
             Message::Delete(d) => (d.author.clone(), None, true, d.protocol.clone()),
             Message::Configure(_) => return Ok(None),
         };
+        let residency = crate::blob::residency_of(ledger, deleted, data_ref.as_ref())?;
         let data = match (winner.data, data_ref) {
             (Some(d), _) => Some(d),
-            (None, Some(r)) if ledger.blobs().has(&r.data_cid)? => {
+            (None, Some(r))
+                if residency == crate::blob::Residency::Resident
+                    && r.size <= crate::blob::RECORD_DATA_BYTES_MAX =>
+            {
                 Some(ledger.blobs().read(&r.data_cid)?)
             }
             _ => None,
@@ -988,6 +1012,7 @@ impl Replica {
             deleted,
             data_ref,
             data,
+            residency,
         }))
     }
 

@@ -129,7 +129,7 @@ use std::time::Duration;
 
 use sync_ledger::{DeadLetterFilter, LogRead, RegisteredIdentity};
 use sync_smt::{Config as DiffConfig, Hash, Initiator, Step, Tree};
-use sync_transport::client::blob_source_from_bytes;
+use sync_transport::client::BlobSource;
 use sync_transport::proto::ErrorCode;
 use sync_transport::proto::{
     BATCH_MESSAGES_MAX, BlobReadRequest, BlobStatRequest, BlobWriteRequest, DiffRequest,
@@ -166,8 +166,16 @@ pub const STALLED_PAGES_MAX: u32 = 3;
 pub const INTEGRITY_CHECK_MS_DEFAULT: u64 = 300_000;
 /// Most ranges of pulled local positions remembered per endpoint for echo suppression.
 pub const ECHO_RANGES_MAX: usize = 65_536;
-/// Largest blob moved in one piece by sync, in bytes; larger blobs move in chunks.
-pub const BLOB_CHUNK_BYTES: u64 = 1024 * 1024;
+/// Bytes of a blob moved per request by sync; a transfer resumes from the last range
+/// made durable, so this is also the most an interruption costs.
+pub const BLOB_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+/// Bytes of the first range of a blob upload (see [`BLOB_CHUNK_BYTES`]).
+pub const BLOB_PROBE_BYTES: u64 = 64 * 1024;
+/// Blob transfers (uploads and downloads) one engine runs at once, over all its links.
+pub const BLOB_TRANSFERS_MAX_DEFAULT: usize = 2;
+/// Downloads of one blob in one fetch before it is left staged for a later sync: a
+/// transfer that fails verification stores nothing and starts over once.
+pub const BLOB_FETCH_ATTEMPTS_MAX: u32 = 2;
 
 /// Tunables of the engine; every limit has its unit last.
 #[derive(Clone, Debug)]
@@ -198,6 +206,14 @@ pub struct SyncConfig {
     /// build their trees on demand and are compared only when a reconcile is due.
     /// Default true.
     pub verify_roots: bool,
+    /// Blob transfers running at once over all links (a semaphore); the rest wait.
+    /// Default [`BLOB_TRANSFERS_MAX_DEFAULT`].
+    pub blob_transfers_max: usize,
+    /// Whether [`Engine::catch_up`] and [`Engine::reconcile`] fetch the blobs of the
+    /// records they staged in a detached task instead of before returning, so that a
+    /// large download never delays the next catch-up of small messages (the live
+    /// driver's case). [`Engine::sync_link`] always waits for them. Default true.
+    pub blob_fetch_detached: bool,
 }
 
 impl Default for SyncConfig {
@@ -213,6 +229,8 @@ impl Default for SyncConfig {
             push_retry_backoff_ms: vec![0, 250, 1_000, 2_000],
             integrity_check_ms: INTEGRITY_CHECK_MS_DEFAULT,
             verify_roots: true,
+            blob_transfers_max: BLOB_TRANSFERS_MAX_DEFAULT,
+            blob_fetch_detached: true,
         }
     }
 }
@@ -592,6 +610,7 @@ impl<C: Connector> EngineBuilder<C> {
     /// The engine.
     pub fn build(self) -> Engine<C> {
         let seed = self.seed.unwrap_or_else(os_random_u64);
+        let blob_transfers_max = self.config.blob_transfers_max.max(1);
         Engine {
             inner: Arc::new(Inner {
                 replica: self.replica,
@@ -602,6 +621,8 @@ impl<C: Connector> EngineBuilder<C> {
                 link_locks: Mutex::default(),
                 last_reconcile_ms: Mutex::default(),
                 sync_lock: tokio::sync::Mutex::new(()),
+                blob_permits: Arc::new(tokio::sync::Semaphore::new(blob_transfers_max)),
+                blob_fetching: Mutex::default(),
             }),
         }
     }
@@ -639,6 +660,10 @@ struct Inner<C> {
     link_locks: Mutex<HashMap<LinkKey, Arc<tokio::sync::Mutex<()>>>>,
     last_reconcile_ms: Mutex<HashMap<LinkKey, u64>>,
     sync_lock: tokio::sync::Mutex<()>,
+    /// Bounds the blob transfers running at once ([`SyncConfig::blob_transfers_max`]).
+    blob_permits: Arc<tokio::sync::Semaphore>,
+    /// Blobs being downloaded, so two links do not fetch the same blob at once.
+    blob_fetching: Mutex<HashSet<Cid>>,
 }
 
 /// One link, ready to run: its key, scope and a client of its endpoint.
@@ -740,6 +765,31 @@ fn settle(outcome: &ApplyOutcome) -> Settle {
     } else {
         Settle::Open
     }
+}
+
+/// A [`BlobSource`] over `len` bytes of a stored blob from `offset`, read one store chunk
+/// at a time as the transport pulls it.
+fn blob_range_source(replica: Replica, cid: Cid, offset: u64, len: u64) -> BlobSource {
+    use futures_util::StreamExt;
+    const PIECE_BYTES: u64 = 64 * 1024;
+    let end = offset + len;
+    futures_util::stream::unfold(offset, move |at| {
+        let replica = replica.clone();
+        async move {
+            if at >= end {
+                return None;
+            }
+            let n = (end - at).min(PIECE_BYTES - at % PIECE_BYTES);
+            let piece = replica
+                .ledger()
+                .blobs()
+                .read_range(&cid, at, n)
+                .map(bytes::Bytes::from)
+                .map_err(std::io::Error::other);
+            Some((piece, at + n))
+        }
+    })
+    .boxed()
 }
 
 fn big_data(message: &Message) -> Option<(Cid, u64)> {
@@ -1128,16 +1178,98 @@ impl<C: Connector> Engine<C> {
         Ok(outcomes)
     }
 
-    /// Downloads a blob the local store lacks, in ranges, resuming a partial download.
-    /// Returns whether it was fetched; a blob the remote does not hold complete is left
-    /// for later (the record stays staged).
+    /// Fetches the blobs of staged records (the blob store's wanted list): awaited, or in
+    /// a detached task when [`SyncConfig::blob_fetch_detached`] is set. Returns the blobs
+    /// fetched before returning.
+    async fn fetch_staged_after(&self, ctx: LinkCtx<C::Remote>) -> Result<u64> {
+        if !self.has_wanted_blobs()? {
+            return Ok(0);
+        }
+        if !self.inner.config.blob_fetch_detached {
+            return self.fetch_staged(&ctx).await;
+        }
+        let engine = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = engine.fetch_staged(&ctx).await {
+                tracing::debug!(link = %ctx.key, error = %e, "blob fetch failed; the records stay staged");
+            }
+        });
+        Ok(0)
+    }
+
+    fn has_wanted_blobs(&self) -> Result<bool> {
+        Ok(self
+            .ledger()
+            .blobs()
+            .partial_uploads()?
+            .iter()
+            .any(|(_, s)| s.size.is_some()))
+    }
+
+    /// Downloads every wanted blob this link's remote can serve, one at a time. A blob
+    /// the remote does not hold stays wanted (its records stay staged) for a later sync.
+    async fn fetch_staged(&self, ctx: &LinkCtx<C::Remote>) -> Result<u64> {
+        let wanted: Vec<(Cid, u64)> = self
+            .ledger()
+            .blobs()
+            .partial_uploads()?
+            .into_iter()
+            .filter_map(|(cid, s)| s.size.map(|size| (cid, size)))
+            .collect();
+        let mut fetched = 0;
+        for (cid, size) in wanted {
+            if self.fetch_blob(ctx, cid, size).await? {
+                fetched += 1;
+            }
+        }
+        Ok(fetched)
+    }
+
+    /// Downloads a blob the local store lacks, resuming a partial download; see
+    /// [`fetch_blob_once`](Self::fetch_blob_once). A download that fails verification
+    /// stored nothing and starts over, at most [`BLOB_FETCH_ATTEMPTS_MAX`] times. Returns
+    /// whether the blob is now stored; otherwise the record stays staged.
     async fn fetch_blob(&self, ctx: &LinkCtx<C::Remote>, cid: Cid, size: u64) -> Result<bool> {
-        let blobs = self.ledger().blobs();
-        if blobs.has(&cid)? {
+        if self.ledger().blobs().has(&cid)? {
             return Ok(false);
         }
-        let mut offset = blobs.upload_offset(&cid)?.unwrap_or(0);
-        while offset < size {
+        if !lock(&self.inner.blob_fetching).insert(cid) {
+            return Ok(false); // another link is fetching it
+        }
+        let _permit = self.inner.blob_permits.clone().acquire_owned().await;
+        let mut result = Ok(false);
+        for attempt in 1..=BLOB_FETCH_ATTEMPTS_MAX {
+            result = self.fetch_blob_once(ctx, cid, size).await;
+            match &result {
+                Err(Error::Ledger(e @ sync_ledger::Error::BlobMismatch { .. })) => {
+                    tracing::warn!(link = %ctx.key, %cid, attempt, error = %e, "blob failed verification; fetching it again");
+                    result = Ok(false);
+                }
+                _ => break,
+            }
+        }
+        lock(&self.inner.blob_fetching).remove(&cid);
+        result
+    }
+
+    /// One download: resumes from the bytes already stored, asks for ranges of
+    /// [`BLOB_CHUNK_BYTES`], streams each range into one open upload (which hashes as it
+    /// writes, so memory stays bounded by a chunk whatever the size), makes each range
+    /// durable, and stores the blob only when the hash of all its bytes matches.
+    async fn fetch_blob_once(&self, ctx: &LinkCtx<C::Remote>, cid: Cid, size: u64) -> Result<bool> {
+        use futures_util::StreamExt;
+        let blobs = self.ledger().blobs();
+        blobs.want(&cid, size, self.now_ms())?;
+        let mut upload = match blobs.upload(&cid, Some(size), self.now_ms()) {
+            Ok(u) => u,
+            Err(sync_ledger::Error::UploadInProgress(_)) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        if upload.is_complete() {
+            return Ok(false);
+        }
+        while upload.offset() < size {
+            let offset = upload.offset();
             let len = (size - offset).min(BLOB_CHUNK_BYTES);
             let req = BlobReadRequest {
                 tenant: ctx.key.tenant.clone(),
@@ -1146,35 +1278,48 @@ impl<C: Connector> Engine<C> {
                 offset,
                 len,
             };
-            let download = match ctx.remote.blob_read(req).await {
+            let mut download = match ctx.remote.blob_read(req).await {
                 Ok(d) => d,
                 Err(e) if e.code() == Some(ErrorCode::NotFound) => return Ok(false),
                 Err(e) => return Err(e.into()),
             };
-            let bytes = download.collect().await?;
-            if bytes.is_empty() {
+            if download.head.offset != offset
+                || download.head.len == 0
+                || download.head.total_size != size
+            {
                 return Err(Error::Protocol(format!(
-                    "blob {cid} range at {offset} is empty"
+                    "blob {cid} range at {offset} came back as {:?}",
+                    download.head
                 )));
             }
-            let mut upload = blobs.upload(&cid, Some(size), self.now_ms())?;
-            if upload.offset() != offset {
-                // Someone else moved the upload; continue from where it is.
-                offset = upload.offset();
-                continue;
+            let end = offset + download.head.len;
+            while let Some(chunk) = download.bytes.next().await {
+                let chunk = chunk?;
+                if upload.offset() + chunk.len() as u64 > end {
+                    return Err(Error::Protocol(format!(
+                        "blob {cid} range at {offset} is longer than announced"
+                    )));
+                }
+                upload.write(&chunk)?;
             }
-            upload.write(&bytes)?;
-            offset = upload.offset();
-            if offset >= size {
-                upload.finish(self.durability())?;
-            } else {
+            if upload.offset() != end {
+                // Truncated: what arrived is kept, the next attempt resumes after it.
+                return Err(Error::Protocol(format!(
+                    "blob {cid} range at {offset} ended after {} of {} bytes",
+                    upload.offset() - offset,
+                    download.head.len
+                )));
+            }
+            if end < size {
                 upload.checkpoint(self.durability())?;
             }
         }
+        upload.finish(self.durability())?;
         Ok(true)
     }
 
-    /// Uploads a local blob the remote lacks, resuming where the remote stopped.
+    /// Uploads a local blob the remote lacks, resuming where the remote stopped. Each
+    /// range is read from the store one chunk at a time as the transport sends it.
     async fn push_blob(&self, ctx: &LinkCtx<C::Remote>, cid: Cid) -> Result<bool> {
         let blobs = self.ledger().blobs();
         let Some(size) = blobs.size(&cid)? else {
@@ -1191,10 +1336,15 @@ impl<C: Connector> Engine<C> {
         if stat.complete {
             return Ok(false);
         }
+        let _permit = self.inner.blob_permits.clone().acquire_owned().await;
         let mut offset = stat.received_bytes;
+        // The first range is one piece: a node that refuses the blob (a size limit)
+        // answers before much is sent, so its error arrives whole instead of as a
+        // broken upload.
+        let mut range = BLOB_PROBE_BYTES;
         while offset < size {
-            let len = (size - offset).min(BLOB_CHUNK_BYTES);
-            let bytes = bytes::Bytes::from(blobs.read_range(&cid, offset, len)?);
+            let len = (size - offset).min(range);
+            range = BLOB_CHUNK_BYTES;
             let req = BlobWriteRequest {
                 tenant: ctx.key.tenant.clone(),
                 cid,
@@ -1202,10 +1352,8 @@ impl<C: Connector> Engine<C> {
                 offset,
                 len,
             };
-            let stat = ctx
-                .remote
-                .blob_write(req, blob_source_from_bytes(bytes, 64 * 1024))
-                .await?;
+            let source = blob_range_source(self.replica().clone(), cid, offset, len);
+            let stat = ctx.remote.blob_write(req, source).await?;
             if stat.complete {
                 break;
             }
@@ -1225,8 +1373,11 @@ impl<C: Connector> Engine<C> {
     /// [module docs](self).
     pub async fn catch_up(&self, link: &LinkKey) -> Result<CatchUpOutcome> {
         let ctx = self.link_ctx(link)?;
-        let _guard = self.lock_link(link).await;
-        self.catch_up_locked(&ctx).await
+        let guard = self.lock_link(link).await;
+        let mut out = self.catch_up_locked(&ctx).await?;
+        drop(guard);
+        out.blobs_fetched += self.fetch_staged_after(ctx).await?;
+        Ok(out)
     }
 
     async fn catch_up_locked(&self, ctx: &LinkCtx<C::Remote>) -> Result<CatchUpOutcome> {
@@ -1344,11 +1495,12 @@ impl<C: Connector> Engine<C> {
                 if *o == ApplyOutcome::Applied {
                     out.applied += 1;
                 }
+                // The record is staged; its blob is fetched after the pages, outside the
+                // link's lock, so small messages are never held up behind it.
                 if o.is_success()
                     && let Some((cid, size)) = big_data(&e.item.message)
-                    && self.fetch_blob(ctx, cid, size).await?
                 {
-                    out.blobs_fetched += 1;
+                    self.ledger().blobs().want(&cid, size, self.now_ms())?;
                 }
             }
 
@@ -1775,8 +1927,11 @@ impl<C: Connector> Engine<C> {
     /// see the [module docs](self).
     pub async fn reconcile(&self, link: &LinkKey) -> Result<ReconcileOutcome> {
         let ctx = self.link_ctx(link)?;
-        let _guard = self.lock_link(link).await;
-        self.reconcile_locked(&ctx).await
+        let guard = self.lock_link(link).await;
+        let out = self.reconcile_locked(&ctx).await?;
+        drop(guard);
+        self.fetch_staged_after(ctx).await?;
+        Ok(out)
     }
 
     async fn remote_root(&self, ctx: &LinkCtx<C::Remote>) -> Result<Hash> {
@@ -2074,7 +2229,7 @@ impl<C: Connector> Engine<C> {
             match settle(&o) {
                 Settle::Done => {
                     if let Some((cid, size)) = big_data(&item.0) {
-                        self.fetch_blob(ctx, cid, size).await?;
+                        self.ledger().blobs().want(&cid, size, self.now_ms())?;
                     }
                 }
                 Settle::Failed => {
@@ -2139,16 +2294,32 @@ impl<C: Connector> Engine<C> {
 
     async fn sync_link_inner(&self, key: &LinkKey, report: &mut LinkReport) -> Result<()> {
         let ctx = self.link_ctx(key)?;
-        let _guard = self.lock_link(key).await;
+        let guard = self.lock_link(key).await;
+        self.sync_link_locked(&ctx, report).await?;
+        drop(guard);
+        // 4. Fetch the blobs of staged records, outside the link's lock.
+        let fetched = self.fetch_staged(&ctx).await?;
+        if let Some(c) = report.catch_up.as_mut() {
+            c.blobs_fetched += fetched;
+        }
+        Ok(())
+    }
+
+    async fn sync_link_locked(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        report: &mut LinkReport,
+    ) -> Result<()> {
+        let key = &ctx.key;
         let cfg = &self.inner.config;
 
         // 1. Pull what the remote logged since the checkpoint.
-        let mut catch_up = self.catch_up_locked(&ctx).await?;
+        let mut catch_up = self.catch_up_locked(ctx).await?;
         report.pulled += catch_up.received;
         if let Some(stop) = catch_up.stop.clone() {
             // A gap or a missing dependency: the tree diff finds what the log cannot
             // give, then the log resumes.
-            let reconcile = self.reconcile_locked(&ctx).await?;
+            let reconcile = self.reconcile_locked(ctx).await?;
             report.pulled += reconcile.pulled;
             report.pushed += reconcile.pushed;
             if let CatchUpStop::Gap(gap) = &stop
@@ -2159,13 +2330,13 @@ impl<C: Connector> Engine<C> {
                 self.save_checkpoint(key, Direction::Pull, cp, Traffic::default())?;
             }
             report.reconcile = Some(reconcile);
-            catch_up = self.catch_up_locked(&ctx).await?;
+            catch_up = self.catch_up_locked(ctx).await?;
             report.pulled += catch_up.received;
         }
         report.catch_up = Some(catch_up);
 
         // 2. Push the local log since the checkpoint.
-        let push = self.push_locked(&ctx).await?;
+        let push = self.push_locked(ctx).await?;
         report.pushed += push.sent;
         report.push = Some(push);
 
@@ -2178,7 +2349,7 @@ impl<C: Connector> Engine<C> {
             || last.is_none_or(|t| now.saturating_sub(t) >= cfg.integrity_check_ms);
         let cheap = cfg.verify_roots && !matches!(ctx.scope, Scope::Projection(_));
         if due || cheap {
-            let reconcile = self.reconcile_locked(&ctx).await?;
+            let reconcile = self.reconcile_locked(ctx).await?;
             report.pulled += reconcile.pulled;
             report.pushed += reconcile.pushed;
             report.reconcile = Some(reconcile);

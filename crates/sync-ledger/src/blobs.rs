@@ -455,3 +455,301 @@ impl Drop for BlobUpload<'_> {
         lock(&self.ledger.uploads).remove(&self.cid);
     }
 }
+
+// ---- streaming: writes of unknown hash, readers, paused uploads, listing ----
+
+/// Prefix of the staging ids under which [`Blobs::put_stream`] writes a blob whose hash
+/// is not known yet. A staging id is `blake3(prefix || nonce)`, so it never equals the
+/// hash of real content by accident.
+const STAGING_PREFIX: &[u8] = b"weft blob staging v1";
+
+/// Chunks moved from a staging id to the blob's id per commit by
+/// [`Blobs::put_stream`]; bounds the batch (and its memory) to 16 chunks (1 MiB).
+const STAGING_MOVE_CHUNKS_MAX: u64 = 16;
+
+impl<'a> Blobs<'a> {
+    /// Stores a blob from a reader without knowing its hash in advance; returns its id
+    /// and size. Memory stays bounded by one chunk whatever the size: the bytes are
+    /// hashed while they are written under a temporary staging id (a partial upload,
+    /// listed by [`partial_uploads`](Self::partial_uploads) and removable with
+    /// [`abort_upload`](Self::abort_upload) if the process dies), then the chunks are
+    /// moved to the blob's id in bounded batches, the last of which stores its
+    /// `blob_meta`. When the blob is already stored the staged chunks are just removed.
+    pub fn put_stream(
+        &self,
+        mut reader: impl Read,
+        durability: Durability,
+        now_ms: u64,
+    ) -> Result<(Cid, u64)> {
+        let nonce = {
+            let mut h = blake3::Hasher::new();
+            h.update(STAGING_PREFIX);
+            h.update(&now_ms.to_be_bytes());
+            h.update(&std::process::id().to_be_bytes());
+            let n = STAGING_NONCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            h.update(&n.to_be_bytes());
+            Cid::from_bytes(*h.finalize().as_bytes())
+        };
+        let mut upload = self.upload(&nonce, None, now_ms)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; BLOB_CHUNK_BYTES];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::backend(e)),
+            };
+            hasher.update(&buf[..n]);
+            upload.write(&buf[..n])?;
+        }
+        upload.checkpoint(Durability::Buffered)?;
+        let size = upload.offset();
+        drop(upload);
+        let cid = Cid::from_bytes(*hasher.finalize().as_bytes());
+        if !lock(&self.ledger.uploads).insert(cid) {
+            self.abort_upload(&nonce)?;
+            return Err(Error::UploadInProgress(cid));
+        }
+        let moved = self.move_staged(&nonce, &cid, size, durability);
+        lock(&self.ledger.uploads).remove(&cid);
+        moved?;
+        Ok((cid, size))
+    }
+
+    fn move_staged(&self, from: &Cid, to: &Cid, size: u64, durability: Durability) -> Result<()> {
+        if self.has(to)? {
+            let mut batch = Batch::new();
+            self.delete_chunks(from, &mut batch)?;
+            batch.delete(layout::BLOB_UPLOADS, from.as_bytes().to_vec());
+            return self.ledger.commit(batch, durability);
+        }
+        let chunks = size.div_ceil(chunk_bytes());
+        let mut index = 0;
+        loop {
+            let end = (index + STAGING_MOVE_CHUNKS_MAX).min(chunks);
+            let mut batch = Batch::new();
+            for i in index..end {
+                let key = chunk_key(from, i)?;
+                let bytes = self
+                    .ledger
+                    .store
+                    .get(layout::BLOB_CHUNKS, &key)?
+                    .ok_or_else(|| {
+                        Error::Inconsistent(format!("staged blob chunk {i} is missing"))
+                    })?;
+                batch.put(layout::BLOB_CHUNKS, chunk_key(to, i)?, bytes);
+                batch.delete(layout::BLOB_CHUNKS, key);
+            }
+            index = end;
+            if index >= chunks {
+                batch.put(
+                    layout::BLOB_META,
+                    to.as_bytes().to_vec(),
+                    enc(&BlobMeta {
+                        size,
+                        chunk_bytes: u32::try_from(BLOB_CHUNK_BYTES).unwrap_or(u32::MAX),
+                    }),
+                );
+                batch.delete(layout::BLOB_UPLOADS, from.as_bytes().to_vec());
+                batch.delete(layout::BLOB_UPLOADS, to.as_bytes().to_vec());
+                return self.ledger.commit(batch, durability);
+            }
+            self.ledger.commit(batch, Durability::Buffered)?;
+        }
+    }
+
+    /// A reader over a stored blob, from `offset`; it holds one chunk in memory at a
+    /// time, so a caller never needs the whole blob in memory.
+    pub fn reader(&self, cid: &Cid, offset: u64) -> Result<BlobReader<'a>> {
+        let size = self.size(cid)?.ok_or(Error::BlobNotFound(*cid))?;
+        if offset > size {
+            return Err(Error::RangeOutOfBounds {
+                cid: *cid,
+                offset,
+                end: offset,
+                size,
+            });
+        }
+        Ok(BlobReader {
+            blobs: Blobs {
+                ledger: self.ledger,
+            },
+            cid: *cid,
+            size,
+            offset,
+            chunk: Vec::new(),
+            at: 0,
+        })
+    }
+
+    /// Every stored blob with its size, in id order (for garbage collection).
+    pub fn list(&self) -> Result<Vec<(Cid, u64)>> {
+        self.ledger
+            .store
+            .scan(layout::BLOB_META, KeyRange::all(), Order::Ascending)?
+            .map(|kv| {
+                let (k, v) = kv?;
+                let cid = Cid::from_bytes(layout::key_tail::<32>(layout::BLOB_META, &k)?);
+                let meta: BlobMeta = dec(layout::BLOB_META, &k, &v)?;
+                Ok((cid, meta.size))
+            })
+            .collect()
+    }
+
+    /// Records that a blob of `size` bytes is wanted (a record references it and it has
+    /// not arrived), as an upload at offset 0, unless it is stored or an upload exists.
+    /// Wanted blobs are listed by [`partial_uploads`](Self::partial_uploads), so a
+    /// fetcher finds them again after a restart.
+    pub fn want(&self, cid: &Cid, size: u64, now_ms: u64) -> Result<()> {
+        if lock(&self.ledger.uploads).contains(cid)
+            || self.has(cid)?
+            || self.upload_state(cid)?.is_some()
+        {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        batch.put(
+            layout::BLOB_UPLOADS,
+            cid.as_bytes().to_vec(),
+            enc(&UploadState {
+                received: 0,
+                size: Some(size),
+                updated_ms: now_ms,
+            }),
+        );
+        self.ledger.commit(batch, Durability::Buffered)
+    }
+
+    /// Continues a paused upload without re-reading what it already wrote. The cursor
+    /// is trusted only when the stored upload state agrees with it (same blob, its
+    /// durable offset between the cursor's last full chunk and its offset); otherwise
+    /// this is [`upload`](Self::upload), which re-hashes the stored chunks.
+    pub fn resume(&self, cursor: UploadCursor, now_ms: u64) -> Result<BlobUpload<'a>> {
+        let state = self.upload_state(&cursor.cid)?;
+        let agrees = !self.has(&cursor.cid)?
+            && match &state {
+                Some(s) => {
+                    s.received >= cursor.received
+                        && s.received <= cursor.received + cursor.buf.len() as u64
+                }
+                None => cursor.received == 0,
+            };
+        if !agrees {
+            return self.upload(&cursor.cid, cursor.size, now_ms);
+        }
+        if !lock(&self.ledger.uploads).insert(cursor.cid) {
+            return Err(Error::UploadInProgress(cursor.cid));
+        }
+        Ok(BlobUpload {
+            ledger: self.ledger,
+            cid: cursor.cid,
+            size: cursor.size,
+            received: cursor.received,
+            hasher: cursor.hasher,
+            buf: cursor.buf,
+            complete: None,
+            now_ms,
+        })
+    }
+}
+
+static STAGING_NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A paused [`BlobUpload`]: its hash state and unwritten bytes, held in memory between
+/// two calls of a long transfer so that continuing does not re-hash the stored chunks
+/// (see [`Blobs::resume`]). Dropping it loses nothing durable.
+pub struct UploadCursor {
+    cid: Cid,
+    size: Option<u64>,
+    received: u64,
+    hasher: blake3::Hasher,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for UploadCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadCursor")
+            .field("cid", &self.cid)
+            .field("offset", &self.offset())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UploadCursor {
+    /// The blob.
+    pub fn cid(&self) -> Cid {
+        self.cid
+    }
+
+    /// Bytes received so far.
+    pub fn offset(&self) -> u64 {
+        self.received + self.buf.len() as u64
+    }
+}
+
+impl BlobUpload<'_> {
+    /// Pauses the upload, keeping its hash state for [`Blobs::resume`]; `None` when the
+    /// blob was already stored (nothing to continue).
+    pub fn pause(mut self) -> Option<UploadCursor> {
+        if self.complete.is_some() {
+            return None;
+        }
+        Some(UploadCursor {
+            cid: self.cid,
+            size: self.size,
+            received: self.received,
+            hasher: std::mem::take(&mut self.hasher),
+            buf: std::mem::take(&mut self.buf),
+        })
+    }
+}
+
+/// Reads a stored blob one chunk at a time; see [`Blobs::reader`].
+pub struct BlobReader<'a> {
+    blobs: Blobs<'a>,
+    cid: Cid,
+    size: u64,
+    offset: u64,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl std::fmt::Debug for BlobReader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobReader")
+            .field("cid", &self.cid)
+            .field("offset", &self.offset)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlobReader<'_> {
+    /// The blob's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Read for BlobReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.chunk.len() {
+            if self.offset >= self.size || out.is_empty() {
+                return Ok(0);
+            }
+            // Read up to the end of the current chunk, so every read is one chunk.
+            let len = (chunk_bytes() - self.offset % chunk_bytes()).min(self.size - self.offset);
+            self.chunk = self
+                .blobs
+                .read_range(&self.cid, self.offset, len)
+                .map_err(std::io::Error::other)?;
+            self.offset += len;
+            self.at = 0;
+        }
+        let n = out.len().min(self.chunk.len() - self.at);
+        out[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}

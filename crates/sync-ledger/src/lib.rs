@@ -119,7 +119,7 @@ mod log;
 mod registry;
 pub mod store;
 
-pub use blobs::{BlobUpload, Blobs};
+pub use blobs::{BlobReader, BlobUpload, Blobs, UploadCursor};
 pub use error::{BackendError, Error, Result};
 pub use layout::UploadState;
 pub use ledger::{
