@@ -10,13 +10,14 @@
 //! the key's UTF-8 bytes, then the value's bytes. Payloads in another layout are shown
 //! with their record id as the key and the whole payload as the value.
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use sync_engine::{Receipt, Record, Replica};
-use sync_types::{PrincipalId, ProtocolName, ProtocolPath, RecordId, TenantId, TypeRule};
+use sync_engine::{Receipt, Record, RecordKey, Replica, Residency, WriteRequest};
+use sync_types::{DataRef, PrincipalId, ProtocolName, ProtocolPath, RecordId, TenantId, TypeRule};
 
 use crate::cli::{KvArgs, ReplicaArgs};
 use crate::exit::{Exit, coded, usage};
@@ -61,26 +62,101 @@ pub(crate) fn decode(data: &[u8]) -> Option<(&str, &[u8])> {
 pub(crate) struct Entry {
     /// The key (or the record id for a payload in another layout).
     pub(crate) key: String,
-    /// The value; `None` when the payload is a blob that has not arrived yet.
+    /// The value, when it is held in memory (inline, or a blob of at most
+    /// `RECORD_DATA_BYTES_MAX`); larger values are read from `blob`.
     pub(crate) value: Option<Vec<u8>>,
+    /// A resident blob holding the payload, with the value's offset in it, when the
+    /// value was not loaded.
+    pub(crate) blob: Option<(DataRef, u64)>,
     /// The record's winning version.
     pub(crate) record: Record,
 }
 
+/// Bytes read to find the key at the start of a blob payload.
+const HEADER_BYTES_MAX: u64 = 3 + KEY_BYTES_MAX as u64;
+
 impl Entry {
-    fn of(record: Record) -> Self {
-        let (key, value) = match record.data.as_deref().and_then(decode) {
-            Some((k, v)) => (k.to_owned(), Some(v.to_vec())),
-            None => (record.record_id.to_string(), record.data.clone()),
+    /// The entry of a record; a large resident payload is left in the blob store and
+    /// only its head is read, for the key.
+    pub(crate) fn of(replica: &Replica, record: Record) -> anyhow::Result<Self> {
+        if let Some(data) = &record.data {
+            let (key, value) = match decode(data) {
+                Some((k, v)) => (k.to_owned(), v.to_vec()),
+                None => (record.record_id.to_string(), data.clone()),
+            };
+            return Ok(Self {
+                key,
+                value: Some(value),
+                blob: None,
+                record,
+            });
+        }
+        let resident = record
+            .data_ref
+            .filter(|_| record.residency == Residency::Resident);
+        let Some(data_ref) = resident else {
+            return Ok(Self {
+                key: record.record_id.to_string(),
+                value: None,
+                blob: None,
+                record,
+            });
         };
-        Self { key, value, record }
+        let head = replica.read_blob(&data_ref.data_cid, 0, HEADER_BYTES_MAX.min(data_ref.size))?;
+        let (key, offset) = match decode(&head) {
+            Some((k, _)) => (k.to_owned(), 3 + k.len() as u64),
+            None => (record.record_id.to_string(), 0),
+        };
+        Ok(Self {
+            key,
+            value: None,
+            blob: Some((data_ref, offset)),
+            record,
+        })
     }
 
-    /// The value for a table cell: text, or a note for binary or missing data.
+    /// The value's size in bytes, when it is here.
+    pub(crate) fn size(&self) -> Option<u64> {
+        match (&self.value, &self.blob) {
+            (Some(v), _) => Some(v.len() as u64),
+            (None, Some((r, offset))) => Some(r.size - offset),
+            (None, None) => None,
+        }
+    }
+
+    /// Writes the value to `out`, streaming a large one chunk by chunk; `false` when
+    /// the value is not here (a blob that has not arrived).
+    pub(crate) fn copy_value(
+        &self,
+        replica: &Replica,
+        out: &mut impl std::io::Write,
+    ) -> anyhow::Result<bool> {
+        match (&self.value, &self.blob) {
+            (Some(v), _) => {
+                out.write_all(v)?;
+                Ok(true)
+            }
+            (None, Some((r, offset))) => {
+                let mut reader = replica.blob_reader(&r.data_cid, *offset)?;
+                std::io::copy(&mut reader, out)?;
+                Ok(true)
+            }
+            (None, None) => Ok(false),
+        }
+    }
+
+    /// The whole value in memory (for JSON output).
+    pub(crate) fn load_value(&self, replica: &Replica) -> anyhow::Result<Option<Vec<u8>>> {
+        let mut buf = Vec::new();
+        Ok(self.copy_value(replica, &mut buf)?.then_some(buf))
+    }
+
+    /// The value for a table cell: text, or a note for binary, large or missing data.
     pub(crate) fn value_preview(&self, max_chars: usize) -> String {
-        match &self.value {
-            None => "(blob not yet received)".to_owned(),
-            Some(v) => match std::str::from_utf8(v) {
+        match (&self.value, self.size()) {
+            (None, None) => "(blob not yet received)".to_owned(),
+            (None, Some(n)) => format!("({n} bytes)"),
+            (Some(v), _) => match std::str::from_utf8(v) {
                 Ok(s) => {
                     let one_line: String = s
                         .chars()
@@ -99,8 +175,9 @@ impl Entry {
         }
     }
 
-    /// The entry as JSON: the value as `value` when it is UTF-8, else `value_base64`.
-    pub(crate) fn to_json(&self) -> serde_json::Value {
+    /// The entry as JSON: the value as `value` when it is UTF-8, else `value_base64`
+    /// (`null` when it has not arrived); `residency` says which.
+    pub(crate) fn to_json(&self, replica: &Replica) -> anyhow::Result<serde_json::Value> {
         let mut obj = serde_json::json!({
             "key": self.key,
             "record_id": self.record.record_id.to_string(),
@@ -110,16 +187,27 @@ impl Entry {
             "author": self.record.author.as_str(),
             "timestamp_ms": self.record.timestamp.wall_ms,
             "deleted": self.record.deleted,
+            "residency": self.record.residency.as_str(),
+            "size": self.size(),
         });
-        match &self.value {
-            Some(v) => match std::str::from_utf8(v) {
+        match self.load_value(replica)? {
+            Some(v) => match String::from_utf8(v) {
                 Ok(s) => obj["value"] = s.into(),
-                Err(_) => obj["value_base64"] = BASE64.encode(v).into(),
+                Err(e) => obj["value_base64"] = BASE64.encode(e.as_bytes()).into(),
             },
             None => obj["value"] = serde_json::Value::Null,
         }
-        obj
+        Ok(obj)
     }
+}
+
+fn check_key(key: &str) -> anyhow::Result<()> {
+    if key.is_empty() || key.len() > KEY_BYTES_MAX {
+        return Err(usage(format!(
+            "a key must be 1 to {KEY_BYTES_MAX} bytes long"
+        )));
+    }
+    Ok(())
 }
 
 /// Opens the replica in `dir`. With `create` false, a missing directory is an error
@@ -217,11 +305,7 @@ impl Kv {
 
     /// Writes `value` under `key`.
     pub(crate) fn put(&self, key: &str, value: &[u8]) -> anyhow::Result<Receipt> {
-        if key.is_empty() || key.len() > KEY_BYTES_MAX {
-            return Err(usage(format!(
-                "a key must be 1 to {KEY_BYTES_MAX} bytes long"
-            )));
-        }
+        check_key(key)?;
         self.ensure_configured()?;
         self.replica
             .put(
@@ -235,13 +319,40 @@ impl Kv {
             .with_context(|| format!("cannot write {key:?} to {}", self.dir.display()))
     }
 
+    /// Writes the bytes of `value` under `key`, streaming them into the blob store, so
+    /// memory stays bounded whatever the size.
+    pub(crate) fn put_stream(
+        &self,
+        key: &str,
+        value: impl std::io::Read,
+    ) -> anyhow::Result<Receipt> {
+        check_key(key)?;
+        self.ensure_configured()?;
+        let header = encode(key, &[]);
+        let data = self
+            .replica
+            .write_blob(std::io::Cursor::new(header).chain(value))
+            .with_context(|| format!("cannot store the value of {key:?}"))?;
+        let req = WriteRequest {
+            protocol: self.protocol.clone(),
+            path: self.path.clone(),
+            key: RecordKey::Natural(key.as_bytes().to_vec()),
+            parent: None,
+            data: None,
+            author: self.author.clone(),
+        };
+        self.replica
+            .write_with_blob(&self.tenant, req, data)
+            .with_context(|| format!("cannot write {key:?} to {}", self.dir.display()))
+    }
+
     /// The live value of `key`.
     pub(crate) fn get(&self, key: &str) -> anyhow::Result<Option<Entry>> {
         let record = self
             .replica
             .get(&self.tenant, &self.record_id(key))
             .with_context(|| format!("cannot read {key:?}"))?;
-        Ok(record.map(Entry::of))
+        record.map(|r| Entry::of(&self.replica, r)).transpose()
     }
 
     /// Every live entry at the path, ordered by key.
@@ -250,11 +361,13 @@ impl Kv {
             .replica
             .list(&self.tenant, &self.protocol, Some(&self.path))
             .context("cannot list records")?;
-        let mut entries: Vec<Entry> = records
-            .into_iter()
-            .map(Entry::of)
-            .filter(|e| prefix.is_none_or(|p| e.key.starts_with(p)))
-            .collect();
+        let mut entries = Vec::with_capacity(records.len());
+        for r in records {
+            let e = Entry::of(&self.replica, r)?;
+            if prefix.is_none_or(|p| e.key.starts_with(p)) {
+                entries.push(e);
+            }
+        }
         entries.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(entries)
     }
@@ -296,11 +409,18 @@ mod tests {
             kv.get("a").unwrap().unwrap().value.as_deref(),
             Some(&b"one"[..])
         );
+        // A large value streams through the blob store and reads back the same.
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        kv.put_stream("big", &big[..]).unwrap();
+        let e = kv.get("big").unwrap().unwrap();
+        assert_eq!(e.key, "big");
+        assert_eq!(e.size(), Some(big.len() as u64));
+        assert!(e.load_value(&kv.replica).unwrap().unwrap() == big);
         let keys: Vec<String> = kv.list(None).unwrap().into_iter().map(|e| e.key).collect();
-        assert_eq!(keys, ["a", "b"]);
+        assert_eq!(keys, ["a", "b", "big"]);
         assert!(kv.delete("a").unwrap().is_some());
         assert!(kv.delete("a").unwrap().is_none());
         assert!(kv.get("a").unwrap().is_none());
-        assert_eq!(kv.list(Some("b")).unwrap().len(), 1);
+        assert_eq!(kv.list(Some("bi")).unwrap().len(), 1);
     }
 }

@@ -49,6 +49,7 @@ mod kv;
 mod logging;
 mod out;
 mod paths;
+mod signals;
 
 use std::process::ExitCode;
 

@@ -1,5 +1,6 @@
-//! Output: every line to stdout goes through here, so a closed pipe (`weft list | head`)
-//! is an `io::Error` that `main` turns into a normal exit, never a panic.
+//! Output: stdout is written with `write_all` (here, or by `get` streaming a value), never
+//! `println!`, so a closed pipe (`weft list | head`) is an `io::Error` that `main` turns
+//! into a normal exit, never a panic.
 
 use std::io::{self, Write as _};
 
@@ -8,13 +9,6 @@ pub(crate) fn line(text: impl AsRef<str>) -> io::Result<()> {
     let mut out = io::stdout().lock();
     out.write_all(text.as_ref().as_bytes())?;
     out.write_all(b"\n")?;
-    out.flush()
-}
-
-/// Writes raw bytes to stdout.
-pub(crate) fn bytes(data: &[u8]) -> io::Result<()> {
-    let mut out = io::stdout().lock();
-    out.write_all(data)?;
     out.flush()
 }
 

@@ -489,8 +489,8 @@ fn readme_config_example_serves() {
     let (code, body) = node.get("/metrics");
     assert_eq!(code, 200, "metrics = true in the example");
     assert!(body.contains("weft_connections_active"));
-    let (status, _) = node.terminate();
-    assert!(status.success());
+    let (status, stderr) = node.terminate();
+    assert!(status.success(), "node exit {status}:\n{stderr}");
 }
 
 /// Every `weft` command in the README's shell blocks is one these tests run.
@@ -935,7 +935,7 @@ fn serve_takes_env_over_config_and_logs_json() {
     let node = env.serve_with(&["serve", "--log-format", "json"]);
     assert!(env.path("from-file/node.key").exists());
     let (status, stderr) = node.terminate();
-    assert!(status.success());
+    assert!(status.success(), "node exit {status}:\n{stderr}");
     let lines: Vec<Value> = stderr
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))

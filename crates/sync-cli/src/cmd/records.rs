@@ -1,6 +1,6 @@
 //! `weft put`, `get`, `list`, `delete`: the local replica as a key-value store.
 
-use std::io::{IsTerminal as _, Read as _};
+use std::io::{IsTerminal as _, Write as _};
 
 use crate::cli::{DeleteArgs, GetArgs, ListArgs, PutArgs};
 use crate::exit::{Exit, coded, usage};
@@ -9,21 +9,19 @@ use crate::out;
 
 /// `weft put`.
 pub(crate) fn put(args: PutArgs) -> anyhow::Result<Exit> {
-    let value = match (&args.value, &args.file) {
-        (Some(v), _) => v.clone().into_bytes(),
+    let kv = Kv::open(&args.replica, &args.kv, true)?;
+    let receipt = match (&args.value, &args.file) {
+        (Some(v), _) => kv.put(&args.key, v.as_bytes())?,
         (None, Some(path)) if path.as_os_str() == "-" => {
-            let mut buf = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut buf)
-                .map_err(|e| usage(format!("cannot read the value from stdin: {e}")))?;
-            buf
+            kv.put_stream(&args.key, std::io::stdin().lock())?
         }
-        (None, Some(path)) => std::fs::read(path)
-            .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?,
+        (None, Some(path)) => {
+            let file = std::fs::File::open(path)
+                .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
+            kv.put_stream(&args.key, file)?
+        }
         (None, None) => return Err(usage("give a value, or --file")),
     };
-    let kv = Kv::open(&args.replica, &args.kv, true)?;
-    let receipt = kv.put(&args.key, &value)?;
     if args.json {
         out::json(&serde_json::json!({
             "key": args.key,
@@ -32,10 +30,13 @@ pub(crate) fn put(args: PutArgs) -> anyhow::Result<Exit> {
             "position": receipt.token.map(|t| t.position),
         }))?;
     } else {
+        let size = kv
+            .get(&args.key)?
+            .and_then(|e| e.size())
+            .map_or_else(String::new, |n| format!(" ({n} bytes)"));
         out::line(format!(
-            "put {} ({} bytes) as {}",
+            "put {}{size} as {}",
             args.key,
-            value.len(),
             short(&receipt.cid.to_string())
         ))?;
     }
@@ -52,25 +53,25 @@ pub(crate) fn get(args: GetArgs) -> anyhow::Result<Exit> {
         ));
     };
     if args.json {
-        out::json(&entry.to_json())?;
+        out::json(&entry.to_json(&kv.replica)?)?;
         return Ok(Exit::Ok);
     }
-    match &entry.value {
-        Some(v) => {
-            out::bytes(v)?;
-            if std::io::stdout().is_terminal() && !v.ends_with(b"\n") {
-                out::bytes(b"\n")?;
-            }
-            Ok(Exit::Ok)
-        }
-        None => Err(coded(
+    let mut stdout = std::io::stdout().lock();
+    if !entry.copy_value(&kv.replica, &mut stdout)? {
+        return Err(coded(
             Exit::Failure,
             format!(
                 "the value of {:?} is a blob that has not arrived in this replica yet",
                 args.key
             ),
-        )),
+        ));
     }
+    let ends_with_newline = entry.value.as_deref().is_some_and(|v| v.ends_with(b"\n"));
+    if stdout.is_terminal() && entry.blob.is_none() && !ends_with_newline {
+        stdout.write_all(b"\n")?;
+    }
+    stdout.flush()?;
+    Ok(Exit::Ok)
 }
 
 /// `weft list`.
@@ -79,7 +80,10 @@ pub(crate) fn list(args: ListArgs) -> anyhow::Result<Exit> {
     let entries = kv.list(args.prefix.as_deref())?;
     if args.json {
         out::json(&serde_json::Value::Array(
-            entries.iter().map(|e| e.to_json()).collect(),
+            entries
+                .iter()
+                .map(|e| e.to_json(&kv.replica))
+                .collect::<anyhow::Result<_>>()?,
         ))?;
         return Ok(Exit::Ok);
     }

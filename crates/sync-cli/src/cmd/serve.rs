@@ -201,6 +201,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<Exit> {
         config.metrics = Some(metrics);
     }
     let grace_ms = config.shutdown_grace_ms;
+    let mut signals = crate::signals::ShutdownSignals::new()?;
     let handler = Arc::new(ReplicaHandler::new(replica.clone()));
     let server = serve(handler, config, addr).await.map_err(|e| {
         coded(
@@ -218,7 +219,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<Exit> {
     );
     out::line(format!("listening on http://{local}"))?;
 
-    let signal = shutdown_signal().await?;
+    let signal = signals.recv().await?;
     tracing::info!(signal, grace_ms, "shutting down: finishing open requests");
     server.shutdown().await;
     replica
@@ -235,27 +236,6 @@ fn describe_bind_error(e: &std::io::Error) -> String {
         std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
         std::io::ErrorKind::AddrNotAvailable => "address not available on this host".to_owned(),
         _ => e.to_string(),
-    }
-}
-
-/// Waits for SIGINT or SIGTERM; returns its name.
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-        let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-        tokio::select! {
-            _ = term.recv() => Ok("SIGTERM"),
-            _ = int.recv() => Ok("SIGINT"),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c()
-            .await
-            .context("cannot listen for Ctrl-C")?;
-        Ok("Ctrl-C")
     }
 }
 

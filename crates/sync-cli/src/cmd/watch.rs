@@ -15,7 +15,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use sync_engine::live::{EngineOps, LiveDriver};
 use sync_engine::machine::LinkConfig;
 use sync_engine::sync::HttpConnector;
@@ -80,13 +79,7 @@ impl Printed {
             return Ok(None);
         };
         let (op, data) = match &stored.message {
-            Message::Write(w) => match (&stored.data, w.data) {
-                (Some(d), _) => ("put", Some(d.clone())),
-                (None, Some(r)) if ledger.blobs().has(&r.data_cid)? => {
-                    ("put", Some(ledger.blobs().read(&r.data_cid)?))
-                }
-                (None, _) => ("put", None),
-            },
+            Message::Write(_) => ("put", stored.data.clone()),
             Message::Delete(_) => {
                 // The key lives in the payloads; the initial write is always retained.
                 let initial = s
@@ -103,7 +96,15 @@ impl Printed {
         };
         let (key, value) = match data.as_deref().and_then(kv::decode) {
             Some((k, v)) => (k.to_owned(), Some(v.to_vec())),
-            None => (record_id.to_string(), data),
+            // A payload in the blob store: the record's entry knows its key.
+            None => match s.replica.get(&s.tenant, &record_id)? {
+                Some(r) if r.cid == change.cid => {
+                    let e = kv::Entry::of(&s.replica, r)?;
+                    let v = e.value.clone();
+                    (e.key, v)
+                }
+                _ => (record_id.to_string(), data),
+            },
         };
         Ok(Some(Self {
             op,
@@ -134,6 +135,7 @@ impl Printed {
 
 /// `weft watch`.
 pub(crate) async fn run(args: WatchArgs) -> anyhow::Result<Exit> {
+    let mut signals = crate::signals::ShutdownSignals::new()?;
     let dir = paths::replica_dir(args.replica.store.clone())?;
     let replica = kv::open_replica(&dir, true)?;
     // Subscribe to the change and event feeds before anything can change.
@@ -149,7 +151,7 @@ pub(crate) async fn run(args: WatchArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Ok);
     }
     let driver = start_live(&s)?;
-    let result = watch(&s, &args, &mut changes, &mut events).await;
+    let result = watch(&s, &args, &mut changes, &mut events, &mut signals).await;
     driver.stop(STOP_TIME_MAX).await;
     result
 }
@@ -159,12 +161,11 @@ async fn watch(
     args: &WatchArgs,
     changes: &mut broadcast::Receiver<Change>,
     events: &mut broadcast::Receiver<SyncEvent>,
+    signals: &mut crate::signals::ShutdownSignals,
 ) -> anyhow::Result<Exit> {
     let mut printed = 0u64;
     let mut announced = false;
     let mut offline = false;
-    let terminate = terminate_signal();
-    tokio::pin!(terminate);
     loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -217,29 +218,10 @@ async fn watch(
                     }
                 }
             }
-            signal = &mut terminate => {
+            signal = signals.recv() => {
                 signal?;
                 return Ok(Exit::Ok);
             }
         }
-    }
-}
-
-/// Waits for Ctrl-C (SIGINT) or SIGTERM.
-async fn terminate_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-        tokio::select! {
-            _ = term.recv() => Ok(()),
-            r = tokio::signal::ctrl_c() => r.context("cannot listen for Ctrl-C"),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c()
-            .await
-            .context("cannot listen for Ctrl-C")
     }
 }
