@@ -17,12 +17,17 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use sync_smt::{Hash, Tree};
-use sync_types::{Cid, ProtocolName, Scope, TenantId};
+use sync_types::{Cid, Projection, ProtocolName, Scope, TenantId};
+
+/// Most projection trees kept per tenant; the oldest is dropped first.
+pub const PROJECTION_TREES_MAX: usize = 16;
 
 /// The trees of every tenant.
 #[derive(Debug, Default)]
 pub struct TreeIndex {
     tenants: HashMap<TenantId, TenantTrees>,
+    /// Projection trees built on demand and then maintained, oldest first.
+    projections: HashMap<TenantId, Vec<(Projection, Tree)>>,
 }
 
 #[derive(Debug, Default)]
@@ -55,7 +60,49 @@ impl TreeIndex {
         if let Some(tree) = trees.by_protocol.get_mut(protocol) {
             tree.remove(cid.as_bytes());
         }
+        for (_, tree) in self.projections.get_mut(tenant).into_iter().flatten() {
+            tree.remove(cid.as_bytes());
+        }
         trees.all.remove(cid.as_bytes())
+    }
+
+    /// The cached tree of a projection, if it was built.
+    pub fn projection(&self, tenant: &TenantId, projection: &Projection) -> Option<&Tree> {
+        self.projections
+            .get(tenant)?
+            .iter()
+            .find(|(p, _)| p == projection)
+            .map(|(_, t)| t)
+    }
+
+    /// Caches a projection's tree (built from the ledger), dropping the tenant's oldest
+    /// one beyond [`PROJECTION_TREES_MAX`].
+    pub fn cache_projection(&mut self, tenant: &TenantId, projection: Projection, tree: Tree) {
+        let cached = self.projections.entry(tenant.clone()).or_default();
+        cached.retain(|(p, _)| *p != projection);
+        if cached.len() >= PROJECTION_TREES_MAX {
+            cached.remove(0);
+        }
+        cached.push((projection, tree));
+    }
+
+    /// Adds a retained message to the cached projection trees that `covers` says hold it.
+    pub fn insert_projected(
+        &mut self,
+        tenant: &TenantId,
+        cid: Cid,
+        covers: impl Fn(&Projection) -> bool,
+    ) {
+        for (projection, tree) in self.projections.get_mut(tenant).into_iter().flatten() {
+            if covers(projection) {
+                tree.insert(*cid.as_bytes());
+            }
+        }
+    }
+
+    /// Whether the tenant has cached projection trees.
+    pub fn has_projections(&self, tenant: &TenantId) -> bool {
+        self.projections.get(tenant).is_some_and(|p| !p.is_empty())
     }
 
     /// Whether the protocol's tree is loaded.

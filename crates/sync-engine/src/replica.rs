@@ -721,6 +721,10 @@ impl Replica {
                         conflict,
                     } => {
                         index.insert(tenant, message.protocol(), result.cid);
+                        if index.has_projections(tenant) {
+                            let scope_of = self.projection_membership(tenant, message)?;
+                            index.insert_projected(tenant, result.cid, |p| scope_of(p));
+                        }
                         for p in &pruned {
                             index.remove(tenant, message.protocol(), p);
                         }
@@ -1116,8 +1120,20 @@ impl Replica {
         f: impl FnOnce(&Tree) -> R,
     ) -> Result<R> {
         if let Scope::Projection(projection) = scope {
+            {
+                let index = self.inner.index.read().unwrap_or_else(|e| e.into_inner());
+                if let Some(tree) = index.projection(tenant, projection) {
+                    return Ok(f(tree));
+                }
+            }
+            // Built under the index's write lock: a commit whose index update is still
+            // pending then inserts into the cached tree (idempotently), so it cannot be
+            // missed.
+            let mut index = self.inner.index.write().unwrap_or_else(|e| e.into_inner());
             let tree = self.projection_tree(tenant, projection)?;
-            return Ok(f(&tree));
+            let result = f(&tree);
+            index.cache_projection(tenant, projection.clone(), tree);
+            return Ok(result);
         }
         if let Scope::ProtocolSet(set) = scope {
             let unloaded: Vec<&ProtocolName> = {
@@ -1151,6 +1167,38 @@ impl Replica {
     /// The root of `scope` for `tenant`.
     pub fn root(&self, tenant: &TenantId, scope: &Scope) -> Result<Hash> {
         self.with_tree(tenant, scope, Tree::root)
+    }
+
+    /// Decides, for any projection, whether it covers `message` (the same rule as
+    /// [`projection_tree`](Self::projection_tree)): a configure by its protocol, a write by
+    /// its path and context, a delete by its record's.
+    fn projection_membership(
+        &self,
+        tenant: &TenantId,
+        message: &Message,
+    ) -> Result<impl Fn(&Projection) -> bool + use<>> {
+        let record = match message {
+            Message::Configure(_) => None,
+            Message::Write(w) => Some((w.path.clone(), w.context_id.clone())),
+            Message::Delete(d) => self
+                .inner
+                .ledger
+                .record_info(tenant, &d.record_id)?
+                .and_then(|i| i.path.zip(i.context)),
+        };
+        let protocol = message.protocol().clone();
+        let is_configure = matches!(message, Message::Configure(_));
+        Ok(move |projection: &Projection| {
+            let Some(entry) = projection.entries().iter().find(|e| e.protocol == protocol) else {
+                return false;
+            };
+            if is_configure || entry.is_whole_protocol() {
+                return true;
+            }
+            record
+                .as_ref()
+                .is_some_and(|(path, context)| entry.covers_record(path, context))
+        })
     }
 
     /// A projection covers the configures of its protocols (records need them) and the

@@ -482,3 +482,41 @@ fn subscribers_see_local_and_remote_changes() {
         Origin::Remote(_)
     ));
 }
+
+#[test]
+fn cached_projection_trees_follow_writes_updates_and_deletes() {
+    let clock = std::sync::Arc::new(ManualClock::new(1_000));
+    let a = replica(1, &clock);
+    configure(&a);
+    let comments = Scope::projection(vec![ProjectionEntry {
+        protocol: notes(),
+        path_prefixes: vec![comment()],
+        context_prefixes: vec![],
+    }])
+    .unwrap();
+    let empty_root = a.root(&tenant(), &comments).unwrap(); // builds and caches the tree
+    let parent = a
+        .put(&tenant(), &notes(), &note(), b"p", b"x".to_vec(), &alice())
+        .unwrap();
+    let comment_write = |data: &[u8]| WriteRequest {
+        protocol: notes(),
+        path: comment(),
+        key: RecordKey::New,
+        parent: Some(parent.record_id),
+        data: Some(data.to_vec()),
+        author: alice(),
+    };
+    let c1 = a.write(&tenant(), comment_write(b"first")).unwrap();
+    a.write(&tenant(), comment_write(b"second")).unwrap();
+    clock.advance(1);
+    a.delete(&tenant(), c1.record_id, &alice()).unwrap();
+    a.put(&tenant(), &notes(), &note(), b"p", b"y".to_vec(), &alice())
+        .unwrap();
+    let cached = a.root(&tenant(), &comments).unwrap();
+    assert_ne!(cached, empty_root);
+
+    // A replica that builds the projection tree once, from the same messages, agrees.
+    let b = replica(2, &clock);
+    b.apply(&tenant(), log(&a), Origin::Remote(None)).unwrap();
+    assert_eq!(b.root(&tenant(), &comments).unwrap(), cached);
+}
