@@ -106,6 +106,11 @@ pub struct SimConfig {
     pub keys: u32,
     /// Fault rates.
     pub faults: Faults,
+    /// Give the replicas different scopes: in turn the full scope, a protocol set of one
+    /// of the two protocols, and a projection of one path of the other. Each replica
+    /// writes only inside its scope, and the checks compare each replica with the node
+    /// over its scope, and check it holds nothing outside it.
+    pub mixed_scopes: bool,
     /// Most sync rounds (every replica once) after the faults stop; 0 skips settling, so
     /// the checks see the replicas as the faults left them (a test of the checks).
     pub settle_rounds_max: usize,
@@ -121,6 +126,7 @@ impl SimConfig {
             steps: 60,
             keys: 6,
             faults: Faults::default(),
+            mixed_scopes: false,
             settle_rounds_max: 8,
         }
     }
@@ -424,11 +430,59 @@ impl Remote for SimRemote {
 fn tenant() -> TenantId {
     TenantId::new("did:sim:tenant").expect("valid")
 }
-fn protocol() -> ProtocolName {
+fn kv() -> ProtocolName {
     ProtocolName::new("https://sim.example/kv").expect("valid")
 }
-fn path() -> ProtocolPath {
-    ProtocolPath::new("entry").expect("valid")
+fn docs() -> ProtocolName {
+    ProtocolName::new("https://sim.example/docs").expect("valid")
+}
+fn segment(s: &str) -> ProtocolPath {
+    ProtocolPath::new(s).expect("valid")
+}
+
+/// Where writes go: (protocol, path). Record keys are per target, so a record belongs to
+/// exactly one target.
+fn targets() -> [(ProtocolName, ProtocolPath); 3] {
+    [
+        (kv(), segment("entry")),
+        (docs(), segment("a")),
+        (docs(), segment("b")),
+    ]
+}
+
+/// The scope of replica `index`.
+fn scope_of(index: usize, mixed: bool) -> Scope {
+    match (mixed, index % 3) {
+        (false, _) | (true, 0) => Scope::Full,
+        (true, 1) => Scope::protocols(vec![kv()]).expect("valid"),
+        _ => Scope::projection(vec![sync_types::ProjectionEntry {
+            protocol: docs(),
+            path_prefixes: vec![segment("a")],
+            context_prefixes: vec![],
+        }])
+        .expect("valid"),
+    }
+}
+
+/// The targets a scope covers.
+fn targets_in(scope: &Scope) -> Vec<usize> {
+    (0..targets().len())
+        .filter(|&t| {
+            let (protocol, path) = &targets()[t];
+            let context = sync_types::ContextId::root(RecordId::from_bytes([0; 32]));
+            scope.classify(protocol, Some((path, &context))) == sync_types::ScopeClass::InScope
+        })
+        .collect()
+}
+
+fn record_of(target: usize, key: u64) -> RecordId {
+    RecordId::from_natural_key(&tenant(), &targets()[target].0, &record_key(target, key))
+}
+
+fn record_key(target: usize, key: u64) -> Vec<u8> {
+    let mut k = vec![u8::try_from(target).expect("few targets")];
+    k.extend_from_slice(&key.to_be_bytes());
+    k
 }
 fn author() -> PrincipalId {
     PrincipalId::new("did:sim:author").expect("valid")
@@ -525,8 +579,10 @@ impl World {
             .identities()
             .map_err(|e| fail(self.config.seed, format!("identities: {e}")))?;
         if registered.is_empty() {
-            let identity =
-                Identity::owner(tenant(), vec![self.endpoint.clone()], self.token.clone());
+            let identity = Identity {
+                scope: scope_of(index, self.config.mixed_scopes),
+                ..Identity::owner(tenant(), vec![self.endpoint.clone()], self.token.clone())
+            };
             engine
                 .register_identity(identity)
                 .map_err(|e| fail(self.config.seed, format!("register: {e}")))?;
@@ -588,9 +644,12 @@ impl World {
     }
 
     fn write(&mut self, index: usize) -> Option<ProgressToken> {
+        let mine = targets_in(&scope_of(index, self.config.mixed_scopes));
+        let target = mine[usize::try_from(self.rng.below(mine.len() as u64)).unwrap_or(0)];
+        let (protocol, path) = targets()[target].clone();
         let key = self.rng.below(u64::from(self.config.keys));
         let replica = self.devices[index].engine.replica().clone();
-        let record = RecordId::from_natural_key(&tenant(), &protocol(), &key.to_be_bytes());
+        let record = record_of(target, key);
         let delete = self.rng.chance(200) && matches!(replica.get(&tenant(), &record), Ok(Some(_)));
         let result = if delete {
             replica.delete(&tenant(), record, &author())
@@ -598,9 +657,9 @@ impl World {
             let value = format!("r{index} v{}", self.rng.next_u64()).into_bytes();
             replica.put(
                 &tenant(),
-                &protocol(),
-                &path(),
-                &key.to_be_bytes(),
+                &protocol,
+                &path,
+                &record_key(target, key),
                 value,
                 &author(),
             )
@@ -873,18 +932,16 @@ impl World {
         };
     }
 
+    /// Whether every replica holds exactly what the node holds in its scope.
     fn converged(&self) -> Result<bool, SimFailure> {
         let seed = self.config.seed;
-        let root = self
-            .node
-            .root(&tenant(), &Scope::Full)
-            .map_err(|e| fail(seed, e.to_string()))?;
-        for d in &self.devices {
-            if d.engine
-                .replica()
-                .root(&tenant(), &Scope::Full)
-                .map_err(|e| fail(seed, e.to_string()))?
-                != root
+        let err = |e: crate::Error| fail(seed, e.to_string());
+        for (i, d) in self.devices.iter().enumerate() {
+            let scope = scope_of(i, self.config.mixed_scopes);
+            let replica = d.engine.replica();
+            let mine = replica.root(&tenant(), &scope).map_err(err)?;
+            if mine != self.node.root(&tenant(), &scope).map_err(err)?
+                || mine != replica.root(&tenant(), &Scope::Full).map_err(err)?
             {
                 return Ok(false);
             }
@@ -992,29 +1049,39 @@ impl World {
 
     fn check(&self) -> Result<(), SimFailure> {
         let seed = self.config.seed;
-        let records = |r: &Replica| -> Result<Vec<(RecordId, sync_types::Cid, bool)>, SimFailure> {
+        let records = |r: &Replica,
+                       scope: &Scope|
+         -> Result<Vec<(RecordId, sync_types::Cid, bool)>, SimFailure> {
             let mut out = Vec::new();
-            for k in 0..self.config.keys {
-                let record =
-                    RecordId::from_natural_key(&tenant(), &protocol(), &u64::from(k).to_be_bytes());
-                if let Some(rec) = r
-                    .get_with_tombstone(&tenant(), &record)
-                    .map_err(|e| fail(seed, e.to_string()))?
-                {
-                    out.push((record, rec.cid, rec.deleted));
+            for target in targets_in(scope) {
+                for k in 0..self.config.keys {
+                    let record = record_of(target, u64::from(k));
+                    if let Some(rec) = r
+                        .get_with_tombstone(&tenant(), &record)
+                        .map_err(|e| fail(seed, e.to_string()))?
+                    {
+                        out.push((record, rec.cid, rec.deleted));
+                    }
                 }
             }
             Ok(out)
         };
-        let expected = records(&self.node)?;
         for (i, d) in self.devices.iter().enumerate() {
-            let got = records(d.engine.replica())?;
+            let scope = scope_of(i, self.config.mixed_scopes);
+            let expected = records(&self.node, &scope)?;
+            let got = records(d.engine.replica(), &scope)?;
             if got != expected {
                 return Err(fail(
                     seed,
                     format!("replica {i} records differ from the node's: {got:?} vs {expected:?}"),
                 ));
             }
+        }
+        if !self.converged()? {
+            return Err(fail(
+                seed,
+                "a replica's tree differs from the node's over its scope, or it holds messages outside its scope",
+            ));
         }
         let ledger = self.node.ledger();
         for a in &self.acked {
@@ -1093,15 +1160,28 @@ pub async fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
     world.start_node()?;
     for i in 0..world.config.replicas {
         let device = world.open_device(i, MemoryStore::new())?;
-        let types = vec![TypeRule {
-            path: path(),
-            data_bytes_max: None,
-        }];
-        device
-            .engine
-            .replica()
-            .configure(&tenant(), &protocol(), types, vec![], &author())
-            .map_err(|e| fail(seed, format!("configure: {e}")))?;
+        let scope = scope_of(i, world.config.mixed_scopes);
+        for protocol in [kv(), docs()] {
+            if scope
+                .protocol_list()
+                .is_some_and(|ps| !ps.contains(&&protocol))
+            {
+                continue;
+            }
+            let types = targets()
+                .into_iter()
+                .filter(|(p, _)| *p == protocol)
+                .map(|(_, path)| TypeRule {
+                    path,
+                    data_bytes_max: None,
+                })
+                .collect();
+            device
+                .engine
+                .replica()
+                .configure(&tenant(), &protocol, types, vec![], &author())
+                .map_err(|e| fail(seed, format!("configure: {e}")))?;
+        }
         world.devices.push(device);
     }
     for _ in 0..world.config.steps {

@@ -2,7 +2,8 @@
 //! node over a faulty network, each checked for convergence, no lost acknowledged write
 //! and no undone delete.
 //!
-//! - `cargo test -p sync-engine --test simulation`: the CI run (`SIM_SEEDS`, default 500).
+//! - `cargo test -p sync-engine --test simulation`: the CI run, 600 seeds: 300 poll
+//!   (`SIM_SEEDS`), 200 live (`SIM_LIVE_SEEDS`), 50 + 50 with mixed scopes (`SIM_MIXED_SEEDS`).
 //! - `SIM_SEEDS=20000 SIM_FIRST_SEED=1000000 cargo test --release -p sync-engine --test simulation many_seeds`:
 //!   a longer run.
 //! - `SIM_SEED=<seed> cargo test -p sync-engine --test simulation replay`: one seed again.
@@ -24,15 +25,27 @@ const REGRESSIONS: &[u64] = &[];
 
 #[test]
 fn many_seeds() {
-    run_seeds(SimMode::Poll, env_u64("SIM_SEEDS", 500));
+    run_seeds(SimMode::Poll, env_u64("SIM_SEEDS", 300));
 }
 
 #[test]
 fn many_live_seeds() {
-    run_seeds(SimMode::Live, env_u64("SIM_LIVE_SEEDS", 300));
+    run_seeds(SimMode::Live, env_u64("SIM_LIVE_SEEDS", 200));
+}
+
+/// Replicas with the full scope, a protocol set and a projection, in both modes.
+#[test]
+fn many_mixed_scope_seeds() {
+    let count = env_u64("SIM_MIXED_SEEDS", 50);
+    run_seeds_with(SimMode::Poll, count, true);
+    run_seeds_with(SimMode::Live, count, true);
 }
 
 fn run_seeds(mode: SimMode, count: u64) {
+    run_seeds_with(mode, count, false);
+}
+
+fn run_seeds_with(mode: SimMode, count: u64, mixed_scopes: bool) {
     let first = env_u64("SIM_FIRST_SEED", 0);
     let mut faults = 0;
     let mut writes = 0;
@@ -50,7 +63,7 @@ fn run_seeds(mode: SimMode, count: u64) {
         }
     }
     eprintln!(
-        "{mode:?}: {count} seeds from {first}: {writes} acknowledged writes, {faults} faults injected, {} failures",
+        "{mode:?} (mixed scopes: {mixed_scopes}): {count} seeds from {first}: {writes} acknowledged writes, {faults} faults injected, {} failures",
         failures.len()
     );
     assert!(
