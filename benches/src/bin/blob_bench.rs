@@ -1,0 +1,287 @@
+//! Blob transfer over loopback HTTP, printed as a markdown table for BENCHMARKS.md.
+//!
+//! Usage: `cargo run --release -p benches --bin blob_bench [-- <MiB>]` (default 1024).
+//!
+//! The node runs in this process on a fjall store; the writer and the reader are child
+//! processes (this binary again) on their own fjall stores, with an 8 MiB block cache
+//! and 4 MiB memtables. The writer streams a generated blob into its store
+//! (`Replica::write_blob`) and pushes it; the reader syncs until the record is resident.
+//! Each phase reports MB/s and the peak RSS growth (VmHWM) of the process doing it; the
+//! node's growth is reported for the whole run. Then the reader is killed halfway
+//! through a second download and restarted: the resume overhead is the restarted run's
+//! time against the remaining bytes at the first run's rate.
+
+// A bench binary's output is its result: it prints tables on stdout by design.
+#![allow(clippy::print_stdout)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use sync_engine::sync::HttpConnector;
+use sync_engine::{Engine, Identity, RecordKey, Replica, ReplicaHandler, Residency, WriteRequest};
+use sync_transport::{Claims, ServerConfig, Token, TokenKey, serve};
+use sync_types::*;
+
+const CHILD_ENV: &str = "WEFT_BLOB_BENCH_CHILD";
+const MIB: u64 = 1024 * 1024;
+
+fn tenant() -> TenantId {
+    TenantId::new("did:example:bench").unwrap()
+}
+fn protocol() -> ProtocolName {
+    ProtocolName::new("https://example.com/files").unwrap()
+}
+fn path() -> ProtocolPath {
+    ProtocolPath::new("file").unwrap()
+}
+fn author() -> PrincipalId {
+    PrincipalId::new("did:example:bench").unwrap()
+}
+fn key() -> TokenKey {
+    TokenKey::derive(b"blob bench")
+}
+fn token() -> String {
+    Token::issue(
+        &key(),
+        Claims::owner(
+            tenant(),
+            author(),
+            GrantId::new("bench").unwrap(),
+            4_000_000_000_000,
+        ),
+    )
+    .to_string()
+}
+
+struct Pattern {
+    at: u64,
+    len: u64,
+}
+
+impl Read for Pattern {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = usize::try_from(self.len - self.at).map_or(out.len(), |left| out.len().min(left));
+        for (i, b) in out[..n].iter_mut().enumerate() {
+            let x = self.at + i as u64;
+            *b = (x.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0];
+        }
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+fn configure(r: &Replica) {
+    r.configure(
+        &tenant(),
+        &protocol(),
+        vec![TypeRule {
+            path: path(),
+            data_bytes_max: None,
+        }],
+        vec![],
+        &author(),
+    )
+    .unwrap();
+}
+
+fn open(dir: &str, node: u64) -> Replica {
+    let store = sync_ledger::FjallStore::builder(dir)
+        .cache_bytes(8 * MIB)
+        .memtable_bytes(4 * MIB)
+        .open()
+        .unwrap();
+    let ledger = sync_ledger::Ledger::open(store).unwrap();
+    Replica::builder()
+        .node_id(NodeId(node))
+        .with_ledger(ledger)
+        .unwrap()
+}
+
+fn record() -> RecordId {
+    RecordId::from_natural_key(&tenant(), &protocol(), b"big")
+}
+
+/// `push|dir|endpoint|bytes` or `pull|dir|endpoint`; prints `phase <name> <ms>` lines
+/// and `growth <bytes>`.
+fn child(spec: &str) {
+    let parts: Vec<&str> = spec.split('|').collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = open(parts[1], if parts[0] == "push" { 1 } else { 2 });
+    let engine = Engine::builder(r.clone(), Arc::new(HttpConnector::default())).build();
+    if engine.identities().unwrap().is_empty() {
+        engine
+            .register_identity(Identity::owner(
+                tenant(),
+                vec![Endpoint::new(parts[2]).unwrap()],
+                token(),
+            ))
+            .unwrap();
+    }
+    configure(&r);
+    let baseline = peak_rss_bytes();
+    rt.block_on(async {
+        if parts[0] == "push" {
+            let len: u64 = parts[3].parse().unwrap();
+            let t = Instant::now();
+            let data = r.write_blob(Pattern { at: 0, len }).unwrap();
+            println!("phase write {}", t.elapsed().as_millis());
+            let req = WriteRequest {
+                protocol: protocol(),
+                path: path(),
+                key: RecordKey::Natural(b"big".to_vec()),
+                parent: None,
+                data: None,
+                author: author(),
+            };
+            r.write_with_blob(&tenant(), req, data).unwrap();
+            let t = Instant::now();
+            let report = engine.sync_once().await;
+            assert!(report.is_ok(), "{report:?}");
+            println!("phase push {}", t.elapsed().as_millis());
+        } else {
+            let t = Instant::now();
+            for _ in 0..10 {
+                let report = engine.sync_once().await;
+                assert!(report.is_ok(), "{report:?}");
+                if r.residency(&tenant(), &record()).unwrap() == Residency::Resident {
+                    break;
+                }
+            }
+            assert_eq!(
+                r.residency(&tenant(), &record()).unwrap(),
+                Residency::Resident
+            );
+            println!("phase pull {}", t.elapsed().as_millis());
+        }
+    });
+    println!("growth {}", peak_rss_bytes().saturating_sub(baseline));
+}
+
+struct Run {
+    phases: Vec<(String, u64)>,
+    growth: u64,
+}
+
+fn run(spec: String, kill_after_ms: Option<u64>) -> Option<Run> {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD_ENV, spec)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut phases = Vec::new();
+    let mut growth = 0;
+    if let Some(after_ms) = kill_after_ms {
+        std::thread::sleep(std::time::Duration::from_millis(after_ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        return None;
+    }
+    for line in lines {
+        let line = line.unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["phase", name, ms] => phases.push(((*name).to_string(), ms.parse().unwrap())),
+            ["growth", g] => growth = g.parse().unwrap(),
+            _ => {}
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    Some(Run { phases, growth })
+}
+
+fn mb_s(bytes: u64, ms: u64) -> f64 {
+    bytes as f64 / 1e6 / (ms.max(1) as f64 / 1e3)
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        return child(&spec);
+    }
+    let mib: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1024);
+    let bytes = mib * MIB;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let node_dir = tempfile::tempdir().unwrap();
+    let node = Replica::builder()
+        .node_id(NodeId(100))
+        .open(node_dir.path())
+        .unwrap();
+    configure(&node);
+    let node_baseline = peak_rss_bytes();
+    let server = rt
+        .block_on(serve(
+            Arc::new(ReplicaHandler::new(node.clone())),
+            ServerConfig::new(key()),
+            "127.0.0.1:0".parse().unwrap(),
+        ))
+        .unwrap();
+    let ep = format!("http://{}", server.local_addr());
+
+    let a = tempfile::tempdir().unwrap();
+    let push = run(format!("push|{}|{ep}|{bytes}", a.path().display()), None).unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let pull = run(format!("pull|{}|{ep}", b.path().display()), None).unwrap();
+    let node_growth = peak_rss_bytes().saturating_sub(node_baseline);
+
+    // Resume: kill a fresh reader halfway through (by the first run's time), restart.
+    let pull_ms = pull.phases[0].1;
+    let c = tempfile::tempdir().unwrap();
+    let spec = format!("pull|{}|{ep}", c.path().display());
+    run(spec.clone(), Some(pull_ms / 2));
+    let resumed = run(spec, None).unwrap();
+
+    let ms = |r: &Run, name: &str| r.phases.iter().find(|(n, _)| n == name).unwrap().1;
+    println!("| phase | blob | time | MB/s | peak RSS growth of the process |");
+    println!("|---|---:|---:|---:|---:|");
+    let row = |name: &str, ms: u64, growth: u64| {
+        println!(
+            "| {name} | {mib} MiB | {:.2} s | {:.0} | {:.1} MiB |",
+            ms as f64 / 1e3,
+            mb_s(bytes, ms),
+            growth as f64 / MIB as f64
+        );
+    };
+    row(
+        "write_blob (stream into the store)",
+        ms(&push, "write"),
+        push.growth,
+    );
+    row("push to the node", ms(&push, "push"), push.growth);
+    row("pull from the node", ms(&pull, "pull"), pull.growth);
+    println!(
+        "| node (whole run) | {mib} MiB | | | {:.1} MiB |",
+        node_growth as f64 / MIB as f64
+    );
+    let resumed_ms = ms(&resumed, "pull");
+    println!(
+        "\nresume: killed at {:.2} s of a {:.2} s download; the restarted run took {:.2} s ({:.0}% of a full download)",
+        pull_ms as f64 / 2e3,
+        pull_ms as f64 / 1e3,
+        resumed_ms as f64 / 1e3,
+        100.0 * resumed_ms as f64 / pull_ms.max(1) as f64
+    );
+}
