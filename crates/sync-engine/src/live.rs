@@ -715,6 +715,12 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
         let replica = self.engine.replica().clone();
         let origin = crate::replica::Origin::Remote(Some(link.key.endpoint.clone()));
         let tenant = link.key.tenant.clone();
+        // A payload above the inline limit travels as a blob: the record is applied as
+        // staged and its blob is wanted, then fetched like catch-up fetches it.
+        let blob = match &entry.message {
+            sync_types::Message::Write(w) => w.data.filter(|d| !d.is_inline()),
+            _ => None,
+        };
         let outcome = tokio::task::spawn_blocking(move || {
             replica.apply(&tenant, vec![(entry.message, entry.data)], origin)
         })
@@ -722,7 +728,22 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
         match outcome.into_iter().next() {
-            Some(o) if o.is_success() => Ok(()),
+            Some(o) if o.is_success() => {
+                if let Some(data) = blob {
+                    let blobs = self.engine.replica().ledger().blobs();
+                    if !blobs.has(&data.data_cid).map_err(|e| e.to_string())? {
+                        blobs
+                            .want(&data.data_cid, data.size, self.engine.replica().now_ms())
+                            .map_err(|e| e.to_string())?;
+                        // The record stays staged until the blob arrives; a failed fetch
+                        // is retried by the next catch-up or reconcile.
+                        if let Err(e) = self.engine.fetch_wanted_blobs(&link.key).await {
+                            tracing::debug!(link = %link.key, error = %e, "blob fetch failed");
+                        }
+                    }
+                }
+                Ok(())
+            }
             Some(o) => Err(format!("live event not applied: {o}")),
             None => Err("no outcome".into()),
         }

@@ -1178,6 +1178,14 @@ impl<C: Connector> Engine<C> {
         Ok(outcomes)
     }
 
+    /// Fetches the blobs the local store wants (records applied as staged) from `link`'s
+    /// remote: in a detached task when [`SyncConfig::blob_fetch_detached`] is set. The live
+    /// driver calls it after applying a live event that references a blob it lacks.
+    pub async fn fetch_wanted_blobs(&self, link: &LinkKey) -> Result<u64> {
+        let ctx = self.link_ctx(link)?;
+        self.fetch_staged_after(ctx).await
+    }
+
     /// Fetches the blobs of staged records (the blob store's wanted list): awaited, or in
     /// a detached task when [`SyncConfig::blob_fetch_detached`] is set. Returns the blobs
     /// fetched before returning.

@@ -536,3 +536,43 @@ async fn identities_come_and_go_while_live_sync_runs() {
     assert!(writer.driver.stop(Duration::from_secs(5)).await);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_arrive_live_and_become_resident() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = TokenKey::derive(b"live blobs");
+    let server = start_node(dir.path(), &key, "127.0.0.1:0".parse().unwrap()).await;
+    let endpoint = Endpoint::new(format!("http://{}", server.local_addr())).unwrap();
+    let token = owner_token(&key);
+    let a = device(&endpoint, &token);
+    let b = device(&endpoint, &token);
+    let types = vec![TypeRule {
+        path: note(),
+        data_bytes_max: None,
+    }];
+    a.replica
+        .configure(&tenant(), &notes(), types, vec![], &alice())
+        .unwrap();
+    // Three times the inline limit: a blob, pushed before its message, fetched after it.
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    a.replica
+        .put(
+            &tenant(),
+            &notes(),
+            &note(),
+            b"photo",
+            big.clone(),
+            &alice(),
+        )
+        .unwrap();
+    arrives(&b.replica, b"photo", &big).await;
+    let record = b
+        .replica
+        .get_by_key(&tenant(), &notes(), b"photo")
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.residency, sync_engine::blob::Residency::Resident);
+    assert!(a.driver.stop(Duration::from_secs(5)).await);
+    assert!(b.driver.stop(Duration::from_secs(5)).await);
+    server.shutdown().await;
+}
