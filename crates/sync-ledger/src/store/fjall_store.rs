@@ -226,7 +226,7 @@ impl Store for FjallStore {
         // The batch touches a few partitions many times: resolve each handle once.
         let mut handles: Vec<(&'static str, Keyspace)> = Vec::new();
         let mut wb = self.db.batch().durability(Some(persist_mode(durability)));
-        for op in batch.into_ops() {
+        for op in batch.into_sorted_ops() {
             let name = op.partition.name();
             let ks = match handles
                 .iter()

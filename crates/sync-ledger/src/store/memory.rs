@@ -140,7 +140,7 @@ impl Store for MemoryStore {
         for op in batch.ops() {
             check_key(&op.key)?;
         }
-        let ops = batch.into_ops();
+        let ops = batch.into_sorted_ops();
         let mut inner = self.write();
         if durability.is_synced() && inner.fail_syncs {
             return Err(Self::sync_failure());
