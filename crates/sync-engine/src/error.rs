@@ -35,6 +35,26 @@ pub enum Error {
     /// credentials changed).
     #[error("link {0} is not registered")]
     UnknownLink(String),
+    /// The link stopped for good: a message it received depends on something outside its
+    /// scope (closure). It stays `terminal_incomplete`; a new scope or new grants make a
+    /// new link.
+    #[error("link {link} is terminal_incomplete: {reason}")]
+    TerminalIncomplete {
+        /// The link.
+        link: String,
+        /// Why.
+        reason: String,
+    },
+    /// Every grant of the link's delegate credentials has expired. The link stays
+    /// `terminal_incomplete` (its authorization epoch hashes the expiry, so it can never
+    /// sync again); a refreshed token registers a new link.
+    #[error("link {link}: its delegate grants expired at {expired_at_ms} ms")]
+    GrantExpired {
+        /// The link.
+        link: String,
+        /// The latest expiry among the grants, in milliseconds since the Unix epoch.
+        expired_at_ms: u64,
+    },
     /// A blocking task of the engine panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(String),

@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod blob;
+pub mod closure;
 pub mod delivery;
 pub mod echo;
 mod error;

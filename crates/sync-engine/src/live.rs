@@ -658,6 +658,9 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
                     head: outcome.reached_head.then_some(outcome.checkpoint).flatten(),
                 },
             },
+            Err(e @ (crate::Error::TerminalIncomplete { .. } | crate::Error::GrantExpired { .. })) => {
+                CatchUpResult::Terminal(e.to_string())
+            }
             Err(e) => CatchUpResult::Failed(e.to_string()),
         }
     }
@@ -667,6 +670,9 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
             Ok(outcome) => ReconcileResult::Done {
                 converged: outcome.converged,
             },
+            Err(e @ (crate::Error::TerminalIncomplete { .. } | crate::Error::GrantExpired { .. })) => {
+                ReconcileResult::Terminal(e.to_string())
+            }
             Err(e) => ReconcileResult::Failed(e.to_string()),
         }
     }
@@ -704,7 +710,7 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
             Ok(false) => {}
             Err(_) => return EventClass::Unknown,
         }
-        match replica.classify(&link.key.tenant, &link.scope, &entry.message) {
+        match self.engine.gate_live(link, &entry.message) {
             Ok(sync_types::ScopeClass::InScope) => EventClass::Apply,
             Ok(sync_types::ScopeClass::OutOfScope) => EventClass::Skip,
             Ok(sync_types::ScopeClass::Unknown) | Err(_) => EventClass::Unknown,

@@ -238,6 +238,9 @@ pub enum ReconcileResult {
     },
     /// The reconcile failed (unreachable, timeout, refused).
     Failed(String),
+    /// The link can never complete (a dependency outside its scope, expired grants):
+    /// it goes to `terminal_incomplete`.
+    Terminal(String),
 }
 
 /// The result of a catch-up read of the remote log.
@@ -255,6 +258,9 @@ pub enum CatchUpResult {
     Gap(Gap),
     /// The read or an apply failed.
     Failed(String),
+    /// The link can never complete (a dependency outside its scope, expired grants):
+    /// it goes to `terminal_incomplete`.
+    Terminal(String),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -632,6 +638,7 @@ impl LinkMachine {
         }
         self.catch_up_ticket = None;
         match result {
+            CatchUpResult::Terminal(_) => self.handle_terminal(),
             CatchUpResult::Done { upto, head } => {
                 self.poll_failures = 0;
                 self.set_connectivity(Connectivity::Online);
@@ -685,6 +692,7 @@ impl LinkMachine {
                     self.repair_failed(now_ms, "roots differ after repair".into());
                 }
                 (_, ReconcileResult::Failed(error)) => self.repair_failed(now_ms, error),
+                (_, ReconcileResult::Terminal(_)) => self.handle_terminal(),
                 (_, ReconcileResult::Done { .. }) => {}
             }
             return;
@@ -702,6 +710,10 @@ impl LinkMachine {
             ReconcileResult::Done { converged: false } => {
                 // Writes landed on either side while the diff ran; try again shortly.
                 self.arm(Timer::Reconcile, now_ms + self.config.reconcile_delay_ms);
+            }
+            ReconcileResult::Terminal(_) => {
+                self.handle_terminal();
+                return;
             }
             ReconcileResult::Failed(_) => {
                 self.set_connectivity(Connectivity::Offline);

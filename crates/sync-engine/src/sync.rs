@@ -142,9 +142,10 @@ use sync_transport::{
 use sync_types::{
     ApplyOutcome, Authorization, Cid, Connectivity, DeadLetter, DeadLetterCategory, Dependency,
     Direction, DirectionCheckpoint, Endpoint, Gap, HealthSummary, LinkKey, LinkState, Message,
-    ProgressToken, ReconcileReason, Scope, ScopeClass, SyncEvent, TenantId, codec,
+    LinkStatus, ProgressToken, ReconcileReason, Scope, ScopeClass, SyncEvent, TenantId, codec,
 };
 
+use crate::closure::{CLOSURE_FORBIDDEN_CODE, Forbidden, Gate, forbidden_dependency};
 use crate::error::{Error, Result};
 use crate::replica::{Origin, Replica};
 
@@ -757,6 +758,18 @@ fn is_unreachable(e: &Error) -> bool {
     matches!(e, Error::Transport(t) if t.is_retryable())
 }
 
+/// The latest expiry of a delegate's grants when every grant has expired at `now_ms`
+/// (the node refuses a token from its expiry on).
+fn grants_expired(authorization: &Authorization, now_ms: u64) -> Option<u64> {
+    match authorization {
+        Authorization::Owner => None,
+        Authorization::Delegate(d) => {
+            let latest = d.grants().iter().map(|g| g.expires_at_ms).max()?;
+            (latest <= now_ms).then_some(latest)
+        }
+    }
+}
+
 fn settle(outcome: &ApplyOutcome) -> Settle {
     if outcome.is_success() {
         Settle::Done
@@ -907,12 +920,58 @@ impl<C: Connector> Engine<C> {
             .identities()
             .update(&registered, self.durability())?;
         let keys = self.ensure_links(&registered)?;
-        for link in self.ledger().links().list(&registered.tenant)? {
-            if !keys.contains(&link.key) {
-                self.ledger().links().delete(&link.key, self.durability())?;
-            }
+        let superseded: Vec<LinkState> = self
+            .ledger()
+            .links()
+            .list(&registered.tenant)?
+            .into_iter()
+            .filter(|l| !keys.contains(&l.key))
+            .collect();
+        for key in &keys {
+            self.inherit_checkpoints(key, &superseded)?;
+        }
+        for link in superseded {
+            self.ledger().links().delete(&link.key, self.durability())?;
+            // Closure failures belong to the superseded scope or grants.
+            self.ledger().dead_letters().clear_matching(
+                &DeadLetterFilter {
+                    tenant: Some(link.key.tenant.clone()),
+                    endpoint: Some(link.key.endpoint.clone()),
+                    categories: vec![DeadLetterCategory::Closure],
+                    protocol: None,
+                },
+                self.durability(),
+            )?;
         }
         Ok(keys)
+    }
+
+    /// A new link replicating the same scope with the same endpoint as a superseded one
+    /// (only the credentials changed: a refreshed token, a re-grant) starts from the
+    /// superseded link's checkpoints, which name positions in logs whatever the
+    /// credentials; its first sync still reconciles (it has never synced), so a refresh
+    /// costs a root comparison and the writes since, not a full download.
+    fn inherit_checkpoints(&self, key: &LinkKey, superseded: &[LinkState]) -> Result<()> {
+        let Some(prev) = superseded
+            .iter()
+            .find(|l| l.key.endpoint == key.endpoint && l.key.projection_id == key.projection_id)
+        else {
+            return Ok(());
+        };
+        let Some(state) = self.ledger().links().get(key)? else {
+            return Ok(());
+        };
+        let fresh = state.pull.contiguous_applied.is_none()
+            && state.push.contiguous_applied.is_none()
+            && state.last_sync_ms.is_none();
+        if fresh {
+            let (pull, push) = (prev.pull, prev.push);
+            self.ledger().links().update(key, self.durability(), |s| {
+                s.pull = pull;
+                s.push = push;
+            })?;
+        }
+        Ok(())
     }
 
     /// Unregisters a tenant and deletes its links; returns the removed registration.
@@ -997,6 +1056,19 @@ impl<C: Connector> Engine<C> {
             return Err(unknown());
         }
         self.ensure_links(&identity)?;
+        if let Some(expired_at_ms) = grants_expired(&identity.authorization, self.now_ms()) {
+            self.set_terminal(key)?;
+            return Err(Error::GrantExpired {
+                link: key.to_string(),
+                expired_at_ms,
+            });
+        }
+        if self.load(key)?.status == LinkStatus::TerminalIncomplete {
+            return Err(Error::TerminalIncomplete {
+                link: key.to_string(),
+                reason: "stopped by an earlier closure failure; a new scope or new grants make a new link".into(),
+            });
+        }
         let remote = self
             .inner
             .connector
@@ -1113,35 +1185,87 @@ impl<C: Connector> Engine<C> {
         });
     }
 
-    /// Where a message falls relative to the link's scope; a delete in a projection is
-    /// classified by its record as stored locally.
-    fn classify(&self, tenant: &TenantId, scope: &Scope, message: &Message) -> Result<ScopeClass> {
-        Ok(match (scope, message) {
-            (Scope::Full, _) => ScopeClass::InScope,
-            (Scope::ProtocolSet(_), m) => scope.classify(m.protocol(), None),
-            (Scope::Projection(_), Message::Configure(c)) => {
-                if scope
-                    .protocol_list()
-                    .is_some_and(|ps| ps.contains(&&c.protocol))
-                {
-                    ScopeClass::InScope
-                } else {
-                    ScopeClass::OutOfScope
-                }
-            }
-            (Scope::Projection(_), Message::Write(w)) => {
-                scope.classify(&w.protocol, Some((&w.path, &w.context_id)))
-            }
-            (Scope::Projection(_), Message::Delete(d)) => {
-                let info = self.ledger().record_info(tenant, &d.record_id)?;
-                match info
-                    .as_ref()
-                    .and_then(|i| i.path.as_ref().zip(i.context.as_ref()))
-                {
-                    Some(record) => scope.classify(&d.protocol, Some(record)),
-                    None => scope.classify(&d.protocol, None),
-                }
-            }
+    /// Records a message the scope gate refused (`pull_scope_rejected`, code
+    /// `out_of_scope` or `unknown`); an unknown one also marks the link for a reconcile,
+    /// which retries it once its record can be classified.
+    fn scope_rejected(&self, key: &LinkKey, message: &Message, class: ScopeClass) -> Result<()> {
+        let (code, error) = match class {
+            ScopeClass::Unknown => (
+                "unknown",
+                "pulled message cannot be classified against the link's scope (a delete whose record is not held); not applied",
+            ),
+            _ => ("out_of_scope", "pulled message lies outside the link's scope"),
+        };
+        self.record_dead_letter(
+            key,
+            message,
+            DeadLetterCategory::PullScopeRejected,
+            Some(code.into()),
+            error.into(),
+        )?;
+        if class == ScopeClass::Unknown {
+            self.mark_needs_reconcile(key, Some(ReconcileReason::ScopeUnclassified))?;
+        }
+        Ok(())
+    }
+
+    /// The scope gate of one live event of `link` (see [`crate::closure`]): a refused
+    /// one (out of scope, or unknown: fails closed) is recorded as a
+    /// `pull_scope_rejected` dead letter.
+    pub(crate) fn gate_live(&self, link: &LinkState, message: &Message) -> Result<ScopeClass> {
+        let class = self
+            .replica()
+            .classify(&link.key.tenant, &link.scope, message)?;
+        if class != ScopeClass::InScope {
+            self.scope_rejected(&link.key, message, class)?;
+        }
+        Ok(class)
+    }
+
+    /// Puts the link in `terminal_incomplete` (when the status table allows it from
+    /// where it is), persisted, then announced.
+    fn set_terminal(&self, key: &LinkKey) -> Result<()> {
+        let Some(state) = self.ledger().links().get(key)? else {
+            return Ok(());
+        };
+        if state.status == LinkStatus::TerminalIncomplete {
+            return Ok(());
+        }
+        let mut changed = false;
+        self.ledger().links().update(key, self.durability(), |s| {
+            changed = s.set_status(LinkStatus::TerminalIncomplete).is_ok();
+        })?;
+        if !changed {
+            return Ok(());
+        }
+        tracing::warn!(link = %key, "link is terminal_incomplete");
+        self.replica().emit(SyncEvent::LinkStatusChanged {
+            link: key.clone(),
+            from: state.status,
+            to: LinkStatus::TerminalIncomplete,
+        });
+        Ok(())
+    }
+
+    /// A dependency outside the scope: a `closure` dead letter for `message`, the link
+    /// stops; returns the error the operation ends with.
+    fn closure_failure(
+        &self,
+        key: &LinkKey,
+        message: &Message,
+        forbidden: Forbidden,
+    ) -> Result<Error> {
+        self.record_dead_letter(
+            key,
+            message,
+            DeadLetterCategory::Closure,
+            Some(CLOSURE_FORBIDDEN_CODE.into()),
+            forbidden.reason.clone(),
+        )?;
+        self.set_terminal(key)?;
+        Ok(Error::TerminalIncomplete {
+            link: key.to_string(),
+            reason: forbidden.reason,
         })
     }
 
@@ -1465,25 +1589,19 @@ impl<C: Connector> Engine<C> {
             let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; page.entries.len()];
             let mut to_apply = Vec::new();
             let mut apply_index = Vec::new();
+            let gate = Gate::new(page.entries.iter().map(|e| &e.item.message));
             for (i, e) in page.entries.iter().enumerate() {
                 traffic.messages += 1;
                 traffic.bytes += item_bytes(&e.item.message, e.item.data.as_deref());
-                match self.classify(&key.tenant, &ctx.scope, &e.item.message)? {
-                    ScopeClass::OutOfScope => {
-                        self.record_dead_letter(
-                            key,
-                            &e.item.message,
-                            DeadLetterCategory::PullScopeRejected,
-                            Some("out_of_scope".into()),
-                            "pulled message lies outside the link's scope".into(),
-                        )?;
+                match gate.classify(self.replica(), &key.tenant, &ctx.scope, &e.item.message)? {
+                    // Fails closed: not applied, dead-lettered, settled in order.
+                    class @ (ScopeClass::OutOfScope | ScopeClass::Unknown) => {
+                        self.scope_rejected(key, &e.item.message, class)?;
                         out.dead_lettered += 1;
                         gated[i] = true;
                         outcomes[i] = Some(ApplyOutcome::Unauthorized);
                     }
-                    // An unknown class is a delete whose record is not stored yet: the
-                    // replica answers it `Incomplete` unless the page brings the record.
-                    ScopeClass::InScope | ScopeClass::Unknown => {
+                    ScopeClass::InScope => {
                         apply_index.push(i);
                         to_apply.push((e.item.message.clone(), e.item.data.clone()));
                     }
@@ -1515,6 +1633,7 @@ impl<C: Connector> Engine<C> {
             // Move the checkpoint over the settled prefix.
             let mut last_settled = None;
             let mut stop = None;
+            let mut terminal = None;
             for ((e, o), gated) in page.entries.iter().zip(outcomes).zip(gated) {
                 let o = o.expect("every entry has an outcome");
                 match settle(&o) {
@@ -1532,6 +1651,19 @@ impl<C: Connector> Engine<C> {
                         }
                     }
                     Settle::Open => {
+                        // A dependency the scope forbids can never arrive: stop for good.
+                        if let ApplyOutcome::Incomplete { missing } = &o
+                            && let Some(f) = forbidden_dependency(
+                                self.replica(),
+                                &key.tenant,
+                                &ctx.scope,
+                                &e.item.message,
+                                missing,
+                            )?
+                        {
+                            out.dead_lettered += 1;
+                            terminal = Some(self.closure_failure(key, &e.item.message, f)?);
+                        }
                         stop = Some(CatchUpStop::Unsettled {
                             cid: e.item.message.cid(),
                             outcome: o,
@@ -1558,6 +1690,9 @@ impl<C: Connector> Engine<C> {
             }
             out.checkpoint = cp.contiguous_applied;
             self.progress(key, Direction::Pull, out.received);
+            if let Some(e) = terminal {
+                return Err(e);
+            }
             if stop.is_some() {
                 out.stop = stop;
                 return Ok(out);
@@ -1634,7 +1769,10 @@ impl<C: Connector> Engine<C> {
             let mut keep = Vec::with_capacity(to_send.len());
             let mut renumber = vec![None; to_send.len()];
             for (i, item) in to_send.into_iter().enumerate() {
-                match self.classify(&key.tenant, &ctx.scope, &item.item.message)? {
+                match self
+                    .replica()
+                    .classify(&key.tenant, &ctx.scope, &item.item.message)?
+                {
                     ScopeClass::InScope => {
                         renumber[i] = Some(keep.len());
                         keep.push(item);
@@ -2167,24 +2305,19 @@ impl<C: Connector> Engine<C> {
                 .await?;
             let wanted: HashSet<&Cid> = chunk.iter().collect();
             let mut items = Vec::with_capacity(reply.found.len());
+            let gate = Gate::new(reply.found.iter().map(|f| &f.message));
             for found in reply.found {
                 if !wanted.contains(&found.message.cid()) {
                     return Err(Error::Protocol(
                         "read returned a message not asked for".into(),
                     ));
                 }
-                match self.classify(&key.tenant, &ctx.scope, &found.message)? {
-                    ScopeClass::OutOfScope => {
-                        self.record_dead_letter(
-                            key,
-                            &found.message,
-                            DeadLetterCategory::PullScopeRejected,
-                            Some("out_of_scope".into()),
-                            "pulled message lies outside the link's scope".into(),
-                        )?;
+                match gate.classify(self.replica(), &key.tenant, &ctx.scope, &found.message)? {
+                    class @ (ScopeClass::OutOfScope | ScopeClass::Unknown) => {
+                        self.scope_rejected(key, &found.message, class)?;
                         out.dead_lettered += 1;
                     }
-                    ScopeClass::InScope | ScopeClass::Unknown => {
+                    ScopeClass::InScope => {
                         out.pulled.messages += 1;
                         out.pulled.bytes += item_bytes(&found.message, found.data.as_deref());
                         items.push((found.message, found.data));
@@ -2207,10 +2340,26 @@ impl<C: Connector> Engine<C> {
                 break;
             }
         }
+        let mut terminal = None;
         for (message, _) in pending {
             let outcome = last_outcome
                 .remove(&message.cid())
                 .unwrap_or(ApplyOutcome::Deferred);
+            // A dependency the scope forbids can never arrive: stop for good.
+            if let ApplyOutcome::Incomplete { missing } = &outcome
+                && let Some(f) = forbidden_dependency(
+                    self.replica(),
+                    &key.tenant,
+                    &ctx.scope,
+                    &message,
+                    missing,
+                )?
+            {
+                out.dead_lettered += 1;
+                let e = self.closure_failure(key, &message, f)?;
+                terminal.get_or_insert(e);
+                continue;
+            }
             self.record_dead_letter(
                 key,
                 &message,
@@ -2220,7 +2369,10 @@ impl<C: Connector> Engine<C> {
             )?;
             out.dead_lettered += 1;
         }
-        Ok(())
+        match terminal {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Applies `items`; settled ones are done (blobs fetched, refusals dead-lettered),

@@ -1,0 +1,194 @@
+//! The scope gate and closure of scoped links.
+//!
+//! **Gate.** Every message a link receives (catch-up pages, reconcile fetches, live
+//! events) is classified against the link's scope before it is applied
+//! ([`Gate::classify`]): in scope, out of scope, or unknown. Unknown fails closed: the
+//! message is not applied. A delete is classified through its record's initial write,
+//! from the local store ([`Replica::classify`]) or, when the record arrives in the same
+//! batch, from that batch's initial write ([`Gate::new`]). A write in the batch only
+//! lends its path and context to a delete when it is itself an initial write of the same
+//! record, and it is gated and verified like every other message.
+//!
+//! **Closure.** The apply pipeline commits a message only when its hard dependencies
+//! (the protocol's configure and those it `uses`, the record's initial write, the parent
+//! record) are present, and answers `Incomplete { missing }` otherwise; since every
+//! committed parent had its own parent present, a committed message's parent chain is
+//! complete. What a scoped link must decide is whether a missing dependency can ever be
+//! fetched through it. [`forbidden_dependency`] answers that from the message alone: a
+//! configure `uses` a protocol the scope does not carry, or a write's ancestor (found
+//! from its path and context chain, up to [`CLOSURE_DEPTH_MAX`] levels) lies outside the
+//! scope. A forbidden dependency makes the link `terminal_incomplete` with a `closure`
+//! dead letter; any other missing dependency is fetched (the tree diff finds exactly
+//! what only the remote holds) or repaired.
+
+use std::collections::HashMap;
+
+use sync_types::{
+    ContextId, Dependency, Message, ProtocolName, ProtocolPath, RecordId, Scope, ScopeClass,
+    TenantId,
+};
+
+use crate::error::Result;
+use crate::replica::Replica;
+
+/// Most ancestor levels a closure check follows from one write (records nest at most
+/// `sync_types::PATH_DEPTH_MAX` levels, so this bounds a hostile chain, not a real one).
+pub const CLOSURE_DEPTH_MAX: usize = 32;
+
+/// The error code of a closure dead letter whose dependency lies outside the link's
+/// scope.
+pub const CLOSURE_FORBIDDEN_CODE: &str = "dependency_forbidden";
+
+/// Classifies the messages of one received batch against a link's scope.
+#[derive(Debug, Default)]
+pub struct Gate {
+    /// Path and context of every record whose initial write is in the batch.
+    batch_records: HashMap<RecordId, (ProtocolName, ProtocolPath, ContextId)>,
+}
+
+impl Gate {
+    /// A gate for `batch`: deletes in it may be classified through initial writes in it.
+    pub fn new<'a>(batch: impl IntoIterator<Item = &'a Message>) -> Self {
+        let mut batch_records = HashMap::new();
+        for m in batch {
+            if let Message::Write(w) = m
+                && w.prev.is_none()
+            {
+                batch_records.insert(
+                    w.record_id,
+                    (w.protocol.clone(), w.path.clone(), w.context_id.clone()),
+                );
+            }
+        }
+        Self { batch_records }
+    }
+
+    /// Where `message` falls relative to `scope`: through the local store first
+    /// ([`Replica::classify`]); a delete whose record is not stored is classified by the
+    /// batch's initial write of that record (of the same protocol), else `Unknown`.
+    pub fn classify(
+        &self,
+        replica: &Replica,
+        tenant: &TenantId,
+        scope: &Scope,
+        message: &Message,
+    ) -> Result<ScopeClass> {
+        let class = replica.classify(tenant, scope, message)?;
+        if class != ScopeClass::Unknown {
+            return Ok(class);
+        }
+        if let Message::Delete(d) = message
+            && let Some((protocol, path, context)) = self.batch_records.get(&d.record_id)
+            && *protocol == d.protocol
+        {
+            return Ok(scope.classify(&d.protocol, Some((path, context))));
+        }
+        Ok(ScopeClass::Unknown)
+    }
+}
+
+/// A dependency a link can never fetch: its scope does not cover it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Forbidden {
+    /// The dependency.
+    pub dependency: Dependency,
+    /// Why it is outside the scope, for the dead letter and the link's error.
+    pub reason: String,
+}
+
+/// The first dependency of `message` that `scope` forbids, among those the apply
+/// pipeline reported `missing` and the ancestors of a write that `replica` does not hold
+/// (a parent chain is only complete when every missing ancestor can come through the
+/// link). `None` when everything missing may still be fetched.
+pub fn forbidden_dependency(
+    replica: &Replica,
+    tenant: &TenantId,
+    scope: &Scope,
+    message: &Message,
+    missing: &[Dependency],
+) -> Result<Option<Forbidden>> {
+    if matches!(scope, Scope::Full) {
+        return Ok(None);
+    }
+    for dep in missing {
+        if let Dependency::Protocol(p) = dep
+            && configure_class(scope, p) == ScopeClass::OutOfScope
+        {
+            return Ok(Some(Forbidden {
+                dependency: dep.clone(),
+                reason: format!(
+                    "message {} needs the configure of protocol {p}, which the link's scope does not cover",
+                    message.cid()
+                ),
+            }));
+        }
+    }
+    let Message::Write(w) = message else {
+        return Ok(None);
+    };
+    // Walk up the parent chain: ancestor k has the first k records of the context chain
+    // and the path cut to k segments.
+    let chain = w.context_id.chain();
+    let mut path = w.path.clone();
+    for depth in (1..chain.len()).rev().take(CLOSURE_DEPTH_MAX) {
+        let Some(parent_path) = path.parent() else {
+            break;
+        };
+        let Ok(context) = ContextId::new(chain[..depth].to_vec()) else {
+            break;
+        };
+        let ancestor = chain[depth - 1];
+        let held = replica
+            .ledger()
+            .record_info(tenant, &ancestor)?
+            .is_some_and(|i| i.head.initial.is_some());
+        if !held
+            && scope.classify(&w.protocol, Some((&parent_path, &context))) == ScopeClass::OutOfScope
+        {
+            return Ok(Some(Forbidden {
+                dependency: Dependency::Record(ancestor),
+                reason: format!(
+                    "record {} at {} needs its ancestor {ancestor} at {parent_path}, which the link's scope does not cover",
+                    w.record_id, w.path
+                ),
+            }));
+        }
+        path = parent_path;
+    }
+    Ok(None)
+}
+
+/// Whether `scope` carries the configure of `protocol` (a projection carries the
+/// configures of its protocols).
+fn configure_class(scope: &Scope, protocol: &ProtocolName) -> ScopeClass {
+    match scope.protocol_list() {
+        None => ScopeClass::InScope,
+        Some(ps) if ps.contains(&protocol) => ScopeClass::InScope,
+        Some(_) => ScopeClass::OutOfScope,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sync_types::ProjectionEntry;
+
+    fn p(name: &str) -> ProtocolName {
+        ProtocolName::new(format!("https://example.com/{name}")).unwrap()
+    }
+
+    #[test]
+    fn configures_outside_the_scope_are_forbidden() {
+        let scope = Scope::protocols(vec![p("a")]).unwrap();
+        assert_eq!(configure_class(&scope, &p("a")), ScopeClass::InScope);
+        assert_eq!(configure_class(&scope, &p("b")), ScopeClass::OutOfScope);
+        assert_eq!(configure_class(&Scope::Full, &p("b")), ScopeClass::InScope);
+        let projection = Scope::projection(vec![ProjectionEntry {
+            protocol: p("a"),
+            path_prefixes: vec![ProtocolPath::new("x/y").unwrap()],
+            context_prefixes: vec![],
+        }])
+        .unwrap();
+        assert_eq!(configure_class(&projection, &p("a")), ScopeClass::InScope);
+    }
+}
