@@ -5,7 +5,13 @@
 //! - replicas with a protocol-set scope and with a projection converge on exactly their
 //!   subset while a full replica holds everything;
 //! - a delegate is refused (with the right status and a reason) whatever it asks beyond
-//!   its grant: reads, log pages, roots, diffs, subscriptions and writes.
+//!   its grant: reads, log pages, roots, diffs, subscriptions and writes;
+//! - a dependency outside the scope makes the link `terminal_incomplete` with a closure
+//!   dead letter, until a wider grant makes a new link;
+//! - a changed grant makes a new link and prunes the old one, an expired one stops the
+//!   link, a refreshed token resumes it without downloading the scope again;
+//! - a hostile node cannot make a replica store anything outside the link's scope,
+//!   another tenant's messages, or messages it did not ask for.
 
 mod sync_support;
 
@@ -246,7 +252,19 @@ async fn scoped_replicas_converge_on_exactly_their_subset() {
         watch_r.get(&tenant(), &ids[1]).unwrap().is_none(),
         "the delete reached the projection through its record"
     );
-    for e in [&ep_phone, &ep_watch] {
+    // A watch that starts after the delete gets the record's initial write and its
+    // delete in one page: the delete is classified through that initial write.
+    let late_r = replica(6);
+    let ep_late = delegate_engine(
+        &late_r,
+        &delegate_claims("late-thread", &thread, Actions::ALL, FAR_FUTURE_MS),
+        &thread,
+        &ep,
+    );
+    quiet(&ep_late).await;
+    holds_exactly(&late_r, &server, &thread);
+    assert!(late_r.get(&tenant(), &ids[1]).unwrap().is_none());
+    for e in [&ep_phone, &ep_watch, &ep_late] {
         assert!(e.dead_letters().unwrap().is_empty());
         assert!(e.health().unwrap().healthy, "{:?}", e.health());
     }
@@ -769,4 +787,300 @@ async fn grants_change_expire_and_refresh_without_a_full_resync() {
     holds_exactly(&phone_r, &server, &notes_only);
     assert!(ep_phone.health().unwrap().healthy);
     assert_ne!(link_status(&ep_phone), LinkStatus::TerminalIncomplete);
+}
+
+/// How a hostile node lies.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Lie {
+    /// Answers every request with the whole tenant, whatever scope was asked.
+    WholeTenant,
+    /// Answers every request with another tenant's messages.
+    OtherTenant,
+    /// Serves no log pages, and answers reads with messages nobody asked for.
+    WrongMessages,
+}
+
+/// A node that answers with what it wants, through a real HTTP client holding the
+/// owner tokens of both tenants.
+struct Hostile {
+    alice: HttpClient,
+    bob: HttpClient,
+    lie: Lie,
+    substitutes: Vec<MessageData>,
+}
+
+fn bob() -> TenantId {
+    TenantId::new("did:example:bob").unwrap()
+}
+
+impl Hostile {
+    fn client(&self) -> &HttpClient {
+        match self.lie {
+            Lie::OtherTenant => &self.bob,
+            _ => &self.alice,
+        }
+    }
+    fn tenant(&self, asked: TenantId) -> TenantId {
+        match self.lie {
+            Lie::OtherTenant => bob(),
+            _ => asked,
+        }
+    }
+}
+
+impl Remote for Hostile {
+    async fn root(&self, req: RootRequest) -> Result<RootReply, TransportError> {
+        self.client()
+            .root(RootRequest {
+                tenant: self.tenant(req.tenant),
+                scope: Scope::Full,
+            })
+            .await
+    }
+    async fn diff_round(&self, req: DiffRequest) -> Result<DiffReply, TransportError> {
+        self.client()
+            .diff_round(DiffRequest {
+                tenant: self.tenant(req.tenant),
+                scope: Scope::Full,
+                round: req.round,
+            })
+            .await
+    }
+    async fn log_page(&self, req: LogPageRequest) -> Result<LogPageReply, TransportError> {
+        let reply = self
+            .client()
+            .log_page(LogPageRequest {
+                tenant: self.tenant(req.tenant),
+                scope: Scope::Full,
+                ..req
+            })
+            .await?;
+        match (self.lie, reply) {
+            (Lie::WrongMessages, LogPageReply::Page(mut page)) => {
+                page.entries.clear();
+                page.has_more = false;
+                Ok(LogPageReply::Page(page))
+            }
+            (_, reply) => Ok(reply),
+        }
+    }
+    async fn read_messages(
+        &self,
+        req: ReadMessagesRequest,
+    ) -> Result<ReadMessagesReply, TransportError> {
+        let mut reply = self
+            .client()
+            .read_messages(ReadMessagesRequest {
+                tenant: self.tenant(req.tenant),
+                scope: Scope::Full,
+                cids: req.cids,
+            })
+            .await?;
+        if self.lie == Lie::WrongMessages {
+            reply.found = self.substitutes.clone();
+        }
+        Ok(reply)
+    }
+    async fn write_batch(&self, req: WriteBatchRequest) -> Result<WriteBatchReply, TransportError> {
+        self.alice.write_batch(req).await
+    }
+    async fn blob_stat(&self, req: BlobStatRequest) -> Result<BlobStat, TransportError> {
+        self.alice.blob_stat(req).await
+    }
+    async fn blob_read(
+        &self,
+        req: BlobReadRequest,
+    ) -> Result<sync_transport::client::BlobDownload, TransportError> {
+        self.alice.blob_read(req).await
+    }
+    async fn blob_write(
+        &self,
+        req: BlobWriteRequest,
+        source: sync_transport::client::BlobSource,
+    ) -> Result<BlobStat, TransportError> {
+        self.alice.blob_write(req, source).await
+    }
+    async fn health(&self) -> Result<HealthReply, TransportError> {
+        self.alice.health().await
+    }
+    async fn subscribe(
+        &self,
+        req: SubscribeRequest,
+    ) -> Result<sync_transport::client::Subscription, TransportError> {
+        self.alice.subscribe(req).await
+    }
+}
+
+struct HostileConnector {
+    lie: Lie,
+    substitutes: Vec<MessageData>,
+}
+
+impl sync_engine::sync::Connector for HostileConnector {
+    type Remote = Hostile;
+    fn connect(
+        &self,
+        endpoint: &Endpoint,
+        _token: Option<&str>,
+    ) -> Result<Hostile, TransportError> {
+        let owner = |t: TenantId| {
+            let claims = Claims::owner(t, alice(), GrantId::new("hostile").unwrap(), FAR_FUTURE_MS);
+            HttpClient::new(
+                endpoint,
+                &Token::issue(&key(), claims),
+                ClientConfig::default(),
+            )
+        };
+        Ok(Hostile {
+            alice: owner(tenant())?,
+            bob: owner(bob())?,
+            lie: self.lie,
+            substitutes: self.substitutes.clone(),
+        })
+    }
+}
+
+/// Every message `r` holds for `tenant`.
+fn all_messages(r: &Replica, tenant: &TenantId) -> Vec<MessageData> {
+    let sync_ledger::LogRead::Page(page) = r.changes_since(tenant, None, 10_000).unwrap() else {
+        panic!("gap")
+    };
+    page.entries
+        .into_iter()
+        .map(|e| MessageData {
+            message: e.message,
+            data: e.data,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_node_cannot_inject_messages() {
+    let (server, _handle, ep) = http_node(100).await;
+    let laptop = replica(1);
+    populate(&laptop);
+    let el = engine(&laptop, http(), vec![ep.clone()], fast_config());
+    sync_until_quiet(&el, 3).await;
+    // Bob's notes on the same node.
+    let bob_laptop = replica(7);
+    bob_laptop
+        .configure(
+            &bob(),
+            &notes(),
+            vec![TypeRule {
+                path: note(),
+                data_bytes_max: None,
+            }],
+            vec![],
+            &alice(),
+        )
+        .unwrap();
+    bob_laptop
+        .put(
+            &bob(),
+            &notes(),
+            &note(),
+            b"secret",
+            b"bob's".to_vec(),
+            &alice(),
+        )
+        .unwrap();
+    let bob_messages = all_messages(&bob_laptop, &bob());
+    HttpClient::new(
+        &ep,
+        &Token::issue(
+            &key(),
+            Claims::owner(bob(), alice(), GrantId::new("bob").unwrap(), FAR_FUTURE_MS),
+        ),
+        ClientConfig::default(),
+    )
+    .unwrap()
+    .write_batch(WriteBatchRequest {
+        tenant: bob(),
+        messages: bob_messages.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        server.root(&bob(), &Scope::Full).unwrap(),
+        bob_laptop.root(&bob(), &Scope::Full).unwrap()
+    );
+
+    let notes_only = Scope::protocols(vec![notes()]).unwrap();
+    let claims = delegate_claims("phone-notes", &notes_only, Actions::ALL, FAR_FUTURE_MS);
+    let phone_engine = |r: &Replica, lie: Lie, substitutes: Vec<MessageData>| {
+        let e = Engine::builder(r.clone(), HostileConnector { lie, substitutes })
+            .config(fast_config())
+            .build();
+        e.register_identity(delegate_identity(&claims, &notes_only, &ep))
+            .unwrap();
+        e
+    };
+
+    // The whole tenant, where the link asked for notes: the photos are refused by the
+    // scope gate (catch-up and reconcile fetches) and recorded, never stored.
+    let photo_cids: Vec<Cid> = all_messages(&laptop, &tenant())
+        .into_iter()
+        .map(|m| m.message)
+        .filter(|m| *m.protocol() == photos())
+        .map(|m| m.cid())
+        .collect();
+    assert_eq!(photo_cids.len(), 4, "the photos configure and three photos");
+    let phone_r = replica(2);
+    let e = phone_engine(&phone_r, Lie::WholeTenant, vec![]);
+    let report = e.sync_once().await;
+    assert_eq!(report.links[0].converged(), Some(false), "{report:?}");
+    for cid in &photo_cids {
+        assert!(!phone_r.ledger().has_message(&tenant(), cid).unwrap());
+    }
+    holds_exactly(&phone_r, &server, &notes_only);
+    let rejected: Vec<Cid> = e
+        .dead_letters()
+        .unwrap()
+        .into_iter()
+        .filter(|d| {
+            d.category == DeadLetterCategory::PullScopeRejected
+                && d.error_code.as_deref() == Some("out_of_scope")
+        })
+        .map(|d| d.cid)
+        .collect();
+    for cid in &photo_cids {
+        assert!(rejected.contains(cid), "{cid} recorded");
+    }
+
+    // Another tenant's messages: refused by the replica (wrong tenant), never stored
+    // under either tenant.
+    let phone_r = replica(3);
+    let e = phone_engine(&phone_r, Lie::OtherTenant, vec![]);
+    let _ = e.sync_once().await;
+    for m in &bob_messages {
+        let cid = m.message.cid();
+        assert!(!phone_r.ledger().has_message(&tenant(), &cid).unwrap());
+        assert!(!phone_r.ledger().has_message(&bob(), &cid).unwrap());
+    }
+    assert_eq!(root(&phone_r), sync_smt::Hash::default());
+    assert!(
+        e.dead_letters()
+            .unwrap()
+            .iter()
+            .any(|d| d.category == DeadLetterCategory::PullProcessing),
+        "the refusals are recorded"
+    );
+
+    // Reads answered with a message nobody asked for (its cid is not among those the
+    // read names): the reconcile stops with a protocol error, nothing is stored.
+    let phone_r = replica(4);
+    let stranger = bob_messages[1].clone();
+    let e = phone_engine(&phone_r, Lie::WrongMessages, vec![stranger.clone()]);
+    let report = e.sync_once().await;
+    let err = report.links[0].error.as_ref().expect("the reconcile stops");
+    assert!(matches!(err, sync_engine::Error::Protocol(_)), "{err}");
+    let cid = stranger.message.cid();
+    assert!(!phone_r.ledger().has_message(&tenant(), &cid).unwrap());
+    assert!(!phone_r.ledger().has_message(&bob(), &cid).unwrap());
+    assert_eq!(
+        root(&phone_r),
+        sync_smt::Hash::default(),
+        "nothing was stored"
+    );
 }
