@@ -272,6 +272,9 @@ struct Pending<'a> {
     /// Whether this batch interns the tenant (nothing of it is stored yet).
     tenant_new: bool,
     batch: Batch,
+    /// Record rows read from the store before the merge, in key order (see
+    /// [`Ledger::apply`]); `None` for records not stored yet. Taken on first use.
+    loaded: HashMap<RecordId, Option<RecordRow>>,
     records: HashMap<RecordId, RecordRow>,
     /// Messages stored by this batch: cid -> (position, message).
     added: HashMap<Cid, (u64, Message)>,
@@ -280,10 +283,15 @@ struct Pending<'a> {
 }
 
 impl Pending<'_> {
-    fn record(&self, id: &RecordId) -> Result<Option<RecordRow>> {
-        match self.records.get(id) {
-            Some(row) => Ok(Some(row.clone())),
-            None if self.tenant_new => Ok(None),
+    fn record(&mut self, id: &RecordId) -> Result<Option<RecordRow>> {
+        if let Some(row) = self.records.get(id) {
+            return Ok(Some(row.clone()));
+        }
+        if self.tenant_new {
+            return Ok(None);
+        }
+        match self.loaded.remove(id) {
+            Some(row) => Ok(row),
             None => self.ledger.record_row(self.tn, id),
         }
     }
@@ -348,8 +356,11 @@ impl Pending<'_> {
         for (p, k, v) in layout::index_entries(self.tn, pn, pos, &entry.cid, &entry.message, row) {
             self.batch.put(p, k, v);
         }
-        self.batch
-            .put(layout::LOG, layout::log_key(self.tn, pos), enc(&entry));
+        self.batch.put(
+            layout::LOG,
+            layout::log_key(self.tn, pos),
+            layout::enc_entry(&entry),
+        );
         let token = ProgressToken {
             stream_id: meta.stream_id,
             epoch: meta.epoch,
@@ -649,13 +660,31 @@ impl Ledger {
             },
         };
         let head_before = meta.head;
+        // Read the record rows the merge needs up front, in key order: consecutive
+        // lookups then search neighbouring memtable nodes that are still cached,
+        // instead of a random path per record.
+        let mut loaded = HashMap::new();
+        if !tenant_new {
+            let mut ids: Vec<RecordId> = checked
+                .iter()
+                .filter_map(|e| e.message.record_id())
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            loaded.reserve(ids.len());
+            for id in ids {
+                let row = self.record_row(tn, &id)?;
+                loaded.insert(id, row);
+            }
+        }
         let mut pending = Pending {
             ledger: self,
             tn,
             tenant_new,
             batch,
-            records: HashMap::new(),
-            added: HashMap::new(),
+            loaded,
+            records: HashMap::with_capacity(checked.len()),
+            added: HashMap::with_capacity(checked.len()),
             new_protocols: HashMap::new(),
             next_protocol: None,
         };
