@@ -41,6 +41,7 @@ use sync_engine::live::LiveSync;
 use sync_engine::machine::LinkConfig;
 use sync_engine::sync::HttpConnector;
 use sync_engine::{Engine, Identity, Origin, Replica, ReplicaHandler};
+use sync_transport::metrics::Metrics;
 use sync_transport::{Claims, ClientConfig, ServerConfig, ServerHandle, Token, TokenKey, serve};
 use sync_types::*;
 use tokio::sync::mpsc;
@@ -129,6 +130,9 @@ impl Options {
 /// A node on 127.0.0.1 over an in-memory replica.
 struct Node {
     server: ServerHandle<ReplicaHandler>,
+    /// The node's own replica, to timestamp when a write reaches the node.
+    replica: Replica,
+    metrics: Arc<Metrics>,
     endpoint: Endpoint,
     token: Token,
 }
@@ -138,7 +142,10 @@ async fn start_node(connections_max: usize) -> Node {
     let mut config = ServerConfig::new(key.clone());
     config.connections_max = connections_max;
     config.subscriptions_max = connections_max;
-    let handler = ReplicaHandler::new(Replica::in_memory().unwrap());
+    let metrics = Arc::new(Metrics::new());
+    config.metrics = Some(metrics.clone());
+    let replica = Replica::in_memory().unwrap();
+    let handler = ReplicaHandler::new(replica.clone());
     let server = serve(Arc::new(handler), config, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -154,6 +161,8 @@ async fn start_node(connections_max: usize) -> Node {
     );
     Node {
         server,
+        replica,
+        metrics,
         endpoint,
         token,
     }
@@ -266,7 +275,12 @@ struct Summary {
     p999: Duration,
     max: Duration,
     mean: Duration,
+    /// Samples above `SLOW`.
+    over: usize,
 }
+
+/// The threshold of the "slow" column: half the default push batch window.
+const SLOW: Duration = Duration::from_millis(50);
 
 fn summarize(mut samples: Vec<Duration>) -> Summary {
     samples.sort_unstable();
@@ -281,6 +295,7 @@ fn summarize(mut samples: Vec<Duration>) -> Summary {
     let total: Duration = samples.iter().sum();
     Summary {
         n,
+        over: samples.iter().filter(|d| **d > SLOW).count(),
         p50: pick(0.50),
         p99: pick(0.99),
         p999: pick(0.999),
@@ -295,6 +310,58 @@ fn summarize(mut samples: Vec<Duration>) -> Summary {
 
 fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1e3)
+}
+
+/// The node's request and apply-outcome counters, by their exposition line's name and
+/// labels.
+fn counters(node: &Node) -> HashMap<String, f64> {
+    node.metrics
+        .render(0, 0)
+        .lines()
+        .filter(|l| {
+            l.starts_with("weft_requests_total") || l.starts_with("weft_apply_outcomes_total")
+        })
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// What the node counted between `before` and `after`, per write.
+fn counted_per_write(
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+    writes: usize,
+) -> String {
+    let mut rows: Vec<String> = after
+        .iter()
+        .filter_map(|(k, v)| {
+            let d = v - before.get(k).copied().unwrap_or(0.0);
+            (d > 0.0).then(|| format!("`{k}` {:.1}", d / writes.max(1) as f64))
+        })
+        .collect();
+    rows.sort();
+    rows.join(", ")
+}
+
+/// CPU time of this process so far (user + system), from /proc/self/stat.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // After the command name (in parentheses) come the state, then 10 more fields, then
+    // utime and stime, in clock ticks of 1/100 s on Linux.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let ticks = field(11) + field(12);
+    Duration::from_millis(ticks * 10)
 }
 
 fn rss_bytes() -> u64 {
@@ -312,8 +379,10 @@ struct Pair {
     a: Device,
     b: Device,
     rx: mpsc::UnboundedReceiver<Arrival>,
+    /// Arrivals on the node.
+    node_rx: mpsc::UnboundedReceiver<Arrival>,
     lagged: Arc<AtomicU64>,
-    watcher: tokio::task::JoinHandle<()>,
+    watchers: [tokio::task::JoinHandle<()>; 2],
 }
 
 async fn pair(config: LinkConfig) -> Pair {
@@ -323,6 +392,8 @@ async fn pair(config: LinkConfig) -> Pair {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let lagged = Arc::new(AtomicU64::new(0));
     let watcher = watch_arrivals(&b.replica, 1, tx, lagged.clone());
+    let (node_tx, mut node_rx) = mpsc::unbounded_channel();
+    let node_watcher = watch_arrivals(&node.replica, 0, node_tx, lagged.clone());
     configure(&a.replica);
     for i in 0..WARMUP_WRITES {
         let cid = put(&a.replica, &format!("warm{i}"));
@@ -330,19 +401,23 @@ async fn pair(config: LinkConfig) -> Pair {
             .await
             .expect("a warm-up write never arrived");
     }
+    while node_rx.try_recv().is_ok() {}
     Pair {
         node,
         a,
         b,
         rx,
+        node_rx,
         lagged,
-        watcher,
+        watchers: [watcher, node_watcher],
     }
 }
 
 impl Pair {
     async fn stop(self) {
-        self.watcher.abort();
+        for w in self.watchers {
+            w.abort();
+        }
         let _ = self.a.live.stop(Duration::from_secs(5)).await;
         let _ = self.b.live.stop(Duration::from_secs(5)).await;
         self.node.server.shutdown().await;
@@ -350,14 +425,21 @@ impl Pair {
 }
 
 /// One write at a time: put on A, wait for it on B, next.
-async fn sequential(writes: usize) -> Option<Summary> {
+async fn sequential(writes: usize) -> Option<(Summary, Summary)> {
     let mut p = pair(LinkConfig::default()).await;
     let mut samples = Vec::with_capacity(writes);
+    let mut to_node = Vec::with_capacity(writes);
     for i in 0..writes {
         let start = Instant::now();
         let cid = put(&p.a.replica, &format!("seq{i}"));
         match arrival_of(&mut p.rx, &cid).await {
-            Some(at) => samples.push(at - start),
+            Some(at) => {
+                samples.push(at - start);
+                // The node applied it before B could; its change is already queued.
+                if let Some(at) = arrival_of(&mut p.node_rx, &cid).await {
+                    to_node.push(at - start);
+                }
+            }
             None => {
                 println!("write {i} did not arrive within {ARRIVAL_TIMEOUT:?}; stopping");
                 break;
@@ -369,7 +451,7 @@ async fn sequential(writes: usize) -> Option<Summary> {
         println!("note: the arrival watcher missed {lagged} changes");
     }
     p.stop().await;
-    (!samples.is_empty()).then(|| summarize(samples))
+    (!samples.is_empty()).then(|| (summarize(to_node), summarize(samples)))
 }
 
 /// Bursts of `burst` writes back to back; each write's latency from its own put.
@@ -419,6 +501,8 @@ struct Sustained {
     behind_at_end: u64,
     drain: Option<Duration>,
     lagged: u64,
+    /// B's sync events during the phase, by kind (checkpoint advances left out).
+    b_events: String,
 }
 
 /// Writes on A as fast as one thread can for `limit` or `max_writes`; B's arrivals are
@@ -437,6 +521,7 @@ async fn sustained(limit: Duration, max_writes: usize) -> Sustained {
     };
     // The writer is a plain thread, as an application's would be; the runtime's two
     // workers run the replicas' drivers and the node meanwhile.
+    let mut events = p.b.replica.events();
     let writer = p.a.replica.clone();
     let start = Instant::now();
     let written = tokio::task::spawn_blocking({
@@ -464,6 +549,21 @@ async fn sustained(limit: Duration, max_writes: usize) -> Sustained {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     counting.abort();
+    // What B's link went through: repairs, reconnects, status changes.
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    while let Ok(e) = events.try_recv() {
+        let name = format!("{e:?}");
+        let name = name
+            .split(|c: char| !c.is_alphanumeric())
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        if name != "CheckpointAdvanced" {
+            *seen.entry(name).or_default() += 1;
+        }
+    }
+    let mut b_events: Vec<String> = seen.into_iter().map(|(k, v)| format!("{k} {v}")).collect();
+    b_events.sort();
     let lagged = lagged();
     p.stop().await;
     Sustained {
@@ -473,6 +573,7 @@ async fn sustained(limit: Duration, max_writes: usize) -> Sustained {
         behind_at_end: written.saturating_sub(arrived_during),
         drain,
         lagged,
+        b_events: b_events.join(", "),
     }
 }
 
@@ -481,10 +582,17 @@ struct Fanout {
     startup: Duration,
     rss_before: u64,
     rss_after: u64,
+    rss_bare: u64,
     connections: u64,
     subscriptions: u64,
     to_all: Summary,
+    to_node: Summary,
     each: Summary,
+    per_write: String,
+    /// Process CPU time and wall time of the measured writes.
+    cpu: Duration,
+    wall: Duration,
+    writes: usize,
     missing: usize,
 }
 
@@ -536,10 +644,21 @@ async fn fanout(replicas: usize, writes: usize) -> Fanout {
     let startup = started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = rss_bytes();
+    // For comparison: what bare in-memory replicas cost, with no engine or links.
+    let bare: Vec<Replica> = (0..replicas)
+        .map(|_| Replica::in_memory().unwrap())
+        .collect();
+    let rss_bare = rss_bytes().saturating_sub(rss_after);
+    drop(bare);
     let connections = node.server.node().connections();
     let subscriptions = node.server.node().subscriptions();
 
+    let (node_tx, mut node_rx) = mpsc::unbounded_channel();
+    let node_watcher = watch_arrivals(&node.replica, usize::MAX, node_tx, lagged.clone());
+    let before = counters(&node);
+    let (cpu_before, wall_before) = (cpu_time(), Instant::now());
     let mut to_all = Vec::with_capacity(writes);
+    let mut to_node = Vec::with_capacity(writes);
     let mut each = Vec::with_capacity(writes * replicas);
     let mut missing = 0;
     for w in 0..writes {
@@ -563,6 +682,9 @@ async fn fanout(replicas: usize, writes: usize) -> Fanout {
                 Ok(None) | Err(_) => break,
             }
         }
+        if let Some(at) = arrival_of(&mut node_rx, &cid).await {
+            to_node.push(at - start);
+        }
         if count < replicas {
             missing += replicas - count;
             println!("write {w}: {} receivers missed it", replicas - count);
@@ -570,6 +692,10 @@ async fn fanout(replicas: usize, writes: usize) -> Fanout {
             to_all.push(last - start);
         }
     }
+    let cpu = cpu_time().saturating_sub(cpu_before);
+    let wall = wall_before.elapsed();
+    let per_write = counted_per_write(&before, &counters(&node), writes);
+    node_watcher.abort();
     let lagged = lagged.load(Ordering::Relaxed);
     if lagged != 0 {
         println!("note: arrival watchers missed {lagged} changes");
@@ -587,18 +713,25 @@ async fn fanout(replicas: usize, writes: usize) -> Fanout {
         startup,
         rss_before,
         rss_after,
+        rss_bare,
         connections,
         subscriptions,
         to_all: summarize(to_all),
+        to_node: summarize(to_node),
         each: summarize(each),
+        per_write,
         missing,
+        cpu,
+        wall,
+        writes,
     }
 }
 
 fn latency_row(label: &str, s: &Summary) {
     println!(
-        "| {label} | {} | {} | {} | {} | {} | {} |",
+        "| {label} | {} | {} | {} | {} | {} | {} | {} |",
         s.n,
+        s.over,
         ms(s.p50),
         ms(s.p99),
         ms(s.p999),
@@ -616,11 +749,12 @@ fn main() {
     rt.block_on(async {
         if o.runs("sequential") || o.runs("bursts") {
             println!("### Propagation latency A → node → B (ms)\n");
-            println!("| writes | n | p50 | p99 | p99.9 | max | mean |");
-            println!("|---|---:|---:|---:|---:|---:|---:|");
+            println!("| writes | n | > 50 ms | p50 | p99 | p99.9 | max | mean |");
+            println!("|---|---:|---:|---:|---:|---:|---:|---:|");
             if o.runs("sequential")
-                && let Some(s) = sequential(o.writes).await
+                && let Some((node, s)) = sequential(o.writes).await
             {
+                latency_row("one at a time, A → node only", &node);
                 latency_row("one at a time", &s);
             }
             if o.runs("bursts") {
@@ -659,6 +793,7 @@ fn main() {
                 s.drain
                     .map_or_else(|| "not drained".into(), |d| format!("{:.2}", d.as_secs_f64()))
             );
+            println!("\nB's sync events: {}", s.b_events);
             if s.lagged != 0 {
                 println!(
                     "\nnote: {} arrivals were counted through the broadcast's lag report",
@@ -676,22 +811,34 @@ fn main() {
                 f.connections,
                 f.subscriptions
             );
-            println!("| latency (ms) | n | p50 | p99 | p99.9 | max | mean |");
-            println!("|---|---:|---:|---:|---:|---:|---:|");
+            println!("| latency (ms) | n | > 50 ms | p50 | p99 | p99.9 | max | mean |");
+            println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+            latency_row("write reaches the node", &f.to_node);
             latency_row("write reaches all replicas", &f.to_all);
             latency_row("each delivery", &f.each);
+            println!("\nnode counters per write: {}", f.per_write);
+            println!(
+                "\nprocess CPU during the writes: {:.1} ms per write, {:.1} µs per delivery, \
+                 {:.2} cores busy on average",
+                f.cpu.as_secs_f64() * 1e3 / f.writes.max(1) as f64,
+                f.cpu.as_secs_f64() * 1e6 / (f.writes * f.replicas).max(1) as f64,
+                f.cpu.as_secs_f64() / f.wall.as_secs_f64()
+            );
             if f.missing != 0 {
                 println!("\n{} deliveries missing", f.missing);
             }
             println!();
             let growth = f.rss_after.saturating_sub(f.rss_before);
-            println!("| RSS before (MiB) | RSS after (MiB) | growth per replica (KiB) |");
-            println!("|---:|---:|---:|");
             println!(
-                "| {:.1} | {:.1} | {:.1} |",
+                "| RSS before (MiB) | RSS after (MiB) | growth per live replica (KiB) | bare `Replica::in_memory()` (KiB each) |"
+            );
+            println!("|---:|---:|---:|---:|");
+            println!(
+                "| {:.1} | {:.1} | {:.1} | {:.1} |",
                 f.rss_before as f64 / (1024.0 * 1024.0),
                 f.rss_after as f64 / (1024.0 * 1024.0),
-                growth as f64 / f.replicas as f64 / 1024.0
+                growth as f64 / f.replicas as f64 / 1024.0,
+                f.rss_bare as f64 / f.replicas as f64 / 1024.0
             );
             println!();
         }
