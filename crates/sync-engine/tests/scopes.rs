@@ -1084,3 +1084,67 @@ async fn a_hostile_node_cannot_inject_messages() {
         "nothing was stored"
     );
 }
+
+/// The live driver's side of closure: a terminal catch-up result stops the link's
+/// machine for good (no timers, no operations), announced and persisted.
+#[test]
+fn a_terminal_result_stops_the_link_machine() {
+    use sync_engine::machine::{Action, CatchUpResult, LinkConfig, LinkMachine, Mode};
+    let projection = Scope::projection(vec![ProjectionEntry {
+        protocol: notes(),
+        path_prefixes: vec![comment()],
+        context_prefixes: vec![],
+    }])
+    .unwrap();
+    let mut state = LinkState::new(tenant(), endpoint("node"), projection, Authorization::Owner);
+    state.last_sync_ms = Some(1);
+    let config = LinkConfig {
+        mode: Mode::Poll,
+        ..LinkConfig::default()
+    };
+    let mut m = LinkMachine::new(state, config);
+    m.handle_start(0);
+    let actions: Vec<Action> = std::iter::from_fn(|| m.poll_action()).collect();
+    let at = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::ArmTimer { at_ms, .. } => Some(*at_ms),
+            _ => None,
+        })
+        .unwrap();
+    m.handle_timer(at, sync_engine::machine::Timer::Poll);
+    let ticket = std::iter::from_fn(|| m.poll_action())
+        .find_map(|a| match a {
+            Action::CatchUp { ticket, .. } => Some(ticket),
+            _ => None,
+        })
+        .unwrap();
+    m.handle_catch_up_result(
+        at,
+        ticket,
+        CatchUpResult::Terminal("needs a note outside the scope".into()),
+    );
+    let actions: Vec<Action> = std::iter::from_fn(|| m.poll_action()).collect();
+    assert_eq!(m.state().status, LinkStatus::TerminalIncomplete);
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Emit(SyncEvent::LinkStatusChanged {
+            to: LinkStatus::TerminalIncomplete,
+            ..
+        })
+    )));
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Persist(s) if s.status == LinkStatus::TerminalIncomplete))
+    );
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::ArmTimer { .. } | Action::CatchUp { .. })),
+        "{actions:?}"
+    );
+    // A restart does not bring it back.
+    m.handle_start(at + 1);
+    assert_eq!(m.poll_action(), None);
+}
