@@ -207,14 +207,16 @@ impl Ledger {
                     start: Bound::Included(layout::log_key(tn, first)),
                     end: Bound::Included(layout::log_key(tn, meta.head)),
                 };
-                for kv in self.store.scan(layout::LOG, range, Order::Ascending)? {
-                    let (k, v) = kv?;
-                    if entries.len() == limit {
-                        has_more = true;
-                        break;
-                    }
-                    entries.push(self.decode_entry(&meta, &k, &v)?);
-                }
+                // Borrowed entries: no copy of each key and value before decoding.
+                self.store
+                    .scan_with(layout::LOG, range, Order::Ascending, &mut |k, v| {
+                        if entries.len() == limit {
+                            has_more = true;
+                            return Ok(false);
+                        }
+                        entries.push(self.decode_entry(&meta, k, v)?);
+                        Ok(true)
+                    })?;
             }
             Some(protocol) => {
                 // A protocol never applied has no entries.

@@ -447,7 +447,21 @@ fn run_model(backend: &mut dyn Backend, ops: Vec<Op>) -> Result<(), TestCaseErro
                     Order::Ascending
                 };
                 let got = collect(backend.store(), part(p), range.clone(), order);
-                prop_assert_eq!(got, model_scan(&model, p, &range, reverse));
+                let want = model_scan(&model, p, &range, reverse);
+                prop_assert_eq!(got, want.clone());
+                // The borrowing scan sees the same entries, and stops when told to.
+                for stop_after in [usize::MAX, 2] {
+                    let mut seen = Vec::new();
+                    backend
+                        .store()
+                        .scan_with(part(p), range.clone(), order, &mut |k, v| {
+                            seen.push((k.to_vec(), v.to_vec()));
+                            Ok(seen.len() < stop_after)
+                        })
+                        .unwrap();
+                    let n = want.len().min(stop_after);
+                    prop_assert_eq!(&seen[..], &want[..n]);
+                }
             }
             Op::Prefix(p, k, reverse) => {
                 let range = KeyRange::prefix(&k);

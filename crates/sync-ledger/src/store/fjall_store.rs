@@ -216,6 +216,41 @@ impl Store for FjallStore {
         })
     }
 
+    fn scan_with(
+        &self,
+        partition: Partition,
+        range: KeyRange,
+        order: Order,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        let ks = self.keyspace(partition)?;
+        if range.is_empty() {
+            return Ok(());
+        }
+        let iter = ks.range::<Vec<u8>, _>((range.start, range.end));
+        let mut each = |guard: fjall::Guard| -> Result<bool> {
+            let (k, v) = guard.into_inner().map_err(map_err)?;
+            visit(&k, &v)
+        };
+        match order {
+            Order::Ascending => {
+                for guard in iter {
+                    if !each(guard)? {
+                        break;
+                    }
+                }
+            }
+            Order::Descending => {
+                for guard in iter.rev() {
+                    if !each(guard)? {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn commit(&self, batch: Batch, durability: Durability) -> Result<()> {
         if batch.is_empty() {
             return self.persist(durability);

@@ -452,6 +452,27 @@ pub trait Store: Send + Sync + 'static {
         self.scan(partition, KeyRange::prefix(prefix), order)
     }
 
+    /// Calls `visit` with each entry of `range` in `order` until it returns `Ok(false)`
+    /// or an error (which is returned). Key and value are borrowed from the backend, so
+    /// a backend that can (fjall) hands out its own buffers instead of copying each
+    /// entry into two new `Vec`s, as [`scan`](Self::scan) must; reading a log page
+    /// uses it.
+    fn scan_with(
+        &self,
+        partition: Partition,
+        range: KeyRange,
+        order: Order,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        for kv in self.scan(partition, range, order)? {
+            let (k, v) = kv?;
+            if !visit(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// The first entry of `range` in `order`.
     fn first(
         &self,
