@@ -373,7 +373,8 @@ fn a_download_killed_at_random_points_resumes_and_completes() {
             offset >= durable,
             "kill {kill}: offset went back from {durable} to {offset}"
         );
-        assert!(offset <= seen, "kill {kill}: more stored than seen");
+        // The child goes on downloading between printing an offset and the kill landing,
+        // so more than the last offset it printed may be stored: only going back is wrong.
         durable = offset;
         r.close().unwrap();
     }
