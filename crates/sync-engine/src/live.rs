@@ -113,8 +113,12 @@ pub enum Event {
     Feed(LinkKey, u64, SubscriptionId, FeedItem),
     /// A live event was applied (or failed).
     Applied(LinkKey, u64, SubscriptionId, Ordinal, Result<(), String>),
-    /// The local log of a tenant grew.
-    LocalWrite(sync_types::TenantId, ProgressToken),
+    /// The local log of a tenant grew; the endpoint the message came from, if pulled.
+    LocalWrite(
+        sync_types::TenantId,
+        ProgressToken,
+        Option<sync_types::Endpoint>,
+    ),
     /// Add (or replace) a link.
     AddLink(Box<LinkState>),
     /// Remove a link.
@@ -164,20 +168,34 @@ impl LiveDriver {
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut changes = replica.subscribe();
+        let heads_replica = replica.clone();
         let forward = tx.clone();
         let local_writes = tokio::spawn(async move {
             loop {
                 match changes.recv().await {
                     Ok(change) => {
+                        let from = match change.origin {
+                            crate::replica::Origin::Remote(from) => from,
+                            crate::replica::Origin::Local => None,
+                        };
                         if forward
-                            .send(Event::LocalWrite(change.tenant, change.token))
+                            .send(Event::LocalWrite(change.tenant, change.token, from))
                             .is_err()
                         {
                             return;
                         }
                     }
-                    // Lagging only loses wake-ups: pushes read the durable log.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    // Lagging loses wake-ups, not data (pushes read the durable log):
+                    // wake every tenant's links with its current log head instead.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        for tenant in heads_replica.ledger().tenants().unwrap_or_default() {
+                            if let Ok(Some(head)) = heads_replica.ledger().log_head(&tenant)
+                                && forward.send(Event::LocalWrite(tenant, head, None)).is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
             }
@@ -411,11 +429,13 @@ impl<O: LinkOps> Driver<O> {
                 rt.machine.handle_applied(now, sub, ordinal, result);
                 key
             }
-            Event::LocalWrite(tenant, token) => {
+            Event::LocalWrite(tenant, token, from) => {
+                // A message pulled from an endpoint does not wake that endpoint's links:
+                // pushing it back would only echo it.
                 let keys: Vec<LinkKey> = self
                     .links
                     .keys()
-                    .filter(|k| k.tenant == tenant)
+                    .filter(|k| k.tenant == tenant && from.as_ref() != Some(&k.endpoint))
                     .cloned()
                     .collect();
                 for key in keys {
@@ -658,9 +678,9 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
                     head: outcome.reached_head.then_some(outcome.checkpoint).flatten(),
                 },
             },
-            Err(e @ (crate::Error::TerminalIncomplete { .. } | crate::Error::GrantExpired { .. })) => {
-                CatchUpResult::Terminal(e.to_string())
-            }
+            Err(
+                e @ (crate::Error::TerminalIncomplete { .. } | crate::Error::GrantExpired { .. }),
+            ) => CatchUpResult::Terminal(e.to_string()),
             Err(e) => CatchUpResult::Failed(e.to_string()),
         }
     }
@@ -670,9 +690,9 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
             Ok(outcome) => ReconcileResult::Done {
                 converged: outcome.converged,
             },
-            Err(e @ (crate::Error::TerminalIncomplete { .. } | crate::Error::GrantExpired { .. })) => {
-                ReconcileResult::Terminal(e.to_string())
-            }
+            Err(
+                e @ (crate::Error::TerminalIncomplete { .. } | crate::Error::GrantExpired { .. }),
+            ) => ReconcileResult::Terminal(e.to_string()),
             Err(e) => ReconcileResult::Failed(e.to_string()),
         }
     }
@@ -718,22 +738,18 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
     }
 
     async fn apply(&self, link: LinkState, entry: LogEntry) -> Result<(), String> {
-        let replica = self.engine.replica().clone();
-        let origin = crate::replica::Origin::Remote(Some(link.key.endpoint.clone()));
-        let tenant = link.key.tenant.clone();
         // A payload above the inline limit travels as a blob: the record is applied as
         // staged and its blob is wanted, then fetched like catch-up fetches it.
         let blob = match &entry.message {
             sync_types::Message::Write(w) => w.data.filter(|d| !d.is_inline()),
             _ => None,
         };
-        let outcome = tokio::task::spawn_blocking(move || {
-            replica.apply(&tenant, vec![(entry.message, entry.data)], origin)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-        match outcome.into_iter().next() {
+        let outcome = self
+            .engine
+            .apply_live(&link.key, entry.message, entry.data)
+            .await
+            .map_err(|e| e.to_string())?;
+        match Some(outcome) {
             Some(o) if o.is_success() => {
                 if let Some(data) = blob {
                     let blobs = self.engine.replica().ledger().blobs();

@@ -53,8 +53,13 @@ pub struct LinkConfig {
     /// Wait before each push attempt (default 0, 250, 1000, 2000 ms); after the last
     /// attempt fails the link needs a reconcile.
     pub push_retry_backoff_ms: Vec<u64>,
-    /// Batch window for writes that arrive while a push is in flight (default 100 ms).
+    /// Batch window before flushing writes that arrived while a push was in flight, used
+    /// only under a burst (default 100 ms).
     pub push_batch_window_ms: u64,
+    /// Writes arriving during one push that make a burst (default 32). Fewer are flushed
+    /// as soon as the push settles, so a write never waits a window behind a single
+    /// earlier one.
+    pub push_burst_writes_min: u32,
     /// Wait before each repair retry (default 1, 3, 10 s).
     pub repair_backoff_ms: Vec<u64>,
     /// Repair attempts before degraded polling (default 3).
@@ -84,6 +89,7 @@ impl Default for LinkConfig {
             in_flight_deliveries_max: IN_FLIGHT_DELIVERIES_MAX,
             push_retry_backoff_ms: vec![0, 250, 1_000, 2_000],
             push_batch_window_ms: 100,
+            push_burst_writes_min: 32,
             repair_backoff_ms: vec![1_000, 3_000, 10_000],
             repair_attempts_max: 3,
             degraded_poll_ms: 15_000,
@@ -295,7 +301,7 @@ pub struct LinkMachine {
     reconnects: u32,
     push_ticket: Option<Ticket>,
     push_failures: usize,
-    writes_during_push: bool,
+    writes_during_push: u32,
     local_head: Option<ProgressToken>,
     remote_head: Option<ProgressToken>,
     reconcile_ticket: Option<Ticket>,
@@ -328,7 +334,7 @@ impl LinkMachine {
             reconnects: 0,
             push_ticket: None,
             push_failures: 0,
-            writes_during_push: false,
+            writes_during_push: 0,
             local_head: None,
             remote_head: None,
             reconcile_ticket: None,
@@ -577,8 +583,8 @@ impl LinkMachine {
     pub fn handle_local_write(&mut self, _now_ms: u64, head: ProgressToken) {
         self.local_head = Some(head);
         if self.push_ticket.is_some() {
-            // Bursts: batch what arrives during a push into one flush right after it.
-            self.writes_during_push = true;
+            // Counted, so a burst can be batched into one flush after the push.
+            self.writes_during_push = self.writes_during_push.saturating_add(1);
         } else if !self.timers.contains_key(&Timer::PushRetry)
             && !self.timers.contains_key(&Timer::PushBatch)
         {
@@ -608,7 +614,8 @@ impl LinkMachine {
                     });
                 }
                 if self.push_pending() {
-                    if std::mem::take(&mut self.writes_during_push) {
+                    let during = std::mem::take(&mut self.writes_during_push);
+                    if during >= self.config.push_burst_writes_min {
                         self.arm(Timer::PushBatch, now_ms + self.config.push_batch_window_ms);
                     } else {
                         self.start_push();
@@ -616,7 +623,7 @@ impl LinkMachine {
                 }
             }
             PushResult::Failed(_) => {
-                self.writes_during_push = false;
+                self.writes_during_push = 0;
                 self.push_failures += 1;
                 self.set_connectivity(Connectivity::Offline);
                 match self.config.push_retry_backoff_ms.get(self.push_failures) {

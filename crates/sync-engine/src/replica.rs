@@ -43,8 +43,9 @@ use crate::order::dependency_order;
 /// record tree as deep as [`sync_types::PATH_DEPTH_MAX`], plus updates and deletes.
 pub const APPLY_PASSES_MAX: usize = sync_types::PATH_DEPTH_MAX + 4;
 /// Capacity of the change and event channels; a subscriber that falls further behind
-/// misses changes (and learns it from the channel) but can re-read the log.
-pub const CHANNEL_CAPACITY: usize = 4096;
+/// misses changes (and learns it from the channel) but can re-read the log. Every slot is
+/// allocated when the replica opens, so this is also most of an idle replica's memory.
+pub const CHANNEL_CAPACITY: usize = 256;
 
 /// Where a message came from.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -624,6 +625,24 @@ impl Replica {
         let _writer = lock(&self.inner.writer);
         self.apply_locked(tenant, items, &origin)
             .map(|(outcomes, _)| outcomes)
+    }
+
+    /// [`apply`](Self::apply), also giving the local log position of each message it
+    /// newly stored (the sync engine remembers them to avoid echoing pulled messages).
+    pub fn apply_with_positions(
+        &self,
+        tenant: &TenantId,
+        items: Vec<MessageWithData>,
+        origin: Origin,
+    ) -> Result<Vec<(ApplyOutcome, Option<ProgressToken>)>> {
+        let cids: Vec<Cid> = items.iter().map(|(m, _)| m.cid()).collect();
+        let _writer = lock(&self.inner.writer);
+        let (outcomes, tokens) = self.apply_locked(tenant, items, &origin)?;
+        Ok(outcomes
+            .into_iter()
+            .zip(cids)
+            .map(|(o, cid)| (o, tokens.get(&cid).copied()))
+            .collect())
     }
 
     fn apply_locked(

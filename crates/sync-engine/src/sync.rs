@@ -141,8 +141,8 @@ use sync_transport::{
 };
 use sync_types::{
     ApplyOutcome, Authorization, Cid, Connectivity, DeadLetter, DeadLetterCategory, Dependency,
-    Direction, DirectionCheckpoint, Endpoint, Gap, HealthSummary, LinkKey, LinkState, Message,
-    LinkStatus, ProgressToken, ReconcileReason, Scope, ScopeClass, SyncEvent, TenantId, codec,
+    Direction, DirectionCheckpoint, Endpoint, Gap, HealthSummary, LinkKey, LinkState, LinkStatus,
+    Message, ProgressToken, ReconcileReason, Scope, ScopeClass, SyncEvent, TenantId, codec,
 };
 
 use crate::closure::{CLOSURE_FORBIDDEN_CODE, Forbidden, Gate, forbidden_dependency};
@@ -1194,7 +1194,10 @@ impl<C: Connector> Engine<C> {
                 "unknown",
                 "pulled message cannot be classified against the link's scope (a delete whose record is not held); not applied",
             ),
-            _ => ("out_of_scope", "pulled message lies outside the link's scope"),
+            _ => (
+                "out_of_scope",
+                "pulled message lies outside the link's scope",
+            ),
         };
         self.record_dead_letter(
             key,
@@ -1282,24 +1285,39 @@ impl<C: Connector> Engine<C> {
         let replica = self.replica().clone();
         let tenant = ctx.key.tenant.clone();
         let origin = Origin::Remote(Some(ctx.key.endpoint.clone()));
-        let mut changes = replica.subscribe();
-        let apply_origin = origin.clone();
-        let outcomes =
-            tokio::task::spawn_blocking(move || replica.apply(&tenant, items, apply_origin))
-                .await
-                .map_err(|e| Error::Task(e.to_string()))??;
+        let applied = tokio::task::spawn_blocking(move || {
+            replica.apply_with_positions(&tenant, items, origin)
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
         let mut echoes = lock(&self.inner.echoes);
         let echoes = echoes.entry(ctx.key.endpoint.clone()).or_default();
-        loop {
-            match changes.try_recv() {
-                Ok(c) if c.origin == origin && c.tenant == ctx.key.tenant => {
-                    echoes.insert(c.token.position);
+        let outcomes = applied
+            .into_iter()
+            .map(|(outcome, token)| {
+                if let Some(token) = token {
+                    echoes.insert(token.position);
                 }
-                Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
-                Err(_) => break,
-            }
-        }
+                outcome
+            })
+            .collect();
         Ok(outcomes)
+    }
+
+    /// Applies one live event from `link`'s endpoint and remembers its local position, so
+    /// the push never echoes it back to that endpoint.
+    pub async fn apply_live(
+        &self,
+        link: &LinkKey,
+        message: Message,
+        data: Option<Vec<u8>>,
+    ) -> Result<ApplyOutcome> {
+        let ctx = self.link_ctx(link)?;
+        let outcomes = self.apply_remote(&ctx, vec![(message, data)]).await?;
+        Ok(outcomes
+            .into_iter()
+            .next()
+            .unwrap_or(ApplyOutcome::Deferred))
     }
 
     /// Fetches the blobs the local store wants (records applied as staged) from `link`'s

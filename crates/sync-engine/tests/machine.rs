@@ -120,11 +120,15 @@ fn persisted(actions: &[Action]) -> Option<LinkState> {
 /// A live link that has synced once before (so no first-sync reconcile), started and
 /// past end-of-stored-events.
 fn live_machine() -> (LinkMachine, SubscriptionId) {
+    live_machine_with(LinkConfig::default())
+}
+
+fn live_machine_with(config: LinkConfig) -> (LinkMachine, SubscriptionId) {
     let mut state = link(Scope::Full);
     state.last_sync_ms = Some(1);
     state.pull.commit(token(10));
     state.status = LinkStatus::Live;
-    let mut m = LinkMachine::new(state, LinkConfig::default());
+    let mut m = LinkMachine::new(state, config);
     assert_eq!(
         m.state().status,
         LinkStatus::Opening,
@@ -408,8 +412,39 @@ fn repeated_repair_failures_back_off_then_degrade_then_heal() {
 }
 
 #[test]
-fn push_is_immediate_when_idle_and_batched_only_during_a_push() {
+fn a_write_during_a_push_is_flushed_as_soon_as_the_push_settles() {
     let (mut m, _) = live_machine();
+    m.handle_local_write(100, local(1));
+    let (t1, _) = push(&drain(&mut m));
+    m.handle_local_write(101, local(2));
+    assert!(
+        drain(&mut m)
+            .iter()
+            .all(|a| !matches!(a, Action::Push { .. }))
+    );
+    m.handle_push_result(
+        105,
+        t1,
+        PushResult::Settled {
+            upto: Some(local(1)),
+        },
+    );
+    let actions = drain(&mut m);
+    assert_eq!(
+        push(&actions).1,
+        Some(local(1)),
+        "no batch window for a single write"
+    );
+    assert_eq!(armed(&actions, Timer::PushBatch), None);
+}
+
+#[test]
+fn push_is_immediate_when_idle_and_batched_only_during_a_burst() {
+    // Two writes during a push make a burst here; the default is 32.
+    let (mut m, _) = live_machine_with(LinkConfig {
+        push_burst_writes_min: 2,
+        ..LinkConfig::default()
+    });
     m.handle_local_write(100, local(1));
     let (t1, after) = push(&drain(&mut m));
     assert_eq!(after, None);
