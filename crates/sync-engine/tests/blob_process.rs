@@ -346,12 +346,11 @@ fn a_download_killed_at_random_points_resumes_and_completes() {
         rng ^= rng << 17;
         let target = durable + 1 + rng % (RESUME_BLOB_BYTES - durable) / 2;
         let (mut child, lines) = spawn(RESUME_TEST, spec.clone());
-        let mut seen = 0;
         for line in lines {
             let line = line.unwrap();
             let line = line.rsplit(" ... ").next().unwrap_or_default();
             if let Some(o) = line.strip_prefix("offset ") {
-                seen = o.parse().unwrap();
+                let seen: u64 = o.parse().unwrap();
                 if seen >= target {
                     child.kill().unwrap(); // SIGKILL
                     break;
