@@ -5,7 +5,9 @@ use std::sync::RwLock;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
 
-use super::{Batch, Durability, KeyRange, Order, Partition, ScanIter, Store, check_key};
+use super::{
+    Batch, Durability, KeyRange, Order, Partition, ScanIter, ScanVisitor, Store, check_key,
+};
 use crate::error::{Error, Result};
 
 /// Default block cache, in bytes.
@@ -221,7 +223,7 @@ impl Store for FjallStore {
         partition: Partition,
         range: KeyRange,
         order: Order,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
+        visit: &mut ScanVisitor<'_>,
     ) -> Result<()> {
         let ks = self.keyspace(partition)?;
         if range.is_empty() {

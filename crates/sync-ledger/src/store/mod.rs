@@ -385,6 +385,10 @@ pub enum Order {
 /// A key and its value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
+/// What [`Store::scan_with`] calls with each entry: key and value, borrowed; returns
+/// whether to go on.
+pub type ScanVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
+
 /// The items of a scan, in key order.
 pub type ScanIter<'a> = Box<dyn Iterator<Item = Result<KeyValue>> + 'a>;
 
@@ -462,7 +466,7 @@ pub trait Store: Send + Sync + 'static {
         partition: Partition,
         range: KeyRange,
         order: Order,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
+        visit: &mut ScanVisitor<'_>,
     ) -> Result<()> {
         for kv in self.scan(partition, range, order)? {
             let (k, v) = kv?;
