@@ -18,7 +18,6 @@
 pub mod blob;
 pub mod closure;
 pub mod delivery;
-pub mod echo;
 mod error;
 pub mod index;
 pub mod live;

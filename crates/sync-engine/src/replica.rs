@@ -101,7 +101,7 @@ pub struct Record {
     /// always, blobs only when small; a larger blob is never loaded implicitly, read it
     /// with [`Replica::blob_reader`] or [`Replica::read_blob`].
     pub data: Option<Vec<u8>>,
-    /// Whether the payload is here: [`Residency::Staged`] until a referenced blob has
+    /// Whether the payload is here: [`Residency::Staged`](crate::blob::Residency::Staged) until a referenced blob has
     /// arrived and been verified.
     pub residency: crate::blob::Residency,
 }
