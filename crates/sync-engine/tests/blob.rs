@@ -1,21 +1,22 @@
 //! Large payloads: residency, the streaming write and read API, verified transfers that
 //! survive corruption, per-tenant upload limits, and blob garbage collection.
 
+mod faulty_node;
 mod sync_support;
 
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use faulty_node::FaultyNode;
 use sync_engine::blob::{BlobGc, RECORD_DATA_BYTES_MAX, Residency};
 use sync_engine::node::BlobLimits;
 use sync_engine::replica::Origin;
 use sync_engine::sync::HttpConnector;
 use sync_engine::{Replica, ReplicaHandler, WriteRequest};
 use sync_support::*;
-use sync_transport::node::{Handler, RequestContext};
-use sync_transport::proto::*;
-use sync_transport::{HandlerError, ServerConfig, serve};
+use sync_transport::node::Handler;
+use sync_transport::{ServerConfig, serve};
 use sync_types::*;
 
 /// A deterministic payload of `len` bytes that is never in memory as a whole.
@@ -296,98 +297,13 @@ fn the_collector_never_removes_what_a_staged_record_waits_for() {
     assert_eq!(b.residency(&tenant(), &id).unwrap(), Residency::Staged);
 }
 
-/// Forwards to a `ReplicaHandler`, flipping one byte of the first blob range it serves.
-#[derive(Clone)]
-struct Corrupting {
-    inner: ReplicaHandler,
-    corrupted: Arc<AtomicUsize>,
-}
-
-impl Handler for Corrupting {
-    async fn root(
-        &self,
-        ctx: &RequestContext,
-        req: RootRequest,
-    ) -> Result<RootReply, HandlerError> {
-        self.inner.root(ctx, req).await
-    }
-    async fn diff_round(
-        &self,
-        ctx: &RequestContext,
-        req: DiffRequest,
-    ) -> Result<DiffReply, HandlerError> {
-        self.inner.diff_round(ctx, req).await
-    }
-    async fn log_page(
-        &self,
-        ctx: &RequestContext,
-        req: LogPageRequest,
-    ) -> Result<LogPageReply, HandlerError> {
-        self.inner.log_page(ctx, req).await
-    }
-    async fn read_messages(
-        &self,
-        ctx: &RequestContext,
-        req: ReadMessagesRequest,
-    ) -> Result<ReadMessagesReply, HandlerError> {
-        self.inner.read_messages(ctx, req).await
-    }
-    async fn apply(
-        &self,
-        ctx: &RequestContext,
-        tenant: &TenantId,
-        messages: Vec<MessageData>,
-    ) -> Result<Vec<ApplyOutcome>, HandlerError> {
-        self.inner.apply(ctx, tenant, messages).await
-    }
-    async fn blob_stat(
-        &self,
-        ctx: &RequestContext,
-        req: BlobStatRequest,
-    ) -> Result<BlobStat, HandlerError> {
-        self.inner.blob_stat(ctx, req).await
-    }
-    async fn blob_read(
-        &self,
-        ctx: &RequestContext,
-        req: &BlobReadRequest,
-        offset: u64,
-        len: u32,
-    ) -> Result<bytes::Bytes, HandlerError> {
-        let bytes = self.inner.blob_read(ctx, req, offset, len).await?;
-        if offset > 0 && self.corrupted.fetch_add(1, Ordering::SeqCst) == 0 {
-            let mut v = bytes.to_vec();
-            v[7] ^= 0x40;
-            return Ok(v.into());
-        }
-        Ok(bytes)
-    }
-    async fn blob_write(
-        &self,
-        ctx: &RequestContext,
-        req: &BlobWriteRequest,
-        offset: u64,
-        chunk: bytes::Bytes,
-    ) -> Result<BlobStat, HandlerError> {
-        self.inner.blob_write(ctx, req, offset, chunk).await
-    }
-    async fn health(&self) -> Result<HealthSummary, HandlerError> {
-        self.inner.health().await
-    }
-    fn changes(&self, tenant: &TenantId) -> tokio::sync::watch::Receiver<u64> {
-        self.inner.changes(tenant)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_byte_is_detected_and_the_blob_fetched_again() {
     let node = replica(100);
     let corrupted = Arc::new(AtomicUsize::new(0));
-    let (_server, ep) = http_node_with(Corrupting {
-        inner: ReplicaHandler::new(node.clone()),
-        corrupted: corrupted.clone(),
-    })
-    .await;
+    let handler = FaultyNode::new(ReplicaHandler::new(node.clone()))
+        .corrupt_first_blob_range(corrupted.clone());
+    let (_server, ep) = http_node_with(handler).await;
     let a = replica(1);
     let b = replica(2);
     configure(&a);

@@ -3,23 +3,18 @@
 //! restart, with change notifications lost or repeated, from a stale checkpoint, and while
 //! identities are added, changed and removed.
 
+mod faulty_node;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use faulty_node::FaultyNode;
 use sync_engine::live::{EngineOps, LiveDriver, LiveSync};
 use sync_engine::machine::LinkConfig;
 use sync_engine::sync::{Engine, HttpConnector, Identity};
 use sync_engine::{Replica, ReplicaHandler};
-use sync_transport::node::{Handler, RequestContext};
-use sync_transport::proto::{
-    BlobReadRequest, BlobStat, BlobStatRequest, BlobWriteRequest, DiffReply, DiffRequest,
-    LogPageReply, LogPageRequest, MessageData, ReadMessagesReply, ReadMessagesRequest, RootReply,
-    RootRequest,
-};
-use sync_transport::{
-    Claims, ClientConfig, HandlerError, ServerConfig, ServerHandle, Token, TokenKey, serve,
-};
+use sync_transport::{Claims, ClientConfig, ServerConfig, ServerHandle, Token, TokenKey, serve};
 use sync_types::*;
 
 fn tenant() -> TenantId {
@@ -197,109 +192,16 @@ async fn writes_propagate_live_both_ways_and_survive_a_node_restart() {
     server.shutdown().await;
 }
 
-/// Forwards everything to a `ReplicaHandler`, but its change notifications are lost
-/// (`Muted`) or repeated many times over (`Noisy`).
-#[derive(Clone)]
-struct Wakeups {
-    inner: ReplicaHandler,
-    noisy: bool,
-    quiet: tokio::sync::watch::Sender<u64>,
-}
-
-impl Handler for Wakeups {
-    async fn root(
-        &self,
-        ctx: &RequestContext,
-        req: RootRequest,
-    ) -> Result<RootReply, HandlerError> {
-        self.inner.root(ctx, req).await
-    }
-    async fn diff_round(
-        &self,
-        ctx: &RequestContext,
-        req: DiffRequest,
-    ) -> Result<DiffReply, HandlerError> {
-        self.inner.diff_round(ctx, req).await
-    }
-    async fn log_page(
-        &self,
-        ctx: &RequestContext,
-        req: LogPageRequest,
-    ) -> Result<LogPageReply, HandlerError> {
-        self.inner.log_page(ctx, req).await
-    }
-    async fn read_messages(
-        &self,
-        ctx: &RequestContext,
-        req: ReadMessagesRequest,
-    ) -> Result<ReadMessagesReply, HandlerError> {
-        self.inner.read_messages(ctx, req).await
-    }
-    async fn apply(
-        &self,
-        ctx: &RequestContext,
-        tenant: &TenantId,
-        messages: Vec<MessageData>,
-    ) -> Result<Vec<ApplyOutcome>, HandlerError> {
-        self.inner.apply(ctx, tenant, messages).await
-    }
-    async fn blob_stat(
-        &self,
-        ctx: &RequestContext,
-        req: BlobStatRequest,
-    ) -> Result<BlobStat, HandlerError> {
-        self.inner.blob_stat(ctx, req).await
-    }
-    async fn blob_read(
-        &self,
-        ctx: &RequestContext,
-        req: &BlobReadRequest,
-        offset: u64,
-        len: u32,
-    ) -> Result<bytes::Bytes, HandlerError> {
-        self.inner.blob_read(ctx, req, offset, len).await
-    }
-    async fn blob_write(
-        &self,
-        ctx: &RequestContext,
-        req: &BlobWriteRequest,
-        offset: u64,
-        chunk: bytes::Bytes,
-    ) -> Result<BlobStat, HandlerError> {
-        self.inner.blob_write(ctx, req, offset, chunk).await
-    }
-    async fn health(&self) -> Result<HealthSummary, HandlerError> {
-        self.inner.health().await
-    }
-    fn changes(&self, tenant: &TenantId) -> tokio::sync::watch::Receiver<u64> {
-        if !self.noisy {
-            return self.quiet.subscribe();
-        }
-        // Every real notification, plus a stream of spurious ones.
-        let real = self.inner.changes(tenant);
-        let (tx, rx) = tokio::sync::watch::channel(0u64);
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            while !tx.is_closed() {
-                n += 1;
-                tx.send_replace(n);
-                let _ = real.has_changed();
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        });
-        rx
-    }
-}
-
-async fn start_wrapped(noisy: bool, key: &TokenKey) -> (Replica, ServerHandle<Wakeups>) {
+async fn start_wrapped(noisy: bool, key: &TokenKey) -> (Replica, ServerHandle<FaultyNode>) {
     let node = Replica::in_memory().unwrap();
     let mut config = ServerConfig::new(key.clone());
     // With notifications lost, only the periodic re-read finds new entries.
     config.live_poll_interval_ms = 100;
-    let handler = Wakeups {
-        inner: ReplicaHandler::new(node.clone()),
-        noisy,
-        quiet: tokio::sync::watch::channel(0).0,
+    let handler = FaultyNode::new(ReplicaHandler::new(node.clone()));
+    let handler = if noisy {
+        handler.repeat_wakeups()
+    } else {
+        handler.lose_wakeups()
     };
     let server = serve(Arc::new(handler), config, "127.0.0.1:0".parse().unwrap())
         .await
