@@ -26,8 +26,8 @@
 //! | `log_by_protocol` | `T P pos` | `Cid` | filtered log pages without a full scan; cids per protocol |
 //! | `msg` | `T cid` | `u64` position | message lookup; ordered cid scan per tenant |
 //! | `records` | `T record` | [`RecordRow`]: head, path, context | the merge rule's state per record |
-//! | `by_path` | `T P path 0x00 cid` | `()` | scoped reads by path prefix |
-//! | `by_context` | `T P record… cid` | `()` | scoped reads by context prefix |
+//! | `by_path` | `T P path 0x00 pos` | `Cid` | scoped reads by path prefix |
+//! | `by_context` | `T P parent… pos` | `Cid` | scoped reads by context prefix: a record's descendants, under the chain of its parents (root records have no entry) |
 //! | `configs` | `T P wall:u64 counter:u32 node:u64 cid` | `u64` position | newest protocol definition |
 //! | `blob_meta` | `cid` | [`BlobMeta`] | a complete, verified blob |
 //! | `blob_chunks` | `cid index:u32` | raw bytes (not an envelope) | blob content, [`BLOB_CHUNK_BYTES`] per chunk |
@@ -57,7 +57,7 @@ use crate::error::{Error, Result};
 use crate::store::Partition;
 
 /// The layout version this build reads and writes.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Largest stored value the ledger decodes, in bytes (a message with its largest inline
 /// payload fits with room to spare).
@@ -423,16 +423,22 @@ pub(crate) fn index_entries(
     if let Some(path) = path {
         out.push((
             BY_PATH,
-            Key::tn(t).pn(p).str0(path.as_str()).cid(cid).into_vec(),
-            enc(&()),
+            Key::tn(t).pn(p).str0(path.as_str()).u64(pos).into_vec(),
+            enc(cid),
         ));
     }
-    if let Some(context) = context {
+    // A record's own versions are found through its record row; the index only holds
+    // descendants, under their parent's chain. A root record (a chain of one) has no
+    // entry.
+    if let Some(context) = context
+        && let [parents @ .., _own] = context.chain()
+        && !parents.is_empty()
+    {
         let mut k = Key::tn(t).pn(p);
-        for r in context.chain() {
+        for r in parents {
             k = k.bytes(r.as_bytes());
         }
-        out.push((BY_CONTEXT, k.cid(cid).into_vec(), enc(&())));
+        out.push((BY_CONTEXT, k.u64(pos).into_vec(), enc(cid)));
     }
     out
 }

@@ -950,20 +950,11 @@ impl Ledger {
         let Some((tn, pn)) = self.names_of(tenant, protocol)? else {
             return Ok(CidIter::empty());
         };
-        let prefix = Key::tn(tn).pn(pn).into_vec();
-        let iter = self
-            .store
-            .scan_prefix(layout::LOG_BY_PROTOCOL, &prefix, Order::Ascending)?;
-        Ok(CidIter {
-            inner: Box::new(iter.map(|kv| {
-                let (k, v) = kv?;
-                dec(layout::LOG_BY_PROTOCOL, &k, &v)
-            })),
-        })
+        self.value_cid_scan(layout::LOG_BY_PROTOCOL, Key::tn(tn).pn(pn).into_vec())
     }
 
     /// The cids of stored writes and deletes whose record path equals `path` or lies
-    /// below it (segment-wise), in ascending order per path.
+    /// below it (segment-wise), in log order per path.
     pub fn path_cids(
         &self,
         tenant: &TenantId,
@@ -980,7 +971,7 @@ impl Ledger {
         below.push(b'/');
         let mut out = Vec::new();
         for prefix in [exact, below] {
-            for cid in self.cid_scan(layout::BY_PATH, &prefix)? {
+            for cid in self.value_cid_scan(layout::BY_PATH, prefix)? {
                 out.push(cid?);
             }
         }
@@ -988,7 +979,8 @@ impl Ledger {
     }
 
     /// The cids of stored writes and deletes whose record context equals `context` or
-    /// lies below it.
+    /// lies below it: the retained versions of the context's own record, then its
+    /// descendants in log order.
     pub fn context_cids(
         &self,
         tenant: &TenantId,
@@ -998,11 +990,42 @@ impl Ledger {
         let Some((tn, pn)) = self.names_of(tenant, protocol)? else {
             return Ok(Vec::new());
         };
+        let mut out = Vec::new();
+        // The record itself: its row names its versions; it belongs to this scope if
+        // its context is this one and its messages are of this protocol.
+        if let Some(row) = self.record_row(tn, &context.record())?
+            && row.context.as_ref() == Some(context)
+        {
+            for cid in row.head.retained() {
+                let stored = self.get_message_tn(tn, &cid)?.ok_or_else(|| {
+                    Error::Inconsistent(format!("retained version {cid} is not stored"))
+                })?;
+                if stored.message.protocol() == protocol {
+                    out.push(cid);
+                }
+            }
+        }
         let mut k = Key::tn(tn).pn(pn);
         for r in context.chain() {
             k = k.bytes(r.as_bytes());
         }
-        self.cid_scan(layout::BY_CONTEXT, &k.into_vec())?.collect()
+        for cid in self.value_cid_scan(layout::BY_CONTEXT, k.into_vec())? {
+            out.push(cid?);
+        }
+        Ok(out)
+    }
+
+    /// The cids held as values under `prefix`, in key order.
+    fn value_cid_scan(&self, partition: Partition, prefix: Vec<u8>) -> Result<CidIter<'_>> {
+        let iter = self
+            .store
+            .scan_prefix(partition, &prefix, Order::Ascending)?;
+        Ok(CidIter {
+            inner: Box::new(iter.map(move |kv| {
+                let (k, v) = kv?;
+                dec(partition, &k, &v)
+            })),
+        })
     }
 
     fn cid_scan(&self, partition: Partition, prefix: &[u8]) -> Result<CidIter<'_>> {
