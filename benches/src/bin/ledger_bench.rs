@@ -20,6 +20,10 @@
 // A bench binary's output is its result: it prints tables on stdout by design.
 #![allow(clippy::print_stdout)]
 
+/// The allocator of the `weft` binary, so the figures are what a node gets.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -208,15 +212,21 @@ fn target_commits(dirs: &mut Dirs, quick: bool) {
         .chunks(1000)
         .map(<[_]>::to_vec)
         .collect();
+    // `DURABILITY=buffered` (or `sync_all`) to see what the disk's sync costs.
+    let (durability, mode) = match std::env::var("DURABILITY").as_deref() {
+        Ok("buffered") => (Durability::Buffered, "buffered"),
+        Ok("sync_all") => (Durability::SyncAll, "sync_all"),
+        _ => (Durability::SyncData, "sync_data"),
+    };
     let start = Instant::now();
     let cpu = cpu_secs();
     for b in batches {
-        ledger.apply(&tenant(), b, Durability::SyncData).unwrap();
+        ledger.apply(&tenant(), b, durability).unwrap();
     }
     let took = start.elapsed();
     let cpu = cpu_secs() - cpu;
     println!(
-        "| fjall | 1000 | sync_data | {n} | {:.0} | {:.1} µs |\n",
+        "| fjall | 1000 | {mode} | {n} | {:.0} | {:.1} µs |\n",
         per_sec(n, took),
         cpu * 1e6 / n as f64
     );
