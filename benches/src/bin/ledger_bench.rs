@@ -234,6 +234,73 @@ fn target_commits(dirs: &mut Dirs, quick: bool) {
     let _ = std::fs::remove_dir_all(&path);
 }
 
+/// What fjall alone costs for the key shapes a message writes, without the ledger:
+/// batches of 1000 "messages", `sync_data` per batch, each message inserting one key of
+/// each letter of a shape. `L`: the log entry (`T pos`, 250 bytes); `P`: a sequential
+/// index key (`T P pos`, a cid); `R`: a random key (`T cid`, a small value); `S`: a key
+/// sequential within one of two ranges (`T P "note" 0x00 pos`, a cid). Layout 1 wrote
+/// `LPRRRR` per message (`msg`, `records`, `by_path` and `by_context` keyed by a cid or
+/// record id); layout 2 writes `LPRRS` (plus an `S` for a record with a parent).
+fn fjall_ceiling(dirs: &mut Dirs, quick: bool) {
+    let n: u64 = if quick { 30_000 } else { 300_000 };
+    println!("| key shapes per message | keys | messages/s |\n|---|---:|---:|");
+    for shape in ["LPRRRR", "LPRRS", "LPRR", "LPR", "LP"] {
+        let path = dirs.next();
+        let db = fjall::Database::builder(&path).open().unwrap();
+        let spaces: Vec<fjall::Keyspace> = (0..shape.len())
+            .map(|i| {
+                db.keyspace(&format!("k{i}"), || {
+                    fjall::KeyspaceCreateOptions::default().max_memtable_size(16 << 20)
+                })
+                .unwrap()
+            })
+            .collect();
+        let start = Instant::now();
+        for batch in 0..n / 1000 {
+            let mut wb = db.batch().durability(Some(fjall::PersistMode::SyncData));
+            for i in 0..1000 {
+                let pos = batch * 1000 + i + 1;
+                let cid = *blake3::hash(&pos.to_le_bytes()).as_bytes();
+                for (kind, ks) in shape.chars().zip(&spaces) {
+                    let mut key = vec![1u8];
+                    let value: Vec<u8> = match kind {
+                        'L' => {
+                            key.extend_from_slice(&pos.to_be_bytes());
+                            vec![7; 250]
+                        }
+                        'P' => {
+                            key.push(u8::from(pos % 2 == 0));
+                            key.extend_from_slice(&pos.to_be_bytes());
+                            cid.to_vec()
+                        }
+                        'S' => {
+                            key.push(u8::from(pos % 2 == 0));
+                            key.extend_from_slice(b"note\0");
+                            key.extend_from_slice(&pos.to_be_bytes());
+                            cid.to_vec()
+                        }
+                        _ => {
+                            key.extend_from_slice(&cid);
+                            vec![3; 9]
+                        }
+                    };
+                    wb.insert(ks, key, value);
+                }
+            }
+            wb.commit().unwrap();
+        }
+        println!(
+            "| {shape} | {} | {:.0} |",
+            shape.len(),
+            per_sec(n, start.elapsed())
+        );
+        drop(spaces);
+        drop(db);
+        let _ = std::fs::remove_dir_all(&path);
+    }
+    println!();
+}
+
 /// Only the log page target: unfiltered pages of 1000 at 200,000 messages (for
 /// profiling).
 fn target_reads(dirs: &mut Dirs, quick: bool) {
@@ -520,6 +587,9 @@ fn main() {
     }
     if only.contains(&"target_reads") {
         target_reads(&mut dirs, quick);
+    }
+    if only.contains(&"fjall_ceiling") {
+        fjall_ceiling(&mut dirs, quick);
     }
     if run("reads") {
         reads(&mut dirs, quick);
