@@ -11,12 +11,20 @@
 //! empty envelope.
 //!
 //! Message keys use the short interned numbers rather than the (up to 256-byte) names:
-//! every message writes six keys, and keys are what an LSM memtable compares on every
-//! insert and lookup. fjall compares the first 4 bytes of two keys inline before it
-//! follows a pointer to the rest, so keys whose first bytes already differ (a one-byte
-//! tenant number, then a cid) compare fastest; with full names, key comparisons were
-//! the largest cost of a commit.
+//! every message writes five or six keys, and keys are what an LSM memtable compares on
+//! every insert and lookup. fjall compares the first 4 bytes of two keys inline before
+//! it follows a pointer to the rest, so keys whose first bytes already differ (a
+//! one-byte tenant number, then a cid) compare fastest; with full names, key
+//! comparisons were the largest cost of a commit.
 //!
+//! Where a key needs no random part, it has none: the indexes by path and by context
+//! end in the message's log position, not its cid, so a commit appends at the end of
+//! each path's and each thread's range. A random key (a cid, a record id) costs far
+//! more in an LSM: each insert searches an uncached path of the memtable, and every
+//! flushed table overlaps every other, so compaction rewrites them all. Only `msg` and
+//! `records` are random, because lookups by cid and by record id are what they are for
+//! (`ledger_bench fjall_ceiling` measures fjall alone for each shape).
+
 //! | partition | key | value | what for |
 //! |---|---|---|---|
 //! | `meta` | `"layout"` | `u32` layout version | refuse stores from another layout |
