@@ -239,6 +239,27 @@ fn scans_are_ordered_and_respect_bounds() {
             Some(k(999)),
             "{name}: last key of a prefix"
         );
+        // `first` agrees with the first item of the same scan, in both orders, on
+        // bounded, empty and inverted ranges and on a partition never written.
+        let ranges = [
+            range(Bound::Excluded(k(10)), Bound::Included(k(13))),
+            range(Bound::Unbounded, Bound::Excluded(k(2))),
+            range(Bound::Included(k(5)), Bound::Excluded(k(5))),
+            range(Bound::Included(k(9)), Bound::Included(k(3))),
+            KeyRange::all(),
+        ];
+        for r in ranges {
+            for order in [Order::Ascending, Order::Descending] {
+                for p in [A, Partition::new("suite_empty")] {
+                    let scanned = collect(s, p, r.clone(), order).into_iter().next();
+                    assert_eq!(
+                        s.first(p, r.clone(), order).unwrap(),
+                        scanned,
+                        "{name}: first of {r:?} {order:?}"
+                    );
+                }
+            }
+        }
         // A partition never written scans empty.
         assert!(
             collect(

@@ -136,6 +136,34 @@ impl Store for MemoryStore {
         }))
     }
 
+    /// One entry cloned, where the default (a scan) would clone a whole chunk: the log
+    /// head is read this way for every log page.
+    fn first(
+        &self,
+        partition: Partition,
+        range: KeyRange,
+        order: Order,
+    ) -> Result<Option<KeyValue>> {
+        if range.is_empty() {
+            return Ok(None);
+        }
+        let inner = self.read();
+        let Some(table) = inner.live.get(partition.name()) else {
+            return Ok(None);
+        };
+        let mut entries = table.range::<Vec<u8>, _>((range.start, range.end));
+        let entry = match order {
+            Order::Ascending => entries.next(),
+            Order::Descending => entries.next_back(),
+        };
+        Ok(entry.map(|(k, v)| (k.clone(), v.clone())))
+    }
+
+    /// Never: a commit only takes a lock and updates maps.
+    fn commit_may_block(&self) -> bool {
+        false
+    }
+
     fn commit(&self, batch: Batch, durability: Durability) -> Result<()> {
         for op in batch.ops() {
             check_key(&op.key)?;
