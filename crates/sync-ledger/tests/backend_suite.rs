@@ -302,6 +302,59 @@ fn reboot_keeps_committed_batches() {
     }
 }
 
+/// Buffered batches that overwrite and delete keys written by synced and by earlier
+/// buffered batches: a power loss keeping any prefix leaves exactly the state of
+/// replaying the synced batches and that prefix.
+#[test]
+fn memory_power_loss_undoes_overwrites_and_deletes_newest_first() {
+    use std::collections::BTreeMap;
+    // (key, value or delete) per batch.
+    type Ops = Vec<(u8, Option<u8>)>;
+    let synced: Vec<Ops> = vec![vec![(1, Some(1)), (2, Some(2)), (3, Some(3))]];
+    let buffered: Vec<Ops> = vec![
+        vec![(1, Some(10)), (4, Some(40))],
+        vec![(2, None), (1, Some(11))],
+        vec![(4, None), (3, Some(30)), (5, Some(50))],
+        vec![(2, Some(22)), (5, None)],
+    ];
+    let batch = |ops: &Ops| {
+        let mut b = Batch::new();
+        for &(k, v) in ops {
+            match v {
+                Some(v) => b.put(A, vec![k], vec![v]),
+                None => b.delete(A, vec![k]),
+            }
+        }
+        b
+    };
+    for keep in 0..=buffered.len() {
+        let store = MemoryStore::new();
+        for ops in &synced {
+            store.commit(batch(ops), Durability::SyncData).unwrap();
+        }
+        for ops in &buffered {
+            store.commit(batch(ops), Durability::Buffered).unwrap();
+        }
+        store.simulate_power_loss(keep);
+        assert_eq!(store.unsynced_batches(), 0);
+        let mut model = BTreeMap::new();
+        for ops in synced.iter().chain(&buffered[..keep]) {
+            for &(k, v) in ops {
+                match v {
+                    Some(v) => model.insert(vec![k], vec![v]),
+                    None => model.remove(&vec![k]),
+                };
+            }
+        }
+        let model: Vec<(Vec<u8>, Vec<u8>)> = model.into_iter().collect();
+        assert_eq!(
+            collect(&store, A, KeyRange::all(), Order::Ascending),
+            model,
+            "keeping {keep} buffered batches"
+        );
+    }
+}
+
 #[test]
 fn memory_power_loss_keeps_synced_batches_and_a_prefix_of_the_rest() {
     let store = MemoryStore::new();
