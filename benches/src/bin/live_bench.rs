@@ -25,7 +25,9 @@
 //! Latency is from just before `Replica::put` on the writer to the moment a task
 //! subscribed to the receiver's `Replica::subscribe` sees the remote change, so it
 //! includes the local commit, the push, the node's apply, the WebSocket notice, the
-//! receiver's apply and one task wake-up.
+//! receiver's apply and one task wake-up. In the fan-out section, "write reaches the
+//! node" is taken inside the node's commit (a ledger listener), since a task watching the
+//! node would wake behind the fan-out that the same commit starts.
 
 // A bench binary's output is its result: it prints tables on stdout by design.
 #![allow(clippy::print_stdout)]
