@@ -96,7 +96,31 @@ pub trait LinkOps: Send + Sync + 'static {
         link: LinkState,
         entry: LogEntry,
     ) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Applies live events durably, one result per entry in the order given. The
+    /// driver hands over every event that queued up for a link while its previous
+    /// apply ran. The default applies them one at a time with
+    /// [`apply`](Self::apply); [`EngineOps`] commits them in one ledger batch.
+    fn apply_batch(
+        &self,
+        link: LinkState,
+        entries: Vec<LogEntry>,
+    ) -> impl Future<Output = Vec<Result<(), String>>> + Send {
+        async move {
+            let mut results = Vec::with_capacity(entries.len());
+            for entry in entries {
+                results.push(self.apply(link.clone(), entry).await);
+            }
+            results
+        }
+    }
 }
+
+/// Most live events of one link applied in one batch.
+pub const LIVE_APPLY_BATCH_LEN_MAX: usize = 64;
+/// Most events the driver handles in a row before it starts the applies they queued
+/// (and yields to the runtime).
+pub const DRIVER_EVENTS_PER_TURN_MAX: usize = 256;
 
 /// Everything that happens to the driver.
 #[derive(Debug)]
@@ -111,8 +135,12 @@ pub enum Event {
     Reconciled(LinkKey, u64, Ticket, ReconcileResult),
     /// A subscription produced an item.
     Feed(LinkKey, u64, SubscriptionId, FeedItem),
-    /// A live event was applied (or failed).
-    Applied(LinkKey, u64, SubscriptionId, Ordinal, Result<(), String>),
+    /// A batch of live events was applied (or failed), one result per event.
+    Applied(
+        LinkKey,
+        u64,
+        Vec<(SubscriptionId, Ordinal, Result<(), String>)>,
+    ),
     /// The local log of a tenant grew; the endpoint the message came from, if pulled.
     LocalWrite(
         sync_types::TenantId,
@@ -274,6 +302,11 @@ struct LinkRuntime {
     timers: HashMap<Timer, JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
     feed: Option<JoinHandle<()>>,
+    /// Live events decided `Apply` and not yet handed to [`LinkOps::apply_batch`], in
+    /// arrival order.
+    apply_queue: Vec<(SubscriptionId, Ordinal, LogEntry)>,
+    /// Whether a batch of this link is being applied in a task.
+    applying: bool,
 }
 
 impl LinkRuntime {
@@ -324,6 +357,8 @@ impl<O: LinkOps> Driver<O> {
                 timers: HashMap::new(),
                 tasks: Vec::new(),
                 feed: None,
+                apply_queue: Vec::new(),
+                applying: false,
             },
         );
         let now = self.now_ms();
@@ -343,18 +378,96 @@ impl<O: LinkOps> Driver<O> {
         }
     }
 
+    /// Handles the events that are ready (at most [`DRIVER_EVENTS_PER_TURN_MAX`]),
+    /// then starts the applies they queued, so the live events that arrived together
+    /// for one link are applied together.
     async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
-        while let Some(event) = rx.recv().await {
-            if let Event::Stop(reply) = event {
-                let keys: Vec<LinkKey> = self.links.keys().cloned().collect();
-                for key in keys {
-                    self.stop_link(&key);
+        while let Some(mut event) = rx.recv().await {
+            let mut handled = 0;
+            loop {
+                if let Event::Stop(reply) = event {
+                    let keys: Vec<LinkKey> = self.links.keys().cloned().collect();
+                    for key in keys {
+                        self.stop_link(&key);
+                    }
+                    let _ = reply.send(());
+                    return;
                 }
-                let _ = reply.send(());
-                return;
+                self.handle(event);
+                handled += 1;
+                if handled == DRIVER_EVENTS_PER_TURN_MAX {
+                    break;
+                }
+                match rx.try_recv() {
+                    Ok(next) => event = next,
+                    Err(_) => break,
+                }
             }
-            self.handle(event);
+            self.start_applies();
         }
+    }
+
+    /// Starts one batch apply for every link with queued live events and none running.
+    /// The apply is polled once here: on a store that never blocks it finishes at once
+    /// and its results are handled without a task or a thread hop; otherwise (a
+    /// blocking-pool apply, a blob fetch) it goes on in a task that reports
+    /// [`Event::Applied`].
+    fn start_applies(&mut self) {
+        let keys: Vec<LinkKey> = self
+            .links
+            .iter()
+            .filter(|(_, rt)| !rt.applying && !rt.apply_queue.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            let Some(rt) = self.links.get_mut(&key) else {
+                continue;
+            };
+            let n = rt.apply_queue.len().min(LIVE_APPLY_BATCH_LEN_MAX);
+            let batch: Vec<(SubscriptionId, Ordinal, LogEntry)> =
+                rt.apply_queue.drain(..n).collect();
+            let mut ids = Vec::with_capacity(batch.len());
+            let mut entries = Vec::with_capacity(batch.len());
+            for (sub, ordinal, entry) in batch {
+                ids.push((sub, ordinal));
+                entries.push(entry);
+            }
+            let (ops, state, inc) = (self.ops.clone(), rt.machine.state().clone(), rt.incarnation);
+            let mut apply = Box::pin(async move { ops.apply_batch(state, entries).await });
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match apply.as_mut().poll(&mut cx) {
+                std::task::Poll::Ready(results) => {
+                    self.handle_applied(&key, inc, zip_results(ids, results));
+                }
+                std::task::Poll::Pending => {
+                    // A future may be polled again with another waker: the task's.
+                    let (tx, k) = (self.tx.clone(), key.clone());
+                    rt.applying = true;
+                    rt.tasks.retain(|t| !t.is_finished());
+                    rt.tasks.push(tokio::spawn(async move {
+                        let results = apply.await;
+                        let _ = tx.send(Event::Applied(k, inc, zip_results(ids, results)));
+                    }));
+                }
+            }
+        }
+    }
+
+    fn handle_applied(
+        &mut self,
+        key: &LinkKey,
+        inc: u64,
+        results: Vec<(SubscriptionId, Ordinal, Result<(), String>)>,
+    ) {
+        let now = self.now_ms();
+        let Some(rt) = self.current(key, inc) else {
+            return;
+        };
+        rt.applying = false;
+        for (sub, ordinal, result) in results {
+            rt.machine.handle_applied(now, sub, ordinal, result);
+        }
+        self.drain(key);
     }
 
     /// The runtime of `key` when `incarnation` is still current.
@@ -398,7 +511,6 @@ impl<O: LinkOps> Driver<O> {
             }
             Event::Feed(key, inc, sub, item) => {
                 let ops = self.ops.clone();
-                let tx = self.tx.clone();
                 let Some(rt) = self.current(&key, inc) else {
                     return;
                 };
@@ -408,13 +520,9 @@ impl<O: LinkOps> Driver<O> {
                         if let EventDecision::Apply(ordinal) =
                             rt.machine.handle_event(now, sub, entry.token, class)
                         {
-                            let state = rt.machine.state().clone();
-                            let k = key.clone();
-                            rt.tasks.retain(|t| !t.is_finished());
-                            rt.tasks.push(tokio::spawn(async move {
-                                let result = ops.apply(state, *entry).await;
-                                let _ = tx.send(Event::Applied(k, inc, sub, ordinal, result));
-                            }));
+                            // Applied with whatever else queues up in this turn
+                            // (`start_applies`).
+                            rt.apply_queue.push((sub, ordinal, *entry));
                         }
                     }
                     FeedItem::EndOfStored(cursor) => rt.machine.handle_eose(now, sub, cursor),
@@ -422,12 +530,9 @@ impl<O: LinkOps> Driver<O> {
                 }
                 key
             }
-            Event::Applied(key, inc, sub, ordinal, result) => {
-                let Some(rt) = self.current(&key, inc) else {
-                    return;
-                };
-                rt.machine.handle_applied(now, sub, ordinal, result);
-                key
+            Event::Applied(key, inc, results) => {
+                self.handle_applied(&key, inc, results);
+                return;
             }
             Event::LocalWrite(tenant, token, from) => {
                 // A message pulled from an endpoint does not wake that endpoint's links:
@@ -597,6 +702,23 @@ fn spawn_op(
     }));
 }
 
+/// Pairs each delivery with its result; a result missing from `apply_batch` (a
+/// broken implementation) counts as a failure, so the checkpoint never covers it.
+fn zip_results(
+    ids: Vec<(SubscriptionId, Ordinal)>,
+    results: Vec<Result<(), String>>,
+) -> Vec<(SubscriptionId, Ordinal, Result<(), String>)> {
+    let mut results = results.into_iter();
+    ids.into_iter()
+        .map(|(sub, ordinal)| {
+            let result = results
+                .next()
+                .unwrap_or_else(|| Err("no result for this live event".into()));
+            (sub, ordinal, result)
+        })
+        .collect()
+}
+
 /// A lagging subscriber, a heartbeat timeout or a node going away cost a reconnect from
 /// the durable checkpoint; expired credentials and handler errors send the link to repair.
 fn end_of(reason: CloseReason) -> SubscriptionEnd {
@@ -738,37 +860,68 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
     }
 
     async fn apply(&self, link: LinkState, entry: LogEntry) -> Result<(), String> {
+        self.apply_batch(link, vec![entry])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err("no outcome".into()))
+    }
+
+    async fn apply_batch(
+        &self,
+        link: LinkState,
+        entries: Vec<LogEntry>,
+    ) -> Vec<Result<(), String>> {
         // A payload above the inline limit travels as a blob: the record is applied as
         // staged and its blob is wanted, then fetched like catch-up fetches it.
-        let blob = match &entry.message {
-            sync_types::Message::Write(w) => w.data.filter(|d| !d.is_inline()),
-            _ => None,
-        };
-        let outcome = self
-            .engine
-            .apply_live(&link.key, entry.message, entry.data)
-            .await
-            .map_err(|e| e.to_string())?;
-        match Some(outcome) {
-            Some(o) if o.is_success() => {
-                if let Some(data) = blob {
-                    let blobs = self.engine.replica().ledger().blobs();
-                    if !blobs.has(&data.data_cid).map_err(|e| e.to_string())? {
-                        blobs
-                            .want(&data.data_cid, data.size, self.engine.replica().now_ms())
-                            .map_err(|e| e.to_string())?;
-                        // The record stays staged until the blob arrives; a failed fetch
-                        // is retried by the next catch-up or reconcile.
-                        if let Err(e) = self.engine.fetch_wanted_blobs(&link.key).await {
-                            tracing::debug!(link = %link.key, error = %e, "blob fetch failed");
-                        }
-                    }
-                }
-                Ok(())
+        let blobs: Vec<Option<sync_types::DataRef>> = entries
+            .iter()
+            .map(|entry| match &entry.message {
+                sync_types::Message::Write(w) => w.data.filter(|d| !d.is_inline()),
+                _ => None,
+            })
+            .collect();
+        let n = entries.len();
+        let items = entries.into_iter().map(|e| (e.message, e.data)).collect();
+        let outcomes = match self.engine.apply_live_batch(&link.key, items).await {
+            Ok(outcomes) if outcomes.len() == n => outcomes,
+            Ok(outcomes) => {
+                let e = format!("{} outcomes for {n} live events", outcomes.len());
+                return vec![Err(e); n];
             }
-            Some(o) => Err(format!("live event not applied: {o}")),
-            None => Err("no outcome".into()),
+            Err(e) => return vec![Err(e.to_string()); n],
+        };
+        let mut results = Vec::with_capacity(n);
+        let mut wanted = false;
+        for (outcome, blob) in outcomes.into_iter().zip(blobs) {
+            if !outcome.is_success() {
+                results.push(Err(format!("live event not applied: {outcome}")));
+                continue;
+            }
+            let Some(data) = blob else {
+                results.push(Ok(()));
+                continue;
+            };
+            let store = self.engine.replica().ledger().blobs();
+            let want = store.has(&data.data_cid).and_then(|has| {
+                if !has {
+                    store.want(&data.data_cid, data.size, self.engine.replica().now_ms())?;
+                }
+                Ok(!has)
+            });
+            match want {
+                Ok(w) => {
+                    wanted |= w;
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e.to_string())),
+            }
         }
+        // The records stay staged until their blobs arrive; a failed fetch is retried
+        // by the next catch-up or reconcile.
+        if wanted && let Err(e) = self.engine.fetch_wanted_blobs(&link.key).await {
+            tracing::debug!(link = %link.key, error = %e, "blob fetch failed");
+        }
+        results
     }
 }
 

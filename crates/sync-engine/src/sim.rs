@@ -848,6 +848,11 @@ impl World {
         }
         let ops = self.ops(index);
         let mut done = Vec::new();
+        // Half the rounds apply each delivery at once; the others queue them and apply
+        // them in one batch at the end, as the live driver does with the events that
+        // arrive together (duplicates may then share a batch).
+        let batched = self.rng.chance(500);
+        let mut queued: Vec<(crate::delivery::Ordinal, LogEntry)> = Vec::new();
         for _ in 0..self.rng.below(4) + 1 {
             let Some(feed) = self.devices[index]
                 .live
@@ -877,10 +882,23 @@ impl World {
                 if let EventDecision::Apply(ordinal) =
                     live.machine.handle_event(now, id, entry.token, class)
                 {
-                    let state = live.machine.state().clone();
-                    done.push((ordinal, ops.apply(state, entry.clone()).await));
+                    if batched {
+                        queued.push((ordinal, entry.clone()));
+                    } else {
+                        let state = live.machine.state().clone();
+                        done.push((ordinal, ops.apply(state, entry.clone()).await));
+                    }
                 }
             }
+        }
+        if !queued.is_empty()
+            && let Some(live) = self.devices[index].live.as_ref()
+        {
+            let state = live.machine.state().clone();
+            let (ordinals, entries): (Vec<_>, Vec<_>) = queued.into_iter().unzip();
+            let results = ops.apply_batch(state, entries).await;
+            assert_eq!(results.len(), ordinals.len(), "one result per live event");
+            done.extend(ordinals.into_iter().zip(results));
         }
         for i in (1..done.len()).rev() {
             let j = usize::try_from(self.rng.below(i as u64 + 1)).unwrap_or(0);

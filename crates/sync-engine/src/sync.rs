@@ -158,6 +158,10 @@ pub const PUSH_READ_ENTRIES_DEFAULT: usize = 1_000;
 /// Most bytes (encoded messages and inline data) in one write batch, well under the
 /// transport's default frame limit.
 pub const PUSH_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Most live events applied on the calling task by [`Engine::apply_live_batch`] when
+/// the store never blocks; a larger batch goes to the blocking pool, so a task is never
+/// held for long.
+pub const LIVE_APPLY_INLINE_LEN_MAX: usize = 64;
 /// Most passes that supply missing dependencies, per batch.
 pub const DEPENDENCY_PASSES_MAX: usize = 8;
 /// Pages in a row that may fail to advance the pull checkpoint (repeated pages) before a
@@ -1080,6 +1084,40 @@ impl<C: Connector> Engine<C> {
         })
     }
 
+    /// The checks of [`link_ctx`](Self::link_ctx) without its side effects (creating
+    /// missing link rows, opening a connection): what applying a live event needs.
+    fn check_live_link(&self, key: &LinkKey) -> Result<()> {
+        let unknown = || Error::UnknownLink(key.to_string());
+        let identity = self
+            .ledger()
+            .identities()
+            .get(&key.tenant)?
+            .ok_or_else(unknown)?;
+        let expected = LinkKey::new(
+            identity.tenant.clone(),
+            key.endpoint.clone(),
+            &identity.scope,
+            &identity.authorization,
+        );
+        if !identity.endpoints.contains(&key.endpoint) || expected != *key {
+            return Err(unknown());
+        }
+        if let Some(expired_at_ms) = grants_expired(&identity.authorization, self.now_ms()) {
+            self.set_terminal(key)?;
+            return Err(Error::GrantExpired {
+                link: key.to_string(),
+                expired_at_ms,
+            });
+        }
+        if self.load(key)?.status == LinkStatus::TerminalIncomplete {
+            return Err(Error::TerminalIncomplete {
+                link: key.to_string(),
+                reason: "stopped by an earlier closure failure; a new scope or new grants make a new link".into(),
+            });
+        }
+        Ok(())
+    }
+
     fn load(&self, key: &LinkKey) -> Result<LinkState> {
         self.ledger()
             .links()
@@ -1279,19 +1317,36 @@ impl<C: Connector> Engine<C> {
         ctx: &LinkCtx<C::Remote>,
         items: Vec<(Message, Option<Vec<u8>>)>,
     ) -> Result<Vec<ApplyOutcome>> {
+        self.apply_from(&ctx.key, items, false).await
+    }
+
+    /// Applies messages pulled from `link`'s endpoint and remembers their local
+    /// positions as echoes. On a store whose commits never block (in memory) and with
+    /// `inline` set, the apply runs on the calling task; otherwise on tokio's blocking
+    /// pool.
+    async fn apply_from(
+        &self,
+        link: &LinkKey,
+        items: Vec<(Message, Option<Vec<u8>>)>,
+        inline: bool,
+    ) -> Result<Vec<ApplyOutcome>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
         let replica = self.replica().clone();
-        let tenant = ctx.key.tenant.clone();
-        let origin = Origin::Remote(Some(ctx.key.endpoint.clone()));
-        let applied = tokio::task::spawn_blocking(move || {
-            replica.apply_with_positions(&tenant, items, origin)
-        })
-        .await
-        .map_err(|e| Error::Task(e.to_string()))??;
+        let tenant = link.tenant.clone();
+        let origin = Origin::Remote(Some(link.endpoint.clone()));
+        let applied = if inline && !replica.ledger().store().commit_may_block() {
+            replica.apply_with_positions(&tenant, items, origin)?
+        } else {
+            tokio::task::spawn_blocking(move || {
+                replica.apply_with_positions(&tenant, items, origin)
+            })
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??
+        };
         let mut echoes = lock(&self.inner.echoes);
-        let echoes = echoes.entry(ctx.key.endpoint.clone()).or_default();
+        let echoes = echoes.entry(link.endpoint.clone()).or_default();
         let outcomes = applied
             .into_iter()
             .map(|(outcome, token)| {
@@ -1312,12 +1367,30 @@ impl<C: Connector> Engine<C> {
         message: Message,
         data: Option<Vec<u8>>,
     ) -> Result<ApplyOutcome> {
-        let ctx = self.link_ctx(link)?;
-        let outcomes = self.apply_remote(&ctx, vec![(message, data)]).await?;
+        let outcomes = self.apply_live_batch(link, vec![(message, data)]).await?;
         Ok(outcomes
             .into_iter()
             .next()
             .unwrap_or(ApplyOutcome::Deferred))
+    }
+
+    /// Applies live events from `link`'s endpoint in one ledger commit (ordered by their
+    /// dependencies, as any batch), one outcome per event in the order given, and
+    /// remembers their local positions so the push never echoes them back.
+    ///
+    /// The link is checked as for any operation (registered, grants not expired, not
+    /// `terminal_incomplete`), but no connection is made. On an in-memory store, and for
+    /// at most [`LIVE_APPLY_INLINE_LEN_MAX`] events, the apply runs on the calling task:
+    /// it never waits on I/O, and a blocking-pool round trip per live event costs more
+    /// than the apply (`BENCHMARKS.md`, fan-out round 3).
+    pub async fn apply_live_batch(
+        &self,
+        link: &LinkKey,
+        items: Vec<(Message, Option<Vec<u8>>)>,
+    ) -> Result<Vec<ApplyOutcome>> {
+        self.check_live_link(link)?;
+        let inline = items.len() <= LIVE_APPLY_INLINE_LEN_MAX;
+        self.apply_from(link, items, inline).await
     }
 
     /// Fetches the blobs the local store wants (records applied as staged) from `link`'s

@@ -16,10 +16,24 @@
 //! bounded queue ([`ServerConfig::subscriber_queue_len_max`]); when it stays full for
 //! [`ServerConfig::subscriber_stall_ms_max`] the subscriber is told
 //! [`CloseReason::Lagged`] and closed, and resubscribes from its checkpoint.
+//!
+//! # Live pages are read once for all subscribers
+//!
+//! When a change wakes many live subscriptions of a tenant, they all ask for the same
+//! page: same tenant, scope, filter, cursor and limit, read after the same change. The
+//! node reads such a page once through [`Handler::log_page`] and hands it to each of
+//! them ([`SharedPages`], the last [`SHARED_PAGES_MAX`] pages, keyed by the request and
+//! the [`Handler::changes`] value that woke the reader). A page shared under a change
+//! value was read after that value was published, so it holds every event committed
+//! before it; a later commit publishes a new value and wakes the subscribers again.
+//! Replay (before `EndOfStored`) and the periodic re-read never use shared pages: they
+//! read the log themselves. Each subscriber keeps its own queue, lag rule and token
+//! expiry.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -70,6 +84,9 @@ pub trait Handler: Send + Sync + 'static {
 
     /// A page of the tenant's log after `req.from`, only entries in `req.scope` and the
     /// filter, at most `req.limit`; or a gap when the cursor cannot be served.
+    ///
+    /// The answer must depend on the request and the log only, not on `ctx`: live
+    /// subscriptions with equal requests share one page (see the module docs).
     fn log_page(
         &self,
         ctx: &RequestContext,
@@ -226,6 +243,40 @@ pub(crate) struct Stats {
     pub(crate) connections: AtomicU64,
 }
 
+/// Most log pages a node keeps for live subscriptions to share.
+pub const SHARED_PAGES_MAX: usize = 32;
+
+/// A page being read or read, shared by the live subscriptions that ask for it.
+type SharedPage = Arc<tokio::sync::OnceCell<Arc<LogPageReply>>>;
+
+/// The last [`SHARED_PAGES_MAX`] live pages, each keyed by its request and the
+/// [`Handler::changes`] value that woke the reader.
+#[derive(Default)]
+pub(crate) struct SharedPages {
+    pages: Mutex<VecDeque<(LogPageRequest, u64, SharedPage)>>,
+}
+
+impl SharedPages {
+    /// The slot of `req` read after change `version`: the existing one, or a new empty
+    /// one (which evicts the oldest when full).
+    pub(crate) fn slot(&self, req: &LogPageRequest, version: u64) -> SharedPage {
+        let mut pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, page)) = pages
+            .iter()
+            .rev()
+            .find(|(r, v, _)| *v == version && r == req)
+        {
+            return page.clone();
+        }
+        if pages.len() >= SHARED_PAGES_MAX {
+            pages.pop_front();
+        }
+        let page = SharedPage::default();
+        pages.push_back((req.clone(), version, page.clone()));
+        page
+    }
+}
+
 /// A node: a handler behind the transport's checks and limits.
 pub struct Node<H> {
     pub(crate) handler: Arc<H>,
@@ -233,6 +284,7 @@ pub struct Node<H> {
     pub(crate) stats: Arc<Stats>,
     subscriptions: Arc<Semaphore>,
     shutdown: watch::Sender<bool>,
+    pages: Arc<SharedPages>,
 }
 
 impl<H> Clone for Node<H> {
@@ -243,6 +295,7 @@ impl<H> Clone for Node<H> {
             stats: self.stats.clone(),
             subscriptions: self.subscriptions.clone(),
             shutdown: self.shutdown.clone(),
+            pages: self.pages.clone(),
         }
     }
 }
@@ -328,6 +381,7 @@ impl<H: Handler> Node<H> {
             stats: Arc::default(),
             subscriptions,
             shutdown: watch::Sender::new(false),
+            pages: Arc::default(),
         }
     }
 
@@ -734,7 +788,7 @@ impl<H: Handler> SubscriptionLoop<H> {
         }
         let mut cursor = self.req.from;
         changes.mark_unchanged();
-        match self.drain(&mut cursor).await {
+        match self.drain(&mut cursor, None).await {
             Drained::UpToDate => {}
             Drained::End(r) => return r,
         }
@@ -743,28 +797,39 @@ impl<H: Handler> SubscriptionLoop<H> {
         }
         let poll = ms(self.node.config.live_poll_interval_ms.max(1));
         loop {
+            // Whether a change woke this read: only then may it share a page read
+            // after the same change; a periodic re-read looks at the log itself.
+            let mut woken_by_change = false;
             tokio::select! {
                 changed = changes.changed() => {
                     if changed.is_err() {
                         // The handler dropped its sender; fall back to polling.
                         changes = self.node.handler.changes(&self.req.tenant);
                         tokio::time::sleep(poll).await;
+                    } else {
+                        woken_by_change = true;
                     }
                 }
                 _ = shutdown.changed() => return CloseReason::ShuttingDown,
                 _ = tokio::time::sleep(poll) => {}
                 _ = self.tx.closed() => return CloseReason::error("subscriber went away"),
             }
-            changes.mark_unchanged();
-            match self.drain(&mut cursor).await {
+            let version = *changes.borrow_and_update();
+            let shared = woken_by_change.then_some(version);
+            match self.drain(&mut cursor, shared).await {
                 Drained::UpToDate => {}
                 Drained::End(r) => return r,
             }
         }
     }
 
-    /// Reads and sends pages from `cursor` until the log has no more.
-    async fn drain(&mut self, cursor: &mut Option<sync_types::ProgressToken>) -> Drained {
+    /// Reads and sends pages from `cursor` until the log has no more. With `shared`
+    /// (the change value that woke a live read), pages come from [`SharedPages`].
+    async fn drain(
+        &mut self,
+        cursor: &mut Option<sync_types::ProgressToken>,
+        shared: Option<u64>,
+    ) -> Drained {
         let limit = self
             .node
             .config
@@ -782,23 +847,39 @@ impl<H: Handler> SubscriptionLoop<H> {
                 limit,
             };
             let time = ms(self.node.config.request_time_ms_max);
-            let page = match tokio::time::timeout(time, self.node.handler.log_page(&self.ctx, req))
-                .await
-            {
+            let handler = &self.node.handler;
+            let ctx = &self.ctx;
+            let read = async {
+                match shared {
+                    Some(version) => {
+                        // The first reader of the slot reads; the others wait for its
+                        // page. A failed or abandoned read leaves the slot empty, and
+                        // the next reader tries again.
+                        let slot = self.node.pages.slot(&req, version);
+                        slot.get_or_try_init(|| async {
+                            handler.log_page(ctx, req.clone()).await.map(Arc::new)
+                        })
+                        .await
+                        .cloned()
+                    }
+                    None => handler.log_page(ctx, req).await.map(Arc::new),
+                }
+            };
+            let page = match tokio::time::timeout(time, read).await {
                 Ok(Ok(p)) => p,
                 Ok(Err(e)) => return Drained::End(CloseReason::error(e.to_string())),
                 Err(_) => return Drained::End(CloseReason::error("log read timed out")),
             };
-            match page {
+            match &*page {
                 LogPageReply::Gap(gap) => {
-                    return match self.send(Notice::Gap(gap)).await {
+                    return match self.send(Notice::Gap(gap.clone())).await {
                         Ok(()) => Drained::End(CloseReason::Gap),
                         Err(r) => Drained::End(r),
                     };
                 }
                 LogPageReply::Page(page) => {
-                    for entry in page.entries {
-                        if let Err(r) = self.send(Notice::Event(entry)).await {
+                    for entry in &page.entries {
+                        if let Err(r) = self.send(Notice::Event(entry.clone())).await {
                             return Drained::End(r);
                         }
                     }
@@ -825,5 +906,59 @@ impl<H: Handler> SubscriptionLoop<H> {
                 Err(CloseReason::error("subscriber went away"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sync_types::{Cid, ProgressToken, ProtocolName, ProtocolSet, Scope, StreamId};
+
+    fn req(position: u64, filter: crate::proto::LogFilter) -> LogPageRequest {
+        LogPageRequest {
+            tenant: TenantId::new("alice").unwrap(),
+            scope: Scope::Full,
+            from: Some(ProgressToken {
+                stream_id: StreamId::from_bytes([1; 16]),
+                epoch: 1,
+                position,
+                cid: Cid::from_bytes([0; 32]),
+            }),
+            filter,
+            limit: 100,
+        }
+    }
+
+    #[test]
+    fn pages_are_shared_only_by_equal_requests_after_the_same_change() {
+        let pages = SharedPages::default();
+        let all = crate::proto::LogFilter::default();
+        let a = pages.slot(&req(3, all.clone()), 7);
+        assert!(Arc::ptr_eq(&a, &pages.slot(&req(3, all.clone()), 7)));
+        // Another cursor, another change, another filter: each its own page.
+        assert!(!Arc::ptr_eq(&a, &pages.slot(&req(2, all.clone()), 7)));
+        assert!(!Arc::ptr_eq(&a, &pages.slot(&req(3, all.clone()), 8)));
+        let protocol = ProtocolName::new("https://ex.com/p").unwrap();
+        let filtered = crate::proto::LogFilter {
+            protocols: Some(ProtocolSet::new(vec![protocol]).unwrap()),
+        };
+        assert!(!Arc::ptr_eq(&a, &pages.slot(&req(3, filtered), 7)));
+    }
+
+    #[test]
+    fn shared_pages_are_bounded_and_the_oldest_go_first() {
+        let pages = SharedPages::default();
+        let all = crate::proto::LogFilter::default();
+        let first = pages.slot(&req(0, all.clone()), 1);
+        for position in 1..SHARED_PAGES_MAX as u64 {
+            pages.slot(&req(position, all.clone()), 1);
+        }
+        assert!(Arc::ptr_eq(&first, &pages.slot(&req(0, all.clone()), 1)));
+        pages.slot(&req(1_000, all.clone()), 1);
+        assert_eq!(pages.pages.lock().unwrap().len(), SHARED_PAGES_MAX);
+        assert!(
+            !Arc::ptr_eq(&first, &pages.slot(&req(0, all), 1)),
+            "the oldest page was evicted"
+        );
     }
 }

@@ -77,6 +77,71 @@ async fn subscriptions_replay_then_send_end_of_stored_then_live_events() {
     .await;
 }
 
+/// Live subscribers at the same cursor, woken by the same change, share one read of the
+/// new page; a subscriber with another filter reads its own; each gets exactly its
+/// events, in order.
+#[tokio::test]
+async fn live_subscribers_share_one_read_of_each_new_page() {
+    let t = TestServer::start(test_config()).await;
+    let tokens = t
+        .handler
+        .append((0..3).map(|n| write("shared", n, None)).collect());
+    let mut subs = Vec::new();
+    for i in 0..6 {
+        let req = sub_req(Some(tokens[0]));
+        let sub = if i % 2 == 0 {
+            within(5, t.client(&owner_token()).subscribe(req)).await
+        } else {
+            within(5, t.in_process(&owner_token()).subscribe(req)).await
+        };
+        subs.push(sub.unwrap());
+    }
+    let other = protocol("other");
+    let mut filtered = within(
+        5,
+        t.client(&owner_token()).subscribe(SubscribeRequest {
+            filter: LogFilter {
+                protocols: Some(ProtocolSet::new(vec![other]).unwrap()),
+            },
+            ..sub_req(Some(tokens[0]))
+        }),
+    )
+    .await
+    .unwrap();
+    for sub in &mut subs {
+        assert_eq!(next_event(sub).await.token, tokens[1]);
+        assert_eq!(next_event(sub).await.token, tokens[2]);
+        assert_eq!(
+            within(5, sub.next()).await,
+            Some(SubscriptionItem::EndOfStored {
+                cursor: Some(tokens[2])
+            })
+        );
+    }
+    assert!(matches!(
+        within(5, filtered.next()).await,
+        Some(SubscriptionItem::EndOfStored { .. })
+    ));
+    let calls = t.handler.calls();
+    // One change: two writes of `shared` and one of `other`.
+    let live = t.handler.append(vec![
+        write("shared", 10, None),
+        write("other", 11, None),
+        write("shared", 12, None),
+    ]);
+    for sub in &mut subs {
+        for expected in &live {
+            assert_eq!(next_event(sub).await.token, *expected);
+        }
+    }
+    assert_eq!(next_event(&mut filtered).await.token, live[1]);
+    assert_eq!(
+        t.handler.calls() - calls,
+        2,
+        "one read for the six subscribers at the same cursor, one for the filtered one"
+    );
+}
+
 #[tokio::test]
 async fn a_subscription_without_cursor_replays_everything() {
     let t = TestServer::start(test_config()).await;

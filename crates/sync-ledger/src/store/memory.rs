@@ -17,8 +17,11 @@ type Tables = HashMap<&'static str, BTreeMap<Vec<u8>, Vec<u8>>>;
 
 /// An in-memory [`Store`] that models what survives a crash.
 ///
-/// It keeps two states: what reads see (every committed batch) and what a power loss
-/// would leave (every batch up to the last synced one). A clone is another handle to
+/// It keeps what reads see (every committed batch) and, for each buffered batch since
+/// the last sync, the values it replaced: a power loss undoes those batches, newest
+/// first, which leaves every batch up to the last synced one. A synced commit only drops
+/// the undo records, so a store that always syncs keeps one copy of its data and pays
+/// nothing for the model. A clone is another handle to
 /// the same store, so a simulation keeps a handle, drops the [`Ledger`](crate::Ledger)
 /// to "crash" it, optionally calls [`simulate_power_loss`](Self::simulate_power_loss),
 /// and opens a new ledger on the same handle.
@@ -36,11 +39,14 @@ pub struct MemoryStore {
     inner: Arc<RwLock<Inner>>,
 }
 
+/// A key a buffered batch wrote and the value it had before (`None`: absent).
+type Undo = (&'static str, Vec<u8>, Option<Vec<u8>>);
+
 #[derive(Default)]
 struct Inner {
     live: Tables,
-    durable: Tables,
-    unsynced: Vec<Vec<BatchOp>>,
+    /// Per buffered batch since the last sync, oldest first: what undoes it.
+    unsynced: Vec<Vec<Undo>>,
     fail_syncs: bool,
 }
 
@@ -61,12 +67,18 @@ impl MemoryStore {
     pub fn simulate_power_loss(&self, keep_unsynced: usize) {
         let mut inner = self.write();
         let keep = keep_unsynced.min(inner.unsynced.len());
-        let kept: Vec<Vec<BatchOp>> = inner.unsynced.drain(..keep).collect();
+        let lost: Vec<Vec<Undo>> = inner.unsynced.drain(keep..).collect();
+        // What is kept counts as durable from now on.
         inner.unsynced.clear();
-        for ops in kept {
-            apply(&mut inner.durable, ops);
+        for undo in lost.into_iter().rev() {
+            for (partition, key, old) in undo.into_iter().rev() {
+                let table = inner.live.entry(partition).or_default();
+                match old {
+                    Some(v) => table.insert(key, v),
+                    None => table.remove(&key),
+                };
+            }
         }
-        inner.live = inner.durable.clone();
     }
 
     /// While `fail` is set, every commit or persist with a synced durability fails with
@@ -100,16 +112,18 @@ impl std::fmt::Debug for MemoryStore {
     }
 }
 
-fn apply(tables: &mut Tables, ops: impl IntoIterator<Item = BatchOp>) {
+/// Applies `ops`; with `undo`, records what each op replaced.
+fn apply(tables: &mut Tables, ops: Vec<BatchOp>, mut undo: Option<&mut Vec<Undo>>) {
     for op in ops {
-        let table = tables.entry(op.partition.name()).or_default();
-        match op.value {
-            Some(v) => {
-                table.insert(op.key, v);
-            }
-            None => {
-                table.remove(&op.key);
-            }
+        let partition = op.partition.name();
+        let table = tables.entry(partition).or_default();
+        let key = undo.is_some().then(|| op.key.clone());
+        let old = match op.value {
+            Some(v) => table.insert(op.key, v),
+            None => table.remove(&op.key),
+        };
+        if let (Some(undo), Some(key)) = (undo.as_deref_mut(), key) {
+            undo.push((partition, key, old));
         }
     }
 }
@@ -136,6 +150,34 @@ impl Store for MemoryStore {
         }))
     }
 
+    /// One entry cloned, where the default (a scan) would clone a whole chunk: the log
+    /// head is read this way for every log page.
+    fn first(
+        &self,
+        partition: Partition,
+        range: KeyRange,
+        order: Order,
+    ) -> Result<Option<KeyValue>> {
+        if range.is_empty() {
+            return Ok(None);
+        }
+        let inner = self.read();
+        let Some(table) = inner.live.get(partition.name()) else {
+            return Ok(None);
+        };
+        let mut entries = table.range::<Vec<u8>, _>((range.start, range.end));
+        let entry = match order {
+            Order::Ascending => entries.next(),
+            Order::Descending => entries.next_back(),
+        };
+        Ok(entry.map(|(k, v)| (k.clone(), v.clone())))
+    }
+
+    /// Never: a commit only takes a lock and updates maps.
+    fn commit_may_block(&self) -> bool {
+        false
+    }
+
     fn commit(&self, batch: Batch, durability: Durability) -> Result<()> {
         for op in batch.ops() {
             check_key(&op.key)?;
@@ -145,13 +187,14 @@ impl Store for MemoryStore {
         if durability.is_synced() && inner.fail_syncs {
             return Err(Self::sync_failure());
         }
-        apply(&mut inner.live, ops.iter().cloned());
-        inner.unsynced.push(ops);
         if durability.is_synced() {
-            let pending = std::mem::take(&mut inner.unsynced);
-            for ops in pending {
-                apply(&mut inner.durable, ops);
-            }
+            // Everything committed so far is now durable: nothing left to undo.
+            apply(&mut inner.live, ops, None);
+            inner.unsynced.clear();
+        } else {
+            let mut undo = Vec::with_capacity(ops.len());
+            apply(&mut inner.live, ops, Some(&mut undo));
+            inner.unsynced.push(undo);
         }
         Ok(())
     }
@@ -162,10 +205,7 @@ impl Store for MemoryStore {
             if inner.fail_syncs {
                 return Err(Self::sync_failure());
             }
-            let pending = std::mem::take(&mut inner.unsynced);
-            for ops in pending {
-                apply(&mut inner.durable, ops);
-            }
+            inner.unsynced.clear();
         }
         Ok(())
     }

@@ -426,6 +426,13 @@ pub trait Store: Send + Sync + 'static {
         self.persist(Durability::SyncAll)
     }
 
+    /// Whether a commit can wait on I/O: a disk write, an fsync, a write stall. A store
+    /// whose commits never do (the in-memory one) may be committed to from an async
+    /// task without moving to a blocking thread. Default: `true`.
+    fn commit_may_block(&self) -> bool {
+        true
+    }
+
     /// Sets one key (a batch of one).
     fn put(
         &self,
