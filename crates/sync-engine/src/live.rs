@@ -753,10 +753,8 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
             Some(o) if o.is_success() => {
                 if let Some(data) = blob {
                     let blobs = self.engine.replica().ledger().blobs();
+                    // `apply_live` recorded the blob as wanted before applying.
                     if !blobs.has(&data.data_cid).map_err(|e| e.to_string())? {
-                        blobs
-                            .want(&data.data_cid, data.size, self.engine.replica().now_ms())
-                            .map_err(|e| e.to_string())?;
                         // The record stays staged until the blob arrives; a failed fetch
                         // is retried by the next catch-up or reconcile.
                         if let Err(e) = self.engine.fetch_wanted_blobs(&link.key).await {
