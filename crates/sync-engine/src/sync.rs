@@ -174,6 +174,8 @@ pub const BLOB_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
 pub const BLOB_PROBE_BYTES: u64 = 64 * 1024;
 /// Blob transfers (uploads and downloads) one engine runs at once, over all its links.
 pub const BLOB_TRANSFERS_MAX_DEFAULT: usize = 2;
+/// Blob transfers (uploads and downloads) one link runs at once.
+pub const BLOB_TRANSFERS_PER_LINK_MAX_DEFAULT: usize = 1;
 /// Downloads of one blob in one fetch before it is left staged for a later sync: a
 /// transfer that fails verification stores nothing and starts over once.
 pub const BLOB_FETCH_ATTEMPTS_MAX: u32 = 2;
@@ -210,6 +212,14 @@ pub struct SyncConfig {
     /// Blob transfers running at once over all links (a semaphore); the rest wait.
     /// Default [`BLOB_TRANSFERS_MAX_DEFAULT`].
     pub blob_transfers_max: usize,
+    /// Blob transfers running at once on one link (a semaphore per link, taken before
+    /// the engine's); the rest wait. Default [`BLOB_TRANSFERS_PER_LINK_MAX_DEFAULT`].
+    pub blob_transfers_per_link_max: usize,
+    /// Whether sync downloads the blobs of staged records at all. When false, pulled
+    /// records whose payload is a blob stay [staged](crate::blob::Residency::Staged)
+    /// until a sync with it set (an application on a metered network, say). Default
+    /// true.
+    pub blob_fetch: bool,
     /// Whether [`Engine::catch_up`] and [`Engine::reconcile`] fetch the blobs of the
     /// records they staged in a detached task instead of before returning, so that a
     /// large download never delays the next catch-up of small messages (the live
@@ -231,6 +241,8 @@ impl Default for SyncConfig {
             integrity_check_ms: INTEGRITY_CHECK_MS_DEFAULT,
             verify_roots: true,
             blob_transfers_max: BLOB_TRANSFERS_MAX_DEFAULT,
+            blob_transfers_per_link_max: BLOB_TRANSFERS_PER_LINK_MAX_DEFAULT,
+            blob_fetch: true,
             blob_fetch_detached: true,
         }
     }
@@ -623,6 +635,7 @@ impl<C: Connector> EngineBuilder<C> {
                 last_reconcile_ms: Mutex::default(),
                 sync_lock: tokio::sync::Mutex::new(()),
                 blob_permits: Arc::new(tokio::sync::Semaphore::new(blob_transfers_max)),
+                link_blob_permits: Mutex::default(),
                 blob_fetching: Mutex::default(),
             }),
         }
@@ -663,6 +676,9 @@ struct Inner<C> {
     sync_lock: tokio::sync::Mutex<()>,
     /// Bounds the blob transfers running at once ([`SyncConfig::blob_transfers_max`]).
     blob_permits: Arc<tokio::sync::Semaphore>,
+    /// Bounds the blob transfers running at once per link
+    /// ([`SyncConfig::blob_transfers_per_link_max`]).
+    link_blob_permits: Mutex<HashMap<LinkKey, Arc<tokio::sync::Semaphore>>>,
     /// Blobs being downloaded, so two links do not fetch the same blob at once.
     blob_fetching: Mutex<HashSet<Cid>>,
 }
@@ -1285,8 +1301,20 @@ impl<C: Connector> Engine<C> {
         let replica = self.replica().clone();
         let tenant = ctx.key.tenant.clone();
         let origin = Origin::Remote(Some(ctx.key.endpoint.clone()));
+        let now = self.now_ms();
         let applied = tokio::task::spawn_blocking(move || {
-            replica.apply_with_positions(&tenant, items, origin)
+            // A blob is recorded as wanted before the message that stages its record is
+            // applied: commits persist in order, so a power loss that keeps the staged
+            // record keeps the wanted entry, and the blob is still fetched after a
+            // restart. (Wanting the blob of a message that turns out superseded costs
+            // one download; the collector removes the unreferenced blob.)
+            let blobs = replica.ledger().blobs();
+            for (message, _) in &items {
+                if let Some((cid, size)) = big_data(message) {
+                    blobs.want(&cid, size, now)?;
+                }
+            }
+            Ok::<_, Error>(replica.apply_with_positions(&tenant, items, origin)?)
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))??;
@@ -1359,6 +1387,9 @@ impl<C: Connector> Engine<C> {
     /// Downloads every wanted blob this link's remote can serve, one at a time. A blob
     /// the remote does not hold stays wanted (its records stay staged) for a later sync.
     async fn fetch_staged(&self, ctx: &LinkCtx<C::Remote>) -> Result<u64> {
+        if !self.inner.config.blob_fetch {
+            return Ok(0);
+        }
         let wanted: Vec<(Cid, u64)> = self
             .ledger()
             .blobs()
@@ -1375,6 +1406,25 @@ impl<C: Connector> Engine<C> {
         Ok(fetched)
     }
 
+    /// Waits for a blob transfer slot on `link` and then one of the engine's (always in
+    /// that order, so two transfers never wait on each other crosswise). The slots are
+    /// released when the returned permits drop.
+    async fn blob_permits(&self, link: &LinkKey) -> Vec<tokio::sync::OwnedSemaphorePermit> {
+        let per_link = lock(&self.inner.link_blob_permits)
+            .entry(link.clone())
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Semaphore::new(
+                    self.inner.config.blob_transfers_per_link_max.max(1),
+                ))
+            })
+            .clone();
+        let mut permits = Vec::with_capacity(2);
+        // The semaphores are never closed, so acquiring cannot fail.
+        permits.extend(per_link.acquire_owned().await.ok());
+        permits.extend(self.inner.blob_permits.clone().acquire_owned().await.ok());
+        permits
+    }
+
     /// Downloads a blob the local store lacks, resuming a partial download; see
     /// [`fetch_blob_once`](Self::fetch_blob_once). A download that fails verification
     /// stored nothing and starts over, at most [`BLOB_FETCH_ATTEMPTS_MAX`] times. Returns
@@ -1386,7 +1436,7 @@ impl<C: Connector> Engine<C> {
         if !lock(&self.inner.blob_fetching).insert(cid) {
             return Ok(false); // another link is fetching it
         }
-        let _permit = self.inner.blob_permits.clone().acquire_owned().await;
+        let _permits = self.blob_permits(&ctx.key).await;
         let mut result = Ok(false);
         for attempt in 1..=BLOB_FETCH_ATTEMPTS_MAX {
             result = self.fetch_blob_once(ctx, cid, size).await;
@@ -1398,7 +1448,14 @@ impl<C: Connector> Engine<C> {
                 _ => break,
             }
         }
+        // A transfer that failed verification took its wanted entry with it (a mismatch
+        // stores nothing): want the blob again, or its record would stay staged for good.
+        let wanted = match &result {
+            Ok(true) => Ok(()),
+            _ => self.ledger().blobs().want(&cid, size, self.now_ms()),
+        };
         lock(&self.inner.blob_fetching).remove(&cid);
+        wanted?;
         result
     }
 
@@ -1486,7 +1543,7 @@ impl<C: Connector> Engine<C> {
         if stat.complete {
             return Ok(false);
         }
-        let _permit = self.inner.blob_permits.clone().acquire_owned().await;
+        let _permits = self.blob_permits(&ctx.key).await;
         let mut offset = stat.received_bytes;
         // The first range is one piece: a node that refuses the blob (a size limit)
         // answers before much is sent, so its error arrives whole instead of as a
@@ -1639,13 +1696,9 @@ impl<C: Connector> Engine<C> {
                 if *o == ApplyOutcome::Applied {
                     out.applied += 1;
                 }
-                // The record is staged; its blob is fetched after the pages, outside the
-                // link's lock, so small messages are never held up behind it.
-                if o.is_success()
-                    && let Some((cid, size)) = big_data(&e.item.message)
-                {
-                    self.ledger().blobs().want(&cid, size, self.now_ms())?;
-                }
+                // A staged record's blob (wanted by `apply_remote`) is fetched after the
+                // pages, outside the link's lock, so small messages are never held up
+                // behind it.
             }
 
             // Move the checkpoint over the settled prefix.
@@ -1979,46 +2032,68 @@ impl<C: Connector> Engine<C> {
         let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; n];
         let mut todo: Vec<usize> = (0..n).collect();
         for pass in 0..cfg.dependency_passes_max.max(1) {
-            for &i in &todo {
+            // Messages without a blob go at once, while the blobs of the others upload
+            // (a small message is never queued behind a large blob); a message naming a
+            // blob goes only after its blob.
+            let (plain, with_blob): (Vec<usize>, Vec<usize>) = todo
+                .iter()
+                .partition(|&&i| big_data(&all[i].item.message).is_none());
+            let mut blobs: Vec<Cid> = Vec::new();
+            for &i in &with_blob {
                 if let Some((cid, _)) = big_data(&all[i].item.message)
-                    && self.push_blob(ctx, cid).await?
+                    && !blobs.contains(&cid)
                 {
-                    out.blobs_sent += 1;
+                    blobs.push(cid);
+                }
+            }
+            let uploads = async {
+                use futures_util::StreamExt;
+                let mut sent = 0u64;
+                let mut results = futures_util::stream::iter(blobs)
+                    .map(|cid| self.push_blob(ctx, cid))
+                    .buffer_unordered(cfg.blob_transfers_per_link_max.max(1));
+                while let Some(r) = results.next().await {
+                    sent += u64::from(r?);
+                }
+                Ok::<u64, Error>(sent)
+            };
+            let mut sent_plain = PushOutcome::default();
+            let (uploaded, plain_results) = futures_util::future::join(
+                uploads,
+                self.send_items(ctx, &all, &plain, &mut sent_plain),
+            )
+            .await;
+            let mut results = plain_results?;
+            out.sent += sent_plain.sent;
+            out.blobs_sent += uploaded?;
+            if !with_blob.is_empty() {
+                results.extend(self.send_items(ctx, &all, &with_blob, out).await?);
+                // A message sent ahead may depend on one that named a blob (a later
+                // version of a record whose initial write carries a blob): once more.
+                let waiting: Vec<usize> = results
+                    .iter()
+                    .filter(|(i, o)| {
+                        plain.contains(i) && matches!(o, ApplyOutcome::Incomplete { .. })
+                    })
+                    .map(|(i, _)| *i)
+                    .collect();
+                if !waiting.is_empty() {
+                    results.retain(|(i, _)| !waiting.contains(i));
+                    results.extend(self.send_items(ctx, &all, &waiting, out).await?);
                 }
             }
             let mut missing = BTreeSet::new();
             let mut next = Vec::new();
-            for range in batch_ranges(todo.iter().map(|&i| all[i].bytes), cfg) {
-                let chunk = &todo[range];
-                let messages: Vec<MessageData> =
-                    chunk.iter().map(|&i| all[i].item.clone()).collect();
-                let sent: u64 = chunk.iter().map(|&i| all[i].bytes).sum();
-                let reply = ctx
-                    .remote
-                    .write_batch(WriteBatchRequest {
-                        tenant: ctx.key.tenant.clone(),
-                        messages,
-                    })
-                    .await?;
-                out.sent.bytes += sent;
-                if reply.outcomes.len() != chunk.len() {
-                    return Err(Error::Protocol(format!(
-                        "{} outcomes for a batch of {}",
-                        reply.outcomes.len(),
-                        chunk.len()
-                    )));
+            for (i, o) in results {
+                if let ApplyOutcome::Incomplete { missing: m } = &o {
+                    missing.extend(m.iter().cloned());
+                    next.push(i);
                 }
-                for (&i, o) in chunk.iter().zip(reply.outcomes) {
-                    if let ApplyOutcome::Incomplete { missing: m } = &o {
-                        missing.extend(m.iter().cloned());
-                        next.push(i);
+                if i < n {
+                    if o.is_success() {
+                        out.sent.messages += 1;
                     }
-                    if i < n {
-                        if o.is_success() {
-                            out.sent.messages += 1;
-                        }
-                        outcomes[i] = Some(o);
-                    }
+                    outcomes[i] = Some(o);
                 }
             }
             if next.is_empty() || pass + 1 == cfg.dependency_passes_max.max(1) {
@@ -2042,6 +2117,41 @@ impl<C: Connector> Engine<C> {
             .into_iter()
             .map(|o| o.unwrap_or(ApplyOutcome::Deferred))
             .collect())
+    }
+
+    /// Sends `all[i]` for each `i` of `indexes` in write batches, in order; returns each
+    /// one's outcome. Counts the bytes sent in `out`.
+    async fn send_items(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        all: &[PushItem],
+        indexes: &[usize],
+        out: &mut PushOutcome,
+    ) -> Result<Vec<(usize, ApplyOutcome)>> {
+        let cfg = &self.inner.config;
+        let mut results = Vec::with_capacity(indexes.len());
+        for range in batch_ranges(indexes.iter().map(|&i| all[i].bytes), cfg) {
+            let chunk = &indexes[range];
+            let messages: Vec<MessageData> = chunk.iter().map(|&i| all[i].item.clone()).collect();
+            let sent: u64 = chunk.iter().map(|&i| all[i].bytes).sum();
+            let reply = ctx
+                .remote
+                .write_batch(WriteBatchRequest {
+                    tenant: ctx.key.tenant.clone(),
+                    messages,
+                })
+                .await?;
+            out.sent.bytes += sent;
+            if reply.outcomes.len() != chunk.len() {
+                return Err(Error::Protocol(format!(
+                    "{} outcomes for a batch of {}",
+                    reply.outcomes.len(),
+                    chunk.len()
+                )));
+            }
+            results.extend(chunk.iter().copied().zip(reply.outcomes));
+        }
+        Ok(results)
     }
 
     /// The local messages that satisfy `missing` and were not sent yet; blobs are
@@ -2405,11 +2515,8 @@ impl<C: Connector> Engine<C> {
         let outcomes = self.apply_remote(ctx, items.clone()).await?;
         for (item, o) in items.into_iter().zip(outcomes) {
             match settle(&o) {
-                Settle::Done => {
-                    if let Some((cid, size)) = big_data(&item.0) {
-                        self.ledger().blobs().want(&cid, size, self.now_ms())?;
-                    }
-                }
+                // A staged record's blob was wanted by `apply_remote`.
+                Settle::Done => {}
                 Settle::Failed => {
                     self.record_dead_letter(
                         &ctx.key,

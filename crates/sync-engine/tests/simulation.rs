@@ -54,12 +54,13 @@ fn run_seeds_with(mode: SimMode, count: u64, mixed_scopes: bool) {
     let mut faults = 0;
     let mut writes = 0;
     let mut blob_writes = 0;
+    let blob_share = u32::try_from(env_u64("SIM_BLOB_WRITES", 150)).unwrap_or(150);
     let mut failures = Vec::new();
     for seed in REGRESSIONS.iter().copied().chain(first..first + count) {
         match run_blocking(SimConfig {
             mode,
             mixed_scopes,
-            blob_writes: u32::try_from(env_u64("SIM_BLOB_WRITES", 150)).unwrap_or(150),
+            blob_writes: blob_share,
             ..SimConfig::new(seed)
         }) {
             Ok(report) => {
@@ -85,7 +86,7 @@ fn run_seeds_with(mode: SimMode, count: u64, mixed_scopes: bool) {
         "the runs must actually inject faults"
     );
     assert!(
-        count < 10 || blob_writes > 0,
+        count < 10 || blob_share == 0 || blob_writes > 0,
         "the runs must actually write blobs"
     );
 }
