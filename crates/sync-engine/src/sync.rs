@@ -1691,15 +1691,13 @@ impl<C: Connector> Engine<C> {
             for (i, o) in apply_index.into_iter().zip(applied) {
                 outcomes[i] = Some(o);
             }
-            for (e, o) in page.entries.iter().zip(&outcomes) {
-                let o = o.as_ref().expect("every entry has an outcome");
-                if *o == ApplyOutcome::Applied {
-                    out.applied += 1;
-                }
-                // A staged record's blob (wanted by `apply_remote`) is fetched after the
-                // pages, outside the link's lock, so small messages are never held up
-                // behind it.
-            }
+            // A staged record's blob (wanted by `apply_remote`) is fetched after the
+            // pages, outside the link's lock, so small messages are never held up behind
+            // it.
+            out.applied += outcomes
+                .iter()
+                .filter(|o| **o == Some(ApplyOutcome::Applied))
+                .count() as u64;
 
             // Move the checkpoint over the settled prefix.
             let mut last_settled = None;
