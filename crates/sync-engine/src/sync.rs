@@ -1314,7 +1314,7 @@ impl<C: Connector> Engine<C> {
                     blobs.want(&cid, size, now)?;
                 }
             }
-            Ok::<_, Error>(replica.apply_with_positions(&tenant, items, origin)?)
+            replica.apply_with_positions(&tenant, items, origin)
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))??;

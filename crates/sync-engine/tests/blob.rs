@@ -425,8 +425,8 @@ async fn blob_transfers_per_link_are_bounded() {
     let (_server, ep) = http_node_with(handler).await;
     let a = replica(1);
     configure(&a);
-    let blobs: Vec<DataRef> = (0..5)
-        .map(|i| write_big(&a, &format!("big{i}"), 200_000 + i, 20 + i as u8).1)
+    let blobs: Vec<DataRef> = (0..5u8)
+        .map(|i| write_big(&a, &format!("big{i}"), 200_000 + u64::from(i), 20 + i).1)
         .collect();
     let config = sync_engine::sync::SyncConfig {
         blob_transfers_per_link_max: 2,
