@@ -1518,7 +1518,10 @@ impl<C: Connector> Engine<C> {
                 )));
             }
             if end < size {
-                upload.checkpoint(self.durability())?;
+                // Progress is committed at each range (the most a crash costs), but not
+                // synced: commits persist in order, so any prefix a power loss keeps is a
+                // consistent place to resume. Only the stored blob is synced.
+                upload.checkpoint(sync_ledger::Durability::Buffered)?;
             }
         }
         upload.finish(self.durability())?;
