@@ -1861,13 +1861,16 @@ impl<C: Connector> Engine<C> {
             }
             let to_send = keep;
 
+            // While this page waits for blob uploads, what follows it in the log is sent
+            // meanwhile (see `send_small_meanwhile`).
+            let lane_from = page.entries.last().map(|e| e.token);
             // Send in batches, in log order; stop after a batch with unsettled messages.
             let mut settles: Vec<Option<Settle>> = vec![None; to_send.len()];
             let mut failure = None;
             for range in batch_ranges(to_send.iter().map(|i| i.bytes), cfg) {
                 let start = range.start;
                 let (batch_settles, err) = self
-                    .send_with_retry(ctx, to_send[range].to_vec(), &mut out)
+                    .send_with_retry(ctx, to_send[range].to_vec(), lane_from, &mut out)
                     .await?;
                 let open = batch_settles.contains(&Settle::Open);
                 for (i, s) in batch_settles.into_iter().enumerate() {
@@ -1930,10 +1933,12 @@ impl<C: Connector> Engine<C> {
 
     /// Sends `items` with the retry schedule. Returns one settle per item and, when the
     /// last attempt failed in transport, that error (after dead-lettering the items).
+    /// `lane_from`: see [`write_resolving`](Self::write_resolving).
     async fn send_with_retry(
         &self,
         ctx: &LinkCtx<C::Remote>,
         items: Vec<PushItem>,
+        lane_from: Option<ProgressToken>,
         out: &mut PushOutcome,
     ) -> Result<(Vec<Settle>, Option<TransportError>)> {
         let cfg = &self.inner.config;
@@ -1959,7 +1964,7 @@ impl<C: Connector> Engine<C> {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
             let batch: Vec<PushItem> = pending.iter().map(|&i| items[i].clone()).collect();
-            match self.write_resolving(ctx, batch, out).await {
+            match self.write_resolving(ctx, batch, lane_from, out).await {
                 Ok(results) => {
                     last_err = None;
                     for (i, o) in pending.into_iter().zip(results) {
@@ -2020,10 +2025,16 @@ impl<C: Connector> Engine<C> {
     /// sends exactly the missing dependencies with the messages that need them, in at
     /// most [`SyncConfig::dependency_passes_max`] passes. Returns the outcome of each of
     /// `items`.
+    ///
+    /// Messages without a blob are sent while the blobs upload. With `lane_from` (the
+    /// position of the last of the push's page), the local log after it is sent
+    /// meanwhile too, including writes made during the upload, so that a small write
+    /// never waits for a large blob ([`send_small_meanwhile`](Self::send_small_meanwhile)).
     async fn write_resolving(
         &self,
         ctx: &LinkCtx<C::Remote>,
         items: Vec<PushItem>,
+        lane_from: Option<ProgressToken>,
         out: &mut PushOutcome,
     ) -> Result<Vec<ApplyOutcome>> {
         let cfg = &self.inner.config;
@@ -2059,13 +2070,26 @@ impl<C: Connector> Engine<C> {
                 Ok::<u64, Error>(sent)
             };
             let mut sent_plain = PushOutcome::default();
-            let (uploaded, plain_results) = futures_util::future::join(
+            let uploads_and_plain = futures_util::future::join(
                 uploads,
                 self.send_items(ctx, &all, &plain, &mut sent_plain),
-            )
-            .await;
+            );
+            let mut lane_bytes = 0;
+            let (uploaded, plain_results) = match lane_from {
+                Some(from) if !with_blob.is_empty() => {
+                    tokio::select! {
+                        biased;
+                        done = uploads_and_plain => done,
+                        () = self.send_small_meanwhile(ctx, from, &mut lane_bytes) => {
+                            unreachable!("the lane runs until the uploads end")
+                        }
+                    }
+                }
+                _ => uploads_and_plain.await,
+            };
             let mut results = plain_results?;
             out.sent += sent_plain.sent;
+            out.sent.bytes += lane_bytes;
             out.blobs_sent += uploaded?;
             if !with_blob.is_empty() {
                 results.extend(self.send_items(ctx, &all, &with_blob, out).await?);
@@ -2118,6 +2142,70 @@ impl<C: Connector> Engine<C> {
             .into_iter()
             .map(|o| o.unwrap_or(ApplyOutcome::Deferred))
             .collect())
+    }
+
+    /// The small-message lane of a push that waits for blob uploads: sends the messages
+    /// without a blob that follow `from` in the local log, and then each one written
+    /// after, until the caller drops it (when the uploads end). Everything it sends is
+    /// sent again by the push once the blobs are up (and answered `Duplicate`): the push
+    /// checkpoint still moves only over what the push itself settled. Failures are left
+    /// to the push too. Adds the bytes it sent to `bytes`.
+    async fn send_small_meanwhile(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        mut from: ProgressToken,
+        bytes: &mut u64,
+    ) {
+        let cfg = &self.inner.config;
+        let mut changes = self.replica().subscribe();
+        loop {
+            // Everything after `from` now, page by page.
+            loop {
+                let page = match self.replica().changes_since(
+                    &ctx.key.tenant,
+                    Some(from),
+                    cfg.push_read_entries.max(1),
+                ) {
+                    Ok(LogRead::Page(page)) => page,
+                    // A gap, or a read error: the push deals with them.
+                    Ok(LogRead::Gap(_)) | Err(_) => break,
+                };
+                let mut items = Vec::new();
+                {
+                    let echoes = lock(&self.inner.echoes);
+                    let echoes = echoes.get(&ctx.key.endpoint);
+                    for e in &page.entries {
+                        from = e.token;
+                        if echoes.is_some_and(|x| x.contains(e.token.position))
+                            || big_data(&e.message).is_some()
+                        {
+                            continue;
+                        }
+                        if let Ok(ScopeClass::InScope) =
+                            self.replica()
+                                .classify(&ctx.key.tenant, &ctx.scope, &e.message)
+                        {
+                            items.push(PushItem::new(e.message.clone(), e.data.clone()));
+                        }
+                    }
+                }
+                if !items.is_empty() {
+                    let indexes: Vec<usize> = (0..items.len()).collect();
+                    let mut sent = PushOutcome::default();
+                    if let Err(e) = self.send_items(ctx, &items, &indexes, &mut sent).await {
+                        tracing::debug!(link = %ctx.key, error = %e, "sending small messages during a blob upload failed; the push sends them later");
+                    }
+                    *bytes += sent.sent.bytes;
+                }
+                if !page.has_more {
+                    break;
+                }
+            }
+            // Lagging only loses wake-ups: the next read finds every entry.
+            if let Err(tokio::sync::broadcast::error::RecvError::Closed) = changes.recv().await {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Sends `all[i]` for each `i` of `indexes` in write batches, in order; returns each
@@ -2281,7 +2369,7 @@ impl<C: Connector> Engine<C> {
             let mut push = PushOutcome::default();
             for range in batch_ranges(items.iter().map(|i| i.bytes), &self.inner.config) {
                 let (_, err) = self
-                    .send_with_retry(ctx, items[range].to_vec(), &mut push)
+                    .send_with_retry(ctx, items[range].to_vec(), None, &mut push)
                     .await?;
                 if let Some(e) = err {
                     return Err(e.into());

@@ -364,8 +364,9 @@ async fn eventually<F: Future<Output = ()>>(
 }
 
 /// Fairness: while the node holds a large blob's upload back (a slow link), a small
-/// record written after the blob's record still reaches the node and another replica;
-/// the record naming the blob arrives only after its blob, and then resident.
+/// record written after the blob's record, and one written during the upload, still
+/// reach the node and another replica; the record naming the blob arrives only after
+/// its blob, and then resident.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_record_is_not_queued_behind_a_large_blob() {
     let node = replica(100);
@@ -394,6 +395,16 @@ async fn a_small_record_is_not_queued_behind_a_large_blob() {
     )
     .await;
     assert_eq!(get(&b, "small"), Some(b"small".to_vec()));
+    // A record written while the upload is held gets through too.
+    put(&a, "during", b"during");
+    eventually(
+        "a record written during the blob upload never arrived",
+        || async {
+            eb.sync_once().await;
+        },
+        || get(&b, "during").is_some(),
+    )
+    .await;
     assert!(!push.is_finished(), "the push waits for the held blob");
     assert!(!node.ledger().blobs().has(&data.data_cid).unwrap());
     assert_eq!(
