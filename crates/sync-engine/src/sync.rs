@@ -127,7 +127,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sync_ledger::{DeadLetterFilter, LogRead, RegisteredIdentity};
+use sync_ledger::{DeadLetterFilter, LogRead, RegisteredIdentity, UploadCursor};
 use sync_smt::{Config as DiffConfig, Hash, Initiator, Step, Tree};
 use sync_transport::client::BlobSource;
 use sync_transport::proto::ErrorCode;
@@ -1460,23 +1460,70 @@ impl<C: Connector> Engine<C> {
     }
 
     /// One download: resumes from the bytes already stored, asks for ranges of
-    /// [`BLOB_CHUNK_BYTES`], streams each range into one open upload (which hashes as it
-    /// writes, so memory stays bounded by a chunk whatever the size), makes each range
-    /// durable, and stores the blob only when the hash of all its bytes matches.
+    /// [`BLOB_CHUNK_BYTES`], streams each range into one upload (which hashes as it
+    /// writes, so memory stays bounded by a few chunks whatever the size), commits each
+    /// range, and stores the blob only when the hash of all its bytes matches.
+    ///
+    /// The storage work runs on tokio's blocking pool, about a MiB at a time (the
+    /// upload paused in between, see [`sync_ledger::UploadCursor`]), so storage writes
+    /// and the store's own write stalls never block the runtime's workers, which carry
+    /// the small messages meanwhile. (No blocking task outlives a step, so a paused
+    /// test clock still advances while a download waits on the network.)
     async fn fetch_blob_once(&self, ctx: &LinkCtx<C::Remote>, cid: Cid, size: u64) -> Result<bool> {
         use futures_util::StreamExt;
-        let blobs = self.ledger().blobs();
-        blobs.want(&cid, size, self.now_ms())?;
-        let mut upload = match blobs.upload(&cid, Some(size), self.now_ms()) {
-            Ok(u) => u,
-            Err(sync_ledger::Error::UploadInProgress(_)) => return Ok(false),
-            Err(e) => return Err(e.into()),
-        };
-        if upload.is_complete() {
-            return Ok(false);
+        /// Bytes handed to one blocking step.
+        const STEP_BYTES: usize = 1024 * 1024;
+        /// What a step does after writing its bytes.
+        #[derive(Clone, Copy, PartialEq, Eq)]
+        enum Then {
+            Pause,
+            /// The end of a range: commit what came so far (not synced: commits persist
+            /// in order, so a power loss resumes from an earlier range).
+            Checkpoint,
+            /// The last byte: verify and store the blob (synced).
+            Finish,
         }
-        while upload.offset() < size {
-            let offset = upload.offset();
+        let blocking = |f: Box<dyn FnOnce() -> Result<Option<UploadCursor>> + Send>| async move {
+            tokio::task::spawn_blocking(f)
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?
+        };
+        self.ledger().blobs().want(&cid, size, self.now_ms())?;
+        let (replica, now, durability) = (self.replica().clone(), self.now_ms(), self.durability());
+        let step = move |cursor: UploadCursor, pieces: Vec<bytes::Bytes>, then: Then| {
+            let replica = replica.clone();
+            blocking(Box::new(move || {
+                let mut upload = replica.ledger().blobs().resume(cursor, now)?;
+                for piece in &pieces {
+                    upload.write(piece)?;
+                }
+                match then {
+                    Then::Pause => {}
+                    Then::Checkpoint => {
+                        upload.checkpoint(sync_ledger::Durability::Buffered)?;
+                    }
+                    Then::Finish => {
+                        upload.finish(durability)?;
+                        return Ok(None);
+                    }
+                }
+                Ok(upload.pause())
+            }))
+        };
+        let opener = self.replica().clone();
+        let opened = blocking(Box::new(move || {
+            match opener.ledger().blobs().upload(&cid, Some(size), now) {
+                Ok(upload) => Ok(upload.pause()),
+                Err(sync_ledger::Error::UploadInProgress(_)) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        }))
+        .await?;
+        let Some(mut cursor) = opened else {
+            return Ok(false); // stored already, or someone else is writing it
+        };
+        let mut offset = cursor.offset();
+        while offset < size {
             let len = (size - offset).min(BLOB_CHUNK_BYTES);
             let req = BlobReadRequest {
                 tenant: ctx.key.tenant.clone(),
@@ -1499,33 +1546,50 @@ impl<C: Connector> Engine<C> {
                     download.head
                 )));
             }
+            let start = offset;
             let end = offset + download.head.len;
-            while let Some(chunk) = download.bytes.next().await {
-                let chunk = chunk?;
-                if upload.offset() + chunk.len() as u64 > end {
+            let mut pieces = Vec::new();
+            let mut held = 0usize;
+            while let Some(piece) = download.bytes.next().await {
+                let piece = piece?;
+                if offset + piece.len() as u64 > end {
                     return Err(Error::Protocol(format!(
-                        "blob {cid} range at {offset} is longer than announced"
+                        "blob {cid} range at {start} is longer than announced"
                     )));
                 }
-                upload.write(&chunk)?;
+                offset += piece.len() as u64;
+                held += piece.len();
+                pieces.push(piece);
+                if held >= STEP_BYTES && offset < end {
+                    let Some(c) = step(cursor, std::mem::take(&mut pieces), Then::Pause).await?
+                    else {
+                        return Ok(false);
+                    };
+                    cursor = c;
+                    held = 0;
+                }
             }
-            if upload.offset() != end {
-                // Truncated: what arrived is kept, the next attempt resumes after it.
+            if offset != end {
+                // Truncated: what arrived is committed, the next attempt resumes after
+                // it.
+                let _ = step(cursor, pieces, Then::Checkpoint).await;
                 return Err(Error::Protocol(format!(
-                    "blob {cid} range at {offset} ended after {} of {} bytes",
-                    upload.offset() - offset,
+                    "blob {cid} range at {start} ended after {} of {} bytes",
+                    offset - start,
                     download.head.len
                 )));
             }
-            if end < size {
-                // Progress is committed at each range (the most a crash costs), but not
-                // synced: commits persist in order, so any prefix a power loss keeps is a
-                // consistent place to resume. Only the stored blob is synced.
-                upload.checkpoint(sync_ledger::Durability::Buffered)?;
+            let then = if end < size {
+                Then::Checkpoint
+            } else {
+                Then::Finish
+            };
+            match step(cursor, pieces, then).await? {
+                Some(c) => cursor = c,
+                None => return Ok(then == Then::Finish),
             }
         }
-        upload.finish(self.durability())?;
-        Ok(true)
+        Ok(false)
     }
 
     /// Uploads a local blob the remote lacks, resuming where the remote stopped. Each
