@@ -2,9 +2,10 @@
 //!
 //! Usage: `cargo run --release -p benches --bin blob_bench [-- <MiB>]` (default 1024).
 //!
-//! The node runs in this process on a fjall store; the writer and the reader are child
-//! processes (this binary again) on their own fjall stores, with an 8 MiB block cache
-//! and 4 MiB memtables. The writer streams a generated blob into its store
+//! The node runs in this process; the writer and the reader are child processes (this
+//! binary again). All three use fjall stores with an 8 MiB block cache and 4 MiB
+//! memtables (the store's defaults, 64 MiB and 16 MiB, are sized for message traffic:
+//! the cache alone would be most of the memory budget). The writer streams a generated blob into its store
 //! (`Replica::write_blob`) and pushes it; the reader syncs until the record is resident.
 //! Each phase reports MB/s and the peak RSS growth (VmHWM) of the process doing it; the
 //! node's growth is reported for the whole run. Then the reader is killed halfway
@@ -357,10 +358,7 @@ fn main() {
         .build()
         .unwrap();
     let node_dir = tempfile::tempdir().unwrap();
-    let node = Replica::builder()
-        .node_id(NodeId(100))
-        .open(node_dir.path())
-        .unwrap();
+    let node = open(&node_dir.path().display().to_string(), 100);
     configure(&node);
     let node_baseline = peak_rss_bytes();
     let server = rt
@@ -419,10 +417,7 @@ fn main() {
     // Small-message latency while a blob of the same size goes up and down, through a
     // fresh node (the first one holds the first run's record and blob).
     let node2_dir = tempfile::tempdir().unwrap();
-    let node2 = Replica::builder()
-        .node_id(NodeId(101))
-        .open(node2_dir.path())
-        .unwrap();
+    let node2 = open(&node2_dir.path().display().to_string(), 101);
     configure(&node2);
     let server2 = rt
         .block_on(serve(
