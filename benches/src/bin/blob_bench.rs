@@ -180,11 +180,13 @@ fn latency_child(parts: &[&str]) {
             let sent = sent.to_vec();
             async move {
                 while Instant::now() < deadline {
-                    let got = arrivals.lock().unwrap();
-                    if sent.iter().all(|(c, _)| got.contains_key(c)) {
+                    let all = {
+                        let got = arrivals.lock().unwrap();
+                        sent.iter().all(|(c, _)| got.contains_key(c))
+                    };
+                    if all {
                         return;
                     }
-                    drop(got);
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                 }
             }
@@ -222,12 +224,13 @@ fn latency_child(parts: &[&str]) {
             })
             .collect();
         lat.sort_unstable();
-        let q = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
+        // Nearest rank: index (n - 1) * p, rounded, in integers.
+        let q = |per_mille: usize| lat[((lat.len() - 1) * per_mille + 500) / 1000];
         println!(
             "latency {} {} {} {} {}",
             lat.len(),
-            q(0.5),
-            q(0.99),
+            q(500),
+            q(990),
             lat[lat.len() - 1],
             window.as_millis()
         );
