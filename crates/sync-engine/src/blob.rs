@@ -10,7 +10,8 @@
 //! # Memory
 //!
 //! Nothing here holds a whole blob in memory: [`Replica::write_blob`] hashes a reader
-//! while it streams it into the store (one 64 KiB chunk at a time),
+//! while it streams it into the store (at most 1 MiB uncommitted at a time, each byte
+//! written once),
 //! [`Replica::blob_reader`] reads one chunk at a time, and [`Record::data`] carries a
 //! blob only when it is at most [`RECORD_DATA_BYTES_MAX`] (the rule: a read never loads
 //! a large payload implicitly).
@@ -107,8 +108,10 @@ pub(crate) fn blob_ref(message: &Message) -> Option<DataRef> {
 
 impl Replica {
     /// Streams a payload into the blob store and returns its reference, for
-    /// [`write_with_blob`](Self::write_with_blob). Memory stays bounded by one chunk
-    /// whatever the size: the bytes are hashed while they are written.
+    /// [`write_with_blob`](Self::write_with_blob). Memory stays bounded (about a MiB)
+    /// whatever the size: the bytes are hashed while they are written, once. When the
+    /// same content is being downloaded at that moment this fails with
+    /// `UploadInProgress` (retryable: the download stores the same blob).
     pub fn write_blob(&self, reader: impl Read) -> Result<DataRef> {
         let (cid, size) =
             self.ledger()
@@ -213,8 +216,8 @@ pub struct GcReport {
 
 /// The blob garbage collector of a replica (or node); see the [module docs](self) for
 /// its safety rule. Keep one per replica and call [`collect`](Self::collect)
-/// periodically; the candidates it remembers are in memory, so a restart only restarts
-/// the grace period.
+/// periodically, or let [`spawn`](Self::spawn) do it; the candidates it remembers are in
+/// memory, so a restart only restarts the grace period.
 #[derive(Debug)]
 pub struct BlobGc {
     replica: Replica,
