@@ -2,14 +2,22 @@
 //!
 //! Usage: `cargo run --release -p benches --bin blob_bench [-- <MiB>]` (default 1024).
 //!
-//! The node runs in this process on a fjall store; the writer and the reader are child
-//! processes (this binary again) on their own fjall stores, with an 8 MiB block cache
-//! and 4 MiB memtables. The writer streams a generated blob into its store
+//! The node runs in this process; the writer and the reader are child processes (this
+//! binary again). All three use fjall stores with an 8 MiB block cache and 4 MiB
+//! memtables (the store's defaults, 64 MiB and 16 MiB, are sized for message traffic:
+//! the cache alone would be most of the memory budget). The writer streams a generated blob into its store
 //! (`Replica::write_blob`) and pushes it; the reader syncs until the record is resident.
 //! Each phase reports MB/s and the peak RSS growth (VmHWM) of the process doing it; the
 //! node's growth is reported for the whole run. Then the reader is killed halfway
 //! through a second download and restarted: the resume overhead is the restarted run's
 //! time against the remaining bytes at the first run's rate.
+//!
+//! Last, small-message latency during a transfer: a child process runs two replicas
+//! with live links (`LiveSync`) through the node; one writes a record with a blob of
+//! the same size, and while that blob goes up to the node and down to the other
+//! replica, it writes a small record every 10 ms. The latency of each is from just
+//! before its `put` to the moment the other replica's change feed shows it; the window
+//! ends when the blob's record is resident on the other replica.
 
 // A bench binary's output is its result: it prints tables on stdout by design.
 #![allow(clippy::print_stdout)]
@@ -113,10 +121,132 @@ fn record() -> RecordId {
     RecordId::from_natural_key(&tenant(), &protocol(), b"big")
 }
 
+/// `latency|dirA|dirB|endpoint|bytes`: see the module docs; prints
+/// `latency <count> <p50 us> <p99 us> <max us> <window ms>`.
+fn latency_child(parts: &[&str]) {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use sync_engine::live::LiveSync;
+    use sync_engine::machine::LinkConfig;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bytes: u64 = parts[4].parse().unwrap();
+    rt.block_on(async {
+        let a = open(parts[1], 3);
+        let b = open(parts[2], 4);
+        let live = |r: &Replica| {
+            let engine = Engine::builder(r.clone(), Arc::new(HttpConnector::default())).build();
+            engine
+                .register_identity(Identity::owner(
+                    tenant(),
+                    vec![Endpoint::new(parts[3]).unwrap()],
+                    token(),
+                ))
+                .unwrap();
+            configure(r);
+            LiveSync::start(engine, LinkConfig::default()).unwrap()
+        };
+        let live_a = live(&a);
+        let live_b = live(&b);
+        let arrivals: Arc<Mutex<HashMap<Cid, Instant>>> = Arc::default();
+        let mut changes = b.subscribe();
+        let seen = arrivals.clone();
+        let watcher = tokio::spawn(async move {
+            while let Ok(change) = changes.recv().await {
+                seen.lock().unwrap().insert(change.cid, Instant::now());
+            }
+        });
+        let small = |i: usize| {
+            let t = Instant::now();
+            let cid = a
+                .put(
+                    &tenant(),
+                    &protocol(),
+                    &path(),
+                    format!("small{i}").as_bytes(),
+                    vec![7; 64],
+                    &author(),
+                )
+                .unwrap()
+                .cid;
+            (cid, t)
+        };
+        let wait_all = |sent: &[(Cid, Instant)], limit: std::time::Duration| {
+            let deadline = Instant::now() + limit;
+            let arrivals = arrivals.clone();
+            let sent = sent.to_vec();
+            async move {
+                while Instant::now() < deadline {
+                    let all = {
+                        let got = arrivals.lock().unwrap();
+                        sent.iter().all(|(c, _)| got.contains_key(c))
+                    };
+                    if all {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+        };
+        // Warm up connections and subscriptions.
+        let warm: Vec<_> = (0..20).map(|i| small(1_000_000 + i)).collect();
+        wait_all(&warm, std::time::Duration::from_secs(60)).await;
+
+        let data = a.write_blob(Pattern { at: 0, len: bytes }).unwrap();
+        let req = WriteRequest {
+            protocol: protocol(),
+            path: path(),
+            key: RecordKey::Natural(b"big".to_vec()),
+            parent: None,
+            data: None,
+            author: author(),
+        };
+        let start = Instant::now();
+        a.write_with_blob(&tenant(), req, data).unwrap();
+        let mut sent = Vec::new();
+        let deadline = start + std::time::Duration::from_secs(300);
+        while b.residency(&tenant(), &record()).unwrap() != Residency::Resident {
+            assert!(Instant::now() < deadline, "the blob never arrived");
+            sent.push(small(sent.len()));
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let window = start.elapsed();
+        wait_all(&sent, std::time::Duration::from_secs(60)).await;
+        let got = arrivals.lock().unwrap().clone();
+        let mut lat: Vec<u128> = sent
+            .iter()
+            .map(|(c, t)| {
+                got.get(c)
+                    .map_or(u128::MAX, |at| at.saturating_duration_since(*t).as_micros())
+            })
+            .collect();
+        lat.sort_unstable();
+        // Nearest rank: index (n - 1) * p, rounded, in integers.
+        let q = |per_mille: usize| lat[((lat.len() - 1) * per_mille + 500) / 1000];
+        println!(
+            "latency {} {} {} {} {}",
+            lat.len(),
+            q(500),
+            q(990),
+            lat[lat.len() - 1],
+            window.as_millis()
+        );
+        watcher.abort();
+        live_a.stop(std::time::Duration::from_secs(5)).await;
+        live_b.stop(std::time::Duration::from_secs(5)).await;
+    });
+}
+
 /// `push|dir|endpoint|bytes` or `pull|dir|endpoint`; prints `phase <name> <ms>` lines
 /// and `growth <bytes>`.
 fn child(spec: &str) {
     let parts: Vec<&str> = spec.split('|').collect();
+    if parts[0] == "latency" {
+        return latency_child(&parts);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -200,6 +330,11 @@ fn run(spec: String, kill_after_ms: Option<u64>) -> Option<Run> {
         match words.as_slice() {
             ["phase", name, ms] => phases.push(((*name).to_string(), ms.parse().unwrap())),
             ["growth", g] => growth = g.parse().unwrap(),
+            ["latency", rest @ ..] => {
+                for (i, v) in rest.iter().enumerate() {
+                    phases.push((format!("latency{i}"), v.parse().unwrap()));
+                }
+            }
             _ => {}
         }
     }
@@ -226,10 +361,7 @@ fn main() {
         .build()
         .unwrap();
     let node_dir = tempfile::tempdir().unwrap();
-    let node = Replica::builder()
-        .node_id(NodeId(100))
-        .open(node_dir.path())
-        .unwrap();
+    let node = open(&node_dir.path().display().to_string(), 100);
     configure(&node);
     let node_baseline = peak_rss_bytes();
     let server = rt
@@ -283,5 +415,38 @@ fn main() {
         pull_ms as f64 / 1e3,
         resumed_ms as f64 / 1e3,
         100.0 * resumed_ms as f64 / pull_ms.max(1) as f64
+    );
+
+    // Small-message latency while a blob of the same size goes up and down, through a
+    // fresh node (the first one holds the first run's record and blob).
+    let node2_dir = tempfile::tempdir().unwrap();
+    let node2 = open(&node2_dir.path().display().to_string(), 101);
+    configure(&node2);
+    let server2 = rt
+        .block_on(serve(
+            Arc::new(ReplicaHandler::new(node2.clone())),
+            ServerConfig::new(key()),
+            "127.0.0.1:0".parse().unwrap(),
+        ))
+        .unwrap();
+    let ep2 = format!("http://{}", server2.local_addr());
+    let (la, lb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let lat = run(
+        format!(
+            "latency|{}|{}|{ep2}|{bytes}",
+            la.path().display(),
+            lb.path().display()
+        ),
+        None,
+    )
+    .unwrap();
+    let v = |i: usize| ms(&lat, &format!("latency{i}"));
+    println!(
+        "\nsmall-message latency during a {mib} MiB transfer ({:.1} s from the write to resident on the other replica): {} small writes, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        v(4) as f64 / 1e3,
+        v(0),
+        v(1) as f64 / 1e3,
+        v(2) as f64 / 1e3,
+        v(3) as f64 / 1e3
     );
 }

@@ -98,7 +98,11 @@ pub(crate) enum Command {
         "  data_dir, listen, key_file, metrics,\n",
         "  [limits] connections_max, subscriptions_max, frame_bytes_max, request_time_ms_max,\n",
         "           shutdown_grace_ms, subscriber_queue_len_max, heartbeat_interval_ms,\n",
-        "           heartbeat_timeout_ms\n",
+        "           heartbeat_timeout_ms, blob_bytes_max, blob_uploads_max,\n",
+        "           blob_gc_interval_ms, blob_gc_grace_ms\n",
+        "\n",
+        "A blob upload larger than blob_bytes_max is refused with an error naming the limit;\n",
+        "the blob collector removes blobs no live record references (see ARCHITECTURE.md).\n",
         "\n",
         "The node prints `listening on http://ADDR` on stdout once it accepts connections,\n",
         "serves Prometheus metrics at GET /metrics on the same port (unless --no-metrics),\n",
@@ -131,6 +135,7 @@ pub(crate) enum Command {
         "Examples:\n",
         "  weft get greeting\n",
         "  weft get --store ./b --tenant demo greeting --json\n",
+        "  weft get --residency photo   # absent, staged, resident or tombstoned\n",
         "\n",
         "Exits 1 when the key has no value (never written, or deleted).",
         "\n\n",
@@ -164,6 +169,7 @@ pub(crate) enum Command {
         "Examples:\n",
         "  weft sync --node http://127.0.0.1:7700 --token $TOKEN\n",
         "  WEFT_TOKEN=$TOKEN weft sync --store ./b --tenant demo --json\n",
+        "  weft sync --no-blobs   # large values stay staged until a full sync\n",
         "\n",
         "Shows progress bars for messages and bytes each way when stderr is a terminal,\n",
         "and a summary otherwise. Exits 1 when messages were left in the dead letters or the\n",
@@ -271,6 +277,20 @@ pub(crate) struct ServeArgs {
     /// A silent subscription is closed after this long, in ms [default: 45000]
     #[arg(long, env = "WEFT_HEARTBEAT_TIMEOUT_MS", value_name = "MS")]
     pub(crate) heartbeat_timeout_ms: Option<u64>,
+    /// Largest blob a tenant may upload, in bytes; larger uploads are refused with an
+    /// error naming the limit [default: 4 GiB]
+    #[arg(long, env = "WEFT_BLOB_BYTES_MAX", value_name = "BYTES")]
+    pub(crate) blob_bytes_max: Option<u64>,
+    /// Blob uploads open at once over all tenants [default: 16]
+    #[arg(long, env = "WEFT_BLOB_UPLOADS_MAX", value_name = "N")]
+    pub(crate) blob_uploads_max: Option<usize>,
+    /// Interval of the blob garbage collector, in ms; 0 turns it off [default: 60000]
+    #[arg(long, env = "WEFT_BLOB_GC_INTERVAL_MS", value_name = "MS")]
+    pub(crate) blob_gc_interval_ms: Option<u64>,
+    /// How long a blob stays unreferenced before the collector removes it, in ms
+    /// [default: 600000]
+    #[arg(long, env = "WEFT_BLOB_GC_GRACE_MS", value_name = "MS")]
+    pub(crate) blob_gc_grace_ms: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -437,6 +457,10 @@ pub(crate) struct GetArgs {
     /// Print the record as JSON
     #[arg(long)]
     pub(crate) json: bool,
+    /// Print only whether the value is here: absent, staged (its blob has not arrived),
+    /// resident or tombstoned (deleted); exits 0 for every one
+    #[arg(long, conflicts_with = "json")]
+    pub(crate) residency: bool,
 }
 
 #[derive(Args, Debug)]
@@ -472,6 +496,10 @@ pub(crate) struct SyncArgs {
     /// Print the report as JSON
     #[arg(long)]
     pub(crate) json: bool,
+    /// Do not download blobs: pulled values above the inline limit stay staged (see
+    /// `weft get --residency`) until a sync without this flag
+    #[arg(long)]
+    pub(crate) no_blobs: bool,
 }
 
 #[derive(Args, Debug)]

@@ -153,6 +153,9 @@ pub(crate) fn hint(err: &anyhow::Error) -> Option<&'static str> {
         Exit::Refused if text.contains("signature") || text.contains("forged") => Some(
             "the token was issued with another node's key: issue one with `weft token issue --key-file <the node's key file>`",
         ),
+        Exit::Refused if text.contains("upload limit") => Some(
+            "the node limits blob uploads per tenant (`weft serve --blob-bytes-max`); delete the value or raise the limit",
+        ),
         Exit::Refused if text.contains("expired") => {
             Some("issue a new token with `weft token issue` (see --expires-in)")
         }

@@ -355,6 +355,13 @@ impl Kv {
         record.map(|r| Entry::of(&self.replica, r)).transpose()
     }
 
+    /// Whether the value of `key` is here (see [`Residency`]).
+    pub(crate) fn residency(&self, key: &str) -> anyhow::Result<Residency> {
+        self.replica
+            .residency(&self.tenant, &self.record_id(key))
+            .with_context(|| format!("cannot read {key:?}"))
+    }
+
     /// Every live entry at the path, ordered by key.
     pub(crate) fn list(&self, prefix: Option<&str>) -> anyhow::Result<Vec<Entry>> {
         let records = self

@@ -1055,3 +1055,100 @@ fn quickstart_completes_and_cleans_up() {
         .collect();
     assert!(left.is_empty(), "the quickstart left {left:?}");
 }
+
+/// `get --residency`, `get` and `list` show whether a value is here: a value above the
+/// inline limit pulled with `sync --no-blobs` is staged until a full sync; a deleted one
+/// is tombstoned.
+#[test]
+fn residency_is_shown_by_get_and_list() {
+    let (env, _node) = env_with_node(&[]);
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(env.path("big.bin"), &big).unwrap();
+    env.ok(&["put", "--store", "a", "big", "--file", "big.bin"]);
+    env.ok(&["put", "--store", "a", "small", "hello"]);
+    env.ok(&["sync", "--store", "a"]);
+    let residency = |store: &str, key: &str| {
+        env.ok(&["get", "--store", store, key, "--residency"])
+            .stdout
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(residency("a", "big"), "resident");
+    assert_eq!(residency("a", "nothing"), "absent");
+
+    env.ok(&["sync", "--store", "b", "--no-blobs"]);
+    assert_eq!(residency("b", "big"), "staged");
+    assert_eq!(residency("b", "small"), "resident");
+    let r = env.fails(1, &["get", "--store", "b", "big"]);
+    assert!(r.stderr.contains("(staged)"), "{}", r.report());
+    let got = env.ok(&["get", "--store", "b", "big", "--json"]).json();
+    assert_eq!(got["residency"], "staged");
+    let list = env.ok(&["list", "--store", "b"]).stdout;
+    let row = |text: &str| {
+        list.lines()
+            .find(|l| l.contains(text))
+            .unwrap_or_else(|| panic!("no row with {text}:\n{list}"))
+            .to_owned()
+    };
+    assert!(list.lines().next().unwrap().contains("RESIDENCY"), "{list}");
+    // The key of a value that has not arrived is in its blob: the row shows the record.
+    assert!(row("(blob not yet received)").contains("staged"), "{list}");
+    assert!(row("small").contains("resident"), "{list}");
+
+    env.ok(&["sync", "--store", "b"]);
+    assert_eq!(residency("b", "big"), "resident");
+    assert!(
+        env.ok(&["list", "--store", "b"])
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("big") && l.contains("resident"))
+    );
+    let got = env.ok(&["get", "--store", "b", "big", "--json"]).json();
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(got["value_base64"].as_str().unwrap())
+        .unwrap();
+    assert!(bytes == big, "the value arrived intact");
+
+    env.ok(&["delete", "--store", "b", "big"]);
+    assert_eq!(residency("b", "big"), "tombstoned");
+    let r = env.fails(1, &["get", "--store", "b", "big"]);
+    assert!(r.stderr.contains("(tombstoned)"), "{}", r.report());
+}
+
+/// `serve --blob-bytes-max` refuses a larger blob with an error naming the limit; the
+/// message referencing it is not stored either, and a value within the limit goes
+/// through.
+#[test]
+fn serve_refuses_blobs_over_its_upload_limit() {
+    let (env, _node) = env_with_node(&["--blob-bytes-max", "100000"]);
+    std::fs::write(env.path("big.bin"), vec![7u8; 150_000]).unwrap();
+    std::fs::write(env.path("fits.bin"), vec![8u8; 90_000]).unwrap();
+    env.ok(&["put", "--store", "a", "fits", "--file", "fits.bin"]);
+    env.ok(&["sync", "--store", "a"]);
+    env.ok(&["put", "--store", "a", "big", "--file", "big.bin"]);
+    let r = env.run(&["sync", "--store", "a"]);
+    assert_ne!(r.code, 0, "{}", r.report());
+    assert_eq!(r.code, 4, "refused: {}", r.report());
+    assert!(
+        r.stderr
+            .contains("exceeds tenant demo's upload limit of 100000 bytes"),
+        "{}",
+        r.report()
+    );
+    assert!(r.stderr.contains("--blob-bytes-max"), "{}", r.report());
+    assert!(!r.stderr.contains("panicked"), "{}", r.report());
+    env.ok(&["sync", "--store", "b"]);
+    assert_eq!(
+        env.ok(&["get", "--store", "b", "fits", "--residency"])
+            .stdout
+            .trim(),
+        "resident"
+    );
+    assert_eq!(
+        env.ok(&["get", "--store", "b", "big", "--residency"])
+            .stdout
+            .trim(),
+        "absent"
+    );
+}

@@ -10,7 +10,8 @@
 //! # Memory
 //!
 //! Nothing here holds a whole blob in memory: [`Replica::write_blob`] hashes a reader
-//! while it streams it into the store (one 64 KiB chunk at a time),
+//! while it streams it into the store (at most 1 MiB uncommitted at a time, each byte
+//! written once),
 //! [`Replica::blob_reader`] reads one chunk at a time, and [`Record::data`] carries a
 //! blob only when it is at most [`RECORD_DATA_BYTES_MAX`] (the rule: a read never loads
 //! a large payload implicitly).
@@ -107,8 +108,10 @@ pub(crate) fn blob_ref(message: &Message) -> Option<DataRef> {
 
 impl Replica {
     /// Streams a payload into the blob store and returns its reference, for
-    /// [`write_with_blob`](Self::write_with_blob). Memory stays bounded by one chunk
-    /// whatever the size: the bytes are hashed while they are written.
+    /// [`write_with_blob`](Self::write_with_blob). Memory stays bounded (about a MiB)
+    /// whatever the size: the bytes are hashed while they are written, once. When the
+    /// same content is being downloaded at that moment this fails with
+    /// `UploadInProgress` (retryable: the download stores the same blob).
     pub fn write_blob(&self, reader: impl Read) -> Result<DataRef> {
         let (cid, size) =
             self.ledger()
@@ -213,8 +216,8 @@ pub struct GcReport {
 
 /// The blob garbage collector of a replica (or node); see the [module docs](self) for
 /// its safety rule. Keep one per replica and call [`collect`](Self::collect)
-/// periodically; the candidates it remembers are in memory, so a restart only restarts
-/// the grace period.
+/// periodically, or let [`spawn`](Self::spawn) do it; the candidates it remembers are in
+/// memory, so a restart only restarts the grace period.
 #[derive(Debug)]
 pub struct BlobGc {
     replica: Replica,
@@ -226,6 +229,9 @@ pub struct BlobGc {
 /// Default grace period of [`BlobGc`], in ms: ten minutes, far longer than the gap
 /// between a blob and the message that follows it.
 pub const GC_GRACE_MS_DEFAULT: u64 = 10 * 60 * 1000;
+
+/// Default interval of a scheduled collector ([`BlobGc::spawn`]), in ms: one minute.
+pub const BLOB_GC_INTERVAL_MS_DEFAULT: u64 = 60 * 1000;
 
 impl BlobGc {
     /// A collector over `replica` with the default grace period.
@@ -242,6 +248,49 @@ impl BlobGc {
     pub fn grace_ms(mut self, ms: u64) -> Self {
         self.grace_ms = ms;
         self
+    }
+
+    /// Runs [`collect`](Self::collect) every `interval_ms` (the first one after one
+    /// interval) on tokio's blocking pool, until the returned task is dropped. Call it
+    /// inside a tokio runtime. A failed collection is logged and the next one runs as
+    /// usual: the safety rule holds whatever a collection did before it failed.
+    pub fn spawn(mut self, interval_ms: u64) -> BlobGcTask {
+        let (tx, rx) = tokio::sync::watch::channel(GcRound::default());
+        let interval = std::time::Duration::from_millis(interval_ms.max(1));
+        let task = tokio::spawn(async move {
+            let mut round = GcRound::default();
+            loop {
+                tokio::time::sleep(interval).await;
+                let done = tokio::task::spawn_blocking(move || {
+                    let result = self.collect();
+                    (self, result)
+                })
+                .await;
+                let Ok((gc, result)) = done else {
+                    tracing::error!("the blob collector panicked; it stops");
+                    return;
+                };
+                self = gc;
+                round.collections += 1;
+                match result {
+                    Ok(report) => {
+                        round.removed.blobs_removed += report.blobs_removed;
+                        round.removed.bytes_removed += report.bytes_removed;
+                        round.removed.uploads_removed += report.uploads_removed;
+                        round.removed.candidates += report.candidates;
+                        round.last = Some(report);
+                    }
+                    Err(e) => {
+                        round.failures += 1;
+                        tracing::warn!(error = %e, "blob collection failed");
+                    }
+                }
+                if tx.send(round).is_err() {
+                    return;
+                }
+            }
+        });
+        BlobGcTask { task, rounds: rx }
     }
 
     /// One collection at the replica's current time.
@@ -291,5 +340,40 @@ impl BlobGc {
         }
         self.replica.ledger().persist(self.replica.durability())?;
         Ok(report)
+    }
+}
+
+/// What a scheduled collector has done so far; see [`BlobGcTask::rounds`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct GcRound {
+    /// Collections run.
+    pub collections: u64,
+    /// Collections that failed (logged; the next one runs as usual).
+    pub failures: u64,
+    /// The last successful collection's report.
+    pub last: Option<GcReport>,
+    /// The sums over every successful collection.
+    pub removed: GcReport,
+}
+
+/// A collector running on a schedule ([`BlobGc::spawn`]); dropping it stops the
+/// collector (a collection in progress finishes on the blocking pool).
+#[derive(Debug)]
+pub struct BlobGcTask {
+    task: tokio::task::JoinHandle<()>,
+    rounds: tokio::sync::watch::Receiver<GcRound>,
+}
+
+impl BlobGcTask {
+    /// What the collector has done so far, updated after each collection (wait for the
+    /// next one with [`changed`](tokio::sync::watch::Receiver::changed)).
+    pub fn rounds(&self) -> tokio::sync::watch::Receiver<GcRound> {
+        self.rounds.clone()
+    }
+}
+
+impl Drop for BlobGcTask {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -882,6 +882,7 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
             .collect();
         let n = entries.len();
         let items = entries.into_iter().map(|e| (e.message, e.data)).collect();
+        // `apply_live_batch` records each blob as wanted before applying its message.
         let outcomes = match self.engine.apply_live_batch(&link.key, items).await {
             Ok(outcomes) if outcomes.len() == n => outcomes,
             Ok(outcomes) => {
@@ -890,27 +891,17 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
             }
             Err(e) => return vec![Err(e.to_string()); n],
         };
+        let store = self.engine.replica().ledger().blobs();
         let mut results = Vec::with_capacity(n);
-        let mut wanted = false;
+        let mut missing = false;
         for (outcome, blob) in outcomes.into_iter().zip(blobs) {
             if !outcome.is_success() {
                 results.push(Err(format!("live event not applied: {outcome}")));
                 continue;
             }
-            let Some(data) = blob else {
-                results.push(Ok(()));
-                continue;
-            };
-            let store = self.engine.replica().ledger().blobs();
-            let want = store.has(&data.data_cid).and_then(|has| {
-                if !has {
-                    store.want(&data.data_cid, data.size, self.engine.replica().now_ms())?;
-                }
-                Ok(!has)
-            });
-            match want {
-                Ok(w) => {
-                    wanted |= w;
+            match blob.map(|data| store.has(&data.data_cid)).transpose() {
+                Ok(has) => {
+                    missing |= has == Some(false);
                     results.push(Ok(()));
                 }
                 Err(e) => results.push(Err(e.to_string())),
@@ -918,7 +909,7 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
         }
         // The records stay staged until their blobs arrive; a failed fetch is retried
         // by the next catch-up or reconcile.
-        if wanted && let Err(e) = self.engine.fetch_wanted_blobs(&link.key).await {
+        if missing && let Err(e) = self.engine.fetch_wanted_blobs(&link.key).await {
             tracing::debug!(link = %link.key, error = %e, "blob fetch failed");
         }
         results

@@ -465,8 +465,13 @@ fn write_chunk(
             complete: true,
         });
     }
+    // The end of a request's range is committed (where a sender resumes), not synced:
+    // commits persist in order, so a power loss leaves a consistent prefix and the
+    // sender asks for the offset again. Only the stored blob is synced.
     let received = if upload.offset() >= req.offset + req.len {
-        upload.checkpoint(replica.durability()).map_err(internal)?
+        upload
+            .checkpoint(sync_ledger::Durability::Buffered)
+            .map_err(internal)?
     } else {
         upload.offset()
     };

@@ -3,12 +3,16 @@
 //! [`run`] builds a node and several replicas, all on in-memory stores, connects them
 //! through [`SimConnector`] (the real transport stack, in process: frames, tokens, the
 //! node's handler) and plays a random workload: writes, updates and deletes on random
-//! replicas, one-shot syncs, and faults: lost requests, lost responses (the request took
-//! effect, the caller saw an error), duplicated requests, latency, partitions, replica
-//! restarts with power loss, node restarts. Then the faults stop, every replica syncs
-//! until the roots agree, and [`run`] checks:
+//! replicas (some with payloads above the inline limit, which travel as blobs), one-shot
+//! syncs, and faults: lost requests, lost responses (the request took effect, the caller
+//! saw an error), duplicated requests, latency, partitions, replica restarts with power
+//! loss, node restarts, and on blob transfers also cut streams and flipped bytes. Then
+//! the faults stop, every replica syncs until the roots agree and every record is
+//! resident, and [`run`] checks:
 //!
 //! - every replica and the node hold the same tree root and the same records;
+//! - every record is resident, and the blob of each is stored and hashes to its id;
+//! - at no step was a record reported resident before its verified blob was stored;
 //! - no acknowledged write is lost: its record's winner is the write or a version that
 //!   orders after it;
 //! - no delete is undone: a deleted record's winner is the delete or a version that
@@ -35,17 +39,18 @@ use sync_transport::{
     Token, TokenKey, TransportError,
 };
 use sync_types::{
-    Clock, Endpoint, GrantId, Hlc, NodeId, PrincipalId, ProgressToken, ProtocolName, ProtocolPath,
-    RecordId, Scope, TenantId, TypeRule,
+    Clock, DataRef, Endpoint, GrantId, Hlc, INLINE_DATA_BYTES_MAX, NodeId, PrincipalId,
+    ProgressToken, ProtocolName, ProtocolPath, RecordId, Scope, TenantId, TypeRule,
 };
 
+use crate::blob::Residency;
 use crate::live::{EngineOps, LinkOps};
 use crate::machine::{
     Action, EventDecision, LinkConfig, LinkMachine, SubscriptionEnd, SubscriptionId, Timer,
 };
 use crate::node::ReplicaHandler;
 use crate::replica::Replica;
-use crate::sync::{Connector, Engine, Identity, InProcessConnector};
+use crate::sync::{Connector, Engine, Identity, InProcessConnector, SyncConfig};
 
 /// Fault rates, in parts per thousand of the chances they get.
 #[derive(Clone, Debug)]
@@ -64,6 +69,10 @@ pub struct Faults {
     pub replica_restart: u32,
     /// Per step: the node restarts, losing what was not synced to disk.
     pub node_restart: u32,
+    /// A blob transfer's byte stream ends early (a cut connection).
+    pub blob_cut: u32,
+    /// A blob transfer has one byte flipped on the way.
+    pub blob_corrupt: u32,
 }
 
 impl Default for Faults {
@@ -76,6 +85,8 @@ impl Default for Faults {
             partition: 40,
             replica_restart: 30,
             node_restart: 15,
+            blob_cut: 60,
+            blob_corrupt: 60,
         }
     }
 }
@@ -104,6 +115,8 @@ pub struct SimConfig {
     pub steps: usize,
     /// Distinct record keys (fewer keys, more concurrent edits of one record).
     pub keys: u32,
+    /// Of the writes, parts per thousand whose payload is above the inline limit (a blob).
+    pub blob_writes: u32,
     /// Fault rates.
     pub faults: Faults,
     /// Give the replicas different scopes: in turn the full scope, a protocol set of one
@@ -125,6 +138,7 @@ impl SimConfig {
             replicas: 3,
             steps: 60,
             keys: 6,
+            blob_writes: 150,
             faults: Faults::default(),
             mixed_scopes: false,
             settle_rounds_max: 8,
@@ -141,6 +155,10 @@ pub struct SimReport {
     pub writes: u64,
     /// Acknowledged deletes.
     pub deletes: u64,
+    /// Acknowledged writes whose payload is a blob.
+    pub blob_writes: u64,
+    /// Blob transfers cut short or corrupted.
+    pub blob_faults: u64,
     /// One-shot syncs run (with faults on).
     pub syncs: u64,
     /// Requests lost.
@@ -177,6 +195,7 @@ impl SimReport {
             + self.partitions
             + self.replica_restarts
             + self.node_restarts
+            + self.blob_faults
     }
 }
 
@@ -240,6 +259,7 @@ struct Counters {
     requests_lost: AtomicU64,
     responses_lost: AtomicU64,
     duplicated: AtomicU64,
+    blob_faults: AtomicU64,
 }
 
 /// The simulated network shared by every replica's connector.
@@ -272,12 +292,75 @@ impl SimNet {
         )
     }
 
+    /// Whether a blob transfer of `len` bytes is cut or corrupted, and where.
+    fn blob_fault(&self, len: u64) -> Option<BlobFault> {
+        if len == 0 {
+            return None;
+        }
+        let fault = if self.draw(|f| f.blob_cut) {
+            BlobFault::Cut
+        } else if self.draw(|f| f.blob_corrupt) {
+            BlobFault::Corrupt
+        } else {
+            return None;
+        };
+        let at = self
+            .rng
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .below(len);
+        self.counters.blob_faults.fetch_add(1, Ordering::Relaxed);
+        Some(fault(at))
+    }
+
     fn is_partitioned(&self, replica: usize) -> bool {
         self.partitioned
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(&replica)
     }
+}
+
+/// What happens to a blob transfer's bytes.
+#[derive(Clone, Copy, Debug)]
+enum BlobFault {
+    /// The stream ends after this many bytes.
+    Cut(u64),
+    /// The byte at this offset (in the transfer) is flipped.
+    Corrupt(u64),
+}
+
+/// A byte stream with `fault` applied.
+fn mangle<E: Send + 'static>(
+    stream: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, E>>,
+    fault: BlobFault,
+) -> futures_util::stream::BoxStream<'static, Result<bytes::Bytes, E>> {
+    use futures_util::StreamExt;
+    stream
+        .scan(0u64, move |seen, item| {
+            let out = match item {
+                Ok(piece) => {
+                    let start = *seen;
+                    let end = start + piece.len() as u64;
+                    *seen = end;
+                    match fault {
+                        BlobFault::Cut(at) if start >= at => None,
+                        BlobFault::Cut(at) if end > at => {
+                            Some(Ok(piece.slice(..usize::try_from(at - start).unwrap_or(0))))
+                        }
+                        BlobFault::Corrupt(at) if (start..end).contains(&at) => {
+                            let mut v = piece.to_vec();
+                            v[usize::try_from(at - start).unwrap_or(0)] ^= 0x20;
+                            Some(Ok(bytes::Bytes::from(v)))
+                        }
+                        _ => Some(Ok(piece)),
+                    }
+                }
+                Err(e) => Some(Err(e)),
+            };
+            futures_util::future::ready(out)
+        })
+        .boxed()
 }
 
 /// One replica's way onto the simulated network.
@@ -399,22 +482,44 @@ impl Remote for SimRemote {
         .await
     }
     async fn blob_read(&self, req: BlobReadRequest) -> Result<BlobDownload, TransportError> {
-        self.call(|c| {
-            let req = req.clone();
-            async move { c.blob_read(req).await }
-        })
-        .await
+        let mut download = self
+            .call(|c| {
+                let req = req.clone();
+                async move { c.blob_read(req).await }
+            })
+            .await?;
+        if let Some(fault) = self.net.blob_fault(download.head.len) {
+            download.bytes = mangle(download.bytes, fault);
+        }
+        Ok(download)
     }
     async fn blob_write(
         &self,
         req: BlobWriteRequest,
         source: BlobSource,
     ) -> Result<BlobStat, TransportError> {
-        // A stream cannot be replayed, so uploads are not duplicated; loss still applies.
-        if self.net.is_partitioned(self.replica) {
+        // A stream cannot be replayed, so uploads are not duplicated; the other faults
+        // apply, and the bytes may be cut short or corrupted on the way.
+        let net = &self.net;
+        if net.is_partitioned(self.replica) {
             return Err(TransportError::Unreachable("partitioned".into()));
         }
-        self.inner.blob_write(req, source).await
+        tokio::time::sleep(net.latency()).await;
+        if net.draw(|f| f.request_loss) {
+            net.counters.requests_lost.fetch_add(1, Ordering::Relaxed);
+            return Err(TransportError::Unreachable("request lost".into()));
+        }
+        let source = match net.blob_fault(req.len) {
+            Some(fault) => mangle(source, fault),
+            None => source,
+        };
+        let reply = self.inner.blob_write(req, source).await;
+        tokio::time::sleep(net.latency()).await;
+        if net.draw(|f| f.response_loss) {
+            net.counters.responses_lost.fetch_add(1, Ordering::Relaxed);
+            return Err(TransportError::Unreachable("response lost".into()));
+        }
+        reply
     }
     async fn health(&self) -> Result<HealthReply, TransportError> {
         self.call(|c| async move { c.health().await }).await
@@ -531,7 +636,13 @@ struct World {
     devices: Vec<Device>,
     acked: Vec<Acked>,
     report: SimReport,
+    /// Blobs already verified, per holder (a replica's index, or [`NODE`]); a holder's
+    /// entries are forgotten when it restarts.
+    verified: HashSet<(usize, sync_types::Cid)>,
 }
+
+/// The node's index in [`World::verified`].
+const NODE: usize = usize::MAX;
 
 fn fail(seed: u64, message: impl Into<String>) -> SimFailure {
     SimFailure {
@@ -571,7 +682,13 @@ impl World {
             net: self.net.clone(),
             replica: index,
         };
+        // Blob downloads run inside the step that stages their records (not detached),
+        // so a step still runs to completion and a seed replays exactly.
         let engine = Engine::builder(replica, connector)
+            .config(SyncConfig {
+                blob_fetch_detached: false,
+                ..SyncConfig::default()
+            })
             .seed(self.config.seed ^ ((index as u64) << 8))
             .build();
         // A restarted replica finds its identity in its ledger.
@@ -626,6 +743,7 @@ impl World {
         let keep = self.rng.below(store.unsynced_batches() as u64 + 1);
         store.simulate_power_loss(usize::try_from(keep).unwrap_or(usize::MAX));
         self.devices[index] = self.open_device(index, store)?;
+        self.verified.retain(|(holder, _)| *holder != index);
         self.report.replica_restarts += 1;
         Ok(())
     }
@@ -639,6 +757,7 @@ impl World {
         self.node_store
             .simulate_power_loss(usize::try_from(keep).unwrap_or(usize::MAX));
         self.start_node()?;
+        self.verified.retain(|(holder, _)| *holder != NODE);
         self.report.node_restarts += 1;
         Ok(())
     }
@@ -651,8 +770,38 @@ impl World {
         let replica = self.devices[index].engine.replica().clone();
         let record = record_of(target, key);
         let delete = self.rng.chance(200) && matches!(replica.get(&tenant(), &record), Ok(Some(_)));
+        let blob = !delete && self.rng.chance(self.config.blob_writes);
         let result = if delete {
             replica.delete(&tenant(), record, &author())
+        } else if blob {
+            // Just above the inline limit, up to a few store chunks; half are streamed
+            // with `write_blob`, half given whole to `put` (which stores them as blobs).
+            let len = INLINE_DATA_BYTES_MAX + 1 + self.rng.below(160 * 1024);
+            let mut value = format!("r{index} v{} ", self.rng.next_u64()).into_bytes();
+            let fill = u8::try_from(self.rng.below(256)).unwrap_or(0);
+            value.resize(usize::try_from(len).unwrap_or(0), fill);
+            if self.rng.chance(500) {
+                replica.write_blob(value.as_slice()).and_then(|data| {
+                    let req = crate::replica::WriteRequest {
+                        protocol: protocol.clone(),
+                        path: path.clone(),
+                        key: crate::replica::RecordKey::Natural(record_key(target, key)),
+                        parent: None,
+                        data: None,
+                        author: author(),
+                    };
+                    replica.write_with_blob(&tenant(), req, data)
+                })
+            } else {
+                replica.put(
+                    &tenant(),
+                    &protocol,
+                    &path,
+                    &record_key(target, key),
+                    value,
+                    &author(),
+                )
+            }
         } else {
             let value = format!("r{index} v{}", self.rng.next_u64()).into_bytes();
             replica.put(
@@ -678,6 +827,7 @@ impl World {
             self.report.deletes += 1;
         } else {
             self.report.writes += 1;
+            self.report.blob_writes += u64::from(blob);
         }
         receipt.token
     }
@@ -947,11 +1097,119 @@ impl World {
             replica_restart: 0,
             node_restart: 0,
             latency_ms_max: 0,
+            blob_cut: 0,
+            blob_corrupt: 0,
         };
     }
 
-    /// Whether every replica holds exactly what the node holds in its scope.
-    fn converged(&self) -> Result<bool, SimFailure> {
+    /// Checks that every record a holder (a replica's index, or [`NODE`]) reports
+    /// resident has its blob stored, of the announced size and hashing to its id: a
+    /// record is never resident before its verified blob. Returns the staged records.
+    fn check_residency(&mut self, holder: usize) -> Result<Vec<RecordId>, SimFailure> {
+        let seed = self.config.seed;
+        let (replica, scope) = match holder {
+            NODE => (self.node.clone(), Scope::Full),
+            i => (
+                self.devices[i].engine.replica().clone(),
+                scope_of(i, self.config.mixed_scopes),
+            ),
+        };
+        let who = match holder {
+            NODE => "the node".to_owned(),
+            i => format!("replica {i}"),
+        };
+        let mut staged = Vec::new();
+        for target in targets_in(&scope) {
+            for k in 0..self.config.keys {
+                let record = record_of(target, u64::from(k));
+                let Some(rec) = replica
+                    .get_with_tombstone(&tenant(), &record)
+                    .map_err(|e| fail(seed, e.to_string()))?
+                else {
+                    continue;
+                };
+                let blob = rec.data_ref.filter(|d| !d.is_inline());
+                match (rec.residency, blob) {
+                    (Residency::Staged, _) => staged.push(record),
+                    (Residency::Resident, Some(data))
+                        if !self.verified.contains(&(holder, data.data_cid)) =>
+                    {
+                        let bytes = replica
+                            .read_blob(&data.data_cid, 0, data.size)
+                            .map_err(|e| {
+                                fail(
+                                    seed,
+                                    format!(
+                                        "{who} reports record {record} resident, but its blob {} cannot be read: {e}",
+                                        data.data_cid
+                                    ),
+                                )
+                            })?;
+                        if DataRef::of(&bytes) != data {
+                            return Err(fail(
+                                seed,
+                                format!(
+                                    "{who} reports record {record} resident, but its blob {} does not verify",
+                                    data.data_cid
+                                ),
+                            ));
+                        }
+                        self.verified.insert((holder, data.data_cid));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(staged)
+    }
+
+    /// The staged records of each holder, for a failure message.
+    fn staged_summary(&mut self) -> Result<String, SimFailure> {
+        let mut out = String::new();
+        for holder in (0..self.devices.len()).chain([NODE]) {
+            let staged = self.check_residency(holder)?;
+            if !staged.is_empty() {
+                let who = match holder {
+                    NODE => "the node".to_owned(),
+                    i => format!("replica {i}"),
+                };
+                out.push_str(&format!("; {who} has staged records {staged:?}"));
+                let replica = match holder {
+                    NODE => self.node.clone(),
+                    i => self.devices[i].engine.replica().clone(),
+                };
+                for r in &staged {
+                    let rec = replica.get_with_tombstone(&tenant(), r).ok().flatten();
+                    if let Some(d) = rec.and_then(|r| r.data_ref) {
+                        out.push_str(&format!(
+                            " (blob {}: wanted at {:?}, on the node: {:?})",
+                            d.data_cid,
+                            replica.ledger().blobs().upload_offset(&d.data_cid),
+                            self.node.ledger().blobs().has(&d.data_cid)
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`check_residency`](Self::check_residency) on every replica and the node; returns
+    /// whether any record is staged.
+    fn check_all_residency(&mut self) -> Result<bool, SimFailure> {
+        let mut any_staged = false;
+        for holder in (0..self.devices.len()).chain([NODE]) {
+            any_staged |= !self.check_residency(holder)?.is_empty();
+        }
+        Ok(any_staged)
+    }
+
+    /// Whether every replica holds exactly what the node holds in its scope, with every
+    /// blob arrived.
+    fn converged(&mut self) -> Result<bool, SimFailure> {
+        if self.check_all_residency()? {
+            return Ok(false);
+        }
         let seed = self.config.seed;
         let err = |e: crate::Error| fail(seed, e.to_string());
         for (i, d) in self.devices.iter().enumerate() {
@@ -1002,6 +1260,7 @@ impl World {
             self.restart_node()?;
         }
         tokio::time::sleep(Duration::from_millis(self.rng.below(200))).await;
+        self.check_all_residency()?;
         Ok(())
     }
 
@@ -1025,10 +1284,11 @@ impl World {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+        let staged = self.staged_summary()?;
         Err(fail(
             seed,
             format!(
-                "roots still differ after {} sync rounds without faults",
+                "roots still differ or records are staged after {} sync rounds without faults{staged}",
                 self.config.settle_rounds_max
             ),
         ))
@@ -1061,11 +1321,14 @@ impl World {
         }
         Err(fail(
             self.config.seed,
-            "live links did not converge within 20 virtual minutes without faults",
+            format!(
+                "live links did not converge within 20 virtual minutes without faults{}",
+                self.staged_summary()?
+            ),
         ))
     }
 
-    fn check(&self) -> Result<(), SimFailure> {
+    fn check(&mut self) -> Result<(), SimFailure> {
         let seed = self.config.seed;
         let records = |r: &Replica,
                        scope: &Scope|
@@ -1092,6 +1355,22 @@ impl World {
                 return Err(fail(
                     seed,
                     format!("replica {i} records differ from the node's: {got:?} vs {expected:?}"),
+                ));
+            }
+        }
+        for holder in (0..self.devices.len()).chain([NODE]) {
+            let staged = self.check_residency(holder)?;
+            if !staged.is_empty() {
+                return Err(fail(
+                    seed,
+                    format!(
+                        "{} still has staged records (blobs that never arrived): {staged:?}",
+                        if holder == NODE {
+                            "the node".to_owned()
+                        } else {
+                            format!("replica {holder}")
+                        }
+                    ),
                 ));
             }
         }
@@ -1165,6 +1444,7 @@ pub async fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
         node_store: MemoryStore::new(),
         devices: Vec::new(),
         acked: Vec::new(),
+        verified: HashSet::new(),
         report: SimReport {
             seed,
             ..SimReport::default()
@@ -1211,6 +1491,7 @@ pub async fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
     world.report.requests_lost = c.requests_lost.load(Ordering::Relaxed);
     world.report.responses_lost = c.responses_lost.load(Ordering::Relaxed);
     world.report.duplicated = c.duplicated.load(Ordering::Relaxed);
+    world.report.blob_faults = c.blob_faults.load(Ordering::Relaxed);
     Ok(world.report)
 }
 

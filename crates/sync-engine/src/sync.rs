@@ -127,7 +127,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sync_ledger::{DeadLetterFilter, LogRead, RegisteredIdentity};
+use sync_ledger::{DeadLetterFilter, LogRead, RegisteredIdentity, UploadCursor};
 use sync_smt::{Config as DiffConfig, Hash, Initiator, Step, Tree};
 use sync_transport::client::BlobSource;
 use sync_transport::proto::ErrorCode;
@@ -178,6 +178,8 @@ pub const BLOB_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
 pub const BLOB_PROBE_BYTES: u64 = 64 * 1024;
 /// Blob transfers (uploads and downloads) one engine runs at once, over all its links.
 pub const BLOB_TRANSFERS_MAX_DEFAULT: usize = 2;
+/// Blob transfers (uploads and downloads) one link runs at once.
+pub const BLOB_TRANSFERS_PER_LINK_MAX_DEFAULT: usize = 1;
 /// Downloads of one blob in one fetch before it is left staged for a later sync: a
 /// transfer that fails verification stores nothing and starts over once.
 pub const BLOB_FETCH_ATTEMPTS_MAX: u32 = 2;
@@ -214,6 +216,14 @@ pub struct SyncConfig {
     /// Blob transfers running at once over all links (a semaphore); the rest wait.
     /// Default [`BLOB_TRANSFERS_MAX_DEFAULT`].
     pub blob_transfers_max: usize,
+    /// Blob transfers running at once on one link (a semaphore per link, taken before
+    /// the engine's); the rest wait. Default [`BLOB_TRANSFERS_PER_LINK_MAX_DEFAULT`].
+    pub blob_transfers_per_link_max: usize,
+    /// Whether sync downloads the blobs of staged records at all. When false, pulled
+    /// records whose payload is a blob stay [staged](crate::blob::Residency::Staged)
+    /// until a sync with it set (an application on a metered network, say). Default
+    /// true.
+    pub blob_fetch: bool,
     /// Whether [`Engine::catch_up`] and [`Engine::reconcile`] fetch the blobs of the
     /// records they staged in a detached task instead of before returning, so that a
     /// large download never delays the next catch-up of small messages (the live
@@ -235,6 +245,8 @@ impl Default for SyncConfig {
             integrity_check_ms: INTEGRITY_CHECK_MS_DEFAULT,
             verify_roots: true,
             blob_transfers_max: BLOB_TRANSFERS_MAX_DEFAULT,
+            blob_transfers_per_link_max: BLOB_TRANSFERS_PER_LINK_MAX_DEFAULT,
+            blob_fetch: true,
             blob_fetch_detached: true,
         }
     }
@@ -627,6 +639,7 @@ impl<C: Connector> EngineBuilder<C> {
                 last_reconcile_ms: Mutex::default(),
                 sync_lock: tokio::sync::Mutex::new(()),
                 blob_permits: Arc::new(tokio::sync::Semaphore::new(blob_transfers_max)),
+                link_blob_permits: Mutex::default(),
                 blob_fetching: Mutex::default(),
             }),
         }
@@ -667,6 +680,9 @@ struct Inner<C> {
     sync_lock: tokio::sync::Mutex<()>,
     /// Bounds the blob transfers running at once ([`SyncConfig::blob_transfers_max`]).
     blob_permits: Arc<tokio::sync::Semaphore>,
+    /// Bounds the blob transfers running at once per link
+    /// ([`SyncConfig::blob_transfers_per_link_max`]).
+    link_blob_permits: Mutex<HashMap<LinkKey, Arc<tokio::sync::Semaphore>>>,
     /// Blobs being downloaded, so two links do not fetch the same blob at once.
     blob_fetching: Mutex<HashSet<Cid>>,
 }
@@ -1336,14 +1352,27 @@ impl<C: Connector> Engine<C> {
         let replica = self.replica().clone();
         let tenant = link.tenant.clone();
         let origin = Origin::Remote(Some(link.endpoint.clone()));
-        let applied = if inline && !replica.ledger().store().commit_may_block() {
-            replica.apply_with_positions(&tenant, items, origin)?
+        let now = self.now_ms();
+        let apply = move || {
+            // A blob is recorded as wanted before the message that stages its record is
+            // applied: commits persist in order, so a power loss that keeps the staged
+            // record keeps the wanted entry, and the blob is still fetched after a
+            // restart. (Wanting the blob of a message that turns out superseded costs
+            // one download; the collector removes the unreferenced blob.)
+            let blobs = replica.ledger().blobs();
+            for (message, _) in &items {
+                if let Some((cid, size)) = big_data(message) {
+                    blobs.want(&cid, size, now)?;
+                }
+            }
+            replica.apply_with_positions(&tenant, items, origin)
+        };
+        let applied = if inline && !self.replica().ledger().store().commit_may_block() {
+            apply()?
         } else {
-            tokio::task::spawn_blocking(move || {
-                replica.apply_with_positions(&tenant, items, origin)
-            })
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??
+            tokio::task::spawn_blocking(apply)
+                .await
+                .map_err(|e| Error::Task(e.to_string()))??
         };
         let mut echoes = lock(&self.inner.echoes);
         let echoes = echoes.entry(link.endpoint.clone()).or_default();
@@ -1432,6 +1461,9 @@ impl<C: Connector> Engine<C> {
     /// Downloads every wanted blob this link's remote can serve, one at a time. A blob
     /// the remote does not hold stays wanted (its records stay staged) for a later sync.
     async fn fetch_staged(&self, ctx: &LinkCtx<C::Remote>) -> Result<u64> {
+        if !self.inner.config.blob_fetch {
+            return Ok(0);
+        }
         let wanted: Vec<(Cid, u64)> = self
             .ledger()
             .blobs()
@@ -1448,6 +1480,25 @@ impl<C: Connector> Engine<C> {
         Ok(fetched)
     }
 
+    /// Waits for a blob transfer slot on `link` and then one of the engine's (always in
+    /// that order, so two transfers never wait on each other crosswise). The slots are
+    /// released when the returned permits drop.
+    async fn blob_permits(&self, link: &LinkKey) -> Vec<tokio::sync::OwnedSemaphorePermit> {
+        let per_link = lock(&self.inner.link_blob_permits)
+            .entry(link.clone())
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Semaphore::new(
+                    self.inner.config.blob_transfers_per_link_max.max(1),
+                ))
+            })
+            .clone();
+        let mut permits = Vec::with_capacity(2);
+        // The semaphores are never closed, so acquiring cannot fail.
+        permits.extend(per_link.acquire_owned().await.ok());
+        permits.extend(self.inner.blob_permits.clone().acquire_owned().await.ok());
+        permits
+    }
+
     /// Downloads a blob the local store lacks, resuming a partial download; see
     /// [`fetch_blob_once`](Self::fetch_blob_once). A download that fails verification
     /// stored nothing and starts over, at most [`BLOB_FETCH_ATTEMPTS_MAX`] times. Returns
@@ -1459,7 +1510,7 @@ impl<C: Connector> Engine<C> {
         if !lock(&self.inner.blob_fetching).insert(cid) {
             return Ok(false); // another link is fetching it
         }
-        let _permit = self.inner.blob_permits.clone().acquire_owned().await;
+        let _permits = self.blob_permits(&ctx.key).await;
         let mut result = Ok(false);
         for attempt in 1..=BLOB_FETCH_ATTEMPTS_MAX {
             result = self.fetch_blob_once(ctx, cid, size).await;
@@ -1471,28 +1522,82 @@ impl<C: Connector> Engine<C> {
                 _ => break,
             }
         }
+        // A transfer that failed verification took its wanted entry with it (a mismatch
+        // stores nothing): want the blob again, or its record would stay staged for good.
+        let wanted = match &result {
+            Ok(true) => Ok(()),
+            _ => self.ledger().blobs().want(&cid, size, self.now_ms()),
+        };
         lock(&self.inner.blob_fetching).remove(&cid);
+        wanted?;
         result
     }
 
     /// One download: resumes from the bytes already stored, asks for ranges of
-    /// [`BLOB_CHUNK_BYTES`], streams each range into one open upload (which hashes as it
-    /// writes, so memory stays bounded by a chunk whatever the size), makes each range
-    /// durable, and stores the blob only when the hash of all its bytes matches.
+    /// [`BLOB_CHUNK_BYTES`], streams each range into one upload (which hashes as it
+    /// writes, so memory stays bounded by a few chunks whatever the size), commits each
+    /// range, and stores the blob only when the hash of all its bytes matches.
+    ///
+    /// The storage work runs on tokio's blocking pool, about a MiB at a time (the
+    /// upload paused in between, see [`sync_ledger::UploadCursor`]), so storage writes
+    /// and the store's own write stalls never block the runtime's workers, which carry
+    /// the small messages meanwhile. (No blocking task outlives a step, so a paused
+    /// test clock still advances while a download waits on the network.)
     async fn fetch_blob_once(&self, ctx: &LinkCtx<C::Remote>, cid: Cid, size: u64) -> Result<bool> {
         use futures_util::StreamExt;
-        let blobs = self.ledger().blobs();
-        blobs.want(&cid, size, self.now_ms())?;
-        let mut upload = match blobs.upload(&cid, Some(size), self.now_ms()) {
-            Ok(u) => u,
-            Err(sync_ledger::Error::UploadInProgress(_)) => return Ok(false),
-            Err(e) => return Err(e.into()),
-        };
-        if upload.is_complete() {
-            return Ok(false);
+        /// Bytes handed to one blocking step.
+        const STEP_BYTES: usize = 1024 * 1024;
+        /// What a step does after writing its bytes.
+        #[derive(Clone, Copy, PartialEq, Eq)]
+        enum Then {
+            Pause,
+            /// The end of a range: commit what came so far (not synced: commits persist
+            /// in order, so a power loss resumes from an earlier range).
+            Checkpoint,
+            /// The last byte: verify and store the blob (synced).
+            Finish,
         }
-        while upload.offset() < size {
-            let offset = upload.offset();
+        let blocking = |f: Box<dyn FnOnce() -> Result<Option<UploadCursor>> + Send>| async move {
+            tokio::task::spawn_blocking(f)
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?
+        };
+        self.ledger().blobs().want(&cid, size, self.now_ms())?;
+        let (replica, now, durability) = (self.replica().clone(), self.now_ms(), self.durability());
+        let step = move |cursor: UploadCursor, pieces: Vec<bytes::Bytes>, then: Then| {
+            let replica = replica.clone();
+            blocking(Box::new(move || {
+                let mut upload = replica.ledger().blobs().resume(cursor, now)?;
+                for piece in &pieces {
+                    upload.write(piece)?;
+                }
+                match then {
+                    Then::Pause => {}
+                    Then::Checkpoint => {
+                        upload.checkpoint(sync_ledger::Durability::Buffered)?;
+                    }
+                    Then::Finish => {
+                        upload.finish(durability)?;
+                        return Ok(None);
+                    }
+                }
+                Ok(upload.pause())
+            }))
+        };
+        let opener = self.replica().clone();
+        let opened = blocking(Box::new(move || {
+            match opener.ledger().blobs().upload(&cid, Some(size), now) {
+                Ok(upload) => Ok(upload.pause()),
+                Err(sync_ledger::Error::UploadInProgress(_)) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        }))
+        .await?;
+        let Some(mut cursor) = opened else {
+            return Ok(false); // stored already, or someone else is writing it
+        };
+        let mut offset = cursor.offset();
+        while offset < size {
             let len = (size - offset).min(BLOB_CHUNK_BYTES);
             let req = BlobReadRequest {
                 tenant: ctx.key.tenant.clone(),
@@ -1515,30 +1620,50 @@ impl<C: Connector> Engine<C> {
                     download.head
                 )));
             }
+            let start = offset;
             let end = offset + download.head.len;
-            while let Some(chunk) = download.bytes.next().await {
-                let chunk = chunk?;
-                if upload.offset() + chunk.len() as u64 > end {
+            let mut pieces = Vec::new();
+            let mut held = 0usize;
+            while let Some(piece) = download.bytes.next().await {
+                let piece = piece?;
+                if offset + piece.len() as u64 > end {
                     return Err(Error::Protocol(format!(
-                        "blob {cid} range at {offset} is longer than announced"
+                        "blob {cid} range at {start} is longer than announced"
                     )));
                 }
-                upload.write(&chunk)?;
+                offset += piece.len() as u64;
+                held += piece.len();
+                pieces.push(piece);
+                if held >= STEP_BYTES && offset < end {
+                    let Some(c) = step(cursor, std::mem::take(&mut pieces), Then::Pause).await?
+                    else {
+                        return Ok(false);
+                    };
+                    cursor = c;
+                    held = 0;
+                }
             }
-            if upload.offset() != end {
-                // Truncated: what arrived is kept, the next attempt resumes after it.
+            if offset != end {
+                // Truncated: what arrived is committed, the next attempt resumes after
+                // it.
+                let _ = step(cursor, pieces, Then::Checkpoint).await;
                 return Err(Error::Protocol(format!(
-                    "blob {cid} range at {offset} ended after {} of {} bytes",
-                    upload.offset() - offset,
+                    "blob {cid} range at {start} ended after {} of {} bytes",
+                    offset - start,
                     download.head.len
                 )));
             }
-            if end < size {
-                upload.checkpoint(self.durability())?;
+            let then = if end < size {
+                Then::Checkpoint
+            } else {
+                Then::Finish
+            };
+            match step(cursor, pieces, then).await? {
+                Some(c) => cursor = c,
+                None => return Ok(then == Then::Finish),
             }
         }
-        upload.finish(self.durability())?;
-        Ok(true)
+        Ok(false)
     }
 
     /// Uploads a local blob the remote lacks, resuming where the remote stopped. Each
@@ -1559,7 +1684,7 @@ impl<C: Connector> Engine<C> {
         if stat.complete {
             return Ok(false);
         }
-        let _permit = self.inner.blob_permits.clone().acquire_owned().await;
+        let _permits = self.blob_permits(&ctx.key).await;
         let mut offset = stat.received_bytes;
         // The first range is one piece: a node that refuses the blob (a size limit)
         // answers before much is sent, so its error arrives whole instead of as a
@@ -1707,19 +1832,13 @@ impl<C: Connector> Engine<C> {
             for (i, o) in apply_index.into_iter().zip(applied) {
                 outcomes[i] = Some(o);
             }
-            for (e, o) in page.entries.iter().zip(&outcomes) {
-                let o = o.as_ref().expect("every entry has an outcome");
-                if *o == ApplyOutcome::Applied {
-                    out.applied += 1;
-                }
-                // The record is staged; its blob is fetched after the pages, outside the
-                // link's lock, so small messages are never held up behind it.
-                if o.is_success()
-                    && let Some((cid, size)) = big_data(&e.item.message)
-                {
-                    self.ledger().blobs().want(&cid, size, self.now_ms())?;
-                }
-            }
+            // A staged record's blob (wanted by `apply_remote`) is fetched after the
+            // pages, outside the link's lock, so small messages are never held up behind
+            // it.
+            out.applied += outcomes
+                .iter()
+                .filter(|o| **o == Some(ApplyOutcome::Applied))
+                .count() as u64;
 
             // Move the checkpoint over the settled prefix.
             let mut last_settled = None;
@@ -1880,13 +1999,16 @@ impl<C: Connector> Engine<C> {
             }
             let to_send = keep;
 
+            // While this page waits for blob uploads, what follows it in the log is sent
+            // meanwhile (see `send_small_meanwhile`).
+            let lane_from = page.entries.last().map(|e| e.token);
             // Send in batches, in log order; stop after a batch with unsettled messages.
             let mut settles: Vec<Option<Settle>> = vec![None; to_send.len()];
             let mut failure = None;
             for range in batch_ranges(to_send.iter().map(|i| i.bytes), cfg) {
                 let start = range.start;
                 let (batch_settles, err) = self
-                    .send_with_retry(ctx, to_send[range].to_vec(), &mut out)
+                    .send_with_retry(ctx, to_send[range].to_vec(), lane_from, &mut out)
                     .await?;
                 let open = batch_settles.contains(&Settle::Open);
                 for (i, s) in batch_settles.into_iter().enumerate() {
@@ -1949,10 +2071,12 @@ impl<C: Connector> Engine<C> {
 
     /// Sends `items` with the retry schedule. Returns one settle per item and, when the
     /// last attempt failed in transport, that error (after dead-lettering the items).
+    /// `lane_from`: see [`write_resolving`](Self::write_resolving).
     async fn send_with_retry(
         &self,
         ctx: &LinkCtx<C::Remote>,
         items: Vec<PushItem>,
+        lane_from: Option<ProgressToken>,
         out: &mut PushOutcome,
     ) -> Result<(Vec<Settle>, Option<TransportError>)> {
         let cfg = &self.inner.config;
@@ -1978,7 +2102,7 @@ impl<C: Connector> Engine<C> {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
             let batch: Vec<PushItem> = pending.iter().map(|&i| items[i].clone()).collect();
-            match self.write_resolving(ctx, batch, out).await {
+            match self.write_resolving(ctx, batch, lane_from, out).await {
                 Ok(results) => {
                     last_err = None;
                     for (i, o) in pending.into_iter().zip(results) {
@@ -2039,10 +2163,16 @@ impl<C: Connector> Engine<C> {
     /// sends exactly the missing dependencies with the messages that need them, in at
     /// most [`SyncConfig::dependency_passes_max`] passes. Returns the outcome of each of
     /// `items`.
+    ///
+    /// Messages without a blob are sent while the blobs upload. With `lane_from` (the
+    /// position of the last of the push's page), the local log after it is sent
+    /// meanwhile too, including writes made during the upload, so that a small write
+    /// never waits for a large blob ([`send_small_meanwhile`](Self::send_small_meanwhile)).
     async fn write_resolving(
         &self,
         ctx: &LinkCtx<C::Remote>,
         items: Vec<PushItem>,
+        lane_from: Option<ProgressToken>,
         out: &mut PushOutcome,
     ) -> Result<Vec<ApplyOutcome>> {
         let cfg = &self.inner.config;
@@ -2052,46 +2182,81 @@ impl<C: Connector> Engine<C> {
         let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; n];
         let mut todo: Vec<usize> = (0..n).collect();
         for pass in 0..cfg.dependency_passes_max.max(1) {
-            for &i in &todo {
+            // Messages without a blob go at once, while the blobs of the others upload
+            // (a small message is never queued behind a large blob); a message naming a
+            // blob goes only after its blob.
+            let (plain, with_blob): (Vec<usize>, Vec<usize>) = todo
+                .iter()
+                .partition(|&&i| big_data(&all[i].item.message).is_none());
+            let mut blobs: Vec<Cid> = Vec::new();
+            for &i in &with_blob {
                 if let Some((cid, _)) = big_data(&all[i].item.message)
-                    && self.push_blob(ctx, cid).await?
+                    && !blobs.contains(&cid)
                 {
-                    out.blobs_sent += 1;
+                    blobs.push(cid);
+                }
+            }
+            let uploads = async {
+                use futures_util::StreamExt;
+                let mut sent = 0u64;
+                let mut results = futures_util::stream::iter(blobs)
+                    .map(|cid| self.push_blob(ctx, cid))
+                    .buffer_unordered(cfg.blob_transfers_per_link_max.max(1));
+                while let Some(r) = results.next().await {
+                    sent += u64::from(r?);
+                }
+                Ok::<u64, Error>(sent)
+            };
+            let mut sent_plain = PushOutcome::default();
+            let uploads_and_plain = futures_util::future::join(
+                uploads,
+                self.send_items(ctx, &all, &plain, &mut sent_plain),
+            );
+            let mut lane_bytes = 0;
+            let (uploaded, plain_results) = match lane_from {
+                Some(from) if !with_blob.is_empty() => {
+                    tokio::select! {
+                        biased;
+                        done = uploads_and_plain => done,
+                        () = self.send_small_meanwhile(ctx, from, &mut lane_bytes) => {
+                            unreachable!("the lane runs until the uploads end")
+                        }
+                    }
+                }
+                _ => uploads_and_plain.await,
+            };
+            let mut results = plain_results?;
+            out.sent += sent_plain.sent;
+            out.sent.bytes += lane_bytes;
+            out.blobs_sent += uploaded?;
+            if !with_blob.is_empty() {
+                results.extend(self.send_items(ctx, &all, &with_blob, out).await?);
+                // A message sent ahead may depend on one that named a blob (a later
+                // version of a record whose initial write carries a blob): once more.
+                let waiting: Vec<usize> = results
+                    .iter()
+                    .filter(|(i, o)| {
+                        plain.contains(i) && matches!(o, ApplyOutcome::Incomplete { .. })
+                    })
+                    .map(|(i, _)| *i)
+                    .collect();
+                if !waiting.is_empty() {
+                    results.retain(|(i, _)| !waiting.contains(i));
+                    results.extend(self.send_items(ctx, &all, &waiting, out).await?);
                 }
             }
             let mut missing = BTreeSet::new();
             let mut next = Vec::new();
-            for range in batch_ranges(todo.iter().map(|&i| all[i].bytes), cfg) {
-                let chunk = &todo[range];
-                let messages: Vec<MessageData> =
-                    chunk.iter().map(|&i| all[i].item.clone()).collect();
-                let sent: u64 = chunk.iter().map(|&i| all[i].bytes).sum();
-                let reply = ctx
-                    .remote
-                    .write_batch(WriteBatchRequest {
-                        tenant: ctx.key.tenant.clone(),
-                        messages,
-                    })
-                    .await?;
-                out.sent.bytes += sent;
-                if reply.outcomes.len() != chunk.len() {
-                    return Err(Error::Protocol(format!(
-                        "{} outcomes for a batch of {}",
-                        reply.outcomes.len(),
-                        chunk.len()
-                    )));
+            for (i, o) in results {
+                if let ApplyOutcome::Incomplete { missing: m } = &o {
+                    missing.extend(m.iter().cloned());
+                    next.push(i);
                 }
-                for (&i, o) in chunk.iter().zip(reply.outcomes) {
-                    if let ApplyOutcome::Incomplete { missing: m } = &o {
-                        missing.extend(m.iter().cloned());
-                        next.push(i);
+                if i < n {
+                    if o.is_success() {
+                        out.sent.messages += 1;
                     }
-                    if i < n {
-                        if o.is_success() {
-                            out.sent.messages += 1;
-                        }
-                        outcomes[i] = Some(o);
-                    }
+                    outcomes[i] = Some(o);
                 }
             }
             if next.is_empty() || pass + 1 == cfg.dependency_passes_max.max(1) {
@@ -2115,6 +2280,105 @@ impl<C: Connector> Engine<C> {
             .into_iter()
             .map(|o| o.unwrap_or(ApplyOutcome::Deferred))
             .collect())
+    }
+
+    /// The small-message lane of a push that waits for blob uploads: sends the messages
+    /// without a blob that follow `from` in the local log, and then each one written
+    /// after, until the caller drops it (when the uploads end). Everything it sends is
+    /// sent again by the push once the blobs are up (and answered `Duplicate`): the push
+    /// checkpoint still moves only over what the push itself settled. Failures are left
+    /// to the push too. Adds the bytes it sent to `bytes`.
+    async fn send_small_meanwhile(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        mut from: ProgressToken,
+        bytes: &mut u64,
+    ) {
+        let cfg = &self.inner.config;
+        let mut changes = self.replica().subscribe();
+        loop {
+            // Everything after `from` now, page by page.
+            loop {
+                let page = match self.replica().changes_since(
+                    &ctx.key.tenant,
+                    Some(from),
+                    cfg.push_read_entries.max(1),
+                ) {
+                    Ok(LogRead::Page(page)) => page,
+                    // A gap, or a read error: the push deals with them.
+                    Ok(LogRead::Gap(_)) | Err(_) => break,
+                };
+                let mut items = Vec::new();
+                {
+                    let echoes = lock(&self.inner.echoes);
+                    let echoes = echoes.get(&ctx.key.endpoint);
+                    for e in &page.entries {
+                        from = e.token;
+                        if echoes.is_some_and(|x| x.contains(e.token.position))
+                            || big_data(&e.message).is_some()
+                        {
+                            continue;
+                        }
+                        if let Ok(ScopeClass::InScope) =
+                            self.replica()
+                                .classify(&ctx.key.tenant, &ctx.scope, &e.message)
+                        {
+                            items.push(PushItem::new(e.message.clone(), e.data.clone()));
+                        }
+                    }
+                }
+                if !items.is_empty() {
+                    let indexes: Vec<usize> = (0..items.len()).collect();
+                    let mut sent = PushOutcome::default();
+                    if let Err(e) = self.send_items(ctx, &items, &indexes, &mut sent).await {
+                        tracing::debug!(link = %ctx.key, error = %e, "sending small messages during a blob upload failed; the push sends them later");
+                    }
+                    *bytes += sent.sent.bytes;
+                }
+                if !page.has_more {
+                    break;
+                }
+            }
+            // Lagging only loses wake-ups: the next read finds every entry.
+            if let Err(tokio::sync::broadcast::error::RecvError::Closed) = changes.recv().await {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Sends `all[i]` for each `i` of `indexes` in write batches, in order; returns each
+    /// one's outcome. Counts the bytes sent in `out`.
+    async fn send_items(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        all: &[PushItem],
+        indexes: &[usize],
+        out: &mut PushOutcome,
+    ) -> Result<Vec<(usize, ApplyOutcome)>> {
+        let cfg = &self.inner.config;
+        let mut results = Vec::with_capacity(indexes.len());
+        for range in batch_ranges(indexes.iter().map(|&i| all[i].bytes), cfg) {
+            let chunk = &indexes[range];
+            let messages: Vec<MessageData> = chunk.iter().map(|&i| all[i].item.clone()).collect();
+            let sent: u64 = chunk.iter().map(|&i| all[i].bytes).sum();
+            let reply = ctx
+                .remote
+                .write_batch(WriteBatchRequest {
+                    tenant: ctx.key.tenant.clone(),
+                    messages,
+                })
+                .await?;
+            out.sent.bytes += sent;
+            if reply.outcomes.len() != chunk.len() {
+                return Err(Error::Protocol(format!(
+                    "{} outcomes for a batch of {}",
+                    reply.outcomes.len(),
+                    chunk.len()
+                )));
+            }
+            results.extend(chunk.iter().copied().zip(reply.outcomes));
+        }
+        Ok(results)
     }
 
     /// The local messages that satisfy `missing` and were not sent yet; blobs are
@@ -2243,7 +2507,7 @@ impl<C: Connector> Engine<C> {
             let mut push = PushOutcome::default();
             for range in batch_ranges(items.iter().map(|i| i.bytes), &self.inner.config) {
                 let (_, err) = self
-                    .send_with_retry(ctx, items[range].to_vec(), &mut push)
+                    .send_with_retry(ctx, items[range].to_vec(), None, &mut push)
                     .await?;
                 if let Some(e) = err {
                     return Err(e.into());
@@ -2478,11 +2742,8 @@ impl<C: Connector> Engine<C> {
         let outcomes = self.apply_remote(ctx, items.clone()).await?;
         for (item, o) in items.into_iter().zip(outcomes) {
             match settle(&o) {
-                Settle::Done => {
-                    if let Some((cid, size)) = big_data(&item.0) {
-                        self.ledger().blobs().want(&cid, size, self.now_ms())?;
-                    }
-                }
+                // A staged record's blob was wanted by `apply_remote`.
+                Settle::Done => {}
                 Settle::Failed => {
                     self.record_dead_letter(
                         &ctx.key,

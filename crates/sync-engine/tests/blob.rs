@@ -344,3 +344,168 @@ async fn a_node_refuses_blobs_over_the_tenants_limit_with_a_clear_error() {
     assert!(!node.ledger().blobs().has(&data.data_cid).unwrap());
     assert_ne!(node.residency(&tenant(), &id).unwrap(), Residency::Resident);
 }
+
+/// Waits for `cond` (checked after each `step`), failing after a minute: a liveness
+/// bound, not a timing claim.
+async fn eventually<F: Future<Output = ()>>(
+    what: &str,
+    mut step: impl FnMut() -> F,
+    mut cond: impl FnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        step().await;
+        if cond() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Fairness: while the node holds a large blob's upload back (a slow link), a small
+/// record written after the blob's record, and one written during the upload, still
+/// reach the node and another replica; the record naming the blob arrives only after
+/// its blob, and then resident.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_record_is_not_queued_behind_a_large_blob() {
+    let node = replica(100);
+    let (open, held) = tokio::sync::watch::channel(false);
+    let handler = FaultyNode::new(ReplicaHandler::new(node.clone())).hold_blob_writes(held);
+    let (_server, ep) = http_node_with(handler).await;
+    let a = replica(1);
+    let b = replica(2);
+    configure(&a);
+    configure(&b);
+    let (id, data) = write_big(&a, "big", 3 * 1024 * 1024, 9);
+    put(&a, "small", b"small");
+    let ea = engine(&a, http(), vec![ep.clone()], fast_config());
+    let eb = engine(&b, http(), vec![ep.clone()], fast_config());
+
+    let push = tokio::spawn({
+        let ea = ea.clone();
+        async move { ea.sync_once().await }
+    });
+    eventually(
+        "the small record never arrived while the blob upload was held back",
+        || async {
+            eb.sync_once().await;
+        },
+        || get(&b, "small").is_some(),
+    )
+    .await;
+    assert_eq!(get(&b, "small"), Some(b"small".to_vec()));
+    // A record written while the upload is held gets through too.
+    put(&a, "during", b"during");
+    eventually(
+        "a record written during the blob upload never arrived",
+        || async {
+            eb.sync_once().await;
+        },
+        || get(&b, "during").is_some(),
+    )
+    .await;
+    assert!(!push.is_finished(), "the push waits for the held blob");
+    assert!(!node.ledger().blobs().has(&data.data_cid).unwrap());
+    assert_eq!(
+        node.residency(&tenant(), &id).unwrap(),
+        Residency::Absent,
+        "a message naming a blob is sent only after its blob"
+    );
+    assert_eq!(b.residency(&tenant(), &id).unwrap(), Residency::Absent);
+
+    open.send_replace(true);
+    let report = push.await.unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    sync_until_quiet(&eb, 3).await;
+    assert_eq!(b.residency(&tenant(), &id).unwrap(), Residency::Resident);
+    assert_eq!(
+        hash_of(b.blob_reader(&data.data_cid, 0).unwrap()),
+        data.data_cid
+    );
+}
+
+/// A link runs at most `blob_transfers_per_link_max` blob transfers at once, however
+/// many blobs a push carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_transfers_per_link_are_bounded() {
+    let node = replica(100);
+    let max = Arc::new(AtomicUsize::new(0));
+    let handler = FaultyNode::new(ReplicaHandler::new(node.clone()))
+        .count_blob_writes(max.clone(), std::time::Duration::from_millis(5));
+    let (_server, ep) = http_node_with(handler).await;
+    let a = replica(1);
+    configure(&a);
+    let blobs: Vec<DataRef> = (0..5u8)
+        .map(|i| write_big(&a, &format!("big{i}"), 200_000 + u64::from(i), 20 + i).1)
+        .collect();
+    let config = sync_engine::sync::SyncConfig {
+        blob_transfers_per_link_max: 2,
+        blob_transfers_max: 8,
+        ..fast_config()
+    };
+    let ea = engine(&a, http(), vec![ep.clone()], config);
+    sync_until_quiet(&ea, 3).await;
+    for d in &blobs {
+        assert!(node.ledger().blobs().has(&d.data_cid).unwrap());
+    }
+    let seen = max.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&seen), "{seen} blob uploads ran at once");
+}
+
+/// The scheduled collector ([`BlobGc::spawn`]) releases the blob of a deleted record
+/// and keeps the blob of a live one and the partial download a staged record waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_collector_releases_deleted_blobs_and_keeps_the_rest() {
+    let a = replica(1);
+    let c = replica(3);
+    configure(&a);
+    configure(&c);
+    let (gone_id, gone) = write_big(&a, "gone", 200_000, 3);
+    let (_, kept) = write_big(&a, "kept", 200_000, 4);
+    a.delete(&tenant(), gone_id, &alice()).unwrap();
+    // A record from another replica whose blob is half downloaded: staged.
+    let (staged_id, waited) = write_big(&c, "staged", 300_000, 5);
+    let cid = c.get(&tenant(), &staged_id).unwrap().unwrap().cid;
+    let m = c.ledger().get_message(&tenant(), &cid).unwrap().unwrap();
+    a.apply(&tenant(), vec![(m.message, m.data)], Origin::Remote(None))
+        .unwrap();
+    let blobs = a.ledger().blobs();
+    blobs.want(&waited.data_cid, waited.size, 0).unwrap();
+    let mut upload = blobs
+        .upload(&waited.data_cid, Some(waited.size), 0)
+        .unwrap();
+    let mut half = vec![0u8; 100_000];
+    Pattern::new(waited.size, 5).read_exact(&mut half).unwrap();
+    upload.write(&half).unwrap();
+    upload
+        .checkpoint(sync_ledger::Durability::Buffered)
+        .unwrap();
+    drop(upload);
+
+    let task = BlobGc::new(a.clone()).grace_ms(0).spawn(5);
+    let mut rounds = task.rounds();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while rounds.borrow().collections < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the collector did not run"
+        );
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), rounds.changed()).await;
+    }
+    drop(task);
+    let done = *rounds.borrow();
+    assert_eq!(done.failures, 0, "{done:?}");
+    assert_eq!(done.removed.blobs_removed, 1, "{done:?}");
+    assert_eq!(done.removed.bytes_removed, gone.size);
+    assert!(!blobs.has(&gone.data_cid).unwrap());
+    assert!(blobs.has(&kept.data_cid).unwrap());
+    assert_eq!(
+        blobs.upload_offset(&waited.data_cid).unwrap(),
+        Some(100_000)
+    );
+    assert_eq!(
+        a.residency(&tenant(), &staged_id).unwrap(),
+        Residency::Staged
+    );
+}

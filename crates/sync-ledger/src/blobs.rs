@@ -5,6 +5,13 @@
 //! written in the same batch as the last chunk, only after the bytes hashed to the
 //! announced id. Chunks of an unfinished upload are invisible to readers; a mismatch
 //! deletes them and the upload state in one batch, so a bad upload stores nothing.
+//!
+//! An upload commits its chunks in batches of 16 (one journal write per MiB, not per
+//! chunk), each with the upload state that covers exactly the
+//! chunks committed so far, so a crash at any point leaves a consistent prefix to resume
+//! from. A blob written as a stream of unknown hash ([`Blobs::put_stream`]) keeps its
+//! chunks under the upload's own id and is stored with an entry in `blob_aliases`
+//! naming that id: every byte is written once.
 
 use std::io::Read;
 use std::ops::Bound;
@@ -34,6 +41,10 @@ fn chunk_key(cid: &Cid, index: u64) -> Result<Vec<u8>> {
 fn chunk_bytes() -> u64 {
     BLOB_CHUNK_BYTES as u64
 }
+
+/// Full chunks an upload writes per commit: bounds the pending batch (and its memory)
+/// to 1 MiB, and is the most a crash between two commits costs a resumed upload.
+pub(crate) const UPLOAD_COMMIT_CHUNKS: u64 = 16;
 
 impl Ledger {
     /// The blob store.
@@ -67,9 +78,41 @@ impl<'a> Blobs<'a> {
         self.read_range(cid, 0, size)
     }
 
+    /// A stored blob's metadata and the id its chunks are stored under (its own, or the
+    /// upload's for a blob written by [`put_stream`](Self::put_stream)).
+    fn locate(&self, cid: &Cid) -> Result<Option<(BlobMeta, Cid)>> {
+        let Some(meta) = self.meta(cid)? else {
+            return Ok(None);
+        };
+        let at =
+            match self
+                .ledger
+                .store
+                .get(layout::BLOB_ALIASES, cid.as_bytes())?
+            {
+                Some(v) => Cid::from_bytes(<[u8; 32]>::try_from(v.as_slice()).map_err(|_| {
+                    Error::Inconsistent(format!("blob {cid} has a malformed alias"))
+                })?),
+                None => *cid,
+            };
+        Ok(Some((meta, at)))
+    }
+
     /// `len` bytes of a stored blob from `offset` (for resumed downloads).
     pub fn read_range(&self, cid: &Cid, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let meta = self.meta(cid)?.ok_or(Error::BlobNotFound(*cid))?;
+        let (meta, at) = self.locate(cid)?.ok_or(Error::BlobNotFound(*cid))?;
+        self.read_located(cid, &meta, &at, offset, len)
+    }
+
+    /// [`read_range`](Self::read_range) of a located blob (chunks under `at`).
+    fn read_located(
+        &self,
+        cid: &Cid,
+        meta: &BlobMeta,
+        at: &Cid,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>> {
         let end =
             offset
                 .checked_add(len)
@@ -88,8 +131,8 @@ impl<'a> Blobs<'a> {
         let first = offset / chunk;
         let last = (end - 1) / chunk;
         let range = KeyRange {
-            start: Bound::Included(chunk_key(cid, first)?),
-            end: Bound::Included(chunk_key(cid, last)?),
+            start: Bound::Included(chunk_key(at, first)?),
+            end: Bound::Included(chunk_key(at, last)?),
         };
         let mut expected = first;
         for kv in self
@@ -164,8 +207,11 @@ impl<'a> Blobs<'a> {
             cid: *cid,
             size,
             received: 0,
+            durable: 0,
             hasher: blake3::Hasher::new(),
             buf: Vec::new(),
+            pending: Batch::new(),
+            pending_chunks: 0,
             complete: None,
             now_ms,
         };
@@ -178,6 +224,7 @@ impl<'a> Blobs<'a> {
             match self.rehash(cid, state.received, &mut upload.hasher)? {
                 Some(tail) => {
                     upload.received = state.received - tail.len() as u64;
+                    upload.durable = state.received;
                     upload.buf = tail;
                     upload.size = size.or(state.size);
                 }
@@ -293,9 +340,16 @@ impl<'a> Blobs<'a> {
         if lock(&self.ledger.uploads).contains(cid) {
             return Err(Error::UploadInProgress(*cid));
         }
-        let existed = self.has(cid)?;
+        let located = self.locate(cid)?;
         let mut batch = Batch::new();
         self.delete_chunks(cid, &mut batch)?;
+        if let Some((_, at)) = &located
+            && at != cid
+        {
+            self.delete_chunks(at, &mut batch)?;
+        }
+        let existed = located.is_some();
+        batch.delete(layout::BLOB_ALIASES, cid.as_bytes().to_vec());
         batch.delete(layout::BLOB_META, cid.as_bytes().to_vec());
         batch.delete(layout::BLOB_UPLOADS, cid.as_bytes().to_vec());
         self.ledger.commit(batch, durability)?;
@@ -306,16 +360,21 @@ impl<'a> Blobs<'a> {
 /// An upload in progress: bytes are hashed as they arrive, full chunks are written as
 /// they fill, and [`finish`](Self::finish) stores the blob only if the hash matches.
 ///
-/// Dropping an upload without finishing keeps what was written for a later resume.
+/// Dropping an upload without finishing keeps what it committed for a later resume.
 pub struct BlobUpload<'a> {
     ledger: &'a Ledger,
     cid: Cid,
     size: Option<u64>,
-    /// Bytes written in chunks so far (not counting `buf`).
+    /// Bytes in full chunks so far, committed or pending (not counting `buf`).
     received: u64,
+    /// `received` of the upload state last committed (what a resume starts from).
+    durable: u64,
     hasher: blake3::Hasher,
     /// The current, incomplete chunk.
     buf: Vec<u8>,
+    /// Full chunks not committed yet (at most [`UPLOAD_COMMIT_CHUNKS`]).
+    pending: Batch,
+    pending_chunks: u64,
     /// Set when the blob was already stored when the upload started.
     complete: Option<u64>,
     now_ms: u64,
@@ -346,7 +405,8 @@ impl BlobUpload<'_> {
         self.complete.is_some()
     }
 
-    /// Appends bytes, writing each chunk as it fills (buffered durability).
+    /// Appends bytes; full chunks are committed (buffered durability) 16 at a time
+    /// (1 MiB).
     pub fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
         let limit = self.complete.or(self.size);
         if let Some(size) = limit
@@ -361,25 +421,43 @@ impl BlobUpload<'_> {
             let room = BLOB_CHUNK_BYTES - self.buf.len();
             let take = room.min(bytes.len());
             self.hasher.update(&bytes[..take]);
+            if self.buf.capacity() == 0 {
+                self.buf.reserve_exact(BLOB_CHUNK_BYTES);
+            }
             self.buf.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
             if self.buf.len() == BLOB_CHUNK_BYTES {
-                self.write_chunk(Durability::Buffered)?;
+                let index = self.received / chunk_bytes();
+                // The full chunk moves into the batch; the next one gets a new buffer.
+                let full = std::mem::take(&mut self.buf);
+                self.pending
+                    .put(layout::BLOB_CHUNKS, chunk_key(&self.cid, index)?, full);
+                self.received += chunk_bytes();
+                self.pending_chunks += 1;
+                if self.pending_chunks >= UPLOAD_COMMIT_CHUNKS {
+                    self.commit_pending(Durability::Buffered, false)?;
+                }
             }
         }
         Ok(())
     }
 
-    /// Writes the current chunk (full or not) and records the upload's progress.
-    fn write_chunk(&mut self, durability: Durability) -> Result<()> {
-        let index = self.received / chunk_bytes();
-        let mut batch = Batch::new();
-        batch.put(
-            layout::BLOB_CHUNKS,
-            chunk_key(&self.cid, index)?,
-            self.buf.clone(),
-        );
-        let received = self.received + self.buf.len() as u64;
+    /// Commits the pending chunks, and the current incomplete one when `tail` is set,
+    /// with the upload state that covers them.
+    fn commit_pending(&mut self, durability: Durability, tail: bool) -> Result<()> {
+        let mut batch = std::mem::take(&mut self.pending);
+        self.pending_chunks = 0;
+        let mut received = self.received;
+        if tail && !self.buf.is_empty() {
+            // Written again, whole, when the chunk fills.
+            let index = self.received / chunk_bytes();
+            batch.put(
+                layout::BLOB_CHUNKS,
+                chunk_key(&self.cid, index)?,
+                self.buf.clone(),
+            );
+            received += self.buf.len() as u64;
+        }
         batch.put(
             layout::BLOB_UPLOADS,
             self.cid.as_bytes().to_vec(),
@@ -390,22 +468,24 @@ impl BlobUpload<'_> {
             }),
         );
         self.ledger.commit(batch, durability)?;
-        if self.buf.len() == BLOB_CHUNK_BYTES {
-            self.received = received;
-            self.buf.clear();
-        }
+        self.durable = received;
         Ok(())
     }
 
-    /// Makes everything written so far durable and resumable; returns the offset a
-    /// resumed upload will start from.
+    /// Commits everything written so far, with `durability`, so that a resumed upload
+    /// starts after it; returns that offset.
     pub fn checkpoint(&mut self, durability: Durability) -> Result<u64> {
-        if self.complete.is_none() && !self.buf.is_empty() {
-            self.write_chunk(durability)?;
+        if self.complete.is_none() {
+            self.commit_pending(durability, true)?;
         } else {
             self.ledger.persist(durability)?;
         }
         Ok(self.offset())
+    }
+
+    /// The blake3 hash of the bytes written so far.
+    fn content_cid(&self) -> Cid {
+        Cid::from_bytes(*self.hasher.finalize().as_bytes())
     }
 
     /// Verifies the bytes against the blob id and stores the blob; returns its size.
@@ -416,9 +496,10 @@ impl BlobUpload<'_> {
             return Ok(size);
         }
         let size = self.offset();
-        let actual = Cid::from_bytes(*self.hasher.finalize().as_bytes());
-        let mut batch = Batch::new();
+        let actual = self.content_cid();
         if actual != self.cid {
+            let mut batch = Batch::new();
+            self.pending = Batch::new();
             self.ledger.blobs().delete_chunks(&self.cid, &mut batch)?;
             batch.delete(layout::BLOB_UPLOADS, self.cid.as_bytes().to_vec());
             self.ledger.commit(batch, durability)?;
@@ -428,6 +509,7 @@ impl BlobUpload<'_> {
                 actual,
             });
         }
+        let mut batch = std::mem::take(&mut self.pending);
         if !self.buf.is_empty() {
             let index = self.received / chunk_bytes();
             batch.put(
@@ -450,6 +532,8 @@ impl BlobUpload<'_> {
     }
 }
 
+/// Dropping an upload without finishing keeps what it committed (every 16 chunks, and
+/// at each [`checkpoint`](BlobUpload::checkpoint)) for a later resume.
 impl Drop for BlobUpload<'_> {
     fn drop(&mut self) {
         lock(&self.ledger.uploads).remove(&self.cid);
@@ -463,18 +547,15 @@ impl Drop for BlobUpload<'_> {
 /// hash of real content by accident.
 const STAGING_PREFIX: &[u8] = b"weft blob staging v1";
 
-/// Chunks moved from a staging id to the blob's id per commit by
-/// [`Blobs::put_stream`]; bounds the batch (and its memory) to 16 chunks (1 MiB).
-const STAGING_MOVE_CHUNKS_MAX: u64 = 16;
-
 impl<'a> Blobs<'a> {
     /// Stores a blob from a reader without knowing its hash in advance; returns its id
-    /// and size. Memory stays bounded by one chunk whatever the size: the bytes are
-    /// hashed while they are written under a temporary staging id (a partial upload,
-    /// listed by [`partial_uploads`](Self::partial_uploads) and removable with
-    /// [`abort_upload`](Self::abort_upload) if the process dies), then the chunks are
-    /// moved to the blob's id in bounded batches, the last of which stores its
-    /// `blob_meta`. When the blob is already stored the staged chunks are just removed.
+    /// and size. Memory stays bounded by a few chunks whatever the size, and every byte
+    /// is written and hashed once: the bytes go in as a partial upload under a
+    /// temporary staging id (listed by [`partial_uploads`](Self::partial_uploads) and
+    /// removable with [`abort_upload`](Self::abort_upload) if the process dies), and
+    /// the last commit stores the blob's `blob_meta` with an alias naming the staging
+    /// id, where its chunks stay. When the blob is already stored the staged chunks are
+    /// removed instead.
     pub fn put_stream(
         &self,
         mut reader: impl Read,
@@ -491,7 +572,6 @@ impl<'a> Blobs<'a> {
             Cid::from_bytes(*h.finalize().as_bytes())
         };
         let mut upload = self.upload(&nonce, None, now_ms)?;
-        let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; BLOB_CHUNK_BYTES];
         loop {
             let n = match reader.read(&mut buf) {
@@ -500,69 +580,57 @@ impl<'a> Blobs<'a> {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Error::backend(e)),
             };
-            hasher.update(&buf[..n]);
             upload.write(&buf[..n])?;
         }
         upload.checkpoint(Durability::Buffered)?;
         let size = upload.offset();
+        // The upload's hasher saw every byte: it is the blob's id.
+        let cid = upload.content_cid();
         drop(upload);
-        let cid = Cid::from_bytes(*hasher.finalize().as_bytes());
         if !lock(&self.ledger.uploads).insert(cid) {
             self.abort_upload(&nonce)?;
             return Err(Error::UploadInProgress(cid));
         }
-        let moved = self.move_staged(&nonce, &cid, size, durability);
+        let stored = self.store_staged(&nonce, &cid, size, durability);
         lock(&self.ledger.uploads).remove(&cid);
-        moved?;
+        stored?;
         Ok((cid, size))
     }
 
-    fn move_staged(&self, from: &Cid, to: &Cid, size: u64, durability: Durability) -> Result<()> {
+    /// Stores the staged upload `from` as blob `to`, in one commit: its meta and an
+    /// alias naming `from`, where the chunks stay. A partial upload of `to` under its own
+    /// id (a download of the same blob) is superseded and removed in the same commit.
+    fn store_staged(&self, from: &Cid, to: &Cid, size: u64, durability: Durability) -> Result<()> {
+        let mut batch = Batch::new();
         if self.has(to)? {
-            let mut batch = Batch::new();
             self.delete_chunks(from, &mut batch)?;
             batch.delete(layout::BLOB_UPLOADS, from.as_bytes().to_vec());
             return self.ledger.commit(batch, durability);
         }
-        let chunks = size.div_ceil(chunk_bytes());
-        let mut index = 0;
-        loop {
-            let end = (index + STAGING_MOVE_CHUNKS_MAX).min(chunks);
-            let mut batch = Batch::new();
-            for i in index..end {
-                let key = chunk_key(from, i)?;
-                let bytes = self
-                    .ledger
-                    .store
-                    .get(layout::BLOB_CHUNKS, &key)?
-                    .ok_or_else(|| {
-                        Error::Inconsistent(format!("staged blob chunk {i} is missing"))
-                    })?;
-                batch.put(layout::BLOB_CHUNKS, chunk_key(to, i)?, bytes);
-                batch.delete(layout::BLOB_CHUNKS, key);
-            }
-            index = end;
-            if index >= chunks {
-                batch.put(
-                    layout::BLOB_META,
-                    to.as_bytes().to_vec(),
-                    enc(&BlobMeta {
-                        size,
-                        chunk_bytes: u32::try_from(BLOB_CHUNK_BYTES).unwrap_or(u32::MAX),
-                    }),
-                );
-                batch.delete(layout::BLOB_UPLOADS, from.as_bytes().to_vec());
-                batch.delete(layout::BLOB_UPLOADS, to.as_bytes().to_vec());
-                return self.ledger.commit(batch, durability);
-            }
-            self.ledger.commit(batch, Durability::Buffered)?;
-        }
+        self.delete_chunks(to, &mut batch)?;
+        batch.put(
+            layout::BLOB_META,
+            to.as_bytes().to_vec(),
+            enc(&BlobMeta {
+                size,
+                chunk_bytes: u32::try_from(BLOB_CHUNK_BYTES).unwrap_or(u32::MAX),
+            }),
+        );
+        batch.put(
+            layout::BLOB_ALIASES,
+            to.as_bytes().to_vec(),
+            from.as_bytes().to_vec(),
+        );
+        batch.delete(layout::BLOB_UPLOADS, from.as_bytes().to_vec());
+        batch.delete(layout::BLOB_UPLOADS, to.as_bytes().to_vec());
+        self.ledger.commit(batch, durability)
     }
 
     /// A reader over a stored blob, from `offset`; it holds one chunk in memory at a
     /// time, so a caller never needs the whole blob in memory.
     pub fn reader(&self, cid: &Cid, offset: u64) -> Result<BlobReader<'a>> {
-        let size = self.size(cid)?.ok_or(Error::BlobNotFound(*cid))?;
+        let (meta, at) = self.locate(cid)?.ok_or(Error::BlobNotFound(*cid))?;
+        let size = meta.size;
         if offset > size {
             return Err(Error::RangeOutOfBounds {
                 cid: *cid,
@@ -576,6 +644,8 @@ impl<'a> Blobs<'a> {
                 ledger: self.ledger,
             },
             cid: *cid,
+            meta,
+            chunks_at: at,
             size,
             offset,
             chunk: Vec::new(),
@@ -622,18 +692,15 @@ impl<'a> Blobs<'a> {
     }
 
     /// Continues a paused upload without re-reading what it already wrote. The cursor
-    /// is trusted only when the stored upload state agrees with it (same blob, its
-    /// durable offset between the cursor's last full chunk and its offset); otherwise
-    /// this is [`upload`](Self::upload), which re-hashes the stored chunks.
+    /// is trusted only when the stored upload state is still the one it last committed
+    /// (nobody else wrote to this upload since); otherwise this is
+    /// [`upload`](Self::upload), which re-hashes the stored chunks.
     pub fn resume(&self, cursor: UploadCursor, now_ms: u64) -> Result<BlobUpload<'a>> {
         let state = self.upload_state(&cursor.cid)?;
         let agrees = !self.has(&cursor.cid)?
             && match &state {
-                Some(s) => {
-                    s.received >= cursor.received
-                        && s.received <= cursor.received + cursor.buf.len() as u64
-                }
-                None => cursor.received == 0,
+                Some(s) => s.received == cursor.durable,
+                None => cursor.durable == 0,
             };
         if !agrees {
             return self.upload(&cursor.cid, cursor.size, now_ms);
@@ -646,8 +713,11 @@ impl<'a> Blobs<'a> {
             cid: cursor.cid,
             size: cursor.size,
             received: cursor.received,
+            durable: cursor.durable,
             hasher: cursor.hasher,
             buf: cursor.buf,
+            pending: cursor.pending,
+            pending_chunks: cursor.pending_chunks,
             complete: None,
             now_ms,
         })
@@ -656,15 +726,20 @@ impl<'a> Blobs<'a> {
 
 static STAGING_NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// A paused [`BlobUpload`]: its hash state and unwritten bytes, held in memory between
-/// two calls of a long transfer so that continuing does not re-hash the stored chunks
-/// (see [`Blobs::resume`]). Dropping it loses nothing durable.
+/// A paused [`BlobUpload`]: its hash state and uncommitted bytes (at most 16 full
+/// chunks and the current one), held in memory between two
+/// calls of a long transfer so that continuing does not re-hash the stored chunks (see
+/// [`Blobs::resume`]). Dropping it loses nothing committed: a new upload resumes from
+/// the last commit.
 pub struct UploadCursor {
     cid: Cid,
     size: Option<u64>,
     received: u64,
+    durable: u64,
     hasher: blake3::Hasher,
     buf: Vec<u8>,
+    pending: Batch,
+    pending_chunks: u64,
 }
 
 impl std::fmt::Debug for UploadCursor {
@@ -699,8 +774,11 @@ impl BlobUpload<'_> {
             cid: self.cid,
             size: self.size,
             received: self.received,
+            durable: self.durable,
             hasher: std::mem::take(&mut self.hasher),
             buf: std::mem::take(&mut self.buf),
+            pending: std::mem::take(&mut self.pending),
+            pending_chunks: std::mem::take(&mut self.pending_chunks),
         })
     }
 }
@@ -709,6 +787,9 @@ impl BlobUpload<'_> {
 pub struct BlobReader<'a> {
     blobs: Blobs<'a>,
     cid: Cid,
+    meta: BlobMeta,
+    /// The id its chunks are stored under.
+    chunks_at: Cid,
     size: u64,
     offset: u64,
     chunk: Vec<u8>,
@@ -742,7 +823,7 @@ impl Read for BlobReader<'_> {
             let len = (chunk_bytes() - self.offset % chunk_bytes()).min(self.size - self.offset);
             self.chunk = self
                 .blobs
-                .read_range(&self.cid, self.offset, len)
+                .read_located(&self.cid, &self.meta, &self.chunks_at, self.offset, len)
                 .map_err(std::io::Error::other)?;
             self.offset += len;
             self.at = 0;

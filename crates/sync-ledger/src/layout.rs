@@ -40,6 +40,7 @@
 //! | `blob_meta` | `cid` | [`BlobMeta`] | a complete, verified blob |
 //! | `blob_chunks` | `cid index:u32` | raw bytes (not an envelope) | blob content, [`BLOB_CHUNK_BYTES`] per chunk |
 //! | `blob_uploads` | `cid` | [`UploadState`] | a resumable partial upload |
+//! | `blob_aliases` | `cid` | raw 32-byte id (not an envelope) | a blob whose chunks are under another id |
 //! | `links` | `t key` (the link key text) | `LinkState` | replication links |
 //! | `dead_letters` | `t cid endpoint` | `DeadLetter` | failed messages per endpoint |
 //! | `identities` | `t` | [`RegisteredIdentity`](crate::RegisteredIdentity) | registered identities |
@@ -100,6 +101,9 @@ pub const BLOB_META: Partition = Partition::new("blob_meta");
 pub const BLOB_CHUNKS: Partition = Partition::new("blob_chunks").with_large_values();
 /// Partial uploads.
 pub const BLOB_UPLOADS: Partition = Partition::new("blob_uploads");
+/// Blobs whose chunks are stored under another id: a blob written as a stream of unknown
+/// hash keeps its chunks under the upload's id instead of copying them.
+pub const BLOB_ALIASES: Partition = Partition::new("blob_aliases");
 /// Replication links.
 pub const LINKS: Partition = Partition::new("links");
 /// Dead letters.
@@ -108,7 +112,7 @@ pub const DEAD_LETTERS: Partition = Partition::new("dead_letters");
 pub const IDENTITIES: Partition = Partition::new("identities");
 
 /// Every partition of the ledger.
-pub const PARTITIONS: [Partition; 16] = [
+pub const PARTITIONS: [Partition; 17] = [
     META,
     NAMES,
     LOG,
@@ -122,6 +126,7 @@ pub const PARTITIONS: [Partition; 16] = [
     BLOB_META,
     BLOB_CHUNKS,
     BLOB_UPLOADS,
+    BLOB_ALIASES,
     LINKS,
     DEAD_LETTERS,
     IDENTITIES,

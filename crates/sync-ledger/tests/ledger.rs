@@ -682,6 +682,61 @@ fn blobs_verify_read_by_range_and_resume() {
     assert!(!blobs.has(&cid).unwrap());
 }
 
+/// A blob written as a stream of unknown hash is stored without copying its chunks: the
+/// chunk partition holds each byte once, it reads back by range and whole, it supersedes
+/// a partial download of the same blob, and delete removes every chunk.
+#[test]
+fn streamed_blobs_are_written_once() {
+    let (_dir, ledger) = fjall_ledger();
+    let blobs = ledger.blobs();
+    let data: Vec<u8> = (0..1_300_000u32).map(|i| (i % 241) as u8).collect();
+    let cid = Cid::of_data(&data);
+    let chunk_bytes = |ledger: &Ledger| -> u64 {
+        ledger
+            .store()
+            .scan(layout::BLOB_CHUNKS, KeyRange::all(), Order::Ascending)
+            .unwrap()
+            .map(|kv| kv.unwrap().1.len() as u64)
+            .sum()
+    };
+    // Half of the same blob was downloaded under its own id before.
+    blobs.want(&cid, data.len() as u64, 1).unwrap();
+    let mut up = blobs.upload(&cid, Some(data.len() as u64), 1).unwrap();
+    up.write(&data[..600_000]).unwrap();
+    up.checkpoint(Durability::Buffered).unwrap();
+    drop(up);
+
+    let (got, size) = blobs
+        .put_stream(&data[..], Durability::SyncData, 2)
+        .unwrap();
+    assert_eq!((got, size), (cid, data.len() as u64));
+    assert!(blobs.has(&cid).unwrap());
+    assert!(blobs.partial_uploads().unwrap().is_empty());
+    assert_eq!(chunk_bytes(&ledger), data.len() as u64, "each byte once");
+    assert_eq!(blobs.read(&cid).unwrap(), data);
+    assert_eq!(
+        blobs.read_range(&cid, 65_000, 140_000).unwrap(),
+        data[65_000..205_000]
+    );
+    let mut read = Vec::new();
+    std::io::Read::read_to_end(&mut blobs.reader(&cid, 1_000).unwrap(), &mut read).unwrap();
+    assert_eq!(read, data[1_000..]);
+    assert!(blobs.upload(&cid, None, 3).unwrap().is_complete());
+
+    // The same content again stores nothing new.
+    assert_eq!(
+        blobs
+            .put_stream(&data[..], Durability::SyncData, 4)
+            .unwrap(),
+        (cid, data.len() as u64)
+    );
+    assert_eq!(chunk_bytes(&ledger), data.len() as u64);
+
+    assert!(blobs.delete(&cid, Durability::SyncData).unwrap());
+    assert!(!blobs.has(&cid).unwrap());
+    assert_eq!(chunk_bytes(&ledger), 0);
+}
+
 fn link(t: &TenantId, endpoint: &str) -> LinkState {
     LinkState::new(
         t.clone(),

@@ -46,10 +46,19 @@ pub(crate) fn put(args: PutArgs) -> anyhow::Result<Exit> {
 /// `weft get`: the value's bytes on stdout (a newline is added on a terminal).
 pub(crate) fn get(args: GetArgs) -> anyhow::Result<Exit> {
     let kv = Kv::open(&args.replica, &args.kv, false)?;
+    if args.residency {
+        out::line(kv.residency(&args.key)?.as_str())?;
+        return Ok(Exit::Ok);
+    }
     let Some(entry) = kv.get(&args.key)? else {
         return Err(coded(
             Exit::Failure,
-            format!("no value for key {:?} in tenant {}", args.key, kv.tenant),
+            format!(
+                "no value for key {:?} in tenant {} ({})",
+                args.key,
+                kv.tenant,
+                kv.residency(&args.key)?
+            ),
         ));
     };
     if args.json {
@@ -61,7 +70,7 @@ pub(crate) fn get(args: GetArgs) -> anyhow::Result<Exit> {
         return Err(coded(
             Exit::Failure,
             format!(
-                "the value of {:?} is a blob that has not arrived in this replica yet",
+                "the value of {:?} is a blob that has not arrived in this replica yet (staged)",
                 args.key
             ),
         ));
@@ -87,12 +96,13 @@ pub(crate) fn list(args: ListArgs) -> anyhow::Result<Exit> {
         ))?;
         return Ok(Exit::Ok);
     }
-    let mut table = out::Table::new(&["KEY", "UPDATED", "AUTHOR", "VALUE"]);
+    let mut table = out::Table::new(&["KEY", "UPDATED", "AUTHOR", "RESIDENCY", "VALUE"]);
     for e in &entries {
         table.row(vec![
             e.key.clone(),
             out::time(Some(e.record.timestamp.wall_ms)),
             e.record.author.to_string(),
+            e.record.residency.as_str().to_owned(),
             e.value_preview(60),
         ]);
     }

@@ -7,7 +7,7 @@
 //! commands without `--node` or `--token` reuse the registered ones.
 
 use anyhow::Context as _;
-use sync_engine::sync::HttpConnector;
+use sync_engine::sync::{HttpConnector, SyncConfig};
 use sync_engine::{Engine, Identity, Replica};
 use sync_ledger::RegisteredIdentity;
 use sync_transport::{ClientConfig, HttpClient, Token};
@@ -103,7 +103,14 @@ pub(crate) type HttpEngine = Engine<HttpConnector>;
 
 /// An engine over `replica`.
 pub(crate) fn engine(replica: Replica) -> HttpEngine {
-    Engine::builder(replica, HttpConnector::new(client_config())).build()
+    engine_with(replica, SyncConfig::default())
+}
+
+/// An engine over `replica` with `config`.
+pub(crate) fn engine_with(replica: Replica, config: SyncConfig) -> HttpEngine {
+    Engine::builder(replica, HttpConnector::new(client_config()))
+        .config(config)
+        .build()
 }
 
 /// A store with a tenant registered for one node, and that node's link.
@@ -118,10 +125,14 @@ pub(crate) struct Session {
 impl Session {
     /// Opens the store and registers the tenant for the node of `node` (flags, then
     /// what is registered, then the default).
-    pub(crate) fn open(replica: &ReplicaArgs, node: &NodeArgs) -> anyhow::Result<Self> {
+    pub(crate) fn open(
+        replica: &ReplicaArgs,
+        node: &NodeArgs,
+        config: SyncConfig,
+    ) -> anyhow::Result<Self> {
         let dir = paths::replica_dir(replica.store.clone())?;
         let store = kv::open_replica(&dir, true)?;
-        Self::over(store, replica.tenant.clone(), node)
+        Self::over_with(store, replica.tenant.clone(), node, config)
     }
 
     /// Registers `tenant` of an open replica for the node of `node`.
@@ -129,6 +140,16 @@ impl Session {
         replica: Replica,
         tenant: TenantId,
         node: &NodeArgs,
+    ) -> anyhow::Result<Self> {
+        Self::over_with(replica, tenant, node, SyncConfig::default())
+    }
+
+    /// [`over`](Self::over) with an engine configured by `config`.
+    pub(crate) fn over_with(
+        replica: Replica,
+        tenant: TenantId,
+        node: &NodeArgs,
+        config: SyncConfig,
     ) -> anyhow::Result<Self> {
         let registered = replica
             .ledger()
@@ -164,7 +185,7 @@ impl Session {
             authorization: claims.authorization(),
             token: Some(token_text.clone()),
         };
-        let engine = engine(replica.clone());
+        let engine = engine_with(replica.clone(), config);
         let same = registered.as_ref().is_some_and(|r| {
             r.endpoints == identity.endpoints
                 && r.scope == identity.scope

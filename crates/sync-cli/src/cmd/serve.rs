@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use serde::Deserialize;
+use sync_engine::blob::{BLOB_GC_INTERVAL_MS_DEFAULT, BlobGc, GC_GRACE_MS_DEFAULT};
+use sync_engine::node::BlobLimits;
 use sync_engine::{Replica, ReplicaHandler};
 use sync_transport::metrics::{Family, Metrics, Sample};
 use sync_transport::{ServerConfig, serve};
@@ -41,6 +43,10 @@ struct FileLimits {
     subscriber_queue_len_max: Option<usize>,
     heartbeat_interval_ms: Option<u64>,
     heartbeat_timeout_ms: Option<u64>,
+    blob_bytes_max: Option<u64>,
+    blob_uploads_max: Option<usize>,
+    blob_gc_interval_ms: Option<u64>,
+    blob_gc_grace_ms: Option<u64>,
 }
 
 /// Everything `serve` needs, resolved.
@@ -84,6 +90,10 @@ impl Settings {
                     .or(l.subscriber_queue_len_max),
                 heartbeat_interval_ms: args.heartbeat_interval_ms.or(l.heartbeat_interval_ms),
                 heartbeat_timeout_ms: args.heartbeat_timeout_ms.or(l.heartbeat_timeout_ms),
+                blob_bytes_max: args.blob_bytes_max.or(l.blob_bytes_max),
+                blob_uploads_max: args.blob_uploads_max.or(l.blob_uploads_max),
+                blob_gc_interval_ms: args.blob_gc_interval_ms.or(l.blob_gc_interval_ms),
+                blob_gc_grace_ms: args.blob_gc_grace_ms.or(l.blob_gc_grace_ms),
             },
             data_dir,
             key_file,
@@ -119,6 +129,30 @@ impl Settings {
             c.heartbeat_timeout_ms = v;
         }
         c
+    }
+
+    /// The node's blob upload limits: the defaults, with the limits that were set.
+    fn blob_limits(&self) -> BlobLimits {
+        let mut b = BlobLimits::default();
+        if let Some(v) = self.limits.blob_bytes_max {
+            b.blob_bytes_max = v;
+        }
+        if let Some(v) = self.limits.blob_uploads_max {
+            b.uploads_max = v;
+        }
+        b
+    }
+
+    /// The blob collector's interval (`None`: off) and grace period, in ms.
+    fn blob_gc(&self) -> (Option<u64>, u64) {
+        let interval = self
+            .limits
+            .blob_gc_interval_ms
+            .unwrap_or(BLOB_GC_INTERVAL_MS_DEFAULT);
+        (
+            (interval > 0).then_some(interval),
+            self.limits.blob_gc_grace_ms.unwrap_or(GC_GRACE_MS_DEFAULT),
+        )
     }
 }
 
@@ -202,7 +236,17 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<Exit> {
     }
     let grace_ms = config.shutdown_grace_ms;
     let mut signals = crate::signals::ShutdownSignals::new()?;
-    let handler = Arc::new(ReplicaHandler::new(replica.clone()));
+    let handler =
+        Arc::new(ReplicaHandler::new(replica.clone()).with_blob_limits(settings.blob_limits()));
+    // Dropping the task (on shutdown) stops the collector.
+    let gc = match settings.blob_gc() {
+        (Some(interval_ms), grace_ms) => Some(
+            BlobGc::new(replica.clone())
+                .grace_ms(grace_ms)
+                .spawn(interval_ms),
+        ),
+        (None, _) => None,
+    };
     let server = serve(handler, config, addr).await.map_err(|e| {
         coded(
             Exit::Listen,
@@ -222,6 +266,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<Exit> {
     let signal = signals.recv().await?;
     tracing::info!(signal, grace_ms, "shutting down: finishing open requests");
     server.shutdown().await;
+    drop(gc);
     replica
         .ledger()
         .persist(replica.durability())
@@ -249,7 +294,7 @@ mod tests {
         let file = dir.path().join("weft.toml");
         std::fs::write(
             &file,
-            "data_dir = \"node\"\nlisten = \"127.0.0.1:9000\"\nmetrics = false\n[limits]\nconnections_max = 7\nshutdown_grace_ms = 100\n",
+            "data_dir = \"node\"\nlisten = \"127.0.0.1:9000\"\nmetrics = false\n[limits]\nconnections_max = 7\nshutdown_grace_ms = 100\nblob_bytes_max = 1000\nblob_gc_interval_ms = 0\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -267,6 +312,8 @@ mod tests {
         assert_eq!(c.connections_max, 7, "from the file");
         assert_eq!(c.shutdown_grace_ms, 200, "the flag wins");
         assert_eq!(c.subscriptions_max, 4096, "the default");
+        assert_eq!(s.blob_limits().blob_bytes_max, 1000, "from the file");
+        assert_eq!(s.blob_gc(), (None, GC_GRACE_MS_DEFAULT), "0 turns it off");
 
         std::fs::write(&file, "listen = 5\n").unwrap();
         let args = ServeArgs {

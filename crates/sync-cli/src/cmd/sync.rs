@@ -5,7 +5,7 @@ use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sync_engine::sync::LinkReport;
+use sync_engine::sync::{LinkReport, SyncConfig};
 use sync_ledger::DeadLetterFilter;
 use sync_types::{Direction, SyncEvent};
 use tokio::sync::broadcast;
@@ -98,7 +98,11 @@ pub(crate) async fn sync_once(
 
 /// `weft sync`.
 pub(crate) async fn run(args: SyncArgs) -> anyhow::Result<Exit> {
-    let s = Session::open(&args.replica, &args.node)?;
+    let config = SyncConfig {
+        blob_fetch: !args.no_blobs,
+        ..SyncConfig::default()
+    };
+    let s = Session::open(&args.replica, &args.node, config)?;
     let bars = (!args.json && std::io::stderr().is_terminal()).then(|| {
         let pending = s.engine.pending_outbound(&s.link).unwrap_or(0);
         Bars::start(s.replica.events(), pending)

@@ -34,6 +34,11 @@ pub(crate) struct FaultyNode {
     /// When set, the first blob range served after offset 0 has one byte flipped; counts
     /// the ranges served after offset 0.
     corrupt_blob_reads: Option<Arc<AtomicUsize>>,
+    /// When set, blob writes wait until it holds `true`.
+    hold_blob_writes: Option<watch::Receiver<bool>>,
+    /// When set, counts the blob writes in progress (`.0`) and the most seen at once
+    /// (`.1`); each write then lasts at least `.2`.
+    blob_writes_in_flight: Option<(Arc<AtomicUsize>, Arc<AtomicUsize>, Duration)>,
 }
 
 impl FaultyNode {
@@ -43,6 +48,25 @@ impl FaultyNode {
             inner,
             wakeups: Wakeups::Real,
             corrupt_blob_reads: None,
+            hold_blob_writes: None,
+            blob_writes_in_flight: None,
+        }
+    }
+
+    /// Blob writes wait until `open` holds `true` (a slow upload link).
+    pub(crate) fn hold_blob_writes(self, open: watch::Receiver<bool>) -> Self {
+        Self {
+            hold_blob_writes: Some(open),
+            ..self
+        }
+    }
+
+    /// Each blob write lasts at least `each`; `max` receives the most blob writes seen
+    /// in progress at once.
+    pub(crate) fn count_blob_writes(self, max: Arc<AtomicUsize>, each: Duration) -> Self {
+        Self {
+            blob_writes_in_flight: Some((Arc::default(), max, each)),
+            ..self
         }
     }
 
@@ -141,7 +165,19 @@ impl Handler for FaultyNode {
         offset: u64,
         chunk: bytes::Bytes,
     ) -> Result<BlobStat, HandlerError> {
-        self.inner.blob_write(ctx, req, offset, chunk).await
+        if let Some(open) = &self.hold_blob_writes {
+            let mut open = open.clone();
+            let _ = open.wait_for(|o| *o).await;
+        }
+        let Some((now, max, each)) = &self.blob_writes_in_flight else {
+            return self.inner.blob_write(ctx, req, offset, chunk).await;
+        };
+        let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+        max.fetch_max(n, Ordering::SeqCst);
+        tokio::time::sleep(*each).await;
+        let result = self.inner.blob_write(ctx, req, offset, chunk).await;
+        now.fetch_sub(1, Ordering::SeqCst);
+        result
     }
     async fn health(&self) -> Result<HealthSummary, HandlerError> {
         self.inner.health().await
