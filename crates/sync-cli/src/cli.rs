@@ -99,7 +99,8 @@ pub(crate) enum Command {
         "  [limits] connections_max, subscriptions_max, frame_bytes_max, request_time_ms_max,\n",
         "           shutdown_grace_ms, subscriber_queue_len_max, heartbeat_interval_ms,\n",
         "           heartbeat_timeout_ms, blob_bytes_max, blob_uploads_max,\n",
-        "           blob_gc_interval_ms, blob_gc_grace_ms\n",
+        "           blob_gc_interval_ms, blob_gc_grace_ms, store_cache_mib,\n",
+        "           store_memtable_mib\n",
         "\n",
         "A blob upload larger than blob_bytes_max is refused with an error naming the limit;\n",
         "the blob collector removes blobs no live record references (see ARCHITECTURE.md).\n",
@@ -291,6 +292,16 @@ pub(crate) struct ServeArgs {
     /// [default: 600000]
     #[arg(long, env = "WEFT_BLOB_GC_GRACE_MS", value_name = "MS")]
     pub(crate) blob_gc_grace_ms: Option<u64>,
+    /// The store's block cache, in MiB: the largest share of a node's memory
+    /// [default: 64]
+    #[arg(long, env = "WEFT_STORE_CACHE_MIB", value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub(crate) store_cache_mib: Option<u64>,
+    /// Size of each of the store's in-memory tables before it is flushed, in MiB
+    /// [default: 16]
+    #[arg(long, env = "WEFT_STORE_MEMTABLE_MIB", value_name = "MIB",
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub(crate) store_memtable_mib: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -231,6 +231,33 @@ pub(crate) fn open_replica(dir: &Path, create: bool) -> anyhow::Result<Replica> 
     Replica::open(dir).with_context(|| format!("cannot open store {}", dir.display()))
 }
 
+/// Opens (or creates) the node's store in `dir` with the given block cache and memtable
+/// sizes, in bytes (`None`: the store's defaults).
+pub(crate) fn open_node_replica(
+    dir: &Path,
+    cache_bytes: Option<u64>,
+    memtable_bytes: Option<u64>,
+) -> anyhow::Result<Replica> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(coded(
+            Exit::Store,
+            format!("cannot open store {}: not a directory", dir.display()),
+        ));
+    }
+    let mut store = sync_ledger::FjallStore::builder(dir);
+    if let Some(bytes) = cache_bytes {
+        store = store.cache_bytes(bytes);
+    }
+    if let Some(bytes) = memtable_bytes {
+        store = store.memtable_bytes(bytes);
+    }
+    let open = || -> sync_engine::Result<Replica> {
+        let ledger = sync_ledger::Ledger::builder().open(store.open()?)?;
+        Replica::builder().with_ledger(ledger)
+    };
+    open().with_context(|| format!("cannot open store {}", dir.display()))
+}
+
 /// A replica with the tenant, protocol, path and author of a key-value command.
 pub(crate) struct Kv {
     pub(crate) replica: Replica,

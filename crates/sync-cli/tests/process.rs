@@ -1121,7 +1121,15 @@ fn residency_is_shown_by_get_and_list() {
 /// through.
 #[test]
 fn serve_refuses_blobs_over_its_upload_limit() {
-    let (env, _node) = env_with_node(&["--blob-bytes-max", "100000"]);
+    // A node with a small store, as a memory-bound deployment runs it.
+    let (env, _node) = env_with_node(&[
+        "--blob-bytes-max",
+        "100000",
+        "--store-cache-mib",
+        "8",
+        "--store-memtable-mib",
+        "4",
+    ]);
     std::fs::write(env.path("big.bin"), vec![7u8; 150_000]).unwrap();
     std::fs::write(env.path("fits.bin"), vec![8u8; 90_000]).unwrap();
     env.ok(&["put", "--store", "a", "fits", "--file", "fits.bin"]);

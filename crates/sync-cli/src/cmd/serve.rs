@@ -47,6 +47,8 @@ struct FileLimits {
     blob_uploads_max: Option<usize>,
     blob_gc_interval_ms: Option<u64>,
     blob_gc_grace_ms: Option<u64>,
+    store_cache_mib: Option<u64>,
+    store_memtable_mib: Option<u64>,
 }
 
 /// Everything `serve` needs, resolved.
@@ -94,6 +96,8 @@ impl Settings {
                 blob_uploads_max: args.blob_uploads_max.or(l.blob_uploads_max),
                 blob_gc_interval_ms: args.blob_gc_interval_ms.or(l.blob_gc_interval_ms),
                 blob_gc_grace_ms: args.blob_gc_grace_ms.or(l.blob_gc_grace_ms),
+                store_cache_mib: args.store_cache_mib.or(l.store_cache_mib),
+                store_memtable_mib: args.store_memtable_mib.or(l.store_memtable_mib),
             },
             data_dir,
             key_file,
@@ -141,6 +145,15 @@ impl Settings {
             b.uploads_max = v;
         }
         b
+    }
+
+    /// The store's block cache and memtable sizes in bytes (`None`: the defaults).
+    fn store_sizes(&self) -> (Option<u64>, Option<u64>) {
+        let bytes = |mib: Option<u64>| mib.map(|m| m.saturating_mul(1 << 20));
+        (
+            bytes(self.limits.store_cache_mib),
+            bytes(self.limits.store_memtable_mib),
+        )
     }
 
     /// The blob collector's interval (`None`: off) and grace period, in ms.
@@ -227,7 +240,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<Exit> {
         tracing::info!(key_file = %settings.key_file.display(), "created a new node key");
     }
     let store = paths::node_store(&settings.data_dir);
-    let replica = kv::open_replica(&store, true)?;
+    let (cache_bytes, memtable_bytes) = settings.store_sizes();
+    let replica = kv::open_node_replica(&store, cache_bytes, memtable_bytes)?;
     let mut config = settings.server_config(key);
     if settings.metrics {
         let metrics = Arc::new(Metrics::new());
@@ -294,13 +308,14 @@ mod tests {
         let file = dir.path().join("weft.toml");
         std::fs::write(
             &file,
-            "data_dir = \"node\"\nlisten = \"127.0.0.1:9000\"\nmetrics = false\n[limits]\nconnections_max = 7\nshutdown_grace_ms = 100\nblob_bytes_max = 1000\nblob_gc_interval_ms = 0\n",
+            "data_dir = \"node\"\nlisten = \"127.0.0.1:9000\"\nmetrics = false\n[limits]\nconnections_max = 7\nshutdown_grace_ms = 100\nblob_bytes_max = 1000\nblob_gc_interval_ms = 0\nstore_cache_mib = 8\nstore_memtable_mib = 2\n",
         )
         .unwrap();
         let args = ServeArgs {
             config: Some(file.clone()),
             listen: Some("127.0.0.1:9001".into()),
             shutdown_grace_ms: Some(200),
+            store_memtable_mib: Some(4),
             ..ServeArgs::default()
         };
         let s = Settings::resolve(args).unwrap();
@@ -314,6 +329,11 @@ mod tests {
         assert_eq!(c.subscriptions_max, 4096, "the default");
         assert_eq!(s.blob_limits().blob_bytes_max, 1000, "from the file");
         assert_eq!(s.blob_gc(), (None, GC_GRACE_MS_DEFAULT), "0 turns it off");
+        assert_eq!(
+            s.store_sizes(),
+            (Some(8 << 20), Some(4 << 20)),
+            "cache from the file, memtable from the flag"
+        );
 
         std::fs::write(&file, "listen = 5\n").unwrap();
         let args = ServeArgs {
