@@ -20,10 +20,6 @@
 // A bench binary's output is its result: it prints tables on stdout by design.
 #![allow(clippy::print_stdout)]
 
-/// The allocator of the `weft` binary, so the figures are what a node gets.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

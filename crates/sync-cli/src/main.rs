@@ -53,12 +53,6 @@ mod signals;
 
 use std::process::ExitCode;
 
-/// mimalloc rather than the system allocator: a node allocates and frees many small
-/// keys, values and messages per commit, and with glibc's allocator that was about a
-/// sixth of a commit's CPU (see BENCHMARKS.md, sync-ledger).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::Parser;
 
 fn main() -> ExitCode {
