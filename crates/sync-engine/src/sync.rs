@@ -1060,35 +1060,9 @@ impl<C: Connector> Engine<C> {
     }
 
     fn link_ctx(&self, key: &LinkKey) -> Result<LinkCtx<C::Remote>> {
-        let unknown = || Error::UnknownLink(key.to_string());
-        let identity = self
-            .ledger()
-            .identities()
-            .get(&key.tenant)?
-            .ok_or_else(unknown)?;
-        let expected = LinkKey::new(
-            identity.tenant.clone(),
-            key.endpoint.clone(),
-            &identity.scope,
-            &identity.authorization,
-        );
-        if !identity.endpoints.contains(&key.endpoint) || expected != *key {
-            return Err(unknown());
-        }
+        let identity = self.link_identity(key)?;
         self.ensure_links(&identity)?;
-        if let Some(expired_at_ms) = grants_expired(&identity.authorization, self.now_ms()) {
-            self.set_terminal(key)?;
-            return Err(Error::GrantExpired {
-                link: key.to_string(),
-                expired_at_ms,
-            });
-        }
-        if self.load(key)?.status == LinkStatus::TerminalIncomplete {
-            return Err(Error::TerminalIncomplete {
-                link: key.to_string(),
-                reason: "stopped by an earlier closure failure; a new scope or new grants make a new link".into(),
-            });
-        }
+        self.check_usable(key, &identity)?;
         let remote = self
             .inner
             .connector
@@ -1103,6 +1077,13 @@ impl<C: Connector> Engine<C> {
     /// The checks of [`link_ctx`](Self::link_ctx) without its side effects (creating
     /// missing link rows, opening a connection): what applying a live event needs.
     fn check_live_link(&self, key: &LinkKey) -> Result<()> {
+        let identity = self.link_identity(key)?;
+        self.check_usable(key, &identity)
+    }
+
+    /// The registered identity `key` belongs to, if the link is one of its current
+    /// links (same endpoint, scope and authorization).
+    fn link_identity(&self, key: &LinkKey) -> Result<RegisteredIdentity> {
         let unknown = || Error::UnknownLink(key.to_string());
         let identity = self
             .ledger()
@@ -1118,6 +1099,12 @@ impl<C: Connector> Engine<C> {
         if !identity.endpoints.contains(&key.endpoint) || expected != *key {
             return Err(unknown());
         }
+        Ok(identity)
+    }
+
+    /// Refuses a link whose grants expired (marking it terminal) or that an earlier
+    /// closure failure stopped.
+    fn check_usable(&self, key: &LinkKey, identity: &RegisteredIdentity) -> Result<()> {
         if let Some(expired_at_ms) = grants_expired(&identity.authorization, self.now_ms()) {
             self.set_terminal(key)?;
             return Err(Error::GrantExpired {
