@@ -181,16 +181,7 @@ impl<'a> Blobs<'a> {
         if upload.is_complete() {
             return upload.finish(durability);
         }
-        let mut buf = vec![0u8; BLOB_CHUNK_BYTES];
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::backend(e)),
-            };
-            upload.write(&buf[..n])?;
-        }
+        upload.write_all_from(&mut reader)?;
         upload.finish(durability)
     }
 
@@ -405,6 +396,19 @@ impl BlobUpload<'_> {
         self.complete.is_some()
     }
 
+    /// Writes everything `reader` yields, a chunk at a time.
+    pub fn write_all_from(&mut self, reader: &mut impl Read) -> Result<()> {
+        let mut buf = vec![0u8; BLOB_CHUNK_BYTES];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.write(&buf[..n])?,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::backend(e)),
+            }
+        }
+    }
+
     /// Appends bytes; full chunks are committed (buffered durability) 16 at a time
     /// (1 MiB).
     pub fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
@@ -572,16 +576,7 @@ impl<'a> Blobs<'a> {
             Cid::from_bytes(*h.finalize().as_bytes())
         };
         let mut upload = self.upload(&nonce, None, now_ms)?;
-        let mut buf = vec![0u8; BLOB_CHUNK_BYTES];
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::backend(e)),
-            };
-            upload.write(&buf[..n])?;
-        }
+        upload.write_all_from(&mut reader)?;
         upload.checkpoint(Durability::Buffered)?;
         let size = upload.offset();
         // The upload's hasher saw every byte: it is the blob's id.
