@@ -501,6 +501,15 @@ mod tests {
 
     const P: Partition = Partition::new("p");
 
+    type Brief<'a> = (&'a str, &'a [u8], Option<&'a [u8]>);
+
+    /// Each op as (partition, key, value), for comparing with a literal.
+    fn brief(ops: &[BatchOp]) -> Vec<Brief<'_>> {
+        ops.iter()
+            .map(|o| (o.partition.name(), &o.key[..], o.value.as_deref()))
+            .collect()
+    }
+
     #[test]
     fn batches_keep_the_last_write_per_key() {
         let mut b = Batch::new();
@@ -510,13 +519,8 @@ mod tests {
         b.put(Partition::new("q"), b"a".to_vec(), vec![3]);
         assert_eq!(b.len(), 4);
         let ops = b.into_ops();
-        type Brief<'a> = (&'a str, &'a [u8], Option<&'a [u8]>);
-        let brief: Vec<Brief<'_>> = ops
-            .iter()
-            .map(|o| (o.partition.name(), &o.key[..], o.value.as_deref()))
-            .collect();
         assert_eq!(
-            brief,
+            brief(&ops),
             vec![
                 ("p", &b"b"[..], Some(&[2u8][..])),
                 ("p", &b"a"[..], None),
@@ -537,13 +541,8 @@ mod tests {
         b.delete(q, b"z".to_vec());
         b.put(q, b"z".to_vec(), vec![5]);
         let ops = b.into_sorted_ops();
-        type Brief<'a> = (&'a str, &'a [u8], Option<&'a [u8]>);
-        let brief: Vec<Brief<'_>> = ops
-            .iter()
-            .map(|o| (o.partition.name(), &o.key[..], o.value.as_deref()))
-            .collect();
         assert_eq!(
-            brief,
+            brief(&ops),
             vec![
                 ("p", &b"a"[..], Some(&[4u8][..])),
                 ("p", &b"b"[..], None),
