@@ -242,24 +242,36 @@ fn target_commits(dirs: &mut Dirs, quick: bool) {
 /// batches of 1000 "messages", `sync_data` per batch, each message inserting one key of
 /// each letter of a shape. `L`: the log entry (`T pos`, 250 bytes); `P`: a sequential
 /// index key (`T P pos`, a cid); `R`: a random key (`T cid`, a small value); `S`: a key
-/// sequential within one of two ranges (`T P "note" 0x00 pos`, a cid). Layout 1 wrote
-/// `LPRRRR` per message (`msg`, `records`, `by_path` and `by_context` keyed by a cid or
-/// record id); layout 2 writes `LPRRS` (plus an `S` for a record with a parent).
+/// sequential within one of two ranges (`T P "note" 0x00 pos`, a cid); `Q`: a random key
+/// that is read before it is written, as the merge reads a record's row (`T record`, a
+/// 150-byte value). Layout 1 wrote `LPRRRR` per message (`msg`, `records`, `by_path` and
+/// `by_context` keyed by a cid or record id); layout 2 writes `LPQRS` (`records` is the
+/// `Q`; plus an `S` for a record with a parent). `LQR` is the least any layout that finds
+/// a message by cid and a record by id can write. `SHAPES=LQR,QR` runs other shapes,
+/// `MEMTABLE_KIB=` sets fjall's memtable size (16 MiB by default, as the ledger's).
 fn fjall_ceiling(dirs: &mut Dirs, quick: bool) {
     let n: u64 = if quick { 30_000 } else { 300_000 };
-    println!("| key shapes per message | keys | messages/s |\n|---|---:|---:|");
-    for shape in ["LPRRRR", "LPRRS", "LPRR", "LPR", "LP"] {
+    println!(
+        "| key shapes per message | keys | messages/s | CPU per message |\n|---|---:|---:|---:|"
+    );
+    let shapes = std::env::var("SHAPES").unwrap_or_else(|_| "LPRRRR,LPQRS,LPQR,LQR,LPR,LP".into());
+    let memtable: u64 = std::env::var("MEMTABLE_KIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(16 << 20, |kib: u64| kib << 10);
+    for shape in shapes.split(',') {
         let path = dirs.next();
         let db = fjall::Database::builder(&path).open().unwrap();
         let spaces: Vec<fjall::Keyspace> = (0..shape.len())
             .map(|i| {
                 db.keyspace(&format!("k{i}"), || {
-                    fjall::KeyspaceCreateOptions::default().max_memtable_size(16 << 20)
+                    fjall::KeyspaceCreateOptions::default().max_memtable_size(memtable)
                 })
                 .unwrap()
             })
             .collect();
         let start = Instant::now();
+        let cpu = cpu_secs();
         for batch in 0..n / 1000 {
             // As the ledger does: each keyspace's keys inserted in key order.
             let mut writes: Vec<Vec<(Vec<u8>, Vec<u8>)>> = vec![Vec::new(); spaces.len()];
@@ -284,6 +296,11 @@ fn fjall_ceiling(dirs: &mut Dirs, quick: bool) {
                             key.extend_from_slice(&pos.to_be_bytes());
                             cid.to_vec()
                         }
+                        'Q' => {
+                            // Another random id than the cid, as a record id is.
+                            key.extend_from_slice(blake3::hash(&cid).as_bytes());
+                            vec![5; 150]
+                        }
                         _ => {
                             key.extend_from_slice(&cid);
                             vec![3; 9]
@@ -293,18 +310,22 @@ fn fjall_ceiling(dirs: &mut Dirs, quick: bool) {
                 }
             }
             let mut wb = db.batch().durability(Some(fjall::PersistMode::SyncData));
-            for (ks, mut kvs) in spaces.iter().zip(writes) {
+            for ((ks, mut kvs), kind) in spaces.iter().zip(writes).zip(shape.chars()) {
                 kvs.sort_unstable();
                 for (k, v) in kvs {
+                    if kind == 'Q' {
+                        assert!(ks.get(&k).unwrap().is_none());
+                    }
                     wb.insert(ks, k, v);
                 }
             }
             wb.commit().unwrap();
         }
         println!(
-            "| {shape} | {} | {:.0} |",
+            "| {shape} | {} | {:.0} | {:.1} µs |",
             shape.len(),
-            per_sec(n, start.elapsed())
+            per_sec(n, start.elapsed()),
+            (cpu_secs() - cpu) * 1e6 / n as f64
         );
         drop(spaces);
         drop(db);
