@@ -56,10 +56,20 @@ impl Ledger {
 impl<'a> Blobs<'a> {
     fn meta(&self, cid: &Cid) -> Result<Option<BlobMeta>> {
         let key = cid.as_bytes();
-        match self.ledger.store.get(layout::BLOB_META, key)? {
-            Some(v) => Ok(Some(dec(layout::BLOB_META, key, &v)?)),
-            None => Ok(None),
+        let Some(v) = self.ledger.store.get(layout::BLOB_META, key)? else {
+            return Ok(None);
+        };
+        let meta: BlobMeta = dec(layout::BLOB_META, key, &v)?;
+        // Every blob is stored in chunks of this size; reads divide by it and readers
+        // step by it, so any other value is damage, not a format.
+        if u64::from(meta.chunk_bytes) != chunk_bytes() {
+            return Err(Error::Inconsistent(format!(
+                "blob {cid} says it is stored in chunks of {} bytes, not {}",
+                meta.chunk_bytes,
+                chunk_bytes()
+            )));
         }
+        Ok(Some(meta))
     }
 
     /// Whether the blob is completely stored (resident).
@@ -124,15 +134,30 @@ impl<'a> Blobs<'a> {
                     size: meta.size,
                 })?;
         let chunk = u64::from(meta.chunk_bytes);
-        let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         if len == 0 {
-            return Ok(out);
+            return Ok(Vec::new());
         }
         let first = offset / chunk;
         let last = (end - 1) / chunk;
+        let last_key = chunk_key(at, last)?;
+        // The output is allocated once, for `len` bytes; a damaged size must not make
+        // that allocation (of up to 2^64 bytes) before the chunks show it wrong, so the
+        // range's last chunk is looked at first.
+        if self
+            .ledger
+            .store
+            .get(layout::BLOB_CHUNKS, &last_key)?
+            .is_none()
+        {
+            return Err(Error::Inconsistent(format!(
+                "blob {cid} of {} bytes has no chunk {last}",
+                meta.size
+            )));
+        }
+        let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         let range = KeyRange {
             start: Bound::Included(chunk_key(at, first)?),
-            end: Bound::Included(chunk_key(at, last)?),
+            end: Bound::Included(last_key),
         };
         let mut expected = first;
         for kv in self
