@@ -1509,14 +1509,10 @@ impl<C: Connector> Engine<C> {
                 _ => break,
             }
         }
-        // A transfer that failed verification took its wanted entry with it (a mismatch
-        // stores nothing): want the blob again, or its record would stay staged for good.
-        let wanted = match &result {
-            Ok(true) => Ok(()),
-            _ => self.ledger().blobs().want(&cid, size, self.now_ms()),
-        };
+        // A transfer that failed, verification included, leaves the blob wanted (a
+        // mismatch puts the upload back to offset 0 in the commit that deletes its
+        // chunks), so its record is fetched again by a later sync.
         lock(&self.inner.blob_fetching).remove(&cid);
-        wanted?;
         result
     }
 

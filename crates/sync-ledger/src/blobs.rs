@@ -518,8 +518,9 @@ impl BlobUpload<'_> {
     }
 
     /// Verifies the bytes against the blob id and stores the blob; returns its size.
-    /// On a mismatch every chunk and the upload state are deleted and
-    /// [`Error::BlobMismatch`] is returned.
+    /// On a mismatch every chunk is deleted and [`Error::BlobMismatch`] is returned;
+    /// the upload state is deleted too, unless the upload announced a size: then it
+    /// goes back to offset 0, so a blob that is [wanted](Blobs::want) stays wanted.
     pub fn finish(mut self, durability: Durability) -> Result<u64> {
         if let Some(size) = self.complete {
             return Ok(size);
@@ -530,7 +531,22 @@ impl BlobUpload<'_> {
             let mut batch = Batch::new();
             self.pending = Batch::new();
             self.ledger.blobs().delete_chunks(&self.cid, &mut batch)?;
-            batch.delete(layout::BLOB_UPLOADS, self.cid.as_bytes().to_vec());
+            // In the same commit as the chunks: wanting the blob again in a later one
+            // left a window in which a power loss kept the deletion and lost the
+            // entry, and the staged record that waits for the blob stayed staged for
+            // good (simulation seeds 2000326 and 2001590).
+            match self.size {
+                Some(announced) => batch.put(
+                    layout::BLOB_UPLOADS,
+                    self.cid.as_bytes().to_vec(),
+                    enc(&UploadState {
+                        received: 0,
+                        size: Some(announced),
+                        updated_ms: self.now_ms,
+                    }),
+                ),
+                None => batch.delete(layout::BLOB_UPLOADS, self.cid.as_bytes().to_vec()),
+            }
             self.ledger.commit(batch, durability)?;
             self.buf.clear();
             return Err(Error::BlobMismatch {

@@ -670,6 +670,43 @@ fn blobs_verify_read_by_range_and_resume() {
     ));
     assert!(!blobs.has(&other_cid).unwrap());
     assert_eq!(blobs.upload_offset(&other_cid).unwrap(), None);
+    // A wanted blob (an upload with an announced size) stays wanted when a transfer
+    // fails verification: its chunks go, its upload state goes back to offset 0, in
+    // one commit (a power loss right after keeps both or neither).
+    blobs.want(&other_cid, 100_000, 10).unwrap();
+    let mut up = blobs.upload(&other_cid, Some(100_000), 11).unwrap();
+    up.write(&[3; 100_000]).unwrap();
+    up.checkpoint(Durability::Buffered).unwrap();
+    let chunks_of = |cid: &Cid| {
+        ledger
+            .store()
+            .scan_prefix(layout::BLOB_CHUNKS, cid.as_bytes(), Order::Ascending)
+            .unwrap()
+            .count()
+    };
+    assert_eq!(chunks_of(&other_cid), 2);
+    assert!(matches!(
+        up.finish(Durability::SyncData),
+        Err(Error::BlobMismatch { .. })
+    ));
+    assert_eq!(blobs.upload_offset(&other_cid).unwrap(), Some(0));
+    assert_eq!(
+        blobs.partial_uploads().unwrap(),
+        vec![(
+            other_cid,
+            sync_ledger::UploadState {
+                received: 0,
+                size: Some(100_000),
+                updated_ms: 11
+            }
+        )]
+    );
+    assert_eq!(
+        chunks_of(&other_cid),
+        0,
+        "the failed transfer's chunks are gone"
+    );
+    blobs.abort_upload(&other_cid).unwrap();
     // Empty blobs work; delete removes.
     assert_eq!(
         blobs
