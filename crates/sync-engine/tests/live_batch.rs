@@ -198,11 +198,14 @@ async fn run(failing: Option<u64>) -> (Arc<TestOps>, Replica, LinkState) {
     .await;
     ops.gate.add_permits(1);
     let state = loop {
+        // The failure sends the link to repair, which reopens the subscription. That is
+        // looked at before the state is read, so the state is from after it (read the
+        // other way round, a state from just before the resubscription could pass).
+        let resubscribed = ops.subscribed_from.lock().unwrap().len() == 2;
         let states = driver.states().await;
         let state = states.into_iter().find(|s| s.key == key).unwrap();
         let settled = match failing {
-            // The failure sends the link to repair, which reopens the subscription.
-            Some(_) => ops.subscribed_from.lock().unwrap().len() == 2,
+            Some(_) => resubscribed,
             None => state.pull.contiguous_applied.map(|t| t.position) == Some(5),
         };
         if settled {
