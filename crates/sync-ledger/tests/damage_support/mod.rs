@@ -38,6 +38,21 @@ fn blob_bytes() -> Vec<u8> {
     (0..160 * 1024u32).map(|i| (i % 251) as u8).collect()
 }
 
+/// A dead letter of the fixture's one failed message.
+fn letter(t: &TenantId, p: Option<&ProtocolName>, category: DeadLetterCategory) -> DeadLetter {
+    DeadLetter {
+        cid: Cid::from_bytes([7; 32]),
+        tenant: t.clone(),
+        endpoint: Endpoint::new("http://node.example").unwrap(),
+        protocol: p.cloned(),
+        category,
+        error_code: Some("400".into()),
+        error: "refused".into(),
+        attempts: 0,
+        failed_at_ms: 5,
+    }
+}
+
 /// A store with something in every partition: messages of two records and a child,
 /// an update and a delete (so something was pruned), a link, a dead letter, an
 /// identity, a complete blob, a partial upload and a blob streamed in (an alias).
@@ -72,17 +87,7 @@ pub fn populated() -> (MemoryStore, Fixture) {
     ledger
         .dead_letters()
         .record(
-            DeadLetter {
-                cid: Cid::from_bytes([7; 32]),
-                tenant: t.clone(),
-                endpoint: Endpoint::new("http://node.example").unwrap(),
-                protocol: Some(p.clone()),
-                category: DeadLetterCategory::PushPermanent,
-                error_code: Some("400".into()),
-                error: "refused".into(),
-                attempts: 0,
-                failed_at_ms: 5,
-            },
+            letter(&t, Some(&p), DeadLetterCategory::PushPermanent),
             Durability::SyncData,
         )
         .unwrap();
@@ -311,17 +316,7 @@ pub fn exercise(store: &MemoryStore, fx: &Fixture) -> Vec<&'static str> {
                 ledger
                     .dead_letters()
                     .record(
-                        DeadLetter {
-                            cid: Cid::from_bytes([7; 32]),
-                            tenant: t.clone(),
-                            endpoint: Endpoint::new("http://node.example").unwrap(),
-                            protocol: None,
-                            category: DeadLetterCategory::Closure,
-                            error_code: None,
-                            error: "again".into(),
-                            attempts: 0,
-                            failed_at_ms: 6,
-                        },
+                        letter(t, None, DeadLetterCategory::Closure),
                         Durability::SyncData,
                     )
                     .is_ok(),
