@@ -351,7 +351,11 @@ impl Pending<'_> {
         row: Option<&RecordRow>,
     ) -> Result<ProgressToken> {
         let pn = self.protocol(entry.message.protocol())?;
-        meta.head += 1;
+        // Positions are never reused; a head at the last one (only a damaged store has
+        // one) refuses appends rather than wrapping to 0.
+        meta.head = meta.head.checked_add(1).ok_or_else(|| {
+            Error::Inconsistent("the log's head is at the last position there is".into())
+        })?;
         let pos = meta.head;
         for (p, k, v) in layout::index_entries(self.tn, pn, pos, &entry.cid, &entry.message, row) {
             self.batch.put(p, k, v);

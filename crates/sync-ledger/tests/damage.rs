@@ -34,6 +34,34 @@ fn fuzz_findings_stay_fixed() {
     assert!(failed.contains(&"blobs.read"), "{failed:?}");
 }
 
+/// A log head at `u64::MAX` (a damaged value that still decodes) refuses appends with an
+/// error instead of wrapping to position 0.
+#[test]
+fn a_log_head_at_the_last_position_refuses_appends() {
+    use sync_ledger::layout::{LOG_META, LogMeta};
+    use sync_ledger::store::{Batch, KeyRange, Order};
+    use sync_ledger::{Durability, Error, Ledger, Store};
+
+    let (store, fx) = damage::populated();
+    let (key, value) = store
+        .scan(LOG_META, KeyRange::all(), Order::Ascending)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let mut meta: LogMeta = sync_types::codec::decode(&value, 1024).unwrap();
+    meta.head = u64::MAX;
+    let mut batch = Batch::new();
+    batch.put(LOG_META, key, sync_types::codec::encode(&meta));
+    store.commit(batch, Durability::SyncData).unwrap();
+    let ledger = Ledger::builder().seed(2).open(store).unwrap();
+    let (w, d) = common::write(&fx.tenant, &fx.protocol, "late", None, 30, b"x");
+    assert!(matches!(
+        ledger.apply(&fx.tenant, [(w, d)], Durability::SyncData),
+        Err(Error::Inconsistent(_))
+    ));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 300,
