@@ -62,6 +62,37 @@ fn a_log_head_at_the_last_position_refuses_appends() {
     ));
 }
 
+/// A blob whose metadata claims far more bytes than its chunks hold is an error when
+/// read whole, before the read allocates what the size says (here 128 TiB: without the
+/// check the allocation fails and aborts the process).
+#[test]
+fn a_blob_size_past_its_chunks_is_an_error_not_an_allocation() {
+    use sync_ledger::layout::{BLOB_META, BlobMeta};
+    use sync_ledger::store::Batch;
+    use sync_ledger::{Durability, Error, Ledger, Store};
+
+    let (store, fx) = damage::populated();
+    let key = fx.blob.as_bytes().to_vec();
+    let value = store.get(BLOB_META, &key).unwrap().unwrap();
+    let mut meta: BlobMeta = sync_types::codec::decode(&value, 1024).unwrap();
+    meta.size = 1 << 47;
+    let mut batch = Batch::new();
+    batch.put(BLOB_META, key, sync_types::codec::encode(&meta));
+    store.commit(batch, Durability::SyncData).unwrap();
+    let ledger = Ledger::builder().seed(2).open(store).unwrap();
+    let whole = ledger.blobs().read(&fx.blob);
+    assert!(matches!(whole, Err(Error::Inconsistent(_))), "{whole:?}");
+    // A short range inside the real bytes still reads; one past them fails.
+    assert_eq!(
+        ledger.blobs().read_range(&fx.blob, 0, 10).unwrap().len(),
+        10
+    );
+    assert!(matches!(
+        ledger.blobs().read_range(&fx.blob, 0, 512 * 1024),
+        Err(Error::Inconsistent(_))
+    ));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 300,
