@@ -773,14 +773,23 @@ impl World {
         let blob = !delete && self.rng.chance(self.config.blob_writes);
         let result = if delete {
             replica.delete(&tenant(), record, &author())
-        } else if blob {
-            // Just above the inline limit, up to a few store chunks; half are streamed
-            // with `write_blob`, half given whole to `put` (which stores them as blobs).
-            let len = INLINE_DATA_BYTES_MAX + 1 + self.rng.below(160 * 1024);
-            let mut value = format!("r{index} v{} ", self.rng.next_u64()).into_bytes();
-            let fill = u8::try_from(self.rng.below(256)).unwrap_or(0);
-            value.resize(usize::try_from(len).unwrap_or(0), fill);
-            if self.rng.chance(500) {
+        } else {
+            // A blob is just above the inline limit, up to a few store chunks; half are
+            // streamed with `write_blob`, half given whole to `put` (which stores them as
+            // blobs). (The draws stay in this order: seeds replay.)
+            let (value, streamed) = if blob {
+                let len = INLINE_DATA_BYTES_MAX + 1 + self.rng.below(160 * 1024);
+                let mut value = format!("r{index} v{} ", self.rng.next_u64()).into_bytes();
+                let fill = u8::try_from(self.rng.below(256)).unwrap_or(0);
+                value.resize(usize::try_from(len).unwrap_or(0), fill);
+                (value, self.rng.chance(500))
+            } else {
+                (
+                    format!("r{index} v{}", self.rng.next_u64()).into_bytes(),
+                    false,
+                )
+            };
+            if streamed {
                 replica.write_blob(value.as_slice()).and_then(|data| {
                     let req = crate::replica::WriteRequest {
                         protocol: protocol.clone(),
@@ -802,16 +811,6 @@ impl World {
                     &author(),
                 )
             }
-        } else {
-            let value = format!("r{index} v{}", self.rng.next_u64()).into_bytes();
-            replica.put(
-                &tenant(),
-                &protocol,
-                &path,
-                &record_key(target, key),
-                value,
-                &author(),
-            )
         };
         let receipt = result.ok()?;
         let stored = replica
