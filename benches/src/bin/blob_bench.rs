@@ -117,6 +117,28 @@ fn open(dir: &str, node: u64) -> Replica {
         .unwrap()
 }
 
+/// A node on a fresh fjall directory, configured, serving on a loopback port (the
+/// directory lives as long as the returned handle to it).
+fn start_node(
+    rt: &tokio::runtime::Runtime,
+    node: u64,
+) -> (
+    tempfile::TempDir,
+    sync_transport::ServerHandle<ReplicaHandler>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let replica = open(&dir.path().display().to_string(), node);
+    configure(&replica);
+    let server = rt
+        .block_on(serve(
+            Arc::new(ReplicaHandler::new(replica.clone())),
+            ServerConfig::new(key()),
+            "127.0.0.1:0".parse().unwrap(),
+        ))
+        .unwrap();
+    (dir, server)
+}
+
 fn record() -> RecordId {
     RecordId::from_natural_key(&tenant(), &protocol(), b"big")
 }
@@ -360,17 +382,8 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let node_dir = tempfile::tempdir().unwrap();
-    let node = open(&node_dir.path().display().to_string(), 100);
-    configure(&node);
+    let (_node_dir, server) = start_node(&rt, 100);
     let node_baseline = peak_rss_bytes();
-    let server = rt
-        .block_on(serve(
-            Arc::new(ReplicaHandler::new(node.clone())),
-            ServerConfig::new(key()),
-            "127.0.0.1:0".parse().unwrap(),
-        ))
-        .unwrap();
     let ep = format!("http://{}", server.local_addr());
 
     let a = tempfile::tempdir().unwrap();
@@ -419,16 +432,7 @@ fn main() {
 
     // Small-message latency while a blob of the same size goes up and down, through a
     // fresh node (the first one holds the first run's record and blob).
-    let node2_dir = tempfile::tempdir().unwrap();
-    let node2 = open(&node2_dir.path().display().to_string(), 101);
-    configure(&node2);
-    let server2 = rt
-        .block_on(serve(
-            Arc::new(ReplicaHandler::new(node2.clone())),
-            ServerConfig::new(key()),
-            "127.0.0.1:0".parse().unwrap(),
-        ))
-        .unwrap();
+    let (_node2_dir, server2) = start_node(&rt, 101);
     let ep2 = format!("http://{}", server2.local_addr());
     let (la, lb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let lat = run(
