@@ -117,6 +117,22 @@ fn open(dir: &str, node: u64) -> Replica {
         .unwrap()
 }
 
+/// An engine on `r` whose owner identity syncs with `endpoint` (registered once: a
+/// restarted child finds it in its ledger).
+fn engine_for(r: &Replica, endpoint: &str) -> Engine<Arc<HttpConnector>> {
+    let engine = Engine::builder(r.clone(), Arc::new(HttpConnector::default())).build();
+    if engine.identities().unwrap().is_empty() {
+        engine
+            .register_identity(Identity::owner(
+                tenant(),
+                vec![Endpoint::new(endpoint).unwrap()],
+                token(),
+            ))
+            .unwrap();
+    }
+    engine
+}
+
 /// A node on a fresh fjall directory, configured, serving on a loopback port (the
 /// directory lives as long as the returned handle to it).
 fn start_node(
@@ -160,14 +176,7 @@ fn latency_child(parts: &[&str]) {
         let a = open(parts[1], 3);
         let b = open(parts[2], 4);
         let live = |r: &Replica| {
-            let engine = Engine::builder(r.clone(), Arc::new(HttpConnector::default())).build();
-            engine
-                .register_identity(Identity::owner(
-                    tenant(),
-                    vec![Endpoint::new(parts[3]).unwrap()],
-                    token(),
-                ))
-                .unwrap();
+            let engine = engine_for(r, parts[3]);
             configure(r);
             LiveSync::start(engine, LinkConfig::default()).unwrap()
         };
@@ -275,16 +284,7 @@ fn child(spec: &str) {
         .build()
         .unwrap();
     let r = open(parts[1], if parts[0] == "push" { 1 } else { 2 });
-    let engine = Engine::builder(r.clone(), Arc::new(HttpConnector::default())).build();
-    if engine.identities().unwrap().is_empty() {
-        engine
-            .register_identity(Identity::owner(
-                tenant(),
-                vec![Endpoint::new(parts[2]).unwrap()],
-                token(),
-            ))
-            .unwrap();
-    }
+    let engine = engine_for(&r, parts[2]);
     configure(&r);
     let baseline = peak_rss_bytes();
     rt.block_on(async {
