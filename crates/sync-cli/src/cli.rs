@@ -420,7 +420,8 @@ pub(crate) struct KvArgs {
     /// The record type path within the protocol
     #[arg(long, env = "WEFT_PATH", default_value = crate::kv::PATH_DEFAULT)]
     pub(crate) path: ProtocolPath,
-    /// Who writes [default: the tenant]
+    /// Who writes [default: the principal of the store's token for the tenant, else of
+    /// WEFT_TOKEN, else the tenant]
     #[arg(long, env = "WEFT_AUTHOR", value_name = "PRINCIPAL")]
     pub(crate) author: Option<PrincipalId>,
 }

@@ -258,6 +258,24 @@ pub(crate) fn open_node_replica(
     open().with_context(|| format!("cannot open store {}", dir.display()))
 }
 
+/// Who a token lets this store write as: the principal of the token registered for
+/// `tenant` by an earlier sync, else of `WEFT_TOKEN`. A node accepts a delegate's
+/// writes only under its own principal, so that is the default author.
+fn token_principal(store: &Replica, tenant: &TenantId) -> anyhow::Result<Option<PrincipalId>> {
+    let registered = store
+        .ledger()
+        .identities()
+        .get(tenant)
+        .context("cannot read the registered identities")?
+        .and_then(|r| r.token);
+    let text = registered.or_else(|| std::env::var("WEFT_TOKEN").ok());
+    Ok(text
+        .and_then(|t| t.trim().parse::<sync_transport::Token>().ok())
+        .map(|t| t.unverified_claims().clone())
+        .filter(|claims| claims.tenant == *tenant)
+        .map(|claims| claims.principal))
+}
+
 /// A replica with the tenant, protocol, path and author of a key-value command.
 pub(crate) struct Kv {
     pub(crate) replica: Replica,
@@ -272,13 +290,17 @@ impl Kv {
     /// Opens the store of `replica` for the layout `kv`.
     pub(crate) fn open(replica: &ReplicaArgs, kv: &KvArgs, create: bool) -> anyhow::Result<Self> {
         let dir = crate::paths::replica_dir(replica.store.clone())?;
+        let store = open_replica(&dir, create)?;
         let author = match &kv.author {
             Some(a) => a.clone(),
-            None => PrincipalId::new(replica.tenant.as_str())
-                .context("the tenant is not a valid principal; pass --author")?,
+            None => match token_principal(&store, &replica.tenant)? {
+                Some(principal) => principal,
+                None => PrincipalId::new(replica.tenant.as_str())
+                    .context("the tenant is not a valid principal; pass --author")?,
+            },
         };
         Ok(Self {
-            replica: open_replica(&dir, create)?,
+            replica: store,
             dir,
             tenant: replica.tenant.clone(),
             protocol: kv.protocol.clone(),

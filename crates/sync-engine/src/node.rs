@@ -20,6 +20,7 @@ use bytes::Bytes;
 use sync_ledger::{DeadLetterFilter, LogQuery, LogRead, UploadCursor};
 use sync_smt::{Limits, Responder};
 use sync_transport::HandlerError;
+use sync_transport::token::Role;
 use sync_transport::node::{Handler, RequestContext};
 use sync_transport::proto::{
     BlobReadRequest, BlobStat, BlobStatRequest, BlobWriteRequest, DiffReply, DiffRequest, LogEntry,
@@ -98,6 +99,43 @@ impl std::fmt::Debug for ReplicaHandler {
 }
 
 impl ReplicaHandler {
+    /// What the handler answers for a pushed message without applying it, if anything:
+    ///
+    /// - a delete the transport could not classify alone (under a projection grant) is
+    ///   checked against the grant through its record, and `Unauthorized` outside it;
+    /// - a delegate writes only as its own principal: a message of another author is
+    ///   `Unauthorized`, unless the node already holds it (`Duplicate`: a replica relays
+    ///   what it pulled, and relaying a held message changes nothing).
+    ///
+    /// A message naming another protocol than its stored record is refused by the
+    /// replica's apply (`Invalid`), for owners and delegates alike.
+    fn refusal(
+        &self,
+        ctx: &RequestContext,
+        tenant: &TenantId,
+        message: &Message,
+    ) -> Result<Option<ApplyOutcome>, HandlerError> {
+        let claims = &ctx.claims;
+        if claims.role == Role::Delegate && *message.author() != claims.principal {
+            let held = self
+                .replica
+                .ledger()
+                .has_message(tenant, &message.cid())
+                .map_err(internal)?;
+            return Ok(Some(if held {
+                ApplyOutcome::Duplicate
+            } else {
+                ApplyOutcome::Unauthorized
+            }));
+        }
+        if matches!(message, Message::Delete(_))
+            && self.classify(tenant, &claims.scope, message)? != ScopeClass::InScope
+        {
+            return Ok(Some(ApplyOutcome::Unauthorized));
+        }
+        Ok(None)
+    }
+
     /// A handler over `replica`, with default diff limits.
     pub fn new(replica: Replica) -> Self {
         let changes: Arc<Mutex<HashMap<TenantId, watch::Sender<u64>>>> = Arc::default();
@@ -267,14 +305,9 @@ impl Handler for ReplicaHandler {
         tenant: &TenantId,
         messages: Vec<MessageData>,
     ) -> Result<Vec<ApplyOutcome>, HandlerError> {
-        // Deletes the transport could not classify alone: check them against the grant.
-        let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; messages.len()];
-        for (i, m) in messages.iter().enumerate() {
-            if matches!(m.message, Message::Delete(_))
-                && self.classify(tenant, &ctx.claims.scope, &m.message)? != ScopeClass::InScope
-            {
-                outcomes[i] = Some(ApplyOutcome::Unauthorized);
-            }
+        let mut outcomes: Vec<Option<ApplyOutcome>> = Vec::with_capacity(messages.len());
+        for m in &messages {
+            outcomes.push(self.refusal(ctx, tenant, &m.message)?);
         }
         let items: Vec<(Message, Option<Vec<u8>>)> = messages
             .into_iter()

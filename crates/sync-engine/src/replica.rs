@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
-use sync_ledger::{Durability, Ledger, LedgerOutcome, LogQuery, LogRead};
+use sync_ledger::{Durability, Ledger, LedgerOutcome, LogQuery, LogRead, protocol_mismatch};
 use sync_smt::{Hash, Tree};
 use sync_types::merge::Conflict;
 use sync_types::{
@@ -762,6 +762,7 @@ impl Replica {
                         ApplyOutcome::Applied
                     }
                     LedgerOutcome::Duplicate => ApplyOutcome::Duplicate,
+                    LedgerOutcome::Refused { reason } => ApplyOutcome::invalid(reason),
                     LedgerOutcome::Superseded { conflict } => {
                         if let Some(c) = conflict {
                             conflicts.push((message.record_id(), c));
@@ -836,6 +837,12 @@ impl Replica {
                 }
                 if let Some(parent) = w.parent_id {
                     match ledger.record_info(tenant, &parent)? {
+                        Some(info) if info.protocol != w.protocol => {
+                            return Ok(Check::Invalid(format!(
+                                "parent record {parent} belongs to protocol {}, not {}",
+                                info.protocol, w.protocol
+                            )));
+                        }
                         Some(info) if info.head.initial.is_some() => {
                             let chain = w.context_id.chain();
                             if info.path != w.path.parent()
@@ -851,6 +858,15 @@ impl Replica {
                     }
                 }
                 let info = ledger.record_info(tenant, &w.record_id)?;
+                if let Some(info) = &info
+                    && info.protocol != w.protocol
+                {
+                    return Ok(Check::Invalid(protocol_mismatch(
+                        &w.record_id,
+                        &info.protocol,
+                        &w.protocol,
+                    )));
+                }
                 match info.filter(|info| info.head.initial.is_some()) {
                     Some(info)
                         if info.path.as_ref() != Some(&w.path)
@@ -870,6 +886,13 @@ impl Replica {
                     missing.push(Dependency::Protocol(d.protocol.clone()));
                 }
                 match ledger.record_info(tenant, &d.record_id)? {
+                    Some(info) if info.protocol != d.protocol => {
+                        return Ok(Check::Invalid(protocol_mismatch(
+                            &d.record_id,
+                            &info.protocol,
+                            &d.protocol,
+                        )));
+                    }
                     Some(info) if info.head.initial.is_some() => {}
                     _ => missing.push(Dependency::Record(d.record_id)),
                 }

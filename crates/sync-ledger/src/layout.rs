@@ -33,7 +33,7 @@
 //! | `log_meta` | `T` | [`LogMeta`]: stream id, epoch, head, compaction floor | log identity and next position |
 //! | `log_by_protocol` | `T P pos` | `Cid` | filtered log pages without a full scan; cids per protocol |
 //! | `msg` | `T cid` | `u64` position | message lookup; ordered cid scan per tenant |
-//! | `records` | `T record` | [`RecordRow`]: head, path, context | the merge rule's state per record |
+//! | `records` | `T record` | [`RecordRow`]: head, protocol, path, context | the merge rule's state per record |
 //! | `by_path` | `T P path 0x00 pos` | `Cid` | scoped reads by path prefix |
 //! | `by_context` | `T P parent… pos` | `Cid` | scoped reads by context prefix: a record's descendants, under the chain of its parents (root records have no entry) |
 //! | `configs` | `T P wall:u64 counter:u32 node:u64 cid` | `u64` position | newest protocol definition |
@@ -66,7 +66,7 @@ use crate::error::{Error, Result};
 use crate::store::Partition;
 
 /// The layout version this build reads and writes.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Largest stored value the ledger decodes, in bytes (a message with its largest inline
 /// payload fits with room to spare).
@@ -163,6 +163,10 @@ pub struct LogMeta {
 pub struct RecordRow {
     /// The retained versions.
     pub head: RecordHead,
+    /// The record's protocol, from the first version stored. Every later version names
+    /// the same protocol ([`Ledger::apply`](crate::Ledger::apply) refuses one that does
+    /// not), so a message cannot move a record into another protocol's grant or rules.
+    pub protocol: ProtocolName,
     /// The record's path, from the first write seen (deletes carry none).
     pub path: Option<ProtocolPath>,
     /// The record's context, from the first write seen.

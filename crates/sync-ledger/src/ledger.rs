@@ -148,6 +148,13 @@ pub enum LedgerOutcome {
         /// Set when it is concurrent with the record's winner.
         conflict: Option<Conflict>,
     },
+    /// Refused: a version naming another protocol than its record's. Nothing stored.
+    /// The engine refuses such a message before it reaches the ledger; this is the
+    /// ledger's own guard, for two versions of one new record in one batch.
+    Refused {
+        /// Why, in words.
+        reason: String,
+    },
 }
 
 impl LedgerOutcome {
@@ -170,11 +177,22 @@ pub struct StoredMessage {
     pub position: u64,
 }
 
+/// Why a version is refused for naming another protocol than its record's: the one
+/// wording the ledger and the engine use.
+pub fn protocol_mismatch(record: &RecordId, stored: &ProtocolName, named: &ProtocolName) -> String {
+    format!(
+        "record {record} belongs to protocol {stored}; a version naming protocol {named} \
+         cannot write or delete it"
+    )
+}
+
 /// A record's retained versions and where it lives.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct RecordInfo {
     /// The retained versions.
     pub head: RecordHead,
+    /// The record's protocol, fixed by the first version stored.
+    pub protocol: ProtocolName,
     /// The record's path, from the first write seen.
     pub path: Option<ProtocolPath>,
     /// The record's context, from the first write seen.
@@ -767,6 +785,13 @@ impl Ledger {
             kind,
         };
         let row = pending.record(&record_id)?;
+        if let Some(row) = &row
+            && row.protocol != *entry.message.protocol()
+        {
+            return Ok(LedgerOutcome::Refused {
+                reason: protocol_mismatch(&record_id, &row.protocol, entry.message.protocol()),
+            });
+        }
         Ok(match merge_one(row.as_ref().map(|r| &r.head), &version) {
             MergeDecision::Duplicate => LedgerOutcome::Duplicate,
             MergeDecision::Superseded { conflict } => LedgerOutcome::Superseded { conflict },
@@ -777,6 +802,7 @@ impl Ledger {
             } => {
                 let mut new_row = row.unwrap_or(RecordRow {
                     head,
+                    protocol: entry.message.protocol().clone(),
                     path: None,
                     context: None,
                 });
@@ -880,6 +906,7 @@ impl Ledger {
     pub fn record_info(&self, tenant: &TenantId, record: &RecordId) -> Result<Option<RecordInfo>> {
         Ok(self.record_row_of(tenant, record)?.map(|r| RecordInfo {
             head: r.head,
+            protocol: r.protocol,
             path: r.path,
             context: r.context,
         }))
