@@ -1296,3 +1296,61 @@ fn commits_are_atomic_under_power_loss_in_memory() {
     assert_eq!(token.stream_id, log[0].token.stream_id);
     let _ = Batch::new();
 }
+
+/// A record's protocol is fixed by its first version: a later version naming another
+/// protocol (same record id) is refused and changes nothing, whether it comes in a later
+/// batch or in the same batch as the record's first version.
+#[test]
+fn a_version_naming_another_protocol_than_its_record_is_refused() {
+    let (_dir, ledger) = fjall_ledger();
+    let t = tenant("alice");
+    let (notes, evil) = (protocol("notes"), protocol("evil"));
+    apply_one(&ledger, configure(&t, &notes, 1), None);
+    apply_one(&ledger, configure(&t, &evil, 2), None);
+    let (first, data) = write(&t, &notes, "r", None, 10, b"mine");
+    assert!(apply_one(&ledger, first.clone(), data).is_applied());
+    let id = record(&t, &notes, "r");
+    let retarget = |m: Message| match m {
+        Message::Write(w) => Message::Write(Write {
+            record_id: id,
+            context_id: ContextId::root(id),
+            ..w
+        }),
+        Message::Delete(d) => Message::Delete(Delete { record_id: id, ..d }),
+        other => other,
+    };
+    let head_before = ledger.log_head(&t).unwrap();
+    let (over, over_data) = write(&t, &evil, "x", Some(first.cid()), 20, b"theirs");
+    let attacks = [
+        (retarget(over), over_data),
+        (retarget(delete(&t, &evil, "x", Some(first.cid()), 30)), None),
+    ];
+    for (attack, data) in attacks {
+        let LedgerOutcome::Refused { reason } = apply_one(&ledger, attack.clone(), data) else {
+            panic!("a version naming evil must be refused")
+        };
+        assert!(reason.contains("belongs to protocol"), "{reason}");
+        assert!(!ledger.has_message(&t, &attack.cid()).unwrap());
+    }
+    assert_eq!(ledger.log_head(&t).unwrap(), head_before);
+    assert_eq!(ledger.record_info(&t, &id).unwrap().unwrap().protocol, notes);
+
+    // Two first versions of one new record in one batch: the first fixes the protocol.
+    let fresh = record(&t, &notes, "fresh");
+    let (a, ad) = write(&t, &notes, "fresh", None, 40, b"a");
+    let (b, bd) = write(&t, &evil, "y", None, 41, b"b");
+    let b = match b {
+        Message::Write(w) => Message::Write(Write {
+            record_id: fresh,
+            context_id: ContextId::root(fresh),
+            ..w
+        }),
+        other => other,
+    };
+    let out = ledger
+        .apply(&t, [(a, ad), (b, bd)], Durability::SyncData)
+        .unwrap();
+    assert!(out[0].outcome.is_applied());
+    assert!(matches!(out[1].outcome, LedgerOutcome::Refused { .. }));
+    assert_eq!(ledger.record_info(&t, &fresh).unwrap().unwrap().protocol, notes);
+}

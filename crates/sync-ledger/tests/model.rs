@@ -323,6 +323,8 @@ fn run(h: &mut dyn Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
                         }
                         LedgerOutcome::Duplicate => "duplicate",
                         LedgerOutcome::Superseded { .. } => "superseded",
+                        // The model writes one protocol: the ledger must never refuse.
+                        LedgerOutcome::Refused { .. } => "refused",
                     };
                     prop_assert_eq!(got, expected, "outcome of {:?}", m);
                     prop_assert_eq!(applied.cid, m.cid());
