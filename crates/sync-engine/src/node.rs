@@ -8,7 +8,10 @@
 //! - log pages and message reads leave out messages outside it (a page still advances
 //!   its cursor past them, so a filtered reader never re-reads them);
 //! - a delete is classified by its record's initial write, and one outside the caller's
-//!   grant is answered `Unauthorized`.
+//!   grant is answered `Unauthorized`;
+//! - a delegate's message authored by someone else is `Unauthorized` (`Duplicate` when
+//!   already held); a version naming another protocol than its record's is `Invalid`
+//!   (the replica's apply decides it against the stored record).
 //!
 //! Storage calls are synchronous (the ledger has no async runtime); the ones that can
 //! wait on an fsync (apply, blob writes) run on tokio's blocking pool.
@@ -20,13 +23,13 @@ use bytes::Bytes;
 use sync_ledger::{DeadLetterFilter, LogQuery, LogRead, UploadCursor};
 use sync_smt::{Limits, Responder};
 use sync_transport::HandlerError;
-use sync_transport::token::Role;
 use sync_transport::node::{Handler, RequestContext};
 use sync_transport::proto::{
     BlobReadRequest, BlobStat, BlobStatRequest, BlobWriteRequest, DiffReply, DiffRequest, LogEntry,
     LogFilter, LogPage, LogPageReply, LogPageRequest, MessageData, ReadMessagesReply,
     ReadMessagesRequest, RootReply, RootRequest,
 };
+use sync_transport::token::Role;
 use sync_types::{
     ApplyOutcome, Connectivity, DeadLetterCategory, HealthSummary, Message, Scope, ScopeClass,
     TenantId,

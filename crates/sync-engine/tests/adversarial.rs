@@ -24,7 +24,11 @@ async fn f1_a_delegate_cannot_overwrite_a_record_of_another_protocol() {
     let site = Site::new().await;
     let attacker = site.client(evil_delegate());
     let configured = send(&attacker, vec![configure_msg(&evil(), &mallory())]).await;
-    assert_eq!(configured, vec![ApplyOutcome::Applied], "evil is in its grant");
+    assert_eq!(
+        configured,
+        vec![ApplyOutcome::Applied],
+        "evil is in its grant"
+    );
     let before = site.log_position();
     let head = site.victim_head();
     for prev in [Some(head), None] {
@@ -54,7 +58,13 @@ async fn f1_the_owner_cannot_move_a_record_into_another_protocol() {
         vec![ApplyOutcome::Applied]
     );
     let before = site.log_position();
-    let attack = write_msg(&evil(), victim_id(), Some(site.victim_head()), &alice(), b"x");
+    let attack = write_msg(
+        &evil(),
+        victim_id(),
+        Some(site.victim_head()),
+        &alice(),
+        b"x",
+    );
     let outcomes = send(&owner, vec![attack]).await;
     assert!(invalid_reason(&outcomes[0]).contains("belongs to protocol"));
     assert_eq!(site.log_position(), before);
@@ -123,7 +133,12 @@ async fn f7_a_delegate_writes_only_as_its_own_principal() {
     let site = Site::new().await;
     let bob = PrincipalId::new("did:example:bob").unwrap();
     let notes_scope = Scope::protocols(vec![notes()]).unwrap();
-    let delegate = site.client(claims(bob.clone(), Role::Delegate, notes_scope, Actions::ALL));
+    let delegate = site.client(claims(
+        bob.clone(),
+        Role::Delegate,
+        notes_scope,
+        Actions::ALL,
+    ));
     let record = RecordId::from_natural_key(&tenant(), &notes(), b"bob's");
     let forged = write_msg(&notes(), record, None, &alice(), b"signed alice");
     let forged_cid = forged.message.cid();
@@ -132,7 +147,13 @@ async fn f7_a_delegate_writes_only_as_its_own_principal() {
         send(&delegate, vec![forged]).await,
         vec![ApplyOutcome::Unauthorized]
     );
-    assert!(!site.node.ledger().has_message(&tenant(), &forged_cid).unwrap());
+    assert!(
+        !site
+            .node
+            .ledger()
+            .has_message(&tenant(), &forged_cid)
+            .unwrap()
+    );
     assert_eq!(site.log_position(), before);
 
     let honest = write_msg(&notes(), record, None, &bob, b"signed bob");
@@ -194,7 +215,13 @@ async fn a_delegate_cannot_write_outside_its_protocols() {
         &attacker,
         vec![
             configure_msg(&notes(), &mallory()),
-            write_msg(&notes(), victim_id(), Some(site.victim_head()), &mallory(), b"x"),
+            write_msg(
+                &notes(),
+                victim_id(),
+                Some(site.victim_head()),
+                &mallory(),
+                b"x",
+            ),
             delete_msg(&notes(), victim_id(), site.victim_head(), &mallory()),
         ],
     )
@@ -209,12 +236,24 @@ async fn a_delegate_cannot_write_outside_its_protocols() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_expired_and_read_only_tokens_cannot_write() {
     let site = Site::new().await;
-    let attack = || vec![write_msg(&notes(), victim_id(), Some(site.victim_head()), &alice(), b"x")];
+    let attack = || {
+        vec![write_msg(
+            &notes(),
+            victim_id(),
+            Some(site.victim_head()),
+            &alice(),
+            b"x",
+        )]
+    };
     let before = site.log_position();
 
     let forged = Token::issue(&TokenKey::derive(b"not the node's key"), owner_claims());
-    let (status, reason) =
-        send_refused(&site.client_with_token(forged.to_string()), tenant(), attack()).await;
+    let (status, reason) = send_refused(
+        &site.client_with_token(forged.to_string()),
+        tenant(),
+        attack(),
+    )
+    .await;
     assert_eq!(status, 401);
     assert!(reason.contains("does not verify"), "{reason}");
 

@@ -124,7 +124,7 @@ pub use error::{BackendError, Error, Result};
 pub use layout::UploadState;
 pub use ledger::{
     APPLY_BATCH_MESSAGES_MAX, CidIter, IdSource, Ledger, LedgerApplied, LedgerBuilder,
-    LedgerOutcome, ListenerId, OsRandom, RecordInfo, protocol_mismatch, SeededIds, StoredMessage,
+    LedgerOutcome, ListenerId, OsRandom, RecordInfo, SeededIds, StoredMessage, protocol_mismatch,
 };
 pub use log::{LOG_PAGE_ENTRIES_MAX, LogEntry, LogInfo, LogPage, LogQuery, LogRead};
 pub use registry::{

@@ -1323,7 +1323,10 @@ fn a_version_naming_another_protocol_than_its_record_is_refused() {
     let (over, over_data) = write(&t, &evil, "x", Some(first.cid()), 20, b"theirs");
     let attacks = [
         (retarget(over), over_data),
-        (retarget(delete(&t, &evil, "x", Some(first.cid()), 30)), None),
+        (
+            retarget(delete(&t, &evil, "x", Some(first.cid()), 30)),
+            None,
+        ),
     ];
     for (attack, data) in attacks {
         let LedgerOutcome::Refused { reason } = apply_one(&ledger, attack.clone(), data) else {
@@ -1333,7 +1336,10 @@ fn a_version_naming_another_protocol_than_its_record_is_refused() {
         assert!(!ledger.has_message(&t, &attack.cid()).unwrap());
     }
     assert_eq!(ledger.log_head(&t).unwrap(), head_before);
-    assert_eq!(ledger.record_info(&t, &id).unwrap().unwrap().protocol, notes);
+    assert_eq!(
+        ledger.record_info(&t, &id).unwrap().unwrap().protocol,
+        notes
+    );
 
     // Two first versions of one new record in one batch: the first fixes the protocol.
     let fresh = record(&t, &notes, "fresh");
@@ -1352,5 +1358,8 @@ fn a_version_naming_another_protocol_than_its_record_is_refused() {
         .unwrap();
     assert!(out[0].outcome.is_applied());
     assert!(matches!(out[1].outcome, LedgerOutcome::Refused { .. }));
-    assert_eq!(ledger.record_info(&t, &fresh).unwrap().unwrap().protocol, notes);
+    assert_eq!(
+        ledger.record_info(&t, &fresh).unwrap().unwrap().protocol,
+        notes
+    );
 }

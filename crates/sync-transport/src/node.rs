@@ -104,7 +104,9 @@ pub trait Handler: Send + Sync + 'static {
     /// order. The transport has already answered messages of another tenant `Invalid`
     /// and messages the caller's scope excludes `Unauthorized`; messages it could not
     /// classify alone (a delete under a projection grant) come here, and the handler
-    /// must check them against `ctx.claims.scope`.
+    /// must check them against `ctx.claims.scope`. What only stored state can decide is
+    /// the handler's too: that a version names its record's protocol, and that a
+    /// delegate's message names the delegate as author (unless already held).
     fn apply(
         &self,
         ctx: &RequestContext,

@@ -134,7 +134,11 @@ impl Site {
         let reader = replica(2);
         let reader_engine = engine(&reader, http(), vec![self.endpoint.clone()], fast_config());
         sync_until_quiet(&reader_engine, 3).await;
-        assert_eq!(get(&reader, VICTIM).as_deref(), Some(VICTIM_DATA), "{round}");
+        assert_eq!(
+            get(&reader, VICTIM).as_deref(),
+            Some(VICTIM_DATA),
+            "{round}"
+        );
         assert_eq!(get(&reader, round).as_deref(), Some(round.as_bytes()));
         assert_eq!(root(&reader), root(&self.node), "{round}");
         assert_eq!(root(&self.owner), root(&self.node), "{round}");

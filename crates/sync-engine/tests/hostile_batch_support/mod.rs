@@ -97,7 +97,14 @@ fn setup() -> Setup {
     let mut records = Vec::new();
     for key in ["n0", "n1"] {
         let r = node
-            .put(&t, &protocol("notes"), &path("note"), key.as_bytes(), vec![1], &alice)
+            .put(
+                &t,
+                &protocol("notes"),
+                &path("note"),
+                key.as_bytes(),
+                vec![1],
+                &alice,
+            )
             .unwrap();
         records.push(r.record_id);
     }
@@ -116,7 +123,14 @@ fn setup() -> Setup {
         .unwrap();
     records.push(comment.record_id);
     let evil = node
-        .put(&t, &protocol("evil"), &path("note"), b"e0", vec![3], &principal("mallory"))
+        .put(
+            &t,
+            &protocol("evil"),
+            &path("note"),
+            b"e0",
+            vec![3],
+            &principal("mallory"),
+        )
         .unwrap();
     records.push(evil.record_id);
     let head = node.ledger().log_head(&t).unwrap().unwrap().position;
@@ -135,16 +149,31 @@ fn grant(d: &mut Draw<'_>, records: &[RecordId]) -> Claims {
     }])
     .unwrap();
     let (who, role, scope, actions) = match d.u8() % 6 {
-        0 => ("mallory", Role::Delegate, Scope::protocols(vec![protocol("evil")]).unwrap(), Actions::ALL),
+        0 => (
+            "mallory",
+            Role::Delegate,
+            Scope::protocols(vec![protocol("evil")]).unwrap(),
+            Actions::ALL,
+        ),
         1 => (
             "mallory",
             Role::Delegate,
             Scope::projection(vec![ProjectionEntry::whole(protocol("evil"))]).unwrap(),
             Actions::ALL,
         ),
-        2 => ("bob", Role::Delegate, Scope::protocols(vec![protocol("notes")]).unwrap(), Actions::ALL),
+        2 => (
+            "bob",
+            Role::Delegate,
+            Scope::protocols(vec![protocol("notes")]).unwrap(),
+            Actions::ALL,
+        ),
         3 => ("bob", Role::Delegate, notes_thread, Actions::ALL),
-        4 => ("alice", Role::Owner, Scope::Full, Actions::READ.union(Actions::SYNC)),
+        4 => (
+            "alice",
+            Role::Owner,
+            Scope::Full,
+            Actions::READ.union(Actions::SYNC),
+        ),
         _ => ("alice", Role::Owner, Scope::Full, Actions::ALL),
     };
     Claims {
@@ -220,7 +249,11 @@ fn message(d: &mut Draw<'_>, node: &Replica, records: &[RecordId]) -> MessageDat
             author,
         }),
         _ => {
-            let parent = if d.u8() % 2 == 0 { None } else { Some(*d.pick(records)) };
+            let parent = if d.u8() % 2 == 0 {
+                None
+            } else {
+                Some(*d.pick(records))
+            };
             let p = path(*d.pick(&["note", "note/comment", "elsewhere"]));
             let context = match (parent, d.u8() % 3) {
                 (Some(parent), 0 | 1) => node
@@ -275,7 +308,9 @@ pub fn run(input: &[u8]) -> Result<(), String> {
     let mut d = Draw(input);
     let claims = grant(&mut d, &records);
     let count = 1 + usize::from(d.u8()) % MESSAGES_MAX;
-    let messages: Vec<MessageData> = (0..count).map(|_| message(&mut d, &node, &records)).collect();
+    let messages: Vec<MessageData> = (0..count)
+        .map(|_| message(&mut d, &node, &records))
+        .collect();
     let key = TokenKey::derive(b"hostile batches");
     let mut config = ServerConfig::new(key.clone());
     config.clock = Arc::new(ManualClock::new(NOW_MS));
@@ -293,7 +328,10 @@ pub fn run(input: &[u8]) -> Result<(), String> {
     if let Ok(reply) = &answered
         && reply.outcomes.len() != count
     {
-        return Err(format!("{} outcomes for {count} messages", reply.outcomes.len()));
+        return Err(format!(
+            "{} outcomes for {count} messages",
+            reply.outcomes.len()
+        ));
     }
     check_stored(&node, &claims, head)
 }
@@ -301,11 +339,19 @@ pub fn run(input: &[u8]) -> Result<(), String> {
 /// Every message stored after position `head` is in the grant, names its record's
 /// protocol, and is the delegate's own.
 fn check_stored(node: &Replica, claims: &Claims, head: u64) -> Result<(), String> {
-    if node.ledger().log_head(&eve()).map_err(|e| e.to_string())?.is_some() {
+    if node
+        .ledger()
+        .log_head(&eve())
+        .map_err(|e| e.to_string())?
+        .is_some()
+    {
         return Err("a message of another tenant was stored".into());
     }
     let t = tenant();
-    let LogRead::Page(page) = node.changes_since(&t, None, 1000).map_err(|e| e.to_string())? else {
+    let LogRead::Page(page) = node
+        .changes_since(&t, None, 1000)
+        .map_err(|e| e.to_string())?
+    else {
         return Err("the node's log has a gap".into());
     };
     let writes = claims.actions.contains(Actions::WRITE);
@@ -315,7 +361,11 @@ fn check_stored(node: &Replica, claims: &Claims, head: u64) -> Result<(), String
             return Err(format!("{} stored without the write action", entry.cid()));
         }
         if claims.role == Role::Delegate && *m.author() != claims.principal {
-            return Err(format!("{} stored under another author {}", entry.cid(), m.author()));
+            return Err(format!(
+                "{} stored under another author {}",
+                entry.cid(),
+                m.author()
+            ));
         }
         let class = match m {
             Message::Configure(c) => {
@@ -345,7 +395,10 @@ fn check_stored(node: &Replica, claims: &Claims, head: u64) -> Result<(), String
             }
         };
         if class != ScopeClass::InScope {
-            return Err(format!("{} stored outside the grant ({class:?})", entry.cid()));
+            return Err(format!(
+                "{} stored outside the grant ({class:?})",
+                entry.cid()
+            ));
         }
     }
     Ok(())
