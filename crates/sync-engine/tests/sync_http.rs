@@ -117,8 +117,16 @@ async fn an_unreachable_node_does_not_stop_another_over_http() {
 async fn a_delegate_link_replicates_only_its_scope() {
     let (server, _handle, ep) = http_node(100).await;
     let photos = ProtocolName::new("https://example.com/photos").unwrap();
+    // The phone writes as itself: a node accepts a delegate's messages only under the
+    // delegate's own principal.
+    let phone = PrincipalId::new("did:example:phone").unwrap();
     let a = replica(1);
-    configure(&a);
+    let types = vec![TypeRule {
+        path: note(),
+        data_bytes_max: None,
+    }];
+    a.configure(&tenant(), &notes(), types, vec![], &phone)
+        .unwrap();
     a.configure(
         &tenant(),
         &photos,
@@ -131,12 +139,20 @@ async fn a_delegate_link_replicates_only_its_scope() {
     )
     .unwrap();
     for i in 0..10 {
-        put(&a, &format!("n{i}"), b"note");
+        let key = format!("n{i}");
+        a.put(
+            &tenant(),
+            &notes(),
+            &note(),
+            key.as_bytes(),
+            b"note".to_vec(),
+            &phone,
+        )
+        .unwrap();
         a.put(&tenant(), &photos, &note(), &[i], vec![i], &alice())
             .unwrap();
     }
     let scope = Scope::protocols(vec![notes()]).unwrap();
-    let phone = PrincipalId::new("did:example:phone").unwrap();
     let grant = Grant {
         id: GrantId::new("phone-notes").unwrap(),
         scope: scope.clone(),

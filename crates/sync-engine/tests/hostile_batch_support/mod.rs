@@ -57,8 +57,8 @@ impl Draw<'_> {
             None => 0,
         }
     }
-    fn pick<'t, T>(&mut self, items: &'t [T]) -> &'t T {
-        &items[usize::from(self.u8()) % items.len()]
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[usize::from(self.u8()) % items.len()]
     }
 }
 
@@ -189,10 +189,14 @@ fn grant(d: &mut Draw<'_>, records: &[RecordId]) -> Claims {
 
 /// One drawn message; every naming field is drawn on its own.
 fn message(d: &mut Draw<'_>, node: &Replica, records: &[RecordId]) -> MessageData {
-    let tenant = if d.u8() % 8 == 0 { eve() } else { tenant() };
-    let proto = d.pick(&["notes", "evil", "other"]).to_owned();
-    let proto = protocol(&proto);
-    let author = principal(*d.pick(&["alice", "mallory", "bob"]));
+    let tenant = if d.u8().is_multiple_of(8) {
+        eve()
+    } else {
+        tenant()
+    };
+    let proto = d.pick(&["notes", "evil", "other"]);
+    let proto = protocol(proto);
+    let author = principal(d.pick(&["alice", "mallory", "bob"]));
     let timestamp = Hlc {
         wall_ms: NOW_MS - u64::from(d.u8()) * 1000,
         counter: u32::from(d.u8()),
@@ -201,7 +205,7 @@ fn message(d: &mut Draw<'_>, node: &Replica, records: &[RecordId]) -> MessageDat
     let fresh = RecordId::from_natural_key(&tenant, &proto, &[d.u8()]);
     let mut pool = records.to_vec();
     pool.push(fresh);
-    let record = *d.pick(&pool);
+    let record = d.pick(&pool);
     let heads: Vec<Option<Cid>> = records
         .iter()
         .map(|r| {
@@ -214,7 +218,7 @@ fn message(d: &mut Draw<'_>, node: &Replica, records: &[RecordId]) -> MessageDat
         .collect();
     let mut prevs = vec![None];
     prevs.extend(heads);
-    let prev = *d.pick(&prevs);
+    let prev = d.pick(&prevs);
     let kind = d.u8() % 4;
     let message = match kind {
         0 => {
@@ -249,12 +253,12 @@ fn message(d: &mut Draw<'_>, node: &Replica, records: &[RecordId]) -> MessageDat
             author,
         }),
         _ => {
-            let parent = if d.u8() % 2 == 0 {
+            let parent = if d.u8().is_multiple_of(2) {
                 None
             } else {
-                Some(*d.pick(records))
+                Some(d.pick(records))
             };
-            let p = path(*d.pick(&["note", "note/comment", "elsewhere"]));
+            let p = path(d.pick(&["note", "note/comment", "elsewhere"]));
             let context = match (parent, d.u8() % 3) {
                 (Some(parent), 0 | 1) => node
                     .ledger()
@@ -264,11 +268,11 @@ fn message(d: &mut Draw<'_>, node: &Replica, records: &[RecordId]) -> MessageDat
                     .and_then(|i| i.context)
                     .and_then(|c| c.child(record).ok())
                     .unwrap_or_else(|| ContextId::root(record)),
-                (_, 2) => ContextId::root(*d.pick(records)),
+                (_, 2) => ContextId::root(d.pick(records)),
                 _ => ContextId::root(record),
             };
             let data = vec![d.u8(); usize::from(d.u8() % 100)];
-            let data_ref = if d.u8() % 8 == 0 {
+            let data_ref = if d.u8().is_multiple_of(8) {
                 DataRef::of(b"something else")
             } else {
                 DataRef::of(&data)
