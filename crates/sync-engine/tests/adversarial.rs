@@ -274,3 +274,48 @@ async fn forged_expired_and_read_only_tokens_cannot_write() {
     assert_eq!(site.log_position(), before);
     site.assert_unharmed("after-tokens").await;
 }
+
+/// The same rule on the replica side: what a (hostile or compromised) node hands a
+/// replica in a pull, a live event or a diff fetch goes through the replica's apply,
+/// which refuses a version naming another protocol than the stored record, and a child
+/// under a record of another protocol, however the message got there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_refuses_pulled_versions_that_move_a_record() {
+    let site = Site::new().await;
+    let owner = &site.owner;
+    owner
+        .apply(
+            &tenant(),
+            vec![{
+                let c = configure_msg(&evil(), &mallory());
+                (c.message, c.data)
+            }],
+            sync_engine::Origin::Remote(None),
+        )
+        .unwrap();
+    let head = owner
+        .ledger()
+        .record_head(&tenant(), &victim_id())
+        .unwrap()
+        .unwrap()
+        .winner
+        .cid;
+    let hostile = [
+        write_msg(&evil(), victim_id(), Some(head), &mallory(), b"pulled"),
+        delete_msg(&evil(), victim_id(), head, &mallory()),
+    ];
+    for m in hostile {
+        let cid = m.message.cid();
+        let outcomes = owner
+            .apply(
+                &tenant(),
+                vec![(m.message, m.data)],
+                sync_engine::Origin::Remote(None),
+            )
+            .unwrap();
+        assert!(invalid_reason(&outcomes[0]).contains("belongs to protocol"));
+        assert!(!owner.ledger().has_message(&tenant(), &cid).unwrap());
+    }
+    assert_eq!(get(owner, VICTIM).as_deref(), Some(VICTIM_DATA));
+    site.assert_unharmed("after-hostile-pull").await;
+}
