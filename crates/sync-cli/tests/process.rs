@@ -682,6 +682,60 @@ fn delegate_tokens_carry_scope_actions_and_expiry() {
     );
 }
 
+/// A delegate's replica writes as the delegate by default, and the node refuses a
+/// version claiming another author: the sync exits 1 and the message is a dead letter.
+#[test]
+fn a_delegate_writes_as_itself_and_a_forged_author_is_refused() {
+    let (mut env, _node) = env_with_node(&[]);
+    env.ok(&["put", "--store", "owner", "greeting", "hello"]);
+    env.ok(&["sync", "--store", "owner"]);
+    let phone = env.ok(&[
+        "token",
+        "issue",
+        "--key-file",
+        "node/node.key",
+        "--delegate",
+        "phone",
+        "--protocol",
+        "weft:kv",
+    ]);
+    let owner_token = env
+        .vars
+        .iter()
+        .find(|(k, _)| k == "WEFT_TOKEN")
+        .unwrap()
+        .1
+        .clone();
+    env.set("WEFT_TOKEN", phone.stdout.trim());
+    env.ok(&["sync", "--store", "phone"]);
+    env.ok(&["put", "--store", "phone", "greeting", "from the phone"]);
+    env.ok(&["sync", "--store", "phone"]);
+    env.ok(&["put", "--store", "phone", "--author", "demo", "forged", "x"]);
+    let refused = env.fails(1, &["sync", "--store", "phone"]);
+    assert!(
+        refused.stderr.contains("dead-letters"),
+        "{}",
+        refused.report()
+    );
+    let letters = env.ok(&["dead-letters", "list", "--store", "phone"]);
+    assert!(
+        letters.stdout.contains("unauthorized"),
+        "{}",
+        letters.report()
+    );
+    env.set("WEFT_TOKEN", &owner_token);
+    env.ok(&["sync", "--store", "owner"]);
+    let list = env.ok(&["list", "--store", "owner", "--json"]).json();
+    let rows = list.as_array().expect("a JSON list");
+    assert_eq!(
+        rows.len(),
+        1,
+        "the forged record never reached the owner: {list}"
+    );
+    assert_eq!(rows[0]["author"], "phone");
+    assert_eq!(rows[0]["key"], "greeting");
+}
+
 #[test]
 fn watch_prints_a_live_change() {
     let (env, _node) = env_with_node(&[]);
