@@ -66,6 +66,9 @@ use crate::error::{Error, Result};
 use crate::store::Partition;
 
 /// The layout version this build reads and writes.
+///
+/// Version 3 added the protocol to record rows; a version-2 store is upgraded on open
+/// (`upgrade.rs`), any other version is refused.
 pub const LAYOUT_VERSION: u32 = 3;
 
 /// Largest stored value the ledger decodes, in bytes (a message with its largest inline

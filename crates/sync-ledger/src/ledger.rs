@@ -439,7 +439,12 @@ impl Ledger {
         match store.get(layout::META, KEY)? {
             Some(bytes) => {
                 let found: u32 = dec(layout::META, KEY, &bytes)?;
-                if found != layout::LAYOUT_VERSION {
+                if found == 2 {
+                    let mut finish = Batch::new();
+                    crate::upgrade::records_from_v2(&*store, &mut finish)?;
+                    finish.put(layout::META, KEY.to_vec(), enc(&layout::LAYOUT_VERSION));
+                    store.commit(finish, Durability::SyncData)?;
+                } else if found != layout::LAYOUT_VERSION {
                     return Err(Error::UnsupportedLayout {
                         found,
                         supported: layout::LAYOUT_VERSION,

@@ -118,6 +118,7 @@ mod ledger;
 mod log;
 mod registry;
 pub mod store;
+mod upgrade;
 
 pub use blobs::{BlobReader, BlobUpload, Blobs, UploadCursor};
 pub use error::{BackendError, Error, Result};

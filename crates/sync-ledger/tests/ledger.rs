@@ -1363,3 +1363,111 @@ fn a_version_naming_another_protocol_than_its_record_is_refused() {
         notes
     );
 }
+
+/// A layout-2 store (record rows without their protocol) is upgraded on open: every row
+/// gets the protocol of its winning version, also when an earlier upgrade stopped part
+/// way (rows before its mark already rewritten), and the store then works as usual.
+#[test]
+fn a_layout_2_store_is_upgraded_on_open_and_an_interrupted_upgrade_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tenant("alice");
+    let (notes, photos) = (protocol("notes"), protocol("photos"));
+    let count = 1500;
+    {
+        let ledger = Ledger::builder().seed(1).open_fjall(dir.path()).unwrap();
+        apply_one(&ledger, configure(&t, &notes, 1), None);
+        apply_one(&ledger, configure(&t, &photos, 2), None);
+        let batch: Vec<_> = (0..count)
+            .map(|i| {
+                write(
+                    &t,
+                    if i % 3 == 0 { &photos } else { &notes },
+                    &format!("k{i}"),
+                    None,
+                    10,
+                    b"v",
+                )
+            })
+            .collect();
+        for chunk in batch.chunks(500) {
+            ledger
+                .apply(&t, chunk.to_vec(), Durability::SyncData)
+                .unwrap();
+        }
+        // Write every row back in layout 2's shape, except the first 700, which stay
+        // upgraded behind the mark of an upgrade cut short.
+        let store = ledger.store();
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = store
+            .scan(layout::RECORDS, KeyRange::all(), Order::Ascending)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(rows.len(), count);
+        let mut b = Batch::new();
+        for (key, value) in &rows[700..] {
+            let row: layout::RecordRow = codec::decode(value, usize::MAX).unwrap();
+            b.put(
+                layout::RECORDS,
+                key.clone(),
+                codec::encode(&(row.head, row.path, row.context)),
+            );
+        }
+        b.put(
+            layout::META,
+            b"upgrade_records_after".to_vec(),
+            rows[699].0.clone(),
+        );
+        b.put(layout::META, b"layout".to_vec(), codec::encode(&2u32));
+        store.commit(b, Durability::SyncData).unwrap();
+        ledger.close().unwrap();
+    }
+    let ledger = Ledger::builder().seed(1).open_fjall(dir.path()).unwrap();
+    for i in 0..count {
+        let p = if i % 3 == 0 { &photos } else { &notes };
+        let info = ledger
+            .record_info(&t, &record(&t, p, &format!("k{i}")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(&info.protocol, p, "record {i}");
+    }
+    let version: u32 = codec::decode(
+        &ledger
+            .store()
+            .get(layout::META, b"layout")
+            .unwrap()
+            .unwrap(),
+        usize::MAX,
+    )
+    .unwrap();
+    assert_eq!(version, layout::LAYOUT_VERSION);
+    assert!(
+        ledger
+            .store()
+            .get(layout::META, b"upgrade_records_after")
+            .unwrap()
+            .is_none()
+    );
+    // And it is a working layout-3 store: the protocol rule holds on upgraded rows.
+    let first = ledger
+        .record_head(&t, &record(&t, &notes, "k1"))
+        .unwrap()
+        .unwrap()
+        .winner
+        .cid;
+    let (over, data) = write(&t, &photos, "k1-as-photo", Some(first), 20, b"x");
+    let over = match over {
+        Message::Write(w) => {
+            let id = record(&t, &notes, "k1");
+            Message::Write(Write {
+                record_id: id,
+                context_id: ContextId::root(id),
+                ..w
+            })
+        }
+        other => other,
+    };
+    assert!(matches!(
+        apply_one(&ledger, over, data),
+        LedgerOutcome::Refused { .. }
+    ));
+}

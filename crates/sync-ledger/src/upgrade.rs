@@ -1,0 +1,95 @@
+//! Opening a store of an older layout: the steps that bring it to
+//! [`LAYOUT_VERSION`](crate::layout::LAYOUT_VERSION).
+//!
+//! Layout 2 → 3: record rows gain their protocol (so a version naming another protocol
+//! can be refused without reading the record's messages). Each row is rewritten with the
+//! protocol of its winning version, read from the log. Rows are rewritten in commits of
+//! [`UPGRADE_ROWS_PER_COMMIT`]; each commit also records the last row key it covers
+//! (`meta/upgrade_records_after`), so a crash part way resumes after it instead of
+//! decoding an upgraded row as an old one. The commit that finishes removes that key
+//! and writes the new layout version.
+
+use std::ops::Bound;
+
+use serde::{Deserialize, Serialize};
+use sync_types::merge::RecordHead;
+use sync_types::{ContextId, ProtocolPath};
+
+use crate::error::{Error, Result};
+use crate::layout::{self, Key, RecordRow, StoredEntry, dec, enc};
+use crate::store::{Batch, Durability, KeyRange, Order, Store};
+
+/// Record rows rewritten per commit while upgrading.
+pub(crate) const UPGRADE_ROWS_PER_COMMIT: usize = 1024;
+
+/// Where a record-row upgrade that was cut short stopped (a `meta` key).
+const RECORDS_AFTER_KEY: &[u8] = b"upgrade_records_after";
+
+/// A record row as layout 2 stored it.
+#[derive(Serialize, Deserialize)]
+struct RecordRowV2 {
+    head: RecordHead,
+    path: Option<ProtocolPath>,
+    context: Option<ContextId>,
+}
+
+/// Brings a layout-2 store to layout 3 (see the module docs).
+pub(crate) fn records_from_v2(store: &dyn Store, finish: &mut Batch) -> Result<()> {
+    let mut after = store.get(layout::META, RECORDS_AFTER_KEY)?;
+    loop {
+        let range = KeyRange {
+            start: after.clone().map_or(Bound::Unbounded, Bound::Excluded),
+            end: Bound::Unbounded,
+        };
+        let mut batch = Batch::new();
+        let mut read = 0;
+        for kv in store
+            .scan(layout::RECORDS, range, Order::Ascending)?
+            .take(UPGRADE_ROWS_PER_COMMIT)
+        {
+            let (key, value) = kv?;
+            read += 1;
+            let old: RecordRowV2 = dec(layout::RECORDS, &key, &value)?;
+            // A record key is the tenant's number then the 32-byte record id.
+            let tn = key.len().checked_sub(32).ok_or(Error::CorruptKey {
+                partition: layout::RECORDS.name(),
+                reason: "key is shorter than a record id",
+            })?;
+            let winner = old.head.winner.cid;
+            let msg_key = Key::raw(&key[..tn]).cid(&winner).into_vec();
+            let position: u64 = match store.get(layout::MSG, &msg_key)? {
+                Some(bytes) => dec(layout::MSG, &msg_key, &bytes)?,
+                None => {
+                    return Err(Error::Inconsistent(format!(
+                        "record row names {winner}, which is not stored"
+                    )));
+                }
+            };
+            let log_key = Key::raw(&key[..tn]).u64(position).into_vec();
+            let entry: StoredEntry = match store.get(layout::LOG, &log_key)? {
+                Some(bytes) => dec(layout::LOG, &log_key, &bytes)?,
+                None => {
+                    return Err(Error::Inconsistent(format!(
+                        "message {winner} is indexed at position {position} but not logged"
+                    )));
+                }
+            };
+            let row = RecordRow {
+                head: old.head,
+                protocol: entry.message.protocol().clone(),
+                path: old.path,
+                context: old.context,
+            };
+            batch.put(layout::RECORDS, key.clone(), enc(&row));
+            after = Some(key);
+        }
+        if read < UPGRADE_ROWS_PER_COMMIT {
+            finish.delete(layout::META, RECORDS_AFTER_KEY.to_vec());
+            return store.commit(batch, Durability::Buffered);
+        }
+        if let Some(last) = &after {
+            batch.put(layout::META, RECORDS_AFTER_KEY.to_vec(), last.clone());
+        }
+        store.commit(batch, Durability::Buffered)?;
+    }
+}
