@@ -147,6 +147,9 @@ pub(crate) fn describe(err: &anyhow::Error) -> String {
 pub(crate) fn hint(err: &anyhow::Error) -> Option<&'static str> {
     let text = describe(err).to_lowercase();
     match classify(err) {
+        Exit::Unreachable if text.contains("at its limit of") => Some(
+            "the node is busy: try again later; its operator can raise the limit (`weft serve --connections-max`, `--connections-per-address-max`)",
+        ),
         Exit::Unreachable => Some(
             "is `weft serve` running at that address? Check --node (or WEFT_NODE), e.g. http://127.0.0.1:7700",
         ),

@@ -1160,3 +1160,30 @@ fn serve_refuses_blobs_over_its_upload_limit() {
         "absent"
     );
 }
+
+#[test]
+fn a_node_at_its_connection_limit_says_so_with_exit_3() {
+    let (env, node) = env_with_node(&[
+        "--connections-max",
+        "2",
+        "--connections-per-address-max",
+        "2",
+        "--first-byte-time-ms-max",
+        "60000",
+    ]);
+    let authority = node.url.strip_prefix("http://").unwrap();
+    // Two connections that send nothing take both slots (the node accepts in order,
+    // so they are admitted before the sync's connection).
+    let _idle: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(authority).unwrap())
+        .collect();
+    let r = env.fails(3, &["sync", "--store", "a"]);
+    assert!(
+        r.stderr
+            .contains("the node is at its limit of 2 connections"),
+        "{}",
+        r.report()
+    );
+    assert!(!r.stderr.contains("did not answer"), "{}", r.report());
+    assert!(r.stderr.contains("--connections-max"), "{}", r.report());
+}
