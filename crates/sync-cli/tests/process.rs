@@ -1186,4 +1186,46 @@ fn a_node_at_its_connection_limit_says_so_with_exit_3() {
     );
     assert!(!r.stderr.contains("did not answer"), "{}", r.report());
     assert!(r.stderr.contains("--connections-max"), "{}", r.report());
+    // The node logs the refusal with the peer's address.
+    node.bg
+        .wait_stderr("refused: the node is at its limit of 2 connections");
+    assert!(node.bg.stderr().contains("peer=127.0.0.1:"));
+}
+
+#[test]
+fn the_node_logs_refused_requests_with_tenant_and_peer() {
+    let (env, node) = env_with_node(&[]);
+    let reader = env.ok(&[
+        "token",
+        "issue",
+        "--key-file",
+        "node/node.key",
+        "--tenant",
+        "demo",
+        "--delegate",
+        "reader",
+        "--actions",
+        "read,sync",
+    ]);
+    env.ok(&["put", "--store", "a", "k", "v"]);
+    let r = env.fails(
+        4,
+        &["sync", "--store", "a", "--token", reader.stdout.trim()],
+    );
+    assert!(
+        r.stderr
+            .contains("token grants read, sync; the request needs write"),
+        "{}",
+        r.report()
+    );
+    node.bg
+        .wait_stderr("refused: token grants read, sync; the request needs write");
+    let log = node.bg.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("the request needs write"))
+        .unwrap();
+    assert!(line.contains("INFO"), "{line}");
+    assert!(line.contains("tenant=\"demo\""), "{line}");
+    assert!(line.contains("peer=127.0.0.1:"), "{line}");
 }
