@@ -1229,3 +1229,54 @@ fn the_node_logs_refused_requests_with_tenant_and_peer() {
     assert!(line.contains("tenant=\"demo\""), "{line}");
     assert!(line.contains("peer=127.0.0.1:"), "{line}");
 }
+
+/// A link used only by `weft sync` is not `initializing` forever, and one a watch left
+/// `repairing` (its node was killed) is healthy again after one converged `weft sync`.
+#[test]
+fn one_shot_syncs_leave_links_healthy() {
+    let (env, node) = env_with_node(&[]);
+    let status = |store: &str| {
+        env.ok(&["links", "--store", store, "--json"]).json()[0]["status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    // Sync only.
+    env.ok(&["put", "--store", "a", "k", "v"]);
+    let r = env.ok(&["sync", "--store", "a"]);
+    assert!(
+        r.stdout.contains("converged (roots equal)"),
+        "{}",
+        r.report()
+    );
+    assert_eq!(status("a"), "polling");
+    env.ok(&["health", "--store", "a"]);
+
+    // B watches; the node is killed; the watch says the link needs repair; the watch
+    // is stopped, which leaves the link repairing and B unhealthy.
+    env.ok(&["sync", "--store", "b"]);
+    let mut watch = env.spawn(&["watch", "--store", "b"]);
+    watch.wait_stderr("watching tenant");
+    let address = node.url.strip_prefix("http://").unwrap().to_owned();
+    signal(node.bg.pid(), "KILL");
+    watch.wait_stderr("link needs repair");
+    signal(watch.pid(), "TERM");
+    let (watch_status, _, watch_err) = watch.wait();
+    assert!(watch_status.success(), "{watch_err}");
+    assert_eq!(status("b"), "repairing");
+    env.fails(1, &["health", "--store", "b"]);
+    drop(node);
+
+    // The node restarts; one converged sync and the link is healthy and says so.
+    let _node = env.serve_with(&["serve", "--data-dir", "node", "--listen", &address]);
+    let r = env.ok(&["sync", "--store", "b"]);
+    assert!(
+        r.stdout.contains("converged (roots equal)"),
+        "{}",
+        r.report()
+    );
+    assert_eq!(status("b"), "polling");
+    env.ok(&["health", "--store", "b"]);
+    assert_eq!(env.ok(&["get", "--store", "b", "k"]).stdout, "v");
+}
