@@ -12,7 +12,7 @@ macro_rules! exit_codes {
   0  success
   1  the command ran but did not fully succeed (key not found, dead letters left, unhealthy)
   2  usage error (bad flags or values, unreadable config file)
-  3  cannot reach the node (wrong address, connection refused, timeout, node shutting down)
+  3  cannot reach the node (wrong address, refused, timeout, shutting down, at its limit)
   4  authorization refused (malformed, forged or expired token, request beyond its grant)
   5  local store error (cannot open, read or write the store, or it is in use)
   6  cannot listen on the address (in use, not permitted)"
