@@ -15,9 +15,9 @@ use sync_transport::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Connects and waits until the server has admitted the connection: a connection is
-/// admitted once it is accepted, and `accept` takes connections in order, so a
-/// completed request on a later connection proves the earlier ones hold their slots.
+/// Opens `n` connections that send nothing. The node admits connections in the order
+/// they were accepted, so these hold their slots before any connection opened after
+/// them is admitted.
 async fn idle_connections(t: &TestServer, n: usize) -> Vec<TcpStream> {
     let mut out = Vec::new();
     for _ in 0..n {
