@@ -750,7 +750,7 @@ impl<H: Handler> Node<H> {
                 ErrorReply::new(
                     ErrorCode::Overloaded,
                     format!(
-                        "the node holds its limit of {} subscriptions",
+                        "the node is at its limit of {} subscriptions",
                         self.config.subscriptions_max
                     ),
                 )
