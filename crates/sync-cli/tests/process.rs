@@ -1194,7 +1194,20 @@ fn a_node_at_its_connection_limit_says_so_with_exit_3() {
 
 #[test]
 fn the_node_logs_refused_requests_with_tenant_and_peer() {
-    let (env, node) = env_with_node(&[]);
+    let (env, node) = env_with_node(&["--first-byte-time-ms-max", "200"]);
+    // A connection that sends nothing is closed and logged (commands, which send at
+    // once, are not affected by the short limit).
+    let authority = node.url.strip_prefix("http://").unwrap();
+    let mut silent = TcpStream::connect(authority).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    silent.read_to_end(&mut got).unwrap();
+    assert!(got.is_empty(), "closed without a reply");
+    node.bg
+        .wait_stderr("refused: closed a connection that sent nothing within 200 ms");
+
     let reader = env.ok(&[
         "token",
         "issue",

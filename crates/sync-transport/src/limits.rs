@@ -161,14 +161,34 @@ impl ConnectionLimits {
     }
 }
 
-/// Waits for the first byte of a request on a new connection; false when none came
-/// within `limit` (or the peer closed).
-pub(crate) async fn first_byte(tcp: &TcpStream, limit: Duration) -> bool {
-    let mut one = [0u8; 1];
-    matches!(
-        tokio::time::timeout(limit, tcp.peek(&mut one)).await,
-        Ok(Ok(n)) if n > 0
+/// What the refusal log says of a connection closed by the first-byte limit (the peer
+/// is sent nothing).
+pub(crate) fn silent(first_byte_time_ms_max: u64) -> ErrorReply {
+    ErrorReply::new(
+        ErrorCode::Timeout,
+        format!("closed a connection that sent nothing within {first_byte_time_ms_max} ms"),
     )
+}
+
+/// How a new connection began.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum FirstByte {
+    /// A byte of a request arrived.
+    Sent,
+    /// The peer closed (or the socket failed) before sending anything.
+    Closed,
+    /// Nothing came within the limit.
+    Silent,
+}
+
+/// Waits for the first byte of a request on a new connection, at most `limit`.
+pub(crate) async fn first_byte(tcp: &TcpStream, limit: Duration) -> FirstByte {
+    let mut one = [0u8; 1];
+    match tokio::time::timeout(limit, tcp.peek(&mut one)).await {
+        Ok(Ok(n)) if n > 0 => FirstByte::Sent,
+        Ok(_) => FirstByte::Closed,
+        Err(_) => FirstByte::Silent,
+    }
 }
 
 async fn write_refusal(mut tcp: TcpStream, reply: &ErrorReply) {

@@ -46,7 +46,7 @@ use tokio::time::Sleep;
 
 use crate::body::{BodyReader, ReadError};
 use crate::frame::{self, HEADER_BYTES};
-use crate::limits::{self, ConnectionLimits, ConnectionSlot};
+use crate::limits::{self, ConnectionLimits, ConnectionSlot, FirstByte};
 use crate::metrics::RequestKind;
 use crate::node::{Handler, Node, ServerConfig, frame_reply, ms};
 use crate::proto::{ErrorCode, ErrorReply, Reply, Request};
@@ -196,11 +196,13 @@ async fn serve_connection<H: Handler>(
     // A connection that sends nothing frees its slot quickly (see `limits`).
     let first_byte = ms(node.config.first_byte_time_ms_max);
     tokio::select! {
-        sent = limits::first_byte(&tcp, first_byte) => if !sent {
-            tracing::debug!(%peer, "closed a connection that sent nothing");
+        began = limits::first_byte(&tcp, first_byte) => if began != FirstByte::Sent {
             // The slot is free before the peer sees the close.
             drop(slot);
             drop(tcp);
+            if began == FirstByte::Silent {
+                refusals.refused(peer, None, &limits::silent(node.config.first_byte_time_ms_max));
+            }
             return;
         },
         _ = stop.changed() => return,
