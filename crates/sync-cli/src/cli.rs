@@ -12,7 +12,7 @@ macro_rules! exit_codes {
   0  success
   1  the command ran but did not fully succeed (key not found, dead letters left, unhealthy)
   2  usage error (bad flags or values, unreadable config file)
-  3  cannot reach the node (wrong address, connection refused, timeout, node shutting down)
+  3  cannot reach the node (wrong address, refused, timeout, shutting down, at its limit)
   4  authorization refused (malformed, forged or expired token, request beyond its grant)
   5  local store error (cannot open, read or write the store, or it is in use)
   6  cannot listen on the address (in use, not permitted)"
@@ -96,8 +96,9 @@ pub(crate) enum Command {
         "Settings come from, highest first: flags, environment variables (WEFT_*), the TOML\n",
         "config file (--config or WEFT_CONFIG), then the defaults. Config file keys:\n",
         "  data_dir, listen, key_file, metrics,\n",
-        "  [limits] connections_max, subscriptions_max, frame_bytes_max, request_time_ms_max,\n",
-        "           shutdown_grace_ms, subscriber_queue_len_max, heartbeat_interval_ms,\n",
+        "  [limits] connections_max, connections_per_address_max, first_byte_time_ms_max,\n",
+        "           header_read_time_ms_max, subscriptions_max, frame_bytes_max,\n",
+        "           request_time_ms_max, shutdown_grace_ms, subscriber_queue_len_max, heartbeat_interval_ms,\n",
         "           heartbeat_timeout_ms, blob_bytes_max, blob_uploads_max,\n",
         "           blob_gc_interval_ms, blob_gc_grace_ms, store_cache_mib,\n",
         "           store_memtable_mib\n",
@@ -254,9 +255,21 @@ pub(crate) struct ServeArgs {
     /// Do not serve Prometheus metrics at /metrics
     #[arg(long, env = "WEFT_NO_METRICS")]
     pub(crate) no_metrics: bool,
-    /// Most open HTTP connections [default: 1024]
+    /// Most open HTTP connections; more are refused with an error naming the limit
+    /// [default: 1024]
     #[arg(long, env = "WEFT_CONNECTIONS_MAX", value_name = "N")]
     pub(crate) connections_max: Option<usize>,
+    /// Most open HTTP connections from one IP address [default: 64]
+    #[arg(long, env = "WEFT_CONNECTIONS_PER_ADDRESS_MAX", value_name = "N")]
+    pub(crate) connections_per_address_max: Option<usize>,
+    /// A new connection that sends nothing for this long is closed, in ms
+    /// [default: 3000]
+    #[arg(long, env = "WEFT_FIRST_BYTE_TIME_MS_MAX", value_name = "MS")]
+    pub(crate) first_byte_time_ms_max: Option<u64>,
+    /// Longest time to receive a request's headers, and to keep an idle connection
+    /// open between requests, in ms [default: 30000]
+    #[arg(long, env = "WEFT_HEADER_READ_TIME_MS_MAX", value_name = "MS")]
+    pub(crate) header_read_time_ms_max: Option<u64>,
     /// Most open subscriptions [default: 4096]
     #[arg(long, env = "WEFT_SUBSCRIPTIONS_MAX", value_name = "N")]
     pub(crate) subscriptions_max: Option<usize>,

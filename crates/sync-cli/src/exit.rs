@@ -147,6 +147,14 @@ pub(crate) fn describe(err: &anyhow::Error) -> String {
 pub(crate) fn hint(err: &anyhow::Error) -> Option<&'static str> {
     let text = describe(err).to_lowercase();
     match classify(err) {
+        Exit::Unreachable if text.contains("at its limit of") && text.contains("connections") => {
+            Some(
+                "the node is busy: try again later; its operator can raise the limit (`weft serve --connections-max`, `--connections-per-address-max`)",
+            )
+        }
+        Exit::Unreachable if text.contains("at its limit of") => Some(
+            "the node is busy: try again later; its operator can raise the limit it names (see `weft serve --help`)",
+        ),
         Exit::Unreachable => Some(
             "is `weft serve` running at that address? Check --node (or WEFT_NODE), e.g. http://127.0.0.1:7700",
         ),
@@ -196,6 +204,28 @@ mod tests {
             ms: 5,
         }));
         assert_eq!(classify(&engine), Exit::Unreachable);
+    }
+
+    #[test]
+    fn a_node_at_its_limit_is_busy_not_missing() {
+        let at_limit = |message: &str| {
+            anyhow::Error::new(TransportError::Refused {
+                status: 503,
+                code: ErrorCode::Overloaded,
+                message: message.into(),
+                supported_versions: vec![1],
+            })
+        };
+        let connections = at_limit("the node is at its limit of 2 connections from one address");
+        assert_eq!(classify(&connections), Exit::Unreachable);
+        assert!(describe(&connections).contains("at its limit of 2 connections from one address"));
+        assert!(
+            hint(&connections)
+                .unwrap()
+                .contains("--connections-per-address-max")
+        );
+        let subscriptions = at_limit("the node is at its limit of 4 subscriptions");
+        assert!(hint(&subscriptions).unwrap().contains("the limit it names"));
     }
 
     #[test]

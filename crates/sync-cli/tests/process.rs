@@ -1214,3 +1214,136 @@ fn serve_refuses_blobs_over_its_upload_limit() {
         "absent"
     );
 }
+
+#[test]
+fn a_node_at_its_connection_limit_says_so_with_exit_3() {
+    let (env, node) = env_with_node(&[
+        "--connections-max",
+        "2",
+        "--connections-per-address-max",
+        "2",
+        "--first-byte-time-ms-max",
+        "60000",
+    ]);
+    let authority = node.url.strip_prefix("http://").unwrap();
+    // Two connections that send nothing take both slots (the node accepts in order,
+    // so they are admitted before the sync's connection).
+    let _idle: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(authority).unwrap())
+        .collect();
+    let r = env.fails(3, &["sync", "--store", "a"]);
+    assert!(
+        r.stderr
+            .contains("the node is at its limit of 2 connections"),
+        "{}",
+        r.report()
+    );
+    assert!(!r.stderr.contains("did not answer"), "{}", r.report());
+    assert!(r.stderr.contains("--connections-max"), "{}", r.report());
+    // The node logs the refusal with the peer's address.
+    node.bg
+        .wait_stderr("refused: the node is at its limit of 2 connections");
+    assert!(node.bg.stderr().contains("peer=127.0.0.1:"));
+}
+
+#[test]
+fn the_node_logs_refused_requests_with_tenant_and_peer() {
+    let (env, node) = env_with_node(&["--first-byte-time-ms-max", "200"]);
+    // A connection that sends nothing is closed and logged (commands, which send at
+    // once, are not affected by the short limit).
+    let authority = node.url.strip_prefix("http://").unwrap();
+    let mut silent = TcpStream::connect(authority).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    silent.read_to_end(&mut got).unwrap();
+    assert!(got.is_empty(), "closed without a reply");
+    node.bg
+        .wait_stderr("refused: closed a connection that sent nothing within 200 ms");
+
+    let reader = env.ok(&[
+        "token",
+        "issue",
+        "--key-file",
+        "node/node.key",
+        "--tenant",
+        "demo",
+        "--delegate",
+        "reader",
+        "--actions",
+        "read,sync",
+    ]);
+    env.ok(&["put", "--store", "a", "k", "v"]);
+    let r = env.fails(
+        4,
+        &["sync", "--store", "a", "--token", reader.stdout.trim()],
+    );
+    assert!(
+        r.stderr
+            .contains("token grants read, sync; the request needs write"),
+        "{}",
+        r.report()
+    );
+    node.bg
+        .wait_stderr("refused: token grants read, sync; the request needs write");
+    let log = node.bg.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("the request needs write"))
+        .unwrap();
+    assert!(line.contains("INFO"), "{line}");
+    assert!(line.contains("tenant=\"demo\""), "{line}");
+    assert!(line.contains("peer=127.0.0.1:"), "{line}");
+}
+
+/// A link used only by `weft sync` is not `initializing` forever, and one a watch left
+/// `repairing` (its node was killed) is healthy again after one converged `weft sync`.
+#[test]
+fn one_shot_syncs_leave_links_healthy() {
+    let (env, node) = env_with_node(&[]);
+    let status = |store: &str| {
+        env.ok(&["links", "--store", store, "--json"]).json()[0]["status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    // Sync only.
+    env.ok(&["put", "--store", "a", "k", "v"]);
+    let r = env.ok(&["sync", "--store", "a"]);
+    assert!(
+        r.stdout.contains("converged (roots equal)"),
+        "{}",
+        r.report()
+    );
+    assert_eq!(status("a"), "polling");
+    env.ok(&["health", "--store", "a"]);
+
+    // B watches; the node is killed; the watch says the link needs repair; the watch
+    // is stopped, which leaves the link repairing and B unhealthy.
+    env.ok(&["sync", "--store", "b"]);
+    let mut watch = env.spawn(&["watch", "--store", "b"]);
+    watch.wait_stderr("watching tenant");
+    let address = node.url.strip_prefix("http://").unwrap().to_owned();
+    signal(node.bg.pid(), "KILL");
+    watch.wait_stderr("link needs repair");
+    signal(watch.pid(), "TERM");
+    let (watch_status, _, watch_err) = watch.wait();
+    assert!(watch_status.success(), "{watch_err}");
+    assert_eq!(status("b"), "repairing");
+    env.fails(1, &["health", "--store", "b"]);
+    drop(node);
+
+    // The node restarts; one converged sync and the link is healthy and says so.
+    let _node = env.serve_with(&["serve", "--data-dir", "node", "--listen", &address]);
+    let r = env.ok(&["sync", "--store", "b"]);
+    assert!(
+        r.stdout.contains("converged (roots equal)"),
+        "{}",
+        r.report()
+    );
+    assert_eq!(status("b"), "polling");
+    env.ok(&["health", "--store", "b"]);
+    assert_eq!(env.ok(&["get", "--store", "b", "k"]).stdout, "v");
+}

@@ -20,6 +20,7 @@ pub mod closure;
 pub mod delivery;
 mod error;
 pub mod index;
+mod link_status;
 pub mod live;
 pub mod machine;
 pub mod node;

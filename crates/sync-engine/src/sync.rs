@@ -2760,6 +2760,12 @@ impl<C: Connector> Engine<C> {
         if let Err(e) = self.set_connectivity(link, connectivity) {
             tracing::warn!(link = %link, error = %e, "could not save the link's connectivity");
         }
+        if result.is_ok()
+            && report.converged() == Some(true)
+            && let Err(e) = self.settle_status(link)
+        {
+            tracing::warn!(link = %link, error = %e, "could not save the link's status");
+        }
         if let Err(e) = result {
             tracing::debug!(link = %link, error = %e, "link sync failed");
             report.error = Some(e);
@@ -2781,6 +2787,36 @@ impl<C: Connector> Engine<C> {
             self.replica().emit(SyncEvent::ConnectivityChanged {
                 link: key.clone(),
                 from: state.connectivity,
+                to,
+            });
+        }
+        Ok(())
+    }
+
+    /// After a one-shot sync that converged: the status `crate::link_status` gives,
+    /// persisted, then announced.
+    fn settle_status(&self, key: &LinkKey) -> Result<()> {
+        let Some(state) = self.ledger().links().get(key)? else {
+            return Ok(());
+        };
+        if crate::link_status::after_converged_sync(state.status).is_empty() {
+            return Ok(());
+        }
+        // The path is taken from the status under the registry's lock, not the one read
+        // above, in case a live driver changed it in between.
+        let mut walked = Vec::new();
+        self.ledger().links().update(key, self.durability(), |s| {
+            for &to in crate::link_status::after_converged_sync(s.status) {
+                match s.set_status(to) {
+                    Ok(from) => walked.push((from, to)),
+                    Err(_) => break,
+                }
+            }
+        })?;
+        for (from, to) in walked {
+            self.replica().emit(SyncEvent::LinkStatusChanged {
+                link: key.clone(),
+                from,
                 to,
             });
         }

@@ -86,9 +86,13 @@ mod body;
 #[cfg(feature = "net")]
 pub mod client;
 #[cfg(feature = "net")]
+mod limits;
+#[cfg(feature = "net")]
 pub mod metrics;
 #[cfg(feature = "net")]
 pub mod node;
+#[cfg(feature = "net")]
+mod refusal_log;
 #[cfg(feature = "net")]
 pub mod server;
 #[cfg(feature = "net")]

@@ -159,8 +159,15 @@ pub struct ServerConfig {
     pub clock: Arc<dyn Clock + Send + Sync>,
     /// Largest frame body accepted. Default [`FRAME_BYTES_MAX_DEFAULT`].
     pub frame_bytes_max: usize,
-    /// Most open HTTP connections; more are answered 503 and closed. Default 1024.
+    /// Most open HTTP connections; more are answered 503 (an `Overloaded` error that
+    /// names the limit) and closed. Default 1024.
     pub connections_max: usize,
+    /// Most open HTTP connections from one IP address; more are answered like
+    /// `connections_max`. Default 64.
+    pub connections_per_address_max: usize,
+    /// Longest time a new connection may stay silent before its first byte; then it is
+    /// closed without a reply. Default 3 000.
+    pub first_byte_time_ms_max: u64,
     /// Most open subscriptions; more are answered 503. Default 4096.
     pub subscriptions_max: usize,
     /// Longest time for one request/reply call, body read included. Default 30 000.
@@ -205,6 +212,8 @@ impl ServerConfig {
             clock: Arc::new(SystemClock),
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             connections_max: 1024,
+            connections_per_address_max: 64,
+            first_byte_time_ms_max: 3_000,
             subscriptions_max: 4096,
             request_time_ms_max: 30_000,
             header_read_time_ms_max: 30_000,
@@ -228,6 +237,10 @@ impl std::fmt::Debug for ServerConfig {
         f.debug_struct("ServerConfig")
             .field("frame_bytes_max", &self.frame_bytes_max)
             .field("connections_max", &self.connections_max)
+            .field(
+                "connections_per_address_max",
+                &self.connections_per_address_max,
+            )
             .field("subscriptions_max", &self.subscriptions_max)
             .field("request_time_ms_max", &self.request_time_ms_max)
             .field("subscriber_queue_len_max", &self.subscriber_queue_len_max)
@@ -739,7 +752,7 @@ impl<H: Handler> Node<H> {
                 ErrorReply::new(
                     ErrorCode::Overloaded,
                     format!(
-                        "the node holds its limit of {} subscriptions",
+                        "the node is at its limit of {} subscriptions",
                         self.config.subscriptions_max
                     ),
                 )

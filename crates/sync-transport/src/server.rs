@@ -14,8 +14,10 @@
 //! Every route but `/metrics` checks `Authorization: Bearer <token>` before it reads the
 //! body.
 //!
-//! What bounds a client's hold on the node: `connections_max` (more are answered 503
-//! and closed), `header_read_time_ms_max` (slow headers and idle keep-alive),
+//! What bounds a client's hold on the node: `connections_max` and
+//! `connections_per_address_max` (more are answered 503 naming the limit, see
+//! `limits`), `first_byte_time_ms_max` (a new connection that sends nothing),
+//! `header_read_time_ms_max` (slow headers and idle keep-alive),
 //! `request_time_ms_max` (body read plus handler), `transfer_idle_ms_max` (gaps in a blob
 //! transfer), `write_stall_ms_max` (a client that stops reading its reply), the frame
 //! size limit, and for subscriptions the heartbeat timeout and the lag rule.
@@ -37,16 +39,18 @@ use hyper::body::{Frame, Incoming};
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request as HttpRequest, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::time::Sleep;
 
 use crate::body::{BodyReader, ReadError};
 use crate::frame::{self, HEADER_BYTES};
+use crate::limits::{self, ConnectionLimits, ConnectionSlot, FirstByte};
 use crate::metrics::RequestKind;
 use crate::node::{Handler, Node, ServerConfig, frame_reply, ms};
 use crate::proto::{ErrorCode, ErrorReply, Reply, Request};
+use crate::refusal_log::{RefusalLog, is_refusal};
 
 /// The media type of frame bodies.
 pub const FRAME_CONTENT_TYPE: &str = "application/x-weft-frame";
@@ -126,15 +130,18 @@ async fn accept_loop<H: Handler>(
     node: Node<H>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let connections_max = node.config.connections_max.max(1);
-    let slots = Arc::new(Semaphore::new(connections_max));
+    let limits = ConnectionLimits::new(
+        node.config.connections_max,
+        node.config.connections_per_address_max,
+    );
+    let refusals = Arc::new(RefusalLog::default());
     loop {
         let accepted = tokio::select! {
             _ = stop.changed() => break,
             a = listener.accept() => a,
         };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -143,17 +150,16 @@ async fn accept_loop<H: Handler>(
             }
         };
         let _ = tcp.set_nodelay(true);
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
+        match limits.admit(peer.ip()) {
+            Ok(slot) => {
                 let node = node.clone();
                 let stop = stop.clone();
-                tokio::spawn(async move {
-                    serve_connection(node, tcp, stop).await;
-                    drop(permit);
-                });
+                let refusals = refusals.clone();
+                tokio::spawn(serve_connection(node, tcp, slot, peer, refusals, stop));
             }
-            Err(_) => {
-                tokio::spawn(refuse_overloaded(tcp, connections_max));
+            Err(refusal) => {
+                refusals.refused(peer, None, &refusal.reply());
+                limits.refuse(tcp, refusal);
             }
         }
     }
@@ -162,28 +168,8 @@ async fn accept_loop<H: Handler>(
     // subscriptions were told `ShuttingDown`; wait for both within the grace time.
     let grace = ms(node.config.shutdown_grace_ms);
     let _ = tokio::time::timeout(grace, async {
-        let _all = slots
-            .acquire_many(u32::try_from(connections_max).unwrap_or(u32::MAX))
-            .await;
+        limits.all_closed().await;
         node.wait_for_subscriptions().await;
-    })
-    .await;
-}
-
-async fn refuse_overloaded(mut tcp: TcpStream, connections_max: usize) {
-    let reply = ErrorReply::new(
-        ErrorCode::Overloaded,
-        format!("the node holds its limit of {connections_max} connections"),
-    );
-    let body = frame::encode(&reply);
-    let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: {FRAME_CONTENT_TYPE}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        tcp.write_all(head.as_bytes()).await?;
-        tcp.write_all(&body).await?;
-        tcp.shutdown().await
     })
     .await;
 }
@@ -199,16 +185,34 @@ impl Drop for ConnectionCount<'_> {
 async fn serve_connection<H: Handler>(
     node: Node<H>,
     tcp: TcpStream,
+    slot: ConnectionSlot,
+    peer: SocketAddr,
+    refusals: Arc<RefusalLog>,
     mut stop: watch::Receiver<bool>,
 ) {
     node.stats.connections.fetch_add(1, Ordering::Relaxed);
     let stats = node.stats.clone();
     let _count = ConnectionCount(&stats.connections);
+    // A connection that sends nothing frees its slot quickly (see `limits`).
+    let first_byte = ms(node.config.first_byte_time_ms_max);
+    tokio::select! {
+        began = limits::first_byte(&tcp, first_byte) => if began != FirstByte::Sent {
+            // The slot is free before the peer sees the close.
+            drop(slot);
+            drop(tcp);
+            if began == FirstByte::Silent {
+                refusals.refused(peer, None, &limits::silent(node.config.first_byte_time_ms_max));
+            }
+            return;
+        },
+        _ = stop.changed() => return,
+    }
     let io = TokioIo::new(StallGuard::new(tcp, ms(node.config.write_stall_ms_max)));
     let svc_node = node.clone();
     let service = hyper::service::service_fn(move |req| {
         let node = svc_node.clone();
-        async move { Ok::<_, Infallible>(route(node, req).await) }
+        let refusals = refusals.clone();
+        async move { Ok::<_, Infallible>(route(node, req, peer, &refusals).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -227,11 +231,18 @@ async fn serve_connection<H: Handler>(
             let _ = tokio::time::timeout(ms(node.config.shutdown_grace_ms), conn).await;
         }
     }
+    drop(slot);
 }
 
 fn bearer<B>(req: &HttpRequest<B>) -> Option<&str> {
-    let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
-    value.strip_prefix("Bearer ").map(str::trim)
+    bearer_of(req.headers().get(AUTHORIZATION)?.to_str().ok()?)
+}
+
+/// The token of an `Authorization` header value: the `Bearer` scheme, matched without
+/// regard to case (RFC 7235), then one or more spaces.
+pub(crate) fn bearer_of(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 pub(crate) fn full(bytes: impl Into<Bytes>) -> ResBody {
@@ -258,8 +269,15 @@ fn reply_response(reply: &Reply) -> Response<ResBody> {
     frame_response(200, frame::encode(reply))
 }
 
-async fn route<H: Handler>(node: Node<H>, req: HttpRequest<Incoming>) -> Response<ResBody> {
+async fn route<H: Handler>(
+    node: Node<H>,
+    req: HttpRequest<Incoming>,
+    peer: SocketAddr,
+    refusals: &RefusalLog,
+) -> Response<ResBody> {
     let started = std::time::Instant::now();
+    // For the refusal log (a cheap clone, parsed only on a refusal).
+    let authorization = req.headers().get(AUTHORIZATION).cloned();
     let bytes_in = hyper::body::Body::size_hint(req.body()).exact();
     let mut kind = RequestKind::Other;
     let result = match (req.method(), req.uri().path()) {
@@ -285,7 +303,17 @@ async fn route<H: Handler>(node: Node<H>, req: HttpRequest<Incoming>) -> Respons
             format!("no route for {} {path}", req.method()),
         )),
     };
-    let res = result.unwrap_or_else(|e| error_response(&e));
+    let res = result.unwrap_or_else(|e| {
+        if is_refusal(e.code) {
+            // The tenant the caller's token names, unverified: it is only logged.
+            let tenant = authorization
+                .as_ref()
+                .and_then(|v| bearer_of(v.to_str().ok()?)?.parse::<crate::Token>().ok())
+                .map(|t| t.unverified_claims().tenant.to_string());
+            refusals.refused(peer, tenant.as_deref(), &e);
+        }
+        error_response(&e)
+    });
     if let Some(metrics) = &node.config.metrics {
         let bytes_out = res
             .headers()

@@ -157,14 +157,17 @@ impl Claims {
         }
         if !self.actions.contains(actions) {
             return Err(AuthError::ActionNotGranted {
-                granted: self.actions.bits(),
-                needed: actions.bits(),
+                granted: self.actions,
+                needed: actions,
             });
         }
         if let Some(scope) = scope
             && !self.scope.covers(scope)
         {
-            return Err(AuthError::ScopeNotCovered);
+            return Err(AuthError::ScopeNotCovered {
+                granted: self.scope.clone(),
+                requested: scope.clone(),
+            });
         }
         Ok(())
     }
@@ -312,7 +315,8 @@ pub enum TokenError {
 #[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuthError {
-    /// No `Authorization: Bearer` token came with the request.
+    /// No `Authorization: Bearer` token came with the request (the scheme is matched
+    /// without regard to case).
     #[error("missing bearer token")]
     Missing,
     /// The token text could not be parsed.
@@ -338,16 +342,21 @@ pub enum AuthError {
         request: TenantId,
     },
     /// The request needs an action the token does not grant.
-    #[error("token grants actions {granted:#05b}, request needs {needed:#05b}")]
+    #[error("token grants {granted}; the request needs {needed}")]
     ActionNotGranted {
-        /// Bits granted (read 1, write 2, sync 4).
-        granted: u8,
-        /// Bits needed.
-        needed: u8,
+        /// The actions granted.
+        granted: Actions,
+        /// The actions the request needs.
+        needed: Actions,
     },
     /// The request's scope is not covered by the token's scope.
-    #[error("requested scope is not covered by the token's scope")]
-    ScopeNotCovered,
+    #[error("the requested scope ({requested}) is not covered by the token's scope ({granted})")]
+    ScopeNotCovered {
+        /// The token's scope.
+        granted: Scope,
+        /// The scope the request asks for.
+        requested: Scope,
+    },
 }
 
 impl AuthError {
@@ -360,7 +369,7 @@ impl AuthError {
             | AuthError::Expired { .. } => 401,
             AuthError::WrongTenant { .. }
             | AuthError::ActionNotGranted { .. }
-            | AuthError::ScopeNotCovered => 403,
+            | AuthError::ScopeNotCovered { .. } => 403,
         }
     }
 }
@@ -437,14 +446,21 @@ mod tests {
         let alice = TenantId::new("alice").unwrap();
         let notes = Scope::protocols(vec![ProtocolName::new("notes").unwrap()]).unwrap();
         assert_eq!(c.authorize(&alice, Some(&notes), Actions::READ, 0), Ok(()));
+        let wide = c
+            .authorize(&alice, Some(&Scope::Full), Actions::READ, 0)
+            .unwrap_err();
         assert_eq!(
-            c.authorize(&alice, Some(&Scope::Full), Actions::READ, 0),
-            Err(AuthError::ScopeNotCovered)
+            wide.to_string(),
+            "the requested scope (full) is not covered by the token's scope (protocols notes)"
         );
-        assert!(matches!(
-            c.authorize(&alice, Some(&notes), Actions::WRITE, 0),
-            Err(AuthError::ActionNotGranted { .. })
-        ));
+        assert_eq!(wide.http_status(), 403);
+        let write = c
+            .authorize(&alice, Some(&notes), Actions::WRITE, 0)
+            .unwrap_err();
+        assert_eq!(
+            write.to_string(),
+            "token grants read, sync; the request needs write"
+        );
         assert!(matches!(
             c.authorize(
                 &TenantId::new("eve").unwrap(),
@@ -454,7 +470,6 @@ mod tests {
             ),
             Err(AuthError::WrongTenant { .. })
         ));
-        assert_eq!(AuthError::ScopeNotCovered.http_status(), 403);
         assert_eq!(AuthError::Forged.http_status(), 401);
     }
 

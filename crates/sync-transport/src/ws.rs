@@ -77,7 +77,7 @@ pub(crate) fn upgrade<H: Handler>(
     let bearer = headers
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(crate::server::bearer_of);
     let ctx = node.authenticate(bearer)?;
     let encoded = headers
         .get(SUBSCRIBE_HEADER)

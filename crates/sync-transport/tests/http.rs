@@ -405,11 +405,14 @@ async fn connections_beyond_the_limit_get_503() {
     let text = String::from_utf8_lossy(&buf);
     assert!(text.starts_with("HTTP/1.1 503"), "{text}");
     let body_at = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    assert_eq!(error_of(&buf[body_at..]).code, ErrorCode::Overloaded);
+    let reply = error_of(&buf[body_at..]);
+    assert_eq!(reply.code, ErrorCode::Overloaded);
+    assert_eq!(reply.message, "the node is at its limit of 2 connections");
     let err = within(5, t.client(&owner_token()).health())
         .await
         .unwrap_err();
     assert!(err.is_retryable(), "{err}");
+    assert_eq!(err.code(), Some(ErrorCode::Overloaded), "{err}");
 }
 
 #[tokio::test]

@@ -55,14 +55,37 @@ impl Actions {
     }
 }
 
+/// The actions in words, as error messages and tools print them: `read, sync`, or
+/// `none`.
+impl std::fmt::Display for Actions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for (bit, name) in [
+            (Actions::READ, "read"),
+            (Actions::WRITE, "write"),
+            (Actions::SYNC, "sync"),
+        ] {
+            if self.contains(bit) {
+                f.write_str(if first { "" } else { ", " })?;
+                f.write_str(name)?;
+                first = false;
+            }
+        }
+        if first {
+            f.write_str("none")?;
+        }
+        Ok(())
+    }
+}
+
 impl TryFrom<u8> for Actions {
     type Error = ValidationError;
     fn try_from(bits: u8) -> Result<Self, Self::Error> {
         if bits & !Actions::ALL.0 != 0 {
-            return Err(ValidationError::Malformed {
+            return Err(crate::codec::rejected(ValidationError::Malformed {
                 what: "actions",
                 reason: "unknown action bits",
-            });
+            }));
         }
         Ok(Actions(bits))
     }
@@ -147,7 +170,7 @@ impl Delegation {
 impl TryFrom<DelegationParts> for Delegation {
     type Error = ValidationError;
     fn try_from(p: DelegationParts) -> Result<Self, Self::Error> {
-        Self::new(p.delegate, p.grants)
+        Self::new(p.delegate, p.grants).map_err(crate::codec::rejected)
     }
 }
 
@@ -265,5 +288,13 @@ mod tests {
         );
         assert!(Authorization::Owner.allows(&Scope::Full, Actions::ALL, u64::MAX));
         assert!(Actions::try_from(8).is_err());
+    }
+
+    #[test]
+    fn actions_are_named_in_words() {
+        assert_eq!(Actions::NONE.to_string(), "none");
+        assert_eq!(Actions::WRITE.to_string(), "write");
+        assert_eq!(Actions::READ.union(Actions::SYNC).to_string(), "read, sync");
+        assert_eq!(Actions::ALL.to_string(), "read, write, sync");
     }
 }

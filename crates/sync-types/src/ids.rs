@@ -75,7 +75,7 @@ macro_rules! string_id {
         impl TryFrom<String> for $name {
             type Error = ValidationError;
             fn try_from(s: String) -> Result<Self, Self::Error> {
-                Self::new(s)
+                Self::new(s).map_err(crate::codec::rejected)
             }
         }
 
@@ -393,7 +393,7 @@ impl ContextId {
 impl TryFrom<Vec<RecordId>> for ContextId {
     type Error = ValidationError;
     fn try_from(chain: Vec<RecordId>) -> Result<Self, Self::Error> {
-        Self::new(chain)
+        Self::new(chain).map_err(crate::codec::rejected)
     }
 }
 

@@ -63,6 +63,53 @@ pub struct ProjectionEntry {
     pub context_prefixes: Vec<ContextId>,
 }
 
+/// The scope in words, as error messages print it: `full`, `protocols A, B`, or
+/// `projection of A (paths x, y; contexts c), B` (a protocol without prefixes is
+/// projected whole).
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fn list<T: std::fmt::Display>(
+            f: &mut std::fmt::Formatter<'_>,
+            items: &[T],
+        ) -> std::fmt::Result {
+            for (i, item) in items.iter().enumerate() {
+                write!(f, "{}{item}", if i > 0 { ", " } else { "" })?;
+            }
+            Ok(())
+        }
+        match self {
+            Scope::Full => f.write_str("full"),
+            Scope::ProtocolSet(set) => {
+                f.write_str("protocols ")?;
+                list(f, set.protocols())
+            }
+            Scope::Projection(p) => {
+                f.write_str("projection of ")?;
+                for (i, e) in p.entries().iter().enumerate() {
+                    write!(f, "{}{}", if i > 0 { ", " } else { "" }, e.protocol)?;
+                    if e.is_whole_protocol() {
+                        continue;
+                    }
+                    f.write_str(" (")?;
+                    if !e.path_prefixes.is_empty() {
+                        f.write_str("paths ")?;
+                        list(f, &e.path_prefixes)?;
+                    }
+                    if !e.context_prefixes.is_empty() {
+                        if !e.path_prefixes.is_empty() {
+                            f.write_str("; ")?;
+                        }
+                        f.write_str("contexts ")?;
+                        list(f, &e.context_prefixes)?;
+                    }
+                    f.write_str(")")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 impl ProtocolSet {
     /// Sorts and deduplicates; fails when empty or longer than [`SCOPE_PROTOCOLS_MAX`].
     pub fn new(mut protocols: Vec<ProtocolName>) -> Result<Self, ValidationError> {
@@ -91,7 +138,7 @@ impl ProtocolSet {
 impl TryFrom<Vec<ProtocolName>> for ProtocolSet {
     type Error = ValidationError;
     fn try_from(v: Vec<ProtocolName>) -> Result<Self, Self::Error> {
-        Self::new(v)
+        Self::new(v).map_err(crate::codec::rejected)
     }
 }
 
@@ -232,7 +279,7 @@ impl Projection {
 impl TryFrom<Vec<ProjectionEntry>> for Projection {
     type Error = ValidationError;
     fn try_from(v: Vec<ProjectionEntry>) -> Result<Self, Self::Error> {
-        Self::new(v)
+        Self::new(v).map_err(crate::codec::rejected)
     }
 }
 
@@ -381,7 +428,7 @@ macro_rules! hash_text {
         impl TryFrom<String> for $name {
             type Error = ValidationError;
             fn try_from(s: String) -> Result<Self, Self::Error> {
-                s.parse()
+                s.parse().map_err(crate::codec::rejected)
             }
         }
 
@@ -547,5 +594,35 @@ mod tests {
         assert!(wider.covers(&narrow));
         assert!(!narrow.covers(&wider));
         assert!(!wider.covers(&set_a));
+    }
+
+    #[test]
+    fn scopes_are_named_in_words() {
+        let p = |n: &str| ProtocolName::new(format!("https://ex.com/{n}")).unwrap();
+        assert_eq!(Scope::Full.to_string(), "full");
+        let set = Scope::protocols(vec![p("b"), p("a")]).unwrap();
+        assert_eq!(
+            set.to_string(),
+            "protocols https://ex.com/a, https://ex.com/b"
+        );
+        let projection = Scope::Projection(
+            Projection::new(vec![
+                ProjectionEntry {
+                    protocol: p("a"),
+                    path_prefixes: vec![ProtocolPath::new("post").unwrap()],
+                    context_prefixes: Vec::new(),
+                },
+                ProjectionEntry {
+                    protocol: p("b"),
+                    path_prefixes: Vec::new(),
+                    context_prefixes: Vec::new(),
+                },
+            ])
+            .unwrap(),
+        );
+        assert_eq!(
+            projection.to_string(),
+            "projection of https://ex.com/a (paths post), https://ex.com/b"
+        );
     }
 }

@@ -36,6 +36,9 @@ pub(crate) struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileLimits {
     connections_max: Option<usize>,
+    connections_per_address_max: Option<usize>,
+    first_byte_time_ms_max: Option<u64>,
+    header_read_time_ms_max: Option<u64>,
     subscriptions_max: Option<usize>,
     frame_bytes_max: Option<usize>,
     request_time_ms_max: Option<u64>,
@@ -83,6 +86,11 @@ impl Settings {
             metrics: !args.no_metrics && file.metrics.unwrap_or(true),
             limits: FileLimits {
                 connections_max: args.connections_max.or(l.connections_max),
+                connections_per_address_max: args
+                    .connections_per_address_max
+                    .or(l.connections_per_address_max),
+                first_byte_time_ms_max: args.first_byte_time_ms_max.or(l.first_byte_time_ms_max),
+                header_read_time_ms_max: args.header_read_time_ms_max.or(l.header_read_time_ms_max),
                 subscriptions_max: args.subscriptions_max.or(l.subscriptions_max),
                 frame_bytes_max: args.frame_bytes_max.or(l.frame_bytes_max),
                 request_time_ms_max: args.request_time_ms_max.or(l.request_time_ms_max),
@@ -110,6 +118,15 @@ impl Settings {
         let l = &self.limits;
         if let Some(v) = l.connections_max {
             c.connections_max = v;
+        }
+        if let Some(v) = l.connections_per_address_max {
+            c.connections_per_address_max = v;
+        }
+        if let Some(v) = l.first_byte_time_ms_max {
+            c.first_byte_time_ms_max = v;
+        }
+        if let Some(v) = l.header_read_time_ms_max {
+            c.header_read_time_ms_max = v;
         }
         if let Some(v) = l.subscriptions_max {
             c.subscriptions_max = v;
@@ -308,7 +325,7 @@ mod tests {
         let file = dir.path().join("weft.toml");
         std::fs::write(
             &file,
-            "data_dir = \"node\"\nlisten = \"127.0.0.1:9000\"\nmetrics = false\n[limits]\nconnections_max = 7\nshutdown_grace_ms = 100\nblob_bytes_max = 1000\nblob_gc_interval_ms = 0\nstore_cache_mib = 8\nstore_memtable_mib = 2\n",
+            "data_dir = \"node\"\nlisten = \"127.0.0.1:9000\"\nmetrics = false\n[limits]\nconnections_max = 7\nconnections_per_address_max = 3\nfirst_byte_time_ms_max = 250\nshutdown_grace_ms = 100\nblob_bytes_max = 1000\nblob_gc_interval_ms = 0\nstore_cache_mib = 8\nstore_memtable_mib = 2\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -316,6 +333,8 @@ mod tests {
             listen: Some("127.0.0.1:9001".into()),
             shutdown_grace_ms: Some(200),
             store_memtable_mib: Some(4),
+            first_byte_time_ms_max: Some(500),
+            header_read_time_ms_max: Some(900),
             ..ServeArgs::default()
         };
         let s = Settings::resolve(args).unwrap();
@@ -325,6 +344,9 @@ mod tests {
         assert!(!s.metrics);
         let c = s.server_config(sync_transport::TokenKey::from_bytes([1; 32]));
         assert_eq!(c.connections_max, 7, "from the file");
+        assert_eq!(c.connections_per_address_max, 3, "from the file");
+        assert_eq!(c.first_byte_time_ms_max, 500, "the flag wins");
+        assert_eq!(c.header_read_time_ms_max, 900, "the flag");
         assert_eq!(c.shutdown_grace_ms, 200, "the flag wins");
         assert_eq!(c.subscriptions_max, 4096, "the default");
         assert_eq!(s.blob_limits().blob_bytes_max, 1000, "from the file");
