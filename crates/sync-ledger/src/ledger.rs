@@ -421,7 +421,9 @@ impl Ledger {
         match store.get(layout::META, KEY)? {
             Some(bytes) => {
                 let found: u32 = dec(layout::META, KEY, &bytes)?;
-                if found != layout::LAYOUT_VERSION {
+                if found == 2 {
+                    crate::blob_refs::upgrade_from_v2(&*store)?;
+                } else if found != layout::LAYOUT_VERSION {
                     return Err(Error::UnsupportedLayout {
                         found,
                         supported: layout::LAYOUT_VERSION,

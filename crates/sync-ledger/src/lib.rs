@@ -111,12 +111,14 @@
 
 #![deny(missing_docs)]
 
+mod blob_refs;
 mod blobs;
 mod error;
 pub mod layout;
 mod ledger;
 mod log;
 mod registry;
+mod staged_uploads;
 pub mod store;
 
 pub use blobs::{BlobReader, BlobUpload, Blobs, UploadCursor};
@@ -131,5 +133,6 @@ pub use registry::{
     DEAD_LETTER_ERROR_BYTES_MAX, DeadLetterFilter, DeadLetters, Identities, Links,
     RegisteredIdentity,
 };
+pub use staged_uploads::staging_id;
 pub use store::{Durability, FjallStore, MemoryStore, Store};
 pub use sync_types::merge::Conflict;
