@@ -94,7 +94,7 @@ impl<'a> Blobs<'a> {
 
     /// A stored blob's metadata and the id its chunks are stored under (its own, or the
     /// upload's for a blob written by [`put_stream`](Self::put_stream)).
-    fn locate(&self, cid: &Cid) -> Result<Option<(BlobMeta, Cid)>> {
+    pub(crate) fn locate(&self, cid: &Cid) -> Result<Option<(BlobMeta, Cid)>> {
         let Some(meta) = self.meta(cid)? else {
             return Ok(None);
         };

@@ -133,6 +133,5 @@ pub use registry::{
     DEAD_LETTER_ERROR_BYTES_MAX, DeadLetterFilter, DeadLetters, Identities, Links,
     RegisteredIdentity,
 };
-pub use staged_uploads::staging_id;
 pub use store::{Durability, FjallStore, MemoryStore, Store};
 pub use sync_types::merge::Conflict;

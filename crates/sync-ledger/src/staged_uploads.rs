@@ -4,11 +4,16 @@
 //! A node serves many tenants from one blob store, and blobs are stored once by content.
 //! An upload under the blob's own id would be shared by everyone sending that id: one
 //! sender could see another's progress, and a sender of wrong bytes would make the
-//! other's upload fail its hash check. A staged upload
-//! ([`Blobs::upload_staged`], usually under [`staging_id`]) keeps each uploader's
-//! partial state apart, while the stored blob stays deduplicated: when the bytes match,
-//! one commit writes the blob's `blob_meta` and an alias naming the staging id (where
-//! the chunks stay), or, when the blob is already stored, drops the staged chunks.
+//! other's upload fail its hash check. A staged upload ([`Blobs::upload_for_tenant`])
+//! keeps each uploader's partial state apart, while the stored blob stays
+//! deduplicated: when the bytes match, one commit writes the blob's `blob_meta` and an
+//! alias naming the staging id (where the chunks stay), or, when the blob is already
+//! stored, drops the staged chunks.
+//!
+//! A tenant has two staging ids per blob and uploads under the one the stored blob's
+//! alias does not name: a tenant that sends a blob again (after it was stored through
+//! its own upload) must not write over, or on a hash mismatch delete, the chunks that
+//! every reader of the blob reads.
 
 use sync_types::{Cid, TenantId};
 
@@ -22,19 +27,49 @@ use crate::store::{Batch, Durability};
 /// real content by accident (it is the hash of a string no blob id is derived from).
 const TENANT_STAGING_PREFIX: &[u8] = b"weft tenant blob staging v1";
 
-/// The staging id of `tenant`'s upload of blob `cid`: the same for every upload of
-/// that blob by that tenant (so it resumes), different for every other tenant.
-pub fn staging_id(tenant: &TenantId, cid: &Cid) -> Cid {
+/// Staging id number `which` (0 or 1) of `tenant`'s uploads of blob `cid`: different
+/// for every tenant.
+fn staging_id(tenant: &TenantId, cid: &Cid, which: u8) -> Cid {
     let mut h = blake3::Hasher::new();
     h.update(TENANT_STAGING_PREFIX);
     h.update(tenant.as_str().as_bytes());
     // Tenant ids are visible ASCII: the terminator keeps (tenant, cid) pairs apart.
     h.update(&[0]);
     h.update(cid.as_bytes());
+    h.update(&[which]);
     Cid::from_bytes(*h.finalize().as_bytes())
 }
 
 impl<'a> Blobs<'a> {
+    /// The staging id `tenant`'s upload of `cid` uses now: the same for every attempt
+    /// (so it resumes) until the blob is stored under it, then the other one.
+    fn tenant_staging(&self, tenant: &TenantId, cid: &Cid) -> Result<Cid> {
+        let first = staging_id(tenant, cid, 0);
+        Ok(match self.locate(cid)? {
+            Some((_, at)) if at == first => staging_id(tenant, cid, 1),
+            _ => first,
+        })
+    }
+
+    /// Starts or resumes `tenant`'s upload of blob `cid`, staged apart from every other
+    /// tenant's (see the [module docs](self)); like
+    /// [`upload_staged`](Self::upload_staged).
+    pub fn upload_for_tenant(
+        &self,
+        tenant: &TenantId,
+        cid: &Cid,
+        size: Option<u64>,
+        now_ms: u64,
+    ) -> Result<BlobUpload<'a>> {
+        let staging = self.tenant_staging(tenant, cid)?;
+        self.upload_staged(&staging, cid, size, now_ms)
+    }
+
+    /// Bytes durably received by `tenant`'s partial upload of `cid`, if one exists.
+    pub fn tenant_upload_offset(&self, tenant: &TenantId, cid: &Cid) -> Result<Option<u64>> {
+        self.upload_offset(&self.tenant_staging(tenant, cid)?)
+    }
+
     /// Starts or resumes an upload of blob `cid` staged under `staging`: chunks and
     /// upload state live under `staging` (see [`upload_offset`](Self::upload_offset)
     /// of `staging` for its progress), and

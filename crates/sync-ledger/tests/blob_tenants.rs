@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use sync_ledger::store::{Batch, Durability, KeyRange, Order, Store};
-use sync_ledger::{Error, Ledger, MemoryStore, layout, staging_id};
+use sync_ledger::{Error, Ledger, MemoryStore, layout};
 use sync_types::*;
 
 /// A root `note` write naming a blob of `len` bytes with id `cid` (not inline).
@@ -127,28 +127,26 @@ fn a_layout_2_store_gets_its_blob_index_rebuilt_on_open() {
 }
 
 #[test]
-fn staged_uploads_are_per_tenant_and_store_each_blob_once() {
+fn uploads_are_per_tenant_and_store_each_blob_once() {
     let ledger = Ledger::builder().seed(1).open_in_memory().unwrap();
     let blobs = ledger.blobs();
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let cid = Cid::of_data(&data);
     let size = Some(data.len() as u64);
     let (victim, attacker) = (tenant("victim"), tenant("attacker"));
-    let (sv, sa) = (staging_id(&victim, &cid), staging_id(&attacker, &cid));
-    assert_ne!(sv, sa);
-    assert_ne!(sv, cid);
 
     // The victim sends half; the attacker sends wrong bytes under the same blob id.
-    let mut up = blobs.upload_staged(&sv, &cid, size, 1).unwrap();
+    let mut up = blobs.upload_for_tenant(&victim, &cid, size, 1).unwrap();
     up.write(&data[..150_000]).unwrap();
     up.checkpoint(Durability::Buffered).unwrap();
     drop(up);
-    let mut bad = blobs.upload_staged(&sa, &cid, size, 1).unwrap();
+    let mut bad = blobs.upload_for_tenant(&attacker, &cid, size, 1).unwrap();
     assert_eq!(
         bad.offset(),
         0,
         "the attacker does not see the victim's progress"
     );
+    assert_eq!(blobs.tenant_upload_offset(&attacker, &cid).unwrap(), None);
     bad.write(&vec![7u8; data.len()]).unwrap();
     assert!(matches!(
         bad.finish(Durability::SyncData),
@@ -156,41 +154,77 @@ fn staged_uploads_are_per_tenant_and_store_each_blob_once() {
     ));
     assert!(!blobs.has(&cid).unwrap());
     assert_eq!(
-        blobs.upload_offset(&sv).unwrap(),
+        blobs.tenant_upload_offset(&victim, &cid).unwrap(),
         Some(150_000),
         "the victim's upload is untouched"
     );
+    assert_eq!(
+        blobs.upload_offset(&cid).unwrap(),
+        None,
+        "nothing under the blob id"
+    );
 
     // The victim resumes and stores the blob.
-    let mut up = blobs.upload_staged(&sv, &cid, size, 2).unwrap();
+    let mut up = blobs.upload_for_tenant(&victim, &cid, size, 2).unwrap();
     assert_eq!(up.offset(), 150_000);
     up.write(&data[150_000..]).unwrap();
     assert_eq!(up.finish(Durability::SyncData).unwrap(), data.len() as u64);
     assert_eq!(blobs.read(&cid).unwrap(), data);
-    assert_eq!(blobs.upload_offset(&sv).unwrap(), None);
+    assert_eq!(blobs.tenant_upload_offset(&victim, &cid).unwrap(), None);
 
-    // A second tenant must send every byte even though the blob is stored, and its
+    // Another tenant must send every byte even though the blob is stored, and its
     // staged chunks are dropped: the blob is stored once.
-    let mut again = blobs.upload_staged(&sa, &cid, size, 3).unwrap();
+    let mut again = blobs.upload_for_tenant(&attacker, &cid, size, 3).unwrap();
     assert!(!again.is_complete());
     again.write(&data).unwrap();
     assert_eq!(
         again.finish(Durability::SyncData).unwrap(),
         data.len() as u64
     );
-    let stored: u64 = ledger
+    assert_eq!(chunk_bytes(&ledger), data.len() as u64);
+    assert_eq!(blobs.read(&cid).unwrap(), data);
+}
+
+fn chunk_bytes(ledger: &Ledger) -> u64 {
+    ledger
         .store()
         .scan(layout::BLOB_CHUNKS, KeyRange::all(), Order::Ascending)
         .unwrap()
         .map(|kv| kv.unwrap().1.len() as u64)
-        .sum();
-    assert_eq!(stored, data.len() as u64);
-    assert!(
-        blobs
-            .partial_uploads()
-            .unwrap()
-            .iter()
-            .all(|(id, _)| *id != sa)
-    );
-    assert_eq!(blobs.read(&cid).unwrap(), data);
+        .sum()
+}
+
+/// A tenant that sends a blob again after its own upload stored it (its possession was
+/// forgotten, say) writes apart from the stored chunks: wrong bytes cannot damage the
+/// stored blob, and right ones store nothing twice.
+#[test]
+fn a_tenant_sending_a_stored_blob_again_never_touches_its_stored_chunks() {
+    let ledger = Ledger::builder().seed(1).open_in_memory().unwrap();
+    let blobs = ledger.blobs();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 239) as u8).collect();
+    let cid = Cid::of_data(&data);
+    let size = Some(data.len() as u64);
+    let t = tenant("alice");
+    for round in 0..3 {
+        let mut up = blobs.upload_for_tenant(&t, &cid, size, round).unwrap();
+        assert_eq!(up.offset(), 0);
+        up.write(&data).unwrap();
+        assert_eq!(up.finish(Durability::SyncData).unwrap(), data.len() as u64);
+        assert_eq!(blobs.read(&cid).unwrap(), data);
+        assert_eq!(chunk_bytes(&ledger), data.len() as u64);
+
+        let mut bad = blobs.upload_for_tenant(&t, &cid, size, round).unwrap();
+        bad.write(&data[..100_000]).unwrap();
+        bad.checkpoint(Durability::Buffered).unwrap();
+        bad.write(&vec![1u8; 100_000]).unwrap();
+        assert!(matches!(
+            bad.finish(Durability::SyncData),
+            Err(Error::BlobMismatch { .. })
+        ));
+        assert_eq!(blobs.read(&cid).unwrap(), data, "round {round}");
+        // The collector's removal of the blob lets the next round store it anew.
+        if round == 1 {
+            assert!(blobs.delete(&cid, Durability::SyncData).unwrap());
+        }
+    }
 }
