@@ -51,9 +51,11 @@ impl<'a> Blobs<'a> {
         })
     }
 
-    /// Starts or resumes `tenant`'s upload of blob `cid`, staged apart from every other
-    /// tenant's (see the [module docs](self)); like
-    /// [`upload_staged`](Self::upload_staged).
+    /// Starts or resumes `tenant`'s upload of blob `cid`, staged under an id of the
+    /// tenant's own (like [`upload_staged`](Self::upload_staged)): tenants never see or
+    /// disturb each other's partial uploads of one blob, and the stored blob is still
+    /// kept once. A tenant sending a blob again after its own upload stored it writes
+    /// under a second id, never over the stored chunks.
     pub fn upload_for_tenant(
         &self,
         tenant: &TenantId,
