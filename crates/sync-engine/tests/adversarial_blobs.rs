@@ -424,7 +424,13 @@ async fn f4_another_tenants_wrong_bytes_under_the_victims_cid_disturb_nothing() 
         .unwrap();
     assert_eq!((stat.received_bytes, stat.complete), (half, false));
 
-    // The victim sees none of Mallory's progress.
+    // A writer's stat tells it where its own upload stands (to resume it)...
+    let hers = m
+        .blob_stat(stat_req(mallory(), Scope::Full, blob.data_cid))
+        .await
+        .unwrap();
+    assert_eq!((hers.received_bytes, hers.complete), (half, false));
+    // ...but the victim sees none of Mallory's progress.
     let owner = client(&w.ep, owner_of(tenant(), alice()));
     let mine = owner
         .blob_stat(stat_req(tenant(), Scope::Full, blob.data_cid))
