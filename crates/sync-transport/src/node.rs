@@ -143,7 +143,8 @@ pub trait Handler: Send + Sync + 'static {
     /// read; the guard it returns is held until the request ends, however it ends
     /// (finished, failed, or dropped because its connection went). A handler counts
     /// its open uploads with it, so an abandoned one frees its slot at once; an error
-    /// refuses the upload. Default: no limit.
+    /// refuses the upload. Default: no limit (a handler that wraps another passes the
+    /// call on).
     fn blob_write_begin(
         &self,
         ctx: &RequestContext,
