@@ -50,11 +50,16 @@ use crate::replica::Replica;
 /// tenant with more writes naming one blob than this, none of them in a token's scope,
 /// may be refused a read it could have had (never granted one it should not).
 pub const BLOB_REFERRERS_CHECKED_MAX: usize = 256;
-/// Blobs remembered per tenant as uploaded by a grant (see the module docs).
+/// Blobs remembered per tenant as uploaded by one of its grants, oldest forgotten
+/// first. A grant may name a blob in a write when it may read the blob or uploaded it
+/// (ARCHITECTURE.md, Security); this memory bridges an upload and the write that
+/// follows it, and a writer whose upload was forgotten sends the blob again.
 pub const POSSESSIONS_PER_TENANT_MAX: usize = 1024;
-/// Paused uploads (hash state between two requests) kept per tenant.
+/// Paused uploads kept per tenant, oldest dropped first: the hash state of an upload
+/// between two requests of one transfer (at most a chunk, 64 KiB, of data each), so the
+/// next request does not re-hash what is stored. A dropped one costs only that.
 pub const PAUSED_UPLOADS_PER_TENANT_MAX: usize = 8;
-/// Paused uploads kept over all tenants.
+/// Paused uploads kept over all tenants, oldest dropped first.
 pub const PAUSED_UPLOADS_MAX: usize = 256;
 
 /// A paused upload: its cursor, when it paused (ms), and whether it paused at the end
