@@ -627,3 +627,63 @@ async fn owners_and_delegates_whose_grant_covers_the_record_read_the_blob() {
     sync_until_quiet(&eb, 5).await;
     assert_has_blob(&b, &id, &blob, &data);
 }
+
+/// An upload whose connection goes part way through a request loses only what was not
+/// committed: the writer's stat names the durable offset, and the upload resumes there
+/// and stores the right bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_cut_off_mid_request_resumes_from_its_durable_offset() {
+    let w = world(BlobLimits::default()).await;
+    let owner = client(&w.ep, owner_of(tenant(), alice()));
+    let data = bytes(1_500_000, 10);
+    let cid = Cid::of_data(&data);
+    let total = data.len() as u64;
+    let req = move |offset: u64| BlobWriteRequest {
+        tenant: tenant(),
+        cid,
+        total_size: total,
+        offset,
+        len: total - offset,
+    };
+    // 1.2 MB, then nothing: the node commits every 16 chunks (1 MiB) as they fill.
+    let sent = bytes::Bytes::from(data[..1_200_000].to_vec());
+    let source: BlobSource = futures_util::stream::once(async move { Ok(sent) })
+        .chain(futures_util::stream::pending())
+        .boxed();
+    let task = {
+        let owner = owner.clone();
+        tokio::spawn(async move { owner.blob_write(req(0), source).await })
+    };
+    let handler = w.handler.clone();
+    let ledger = w.node.ledger();
+    eventually("the first MiB is committed", || {
+        ledger
+            .blobs()
+            .tenant_upload_offset(&tenant(), &cid)
+            .unwrap()
+            .is_some_and(|n| n >= 1024 * 1024)
+    })
+    .await;
+    task.abort();
+    eventually("the cut upload releases its slot", || {
+        handler.blob_uploads_open() == 0
+    })
+    .await;
+
+    let stat = owner
+        .blob_stat(stat_req(tenant(), Scope::Full, cid))
+        .await
+        .unwrap();
+    assert_eq!((stat.received_bytes, stat.complete), (1024 * 1024, false));
+    let from = stat.received_bytes;
+    let rest = bytes::Bytes::from(data[usize::try_from(from).unwrap()..].to_vec());
+    let done = owner
+        .blob_write(
+            req(from),
+            sync_transport::client::blob_source_from_bytes(rest, 64 * 1024),
+        )
+        .await
+        .unwrap();
+    assert!(done.complete);
+    assert_eq!(w.node.read_blob(&cid, 0, total).unwrap(), data);
+}
