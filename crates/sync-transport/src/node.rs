@@ -22,7 +22,7 @@
 //! When a change wakes many live subscriptions of a tenant, they all ask for the same
 //! page: same tenant, scope, filter, cursor and limit, read after the same change. The
 //! node reads such a page once through [`Handler::log_page`] and hands it to each of
-//! them ([`SharedPages`], the last [`SHARED_PAGES_MAX`] pages, keyed by the request and
+//! them (`SharedPages`, the last [`SHARED_PAGES_MAX`] pages, keyed by the request and
 //! the [`Handler::changes`] value that woke the reader). A page shared under a change
 //! value was read after that value was published, so it holds every event committed
 //! before it; a later commit publishes a new value and wakes the subscribers again.
@@ -119,7 +119,9 @@ pub trait Handler: Send + Sync + 'static {
         req: BlobStatRequest,
     ) -> impl Future<Output = Result<BlobStat, HandlerError>> + Send;
 
-    /// Up to `len` bytes of a complete blob from `offset`; fewer only at its end.
+    /// Up to `len` bytes of a complete blob from `offset`; fewer only at its end. Only
+    /// a blob that [`blob_stat`](Self::blob_stat) shows the caller as complete; any
+    /// other gets the answer of a blob that does not exist.
     fn blob_read(
         &self,
         ctx: &RequestContext,
