@@ -687,3 +687,52 @@ async fn an_upload_cut_off_mid_request_resumes_from_its_durable_offset() {
     assert!(done.complete);
     assert_eq!(w.node.read_blob(&cid, 0, total).unwrap(), data);
 }
+
+/// The node-wide bound holds over tenants and is named when reached; the slots come
+/// back as the connections go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_wide_upload_limit_is_named_when_reached() {
+    let limits = BlobLimits {
+        uploads_max: 2,
+        uploads_per_tenant_max: 1,
+        ..BlobLimits::default()
+    };
+    let w = world(limits).await;
+    let stalled = |t: TenantId, seed: u8| {
+        let principal = PrincipalId::new(format!("did:example:p{seed}")).unwrap();
+        let c = client(&w.ep, owner_of(t.clone(), principal));
+        let req = BlobWriteRequest {
+            tenant: t,
+            cid: Cid::of_data(&[seed; 8]),
+            total_size: 100_000,
+            offset: 0,
+            len: 100_000,
+        };
+        let source: BlobSource =
+            futures_util::stream::once(async { Ok(bytes::Bytes::from(vec![1u8; 1000])) })
+                .chain(futures_util::stream::pending())
+                .boxed();
+        (c, req, source)
+    };
+    let mut held = Vec::new();
+    for (i, name) in ["did:example:one", "did:example:two"]
+        .into_iter()
+        .enumerate()
+    {
+        let (c, req, source) = stalled(TenantId::new(name).unwrap(), u8::try_from(i).unwrap());
+        held.push(tokio::spawn(async move { c.blob_write(req, source).await }));
+    }
+    let handler = w.handler.clone();
+    eventually("two uploads are open", || handler.blob_uploads_open() == 2).await;
+    let (c, req, source) = stalled(mallory(), 9);
+    let (status, code, message) = refusal(c.blob_write(req, source).await.unwrap_err());
+    assert_eq!((status, code), (503, ErrorCode::Unavailable));
+    assert!(
+        message.contains("the node holds its limit of 2 concurrent blob uploads (uploads_max)"),
+        "{message}"
+    );
+    for task in &held {
+        task.abort();
+    }
+    eventually("the slots come back", || handler.blob_uploads_open() == 0).await;
+}
