@@ -100,8 +100,8 @@ pub(crate) enum Command {
         "           header_read_time_ms_max, subscriptions_max, frame_bytes_max,\n",
         "           request_time_ms_max, shutdown_grace_ms, subscriber_queue_len_max, heartbeat_interval_ms,\n",
         "           heartbeat_timeout_ms, blob_bytes_max, blob_uploads_max,\n",
-        "           blob_gc_interval_ms, blob_gc_grace_ms, store_cache_mib,\n",
-        "           store_memtable_mib\n",
+        "           blob_uploads_per_tenant_max, blob_gc_interval_ms, blob_gc_grace_ms,\n",
+        "           store_cache_mib, store_memtable_mib\n",
         "\n",
         "A blob upload larger than blob_bytes_max is refused with an error naming the limit;\n",
         "the blob collector removes blobs no live record references (see ARCHITECTURE.md).\n",
@@ -295,9 +295,13 @@ pub(crate) struct ServeArgs {
     /// error naming the limit [default: 4 GiB]
     #[arg(long, env = "WEFT_BLOB_BYTES_MAX", value_name = "BYTES")]
     pub(crate) blob_bytes_max: Option<u64>,
-    /// Blob uploads open at once over all tenants [default: 16]
+    /// Blob upload requests running at once over all tenants; one holds its slot only
+    /// while its connection is open [default: 16]
     #[arg(long, env = "WEFT_BLOB_UPLOADS_MAX", value_name = "N")]
     pub(crate) blob_uploads_max: Option<usize>,
+    /// Blob upload requests running at once per tenant [default: 4]
+    #[arg(long, env = "WEFT_BLOB_UPLOADS_PER_TENANT_MAX", value_name = "N")]
+    pub(crate) blob_uploads_per_tenant_max: Option<usize>,
     /// Interval of the blob garbage collector, in ms; 0 turns it off [default: 60000]
     #[arg(long, env = "WEFT_BLOB_GC_INTERVAL_MS", value_name = "MS")]
     pub(crate) blob_gc_interval_ms: Option<u64>,

@@ -11,7 +11,10 @@
 //!   grant is answered `Unauthorized`;
 //! - a delegate's message authored by someone else is `Unauthorized` (`Duplicate` when
 //!   already held); a version naming another protocol than its record's is `Invalid`
-//!   (the replica's apply decides it against the stored record).
+//!   (the replica's apply decides it against the stored record);
+//! - blobs are stated, read, uploaded and named under the rules of the `blobs` module
+//!   (a blob belongs to the tenants whose writes name it; uploads are per tenant and
+//!   hold a slot only while their request runs).
 //!
 //! Storage calls are synchronous (the ledger has no async runtime); the ones that can
 //! wait on an fsync (apply, blob writes) run on tokio's blocking pool.
@@ -20,10 +23,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use sync_ledger::{DeadLetterFilter, LogQuery, LogRead, UploadCursor};
+use sync_ledger::{DeadLetterFilter, LogQuery, LogRead};
 use sync_smt::{Limits, Responder};
 use sync_transport::HandlerError;
-use sync_transport::node::{Handler, RequestContext};
+use sync_transport::node::{BlobWriteGuard, Handler, RequestContext};
 use sync_transport::proto::{
     BlobReadRequest, BlobStat, BlobStatRequest, BlobWriteRequest, DiffReply, DiffRequest, LogEntry,
     LogFilter, LogPage, LogPageReply, LogPageRequest, MessageData, ReadMessagesReply,
@@ -31,20 +34,26 @@ use sync_transport::proto::{
 };
 use sync_transport::token::Role;
 use sync_types::{
-    ApplyOutcome, Connectivity, DeadLetterCategory, HealthSummary, Message, Scope, ScopeClass,
-    TenantId,
+    Actions, ApplyOutcome, Connectivity, DeadLetterCategory, Dependency, HealthSummary, Message,
+    Scope, ScopeClass, TenantId,
 };
 use tokio::sync::watch;
 
 use crate::replica::{Origin, Replica};
 
+mod blobs;
+
+pub use blobs::{
+    BLOB_REFERRERS_CHECKED_MAX, PAUSED_UPLOADS_MAX, PAUSED_UPLOADS_PER_TENANT_MAX,
+    POSSESSIONS_PER_TENANT_MAX,
+};
+
 /// Default largest blob a tenant may upload to a node, in bytes (4 GiB).
 pub const BLOB_BYTES_MAX_DEFAULT: u64 = 4 * 1024 * 1024 * 1024;
-/// Default number of blob uploads a node keeps open at once.
+/// Default number of blob upload requests a node runs at once.
 pub const BLOB_UPLOADS_MAX_DEFAULT: usize = 16;
-/// An open upload that received nothing for this long may be closed to make room for
-/// another (its durable part stays; the sender resumes), in ms.
-pub const BLOB_UPLOAD_IDLE_MS_MAX: u64 = 60_000;
+/// Default number of blob upload requests one tenant runs at once.
+pub const BLOB_UPLOADS_PER_TENANT_MAX_DEFAULT: usize = 4;
 
 /// What blob uploads a node accepts; every limit has its unit last.
 #[derive(Clone, Debug)]
@@ -53,10 +62,14 @@ pub struct BlobLimits {
     pub blob_bytes_max: u64,
     /// Per-tenant overrides of [`blob_bytes_max`](Self::blob_bytes_max), in bytes.
     pub tenant_blob_bytes_max: HashMap<TenantId, u64>,
-    /// Uploads open at once over all tenants; a new one beyond this is refused as
-    /// unavailable (retryable) until one finishes or idles out. Default
-    /// [`BLOB_UPLOADS_MAX_DEFAULT`].
+    /// Upload requests running at once over all tenants; one beyond this is refused
+    /// as unavailable (retryable, naming the limit) until one ends. A request holds its
+    /// slot only while it runs: one whose connection goes gives it back at once.
+    /// Default [`BLOB_UPLOADS_MAX_DEFAULT`].
     pub uploads_max: usize,
+    /// Upload requests running at once per tenant, so one tenant cannot take the
+    /// node's slots. Default [`BLOB_UPLOADS_PER_TENANT_MAX_DEFAULT`].
+    pub uploads_per_tenant_max: usize,
 }
 
 impl Default for BlobLimits {
@@ -65,6 +78,7 @@ impl Default for BlobLimits {
             blob_bytes_max: BLOB_BYTES_MAX_DEFAULT,
             tenant_blob_bytes_max: HashMap::new(),
             uploads_max: BLOB_UPLOADS_MAX_DEFAULT,
+            uploads_per_tenant_max: BLOB_UPLOADS_PER_TENANT_MAX_DEFAULT,
         }
     }
 }
@@ -79,10 +93,6 @@ impl BlobLimits {
     }
 }
 
-/// Uploads between two chunks: the hash state of each, so a chunk continues the upload
-/// without re-reading what is stored, and when it last moved (ms).
-type OpenUploads = Arc<Mutex<HashMap<sync_types::Cid, (UploadCursor, u64)>>>;
-
 /// Serves a replica to remote peers. Cheap to clone.
 #[derive(Clone)]
 pub struct ReplicaHandler {
@@ -90,7 +100,7 @@ pub struct ReplicaHandler {
     responder: Arc<Responder>,
     changes: Arc<Mutex<HashMap<TenantId, watch::Sender<u64>>>>,
     blob_limits: Arc<BlobLimits>,
-    uploads: OpenUploads,
+    blobs: Arc<blobs::NodeBlobs>,
 }
 
 impl std::fmt::Debug for ReplicaHandler {
@@ -108,7 +118,9 @@ impl ReplicaHandler {
     ///   checked against the grant through its record, and `Unauthorized` outside it;
     /// - a delegate writes only as its own principal: a message of another author is
     ///   `Unauthorized`, unless the node already holds it (`Duplicate`: a replica relays
-    ///   what it pulled, and relaying a held message changes nothing).
+    ///   what it pulled, and relaying a held message changes nothing);
+    /// - a write may name a blob only when the grant can read it or uploaded it, else
+    ///   `Incomplete` asking for the blob (the sender uploads it, proving it holds it).
     ///
     /// A message naming another protocol than its stored record is refused by the
     /// replica's apply (`Invalid`), for owners and delegates alike.
@@ -136,6 +148,15 @@ impl ReplicaHandler {
         {
             return Ok(Some(ApplyOutcome::Unauthorized));
         }
+        // A write may name a blob only when its grant can read it or uploaded it:
+        // otherwise naming a cid would be a way to read someone else's blob.
+        if let Some(blob) = crate::blob::blob_ref(message)
+            && !self.blob_nameable(tenant, &claims.scope, &blob.data_cid)?
+        {
+            return Ok(Some(ApplyOutcome::Incomplete {
+                missing: vec![Dependency::Blob(blob.data_cid)],
+            }));
+        }
         Ok(None)
     }
 
@@ -162,7 +183,7 @@ impl ReplicaHandler {
             responder: Arc::new(Responder::new(Limits::default())),
             changes,
             blob_limits: Arc::new(BlobLimits::default()),
-            uploads: Arc::default(),
+            blobs: Arc::default(),
         }
     }
 
@@ -340,11 +361,13 @@ impl Handler for ReplicaHandler {
 
     async fn blob_stat(
         &self,
-        _ctx: &RequestContext,
+        ctx: &RequestContext,
         req: BlobStatRequest,
     ) -> Result<BlobStat, HandlerError> {
         let blobs = self.replica.ledger().blobs();
-        if let Some(size) = blobs.size(&req.cid).map_err(internal)? {
+        if self.blob_readable(&req.tenant, &req.scope, &ctx.claims.scope, &req.cid)?
+            && let Some(size) = blobs.size(&req.cid).map_err(internal)?
+        {
             return Ok(BlobStat {
                 cid: req.cid,
                 size: Some(size),
@@ -352,10 +375,16 @@ impl Handler for ReplicaHandler {
                 complete: true,
             });
         }
-        let received = blobs
-            .upload_offset(&req.cid)
-            .map_err(internal)?
-            .unwrap_or(0);
+        // A writer resuming its tenant's own upload learns how far it got; nobody
+        // learns anything of another tenant's.
+        let received = if ctx.claims.actions.contains(Actions::WRITE) {
+            blobs
+                .tenant_upload_offset(&req.tenant, &req.cid)
+                .map_err(internal)?
+                .unwrap_or(0)
+        } else {
+            0
+        };
         Ok(BlobStat {
             cid: req.cid,
             size: None,
@@ -366,13 +395,16 @@ impl Handler for ReplicaHandler {
 
     async fn blob_read(
         &self,
-        _ctx: &RequestContext,
+        ctx: &RequestContext,
         req: &BlobReadRequest,
         offset: u64,
         len: u32,
     ) -> Result<Bytes, HandlerError> {
         let blobs = self.replica.ledger().blobs();
-        if !blobs.has(&req.cid).map_err(internal)? {
+        // The same answer for a blob the caller may not see as for one not stored.
+        if !self.blob_readable(&req.tenant, &req.scope, &ctx.claims.scope, &req.cid)?
+            || !blobs.has(&req.cid).map_err(internal)?
+        {
             return Err(HandlerError::NotFound(format!("blob {}", req.cid)));
         }
         let bytes = blobs
@@ -381,29 +413,23 @@ impl Handler for ReplicaHandler {
         Ok(Bytes::from(bytes))
     }
 
-    async fn blob_write(
+    fn blob_write_begin(
         &self,
         _ctx: &RequestContext,
+        req: &BlobWriteRequest,
+    ) -> Result<BlobWriteGuard, HandlerError> {
+        self.begin_upload(req)
+    }
+
+    async fn blob_write(
+        &self,
+        ctx: &RequestContext,
         req: &BlobWriteRequest,
         offset: u64,
         chunk: Bytes,
     ) -> Result<BlobStat, HandlerError> {
-        let max = self.blob_limits.blob_bytes_max_for(&req.tenant);
-        if req.total_size > max {
-            return Err(HandlerError::Forbidden(format!(
-                "blob of {} bytes exceeds tenant {}'s upload limit of {max} bytes",
-                req.total_size, req.tenant
-            )));
-        }
-        let replica = self.replica.clone();
-        let req = req.clone();
-        let uploads = self.uploads.clone();
-        let uploads_max = self.blob_limits.uploads_max.max(1);
-        tokio::task::spawn_blocking(move || {
-            write_chunk(&replica, &uploads, uploads_max, &req, offset, &chunk)
-        })
-        .await
-        .map_err(internal)?
+        self.write_blob_chunk(&ctx.claims.scope, req, offset, chunk)
+            .await
     }
 
     async fn health(&self) -> Result<HealthSummary, HandlerError> {
@@ -434,92 +460,6 @@ impl Handler for ReplicaHandler {
             .or_insert_with(|| watch::channel(0).0)
             .subscribe()
     }
-}
-
-/// Stores one chunk of an upload. The upload stays open between chunks (its hash state
-/// in `uploads`), so a transfer of any size hashes every byte once; it is made durable
-/// at the end of each request's range, which is where a sender resumes after a failure.
-fn write_chunk(
-    replica: &Replica,
-    uploads: &OpenUploads,
-    uploads_max: usize,
-    req: &BlobWriteRequest,
-    offset: u64,
-    chunk: &[u8],
-) -> Result<BlobStat, HandlerError> {
-    let blobs = replica.ledger().blobs();
-    let now = replica.now_ms();
-    let open = lock(uploads)
-        .remove(&req.cid)
-        // A sender that lost a request resumes from the durable offset: reopen there.
-        .filter(|(cursor, _)| cursor.offset() == offset);
-    let upload = match open {
-        Some((cursor, _)) => blobs.resume(cursor, now),
-        None => {
-            let mut open = lock(uploads);
-            if open.len() >= uploads_max {
-                open.retain(|_, (_, at)| now.saturating_sub(*at) < BLOB_UPLOAD_IDLE_MS_MAX);
-            }
-            if open.len() >= uploads_max {
-                return Err(HandlerError::Unavailable(format!(
-                    "{} blob uploads are in progress; retry later",
-                    open.len()
-                )));
-            }
-            drop(open);
-            blobs.upload(&req.cid, Some(req.total_size), now)
-        }
-    };
-    let mut upload = upload.map_err(|e| match e {
-        sync_ledger::Error::UploadInProgress(_) => HandlerError::Unavailable(e.to_string()),
-        other => internal(other),
-    })?;
-    if upload.is_complete() {
-        return Ok(BlobStat {
-            cid: req.cid,
-            size: Some(upload.offset()),
-            received_bytes: upload.offset(),
-            complete: true,
-        });
-    }
-    if upload.offset() != offset {
-        return Err(HandlerError::BadRequest(format!(
-            "chunk at offset {offset}, but the upload continues at {}",
-            upload.offset()
-        )));
-    }
-    upload.write(chunk).map_err(internal)?;
-    if upload.offset() >= req.total_size {
-        let size = upload.finish(replica.durability()).map_err(|e| match e {
-            sync_ledger::Error::BlobMismatch { .. } => HandlerError::BadRequest(e.to_string()),
-            other => internal(other),
-        })?;
-        return Ok(BlobStat {
-            cid: req.cid,
-            size: Some(size),
-            received_bytes: size,
-            complete: true,
-        });
-    }
-    // The end of a request's range is committed (where a sender resumes), not synced:
-    // commits persist in order, so a power loss leaves a consistent prefix and the
-    // sender asks for the offset again. Only the stored blob is synced.
-    let received = if upload.offset() >= req.offset + req.len {
-        upload
-            .checkpoint(sync_ledger::Durability::Buffered)
-            .map_err(internal)?
-    } else {
-        upload.offset()
-    };
-    if let Some(cursor) = upload.pause() {
-        lock(uploads).insert(req.cid, (cursor, now));
-    }
-    Ok(BlobStat {
-        cid: req.cid,
-        size: Some(req.total_size),
-        received_bytes: received,
-        complete: false,
-    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -29,7 +29,7 @@ pub struct Blobs<'a> {
     ledger: &'a Ledger,
 }
 
-fn chunk_key(cid: &Cid, index: u64) -> Result<Vec<u8>> {
+pub(crate) fn chunk_key(cid: &Cid, index: u64) -> Result<Vec<u8>> {
     let index = u32::try_from(index).map_err(|_| Error::LimitExceeded {
         what: "blob chunk index",
         len: usize::MAX,
@@ -94,7 +94,7 @@ impl<'a> Blobs<'a> {
 
     /// A stored blob's metadata and the id its chunks are stored under (its own, or the
     /// upload's for a blob written by [`put_stream`](Self::put_stream)).
-    fn locate(&self, cid: &Cid) -> Result<Option<(BlobMeta, Cid)>> {
+    pub(crate) fn locate(&self, cid: &Cid) -> Result<Option<(BlobMeta, Cid)>> {
         let Some(meta) = self.meta(cid)? else {
             return Ok(None);
         };
@@ -227,6 +227,7 @@ impl<'a> Blobs<'a> {
         let mut upload = BlobUpload {
             ledger: self.ledger,
             cid: *cid,
+            target: *cid,
             size,
             received: 0,
             durable: 0,
@@ -345,7 +346,7 @@ impl<'a> Blobs<'a> {
         self.ledger.commit(batch, Durability::Buffered)
     }
 
-    fn delete_chunks(&self, cid: &Cid, batch: &mut Batch) -> Result<()> {
+    pub(crate) fn delete_chunks(&self, cid: &Cid, batch: &mut Batch) -> Result<()> {
         for kv in
             self.ledger
                 .store
@@ -384,18 +385,22 @@ impl<'a> Blobs<'a> {
 ///
 /// Dropping an upload without finishing keeps what it committed for a later resume.
 pub struct BlobUpload<'a> {
-    ledger: &'a Ledger,
-    cid: Cid,
+    pub(crate) ledger: &'a Ledger,
+    /// The id the chunks and the upload state are stored under.
+    pub(crate) cid: Cid,
+    /// The id the bytes must hash to: `cid`, or the blob of a staged upload
+    /// ([`Blobs::upload_staged`]).
+    pub(crate) target: Cid,
     size: Option<u64>,
     /// Bytes in full chunks so far, committed or pending (not counting `buf`).
-    received: u64,
+    pub(crate) received: u64,
     /// `received` of the upload state last committed (what a resume starts from).
     durable: u64,
     hasher: blake3::Hasher,
     /// The current, incomplete chunk.
-    buf: Vec<u8>,
+    pub(crate) buf: Vec<u8>,
     /// Full chunks not committed yet (at most [`UPLOAD_COMMIT_CHUNKS`]).
-    pending: Batch,
+    pub(crate) pending: Batch,
     pending_chunks: u64,
     /// Set when the blob was already stored when the upload started.
     complete: Option<u64>,
@@ -479,7 +484,7 @@ impl BlobUpload<'_> {
 
     /// Commits the pending chunks, and the current incomplete one when `tail` is set,
     /// with the upload state that covers them.
-    fn commit_pending(&mut self, durability: Durability, tail: bool) -> Result<()> {
+    pub(crate) fn commit_pending(&mut self, durability: Durability, tail: bool) -> Result<()> {
         let mut batch = std::mem::take(&mut self.pending);
         self.pending_chunks = 0;
         let mut received = self.received;
@@ -519,7 +524,7 @@ impl BlobUpload<'_> {
     }
 
     /// The blake3 hash of the bytes written so far.
-    fn content_cid(&self) -> Cid {
+    pub(crate) fn content_cid(&self) -> Cid {
         Cid::from_bytes(*self.hasher.finalize().as_bytes())
     }
 
@@ -533,7 +538,7 @@ impl BlobUpload<'_> {
         }
         let size = self.offset();
         let actual = self.content_cid();
-        if actual != self.cid {
+        if actual != self.target {
             let mut batch = Batch::new();
             self.pending = Batch::new();
             self.ledger.blobs().delete_chunks(&self.cid, &mut batch)?;
@@ -556,9 +561,12 @@ impl BlobUpload<'_> {
             self.ledger.commit(batch, durability)?;
             self.buf.clear();
             return Err(Error::BlobMismatch {
-                expected: self.cid,
+                expected: self.target,
                 actual,
             });
+        }
+        if self.target != self.cid {
+            return self.finish_staged(durability);
         }
         let mut batch = std::mem::take(&mut self.pending);
         if !self.buf.is_empty() {
@@ -744,6 +752,9 @@ impl<'a> Blobs<'a> {
                 Some(s) => s.received == cursor.durable,
                 None => cursor.durable == 0,
             };
+        if !agrees && cursor.target != cursor.cid {
+            return self.upload_staged(&cursor.cid, &cursor.target, cursor.size, now_ms);
+        }
         if !agrees {
             return self.upload(&cursor.cid, cursor.size, now_ms);
         }
@@ -753,6 +764,7 @@ impl<'a> Blobs<'a> {
         Ok(BlobUpload {
             ledger: self.ledger,
             cid: cursor.cid,
+            target: cursor.target,
             size: cursor.size,
             received: cursor.received,
             durable: cursor.durable,
@@ -775,6 +787,7 @@ static STAGING_NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU6
 /// the last commit.
 pub struct UploadCursor {
     cid: Cid,
+    target: Cid,
     size: Option<u64>,
     received: u64,
     durable: u64,
@@ -814,6 +827,7 @@ impl BlobUpload<'_> {
         }
         Some(UploadCursor {
             cid: self.cid,
+            target: self.target,
             size: self.size,
             received: self.received,
             durable: self.durable,

@@ -37,6 +37,7 @@
 //! | `by_path` | `T P path 0x00 pos` | `Cid` | scoped reads by path prefix |
 //! | `by_context` | `T P parent… pos` | `Cid` | scoped reads by context prefix: a record's descendants, under the chain of its parents (root records have no entry) |
 //! | `configs` | `T P wall:u64 counter:u32 node:u64 cid` | `u64` position | newest protocol definition |
+//! | `by_blob` | `T data_cid pos` | `Cid` | the stored writes of a tenant that reference a blob (who may read it) |
 //! | `blob_meta` | `cid` | [`BlobMeta`] | a complete, verified blob |
 //! | `blob_chunks` | `cid index:u32` | raw bytes (not an envelope) | blob content, [`BLOB_CHUNK_BYTES`] per chunk |
 //! | `blob_uploads` | `cid` | [`UploadState`] | a resumable partial upload |
@@ -67,8 +68,9 @@ use crate::store::Partition;
 
 /// The layout version this build reads and writes.
 ///
-/// Version 3 added the protocol to record rows; a version-2 store is upgraded on open
-/// (`upgrade.rs`), any other version is refused.
+/// Version 3 added the protocol to record rows and the `by_blob` index; a version-2
+/// store is upgraded on open (`upgrade.rs`, then `blob_refs.rs`), any other version is
+/// refused.
 pub const LAYOUT_VERSION: u32 = 3;
 
 /// Largest stored value the ledger decodes, in bytes (a message with its largest inline
@@ -98,6 +100,8 @@ pub const BY_PATH: Partition = Partition::new("by_path");
 pub const BY_CONTEXT: Partition = Partition::new("by_context");
 /// Configure messages by protocol and timestamp.
 pub const CONFIGS: Partition = Partition::new("configs");
+/// Stored writes by the blob they reference.
+pub const BY_BLOB: Partition = Partition::new("by_blob");
 /// Complete blobs.
 pub const BLOB_META: Partition = Partition::new("blob_meta");
 /// Blob content.
@@ -115,7 +119,7 @@ pub const DEAD_LETTERS: Partition = Partition::new("dead_letters");
 pub const IDENTITIES: Partition = Partition::new("identities");
 
 /// Every partition of the ledger.
-pub const PARTITIONS: [Partition; 17] = [
+pub const PARTITIONS: [Partition; 18] = [
     META,
     NAMES,
     LOG,
@@ -126,6 +130,7 @@ pub const PARTITIONS: [Partition; 17] = [
     BY_PATH,
     BY_CONTEXT,
     CONFIGS,
+    BY_BLOB,
     BLOB_META,
     BLOB_CHUNKS,
     BLOB_UPLOADS,
@@ -370,6 +375,11 @@ pub(crate) fn msg_key(t: Tn, cid: &Cid) -> Vec<u8> {
     Key::tn(t).cid(cid).into_vec()
 }
 
+/// A `by_blob` key: the tenant, the blob, then the referencing write's position.
+pub(crate) fn by_blob_key(t: Tn, blob: &Cid, pos: u64) -> Vec<u8> {
+    Key::tn(t).cid(blob).u64(pos).into_vec()
+}
+
 pub(crate) fn record_key(t: Tn, record: &RecordId) -> Vec<u8> {
     Key::tn(t).bytes(record.as_bytes()).into_vec()
 }
@@ -434,7 +444,12 @@ pub(crate) fn index_entries(
             ));
             (None, None)
         }
-        Message::Write(w) => (Some(&w.path), Some(&w.context_id)),
+        Message::Write(w) => {
+            if let Some(data) = w.data.filter(|d| !d.is_inline()) {
+                out.push((BY_BLOB, by_blob_key(t, &data.data_cid, pos), enc(cid)));
+            }
+            (Some(&w.path), Some(&w.context_id))
+        }
         Message::Delete(_) => (
             row.and_then(|r| r.path.as_ref()),
             row.and_then(|r| r.context.as_ref()),

@@ -440,10 +440,10 @@ impl Ledger {
             Some(bytes) => {
                 let found: u32 = dec(layout::META, KEY, &bytes)?;
                 if found == 2 {
-                    let mut finish = Batch::new();
-                    crate::upgrade::records_from_v2(&*store, &mut finish)?;
-                    finish.put(layout::META, KEY.to_vec(), enc(&layout::LAYOUT_VERSION));
-                    store.commit(finish, Durability::SyncData)?;
+                    // Record rows first (resumable on their own), then the blob index,
+                    // whose last commit writes the new version.
+                    crate::upgrade::records_from_v2(&*store)?;
+                    crate::blob_refs::upgrade_from_v2(&*store)?;
                 } else if found != layout::LAYOUT_VERSION {
                     return Err(Error::UnsupportedLayout {
                         found,

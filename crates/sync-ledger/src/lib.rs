@@ -111,12 +111,14 @@
 
 #![deny(missing_docs)]
 
+mod blob_refs;
 mod blobs;
 mod error;
 pub mod layout;
 mod ledger;
 mod log;
 mod registry;
+mod staged_uploads;
 pub mod store;
 mod upgrade;
 

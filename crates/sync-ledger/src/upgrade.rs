@@ -6,8 +6,9 @@
 //! protocol of its winning version, read from the log. Rows are rewritten in commits of
 //! [`UPGRADE_ROWS_PER_COMMIT`]; each commit also records the last row key it covers
 //! (`meta/upgrade_records_after`), so a crash part way resumes after it instead of
-//! decoding an upgraded row as an old one. The commit that finishes removes that key
-//! and writes the new layout version.
+//! decoding an upgraded row as an old one. The blob index is rebuilt next
+//! (`blob_refs.rs`); its last commit removes that key ([`finish_v2`]) and writes the new
+//! layout version.
 
 use std::ops::Bound;
 
@@ -34,7 +35,7 @@ struct RecordRowV2 {
 }
 
 /// Brings a layout-2 store to layout 3 (see the module docs).
-pub(crate) fn records_from_v2(store: &dyn Store, finish: &mut Batch) -> Result<()> {
+pub(crate) fn records_from_v2(store: &dyn Store) -> Result<()> {
     let mut after = store.get(layout::META, RECORDS_AFTER_KEY)?;
     loop {
         let range = KeyRange {
@@ -83,13 +84,20 @@ pub(crate) fn records_from_v2(store: &dyn Store, finish: &mut Batch) -> Result<(
             batch.put(layout::RECORDS, key.clone(), enc(&row));
             after = Some(key);
         }
-        if read < UPGRADE_ROWS_PER_COMMIT {
-            finish.delete(layout::META, RECORDS_AFTER_KEY.to_vec());
-            return store.commit(batch, Durability::Buffered);
-        }
+        // The mark stays after the last run too: until the version is written, another
+        // open must not read an upgraded row as an old one.
         if let Some(last) = &after {
             batch.put(layout::META, RECORDS_AFTER_KEY.to_vec(), last.clone());
         }
         store.commit(batch, Durability::Buffered)?;
+        if read < UPGRADE_ROWS_PER_COMMIT {
+            return Ok(());
+        }
     }
+}
+
+/// Adds to the commit that writes layout 3 the removal of what the upgrade kept while
+/// it ran.
+pub(crate) fn finish_v2(batch: &mut Batch) {
+    batch.delete(layout::META, RECORDS_AFTER_KEY.to_vec());
 }

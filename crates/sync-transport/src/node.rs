@@ -22,7 +22,7 @@
 //! When a change wakes many live subscriptions of a tenant, they all ask for the same
 //! page: same tenant, scope, filter, cursor and limit, read after the same change. The
 //! node reads such a page once through [`Handler::log_page`] and hands it to each of
-//! them ([`SharedPages`], the last [`SHARED_PAGES_MAX`] pages, keyed by the request and
+//! them (`SharedPages`, the last [`SHARED_PAGES_MAX`] pages, keyed by the request and
 //! the [`Handler::changes`] value that woke the reader). A page shared under a change
 //! value was read after that value was published, so it holds every event committed
 //! before it; a later commit publishes a new value and wakes the subscribers again.
@@ -121,7 +121,9 @@ pub trait Handler: Send + Sync + 'static {
         req: BlobStatRequest,
     ) -> impl Future<Output = Result<BlobStat, HandlerError>> + Send;
 
-    /// Up to `len` bytes of a complete blob from `offset`; fewer only at its end.
+    /// Up to `len` bytes of a complete blob from `offset`; fewer only at its end. Only
+    /// a blob that [`blob_stat`](Self::blob_stat) shows the caller as complete; any
+    /// other gets the answer of a blob that does not exist.
     fn blob_read(
         &self,
         ctx: &RequestContext,
@@ -141,12 +143,48 @@ pub trait Handler: Send + Sync + 'static {
         chunk: Bytes,
     ) -> impl Future<Output = Result<BlobStat, HandlerError>> + Send;
 
+    /// Called once per upload request, after the token checks and before any byte is
+    /// read; the guard it returns is held until the request ends, however it ends
+    /// (finished, failed, or dropped because its connection went). A handler counts
+    /// its open uploads with it, so an abandoned one frees its slot at once; an error
+    /// refuses the upload. Default: no limit (a handler that wraps another passes the
+    /// call on).
+    fn blob_write_begin(
+        &self,
+        ctx: &RequestContext,
+        req: &BlobWriteRequest,
+    ) -> Result<BlobWriteGuard, HandlerError> {
+        let _ = (ctx, req);
+        Ok(BlobWriteGuard::new(()))
+    }
+
     /// The node's health summary.
     fn health(&self) -> impl Future<Output = Result<HealthSummary, HandlerError>> + Send;
 
     /// A receiver whose value changes whenever the tenant's log grows. Coalescing is
     /// fine: a subscription reads the log, the value is only a wake-up.
     fn changes(&self, tenant: &TenantId) -> watch::Receiver<u64>;
+}
+
+/// What [`Handler::blob_write_begin`] hands back: anything the handler wants dropped
+/// when the upload request ends.
+pub struct BlobWriteGuard {
+    _inner: Box<dyn Send>,
+}
+
+impl BlobWriteGuard {
+    /// A guard that drops `inner` when the upload request ends.
+    pub fn new(inner: impl Send + 'static) -> Self {
+        Self {
+            _inner: Box::new(inner),
+        }
+    }
+}
+
+impl std::fmt::Debug for BlobWriteGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobWriteGuard").finish_non_exhaustive()
+    }
 }
 
 /// Limits and settings of a node, shared by the hyper server and the in-process
@@ -666,6 +704,10 @@ impl<H: Handler> Node<H> {
         E: std::fmt::Display,
     {
         self.authorize(ctx, &Request::BlobWrite(req.clone()))?;
+        let _slot = self
+            .handler
+            .blob_write_begin(ctx, &req)
+            .map_err(|e| e.to_reply())?;
         let idle = ms(self.config.transfer_idle_ms_max);
         let mut body = std::pin::pin!(body);
         let mut offset = req.offset;
@@ -721,7 +763,9 @@ impl<H: Handler> Node<H> {
                     ctx,
                     BlobStatRequest {
                         tenant: req.tenant.clone(),
-                        scope: sync_types::Scope::Full,
+                        // The grant, not the whole tenant: a writer learns no more
+                        // about a blob than its token lets it read.
+                        scope: ctx.claims.scope.clone(),
                         cid: req.cid,
                     },
                 )

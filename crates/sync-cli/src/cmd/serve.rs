@@ -48,6 +48,7 @@ struct FileLimits {
     heartbeat_timeout_ms: Option<u64>,
     blob_bytes_max: Option<u64>,
     blob_uploads_max: Option<usize>,
+    blob_uploads_per_tenant_max: Option<usize>,
     blob_gc_interval_ms: Option<u64>,
     blob_gc_grace_ms: Option<u64>,
     store_cache_mib: Option<u64>,
@@ -102,6 +103,9 @@ impl Settings {
                 heartbeat_timeout_ms: args.heartbeat_timeout_ms.or(l.heartbeat_timeout_ms),
                 blob_bytes_max: args.blob_bytes_max.or(l.blob_bytes_max),
                 blob_uploads_max: args.blob_uploads_max.or(l.blob_uploads_max),
+                blob_uploads_per_tenant_max: args
+                    .blob_uploads_per_tenant_max
+                    .or(l.blob_uploads_per_tenant_max),
                 blob_gc_interval_ms: args.blob_gc_interval_ms.or(l.blob_gc_interval_ms),
                 blob_gc_grace_ms: args.blob_gc_grace_ms.or(l.blob_gc_grace_ms),
                 store_cache_mib: args.store_cache_mib.or(l.store_cache_mib),
@@ -160,6 +164,9 @@ impl Settings {
         }
         if let Some(v) = self.limits.blob_uploads_max {
             b.uploads_max = v;
+        }
+        if let Some(v) = self.limits.blob_uploads_per_tenant_max {
+            b.uploads_per_tenant_max = v;
         }
         b
     }
@@ -325,7 +332,7 @@ mod tests {
         let file = dir.path().join("weft.toml");
         std::fs::write(
             &file,
-            "data_dir = \"node\"\nlisten = \"127.0.0.1:9000\"\nmetrics = false\n[limits]\nconnections_max = 7\nconnections_per_address_max = 3\nfirst_byte_time_ms_max = 250\nshutdown_grace_ms = 100\nblob_bytes_max = 1000\nblob_gc_interval_ms = 0\nstore_cache_mib = 8\nstore_memtable_mib = 2\n",
+            "data_dir = \"node\"\nlisten = \"127.0.0.1:9000\"\nmetrics = false\n[limits]\nconnections_max = 7\nconnections_per_address_max = 3\nfirst_byte_time_ms_max = 250\nshutdown_grace_ms = 100\nblob_bytes_max = 1000\nblob_uploads_per_tenant_max = 3\nblob_gc_interval_ms = 0\nstore_cache_mib = 8\nstore_memtable_mib = 2\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -350,6 +357,8 @@ mod tests {
         assert_eq!(c.shutdown_grace_ms, 200, "the flag wins");
         assert_eq!(c.subscriptions_max, 4096, "the default");
         assert_eq!(s.blob_limits().blob_bytes_max, 1000, "from the file");
+        assert_eq!(s.blob_limits().uploads_per_tenant_max, 3, "from the file");
+        assert_eq!(s.blob_limits().uploads_max, 16, "the default");
         assert_eq!(s.blob_gc(), (None, GC_GRACE_MS_DEFAULT), "0 turns it off");
         assert_eq!(
             s.store_sizes(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sync_engine::ReplicaHandler;
 use sync_transport::HandlerError;
-use sync_transport::node::{Handler, RequestContext};
+use sync_transport::node::{BlobWriteGuard, Handler, RequestContext};
 use sync_transport::proto::*;
 use sync_types::{ApplyOutcome, HealthSummary, TenantId};
 use tokio::sync::watch;
@@ -157,6 +157,13 @@ impl Handler for FaultyNode {
             return Ok(v.into());
         }
         Ok(bytes)
+    }
+    fn blob_write_begin(
+        &self,
+        ctx: &RequestContext,
+        req: &BlobWriteRequest,
+    ) -> Result<BlobWriteGuard, HandlerError> {
+        self.inner.blob_write_begin(ctx, req)
     }
     async fn blob_write(
         &self,

@@ -54,8 +54,9 @@ fn letter(t: &TenantId, p: Option<&ProtocolName>, category: DeadLetterCategory) 
 }
 
 /// A store with something in every partition: messages of two records and a child,
-/// an update and a delete (so something was pruned), a link, a dead letter, an
-/// identity, a complete blob, a partial upload and a blob streamed in (an alias).
+/// an update and a delete (so something was pruned), a record naming a blob, a link, a
+/// dead letter, an identity, a complete blob, a partial upload and a blob streamed in
+/// (an alias).
 pub fn populated() -> (MemoryStore, Fixture) {
     let store = MemoryStore::new();
     let ledger = Ledger::builder().seed(1).open(store.clone()).unwrap();
@@ -66,6 +67,16 @@ pub fn populated() -> (MemoryStore, Fixture) {
     let c = comment(&t, &p, "a", "c", 12);
     let (u1, du1) = write(&t, &p, "a", Some(w1.cid()), 13, b"first, edited");
     let del = delete(&t, &p, "b", Some(w2.cid()), 14);
+    let bytes = blob_bytes();
+    let blob = Cid::of_data(&bytes);
+    let (named, _) = write(&t, &p, "d", None, 15, b"replaced by the blob");
+    let Message::Write(mut named) = named else {
+        unreachable!("write builds a write")
+    };
+    named.data = Some(DataRef {
+        data_cid: blob,
+        size: bytes.len() as u64,
+    });
     let messages = vec![
         (configure(&t, &p, 1), None),
         (w1, d1),
@@ -73,6 +84,7 @@ pub fn populated() -> (MemoryStore, Fixture) {
         (c, None),
         (u1, du1),
         (del, None),
+        (Message::Write(named), None),
     ];
     let cids = messages.iter().map(|(m, _)| m.cid()).collect();
     ledger.apply(&t, messages, Durability::SyncData).unwrap();
@@ -105,8 +117,6 @@ pub fn populated() -> (MemoryStore, Fixture) {
             Durability::SyncData,
         )
         .unwrap();
-    let bytes = blob_bytes();
-    let blob = Cid::of_data(&bytes);
     ledger
         .blobs()
         .put(&blob, &bytes[..], Durability::SyncData, 5)
@@ -124,7 +134,7 @@ pub fn populated() -> (MemoryStore, Fixture) {
         .blobs()
         .put_stream(&b"streamed, of unknown hash"[..], Durability::SyncData, 5)
         .unwrap();
-    let records = ["a", "b", "c"].map(|k| record(&t, &p, k)).to_vec();
+    let records = ["a", "b", "c", "d"].map(|k| record(&t, &p, k)).to_vec();
     (
         store,
         Fixture {
@@ -293,6 +303,10 @@ pub fn exercise(store: &MemoryStore, fx: &Fixture) -> Vec<&'static str> {
             );
             count("blobs.upload_offset", blobs.upload_offset(&cid).is_ok());
         }
+        count(
+            "blob_referrers",
+            ledger.blob_referrers(t, &fx.blob, 10).is_ok(),
+        );
         count("blobs.list", blobs.list().is_ok());
         count("blobs.partial_uploads", blobs.partial_uploads().is_ok());
         if round == 0 {
