@@ -17,6 +17,7 @@
 
 pub mod blob;
 pub mod closure;
+mod conflict;
 pub mod delivery;
 mod error;
 pub mod index;
@@ -33,6 +34,6 @@ pub use error::{Error, Result};
 pub use node::ReplicaHandler;
 pub use replica::{
     Change, ConflictInfo, ConflictPolicy, Origin, Receipt, Record, RecordKey, Replica,
-    ReplicaBuilder, Resolution, WriteRequest,
+    ReplicaBuilder, Resolution, WriteOutcome, WriteRequest,
 };
 pub use sync::{Engine, EngineBuilder, Identity, SyncConfig, SyncReport};

@@ -112,6 +112,7 @@
 #![deny(missing_docs)]
 
 mod blobs;
+mod causality;
 mod error;
 pub mod layout;
 mod ledger;
