@@ -1284,3 +1284,7 @@ fn check_alone(
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "replica_tests.rs"]
+mod tests;
