@@ -116,7 +116,7 @@ fn run_seeds_with(mode: SimMode, count: u64, mixed_scopes: bool) {
 #[test]
 fn edits_over_a_fast_clocks_versions_survive_cold_restarts() {
     let mut after_restart = 0;
-    let count = env_u64("SIM_SCENARIO_SEEDS", 20);
+    let count = env_u64("SIM_SCENARIO_SEEDS", 10);
     for seed in 0..count {
         for policy in SimPolicy::ALL {
             let config = SimConfig {
