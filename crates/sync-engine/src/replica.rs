@@ -230,7 +230,8 @@ impl ReplicaBuilder {
         self
     }
 
-    /// Seeds the ledger's stream ids and the node id, so a simulation replays exactly.
+    /// Seeds the ledger's stream ids and the node id of a store that has none, so a
+    /// simulation replays exactly.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self
