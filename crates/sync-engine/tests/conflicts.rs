@@ -291,3 +291,36 @@ fn a_policy_per_protocol_overrides_the_replica_default() {
     assert_eq!(value(&s.a, &notes()), b"theirs");
     assert_eq!(value(&s.a, &tasks()), b"mine");
 }
+
+/// The same conflict without a restart, each policy on the replica whose version lost
+/// (or, for prefer-remote, won): the outcome is the one each policy promises.
+#[test]
+fn every_policy_without_a_restart() {
+    let keep_mine = ConflictPolicy::Callback(Arc::new(|info: &ConflictInfo| {
+        Resolution::Write(info.losers.first().and_then(|(_, d)| d.clone()))
+    }));
+    let cases: [(ConflictPolicy, bool, &[u8]); 4] = [
+        (ConflictPolicy::LastWriterWins, true, b"theirs"),
+        (ConflictPolicy::PreferLocal, true, b"mine"),
+        (ConflictPolicy::PreferRemote, false, b"mine"),
+        (keep_mine, true, b"mine"),
+    ];
+    for (policy, on_a, expected) in cases {
+        let name = format!("{policy:?}");
+        let (pa, pb) = if on_a {
+            (policy, ConflictPolicy::LastWriterWins)
+        } else {
+            (ConflictPolicy::LastWriterWins, policy)
+        };
+        let s = conflict(pa, pb);
+        if on_a {
+            sync(&s.b, &s.a);
+            assert_eq!(value(&s.a, &notes()), expected, "{name}");
+        } else {
+            sync(&s.a, &s.b);
+            assert_eq!(value(&s.b, &notes()), expected, "{name}");
+        }
+        converge(&s.a, &s.b);
+        assert_eq!(value(&s.a, &notes()), expected, "{name}");
+    }
+}

@@ -1350,4 +1350,7 @@ fn the_hlc_high_water_mark_and_node_id_are_durable() {
     let ledger = Ledger::open(store.clone()).unwrap();
     assert_eq!(ledger.hlc_high_water(), at(50));
     assert!(store.get(layout::META, b"hlc").unwrap().is_some());
+    // A copied store is given its own id.
+    ledger.set_node_id(NodeId(9)).unwrap();
+    assert_eq!(ledger.init_node_id(NodeId(8)).unwrap(), NodeId(9));
 }
