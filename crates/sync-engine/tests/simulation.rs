@@ -12,6 +12,11 @@
 //!   a longer run.
 //! - `SIM_SEED=<seed> cargo test -p sync-engine --test simulation replay`: one seed again.
 //! - `SIM_BLOB_WRITES=<per mille>`: the share of writes whose payload is a blob (150).
+//! - `SIM_SCENARIO_SEEDS=<n>`: seeds of issue 15's scenario (10, each run under all four
+//!   conflict policies).
+//!
+//! Every seed runs with skewed and jumping clocks, cold restarts and a drawn conflict
+//! policy (`Faults::default`, `SimConfig::policy`).
 
 // The figures of a run are reported on stderr, like a bench table.
 #![allow(clippy::print_stderr)]
