@@ -741,7 +741,13 @@ impl Replica {
             .collect();
         // Only a policy that rewrites losers needs their payloads before the commit
         // prunes them.
-        let resolving = *origin != Origin::Local && self.policies().any_resolving();
+        let resolving = *origin != Origin::Local
+            && self
+                .inner
+                .policies
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .any_resolving();
         let mut definitions = Definitions::default();
         let mut missing: BTreeMap<usize, Vec<Dependency>> = BTreeMap::new();
         let mut tokens = HashMap::new();
