@@ -10,7 +10,7 @@
 //! that decodes is a value the rest of the code may trust. postcard never pre-allocates
 //! more than the input can hold, so a hostile length prefix costs an error, not memory.
 //!
-//! Hashed values never use this codec; they use [`crate::canonical`].
+//! Hashed values never use this codec; they use the canonical encoding (`src/canonical.rs`).
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
