@@ -62,8 +62,8 @@ pub enum ConflictPolicy {
     /// Keep the merge rule's winner (the default).
     #[default]
     LastWriterWins,
-    /// When a remote version beat a local one, write the local version again. (The
-    /// merge rule reports conflicts between writes only: a delete is never a loser.)
+    /// When a remote version beat a local one, write the local version again (a
+    /// write's payload, or a delete).
     PreferLocal,
     /// When a local version beat a remote one, write the remote version again.
     PreferRemote,

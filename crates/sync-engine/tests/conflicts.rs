@@ -324,3 +324,64 @@ fn every_policy_without_a_restart() {
         assert_eq!(value(&s.a, &notes()), expected, "{name}");
     }
 }
+
+/// An edit against a delete is a conflict too: prefer-local deletes again when a later
+/// remote edit beat its delete, and writes its edit again when a later remote delete
+/// beat its edit.
+#[test]
+fn prefer_local_applies_to_deletes_against_edits() {
+    for local_deletes in [true, false] {
+        let dir_a = tempfile::tempdir().unwrap();
+        let dir_b = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(NOW));
+        let a = open(dir_a.path(), &clock, ConflictPolicy::PreferLocal);
+        let b = open(dir_b.path(), &clock, ConflictPolicy::LastWriterWins);
+        let types = vec![TypeRule {
+            path: item(),
+            data_bytes_max: None,
+        }];
+        a.configure(&tenant(), &notes(), types, vec![], &alice())
+            .unwrap();
+        let record = put(&a, &notes(), b"base").record_id;
+        sync(&a, &b);
+        // A changes the base one way, B the other way, later.
+        clock.advance(10);
+        let mine = if local_deletes {
+            a.delete(&tenant(), record, &alice()).unwrap()
+        } else {
+            put(&a, &notes(), b"mine")
+        };
+        assert!(mine.won());
+        clock.advance(10);
+        let theirs = if local_deletes {
+            put(&b, &notes(), b"theirs")
+        } else {
+            b.delete(&tenant(), record, &alice()).unwrap()
+        };
+        assert!(theirs.won());
+        let a = restart(a, &dir_a, &clock, ConflictPolicy::PreferLocal);
+        let mut events = a.events();
+        sync(&b, &a);
+        assert!(matches!(
+            events.try_recv().unwrap(),
+            SyncEvent::Conflict { winner, losers, .. }
+                if winner == theirs.cid && losers == vec![mine.cid]
+        ));
+        let expected = if local_deletes {
+            None
+        } else {
+            Some(b"mine".to_vec())
+        };
+        let got = |r: &Replica| r.get(&tenant(), &record).unwrap().and_then(|r| r.data);
+        assert_eq!(got(&a), expected, "prefer-local kept A's change");
+        for _ in 0..3 {
+            sync(&a, &b);
+            sync(&b, &a);
+        }
+        assert_eq!(got(&b), expected);
+        assert_eq!(
+            a.root(&tenant(), &Scope::Full).unwrap(),
+            b.root(&tenant(), &Scope::Full).unwrap()
+        );
+    }
+}
