@@ -10,7 +10,7 @@ macro_rules! exit_codes {
     () => {
         "Exit codes:
   0  success
-  1  the command ran but did not fully succeed (key not found, dead letters left, unhealthy)
+  1  the command ran but did not fully succeed (key not found, write superseded, dead letters left, unhealthy)
   2  usage error (bad flags or values, unreadable config file)
   3  cannot reach the node (wrong address, refused, timeout, shutting down, at its limit)
   4  authorization refused (malformed, forged or expired token, request beyond its grant)

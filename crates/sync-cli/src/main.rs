@@ -30,7 +30,7 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success |
-//! | 1 | the command ran but did not fully succeed (a key not found, messages left in dead letters, an unhealthy node) |
+//! | 1 | the command ran but did not fully succeed (a key not found, a put or delete superseded at once, messages left in dead letters, an unhealthy node) |
 //! | 2 | usage error: bad flags or values, an unreadable config file |
 //! | 3 | cannot reach the node (wrong address, connection refused, timeout, node shutting down) |
 //! | 4 | authorization refused (a malformed, forged or expired token, or a request beyond its grant) |

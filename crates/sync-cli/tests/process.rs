@@ -563,7 +563,11 @@ fn help_for_every_command_has_examples_and_exit_codes() {
 fn put_on_one_replica_get_on_another_through_a_node() {
     let (env, node) = env_with_node(&[]);
     env.ok(&["put", "--store", "a", "greeting", "hello"]);
-    env.ok(&["put", "--store", "a", "count", "3"]);
+    let put = env
+        .ok(&["put", "--store", "a", "count", "3", "--json"])
+        .json();
+    assert_eq!(put["outcome"], "won", "{put}");
+    assert_eq!(put["winner"], Value::Null, "{put}");
     let sync = env.ok(&["sync", "--store", "a", "--json"]).json();
     assert_eq!(
         sync["pushed"]["messages"], 3,

@@ -10,6 +10,11 @@
 //! - a checkpoint advances only over a contiguous run of durably applied work
 //!   ([`delivery::DeliveryTracker`]);
 //! - replicas that have applied the same messages hold the same state;
+//! - a local version orders after the version it replaces and after everything its
+//!   replica ever stored, across restarts (the ledger's durable HLC high-water mark), and
+//!   its [`Receipt`] says whether it won ([`WriteOutcome`]);
+//! - a replica keeps one node id for the life of its store, so a conflict policy's
+//!   "local" means the same device after a restart;
 //! - the per-link logic is a sans-IO state machine ([`machine::LinkMachine`]) driven by a
 //!   thin tokio driver: no clock reads, no sockets and no tokio inside it.
 
@@ -17,6 +22,7 @@
 
 pub mod blob;
 pub mod closure;
+mod conflict;
 pub mod delivery;
 mod error;
 pub mod index;
@@ -34,6 +40,6 @@ pub use error::{Error, Result};
 pub use node::ReplicaHandler;
 pub use replica::{
     Change, ConflictInfo, ConflictPolicy, Origin, Receipt, Record, RecordKey, Replica,
-    ReplicaBuilder, Resolution, WriteRequest,
+    ReplicaBuilder, Resolution, WriteOutcome, WriteRequest,
 };
 pub use sync::{Engine, EngineBuilder, Identity, SyncConfig, SyncReport};

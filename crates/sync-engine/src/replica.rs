@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use sync_ledger::{Durability, Ledger, LedgerOutcome, LogQuery, LogRead, protocol_mismatch};
 use sync_smt::{Hash, Tree};
-use sync_types::merge::Conflict;
 use sync_types::{
     ApplyOutcome, Cid, Clock, Configure, ContextId, DataRef, Delete, Dependency, Hlc, HlcClock,
     INLINE_DATA_BYTES_MAX, MISSING_MAX, Message, NodeId, PrincipalId, ProgressToken, Projection,
@@ -35,6 +34,8 @@ use sync_types::{
 };
 use tokio::sync::broadcast;
 
+use crate::conflict::Policies;
+pub use crate::conflict::{ConflictInfo, ConflictPolicy, Resolution};
 use crate::error::{Error, Result};
 use crate::index::TreeIndex;
 use crate::order::dependency_order;
@@ -106,15 +107,40 @@ pub struct Record {
     pub residency: crate::blob::Residency,
 }
 
-/// The receipt of a local write.
+/// The receipt of a local write: which version was written, and whether it won.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Receipt {
     /// The record written.
     pub record_id: RecordId,
     /// The new version's cid.
     pub cid: Cid,
-    /// Its position in the local log.
+    /// Its position in the local log (`None` when it was not stored).
     pub token: Option<ProgressToken>,
+    /// Whether the write is now the record's winning version. Check it: a
+    /// [`WriteOutcome::Superseded`] write is not what a read returns.
+    pub outcome: WriteOutcome,
+}
+
+impl Receipt {
+    /// Whether the write became the record's winning version.
+    pub fn won(&self) -> bool {
+        self.outcome == WriteOutcome::Won
+    }
+}
+
+/// What became of a local write once it was committed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum WriteOutcome {
+    /// The write is the record's winning version (for a configure: the protocol's
+    /// current definition).
+    Won,
+    /// Another version orders after the write, so reads do not return it. Since a
+    /// local write is stamped after the version it replaces, this only happens when
+    /// something else got there first; the caller decides whether to write again.
+    Superseded {
+        /// The version that wins instead.
+        winner: Cid,
+    },
 }
 
 /// What a write addresses.
@@ -145,62 +171,13 @@ pub struct WriteRequest {
     pub author: PrincipalId,
 }
 
-/// A conflict handed to a [`ConflictPolicy::Callback`].
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub struct ConflictInfo {
-    /// The tenant.
-    pub tenant: TenantId,
-    /// The record.
-    pub record_id: RecordId,
-    /// The version the merge rule picked.
-    pub winner: Cid,
-    /// The concurrent versions that lost, with their payloads when known.
-    pub losers: Vec<(Cid, Option<Vec<u8>>)>,
-}
-
-/// What a callback decides.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub enum Resolution {
-    /// Keep the merge rule's winner.
-    KeepWinner,
-    /// Write a new version carrying this payload.
-    Write(Option<Vec<u8>>),
-}
-
-/// How the replica resolves concurrent versions of a record. Every policy converges: the
-/// merge rule picks the same winner everywhere, and the non-default policies act by
-/// writing a new version on top of it.
-#[derive(Clone, Default)]
-pub enum ConflictPolicy {
-    /// Keep the merge rule's winner (the default).
-    #[default]
-    LastWriterWins,
-    /// When a remote version beat a local one, write the local payload again.
-    PreferLocal,
-    /// When a local version beat a remote one, write the remote payload again.
-    PreferRemote,
-    /// Ask the application.
-    Callback(Arc<dyn Fn(&ConflictInfo) -> Resolution + Send + Sync>),
-}
-
-impl std::fmt::Debug for ConflictPolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ConflictPolicy::LastWriterWins => "LastWriterWins",
-            ConflictPolicy::PreferLocal => "PreferLocal",
-            ConflictPolicy::PreferRemote => "PreferRemote",
-            ConflictPolicy::Callback(_) => "Callback",
-        })
-    }
-}
-
 /// Opens a [`Replica`].
 #[must_use]
 pub struct ReplicaBuilder {
     node: Option<NodeId>,
     clock: Arc<dyn Clock + Send + Sync>,
     durability: Durability,
-    policy: ConflictPolicy,
+    policies: Policies,
     seed: Option<u64>,
 }
 
@@ -210,14 +187,18 @@ impl Default for ReplicaBuilder {
             node: None,
             clock: Arc::new(SystemClock),
             durability: Durability::SyncData,
-            policy: ConflictPolicy::default(),
+            policies: Policies::default(),
             seed: None,
         }
     }
 }
 
 impl ReplicaBuilder {
-    /// The node id stamped into timestamps. Default: random per open.
+    /// The node id stamped into timestamps, overriding the stored one for this open.
+    /// Default: the id stored in the ledger; a store that has none gets a new random
+    /// one (derived from [`seed`](Self::seed) when set), stored once with a synced write
+    /// and reused by every later open. An explicit id is also stored when the ledger
+    /// has none, but never replaces a stored one.
     pub fn node_id(mut self, node: NodeId) -> Self {
         self.node = Some(node);
         self
@@ -236,13 +217,21 @@ impl ReplicaBuilder {
         self
     }
 
-    /// The conflict policy. Default: last writer wins.
+    /// The conflict policy of every protocol without its own
+    /// ([`conflict_policy_for`](Self::conflict_policy_for)). Default: last writer wins.
     pub fn conflict_policy(mut self, policy: ConflictPolicy) -> Self {
-        self.policy = policy;
+        self.policies.default = policy;
         self
     }
 
-    /// Seeds the ledger's stream ids and the node id, so a simulation replays exactly.
+    /// The conflict policy of one protocol. Default: the replica's policy.
+    pub fn conflict_policy_for(mut self, protocol: ProtocolName, policy: ConflictPolicy) -> Self {
+        self.policies.by_protocol.insert(protocol, policy);
+        self
+    }
+
+    /// Seeds the ledger's stream ids and the node id of a store that has none, so a
+    /// simulation replays exactly.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self
@@ -269,10 +258,16 @@ impl ReplicaBuilder {
 
     /// Opens a replica over a ledger that is already open (any backend).
     pub fn with_ledger(self, ledger: Ledger) -> Result<Replica> {
-        let node = self.node.unwrap_or_else(|| match self.seed {
+        let candidate = match self.seed {
             Some(seed) => NodeId(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
             None => NodeId(random_u64()),
-        });
+        };
+        let stored = ledger.init_node_id(self.node.unwrap_or(candidate))?;
+        let node = self.node.unwrap_or(stored);
+        // Resume after everything this store holds, so no restart, however far the
+        // wall clock went back, issues a timestamp below one it issued or saw before.
+        let mut hlc = HlcClock::new(self.clock.clone(), node);
+        hlc.resume_after(ledger.hlc_high_water());
         let mut index = TreeIndex::new();
         for tenant in ledger.tenants()? {
             let sorted: Vec<[u8; 32]> = ledger
@@ -285,13 +280,13 @@ impl ReplicaBuilder {
         let (events, _) = broadcast::channel(CHANNEL_CAPACITY);
         Ok(Replica {
             inner: Arc::new(Inner {
-                hlc: Mutex::new(HlcClock::new(self.clock.clone(), node)),
+                hlc: Mutex::new(hlc),
                 clock: self.clock,
                 ledger,
                 index: RwLock::new(index),
                 writer: Mutex::new(()),
                 durability: self.durability,
-                policy: RwLock::new(self.policy),
+                policies: RwLock::new(self.policies),
                 changes,
                 events,
             }),
@@ -312,7 +307,7 @@ struct Inner {
     clock: Arc<dyn Clock + Send + Sync>,
     hlc: Mutex<HlcClock<Arc<dyn Clock + Send + Sync>>>,
     durability: Durability,
-    policy: RwLock<ConflictPolicy>,
+    policies: RwLock<Policies>,
     changes: broadcast::Sender<Change>,
     events: broadcast::Sender<SyncEvent>,
 }
@@ -385,9 +380,36 @@ impl Replica {
         self.inner.durability
     }
 
-    /// Sets the conflict policy.
+    /// Sets the conflict policy of every protocol without its own.
     pub fn set_conflict_policy(&self, policy: ConflictPolicy) {
-        *self.inner.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
+        self.inner
+            .policies
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .default = policy;
+    }
+
+    /// Sets the conflict policy of one protocol.
+    pub fn set_conflict_policy_for(&self, protocol: ProtocolName, policy: ConflictPolicy) {
+        self.inner
+            .policies
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_protocol
+            .insert(protocol, policy);
+    }
+
+    /// The conflict policy in effect for `protocol`.
+    pub fn conflict_policy(&self, protocol: &ProtocolName) -> ConflictPolicy {
+        self.policies().of(protocol).clone()
+    }
+
+    pub(crate) fn policies(&self) -> Policies {
+        self.inner
+            .policies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Changes accepted from now on, local and remote.
@@ -409,6 +431,18 @@ impl Replica {
         lock(&self.inner.hlc).tick()
     }
 
+    /// A timestamp for a local version that replaces one stamped `replaced`: greater
+    /// than it and than everything this replica issued or stored, whatever the wall
+    /// clock says. The replaced version is already stored, so it is merged without the
+    /// drift bound. This is the causality rule (ARCHITECTURE.md, "Causality").
+    pub(crate) fn stamp_after(&self, replaced: Option<Hlc>) -> Hlc {
+        let mut hlc = lock(&self.inner.hlc);
+        if let Some(replaced) = replaced {
+            hlc.resume_after(replaced);
+        }
+        hlc.tick()
+    }
+
     // ---- local writes ----
 
     /// Installs or updates a protocol.
@@ -421,14 +455,17 @@ impl Replica {
         author: &PrincipalId,
     ) -> Result<Cid> {
         let definition = ProtocolDefinition::new(protocol, types, uses)?;
+        let _writer = lock(&self.inner.writer);
+        let current = self.inner.ledger.protocol_definition(tenant, protocol)?;
         let message = Message::Configure(Configure {
             tenant: tenant.clone(),
             protocol: protocol.clone(),
             definition,
-            timestamp: self.tick(),
+            timestamp: self.stamp_after(current.map(|(_, c)| c.timestamp)),
             author: author.clone(),
         });
-        self.apply_local(tenant, message, None).map(|r| r.cid)
+        self.apply_local_locked(tenant, message, None)
+            .map(|r| r.cid)
     }
 
     /// Writes `data` as the record of a natural key: created on the first write, a new
@@ -469,15 +506,29 @@ impl Replica {
         staged: Option<(Option<DataRef>, Option<Vec<u8>>)>,
     ) -> Result<Receipt> {
         let _writer = lock(&self.inner.writer);
-        let timestamp = self.tick();
-        let record_id = match &req.key {
+        let (record_id, fresh) = match &req.key {
             RecordKey::New => {
-                RecordId::for_new_record(tenant, &req.protocol, &req.path, &req.author, &timestamp)
+                let timestamp = self.tick();
+                let id = RecordId::for_new_record(
+                    tenant,
+                    &req.protocol,
+                    &req.path,
+                    &req.author,
+                    &timestamp,
+                );
+                (id, Some(timestamp))
             }
-            RecordKey::Natural(key) => RecordId::from_natural_key(tenant, &req.protocol, key),
-            RecordKey::Id(id) => *id,
+            RecordKey::Natural(key) => {
+                (RecordId::from_natural_key(tenant, &req.protocol, key), None)
+            }
+            RecordKey::Id(id) => (*id, None),
         };
         let info = self.inner.ledger.record_info(tenant, &record_id)?;
+        // A version that replaces the record's winner orders after it.
+        let timestamp = match fresh {
+            Some(timestamp) => timestamp,
+            None => self.stamp_after(info.as_ref().map(|i| i.head.winner.timestamp)),
+        };
         let (prev, context_id) = match &info {
             Some(info) if info.head.initial.is_some() => {
                 let context = info
@@ -554,7 +605,7 @@ impl Replica {
             record_id,
             protocol: winner.message.protocol().clone(),
             prev: Some(info.head.winner.cid),
-            timestamp: self.tick(),
+            timestamp: self.stamp_after(Some(info.head.winner.timestamp)),
             author: author.clone(),
         });
         self.apply_local_locked(tenant, message, None)
@@ -562,7 +613,10 @@ impl Replica {
 
     /// Payloads up to the inline limit travel with the message; larger ones go to the
     /// blob store first, so the write that references them is complete.
-    fn stage_data(&self, data: Option<Vec<u8>>) -> Result<(Option<DataRef>, Option<Vec<u8>>)> {
+    pub(crate) fn stage_data(
+        &self,
+        data: Option<Vec<u8>>,
+    ) -> Result<(Option<DataRef>, Option<Vec<u8>>)> {
         let Some(data) = data else {
             return Ok((None, None));
         };
@@ -579,16 +633,6 @@ impl Replica {
         Ok((Some(data_ref), None))
     }
 
-    fn apply_local(
-        &self,
-        tenant: &TenantId,
-        message: Message,
-        data: Option<Vec<u8>>,
-    ) -> Result<Receipt> {
-        let _writer = lock(&self.inner.writer);
-        self.apply_local_locked(tenant, message, data)
-    }
-
     fn apply_local_locked(
         &self,
         tenant: &TenantId,
@@ -597,14 +641,38 @@ impl Replica {
     ) -> Result<Receipt> {
         let cid = message.cid();
         let record_id = message.record_id();
+        let message_kind = match &message {
+            Message::Configure(c) => Some(c.protocol.clone()),
+            _ => None,
+        };
         let (outcomes, tokens) =
             self.apply_locked(tenant, vec![(message, data)], &Origin::Local)?;
         match outcomes.into_iter().next() {
             Some(ApplyOutcome::Applied | ApplyOutcome::Duplicate | ApplyOutcome::Superseded) => {
+                let winner = match &message_kind {
+                    Some(protocol) => self
+                        .inner
+                        .ledger
+                        .protocol_definition(tenant, protocol)?
+                        .map(|(c, _)| c),
+                    None => match record_id {
+                        Some(r) => self
+                            .inner
+                            .ledger
+                            .record_head(tenant, &r)?
+                            .map(|h| h.winner.cid),
+                        None => None,
+                    },
+                };
+                let outcome = match winner {
+                    Some(w) if w != cid => WriteOutcome::Superseded { winner: w },
+                    _ => WriteOutcome::Won,
+                };
                 Ok(Receipt {
                     record_id: record_id.unwrap_or(RecordId::from_bytes(*cid.as_bytes())),
                     cid,
                     token: tokens.get(&cid).copied(),
+                    outcome,
                 })
             }
             Some(ApplyOutcome::Incomplete { missing }) => Err(Error::Missing(missing)),
@@ -645,7 +713,7 @@ impl Replica {
             .collect())
     }
 
-    fn apply_locked(
+    pub(crate) fn apply_locked(
         &self,
         tenant: &TenantId,
         items: Vec<MessageWithData>,
@@ -674,10 +742,12 @@ impl Replica {
         // Only a policy that rewrites losers needs their payloads before the commit
         // prunes them.
         let resolving = *origin != Origin::Local
-            && !matches!(
-                *self.inner.policy.read().unwrap_or_else(|e| e.into_inner()),
-                ConflictPolicy::LastWriterWins
-            );
+            && self
+                .inner
+                .policies
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .any_resolving();
         let mut definitions = Definitions::default();
         let mut missing: BTreeMap<usize, Vec<Dependency>> = BTreeMap::new();
         let mut tokens = HashMap::new();
@@ -903,106 +973,6 @@ impl Replica {
         } else {
             Check::Missing(missing)
         })
-    }
-
-    fn resolve_conflicts(
-        &self,
-        tenant: &TenantId,
-        known: &HashMap<Cid, MessageWithData>,
-        conflicts: &[(Option<RecordId>, Conflict)],
-        origin: &Origin,
-    ) -> Result<()> {
-        if conflicts.is_empty() {
-            return Ok(());
-        }
-        let policy = self
-            .inner
-            .policy
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let local = self.node_id();
-        for (record, conflict) in conflicts {
-            let Some(record_id) = *record else { continue };
-            self.emit(SyncEvent::Conflict {
-                tenant: tenant.clone(),
-                record: record_id,
-                winner: conflict.winner,
-                losers: conflict.losers.clone(),
-            });
-            if *origin == Origin::Local {
-                continue;
-            }
-            let find = |cid: &Cid| -> Result<Option<MessageWithData>> {
-                if let Some(found) = known.get(cid) {
-                    return Ok(Some(found.clone()));
-                }
-                Ok(self
-                    .inner
-                    .ledger
-                    .get_message(tenant, cid)?
-                    .map(|s| (s.message, s.data)))
-            };
-            let Some((winner, _)) = find(&conflict.winner)? else {
-                continue;
-            };
-            let mut losers = Vec::new();
-            for cid in &conflict.losers {
-                if let Some(found) = find(cid)? {
-                    losers.push(found);
-                }
-            }
-            let pick = |want_local: bool| {
-                losers
-                    .iter()
-                    .filter(|(m, _)| (m.timestamp().node == local) == want_local)
-                    .max_by_key(|(m, _)| (m.timestamp(), m.cid()))
-                    .map(|(m, d)| (m.clone(), d.clone()))
-            };
-            let winner_is_local = winner.timestamp().node == local;
-            let rewrite = match &policy {
-                ConflictPolicy::LastWriterWins => None,
-                ConflictPolicy::PreferLocal if !winner_is_local => pick(true),
-                ConflictPolicy::PreferRemote if winner_is_local => pick(false),
-                ConflictPolicy::PreferLocal | ConflictPolicy::PreferRemote => None,
-                ConflictPolicy::Callback(f) => {
-                    let info = ConflictInfo {
-                        tenant: tenant.clone(),
-                        record_id,
-                        winner: conflict.winner,
-                        losers: losers.iter().map(|(m, d)| (m.cid(), d.clone())).collect(),
-                    };
-                    match f(&info) {
-                        Resolution::KeepWinner => None,
-                        Resolution::Write(data) => Some((winner.clone(), data)),
-                    }
-                }
-            };
-            let Some((source, data)) = rewrite else {
-                continue;
-            };
-            let (Message::Write(w), Message::Write(src)) = (&winner, &source) else {
-                continue;
-            };
-            // A blob is written again by reference, never loaded into memory.
-            let (data_ref, inline) = match data {
-                Some(d) => self.stage_data(Some(d))?,
-                None => match src.data {
-                    Some(r) if r.is_inline() => continue, // payload unknown: keep the winner
-                    Some(r) => (Some(r), None),
-                    None => (None, None),
-                },
-            };
-            let resolution = Message::Write(Write {
-                prev: Some(conflict.winner),
-                timestamp: self.tick(),
-                author: src.author.clone(),
-                data: data_ref,
-                ..w.clone()
-            });
-            self.apply_locked(tenant, vec![(resolution, inline)], &Origin::Local)?;
-        }
-        Ok(())
     }
 
     // ---- reads ----
@@ -1344,3 +1314,7 @@ fn check_alone(
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "replica_tests.rs"]
+mod tests;

@@ -6,7 +6,11 @@
 //! replicas (some with payloads above the inline limit, which travel as blobs), one-shot
 //! syncs, and faults: lost requests, lost responses (the request took effect, the caller
 //! saw an error), duplicated requests, latency, partitions, replica restarts with power
-//! loss, node restarts, and on blob transfers also cut streams and flipped bytes. Then
+//! loss, node restarts, and on blob transfers also cut streams and flipped bytes. Every
+//! replica has its own wall clock, skewed by up to half the accepted drift and jumping
+//! (often backwards) at random steps; a restart is cold: the replica is opened again
+//! from its store alone (no node id, clock state, cache or engine state carried over).
+//! The run's conflict policy is drawn from its seed. Then
 //! the faults stop, every replica syncs until the roots agree and every record is
 //! resident, and [`run`] checks:
 //!
@@ -15,6 +19,11 @@
 //! - at no step was a record reported resident before its verified blob was stored;
 //! - no acknowledged write is lost: its record's winner is the write or a version that
 //!   orders after it;
+//! - a local write or delete is acknowledged as the record's winner (a write based on
+//!   version V that loses to V, or to what V superseded, is the lost write of issue 15),
+//!   checked at every write;
+//! - a replica restarted cold keeps its node id and reads back every write it
+//!   acknowledged before, checked at every restart;
 //! - no delete is undone: a deleted record's winner is the delete or a version that
 //!   orders after it.
 //!
@@ -39,8 +48,8 @@ use sync_transport::{
     Token, TokenKey, TransportError,
 };
 use sync_types::{
-    Clock, DataRef, Endpoint, GrantId, Hlc, INLINE_DATA_BYTES_MAX, NodeId, PrincipalId,
-    ProgressToken, ProtocolName, ProtocolPath, RecordId, Scope, TenantId, TypeRule,
+    Clock, DataRef, Endpoint, GrantId, Hlc, INLINE_DATA_BYTES_MAX, PrincipalId, ProgressToken,
+    ProtocolName, ProtocolPath, RecordId, Scope, TenantId, TypeRule,
 };
 
 use crate::blob::Residency;
@@ -51,6 +60,11 @@ use crate::machine::{
 use crate::node::ReplicaHandler;
 use crate::replica::Replica;
 use crate::sync::{Connector, Engine, Identity, InProcessConnector, SyncConfig};
+
+#[path = "sim_clock.rs"]
+mod clock;
+use clock::DeviceClock;
+pub use clock::SimPolicy;
 
 /// Fault rates, in parts per thousand of the chances they get.
 #[derive(Clone, Debug)]
@@ -73,6 +87,12 @@ pub struct Faults {
     pub blob_cut: u32,
     /// A blob transfer has one byte flipped on the way.
     pub blob_corrupt: u32,
+    /// Largest offset of a device's wall clock from the run's time, either way, in
+    /// milliseconds (the node's clock has none). Stays after the faults stop: it is
+    /// the hardware.
+    pub clock_skew_ms_max: u64,
+    /// Per step: a replica's clock jumps to a new offset (often backwards).
+    pub clock_jump: u32,
 }
 
 impl Default for Faults {
@@ -87,6 +107,8 @@ impl Default for Faults {
             node_restart: 15,
             blob_cut: 60,
             blob_corrupt: 60,
+            clock_skew_ms_max: sync_types::DRIFT_MS_MAX_DEFAULT / 2,
+            clock_jump: 20,
         }
     }
 }
@@ -127,6 +149,11 @@ pub struct SimConfig {
     /// Most sync rounds (every replica once) after the faults stop; 0 skips settling, so
     /// the checks see the replicas as the faults left them (a test of the checks).
     pub settle_rounds_max: usize,
+    /// The conflict policy of every replica; `None` draws one from the seed.
+    pub policy: Option<SimPolicy>,
+    /// Fixed clock offsets per replica (milliseconds, missing ones drawn); for the
+    /// scenario tests.
+    pub clock_offsets_ms: Vec<i64>,
 }
 
 impl SimConfig {
@@ -142,6 +169,8 @@ impl SimConfig {
             faults: Faults::default(),
             mixed_scopes: false,
             settle_rounds_max: 8,
+            policy: None,
+            clock_offsets_ms: Vec::new(),
         }
     }
 }
@@ -182,6 +211,18 @@ pub struct SimReport {
     pub deliveries_duplicated: u64,
     /// Repairs the link machines started (live mode).
     pub repairs: u64,
+    /// The run's conflict policy.
+    pub policy: Option<SimPolicy>,
+    /// Clock jumps, and how many went backwards.
+    pub clock_jumps: u64,
+    /// Clock jumps backwards.
+    pub clock_jumps_back: u64,
+    /// Local writes that replaced a version stamped ahead of the writer's wall clock
+    /// (the first half of issue 15's lost write).
+    pub writes_over_future_versions: u64,
+    /// Of those, writes by a replica restarted since it first stored that version (the
+    /// whole of it).
+    pub writes_over_future_versions_after_restart: u64,
 }
 
 impl SimReport {
@@ -196,6 +237,7 @@ impl SimReport {
             + self.replica_restarts
             + self.node_restarts
             + self.blob_faults
+            + self.clock_jumps
     }
 }
 
@@ -597,6 +639,10 @@ struct Device {
     store: MemoryStore,
     engine: Engine<SimConnector>,
     live: Option<LiveLink>,
+    /// The replica's local changes, which wake its live link (as `LiveSync` does).
+    changes: tokio::sync::broadcast::Receiver<crate::replica::Change>,
+    /// Cold restarts so far.
+    restarts: u64,
 }
 
 /// A link run by its machine, with the driver's state simulated: timers on the virtual
@@ -615,12 +661,14 @@ struct SimFeed {
     eose_sent: bool,
 }
 
-/// An acknowledged write or delete: its record and order key.
+/// An acknowledged write or delete: its record and order key, and the replica that
+/// wrote it.
 #[derive(Clone, Copy, Debug)]
 struct Acked {
     record: RecordId,
     order: (Hlc, sync_types::Cid),
     delete: bool,
+    device: usize,
 }
 
 struct World {
@@ -636,6 +684,15 @@ struct World {
     devices: Vec<Device>,
     acked: Vec<Acked>,
     report: SimReport,
+    /// Each device's wall clock; it survives restarts (it is the hardware).
+    clocks: Vec<Arc<DeviceClock>>,
+    /// Draws for clocks and the policy, apart from the workload's, so adding them left
+    /// the workload's draws as they were.
+    clock_rng: SimRng,
+    policy: SimPolicy,
+    /// Per device, the records whose winner it held stamped ahead of its clock, with
+    /// its restart count when it first saw them that way.
+    future_versions: HashSet<(usize, RecordId, u64)>,
     /// Blobs already verified, per holder (a replica's index, or [`NODE`]); a holder's
     /// entries are forgotten when it restarts.
     verified: HashSet<(usize, sync_types::Cid)>,
@@ -652,23 +709,42 @@ fn fail(seed: u64, message: impl Into<String>) -> SimFailure {
 }
 
 impl World {
-    fn open_replica(&self, store: &MemoryStore, node: u64) -> Result<Replica, SimFailure> {
+    /// Opens a replica from its store alone, as a new process does: the node id and the
+    /// clock's high-water mark come from the store (the seed only picks the id of a
+    /// store that has none).
+    fn open_replica(
+        &self,
+        store: &MemoryStore,
+        node: u64,
+        incarnation: u64,
+        clock: Arc<dyn Clock + Send + Sync>,
+        policy: crate::conflict::ConflictPolicy,
+    ) -> Result<Replica, SimFailure> {
         let seed = self.config.seed ^ node.wrapping_mul(0x1000_0000_01b3);
+        // Each open draws differently, as a new process would: only the store keeps
+        // the replica's identity.
+        let fresh = seed ^ incarnation.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let ledger = Ledger::builder()
             .seed(seed)
             .open(store.clone())
             .map_err(|e| fail(self.config.seed, format!("open: {e}")))?;
         Replica::builder()
-            .node_id(NodeId(node))
-            .clock(self.clock.clone())
+            .clock(clock)
             .durability(Durability::SyncData)
-            .seed(seed)
+            .conflict_policy(policy)
+            .seed(fresh)
             .with_ledger(ledger)
             .map_err(|e| fail(self.config.seed, format!("open replica: {e}")))
     }
 
     fn start_node(&mut self) -> Result<(), SimFailure> {
-        self.node = self.open_replica(&self.node_store.clone(), 1_000)?;
+        self.node = self.open_replica(
+            &self.node_store.clone(),
+            1_000,
+            self.report.node_restarts,
+            self.clock.clone(),
+            crate::conflict::ConflictPolicy::LastWriterWins,
+        )?;
         let mut config = ServerConfig::new(self.key.clone());
         config.clock = self.clock.clone();
         let node = Node::new(Arc::new(ReplicaHandler::new(self.node.clone())), config);
@@ -676,8 +752,20 @@ impl World {
         Ok(())
     }
 
-    fn open_device(&self, index: usize, store: MemoryStore) -> Result<Device, SimFailure> {
-        let replica = self.open_replica(&store, index as u64 + 1)?;
+    fn open_device(
+        &self,
+        index: usize,
+        store: MemoryStore,
+        incarnation: u64,
+    ) -> Result<Device, SimFailure> {
+        let replica = self.open_replica(
+            &store,
+            index as u64 + 1,
+            incarnation,
+            self.clocks[index].clone(),
+            self.policy.policy(),
+        )?;
+        let changes = replica.subscribe();
         let connector = SimConnector {
             net: self.net.clone(),
             replica: index,
@@ -732,20 +820,65 @@ impl World {
             store,
             engine,
             live,
+            changes,
+            restarts: incarnation,
         })
     }
 
     fn restart_device(&mut self, index: usize) -> Result<(), SimFailure> {
+        let seed = self.config.seed;
         let store = self.devices[index].store.clone();
+        let node_before = self.devices[index].engine.replica().node_id();
+        let restarts = self.devices[index].restarts + 1;
         // Drop the old replica before its store "loses power".
-        let placeholder = self.open_device(index, MemoryStore::new())?;
+        let placeholder = self.open_device(index, MemoryStore::new(), u64::MAX)?;
         drop(std::mem::replace(&mut self.devices[index], placeholder));
         let keep = self.rng.below(store.unsynced_batches() as u64 + 1);
         store.simulate_power_loss(usize::try_from(keep).unwrap_or(usize::MAX));
-        self.devices[index] = self.open_device(index, store)?;
+        self.devices[index] = self.open_device(index, store, restarts)?;
         self.verified.retain(|(holder, _)| *holder != index);
         self.report.replica_restarts += 1;
+        // The same device: the same id, and every write it acknowledged reads back (it
+        // or a version that orders after it), since acknowledged writes are synced.
+        let replica = self.devices[index].engine.replica().clone();
+        if replica.node_id() != node_before {
+            return Err(fail(
+                seed,
+                format!(
+                    "replica {index} came back from a restart as node {:?}, not {node_before:?}",
+                    replica.node_id()
+                ),
+            ));
+        }
+        for a in self.acked.iter().filter(|a| a.device == index) {
+            let head = replica
+                .ledger()
+                .record_head(&tenant(), &a.record)
+                .map_err(|e| fail(seed, e.to_string()))?;
+            if head.is_none_or(|h| h.winner.order_key() < a.order) {
+                return Err(fail(
+                    seed,
+                    format!(
+                        "replica {index} does not read back its acknowledged {} {} of record {} after a restart",
+                        if a.delete { "delete" } else { "write" },
+                        a.order.1,
+                        a.record
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// A device's clock jumps to a new offset, often backwards.
+    fn jump_clock(&mut self, index: usize) {
+        let skew = i64::try_from(self.config.faults.clock_skew_ms_max).unwrap_or(i64::MAX / 4);
+        let span = u64::try_from(skew.saturating_mul(2)).unwrap_or(0) + 1;
+        let offset = i64::try_from(self.clock_rng.below(span)).unwrap_or(0) - skew;
+        self.report.clock_jumps += 1;
+        if self.clocks[index].jump_to(offset) {
+            self.report.clock_jumps_back += 1;
+        }
     }
 
     fn restart_node(&mut self) -> Result<(), SimFailure> {
@@ -756,13 +889,14 @@ impl World {
             .below(self.node_store.unsynced_batches() as u64 + 1);
         self.node_store
             .simulate_power_loss(usize::try_from(keep).unwrap_or(usize::MAX));
+        self.report.node_restarts += 1;
         self.start_node()?;
         self.verified.retain(|(holder, _)| *holder != NODE);
-        self.report.node_restarts += 1;
         Ok(())
     }
 
-    fn write(&mut self, index: usize) -> Option<ProgressToken> {
+    fn write(&mut self, index: usize) -> Result<Option<ProgressToken>, SimFailure> {
+        let seed = self.config.seed;
         let mine = targets_in(&scope_of(index, self.config.mixed_scopes));
         let target = mine[usize::try_from(self.rng.below(mine.len() as u64)).unwrap_or(0)];
         let (protocol, path) = targets()[target].clone();
@@ -770,6 +904,22 @@ impl World {
         let replica = self.devices[index].engine.replica().clone();
         let record = record_of(target, key);
         let delete = self.rng.chance(200) && matches!(replica.get(&tenant(), &record), Ok(Some(_)));
+        // The version this write replaces, to check the write orders after it.
+        let replaced = replica
+            .ledger()
+            .record_head(&tenant(), &record)
+            .ok()
+            .flatten()
+            .map(|h| h.winner);
+        let restarts = self.devices[index].restarts;
+        if let Some(v) = replaced
+            && v.timestamp.wall_ms > self.clocks[index].now_ms()
+        {
+            self.report.writes_over_future_versions += 1;
+            let earlier = (0..restarts).any(|r| self.future_versions.contains(&(index, record, r)));
+            self.report.writes_over_future_versions_after_restart += u64::from(earlier);
+            self.future_versions.insert((index, record, restarts));
+        }
         let blob = !delete && self.rng.chance(self.config.blob_writes);
         let result = if delete {
             replica.delete(&tenant(), record, &author())
@@ -812,15 +962,45 @@ impl World {
                 )
             }
         };
-        let receipt = result.ok()?;
-        let stored = replica
+        let Ok(receipt) = result else {
+            return Ok(None);
+        };
+        if let crate::replica::WriteOutcome::Superseded { winner } = receipt.outcome {
+            return Err(fail(
+                seed,
+                format!(
+                    "replica {index}'s {} {} of record {record} was superseded at once by {winner} (it replaced {:?})",
+                    if delete { "delete" } else { "write" },
+                    receipt.cid,
+                    replaced.map(|v| v.cid)
+                ),
+            ));
+        }
+        let Some(stored) = replica
             .ledger()
             .get_message(&tenant(), &receipt.cid)
-            .ok()??;
+            .map_err(|e| fail(seed, e.to_string()))?
+        else {
+            return Err(fail(
+                seed,
+                format!("acknowledged {} is not stored", receipt.cid),
+            ));
+        };
+        let order = (stored.message.timestamp(), receipt.cid);
+        if replaced.is_some_and(|v| v.order_key() >= order) {
+            return Err(fail(
+                seed,
+                format!(
+                    "replica {index}'s version {} does not order after the one it replaced",
+                    receipt.cid
+                ),
+            ));
+        }
         self.acked.push(Acked {
             record,
-            order: (stored.message.timestamp(), receipt.cid),
+            order,
             delete,
+            device: index,
         });
         if delete {
             self.report.deletes += 1;
@@ -828,7 +1008,7 @@ impl World {
             self.report.writes += 1;
             self.report.blob_writes += u64::from(blob);
         }
-        receipt.token
+        Ok(receipt.token)
     }
 
     fn ops(&self, index: usize) -> EngineOps<SimConnector> {
@@ -840,6 +1020,7 @@ impl World {
         let ops = self.ops(index);
         let replica = self.devices[index].engine.replica().clone();
         loop {
+            self.wake_on_local_changes(index);
             let Some(live) = self.devices[index].live.as_mut() else {
                 return;
             };
@@ -1071,15 +1252,36 @@ impl World {
         self.drive(index).await;
     }
 
-    async fn local_write(&mut self, index: usize) {
-        let Some(token) = self.write(index) else {
-            return;
-        };
-        let now = self.clock.now_ms();
-        if let Some(live) = self.devices[index].live.as_mut() {
-            live.machine.handle_local_write(now, token);
+    async fn local_write(&mut self, index: usize) -> Result<(), SimFailure> {
+        if self.write(index)?.is_some() {
+            // The write's change wakes the link, as every local change does.
+            self.drive(index).await;
         }
-        self.drive(index).await;
+        Ok(())
+    }
+
+    /// Hands the replica's local changes (writes, and versions a conflict policy wrote)
+    /// to its live link, as `LiveSync` does with the replica's change feed.
+    fn wake_on_local_changes(&mut self, index: usize) {
+        use tokio::sync::broadcast::error::TryRecvError;
+        let now = self.clock.now_ms();
+        let device = &mut self.devices[index];
+        loop {
+            let head = match device.changes.try_recv() {
+                Ok(change) if change.origin == crate::replica::Origin::Local => change.token,
+                Ok(_) => continue,
+                Err(TryRecvError::Lagged(_)) => {
+                    match device.engine.replica().ledger().log_head(&tenant()) {
+                        Ok(Some(head)) => head,
+                        _ => continue,
+                    }
+                }
+                Err(TryRecvError::Empty | TryRecvError::Closed) => return,
+            };
+            if let Some(live) = device.live.as_mut() {
+                live.machine.handle_local_write(now, head);
+            }
+        }
     }
 
     fn stop_faults(&self) {
@@ -1098,6 +1300,8 @@ impl World {
             latency_ms_max: 0,
             blob_cut: 0,
             blob_corrupt: 0,
+            clock_skew_ms_max: self.config.faults.clock_skew_ms_max,
+            clock_jump: 0,
         };
     }
 
@@ -1230,7 +1434,7 @@ impl World {
         let faults = self.config.faults.clone();
         let roll = self.rng.below(1000);
         if roll < 450 {
-            self.local_write(index).await;
+            self.local_write(index).await?;
         } else if roll < 800 {
             match self.config.mode {
                 SimMode::Poll => {
@@ -1257,6 +1461,8 @@ impl World {
             self.drive(index).await;
         } else if self.rng.chance(faults.node_restart * 5) {
             self.restart_node()?;
+        } else if self.clock_rng.chance(faults.clock_jump * 5) {
+            self.jump_clock(index);
         }
         tokio::time::sleep(Duration::from_millis(self.rng.below(200))).await;
         self.check_all_residency()?;
@@ -1436,8 +1642,26 @@ pub async fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
         counters: Counters::default(),
         nodes: InProcessConnector::new(),
     });
+    let mut clock_rng = SimRng::new(seed ^ 0xc10c_c10c);
+    let policy = config.policy.unwrap_or_else(|| {
+        SimPolicy::ALL[usize::try_from(clock_rng.below(SimPolicy::ALL.len() as u64)).unwrap_or(0)]
+    });
+    let skew = i64::try_from(config.faults.clock_skew_ms_max).unwrap_or(i64::MAX / 4);
+    let clocks = (0..config.replicas)
+        .map(|i| {
+            let span = u64::try_from(skew.saturating_mul(2)).unwrap_or(0) + 1;
+            let drawn = i64::try_from(clock_rng.below(span)).unwrap_or(0) - skew;
+            let offset = config.clock_offsets_ms.get(i).copied().unwrap_or(drawn);
+            let base: Arc<dyn Clock + Send + Sync> = clock.clone();
+            Arc::new(DeviceClock::new(base, offset))
+        })
+        .collect();
     let mut world = World {
         rng: SimRng::new(seed),
+        clock_rng,
+        clocks,
+        policy,
+        future_versions: HashSet::new(),
         endpoint: Endpoint::new("http://node.sim").expect("valid"),
         node: Replica::in_memory().map_err(|e| fail(seed, e.to_string()))?,
         node_store: MemoryStore::new(),
@@ -1446,6 +1670,7 @@ pub async fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
         verified: HashSet::new(),
         report: SimReport {
             seed,
+            policy: Some(policy),
             ..SimReport::default()
         },
         token,
@@ -1456,7 +1681,7 @@ pub async fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
     };
     world.start_node()?;
     for i in 0..world.config.replicas {
-        let device = world.open_device(i, MemoryStore::new())?;
+        let device = world.open_device(i, MemoryStore::new(), 0)?;
         let scope = scope_of(i, world.config.mixed_scopes);
         for protocol in [kv(), docs()] {
             if scope

@@ -1,7 +1,10 @@
 //! The deterministic simulation (see `sync_engine::sim`): many seeds of replicas and a
-//! node over a faulty network (blob transfers cut short and corrupted too), each checked
-//! for convergence, every record resident with a verified blob, no record resident before
-//! its blob, no lost acknowledged write and no undone delete.
+//! node over a faulty network (blob transfers cut short and corrupted too), each replica
+//! with its own skewed, jumping clock, restarted cold from its store, under a conflict
+//! policy drawn per seed; each run checked for convergence, every record resident with a
+//! verified blob, no record resident before its blob, no lost acknowledged write, no
+//! undone delete, every local write acknowledged as its record's winner, and identity
+//! and acknowledged writes kept across restarts.
 //!
 //! - `cargo test -p sync-engine --test simulation`: the CI run, 550 seeds: 300 poll
 //!   (`SIM_SEEDS`), 200 live (`SIM_LIVE_SEEDS`), 25 + 25 with mixed scopes (`SIM_MIXED_SEEDS`).
@@ -9,11 +12,16 @@
 //!   a longer run.
 //! - `SIM_SEED=<seed> cargo test -p sync-engine --test simulation replay`: one seed again.
 //! - `SIM_BLOB_WRITES=<per mille>`: the share of writes whose payload is a blob (150).
+//! - `SIM_SCENARIO_SEEDS=<n>`: seeds of issue 15's scenario (10, each run under all four
+//!   conflict policies).
+//!
+//! Every seed runs with skewed and jumping clocks, cold restarts and a drawn conflict
+//! policy (`Faults::default`, `SimConfig::policy`).
 
 // The figures of a run are reported on stderr, like a bench table.
 #![allow(clippy::print_stderr)]
 
-use sync_engine::sim::{SimConfig, SimMode, run_blocking};
+use sync_engine::sim::{Faults, SimConfig, SimMode, SimPolicy, run_blocking};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -61,6 +69,8 @@ fn run_seeds_with(mode: SimMode, count: u64, mixed_scopes: bool) {
     let mut blob_writes = 0;
     let blob_share = u32::try_from(env_u64("SIM_BLOB_WRITES", 150)).unwrap_or(150);
     let mut failures = Vec::new();
+    let mut policies = std::collections::BTreeMap::new();
+    let (mut jumps_back, mut over_future, mut over_future_restarted) = (0, 0, 0);
     for seed in REGRESSIONS.iter().copied().chain(first..first + count) {
         match run_blocking(SimConfig {
             mode,
@@ -69,6 +79,10 @@ fn run_seeds_with(mode: SimMode, count: u64, mixed_scopes: bool) {
             ..SimConfig::new(seed)
         }) {
             Ok(report) => {
+                *policies.entry(format!("{:?}", report.policy)).or_insert(0) += 1;
+                jumps_back += report.clock_jumps_back;
+                over_future += report.writes_over_future_versions;
+                over_future_restarted += report.writes_over_future_versions_after_restart;
                 faults += report.faults();
                 writes += report.writes + report.deletes;
                 blob_writes += report.blob_writes;
@@ -77,7 +91,7 @@ fn run_seeds_with(mode: SimMode, count: u64, mixed_scopes: bool) {
         }
     }
     eprintln!(
-        "{mode:?} (mixed scopes: {mixed_scopes}): {count} seeds from {first}: {writes} acknowledged writes ({blob_writes} with blobs), {faults} faults injected, {} failures",
+        "{mode:?} (mixed scopes: {mixed_scopes}): {count} seeds from {first}: {writes} acknowledged writes ({blob_writes} with blobs), {faults} faults injected ({jumps_back} clocks jumped back), {over_future} writes over a version stamped ahead of the writer's clock ({over_future_restarted} after a restart), policies {policies:?}, {} failures",
         failures.len()
     );
     assert!(
@@ -93,6 +107,43 @@ fn run_seeds_with(mode: SimMode, count: u64, mixed_scopes: bool) {
     assert!(
         count < 10 || blob_share == 0 || blob_writes > 0,
         "the runs must actually write blobs"
+    );
+    assert!(
+        count < 50 || (jumps_back > 0 && over_future > 0 && policies.len() == 4),
+        "the runs must actually jump clocks back, write over versions from fast clocks, and draw every policy"
+    );
+}
+
+/// Issue 15's lost write, in the simulation: two replicas, one clock 30 s ahead and one
+/// 30 s behind, few records and many cold restarts, so the slow replica often edits a
+/// version from the fast one, restarts, and edits it again. Every run must pass (each
+/// write is checked to win at once) and the runs must include that sequence.
+#[test]
+fn edits_over_a_fast_clocks_versions_survive_cold_restarts() {
+    let mut after_restart = 0;
+    let count = env_u64("SIM_SCENARIO_SEEDS", 10);
+    for seed in 0..count {
+        for policy in SimPolicy::ALL {
+            let config = SimConfig {
+                replicas: 2,
+                keys: 2,
+                clock_offsets_ms: vec![30_000, -30_000],
+                policy: Some(policy),
+                faults: Faults {
+                    replica_restart: 120,
+                    clock_jump: 0,
+                    ..Faults::default()
+                },
+                ..SimConfig::new(3_000_000 + seed)
+            };
+            let report = run_blocking(config).unwrap_or_else(|f| panic!("{f}"));
+            assert!(report.replica_restarts > 0, "{report:?}");
+            after_restart += report.writes_over_future_versions_after_restart;
+        }
+    }
+    assert!(
+        after_restart > 0,
+        "no run edited a fast clock's version again after a restart"
     );
 }
 

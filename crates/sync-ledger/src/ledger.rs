@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sync_types::merge::{Conflict, MergeDecision, RecordHead, Version, VersionKind, merge_one};
 use sync_types::{
-    Cid, Configure, ContextId, DataRef, INLINE_DATA_BYTES_MAX, Message, ProgressToken,
+    Cid, Configure, ContextId, DataRef, Hlc, INLINE_DATA_BYTES_MAX, Message, ProgressToken,
     ProtocolName, ProtocolPath, RecordId, StreamId, TenantId,
 };
 
@@ -257,7 +257,10 @@ pub struct Ledger {
     poisoned: AtomicBool,
     /// Serializes every apply (and log maintenance): the merge reads record heads and
     /// log heads, and the batch that follows must be based on what it read.
-    writer: Mutex<()>,
+    pub(crate) writer: Mutex<()>,
+    /// The greatest timestamp stored (`meta/hlc`, see [`crate::causality`]); changed
+    /// only under `writer`, after a commit.
+    pub(crate) high_water: Mutex<Hlc>,
     /// Cached log metadata per tenant; changed only under `writer`, after a commit.
     log_metas: Mutex<HashMap<TenantId, (Tn, LogMeta)>>,
     /// Interned numbers known to be committed.
@@ -458,10 +461,12 @@ impl Ledger {
                 Durability::SyncData,
             )?,
         }
+        let high_water = crate::causality::load_high_water(&*store)?;
         Ok(Ledger {
             store,
             poisoned: AtomicBool::new(false),
             writer: Mutex::new(()),
+            high_water: Mutex::new(high_water),
             log_metas: Mutex::new(HashMap::new()),
             names: Mutex::new(NameCache::default()),
             ids: Mutex::new(ids),
@@ -716,8 +721,11 @@ impl Ledger {
             next_protocol: None,
         };
         let mut results = Vec::with_capacity(checked.len());
+        let high_water_before = *lock(&self.high_water);
+        let mut high_water = high_water_before;
         for entry in checked {
             let cid = entry.cid;
+            let timestamp = entry.message.timestamp();
             let outcome = match &entry.message {
                 Message::Configure(_) => {
                     if pending.has_message(&cid)? {
@@ -735,6 +743,9 @@ impl Ledger {
                     Self::merge_entry(&mut meta, &mut pending, entry)?
                 }
             };
+            if matches!(outcome, LedgerOutcome::Applied { .. }) {
+                high_water = high_water.max(timestamp);
+            }
             results.push(LedgerApplied { cid, outcome });
         }
         if meta.head == head_before {
@@ -756,6 +767,12 @@ impl Ledger {
         pending
             .batch
             .put(layout::LOG_META, Key::tn(tn).into_vec(), enc(&meta));
+        if high_water > high_water_before {
+            // In the same batch as the messages it covers: see `crate::causality`.
+            pending
+                .batch
+                .put(layout::META, crate::causality::HLC_KEY, enc(&high_water));
+        }
         let batch = std::mem::take(&mut pending.batch);
         let new_protocols = std::mem::take(&mut pending.new_protocols);
         drop(pending);
@@ -768,6 +785,7 @@ impl Ledger {
             }
         }
         lock(&self.log_metas).insert(tenant.clone(), (tn, meta));
+        *lock(&self.high_water) = high_water;
         drop(writer);
         self.notifier.notify(&[(tenant.clone(), meta.head)]);
         Ok(results)

@@ -113,6 +113,7 @@
 
 mod blob_refs;
 mod blobs;
+mod causality;
 mod error;
 pub mod layout;
 mod ledger;

@@ -1471,3 +1471,61 @@ fn a_layout_2_store_is_upgraded_on_open_and_an_interrupted_upgrade_resumes() {
         LedgerOutcome::Refused { .. }
     ));
 }
+
+/// The HLC high-water mark covers every stored message (also pruned ones and ones of
+/// other tenants), is committed with them, survives a reopen, and is derived once for a
+/// store written before it existed; the node id is stored once.
+#[test]
+fn the_hlc_high_water_mark_and_node_id_are_durable() {
+    let store = MemoryStore::new();
+    let ledger = Ledger::open(store.clone()).unwrap();
+    assert_eq!(ledger.hlc_high_water(), Hlc::ZERO);
+    let (t, u) = (tenant("alice"), tenant("bob"));
+    let p = protocol("notes");
+    assert!(apply_one(&ledger, configure(&t, &p, 5), None).is_applied());
+    let (a, ad) = write(&t, &p, "r", None, 10, b"a");
+    let (b, bd) = write(&t, &p, "r", Some(a.cid()), 40, b"b");
+    let (c, cd) = write(&t, &p, "r", Some(a.cid()), 30, b"c");
+    ledger
+        .apply(&t, vec![(a, ad), (b, bd)], Durability::SyncData)
+        .unwrap();
+    assert_eq!(ledger.hlc_high_water(), at(40));
+    // A superseded version stores nothing and moves nothing.
+    assert!(!apply_one(&ledger, c, cd).is_applied());
+    assert_eq!(ledger.hlc_high_water(), at(40));
+    assert!(apply_one(&ledger, configure(&u, &p, 50), None).is_applied());
+    assert_eq!(ledger.hlc_high_water(), at(50));
+    assert_eq!(ledger.init_node_id(NodeId(7)).unwrap(), NodeId(7));
+    assert_eq!(
+        ledger.init_node_id(NodeId(8)).unwrap(),
+        NodeId(7),
+        "created once"
+    );
+    drop(ledger);
+
+    // Power loss after a buffered commit loses the message and its mark together.
+    let ledger = Ledger::open(store.clone()).unwrap();
+    assert_eq!(ledger.hlc_high_water(), at(50));
+    assert_eq!(ledger.node_id().unwrap(), Some(NodeId(7)));
+    let (d, dd) = write(&t, &p, "s", None, 90, b"d");
+    ledger
+        .apply(&t, vec![(d, dd)], Durability::Buffered)
+        .unwrap();
+    assert_eq!(ledger.hlc_high_water(), at(90));
+    drop(ledger);
+    store.simulate_power_loss(0);
+    let ledger = Ledger::open(store.clone()).unwrap();
+    assert_eq!(ledger.hlc_high_water(), at(50));
+    drop(ledger);
+
+    // An older store: no mark stored. It is derived from records and configures.
+    store
+        .delete(layout::META, b"hlc", Durability::SyncData)
+        .unwrap();
+    let ledger = Ledger::open(store.clone()).unwrap();
+    assert_eq!(ledger.hlc_high_water(), at(50));
+    assert!(store.get(layout::META, b"hlc").unwrap().is_some());
+    // A copied store is given its own id.
+    ledger.set_node_id(NodeId(9)).unwrap();
+    assert_eq!(ledger.init_node_id(NodeId(8)).unwrap(), NodeId(9));
+}

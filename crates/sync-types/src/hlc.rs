@@ -155,8 +155,11 @@ impl<C: Clock> HlcClock<C> {
         self
     }
 
-    /// Restores the last timestamp issued before a restart, so timestamps stay monotonic
-    /// across restarts even if the wall clock went backwards.
+    /// Makes every later [`tick`](Self::tick) greater than `last`, without the drift
+    /// bound of [`observe`](Self::observe): for a timestamp that is already trusted,
+    /// such as the greatest one a store holds (so timestamps stay monotonic across
+    /// restarts even if the wall clock went backwards) or the version a local write
+    /// replaces (whatever node stamped it).
     pub fn resume_after(&mut self, last: Hlc) {
         if last > self.last {
             self.last = Hlc {
@@ -300,6 +303,28 @@ mod tests {
             })
             .is_ok()
         );
+    }
+
+    #[test]
+    fn resume_after_orders_the_next_tick_after_any_nodes_timestamp() {
+        let clock = ManualClock::new(1_000);
+        let mut hlc = HlcClock::new(&clock, NodeId(1));
+        // Far ahead (beyond any drift bound) and stamped by a greater node id.
+        let stored = Hlc {
+            wall_ms: 1_000_000,
+            counter: 4,
+            node: NodeId(9),
+        };
+        hlc.resume_after(stored);
+        let next = hlc.tick();
+        assert!(next > stored);
+        assert_eq!(
+            (next.wall_ms, next.counter, next.node),
+            (1_000_000, 5, NodeId(1))
+        );
+        // An older timestamp changes nothing.
+        hlc.resume_after(Hlc::ZERO);
+        assert!(hlc.tick() > next);
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! permutation equals [`merge_all`]). A version that is neither is pruned, and when it
 //! arrives again it is answered `Superseded`, which counts as success.
 //!
-//! Versions that share a `prev` were written concurrently: a **conflict**. The rule still
+//! Versions that share a `prev` (two edits, or an edit and a delete) were written
+//! concurrently: a **conflict**. The rule still
 //! picks the same winner on every replica; the conflict is reported so an application can
 //! resolve it with a new write. Which conflicts a replica reports depends on what it
 //! retained when each version arrived (a loser pruned before its sibling arrived cannot be
@@ -198,13 +199,10 @@ pub fn merge_all<'a>(versions: impl IntoIterator<Item = &'a Version>) -> Option<
     head
 }
 
-/// All conflicts among `versions`: groups of two or more writes sharing a `prev`, each with
-/// its greatest version as winner. Sorted by winner.
+/// All conflicts among `versions`: groups of two or more versions (writes or deletes)
+/// sharing a `prev`, each with its greatest version as winner. Sorted by winner.
 pub fn conflicts(versions: &[Version]) -> Vec<Conflict> {
-    let mut writes: Vec<&Version> = versions
-        .iter()
-        .filter(|v| v.kind == VersionKind::Write)
-        .collect();
+    let mut writes: Vec<&Version> = versions.iter().collect();
     writes.sort_by_key(|v| (v.prev, v.order_key()));
     writes.dedup_by_key(|v| v.cid);
     let mut out = Vec::new();
@@ -222,9 +220,11 @@ pub fn conflicts(versions: &[Version]) -> Vec<Conflict> {
     out
 }
 
+/// Two versions based on the same version (an edit against an edit, or an edit against
+/// a delete) were made without seeing each other. Initial writes (no `prev`) of one
+/// natural key count too.
 fn concurrent(a: &Version, b: &Version) -> Option<Conflict> {
-    let both_writes = a.kind == VersionKind::Write && b.kind == VersionKind::Write;
-    if !both_writes || a.prev != b.prev || a.cid == b.cid {
+    if a.prev != b.prev || a.cid == b.cid {
         return None;
     }
     let (winner, loser) = if a.order_key() > b.order_key() {
@@ -294,6 +294,30 @@ mod tests {
         assert_eq!(head.winner, d);
         let newer = v(4, 25, Some(2), Write);
         assert!(!merge_all([&a, &d, &newer]).unwrap().is_deleted());
+    }
+
+    #[test]
+    fn an_edit_and_a_delete_of_the_same_version_are_a_conflict() {
+        let a = v(1, 10, None, Write);
+        let d = v(2, 20, Some(1), Delete);
+        let edit = v(3, 30, Some(1), Write);
+        let head = merge_all([&a, &d]).unwrap();
+        let MergeDecision::Accepted { conflict, .. } = merge_one(Some(&head), &edit) else {
+            panic!("the later edit wins")
+        };
+        let expected = Conflict {
+            winner: edit.cid,
+            losers: vec![d.cid],
+        };
+        assert_eq!(conflict.as_ref(), Some(&expected));
+        assert_eq!(conflicts(&[a, d, edit]), vec![expected]);
+        // A delete based on the edit is not concurrent with it.
+        let later = v(4, 40, Some(3), Delete);
+        let head = merge_all([&a, &edit]).unwrap();
+        assert!(matches!(
+            merge_one(Some(&head), &later),
+            MergeDecision::Accepted { conflict: None, .. }
+        ));
     }
 
     #[test]

@@ -47,9 +47,13 @@ async fn synced(s: &Session, who: &str) -> anyhow::Result<crate::cmd::sync::Summ
 /// Writes on a blocking thread (an fsync).
 async fn put(kv: &Arc<Kv>, key: &str, value: &str) -> anyhow::Result<()> {
     let (kv, key, value) = (kv.clone(), key.to_owned(), value.to_owned());
-    tokio::task::spawn_blocking(move || kv.put(&key, value.as_bytes()).map(|_| ()))
-        .await
-        .context("the write task failed")?
+    tokio::task::spawn_blocking(move || {
+        let receipt = kv.put(&key, value.as_bytes())?;
+        anyhow::ensure!(receipt.won(), "the write of {key:?} was superseded at once");
+        Ok(())
+    })
+    .await
+    .context("the write task failed")?
 }
 
 fn snapshot(kv: &Kv) -> anyhow::Result<Vec<(String, String)>> {

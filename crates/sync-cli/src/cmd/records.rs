@@ -6,6 +6,7 @@ use crate::cli::{DeleteArgs, GetArgs, ListArgs, PutArgs};
 use crate::exit::{Exit, coded, usage};
 use crate::kv::Kv;
 use crate::out;
+use sync_engine::{Receipt, WriteOutcome};
 
 /// `weft put`.
 pub(crate) fn put(args: PutArgs) -> anyhow::Result<Exit> {
@@ -28,6 +29,8 @@ pub(crate) fn put(args: PutArgs) -> anyhow::Result<Exit> {
             "record_id": receipt.record_id.to_string(),
             "cid": receipt.cid.to_string(),
             "position": receipt.token.map(|t| t.position),
+            "outcome": outcome_name(&receipt),
+            "winner": superseded_by(&receipt).map(|w| w.to_string()),
         }))?;
     } else {
         let size = kv
@@ -35,12 +38,51 @@ pub(crate) fn put(args: PutArgs) -> anyhow::Result<Exit> {
             .and_then(|e| e.size())
             .map_or_else(String::new, |n| format!(" ({n} bytes)"));
         out::line(format!(
-            "put {}{size} as {}",
+            "put {}{size} as {}{}",
             args.key,
-            short(&receipt.cid.to_string())
+            short(&receipt.cid.to_string()),
+            outcome_note(&receipt)
         ))?;
     }
+    check_won("put", &args.key, &receipt)?;
     Ok(Exit::Ok)
+}
+
+/// `"won"` or `"superseded"`, for JSON output.
+fn outcome_name(receipt: &Receipt) -> &'static str {
+    match receipt.outcome {
+        WriteOutcome::Won => "won",
+        WriteOutcome::Superseded { .. } => "superseded",
+    }
+}
+
+fn superseded_by(receipt: &Receipt) -> Option<sync_types::Cid> {
+    match receipt.outcome {
+        WriteOutcome::Won => None,
+        WriteOutcome::Superseded { winner } => Some(winner),
+    }
+}
+
+/// What a human reads after the receipt line.
+fn outcome_note(receipt: &Receipt) -> String {
+    match superseded_by(receipt) {
+        None => String::new(),
+        Some(w) => format!(", superseded by {}", short(&w.to_string())),
+    }
+}
+
+/// A write that did not become its record's winning version is stored but never read:
+/// the command did not do what was asked (exit 1).
+fn check_won(what: &str, key: &str, receipt: &Receipt) -> anyhow::Result<()> {
+    match superseded_by(receipt) {
+        None => Ok(()),
+        Some(winner) => Err(coded(
+            Exit::Failure,
+            format!(
+                "the {what} of {key:?} was superseded at once by version {winner}: it is stored, but reads return the other version"
+            ),
+        )),
+    }
 }
 
 /// `weft get`: the value's bytes on stdout (a newline is added on a terminal).
@@ -120,10 +162,12 @@ pub(crate) fn delete(args: DeleteArgs) -> anyhow::Result<Exit> {
     match kv.delete(&args.key)? {
         Some(receipt) => {
             out::line(format!(
-                "deleted {} as {}",
+                "deleted {} as {}{}",
                 args.key,
-                short(&receipt.cid.to_string())
+                short(&receipt.cid.to_string()),
+                outcome_note(&receipt)
             ))?;
+            check_won("delete", &args.key, &receipt)?;
             Ok(Exit::Ok)
         }
         None => Err(coded(
@@ -136,4 +180,34 @@ pub(crate) fn delete(args: DeleteArgs) -> anyhow::Result<Exit> {
 /// The first 12 characters of an id.
 pub(crate) fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sync_types::{Cid, RecordId};
+
+    fn receipt(outcome: WriteOutcome) -> Receipt {
+        Receipt {
+            record_id: RecordId::from_bytes([1; 32]),
+            cid: Cid::from_bytes([2; 32]),
+            token: None,
+            outcome,
+        }
+    }
+
+    #[test]
+    fn a_superseded_write_is_printed_and_exits_1() {
+        let won = receipt(WriteOutcome::Won);
+        assert!(check_won("put", "k", &won).is_ok());
+        assert_eq!(outcome_note(&won), "");
+        assert_eq!(outcome_name(&won), "won");
+        let winner = Cid::from_bytes([3; 32]);
+        let lost = receipt(WriteOutcome::Superseded { winner });
+        assert_eq!(outcome_name(&lost), "superseded");
+        assert!(outcome_note(&lost).starts_with(", superseded by "));
+        let err = check_won("put", "k", &lost).unwrap_err();
+        assert_eq!(crate::exit::classify(&err), Exit::Failure);
+        assert!(err.to_string().contains(&winner.to_string()));
+    }
 }
