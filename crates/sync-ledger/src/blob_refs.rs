@@ -7,17 +7,12 @@
 //! `layout::index_entries`), and removed with it when the version is pruned, so it
 //! names exactly the retained writes that reference each blob.
 
-use std::ops::Bound;
-
 use sync_types::{Cid, Message, TenantId};
 
 use crate::error::{Error, Result};
 use crate::layout::{self, Key, StoredEntry, dec, enc};
 use crate::ledger::Ledger;
-use crate::store::{Batch, Durability, KeyRange, Order, Store};
-
-/// Log entries read per commit while [`upgrade_from_v2`] rebuilds the index.
-const UPGRADE_ENTRIES_PER_COMMIT: usize = 1024;
+use crate::store::{Durability, Order, Store};
 
 impl Ledger {
     /// The cids of the tenant's stored writes that reference blob `blob`, in log order,
@@ -46,42 +41,25 @@ impl Ledger {
 /// the last commit. Each commit covers a run of log entries and is idempotent, so a
 /// crash part way leaves a layout-2 store that the next open upgrades again.
 pub(crate) fn upgrade_from_v2(store: &dyn Store) -> Result<()> {
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let range = KeyRange {
-            start: after.clone().map_or(Bound::Unbounded, Bound::Excluded),
-            end: Bound::Unbounded,
-        };
-        let mut batch = Batch::new();
-        let mut read = 0;
-        for kv in store
-            .scan(layout::LOG, range, Order::Ascending)?
-            .take(UPGRADE_ENTRIES_PER_COMMIT)
+    let mut last = crate::upgrade::in_runs(store, layout::LOG, None, |k, v, batch| {
+        let entry: StoredEntry = dec(layout::LOG, k, v)?;
+        // A log key is the tenant's number then an 8-byte position.
+        let at = k.len().checked_sub(8).ok_or(Error::CorruptKey {
+            partition: layout::LOG.name(),
+            reason: "key is shorter than its position",
+        })?;
+        if let Message::Write(w) = &entry.message
+            && let Some(data) = w.data.filter(|d| !d.is_inline())
         {
-            let (k, v) = kv?;
-            read += 1;
-            let entry: StoredEntry = dec(layout::LOG, &k, &v)?;
-            // A log key is the tenant's number then an 8-byte position.
-            let at = k.len().checked_sub(8).ok_or(Error::CorruptKey {
-                partition: layout::LOG.name(),
-                reason: "key is shorter than its position",
-            })?;
-            if let Message::Write(w) = &entry.message
-                && let Some(data) = w.data.filter(|d| !d.is_inline())
-            {
-                let key = Key::raw(&k[..at])
-                    .cid(&data.data_cid)
-                    .bytes(&k[at..])
-                    .into_vec();
-                batch.put(layout::BY_BLOB, key, enc(&entry.cid));
-            }
-            after = Some(k);
+            let key = Key::raw(&k[..at])
+                .cid(&data.data_cid)
+                .bytes(&k[at..])
+                .into_vec();
+            batch.put(layout::BY_BLOB, key, enc(&entry.cid));
         }
-        if read < UPGRADE_ENTRIES_PER_COMMIT {
-            crate::upgrade::finish_v2(&mut batch);
-            batch.put(layout::META, b"layout".to_vec(), enc(&3u32));
-            return store.commit(batch, Durability::SyncData);
-        }
-        store.commit(batch, Durability::Buffered)?;
-    }
+        Ok(())
+    })?;
+    crate::upgrade::finish_v2(&mut last);
+    last.put(layout::META, b"layout".to_vec(), enc(&3u32));
+    store.commit(last, Durability::SyncData)
 }

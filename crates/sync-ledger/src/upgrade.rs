@@ -4,7 +4,7 @@
 //! Layout 2 → 3: record rows gain their protocol (so a version naming another protocol
 //! can be refused without reading the record's messages). Each row is rewritten with the
 //! protocol of its winning version, read from the log. Rows are rewritten in commits of
-//! [`UPGRADE_ROWS_PER_COMMIT`]; each commit also records the last row key it covers
+//! [`UPGRADE_ENTRIES_PER_COMMIT`]; each commit also records the last row key it covers
 //! (`meta/upgrade_records_after`), so a crash part way resumes after it instead of
 //! decoding an upgraded row as an old one. The blob index is rebuilt next
 //! (`blob_refs.rs`); its last commit removes that key ([`finish_v2`]) and writes the new
@@ -20,9 +20,6 @@ use crate::error::{Error, Result};
 use crate::layout::{self, Key, RecordRow, StoredEntry, dec, enc};
 use crate::store::{Batch, Durability, KeyRange, Order, Store};
 
-/// Record rows rewritten per commit while upgrading.
-pub(crate) const UPGRADE_ROWS_PER_COMMIT: usize = 1024;
-
 /// Where a record-row upgrade that was cut short stopped (a `meta` key).
 const RECORDS_AFTER_KEY: &[u8] = b"upgrade_records_after";
 
@@ -34,9 +31,24 @@ struct RecordRowV2 {
     context: Option<ContextId>,
 }
 
-/// Brings a layout-2 store to layout 3 (see the module docs).
-pub(crate) fn records_from_v2(store: &dyn Store) -> Result<()> {
-    let mut after = store.get(layout::META, RECORDS_AFTER_KEY)?;
+/// Entries visited per commit while upgrading.
+pub(crate) const UPGRADE_ENTRIES_PER_COMMIT: usize = 1024;
+
+/// Visits every entry of `partition` in key order, [`UPGRADE_ENTRIES_PER_COMMIT`] per
+/// commit; `visit` adds what an entry needs to its run's batch. With a `mark` (a `meta`
+/// key), each run's batch also records its last key there, and the visit starts after
+/// the key recorded, so a rerun resumes where a crash stopped it. The last run's batch
+/// is returned uncommitted: the caller finishes with it.
+pub(crate) fn in_runs(
+    store: &dyn Store,
+    partition: crate::store::Partition,
+    mark: Option<&[u8]>,
+    mut visit: impl FnMut(&[u8], &[u8], &mut Batch) -> Result<()>,
+) -> Result<Batch> {
+    let mut after = match mark {
+        Some(mark) => store.get(layout::META, mark)?,
+        None => None,
+    };
     loop {
         let range = KeyRange {
             start: after.clone().map_or(Bound::Unbounded, Bound::Excluded),
@@ -45,12 +57,34 @@ pub(crate) fn records_from_v2(store: &dyn Store) -> Result<()> {
         let mut batch = Batch::new();
         let mut read = 0;
         for kv in store
-            .scan(layout::RECORDS, range, Order::Ascending)?
-            .take(UPGRADE_ROWS_PER_COMMIT)
+            .scan(partition, range, Order::Ascending)?
+            .take(UPGRADE_ENTRIES_PER_COMMIT)
         {
             let (key, value) = kv?;
             read += 1;
-            let old: RecordRowV2 = dec(layout::RECORDS, &key, &value)?;
+            visit(&key, &value, &mut batch)?;
+            after = Some(key);
+        }
+        if let (Some(mark), Some(last)) = (mark, &after) {
+            batch.put(layout::META, mark.to_vec(), last.clone());
+        }
+        if read < UPGRADE_ENTRIES_PER_COMMIT {
+            return Ok(batch);
+        }
+        store.commit(batch, Durability::Buffered)?;
+    }
+}
+
+/// Brings a layout-2 store's record rows to layout 3 (see the module docs). The mark
+/// stays after the last run: until the version is written, another open must not read
+/// an upgraded row as an old one.
+pub(crate) fn records_from_v2(store: &dyn Store) -> Result<()> {
+    let last = in_runs(
+        store,
+        layout::RECORDS,
+        Some(RECORDS_AFTER_KEY),
+        |key, value, batch| {
+            let old: RecordRowV2 = dec(layout::RECORDS, key, value)?;
             // A record key is the tenant's number then the 32-byte record id.
             let tn = key.len().checked_sub(32).ok_or(Error::CorruptKey {
                 partition: layout::RECORDS.name(),
@@ -81,19 +115,11 @@ pub(crate) fn records_from_v2(store: &dyn Store) -> Result<()> {
                 path: old.path,
                 context: old.context,
             };
-            batch.put(layout::RECORDS, key.clone(), enc(&row));
-            after = Some(key);
-        }
-        // The mark stays after the last run too: until the version is written, another
-        // open must not read an upgraded row as an old one.
-        if let Some(last) = &after {
-            batch.put(layout::META, RECORDS_AFTER_KEY.to_vec(), last.clone());
-        }
-        store.commit(batch, Durability::Buffered)?;
-        if read < UPGRADE_ROWS_PER_COMMIT {
-            return Ok(());
-        }
-    }
+            batch.put(layout::RECORDS, key.to_vec(), enc(&row));
+            Ok(())
+        },
+    )?;
+    store.commit(last, Durability::Buffered)
 }
 
 /// Adds to the commit that writes layout 3 the removal of what the upgrade kept while
