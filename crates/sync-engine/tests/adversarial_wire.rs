@@ -54,27 +54,34 @@ fn parse_response(out: &[u8]) -> (u16, Vec<u8>) {
     (head[9..12].parse().unwrap(), out[end..].to_vec())
 }
 
+/// A well-formed frame of the owner's batch overwriting the victim with `data`.
+fn overwrite_frame(site: &Site, data: &[u8]) -> Vec<u8> {
+    let over = write_msg(
+        &notes(),
+        victim_id(),
+        Some(site.victim_head()),
+        &alice(),
+        data,
+    );
+    frame::encode(&Request::WriteBatch(WriteBatchRequest {
+        tenant: tenant(),
+        messages: vec![over],
+    }))
+}
+
 fn error_of(body: &[u8]) -> ErrorReply {
     frame::decode::<ErrorReply>(body, usize::MAX).expect("an error frame")
 }
 
 /// Framing: a cut header, a wrong magic, an unknown version, nonzero reserved bits,
-/// trailing garbage and a body shorter than its header says each get a 400 that says what is wrong, and the node keeps serving.
+/// trailing garbage and a body shorter than its header says each get a 400 that says
+/// what is wrong, and the node keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_get_clear_errors_and_store_nothing() {
     let site = Site::new().await;
     let addr = site.server.local_addr();
     let before = site.log_position();
-    let good = frame::encode(&Request::WriteBatch(WriteBatchRequest {
-        tenant: tenant(),
-        messages: vec![write_msg(
-            &notes(),
-            victim_id(),
-            Some(site.victim_head()),
-            &alice(),
-            b"x",
-        )],
-    }));
+    let good = overwrite_frame(&site, b"x");
     let mut magic = good.clone();
     magic[0] = b'X';
     let mut version = good.clone();
@@ -134,16 +141,7 @@ async fn content_length_lies_store_nothing() {
     let site = Site::new().await;
     let addr = site.server.local_addr();
     let before = site.log_position();
-    let good = frame::encode(&Request::WriteBatch(WriteBatchRequest {
-        tenant: tenant(),
-        messages: vec![write_msg(
-            &notes(),
-            victim_id(),
-            Some(site.victim_head()),
-            &alice(),
-            b"lie",
-        )],
-    }));
+    let good = overwrite_frame(&site, b"lie");
     // Shorter than announced, then the write side closes.
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let head = format!(
