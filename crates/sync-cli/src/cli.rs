@@ -96,7 +96,8 @@ pub(crate) enum Command {
         "Settings come from, highest first: flags, environment variables (WEFT_*), the TOML\n",
         "config file (--config or WEFT_CONFIG), then the defaults. Config file keys:\n",
         "  data_dir, listen, key_file, metrics,\n",
-        "  [limits] connections_max, connections_per_address_max, first_byte_time_ms_max,\n",
+        "  [limits] connections_max, connections_per_address_max, requests_per_tenant_max,\n",
+        "           first_byte_time_ms_max,\n",
         "           header_read_time_ms_max, subscriptions_max, frame_bytes_max,\n",
         "           request_time_ms_max, shutdown_grace_ms, subscriber_queue_len_max, heartbeat_interval_ms,\n",
         "           heartbeat_timeout_ms, blob_bytes_max, blob_uploads_max,\n",
@@ -262,6 +263,10 @@ pub(crate) struct ServeArgs {
     /// Most open HTTP connections from one IP address [default: 64]
     #[arg(long, env = "WEFT_CONNECTIONS_PER_ADDRESS_MAX", value_name = "N")]
     pub(crate) connections_per_address_max: Option<usize>,
+    /// Most requests of one tenant in flight at once; more are refused with an error
+    /// naming the limit, other tenants unaffected [default: 64]
+    #[arg(long, env = "WEFT_REQUESTS_PER_TENANT_MAX", value_name = "N")]
+    pub(crate) requests_per_tenant_max: Option<usize>,
     /// A new connection that sends nothing for this long is closed, in ms
     /// [default: 3000]
     #[arg(long, env = "WEFT_FIRST_BYTE_TIME_MS_MAX", value_name = "MS")]

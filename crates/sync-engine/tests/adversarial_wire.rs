@@ -13,7 +13,7 @@ use std::time::Duration;
 use adversary::*;
 use sync_support::*;
 use sync_transport::proto::{ErrorCode, ErrorReply, Request, WriteBatchRequest};
-use sync_transport::{ServerConfig, Token, frame};
+use sync_transport::{Remote, ServerConfig, Token, frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -241,4 +241,84 @@ async fn hostile_messages_in_good_frames_are_refused_one_by_one() {
     assert_eq!(status, 400, "{reason}");
     assert_eq!(site.log_position(), before);
     site.assert_unharmed("after-hostile-bodies").await;
+}
+
+/// A tenant's share of in-flight requests: a download its client stops reading holds
+/// one of the tenant's slots; at the limit the tenant is refused with a 503 naming it,
+/// while another tenant's requests and the owner's other tenant are served, and the
+/// slot comes back when the download's connection goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenant_cannot_take_every_request_slot() {
+    let mut config = ServerConfig::new(key());
+    config.requests_per_tenant_max = 1;
+    let site = Site::with_config(config).await;
+    let big: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
+    put(&site.owner, "big", &big);
+    site.assert_unharmed("with-a-blob").await;
+    let cid = sync_types::Cid::of_data(&big);
+    let read = frame::encode(&Request::BlobRead(sync_transport::proto::BlobReadRequest {
+        tenant: tenant(),
+        scope: sync_types::Scope::Full,
+        cid,
+        offset: 0,
+        len: big.len() as u64,
+    }));
+    let mut stalled = TcpStream::connect(site.server.local_addr()).await.unwrap();
+    let head = format!(
+        "POST /v1/blob/read HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: {}\r\n\r\n",
+        owner_bearer(),
+        read.len()
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    stalled.write_all(&read).await.unwrap();
+    let mut first = [0u8; 12];
+    stalled.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200", "the download started");
+
+    // The tenant's one slot is taken: its next call is refused, naming the limit.
+    let owner = site.client(owner_claims());
+    let refused = owner
+        .root(sync_transport::proto::RootRequest {
+            tenant: tenant(),
+            scope: sync_types::Scope::Full,
+        })
+        .await
+        .unwrap_err();
+    let text = refused.to_string();
+    assert!(
+        text.contains("limit of 1 requests in flight per tenant"),
+        "{text}"
+    );
+    assert!(refused.is_retryable(), "an overload is retried: {text}");
+    // Another tenant is served meanwhile.
+    let mut eve = owner_claims();
+    eve.tenant = sync_types::TenantId::new("did:example:eve").unwrap();
+    site.client(eve)
+        .root(sync_transport::proto::RootRequest {
+            tenant: sync_types::TenantId::new("did:example:eve").unwrap(),
+            scope: sync_types::Scope::Full,
+        })
+        .await
+        .expect("another tenant has its own share");
+    drop(stalled);
+    let mut served = false;
+    for _ in 0..200 {
+        if owner
+            .root(sync_transport::proto::RootRequest {
+                tenant: tenant(),
+                scope: sync_types::Scope::Full,
+            })
+            .await
+            .is_ok()
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        served,
+        "the slot came back when the download's connection went"
+    );
+    site.assert_unharmed("after-share").await;
 }

@@ -96,6 +96,8 @@ mod refusal_log;
 #[cfg(feature = "net")]
 pub mod server;
 #[cfg(feature = "net")]
+mod tenant_share;
+#[cfg(feature = "net")]
 pub mod ws;
 
 pub use error::{HandlerError, TransportError};

@@ -51,6 +51,7 @@ use crate::proto::{
     LogPageRequest, MessageData, Notice, ReadMessagesReply, ReadMessagesRequest, Reply, Request,
     RootReply, RootRequest, SubscribeRequest, WriteBatchReply, request_needs,
 };
+use crate::tenant_share::{ShareGuard, TenantShares};
 use crate::token::{AuthError, Claims, Token, TokenKey};
 
 /// What the handler learns about the caller: verified claims.
@@ -187,6 +188,9 @@ impl std::fmt::Debug for BlobWriteGuard {
     }
 }
 
+/// Default share of one tenant in a node's in-flight requests.
+pub const REQUESTS_PER_TENANT_MAX_DEFAULT: usize = 64;
+
 /// Limits and settings of a node, shared by the hyper server and the in-process
 /// transport. Every limit has its unit last.
 #[derive(Clone)]
@@ -203,6 +207,11 @@ pub struct ServerConfig {
     /// Most open HTTP connections from one IP address; more are answered like
     /// `connections_max`. Default 64.
     pub connections_per_address_max: usize,
+    /// Most requests of one tenant in flight at once (calls and blob downloads; uploads
+    /// and subscriptions have their own limits); one more is answered 503 naming the
+    /// limit, and other tenants are not affected. Default
+    /// [`REQUESTS_PER_TENANT_MAX_DEFAULT`].
+    pub requests_per_tenant_max: usize,
     /// Longest time a new connection may stay silent before its first byte; then it is
     /// closed without a reply. Default 3 000.
     pub first_byte_time_ms_max: u64,
@@ -251,6 +260,7 @@ impl ServerConfig {
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             connections_max: 1024,
             connections_per_address_max: 64,
+            requests_per_tenant_max: REQUESTS_PER_TENANT_MAX_DEFAULT,
             first_byte_time_ms_max: 3_000,
             subscriptions_max: 4096,
             request_time_ms_max: 30_000,
@@ -279,6 +289,7 @@ impl std::fmt::Debug for ServerConfig {
                 "connections_per_address_max",
                 &self.connections_per_address_max,
             )
+            .field("requests_per_tenant_max", &self.requests_per_tenant_max)
             .field("subscriptions_max", &self.subscriptions_max)
             .field("request_time_ms_max", &self.request_time_ms_max)
             .field("subscriber_queue_len_max", &self.subscriber_queue_len_max)
@@ -338,6 +349,7 @@ pub struct Node<H> {
     subscriptions: Arc<Semaphore>,
     shutdown: watch::Sender<bool>,
     pages: Arc<SharedPages>,
+    shares: Arc<TenantShares>,
 }
 
 impl<H> Clone for Node<H> {
@@ -349,6 +361,7 @@ impl<H> Clone for Node<H> {
             subscriptions: self.subscriptions.clone(),
             shutdown: self.shutdown.clone(),
             pages: self.pages.clone(),
+            shares: self.shares.clone(),
         }
     }
 }
@@ -435,6 +448,7 @@ impl<H: Handler> Node<H> {
             subscriptions,
             shutdown: watch::Sender::new(false),
             pages: Arc::default(),
+            shares: Arc::default(),
         }
     }
 
@@ -495,6 +509,17 @@ impl<H: Handler> Node<H> {
         }
     }
 
+    /// A slot of the request's tenant's share of in-flight requests (none for health).
+    fn share(&self, request: &Request) -> Result<Option<ShareGuard>, ErrorReply> {
+        match request_needs(request) {
+            Some((tenant, _, _)) => self
+                .shares
+                .enter(tenant, self.config.requests_per_tenant_max)
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Decodes a request frame.
     pub(crate) fn decode_request(&self, bytes: &[u8]) -> Result<Request, ErrorReply> {
         frame::decode::<Request>(bytes, self.config.frame_bytes_max).map_err(|e| frame_reply(&e))
@@ -508,6 +533,7 @@ impl<H: Handler> Node<H> {
         request: Request,
     ) -> Result<Reply, ErrorReply> {
         self.authorize(ctx, &request)?;
+        let _share = self.share(&request)?;
         let limit = ms(self.config.request_time_ms_max);
         match tokio::time::timeout(limit, self.dispatch(ctx, request)).await {
             Ok(r) => r,
@@ -622,6 +648,7 @@ impl<H: Handler> Node<H> {
         ErrorReply,
     > {
         self.authorize(ctx, &Request::BlobRead(req.clone()))?;
+        let share = self.share(&Request::BlobRead(req.clone()))?;
         let stat_req = BlobStatRequest {
             tenant: req.tenant.clone(),
             scope: req.scope.clone(),
@@ -659,6 +686,8 @@ impl<H: Handler> Node<H> {
         let idle = ms(self.config.transfer_idle_ms_max);
         let end = req.offset + len;
         let stream = futures_util::stream::unfold((req.offset, false), move |(offset, failed)| {
+            // The tenant's slot lives as long as the body stream does.
+            let _share = &share;
             let handler = handler.clone();
             let ctx = ctx.clone();
             let req = req.clone();

@@ -37,6 +37,7 @@ pub(crate) struct FileConfig {
 struct FileLimits {
     connections_max: Option<usize>,
     connections_per_address_max: Option<usize>,
+    requests_per_tenant_max: Option<usize>,
     first_byte_time_ms_max: Option<u64>,
     header_read_time_ms_max: Option<u64>,
     subscriptions_max: Option<usize>,
@@ -90,6 +91,7 @@ impl Settings {
                 connections_per_address_max: args
                     .connections_per_address_max
                     .or(l.connections_per_address_max),
+                requests_per_tenant_max: args.requests_per_tenant_max.or(l.requests_per_tenant_max),
                 first_byte_time_ms_max: args.first_byte_time_ms_max.or(l.first_byte_time_ms_max),
                 header_read_time_ms_max: args.header_read_time_ms_max.or(l.header_read_time_ms_max),
                 subscriptions_max: args.subscriptions_max.or(l.subscriptions_max),
@@ -125,6 +127,9 @@ impl Settings {
         }
         if let Some(v) = l.connections_per_address_max {
             c.connections_per_address_max = v;
+        }
+        if let Some(v) = l.requests_per_tenant_max {
+            c.requests_per_tenant_max = v;
         }
         if let Some(v) = l.first_byte_time_ms_max {
             c.first_byte_time_ms_max = v;
@@ -332,7 +337,7 @@ mod tests {
         let file = dir.path().join("weft.toml");
         std::fs::write(
             &file,
-            "data_dir = \"node\"\nlisten = \"127.0.0.1:9000\"\nmetrics = false\n[limits]\nconnections_max = 7\nconnections_per_address_max = 3\nfirst_byte_time_ms_max = 250\nshutdown_grace_ms = 100\nblob_bytes_max = 1000\nblob_uploads_per_tenant_max = 3\nblob_gc_interval_ms = 0\nstore_cache_mib = 8\nstore_memtable_mib = 2\n",
+            "data_dir = \"node\"\nlisten = \"127.0.0.1:9000\"\nmetrics = false\n[limits]\nconnections_max = 7\nconnections_per_address_max = 3\nrequests_per_tenant_max = 5\nfirst_byte_time_ms_max = 250\nshutdown_grace_ms = 100\nblob_bytes_max = 1000\nblob_uploads_per_tenant_max = 3\nblob_gc_interval_ms = 0\nstore_cache_mib = 8\nstore_memtable_mib = 2\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -352,6 +357,7 @@ mod tests {
         let c = s.server_config(sync_transport::TokenKey::from_bytes([1; 32]));
         assert_eq!(c.connections_max, 7, "from the file");
         assert_eq!(c.connections_per_address_max, 3, "from the file");
+        assert_eq!(c.requests_per_tenant_max, 5, "from the file");
         assert_eq!(c.first_byte_time_ms_max, 500, "the flag wins");
         assert_eq!(c.header_read_time_ms_max, 900, "the flag");
         assert_eq!(c.shutdown_grace_ms, 200, "the flag wins");
