@@ -322,3 +322,40 @@ async fn one_tenant_cannot_take_every_request_slot() {
     );
     site.assert_unharmed("after-share").await;
 }
+
+/// Connection starvation without a token (F6), against a real node: idle connections
+/// take every slot; a replica's sync meanwhile is told which limit it met (a retryable
+/// 503), and once the idle ones pass the first-byte limit and are closed, the replica
+/// syncs. Nothing of the idle connections is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_hold_the_node_only_until_the_first_byte_limit() {
+    let mut config = ServerConfig::new(key());
+    config.connections_max = 4;
+    config.connections_per_address_max = 4;
+    config.first_byte_time_ms_max = 1_000;
+    let site = Site::with_config(config).await;
+    let before = site.log_position();
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(TcpStream::connect(site.server.local_addr()).await.unwrap());
+    }
+    let reader = replica(3);
+    let reader_engine = engine(&reader, http(), vec![site.endpoint.clone()], fast_config());
+    let first = reader_engine.sync_once().await;
+    let refused = first.links[0].error.as_ref().map(ToString::to_string);
+    if let Some(text) = &refused {
+        assert!(text.contains("the node is at its limit of"), "{text}");
+    }
+    // The idle connections are closed by the first-byte limit (or refused at once, if
+    // the site's pooled connections still held slots when they came).
+    for tcp in &mut idle {
+        let mut out = Vec::new();
+        tokio::time::timeout(WAIT, tcp.read_to_end(&mut out))
+            .await
+            .expect("closed after the first-byte limit")
+            .unwrap();
+    }
+    sync_until_quiet(&reader_engine, 3).await;
+    assert_eq!(get(&reader, VICTIM).as_deref(), Some(VICTIM_DATA));
+    assert_eq!(site.log_position(), before);
+}
