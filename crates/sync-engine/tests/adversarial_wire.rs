@@ -244,13 +244,15 @@ async fn hostile_messages_in_good_frames_are_refused_one_by_one() {
 }
 
 /// A tenant's share of in-flight requests: a download its client stops reading holds
-/// one of the tenant's slots; at the limit the tenant is refused with a 503 naming it,
+/// one of the tenant's slots until its connection goes; at the limit the tenant is refused with a 503 naming it,
 /// while another tenant's requests and the owner's other tenant are served, and the
 /// slot comes back when the download's connection goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tenant_cannot_take_every_request_slot() {
+    // Above what one engine sends at once (a push, its small-message lane, a blob).
+    const SHARE: usize = 4;
     let mut config = ServerConfig::new(key());
-    config.requests_per_tenant_max = 1;
+    config.requests_per_tenant_max = SHARE;
     let site = Site::with_config(config).await;
     let big: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
     put(&site.owner, "big", &big);
@@ -263,19 +265,24 @@ async fn one_tenant_cannot_take_every_request_slot() {
         offset: 0,
         len: big.len() as u64,
     }));
-    let mut stalled = TcpStream::connect(site.server.local_addr()).await.unwrap();
-    let head = format!(
-        "POST /v1/blob/read HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: {}\r\n\r\n",
-        owner_bearer(),
-        read.len()
-    );
-    stalled.write_all(head.as_bytes()).await.unwrap();
-    stalled.write_all(&read).await.unwrap();
-    let mut first = [0u8; 12];
-    stalled.read_exact(&mut first).await.unwrap();
-    assert_eq!(&first, b"HTTP/1.1 200", "the download started");
+    // Downloads the client stops reading, one per slot of the tenant's share.
+    let mut stalled = Vec::new();
+    for _ in 0..SHARE {
+        let mut tcp = TcpStream::connect(site.server.local_addr()).await.unwrap();
+        let head = format!(
+            "POST /v1/blob/read HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: {}\r\n\r\n",
+            owner_bearer(),
+            read.len()
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        tcp.write_all(&read).await.unwrap();
+        let mut first = [0u8; 12];
+        tcp.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200", "the download started");
+        stalled.push(tcp);
+    }
 
-    // The tenant's one slot is taken: its next call is refused, naming the limit.
+    // The tenant's slots are taken: its next call is refused, naming the limit.
     let owner = site.client(owner_claims());
     let refused = owner
         .root(sync_transport::proto::RootRequest {
@@ -286,7 +293,7 @@ async fn one_tenant_cannot_take_every_request_slot() {
         .unwrap_err();
     let text = refused.to_string();
     assert!(
-        text.contains("limit of 1 requests in flight per tenant"),
+        text.contains("limit of 4 requests in flight per tenant"),
         "{text}"
     );
     assert!(refused.is_retryable(), "an overload is retried: {text}");
