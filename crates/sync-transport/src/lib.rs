@@ -86,6 +86,8 @@ mod body;
 #[cfg(feature = "net")]
 pub mod client;
 #[cfg(feature = "net")]
+mod config;
+#[cfg(feature = "net")]
 mod limits;
 #[cfg(feature = "net")]
 pub mod metrics;
