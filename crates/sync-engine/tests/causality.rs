@@ -2,10 +2,11 @@
 //! it replaces and after everything its replica stored before, whatever the wall clock
 //! does; the node id is created once and reused; receipts say whether a write won.
 
+mod log_support;
+
 use std::sync::Arc;
 
 use sync_engine::{Origin, Replica, WriteOutcome};
-use sync_ledger::LogRead;
 use sync_types::*;
 
 fn tenant() -> TenantId {
@@ -36,19 +37,9 @@ fn open(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Replica {
     Replica::builder().clock(clock.clone()).open(dir).unwrap()
 }
 
+/// Every message of the tenant's log with its inline data, in log order.
 fn log(r: &Replica) -> Vec<(Message, Option<Vec<u8>>)> {
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let LogRead::Page(page) = r.changes_since(&tenant(), after, 100).unwrap() else {
-            panic!("gap")
-        };
-        out.extend(page.entries.into_iter().map(|e| (e.message, e.data)));
-        if !page.has_more {
-            return out;
-        }
-        after = page.next;
-    }
+    log_support::full_log(r, &tenant())
 }
 
 fn put(r: &Replica, key: &[u8], value: &[u8]) -> sync_engine::Receipt {

@@ -7,10 +7,11 @@
 //! policy acts is restarted (a new process: only its store) before it hears the other
 //! side, so "local" must still mean the same device.
 
+mod log_support;
+
 use std::sync::{Arc, Mutex};
 
 use sync_engine::{ConflictInfo, ConflictPolicy, Origin, Replica, Resolution};
-use sync_ledger::LogRead;
 use sync_types::*;
 
 fn tenant() -> TenantId {
@@ -39,19 +40,9 @@ fn open(dir: &std::path::Path, clock: &Arc<ManualClock>, policy: ConflictPolicy)
         .unwrap()
 }
 
+/// Every message of the tenant's log with its inline data, in log order.
 fn log(r: &Replica) -> Vec<(Message, Option<Vec<u8>>)> {
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let LogRead::Page(page) = r.changes_since(&tenant(), after, 100).unwrap() else {
-            panic!("gap")
-        };
-        out.extend(page.entries.into_iter().map(|e| (e.message, e.data)));
-        if !page.has_more {
-            return out;
-        }
-        after = page.next;
-    }
+    log_support::full_log(r, &tenant())
 }
 
 fn sync(from: &Replica, to: &Replica) {

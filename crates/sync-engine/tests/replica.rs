@@ -1,8 +1,9 @@
 //! The replica on its own: local writes and reads on fjall, the apply pipeline's outcomes,
 //! convergence of two replicas that exchange messages in any order, and conflict policies.
 
+mod log_support;
+
 use sync_engine::{ConflictPolicy, Origin, RecordKey, Replica, WriteRequest};
-use sync_ledger::LogRead;
 use sync_types::*;
 
 fn tenant() -> TenantId {
@@ -47,18 +48,7 @@ fn replica(node: u64, clock: &std::sync::Arc<ManualClock>) -> Replica {
 
 /// Every message of the tenant's log with its inline data, in log order.
 fn log(r: &Replica) -> Vec<(Message, Option<Vec<u8>>)> {
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let LogRead::Page(page) = r.changes_since(&tenant(), after, 100).unwrap() else {
-            panic!("gap")
-        };
-        out.extend(page.entries.into_iter().map(|e| (e.message, e.data)));
-        if !page.has_more {
-            return out;
-        }
-        after = page.next;
-    }
+    log_support::full_log(r, &tenant())
 }
 
 fn records(r: &Replica) -> Vec<(RecordId, Cid, Option<Vec<u8>>)> {
