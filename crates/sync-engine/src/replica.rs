@@ -648,14 +648,21 @@ impl Replica {
         let (outcomes, tokens) =
             self.apply_locked(tenant, vec![(message, data)], &Origin::Local)?;
         match outcomes.into_iter().next() {
-            Some(ApplyOutcome::Applied | ApplyOutcome::Duplicate | ApplyOutcome::Superseded) => {
-                let winner = match &message_kind {
-                    Some(protocol) => self
+            Some(
+                applied @ (ApplyOutcome::Applied
+                | ApplyOutcome::Duplicate
+                | ApplyOutcome::Superseded),
+            ) => {
+                // A local version is stamped after what it replaces, so a newly stored
+                // one is the winner; only a repeat or a superseded one needs a look.
+                let winner = match (applied, &message_kind) {
+                    (ApplyOutcome::Applied, _) => None,
+                    (_, Some(protocol)) => self
                         .inner
                         .ledger
                         .protocol_definition(tenant, protocol)?
                         .map(|(c, _)| c),
-                    None => match record_id {
+                    (_, None) => match record_id {
                         Some(r) => self
                             .inner
                             .ledger
