@@ -1,21 +1,21 @@
-//! The ledger: opening, the atomic apply, message and record lookups, change
-//! notification.
+//! The ledger: opening, and the atomic apply. Lookups are in `lookups.rs`, change
+//! notification in `notify.rs`.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use sync_types::merge::{Conflict, MergeDecision, RecordHead, Version, VersionKind, merge_one};
 use sync_types::{
-    Cid, Configure, ContextId, DataRef, Hlc, INLINE_DATA_BYTES_MAX, Message, ProgressToken,
-    ProtocolName, ProtocolPath, RecordId, StreamId, TenantId,
+    Cid, ContextId, DataRef, Hlc, INLINE_DATA_BYTES_MAX, Message, ProgressToken, ProtocolName,
+    ProtocolPath, RecordId, StreamId, TenantId,
 };
 
 use crate::error::{Error, Result};
 use crate::layout::{self, Key, LogMeta, Pn, RecordRow, StoredEntry, Tn, dec, enc};
-use crate::store::{Batch, Durability, FjallStore, KeyRange, MemoryStore, Order, Partition, Store};
+use crate::notify::Notifier;
+use crate::store::{Batch, Durability, FjallStore, MemoryStore, Order, Store};
 
 /// Most messages in one [`Ledger::apply`] call.
 pub const APPLY_BATCH_MESSAGES_MAX: usize = 10_000;
@@ -199,52 +199,6 @@ pub struct RecordInfo {
     pub context: Option<ContextId>,
 }
 
-/// The id of a change listener, for [`Ledger::remove_listener`].
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct ListenerId(u64);
-
-type Listener = Arc<dyn Fn(&TenantId, u64) + Send + Sync>;
-
-/// Change notification without an async runtime: a generation counter with a condvar,
-/// and callbacks.
-pub(crate) struct Notifier {
-    generation: Mutex<u64>,
-    changed: Condvar,
-    listeners: RwLock<Vec<(ListenerId, Listener)>>,
-    next_listener: AtomicU64,
-}
-
-impl Notifier {
-    fn new() -> Self {
-        Self {
-            generation: Mutex::new(0),
-            changed: Condvar::new(),
-            listeners: RwLock::new(Vec::new()),
-            next_listener: AtomicU64::new(1),
-        }
-    }
-
-    fn notify(&self, heads: &[(TenantId, u64)]) {
-        {
-            let mut g = lock(&self.generation);
-            *g += 1;
-        }
-        self.changed.notify_all();
-        let listeners: Vec<Listener> = self
-            .listeners
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(_, l)| l.clone())
-            .collect();
-        for (tenant, head) in heads {
-            for l in &listeners {
-                l(tenant, *head);
-            }
-        }
-    }
-}
-
 /// Locks a mutex whose data stays consistent even if a holder panicked (every critical
 /// section in this crate either completes or leaves the data untouched).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -266,7 +220,7 @@ pub struct Ledger {
     /// Interned numbers known to be committed.
     names: Mutex<NameCache>,
     ids: Mutex<Box<dyn IdSource>>,
-    notifier: Notifier,
+    pub(crate) notifier: Notifier,
     /// Serializes read-modify-write of links, dead letters and identities.
     pub(crate) registry_lock: Mutex<()>,
     /// Blobs being uploaded in this process.
@@ -850,307 +804,6 @@ impl Ledger {
         })
     }
 
-    // ---- lookups the engine uses ----
-
-    /// Whether the tenant stores the message.
-    pub fn has_message(&self, tenant: &TenantId, cid: &Cid) -> Result<bool> {
-        match self.tenant_no(tenant)? {
-            Some(tn) => self.has_message_tn(tn, cid),
-            None => Ok(false),
-        }
-    }
-
-    fn has_message_tn(&self, tn: Tn, cid: &Cid) -> Result<bool> {
-        Ok(self
-            .store
-            .get(layout::MSG, &layout::msg_key(tn, cid))?
-            .is_some())
-    }
-
-    /// A stored message with its inline data and position.
-    ///
-    /// Lookups are per tenant on purpose: a cid names a message of one tenant, and a
-    /// lookup that crossed tenants would be one missing check away from a leak.
-    pub fn get_message(&self, tenant: &TenantId, cid: &Cid) -> Result<Option<StoredMessage>> {
-        match self.tenant_no(tenant)? {
-            Some(tn) => self.get_message_tn(tn, cid),
-            None => Ok(None),
-        }
-    }
-
-    fn get_message_tn(&self, tn: Tn, cid: &Cid) -> Result<Option<StoredMessage>> {
-        let key = layout::msg_key(tn, cid);
-        let Some(bytes) = self.store.get(layout::MSG, &key)? else {
-            return Ok(None);
-        };
-        let position: u64 = dec(layout::MSG, &key, &bytes)?;
-        let log_key = layout::log_key(tn, position);
-        let Some(bytes) = self.store.get(layout::LOG, &log_key)? else {
-            return Err(Error::Inconsistent(format!(
-                "message {cid} is indexed at position {position} but the log has no entry there"
-            )));
-        };
-        let entry: StoredEntry = dec(layout::LOG, &log_key, &bytes)?;
-        if entry.cid != *cid {
-            return Err(Error::Inconsistent(format!(
-                "log position {position} holds {} instead of {cid}",
-                entry.cid
-            )));
-        }
-        Ok(Some(StoredMessage {
-            cid: entry.cid,
-            message: entry.message,
-            data: entry.data,
-            position,
-        }))
-    }
-
-    fn record_row(&self, tn: Tn, id: &RecordId) -> Result<Option<RecordRow>> {
-        let key = layout::record_key(tn, id);
-        match self.store.get(layout::RECORDS, &key)? {
-            Some(bytes) => Ok(Some(dec(layout::RECORDS, &key, &bytes)?)),
-            None => Ok(None),
-        }
-    }
-
-    fn record_row_of(&self, tenant: &TenantId, id: &RecordId) -> Result<Option<RecordRow>> {
-        match self.tenant_no(tenant)? {
-            Some(tn) => self.record_row(tn, id),
-            None => Ok(None),
-        }
-    }
-
-    /// The retained versions of a record (its initial write and winner).
-    pub fn record_head(&self, tenant: &TenantId, record: &RecordId) -> Result<Option<RecordHead>> {
-        Ok(self.record_row_of(tenant, record)?.map(|r| r.head))
-    }
-
-    /// A record's head with its path and context.
-    pub fn record_info(&self, tenant: &TenantId, record: &RecordId) -> Result<Option<RecordInfo>> {
-        Ok(self.record_row_of(tenant, record)?.map(|r| RecordInfo {
-            head: r.head,
-            protocol: r.protocol,
-            path: r.path,
-            context: r.context,
-        }))
-    }
-
-    /// Whether a `Configure` of the protocol is stored.
-    pub fn has_protocol(&self, tenant: &TenantId, protocol: &ProtocolName) -> Result<bool> {
-        let Some((tn, pn)) = self.names_of(tenant, protocol)? else {
-            return Ok(false);
-        };
-        let prefix = Key::tn(tn).pn(pn).into_vec();
-        Ok(self
-            .store
-            .first(layout::CONFIGS, KeyRange::prefix(&prefix), Order::Ascending)?
-            .is_some())
-    }
-
-    /// The current definition of a protocol: its newest `Configure` by
-    /// `(timestamp, cid)`, with that message's cid.
-    pub fn protocol_definition(
-        &self,
-        tenant: &TenantId,
-        protocol: &ProtocolName,
-    ) -> Result<Option<(Cid, Configure)>> {
-        let Some((tn, pn)) = self.names_of(tenant, protocol)? else {
-            return Ok(None);
-        };
-        let prefix = Key::tn(tn).pn(pn).into_vec();
-        let Some((key, _)) = self.store.first(
-            layout::CONFIGS,
-            KeyRange::prefix(&prefix),
-            Order::Descending,
-        )?
-        else {
-            return Ok(None);
-        };
-        let cid = Cid::from_bytes(layout::key_tail::<32>(layout::CONFIGS, &key)?);
-        match self.get_message_tn(tn, &cid)? {
-            Some(StoredMessage {
-                message: Message::Configure(c),
-                ..
-            }) => Ok(Some((cid, c))),
-            _ => Err(Error::Inconsistent(format!(
-                "configure index names {cid}, which is not a stored configure"
-            ))),
-        }
-    }
-
-    /// The cids of every stored `Configure` of a protocol, oldest first by
-    /// `(timestamp, cid)`.
-    pub fn configures(&self, tenant: &TenantId, protocol: &ProtocolName) -> Result<Vec<Cid>> {
-        let Some((tn, pn)) = self.names_of(tenant, protocol)? else {
-            return Ok(Vec::new());
-        };
-        let prefix = Key::tn(tn).pn(pn).into_vec();
-        self.cid_scan(layout::CONFIGS, &prefix)?.collect()
-    }
-
-    /// Every stored message cid of the tenant, in ascending cid order (to rebuild a
-    /// Merkle tree on open).
-    pub fn cids(&self, tenant: &TenantId) -> Result<CidIter<'_>> {
-        match self.tenant_no(tenant)? {
-            Some(tn) => self.cid_scan(layout::MSG, &Key::tn(tn).into_vec()),
-            None => Ok(CidIter::empty()),
-        }
-    }
-
-    /// Every stored message cid of one protocol of the tenant, in **log order** (the
-    /// per-protocol log index serves this and filtered log pages alike; sort the cids
-    /// when an order by cid is needed).
-    pub fn protocol_cids(&self, tenant: &TenantId, protocol: &ProtocolName) -> Result<CidIter<'_>> {
-        let Some((tn, pn)) = self.names_of(tenant, protocol)? else {
-            return Ok(CidIter::empty());
-        };
-        self.value_cid_scan(layout::LOG_BY_PROTOCOL, Key::tn(tn).pn(pn).into_vec())
-    }
-
-    /// The cids of stored writes and deletes whose record path equals `path` or lies
-    /// below it (segment-wise), in log order per path.
-    pub fn path_cids(
-        &self,
-        tenant: &TenantId,
-        protocol: &ProtocolName,
-        path: &ProtocolPath,
-    ) -> Result<Vec<Cid>> {
-        let Some((tn, pn)) = self.names_of(tenant, protocol)? else {
-            return Ok(Vec::new());
-        };
-        let mut exact = Key::tn(tn).pn(pn).into_vec();
-        exact.extend_from_slice(path.as_str().as_bytes());
-        let mut below = exact.clone();
-        exact.push(0);
-        below.push(b'/');
-        let mut out = Vec::new();
-        for prefix in [exact, below] {
-            for cid in self.value_cid_scan(layout::BY_PATH, prefix)? {
-                out.push(cid?);
-            }
-        }
-        Ok(out)
-    }
-
-    /// The cids of stored writes and deletes whose record context equals `context` or
-    /// lies below it: the retained versions of the context's own record, then its
-    /// descendants in log order.
-    pub fn context_cids(
-        &self,
-        tenant: &TenantId,
-        protocol: &ProtocolName,
-        context: &ContextId,
-    ) -> Result<Vec<Cid>> {
-        let Some((tn, pn)) = self.names_of(tenant, protocol)? else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        // The record itself: its row names its versions; it belongs to this scope if
-        // its context is this one and its messages are of this protocol.
-        if let Some(row) = self.record_row(tn, &context.record())?
-            && row.context.as_ref() == Some(context)
-        {
-            for cid in row.head.retained() {
-                let stored = self.get_message_tn(tn, &cid)?.ok_or_else(|| {
-                    Error::Inconsistent(format!("retained version {cid} is not stored"))
-                })?;
-                if stored.message.protocol() == protocol {
-                    out.push(cid);
-                }
-            }
-        }
-        let mut k = Key::tn(tn).pn(pn);
-        for r in context.chain() {
-            k = k.bytes(r.as_bytes());
-        }
-        for cid in self.value_cid_scan(layout::BY_CONTEXT, k.into_vec())? {
-            out.push(cid?);
-        }
-        Ok(out)
-    }
-
-    /// The cids held as values under `prefix`, in key order.
-    fn value_cid_scan(&self, partition: Partition, prefix: Vec<u8>) -> Result<CidIter<'_>> {
-        let iter = self
-            .store
-            .scan_prefix(partition, &prefix, Order::Ascending)?;
-        Ok(CidIter {
-            inner: Box::new(iter.map(move |kv| {
-                let (k, v) = kv?;
-                dec(partition, &k, &v)
-            })),
-        })
-    }
-
-    fn cid_scan(&self, partition: Partition, prefix: &[u8]) -> Result<CidIter<'_>> {
-        let plen = prefix.len();
-        let iter = self
-            .store
-            .scan_prefix(partition, prefix, Order::Ascending)?;
-        Ok(CidIter {
-            inner: Box::new(iter.map(move |kv| {
-                let (k, _) = kv?;
-                if k.len() < plen + 32 {
-                    return Err(Error::CorruptKey {
-                        partition: partition.name(),
-                        reason: "key too short for a cid",
-                    });
-                }
-                Ok(Cid::from_bytes(layout::key_tail::<32>(partition, &k)?))
-            })),
-        })
-    }
-
-    // ---- change notification ----
-
-    /// A counter that grows by at least one after every commit that appended to a log.
-    pub fn generation(&self) -> u64 {
-        *lock(&self.notifier.generation)
-    }
-
-    /// Blocks until the generation exceeds `seen` or `timeout` passes, and returns the
-    /// generation. For threads without an async runtime; an async driver should
-    /// register a listener instead.
-    pub fn wait_for_change(&self, seen: u64, timeout: Duration) -> u64 {
-        let g = lock(&self.notifier.generation);
-        let (g, _) = self
-            .notifier
-            .changed
-            .wait_timeout_while(g, timeout, |g| *g <= seen)
-            .unwrap_or_else(|e| e.into_inner());
-        *g
-    }
-
-    /// Registers `listener`, called with the tenant and its new log head after every
-    /// commit that appended to that tenant's log, on the committing thread, after the
-    /// ledger's locks are released. It must be quick and must not block (a tokio
-    /// driver calls `Notify::notify_one` in it). A notification is a hint: a reader
-    /// must read the log from its checkpoint, never trust a notification to carry data.
-    pub fn add_listener(
-        &self,
-        listener: impl Fn(&TenantId, u64) + Send + Sync + 'static,
-    ) -> ListenerId {
-        let id = ListenerId(self.notifier.next_listener.fetch_add(1, Ordering::Relaxed));
-        self.notifier
-            .listeners
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((id, Arc::new(listener)));
-        id
-    }
-
-    /// Removes a listener; returns whether it was registered.
-    pub fn remove_listener(&self, id: ListenerId) -> bool {
-        let mut l = self
-            .notifier
-            .listeners
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        let before = l.len();
-        l.retain(|(i, _)| *i != id);
-        l.len() != before
-    }
-
     /// Raises the compaction floor of a tenant's log: a cursor at a position below
     /// `through` gets a [`GapReason::TooOld`](sync_types::GapReason::TooOld) answer.
     ///
@@ -1193,32 +846,5 @@ impl Ledger {
             .collect::<Result<_>>()?;
         out.sort();
         Ok(out)
-    }
-}
-
-/// Stored cids in ascending order; each item is a `Result` because the scan reads
-/// storage as it goes.
-pub struct CidIter<'a> {
-    inner: Box<dyn Iterator<Item = Result<Cid>> + 'a>,
-}
-
-impl CidIter<'_> {
-    fn empty() -> Self {
-        CidIter {
-            inner: Box::new(std::iter::empty()),
-        }
-    }
-}
-
-impl Iterator for CidIter<'_> {
-    type Item = Result<Cid>;
-    fn next(&mut self) -> Option<Self::Item> {
-        self.inner.next()
-    }
-}
-
-impl std::fmt::Debug for CidIter<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CidIter")
     }
 }

@@ -118,6 +118,8 @@ mod error;
 pub mod layout;
 mod ledger;
 mod log;
+mod lookups;
+mod notify;
 mod registry;
 mod staged_uploads;
 pub mod store;
@@ -127,10 +129,12 @@ pub use blobs::{BlobReader, BlobUpload, Blobs, UploadCursor};
 pub use error::{BackendError, Error, Result};
 pub use layout::UploadState;
 pub use ledger::{
-    APPLY_BATCH_MESSAGES_MAX, CidIter, IdSource, Ledger, LedgerApplied, LedgerBuilder,
-    LedgerOutcome, ListenerId, OsRandom, RecordInfo, SeededIds, StoredMessage, protocol_mismatch,
+    APPLY_BATCH_MESSAGES_MAX, IdSource, Ledger, LedgerApplied, LedgerBuilder, LedgerOutcome,
+    OsRandom, RecordInfo, SeededIds, StoredMessage, protocol_mismatch,
 };
 pub use log::{LOG_PAGE_ENTRIES_MAX, LogEntry, LogInfo, LogPage, LogQuery, LogRead};
+pub use lookups::CidIter;
+pub use notify::ListenerId;
 pub use registry::{
     DEAD_LETTER_ERROR_BYTES_MAX, DeadLetterFilter, DeadLetters, Identities, Links,
     RegisteredIdentity,
