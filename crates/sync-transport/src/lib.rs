@@ -88,6 +88,8 @@ pub mod client;
 #[cfg(feature = "net")]
 mod config;
 #[cfg(feature = "net")]
+pub mod connector;
+#[cfg(feature = "net")]
 mod limits;
 #[cfg(feature = "net")]
 pub mod metrics;
@@ -111,6 +113,8 @@ pub use client::{
     BlobDownload, BlobSource, ClientConfig, HttpClient, InProcessClient, Remote, Subscription,
     SubscriptionItem,
 };
+#[cfg(feature = "net")]
+pub use connector::{Connector, HttpConnector, InProcessConnector};
 #[cfg(feature = "net")]
 pub use node::{Handler, Node, RequestContext, ServerConfig};
 #[cfg(feature = "net")]

@@ -1,0 +1,211 @@
+//! Running links: one link (catch-up, push, reconcile when due) and every link.
+
+use sync_transport::TransportError;
+use sync_types::{Connectivity, Direction, Endpoint, LinkKey, Scope, SyncEvent};
+
+use crate::error::{Error, Result};
+
+use super::{
+    CatchUpStop, Connector, Engine, LinkCtx, LinkReport, SyncReport, Traffic, is_unreachable, lock,
+};
+
+impl<C: Connector> Engine<C> {
+    /// Syncs one link: catch-up, push, and a reconcile when due; see the
+    /// [module docs](crate::sync).
+    pub async fn sync_link(&self, link: &LinkKey) -> LinkReport {
+        let mut report = LinkReport::new(link.clone());
+        let result = self.sync_link_inner(link, &mut report).await;
+        let connectivity = match &result {
+            Err(e) if is_unreachable(e) => Connectivity::Offline,
+            Err(Error::UnknownLink(_)) => Connectivity::Unknown,
+            _ => Connectivity::Online,
+        };
+        if let Err(e) = self.set_connectivity(link, connectivity) {
+            tracing::warn!(link = %link, error = %e, "could not save the link's connectivity");
+        }
+        if result.is_ok()
+            && report.converged() == Some(true)
+            && let Err(e) = self.settle_status(link)
+        {
+            tracing::warn!(link = %link, error = %e, "could not save the link's status");
+        }
+        if let Err(e) = result {
+            tracing::debug!(link = %link, error = %e, "link sync failed");
+            report.error = Some(e);
+        }
+        report
+    }
+
+    pub(super) fn set_connectivity(&self, key: &LinkKey, to: Connectivity) -> Result<()> {
+        if to == Connectivity::Unknown {
+            return Ok(());
+        }
+        let Some(state) = self.ledger().links().get(key)? else {
+            return Ok(());
+        };
+        if state.connectivity != to {
+            self.ledger()
+                .links()
+                .update(key, self.durability(), |s| s.connectivity = to)?;
+            self.replica().emit(SyncEvent::ConnectivityChanged {
+                link: key.clone(),
+                from: state.connectivity,
+                to,
+            });
+        }
+        Ok(())
+    }
+
+    /// After a one-shot sync that converged: the status `crate::link_status` gives,
+    /// persisted, then announced.
+    pub(super) fn settle_status(&self, key: &LinkKey) -> Result<()> {
+        let Some(state) = self.ledger().links().get(key)? else {
+            return Ok(());
+        };
+        if crate::link_status::after_converged_sync(state.status).is_empty() {
+            return Ok(());
+        }
+        // The path is taken from the status under the registry's lock, not the one read
+        // above, in case a live driver changed it in between.
+        let mut walked = Vec::new();
+        self.ledger().links().update(key, self.durability(), |s| {
+            for &to in crate::link_status::after_converged_sync(s.status) {
+                match s.set_status(to) {
+                    Ok(from) => walked.push((from, to)),
+                    Err(_) => break,
+                }
+            }
+        })?;
+        for (from, to) in walked {
+            self.replica().emit(SyncEvent::LinkStatusChanged {
+                link: key.clone(),
+                from,
+                to,
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) async fn sync_link_inner(
+        &self,
+        key: &LinkKey,
+        report: &mut LinkReport,
+    ) -> Result<()> {
+        let ctx = self.link_ctx(key)?;
+        let guard = self.lock_link(key).await;
+        self.sync_link_locked(&ctx, report).await?;
+        drop(guard);
+        // 4. Fetch the blobs of staged records, outside the link's lock.
+        let fetched = self.fetch_staged(&ctx).await?;
+        if let Some(c) = report.catch_up.as_mut() {
+            c.blobs_fetched += fetched;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn sync_link_locked(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        report: &mut LinkReport,
+    ) -> Result<()> {
+        let key = &ctx.key;
+        let cfg = &self.inner.config;
+
+        // 1. Pull what the remote logged since the checkpoint.
+        let mut catch_up = self.catch_up_locked(ctx).await?;
+        report.pulled += catch_up.received;
+        if let Some(stop) = catch_up.stop.clone() {
+            // A gap or a missing dependency: the tree diff finds what the log cannot
+            // give, then the log resumes.
+            let reconcile = self.reconcile_locked(ctx).await?;
+            report.pulled += reconcile.pulled;
+            report.pushed += reconcile.pushed;
+            if let CatchUpStop::Gap(gap) = &stop
+                && reconcile.converged
+            {
+                let mut cp = self.load(key)?.pull;
+                cp.reset(gap.latest_available);
+                self.save_checkpoint(key, Direction::Pull, cp, Traffic::default())?;
+            }
+            report.reconcile = Some(reconcile);
+            catch_up = self.catch_up_locked(ctx).await?;
+            report.pulled += catch_up.received;
+        }
+        report.catch_up = Some(catch_up);
+
+        // 2. Push the local log since the checkpoint.
+        let push = self.push_locked(ctx).await?;
+        report.pushed += push.sent;
+        report.push = Some(push);
+
+        // 3. Reconcile when due; compare roots anyway when that is cheap.
+        let state = self.load(key)?;
+        let now = self.now_ms();
+        let last = lock(&self.inner.last_reconcile_ms).get(key).copied();
+        let due = state.last_sync_ms.is_none()
+            || state.needs_reconcile
+            || last.is_none_or(|t| now.saturating_sub(t) >= cfg.integrity_check_ms);
+        let cheap = cfg.verify_roots && !matches!(ctx.scope, Scope::Projection(_));
+        if due || cheap {
+            let reconcile = self.reconcile_locked(ctx).await?;
+            report.pulled += reconcile.pulled;
+            report.pushed += reconcile.pushed;
+            report.reconcile = Some(reconcile);
+        }
+        Ok(())
+    }
+
+    /// Syncs every registered link once; see the [module docs](crate::sync). Links are grouped
+    /// by endpoint; groups run concurrently, and an unreachable endpoint stops only its
+    /// own group. A second call waits for the first.
+    pub async fn sync_once(&self) -> SyncReport {
+        let _sync = self.inner.sync_lock.lock().await;
+        let mut report = SyncReport::default();
+        let links = match self.links() {
+            Ok(links) => links,
+            Err(e) => {
+                report.error = Some(e);
+                return report;
+            }
+        };
+        let mut groups: Vec<(Endpoint, Vec<LinkKey>)> = Vec::new();
+        for link in links {
+            match groups.iter_mut().find(|(e, _)| *e == link.key.endpoint) {
+                Some((_, keys)) => keys.push(link.key),
+                None => groups.push((link.key.endpoint.clone(), vec![link.key])),
+            }
+        }
+        let runs = groups.into_iter().map(|(_, keys)| self.sync_group(keys));
+        for (links, ok) in futures_util::future::join_all(runs).await {
+            report.links.extend(links);
+            if ok {
+                report.endpoints_ok += 1;
+            } else {
+                report.endpoints_failed += 1;
+            }
+        }
+        report
+    }
+
+    pub(super) async fn sync_group(&self, keys: Vec<LinkKey>) -> (Vec<LinkReport>, bool) {
+        let mut reports = Vec::with_capacity(keys.len());
+        let mut keys = keys.into_iter();
+        for key in keys.by_ref() {
+            let report = self.sync_link(&key).await;
+            let unreachable = report.error.as_ref().is_some_and(is_unreachable);
+            reports.push(report);
+            if unreachable {
+                for skipped in keys {
+                    let mut r = LinkReport::new(skipped.clone());
+                    r.error = Some(Error::Transport(TransportError::Unreachable(format!(
+                        "skipped: {} is unreachable",
+                        skipped.endpoint
+                    ))));
+                    reports.push(r);
+                }
+                return (reports, false);
+            }
+        }
+        (reports, true)
+    }
+}
