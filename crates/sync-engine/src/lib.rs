@@ -26,6 +26,7 @@ mod conflict;
 pub mod delivery;
 mod error;
 pub mod index;
+pub mod link_news;
 mod link_status;
 pub mod live;
 pub mod machine;

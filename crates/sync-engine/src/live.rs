@@ -90,6 +90,18 @@ pub trait LinkOps: Send + Sync + 'static {
     /// out of scope), or is it unknown (fail closed)?
     fn classify(&self, link: &LinkState, entry: &LogEntry) -> EventClass;
 
+    /// The driver runs `link` from now on: news of the link's operations (checkpoints,
+    /// counters, flags) go to `sink`, so the link's machine stays the only owner of its
+    /// state ([`crate::link_news`]). Default: nothing (operations that report no news).
+    fn own(&self, link: &LinkKey, sink: crate::link_news::NewsSink) {
+        let _ = (link, sink);
+    }
+
+    /// The driver no longer runs `link`.
+    fn release(&self, link: &LinkKey) {
+        let _ = link;
+    }
+
     /// Applies a live event durably.
     fn apply(
         &self,
@@ -135,6 +147,9 @@ pub enum Event {
     Reconciled(LinkKey, u64, Ticket, ReconcileResult),
     /// A subscription produced an item.
     Feed(LinkKey, u64, SubscriptionId, FeedItem),
+    /// An operation reported news of a link it runs for the driver, at a wall-clock
+    /// time ([`crate::link_news`]).
+    News(LinkKey, u64, crate::link_news::LinkNews, u64),
     /// A batch of live events was applied (or failed), one result per event.
     Applied(
         LinkKey,
@@ -361,6 +376,14 @@ impl<O: LinkOps> Driver<O> {
                 applying: false,
             },
         );
+        // From now on the link's operations report to its machine.
+        let (tx, k, inc) = (self.tx.clone(), key.clone(), self.next_incarnation);
+        self.ops.own(
+            &key,
+            Arc::new(move |news, at_ms| {
+                let _ = tx.send(Event::News(k.clone(), inc, news, at_ms));
+            }),
+        );
         let now = self.now_ms();
         if let Some(rt) = self.links.get_mut(&key) {
             rt.machine.handle_start(now);
@@ -375,6 +398,7 @@ impl<O: LinkOps> Driver<O> {
         self.drain(key);
         if let Some(mut rt) = self.links.remove(key) {
             rt.abort_all();
+            self.ops.release(key);
         }
     }
 
@@ -533,6 +557,13 @@ impl<O: LinkOps> Driver<O> {
             Event::Applied(key, inc, results) => {
                 self.handle_applied(&key, inc, results);
                 return;
+            }
+            Event::News(key, inc, news, at_ms) => {
+                let Some(rt) = self.current(&key, inc) else {
+                    return;
+                };
+                rt.machine.handle_news(at_ms, news);
+                key
             }
             Event::LocalWrite(tenant, token, from) => {
                 // A message pulled from an endpoint does not wake that endpoint's links:
@@ -779,7 +810,7 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
     type Feed = sync_transport::Subscription;
 
     async fn push(&self, link: LinkState, _after: Option<ProgressToken>) -> PushResult {
-        match self.engine.push(&link.key).await {
+        match self.engine.push_from(&link.key, Some(link.push)).await {
             Ok(outcome) if outcome.exhausted => PushResult::Failed("push retries exhausted".into()),
             Ok(outcome) => PushResult::Settled {
                 upto: outcome.checkpoint,
@@ -789,7 +820,7 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
     }
 
     async fn catch_up(&self, link: LinkState, _after: Option<ProgressToken>) -> CatchUpResult {
-        match self.engine.catch_up(&link.key).await {
+        match self.engine.catch_up_from(&link.key, Some(link.pull)).await {
             Ok(outcome) => match outcome.stop {
                 Some(crate::sync::CatchUpStop::Gap(gap)) => CatchUpResult::Gap(gap),
                 Some(crate::sync::CatchUpStop::Unsettled { cid, outcome: o }) => {
@@ -840,6 +871,14 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
             })
             .await
             .map_err(|e| e.to_string())
+    }
+
+    fn own(&self, link: &LinkKey, sink: crate::link_news::NewsSink) {
+        self.engine.own_link(link.clone(), sink);
+    }
+
+    fn release(&self, link: &LinkKey) {
+        self.engine.release_link(link);
     }
 
     fn classify(&self, link: &LinkState, entry: &LogEntry) -> EventClass {

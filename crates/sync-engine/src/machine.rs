@@ -33,6 +33,7 @@ use sync_types::{
 };
 
 use crate::delivery::{DeliveryTracker, IN_FLIGHT_DELIVERIES_MAX, Ordinal};
+use crate::link_news::{self, LinkNews};
 
 /// How a link replicates.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -707,12 +708,16 @@ impl LinkMachine {
         match result {
             ReconcileResult::Done { converged: true } => {
                 self.set_connectivity(Connectivity::Online);
-                self.state.needs_reconcile = false;
-                self.state.last_sync_ms = Some(now_ms);
-                self.persist();
-                self.emit(SyncEvent::ReconcileCompleted {
-                    link: self.state.key.clone(),
-                });
+                // Operations that report news (the engine's) have already applied
+                // `LinkNews::Converged`, with the wall-clock time: nothing is left to do.
+                if self.state.needs_reconcile || self.state.last_sync_ms.is_none() {
+                    self.state.needs_reconcile = false;
+                    self.state.last_sync_ms.get_or_insert(now_ms);
+                    self.persist();
+                    self.emit(SyncEvent::ReconcileCompleted {
+                        link: self.state.key.clone(),
+                    });
+                }
             }
             ReconcileResult::Done { converged: false } => {
                 // Writes landed on either side while the diff ran; try again shortly.
@@ -732,6 +737,25 @@ impl LinkMachine {
         }
         if std::mem::take(&mut self.reconcile_again) {
             self.start_reconcile();
+        }
+    }
+
+    /// An operation reported what happened ([`LinkNews`]) at wall-clock time `at_ms`:
+    /// the machine applies it to the state it owns, persists and announces it.
+    pub fn handle_news(&mut self, at_ms: u64, news: LinkNews) {
+        match news {
+            LinkNews::Terminal => self.handle_terminal(),
+            // Connectivity is runtime knowledge while a driver runs the link.
+            LinkNews::Connectivity(to) => self.set_connectivity(to),
+            news => {
+                let applied = link_news::apply(&mut self.state, &news, at_ms);
+                if applied.persist {
+                    self.persist();
+                }
+                for event in applied.events {
+                    self.emit(event);
+                }
+            }
         }
     }
 
@@ -971,7 +995,7 @@ impl LinkMachine {
     fn repair_completed(&mut self, now_ms: u64) {
         self.repair = None;
         self.state.needs_reconcile = false;
-        self.state.last_sync_ms = Some(now_ms);
+        self.state.last_sync_ms.get_or_insert(now_ms);
         self.cancel(Timer::RepairRetry);
         self.cancel(Timer::DegradedPoll);
         let to = if self.live() {

@@ -1,41 +1,95 @@
 //! Catch-up: reading the remote log from the pull checkpoint and applying it.
 
 use sync_transport::Remote;
-use sync_transport::proto::{LOG_PAGE_ENTRIES_MAX, LogFilter, LogPageReply, LogPageRequest};
-use sync_types::{ApplyOutcome, DeadLetterCategory, Direction, LinkKey, ScopeClass, SyncEvent};
+use sync_transport::proto::{
+    LOG_PAGE_ENTRIES_MAX, LogFilter, LogPage, LogPageReply, LogPageRequest,
+};
+use sync_types::{
+    ApplyOutcome, DeadLetterCategory, Direction, DirectionCheckpoint, LinkKey, ScopeClass,
+    SyncEvent,
+};
+use tracing::Instrument;
 
 use crate::closure::{Gate, forbidden_dependency};
 use crate::error::{Error, Result};
 
+use super::settle::{Next, PullCursor, Settle, settle, settled_prefix};
 use super::{
-    CatchUpOutcome, CatchUpStop, Connector, Engine, LinkCtx, STALLED_PAGES_MAX, Settle, Traffic,
-    item_bytes, settle, too_large,
+    CatchUpOutcome, CatchUpStop, Connector, Engine, LinkCtx, STALLED_PAGES_MAX, Traffic,
+    item_bytes, too_large,
 };
 
 impl<C: Connector> Engine<C> {
     /// Reads the remote log from the link's pull checkpoint and applies it; see the
     /// [module docs](crate::sync).
     pub async fn catch_up(&self, link: &LinkKey) -> Result<CatchUpOutcome> {
+        self.catch_up_from(link, None).await
+    }
+
+    /// [`catch_up`](Self::catch_up) from `start` (the link owner's pull checkpoint)
+    /// instead of the stored one.
+    pub(crate) async fn catch_up_from(
+        &self,
+        link: &LinkKey,
+        start: Option<DirectionCheckpoint>,
+    ) -> Result<CatchUpOutcome> {
         let ctx = self.link_ctx(link)?;
         let guard = self.lock_link(link).await;
-        let mut out = self.catch_up_locked(&ctx).await?;
+        let start = match start {
+            Some(start) => start,
+            None => self.load(link)?.pull,
+        };
+        let mut out = self.catch_up_locked(&ctx, start).await?;
         drop(guard);
         out.blobs_fetched += self.fetch_staged_after(ctx).await?;
         Ok(out)
     }
 
-    pub(super) async fn catch_up_locked(&self, ctx: &LinkCtx<C::Remote>) -> Result<CatchUpOutcome> {
+    /// One catch-up from `start`: the loop of reading a page, gating and applying it,
+    /// and handing the outcomes to the pure [`PullCursor`] and [`settled_prefix`], which
+    /// say how far the checkpoint moves and whether to go on.
+    pub(super) async fn catch_up_locked(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        start: DirectionCheckpoint,
+    ) -> Result<CatchUpOutcome> {
+        let span = tracing::debug_span!("catch_up", tenant = %ctx.key.tenant, endpoint = %ctx.key.endpoint, from = ?start.contiguous_applied.map(|t| t.position));
+        let result = self
+            .catch_up_pages(ctx, start)
+            .instrument(span.clone())
+            .await;
+        let _enter = span.enter();
+        match &result {
+            Ok(o) => tracing::debug!(
+                pages = o.pages,
+                received = o.received.messages,
+                bytes = o.received.bytes,
+                applied = o.applied,
+                dead_lettered = o.dead_lettered,
+                reached_head = o.reached_head,
+                stopped = o.stop.is_some(),
+                "catch-up done"
+            ),
+            Err(e) => tracing::debug!(error = %e, "catch-up failed"),
+        }
+        result
+    }
+
+    async fn catch_up_pages(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        start: DirectionCheckpoint,
+    ) -> Result<CatchUpOutcome> {
         let cfg = &self.inner.config;
         let key = &ctx.key;
-        let mut cp = self.load(key)?.pull;
+        let limit = cfg.page_entries.clamp(1, LOG_PAGE_ENTRIES_MAX);
+        let mut cursor = PullCursor::new(start, limit, STALLED_PAGES_MAX);
         let mut out = CatchUpOutcome {
-            checkpoint: cp.contiguous_applied,
+            checkpoint: start.contiguous_applied,
             ..CatchUpOutcome::default()
         };
-        let mut limit = cfg.page_entries.clamp(1, LOG_PAGE_ENTRIES_MAX);
-        let mut stalls = 0;
         while out.pages < cfg.catch_up_pages_max as u64 {
-            let from = cp.contiguous_applied;
+            let (from, limit) = cursor.request();
             let req = LogPageRequest {
                 tenant: key.tenant.clone(),
                 scope: ctx.scope.clone(),
@@ -43,7 +97,7 @@ impl<C: Connector> Engine<C> {
                 filter: LogFilter::default(),
                 limit,
             };
-            let page = match ctx.remote.log_page(req).await {
+            let mut page = match ctx.remote.log_page(req).await {
                 Ok(LogPageReply::Page(page)) => page,
                 Ok(LogPageReply::Gap(gap)) => {
                     self.replica().emit(SyncEvent::GapDetected {
@@ -53,171 +107,135 @@ impl<C: Connector> Engine<C> {
                     out.stop = Some(CatchUpStop::Gap(gap));
                     return Ok(out);
                 }
-                Err(e) if limit > 1 && too_large(&e) => {
-                    limit /= 2;
-                    continue;
-                }
+                Err(e) if too_large(&e) && cursor.shrink() => continue,
                 Err(e) => return Err(e.into()),
             };
             out.pages += 1;
-            // Every token must belong to the checkpoint's log. Entries at or before what
-            // was already delivered (a repeated page, a duplicate across a page boundary
-            // or inside a page) are dropped: they are settled already.
-            let mut page = page;
-            let mut prev = from;
-            let mut entries = Vec::with_capacity(page.entries.len());
-            for e in page.entries {
-                if !cp.accepts_domain(&e.token) {
-                    return Err(Error::Protocol(format!(
-                        "log page entry {} is from another log than the checkpoint",
-                        e.token
-                    )));
-                }
-                if prev.is_none_or(|p| e.token.compare(&p) == Some(std::cmp::Ordering::Greater)) {
-                    prev = Some(e.token);
-                    entries.push(e);
-                } else {
-                    out.duplicates_dropped += 1;
-                }
-            }
-            page.entries = entries;
-            if let Some(next) = page.next
-                && !cp.accepts_domain(&next)
-            {
-                return Err(Error::Protocol(format!(
-                    "log page cursor {next} is from another log than the checkpoint"
-                )));
-            }
-            // A cursor behind the entries (a repeated page) moves nothing back.
-            if page.next.is_some_and(|n| {
-                prev.is_some_and(|p| n.compare(&p) == Some(std::cmp::Ordering::Less))
-            }) {
-                page.next = prev;
-            }
-
-            // Gate, then apply what is in scope.
-            let mut traffic = Traffic::default();
-            let mut gated = vec![false; page.entries.len()];
-            let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; page.entries.len()];
-            let mut to_apply = Vec::new();
-            let mut apply_index = Vec::new();
-            let gate = Gate::new(page.entries.iter().map(|e| &e.item.message));
-            for (i, e) in page.entries.iter().enumerate() {
-                traffic.messages += 1;
-                traffic.bytes += item_bytes(&e.item.message, e.item.data.as_deref());
-                match gate.classify(self.replica(), &key.tenant, &ctx.scope, &e.item.message)? {
-                    // Fails closed: not applied, dead-lettered, settled in order.
-                    class @ (ScopeClass::OutOfScope | ScopeClass::Unknown) => {
-                        self.scope_rejected(key, &e.item.message, class)?;
-                        out.dead_lettered += 1;
-                        gated[i] = true;
-                        outcomes[i] = Some(ApplyOutcome::Unauthorized);
-                    }
-                    ScopeClass::InScope => {
-                        apply_index.push(i);
-                        to_apply.push((e.item.message.clone(), e.item.data.clone()));
-                    }
-                }
-            }
-            let applied = self.apply_remote(ctx, to_apply).await?;
-            if applied.len() != apply_index.len() {
-                return Err(Error::Task(
-                    "apply returned the wrong number of outcomes".into(),
-                ));
-            }
-            for (i, o) in apply_index.into_iter().zip(applied) {
-                outcomes[i] = Some(o);
-            }
-            // A staged record's blob (wanted by `apply_remote`) is fetched after the
-            // pages, outside the link's lock, so small messages are never held up behind
-            // it.
+            out.duplicates_dropped += cursor.accept(&mut page)?;
+            let span = tracing::debug_span!("page", entries = page.entries.len());
+            let (outcomes, gated, traffic) =
+                self.gate_and_apply(ctx, &page).instrument(span).await?;
+            out.dead_lettered += gated.iter().filter(|g| **g).count() as u64;
             out.applied += outcomes
                 .iter()
-                .filter(|o| **o == Some(ApplyOutcome::Applied))
+                .filter(|o| **o == ApplyOutcome::Applied)
                 .count() as u64;
 
-            // Move the checkpoint over the settled prefix.
-            let mut last_settled = None;
-            let mut stop = None;
-            let mut terminal = None;
-            for ((e, o), gated) in page.entries.iter().zip(outcomes).zip(gated) {
-                let o = o.expect("every entry has an outcome");
-                match settle(&o) {
-                    Settle::Done => {}
-                    Settle::Failed => {
-                        if !gated {
-                            self.record_dead_letter(
-                                key,
-                                &e.item.message,
-                                DeadLetterCategory::PullProcessing,
-                                Some(o.as_str().into()),
-                                o.to_string(),
-                            )?;
-                            out.dead_lettered += 1;
-                        }
-                    }
-                    Settle::Open => {
-                        // A dependency the scope forbids can never arrive: stop for good.
-                        if let ApplyOutcome::Incomplete { missing } = &o
-                            && let Some(f) = forbidden_dependency(
-                                self.replica(),
-                                &key.tenant,
-                                &ctx.scope,
-                                &e.item.message,
-                                missing,
-                            )?
-                        {
-                            out.dead_lettered += 1;
-                            terminal = Some(self.closure_failure(key, &e.item.message, f)?);
-                        }
-                        stop = Some(CatchUpStop::Unsettled {
-                            cid: e.item.message.cid(),
-                            outcome: o,
-                        });
-                        break;
-                    }
+            let prefix = settled_prefix(
+                page.entries
+                    .iter()
+                    .zip(&outcomes)
+                    .map(|(e, o)| (e.token, settle(o))),
+                page.next,
+            );
+            // Refusals in the prefix are dead letters (the gate recorded its own).
+            for ((e, o), gated) in page
+                .entries
+                .iter()
+                .zip(&outcomes)
+                .zip(&gated)
+                .take(prefix.settled)
+            {
+                if settle(o) == Settle::Failed && !gated {
+                    self.record_dead_letter(
+                        key,
+                        &e.item.message,
+                        DeadLetterCategory::PullProcessing,
+                        Some(o.as_str().into()),
+                        o.to_string(),
+                    )?;
+                    out.dead_lettered += 1;
                 }
-                last_settled = Some(e.token);
             }
-            let target = if stop.is_none() {
-                page.next.or(last_settled)
-            } else {
-                last_settled
-            };
-            if let Some(last) = page.entries.last() {
-                cp.observe_received(last.token);
+            // The first unsettled entry stops the catch-up; a dependency the scope
+            // forbids can never arrive, so it stops the link for good.
+            let mut terminal = None;
+            if !prefix.complete {
+                let (e, o) = (&page.entries[prefix.settled], &outcomes[prefix.settled]);
+                if let ApplyOutcome::Incomplete { missing } = o
+                    && let Some(f) = forbidden_dependency(
+                        self.replica(),
+                        &key.tenant,
+                        &ctx.scope,
+                        &e.item.message,
+                        missing,
+                    )?
+                {
+                    out.dead_lettered += 1;
+                    terminal = Some(self.closure_failure(key, &e.item.message, f)?);
+                }
+                out.stop = Some(CatchUpStop::Unsettled {
+                    cid: e.item.message.cid(),
+                    outcome: o.clone(),
+                });
             }
             out.received += traffic;
-            if let Some(t) = target
-                && cp.contiguous_applied != Some(t)
-            {
-                cp.commit(t);
-                self.save_checkpoint(key, Direction::Pull, cp, traffic)?;
+            let (moved, next) = cursor.advance(&page, prefix)?;
+            if let Some(before) = moved {
+                self.save_checkpoint(key, Direction::Pull, before, cursor.checkpoint(), traffic)?;
             }
-            out.checkpoint = cp.contiguous_applied;
+            out.checkpoint = cursor.checkpoint().contiguous_applied;
             self.progress(key, Direction::Pull, out.received);
             if let Some(e) = terminal {
                 return Err(e);
             }
-            if stop.is_some() {
-                out.stop = stop;
-                return Ok(out);
-            }
-            if !page.has_more {
-                out.reached_head = true;
-                return Ok(out);
-            }
-            if cp.contiguous_applied == from {
-                stalls += 1;
-                if stalls > STALLED_PAGES_MAX {
-                    return Err(Error::Protocol(
-                        "log pages say more follows but do not advance".into(),
-                    ));
+            match next {
+                Next::Read => {}
+                Next::Stop => return Ok(out),
+                Next::Head => {
+                    out.reached_head = true;
+                    return Ok(out);
                 }
-            } else {
-                stalls = 0;
             }
         }
         Ok(out)
+    }
+
+    /// Gates every entry of `page` against the link's scope (a refused one is
+    /// dead-lettered and answered `Unauthorized`, marked in the second vector) and
+    /// applies the rest; one outcome per entry, and the traffic the page carried.
+    async fn gate_and_apply(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        page: &LogPage,
+    ) -> Result<(Vec<ApplyOutcome>, Vec<bool>, Traffic)> {
+        let mut traffic = Traffic::default();
+        let mut gated = vec![false; page.entries.len()];
+        let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; page.entries.len()];
+        let mut to_apply = Vec::new();
+        let mut apply_index = Vec::new();
+        let gate = Gate::new(page.entries.iter().map(|e| &e.item.message));
+        for (i, e) in page.entries.iter().enumerate() {
+            traffic.messages += 1;
+            traffic.bytes += item_bytes(&e.item.message, e.item.data.as_deref());
+            match gate.classify(self.replica(), &ctx.key.tenant, &ctx.scope, &e.item.message)? {
+                // Fails closed: not applied, dead-lettered, settled in order.
+                class @ (ScopeClass::OutOfScope | ScopeClass::Unknown) => {
+                    self.scope_rejected(&ctx.key, &e.item.message, class)?;
+                    gated[i] = true;
+                    outcomes[i] = Some(ApplyOutcome::Unauthorized);
+                }
+                ScopeClass::InScope => {
+                    apply_index.push(i);
+                    to_apply.push((e.item.message.clone(), e.item.data.clone()));
+                }
+            }
+        }
+        // A staged record's blob (wanted by `apply_remote`) is fetched after the pages,
+        // outside the link's lock, so small messages are never held up behind it.
+        let applied = self.apply_remote(ctx, to_apply).await?;
+        if applied.len() != apply_index.len() {
+            return Err(Error::Task(
+                "apply returned the wrong number of outcomes".into(),
+            ));
+        }
+        for (i, o) in apply_index.into_iter().zip(applied) {
+            outcomes[i] = Some(o);
+        }
+        let outcomes = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(ApplyOutcome::Deferred))
+            .collect();
+        Ok((outcomes, gated, traffic))
     }
 }

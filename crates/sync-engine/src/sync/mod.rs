@@ -134,6 +134,7 @@ mod reconcile;
 mod records;
 mod report;
 mod run;
+mod settle;
 
 pub use config::*;
 pub use identity::Identity;
@@ -149,9 +150,10 @@ use std::sync::{Arc, Mutex};
 
 use sync_transport::TransportError;
 use sync_transport::proto::ErrorCode;
-use sync_types::{ApplyOutcome, Authorization, Cid, Endpoint, LinkKey, Message, Scope, codec};
+use sync_types::{Authorization, Cid, Endpoint, LinkKey, Message, Scope, codec};
 
 use crate::error::Error;
+use crate::link_news::NewsSink;
 use crate::replica::Replica;
 
 /// Builds an [`Engine`].
@@ -189,6 +191,7 @@ impl<C: Connector> EngineBuilder<C> {
                 rng: Mutex::new(seed),
                 echoes: Mutex::default(),
                 link_locks: Mutex::default(),
+                owners: Mutex::default(),
                 last_reconcile_ms: Mutex::default(),
                 sync_lock: tokio::sync::Mutex::new(()),
                 blob_permits: Arc::new(tokio::sync::Semaphore::new(blob_transfers_max)),
@@ -229,6 +232,8 @@ pub(super) struct Inner<C> {
     rng: Mutex<u64>,
     echoes: Mutex<HashMap<Endpoint, Echoes>>,
     link_locks: Mutex<HashMap<LinkKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// The owner of each link driven by a live driver ([`crate::link_news`]).
+    owners: Mutex<HashMap<LinkKey, NewsSink>>,
     last_reconcile_ms: Mutex<HashMap<LinkKey, u64>>,
     sync_lock: tokio::sync::Mutex<()>,
     /// Bounds the blob transfers running at once ([`SyncConfig::blob_transfers_max`]).
@@ -245,17 +250,6 @@ pub(super) struct LinkCtx<R> {
     key: LinkKey,
     scope: Scope,
     remote: R,
-}
-
-/// Where a message ended up after sending or applying it.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) enum Settle {
-    /// Held by the receiver.
-    Done,
-    /// Refused for good and dead-lettered.
-    Failed,
-    /// Not settled: the checkpoint must stay before it.
-    Open,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -298,16 +292,6 @@ pub(super) fn grants_expired(authorization: &Authorization, now_ms: u64) -> Opti
             let latest = d.grants().iter().map(|g| g.expires_at_ms).max()?;
             (latest <= now_ms).then_some(latest)
         }
-    }
-}
-
-pub(super) fn settle(outcome: &ApplyOutcome) -> Settle {
-    if outcome.is_success() {
-        Settle::Done
-    } else if outcome.is_permanent_failure() {
-        Settle::Failed
-    } else {
-        Settle::Open
     }
 }
 

@@ -8,15 +8,16 @@ use sync_ledger::LogRead;
 use sync_transport::proto::{MessageData, WriteBatchRequest};
 use sync_transport::{Remote, TransportError};
 use sync_types::{
-    ApplyOutcome, Cid, DeadLetterCategory, Dependency, Direction, LinkKey, Message, ProgressToken,
-    ReconcileReason, ScopeClass,
+    ApplyOutcome, Cid, DeadLetterCategory, Dependency, Direction, DirectionCheckpoint, LinkKey,
+    Message, ProgressToken, ReconcileReason, ScopeClass,
 };
+use tracing::Instrument;
 
 use crate::error::{Error, Result};
 
+use super::settle::{Settle, settle, settled_prefix};
 use super::{
-    Connector, Engine, LinkCtx, PushOutcome, Settle, SyncConfig, Traffic, big_data, item_bytes,
-    lock, settle,
+    Connector, Engine, LinkCtx, PushOutcome, SyncConfig, Traffic, big_data, item_bytes, lock,
 };
 
 /// A message to push, with what the batch needs to know about it.
@@ -68,15 +69,58 @@ impl<C: Connector> Engine<C> {
     /// Sends the local log after the link's push checkpoint; see the
     /// [module docs](crate::sync).
     pub async fn push(&self, link: &LinkKey) -> Result<PushOutcome> {
-        let ctx = self.link_ctx(link)?;
-        let _guard = self.lock_link(link).await;
-        self.push_locked(&ctx).await
+        self.push_from(link, None).await
     }
 
-    pub(super) async fn push_locked(&self, ctx: &LinkCtx<C::Remote>) -> Result<PushOutcome> {
+    /// [`push`](Self::push) from `start` (the link owner's push checkpoint) instead of
+    /// the stored one.
+    pub(crate) async fn push_from(
+        &self,
+        link: &LinkKey,
+        start: Option<DirectionCheckpoint>,
+    ) -> Result<PushOutcome> {
+        let ctx = self.link_ctx(link)?;
+        let _guard = self.lock_link(link).await;
+        let start = match start {
+            Some(start) => start,
+            None => self.load(link)?.push,
+        };
+        self.push_locked(&ctx, start).await
+    }
+
+    pub(super) async fn push_locked(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        start: DirectionCheckpoint,
+    ) -> Result<PushOutcome> {
+        let span = tracing::debug_span!("push", tenant = %ctx.key.tenant, endpoint = %ctx.key.endpoint, from = ?start.contiguous_applied.map(|t| t.position));
+        let result = self.push_pages(ctx, start).instrument(span.clone()).await;
+        let _enter = span.enter();
+        match &result {
+            Ok(o) => tracing::debug!(
+                sent = o.sent.messages,
+                bytes = o.sent.bytes,
+                echoes_skipped = o.echoes_skipped,
+                out_of_scope = o.out_of_scope,
+                dependencies = o.dependencies_sent,
+                blobs = o.blobs_sent,
+                dead_lettered = o.dead_lettered,
+                exhausted = o.exhausted,
+                "push done"
+            ),
+            Err(e) => tracing::debug!(error = %e, "push failed"),
+        }
+        result
+    }
+
+    async fn push_pages(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        start: DirectionCheckpoint,
+    ) -> Result<PushOutcome> {
         let cfg = &self.inner.config;
         let key = &ctx.key;
-        let mut cp = self.load(key)?.push;
+        let mut cp = start;
         let mut out = PushOutcome {
             checkpoint: cp.contiguous_applied,
             ..PushOutcome::default()
@@ -91,8 +135,9 @@ impl<C: Connector> Engine<C> {
                 LogRead::Gap(gap) => {
                     // The local log was rebuilt or compacted past the checkpoint: only a
                     // reconcile can tell what the remote lacks. Resume after it.
+                    let before = cp.contiguous_applied;
                     cp.reset(gap.latest_available);
-                    self.save_checkpoint(key, Direction::Push, cp, Traffic::default())?;
+                    self.save_checkpoint(key, Direction::Push, before, cp, Traffic::default())?;
                     self.mark_needs_reconcile(key, None)?;
                     out.checkpoint = cp.contiguous_applied;
                     return Ok(out);
@@ -161,36 +206,33 @@ impl<C: Connector> Engine<C> {
                 }
             }
 
-            // Move the checkpoint over the settled prefix.
-            let mut last_settled = None;
-            let mut all = true;
-            let mut acked = Traffic::default();
-            for (token, slot) in &plan {
-                if let Some(i) = slot {
-                    match settles[*i] {
-                        Some(Settle::Done) => {
-                            acked.messages += 1;
-                            acked.bytes += to_send[*i].bytes;
-                        }
-                        Some(Settle::Failed) => {}
-                        Some(Settle::Open) | None => {
-                            all = false;
-                            break;
-                        }
-                    }
-                }
-                last_settled = Some(*token);
-            }
-            let target = if all {
-                page.next.or(last_settled)
-            } else {
-                last_settled
+            // Move the checkpoint over the settled prefix (an entry not sent, an echo or
+            // out of scope, is settled as it is).
+            let slot_settle = |slot: &Option<usize>| match slot {
+                None => Settle::Done,
+                Some(i) => settles[*i].unwrap_or(Settle::Open),
             };
+            let prefix = settled_prefix(
+                plan.iter().map(|(t, slot)| (*t, slot_settle(slot))),
+                page.next,
+            );
+            let all = prefix.complete;
+            let target = prefix.target;
+            let mut acked = Traffic::default();
+            for (_, slot) in &plan[..prefix.settled] {
+                if let Some(i) = slot
+                    && settles[*i] == Some(Settle::Done)
+                {
+                    acked.messages += 1;
+                    acked.bytes += to_send[*i].bytes;
+                }
+            }
             if let Some(t) = target
                 && cp.contiguous_applied != Some(t)
             {
+                let before = cp.contiguous_applied;
                 cp.commit(t);
-                self.save_checkpoint(key, Direction::Push, cp, acked)?;
+                self.save_checkpoint(key, Direction::Push, before, cp, acked)?;
             }
             out.checkpoint = cp.contiguous_applied;
             self.progress(key, Direction::Push, out.sent);

@@ -8,15 +8,18 @@ use sync_transport::Remote;
 use sync_transport::proto::{DiffRequest, READ_CIDS_MAX, ReadMessagesRequest, RootRequest};
 use sync_types::{
     ApplyOutcome, Cid, DeadLetterCategory, Direction, LinkKey, Message, ProgressToken, Scope,
-    ScopeClass, SyncEvent,
+    ScopeClass,
 };
+use tracing::Instrument;
 
 use crate::closure::{Gate, forbidden_dependency};
 use crate::error::{Error, Result};
+use crate::link_news::LinkNews;
 
+use super::settle::{Settle, settle};
 use super::{
-    Connector, Engine, LinkCtx, PushItem, PushOutcome, ReconcileOutcome, Settle, Traffic,
-    batch_ranges, item_bytes, lock, settle,
+    Connector, Engine, LinkCtx, PushItem, PushOutcome, ReconcileOutcome, Traffic, batch_ranges,
+    item_bytes, lock,
 };
 
 impl<C: Connector> Engine<C> {
@@ -46,6 +49,27 @@ impl<C: Connector> Engine<C> {
         &self,
         ctx: &LinkCtx<C::Remote>,
     ) -> Result<ReconcileOutcome> {
+        let span = tracing::debug_span!("reconcile", tenant = %ctx.key.tenant, endpoint = %ctx.key.endpoint, scope = %ctx.scope);
+        let result = self.reconcile_diff(ctx).instrument(span.clone()).await;
+        let _enter = span.enter();
+        match &result {
+            Ok(o) => tracing::debug!(
+                diffed = o.diffed,
+                only_local = o.only_local,
+                only_remote = o.only_remote,
+                round_trips = o.round_trips,
+                pulled = o.pulled.messages,
+                pushed = o.pushed.messages,
+                dead_lettered = o.dead_lettered,
+                converged = o.converged,
+                "reconcile done"
+            ),
+            Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+        }
+        result
+    }
+
+    async fn reconcile_diff(&self, ctx: &LinkCtx<C::Remote>) -> Result<ReconcileOutcome> {
         let key = &ctx.key;
         // Everything up to this local position is in the local tree read below.
         let local_head = self.ledger().log_head(&key.tenant)?;
@@ -134,30 +158,7 @@ impl<C: Connector> Engine<C> {
         key: &LinkKey,
         local_head: Option<ProgressToken>,
     ) -> Result<()> {
-        let now = self.now_ms();
-        let mut push_moved = None;
-        self.ledger().links().update(key, self.durability(), |s| {
-            s.needs_reconcile = false;
-            s.last_sync_ms = Some(now);
-            s.last_activity_ms = Some(now);
-            if let Some(head) = local_head {
-                let behind = match s.push.contiguous_applied {
-                    None => true,
-                    Some(cp) => head.compare(&cp) == Some(std::cmp::Ordering::Greater),
-                };
-                if behind {
-                    s.push.commit(head);
-                    push_moved = Some(head);
-                }
-            }
-        })?;
-        if let Some(token) = push_moved {
-            self.replica().emit(SyncEvent::CheckpointAdvanced {
-                link: key.clone(),
-                direction: Direction::Push,
-                token,
-            });
-        }
+        // Dead letters first: the owner announces the completion.
         self.ledger().dead_letters().clear_matching(
             &DeadLetterFilter {
                 tenant: Some(key.tenant.clone()),
@@ -170,9 +171,7 @@ impl<C: Connector> Engine<C> {
             },
             self.durability(),
         )?;
-        self.replica()
-            .emit(SyncEvent::ReconcileCompleted { link: key.clone() });
-        Ok(())
+        self.report(key, LinkNews::Converged { local_head })
     }
 
     /// Runs the SMT diff of the link's scope against the remote's responder. Full scopes

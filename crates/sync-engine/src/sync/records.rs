@@ -1,15 +1,17 @@
-//! What the engine records about a link: dead letters, the reconcile flag, checkpoints
-//! with their traffic, the scope gate's refusals and the terminal status.
+//! What the engine records about a link: dead letters and the scope gate's refusals in
+//! the ledger, and news for the link's owner (checkpoints with their traffic, the
+//! reconcile flag, the terminal status; see [`crate::link_news`]).
 
 use sync_types::{
-    DeadLetter, DeadLetterCategory, Direction, DirectionCheckpoint, LinkKey, LinkState, LinkStatus,
-    Message, ReconcileReason, ScopeClass, SyncEvent,
+    DeadLetter, DeadLetterCategory, Direction, DirectionCheckpoint, LinkKey, LinkState, Message,
+    ProgressToken, ReconcileReason, ScopeClass, SyncEvent,
 };
 
 use crate::closure::{CLOSURE_FORBIDDEN_CODE, Forbidden};
 use crate::error::{Error, Result};
+use crate::link_news::{self, LinkNews, NewsSink};
 
-use super::{Connector, Engine, Traffic};
+use super::{Connector, Engine, Traffic, lock};
 
 impl<C: Connector> Engine<C> {
     pub(super) fn record_dead_letter(
@@ -41,58 +43,75 @@ impl<C: Connector> Engine<C> {
         Ok(())
     }
 
+    /// Reports `news` to the link's owner: the live driver running the link when there
+    /// is one (its machine applies, persists and announces it), else the stored state,
+    /// changed by the same rules ([`link_news::apply`]) under the registry's lock. See
+    /// [`crate::link_news`].
+    pub(super) fn report(&self, key: &LinkKey, news: LinkNews) -> Result<()> {
+        let now = self.now_ms();
+        let owner = lock(&self.inner.owners).get(key).cloned();
+        if let Some(owner) = owner {
+            owner(news, now);
+            return Ok(());
+        }
+        let Some(mut probe) = self.ledger().links().get(key)? else {
+            return Ok(());
+        };
+        if !link_news::apply(&mut probe, &news, now).persist {
+            return Ok(());
+        }
+        let mut applied = None;
+        match self.ledger().links().update(key, self.durability(), |s| {
+            applied = Some(link_news::apply(s, &news, now));
+        }) {
+            Ok(_) => {}
+            // Deleted meanwhile (its identity changed): nothing left to report to.
+            Err(sync_ledger::Error::LinkNotFound(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        for event in applied.map(|a| a.events).unwrap_or_default() {
+            self.replica().emit(event);
+        }
+        Ok(())
+    }
+
+    /// Makes `owner` the owner of `link`'s state (see [`report`](Self::report)) until
+    /// [`release_link`](Self::release_link).
+    pub(crate) fn own_link(&self, link: LinkKey, owner: NewsSink) {
+        lock(&self.inner.owners).insert(link, owner);
+    }
+
+    /// Gives `link`'s state back to the engine.
+    pub(crate) fn release_link(&self, link: &LinkKey) {
+        lock(&self.inner.owners).remove(link);
+    }
+
     pub(super) fn mark_needs_reconcile(
         &self,
         key: &LinkKey,
         reason: Option<ReconcileReason>,
     ) -> Result<()> {
-        let before = self.load(key)?.needs_reconcile;
-        if !before {
-            self.ledger()
-                .links()
-                .set_needs_reconcile(key, true, self.durability())?;
-            if let Some(reason) = reason {
-                self.replica().emit(SyncEvent::ReconcileNeeded {
-                    link: key.clone(),
-                    reason,
-                });
-            }
-        }
-        Ok(())
+        self.report(key, LinkNews::NeedsReconcile(reason))
     }
 
-    /// Saves a checkpoint with the traffic it covers, then announces it.
+    /// Reports a checkpoint moved from `from` to `checkpoint` with the traffic it covers.
     pub(super) fn save_checkpoint(
         &self,
         key: &LinkKey,
         direction: Direction,
+        from: Option<ProgressToken>,
         checkpoint: DirectionCheckpoint,
         traffic: Traffic,
     ) -> Result<()> {
-        let now = self.now_ms();
-        self.ledger().links().update(key, self.durability(), |s| {
-            match direction {
-                Direction::Pull => {
-                    s.pull = checkpoint;
-                    s.counters.messages_pulled += traffic.messages;
-                    s.counters.bytes_pulled += traffic.bytes;
-                }
-                Direction::Push => {
-                    s.push = checkpoint;
-                    s.counters.messages_pushed += traffic.messages;
-                    s.counters.bytes_pushed += traffic.bytes;
-                }
-            }
-            s.last_activity_ms = Some(now);
-        })?;
-        if let Some(token) = checkpoint.contiguous_applied {
-            self.replica().emit(SyncEvent::CheckpointAdvanced {
-                link: key.clone(),
+        self.report(
+            key,
+            LinkNews::Progress {
                 direction,
-                token,
-            });
-        }
-        Ok(())
+                from,
+                to: checkpoint,
+                traffic,
+            },
+        )
     }
 
     pub(super) fn progress(&self, key: &LinkKey, direction: Direction, t: Traffic) {
@@ -150,28 +169,9 @@ impl<C: Connector> Engine<C> {
     }
 
     /// Puts the link in `terminal_incomplete` (when the status table allows it from
-    /// where it is), persisted, then announced.
+    /// where it is).
     pub(super) fn set_terminal(&self, key: &LinkKey) -> Result<()> {
-        let Some(state) = self.ledger().links().get(key)? else {
-            return Ok(());
-        };
-        if state.status == LinkStatus::TerminalIncomplete {
-            return Ok(());
-        }
-        let mut changed = false;
-        self.ledger().links().update(key, self.durability(), |s| {
-            changed = s.set_status(LinkStatus::TerminalIncomplete).is_ok();
-        })?;
-        if !changed {
-            return Ok(());
-        }
-        tracing::warn!(link = %key, "link is terminal_incomplete");
-        self.replica().emit(SyncEvent::LinkStatusChanged {
-            link: key.clone(),
-            from: state.status,
-            to: LinkStatus::TerminalIncomplete,
-        });
-        Ok(())
+        self.report(key, LinkNews::Terminal)
     }
 
     /// A dependency outside the scope: a `closure` dead letter for `message`, the link

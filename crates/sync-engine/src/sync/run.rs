@@ -1,9 +1,10 @@
 //! Running links: one link (catch-up, push, reconcile when due) and every link.
 
 use sync_transport::TransportError;
-use sync_types::{Connectivity, Direction, Endpoint, LinkKey, Scope, SyncEvent};
+use sync_types::{Connectivity, Direction, Endpoint, LinkKey, Scope};
 
 use crate::error::{Error, Result};
+use crate::link_news::LinkNews;
 
 use super::{
     CatchUpStop, Connector, Engine, LinkCtx, LinkReport, SyncReport, Traffic, is_unreachable, lock,
@@ -37,53 +38,12 @@ impl<C: Connector> Engine<C> {
     }
 
     pub(super) fn set_connectivity(&self, key: &LinkKey, to: Connectivity) -> Result<()> {
-        if to == Connectivity::Unknown {
-            return Ok(());
-        }
-        let Some(state) = self.ledger().links().get(key)? else {
-            return Ok(());
-        };
-        if state.connectivity != to {
-            self.ledger()
-                .links()
-                .update(key, self.durability(), |s| s.connectivity = to)?;
-            self.replica().emit(SyncEvent::ConnectivityChanged {
-                link: key.clone(),
-                from: state.connectivity,
-                to,
-            });
-        }
-        Ok(())
+        self.report(key, LinkNews::Connectivity(to))
     }
 
-    /// After a one-shot sync that converged: the status `crate::link_status` gives,
-    /// persisted, then announced.
+    /// After a one-shot sync that converged: the status [`crate::link_status`] gives.
     pub(super) fn settle_status(&self, key: &LinkKey) -> Result<()> {
-        let Some(state) = self.ledger().links().get(key)? else {
-            return Ok(());
-        };
-        if crate::link_status::after_converged_sync(state.status).is_empty() {
-            return Ok(());
-        }
-        // The path is taken from the status under the registry's lock, not the one read
-        // above, in case a live driver changed it in between.
-        let mut walked = Vec::new();
-        self.ledger().links().update(key, self.durability(), |s| {
-            for &to in crate::link_status::after_converged_sync(s.status) {
-                match s.set_status(to) {
-                    Ok(from) => walked.push((from, to)),
-                    Err(_) => break,
-                }
-            }
-        })?;
-        for (from, to) in walked {
-            self.replica().emit(SyncEvent::LinkStatusChanged {
-                link: key.clone(),
-                from,
-                to,
-            });
-        }
-        Ok(())
+        self.report(key, LinkNews::SyncSettled)
     }
 
     pub(super) async fn sync_link_inner(
@@ -112,7 +72,7 @@ impl<C: Connector> Engine<C> {
         let cfg = &self.inner.config;
 
         // 1. Pull what the remote logged since the checkpoint.
-        let mut catch_up = self.catch_up_locked(ctx).await?;
+        let mut catch_up = self.catch_up_locked(ctx, self.load(key)?.pull).await?;
         report.pulled += catch_up.received;
         if let Some(stop) = catch_up.stop.clone() {
             // A gap or a missing dependency: the tree diff finds what the log cannot
@@ -124,17 +84,18 @@ impl<C: Connector> Engine<C> {
                 && reconcile.converged
             {
                 let mut cp = self.load(key)?.pull;
+                let before = cp.contiguous_applied;
                 cp.reset(gap.latest_available);
-                self.save_checkpoint(key, Direction::Pull, cp, Traffic::default())?;
+                self.save_checkpoint(key, Direction::Pull, before, cp, Traffic::default())?;
             }
             report.reconcile = Some(reconcile);
-            catch_up = self.catch_up_locked(ctx).await?;
+            catch_up = self.catch_up_locked(ctx, self.load(key)?.pull).await?;
             report.pulled += catch_up.received;
         }
         report.catch_up = Some(catch_up);
 
         // 2. Push the local log since the checkpoint.
-        let push = self.push_locked(ctx).await?;
+        let push = self.push_locked(ctx, self.load(key)?.push).await?;
         report.pushed += push.sent;
         report.push = Some(push);
 
