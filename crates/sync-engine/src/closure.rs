@@ -33,22 +33,22 @@ use crate::replica::Replica;
 
 /// Most ancestor levels a closure check follows from one write (records nest at most
 /// `sync_types::PATH_DEPTH_MAX` levels, so this bounds a hostile chain, not a real one).
-pub const CLOSURE_DEPTH_MAX: usize = 32;
+pub(crate) const CLOSURE_DEPTH_MAX: usize = 32;
 
 /// The error code of a closure dead letter whose dependency lies outside the link's
 /// scope.
-pub const CLOSURE_FORBIDDEN_CODE: &str = "dependency_forbidden";
+pub(crate) const CLOSURE_FORBIDDEN_CODE: &str = "dependency_forbidden";
 
 /// Classifies the messages of one received batch against a link's scope.
 #[derive(Debug, Default)]
-pub struct Gate {
+pub(crate) struct Gate {
     /// Path and context of every record whose initial write is in the batch.
     batch_records: HashMap<RecordId, (ProtocolName, ProtocolPath, ContextId)>,
 }
 
 impl Gate {
     /// A gate for `batch`: deletes in it may be classified through initial writes in it.
-    pub fn new<'a>(batch: impl IntoIterator<Item = &'a Message>) -> Self {
+    pub(crate) fn new<'a>(batch: impl IntoIterator<Item = &'a Message>) -> Self {
         let mut batch_records = HashMap::new();
         for m in batch {
             if let Message::Write(w) = m
@@ -66,7 +66,7 @@ impl Gate {
     /// Where `message` falls relative to `scope`: through the local store first
     /// ([`Replica::classify`]); a delete whose record is not stored is classified by the
     /// batch's initial write of that record (of the same protocol), else `Unknown`.
-    pub fn classify(
+    pub(crate) fn classify(
         &self,
         replica: &Replica,
         tenant: &TenantId,
@@ -89,7 +89,7 @@ impl Gate {
 
 /// A dependency a link can never fetch: its scope does not cover it.
 #[derive(Clone, PartialEq, Eq, Debug)]
-pub struct Forbidden {
+pub(crate) struct Forbidden {
     /// The dependency.
     pub dependency: Dependency,
     /// Why it is outside the scope, for the dead letter and the link's error.
@@ -100,7 +100,7 @@ pub struct Forbidden {
 /// pipeline reported `missing` and the ancestors of a write that `replica` does not hold
 /// (a parent chain is only complete when every missing ancestor can come through the
 /// link). `None` when everything missing may still be fetched.
-pub fn forbidden_dependency(
+pub(crate) fn forbidden_dependency(
     replica: &Replica,
     tenant: &TenantId,
     scope: &Scope,

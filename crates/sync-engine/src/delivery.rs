@@ -8,7 +8,7 @@
 //!
 //! Deliveries that need no work (out of scope, duplicates) are registered as already done
 //! rather than committed directly, so they cannot move the resume point past an earlier
-//! delivery still in flight (upstream hazard H2).
+//! delivery still in flight.
 
 use std::collections::VecDeque;
 
@@ -24,7 +24,7 @@ pub struct Ordinal(u64);
 /// Too many deliveries are in flight.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
 #[error("{in_flight} deliveries in flight, over the limit of {max}")]
-pub struct InFlightExceeded {
+pub(crate) struct InFlightExceeded {
     /// Deliveries in flight.
     pub in_flight: usize,
     /// The limit.
@@ -33,7 +33,7 @@ pub struct InFlightExceeded {
 
 /// Tracks the deliveries of one link's pull direction.
 #[derive(Debug)]
-pub struct DeliveryTracker {
+pub(crate) struct DeliveryTracker {
     /// Ordinal of the first entry of `in_flight`.
     first: u64,
     /// Entries from `first` on: the token and whether the delivery is done.
@@ -43,7 +43,7 @@ pub struct DeliveryTracker {
 
 impl DeliveryTracker {
     /// A tracker that refuses more than `max` deliveries in flight.
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Self {
             first: 0,
             in_flight: VecDeque::new(),
@@ -52,7 +52,7 @@ impl DeliveryTracker {
     }
 
     /// Registers a delivery before any work on it starts.
-    pub fn deliver(&mut self, token: ProgressToken) -> Result<Ordinal, InFlightExceeded> {
+    pub(crate) fn deliver(&mut self, token: ProgressToken) -> Result<Ordinal, InFlightExceeded> {
         if self.in_flight.len() >= self.max {
             return Err(InFlightExceeded {
                 in_flight: self.in_flight.len(),
@@ -65,7 +65,7 @@ impl DeliveryTracker {
     }
 
     /// Registers a delivery that needs no work; returns the new resume token if it moved.
-    pub fn skip(
+    pub(crate) fn skip(
         &mut self,
         token: ProgressToken,
     ) -> Result<Option<ProgressToken>, InFlightExceeded> {
@@ -77,7 +77,7 @@ impl DeliveryTracker {
     ///
     /// An ordinal that is not in flight (from before a [`reset`](Self::reset), or done
     /// twice) is ignored.
-    pub fn complete(&mut self, ordinal: Ordinal) -> Option<ProgressToken> {
+    pub(crate) fn complete(&mut self, ordinal: Ordinal) -> Option<ProgressToken> {
         let index = ordinal.0.checked_sub(self.first)?;
         let Ok(index) = usize::try_from(index) else {
             return None;
@@ -96,13 +96,14 @@ impl DeliveryTracker {
     }
 
     /// Deliveries registered and not yet drained.
-    pub fn in_flight(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.len()
     }
 
     /// Forgets every delivery in flight (the link is going to repair); their ordinals are
     /// ignored from now on.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.first += self.in_flight.len() as u64;
         self.in_flight.clear();
     }

@@ -16,15 +16,15 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
-use sync_smt::{Hash, Tree};
+use sync_smt::Tree;
 use sync_types::{Cid, Projection, ProtocolName, Scope, TenantId};
 
 /// Most projection trees kept per tenant; the oldest is dropped first.
-pub const PROJECTION_TREES_MAX: usize = 16;
+pub(crate) const PROJECTION_TREES_MAX: usize = 16;
 
 /// The trees of every tenant.
 #[derive(Debug, Default)]
-pub struct TreeIndex {
+pub(crate) struct TreeIndex {
     tenants: HashMap<TenantId, TenantTrees>,
     /// Projection trees built on demand and then maintained, oldest first.
     projections: HashMap<TenantId, Vec<(Projection, Tree)>>,
@@ -38,13 +38,13 @@ struct TenantTrees {
 
 impl TreeIndex {
     /// An empty index.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Adds a retained message; returns whether it was new. The protocol's tree is
     /// updated only when it is loaded.
-    pub fn insert(&mut self, tenant: &TenantId, protocol: &ProtocolName, cid: Cid) -> bool {
+    pub(crate) fn insert(&mut self, tenant: &TenantId, protocol: &ProtocolName, cid: Cid) -> bool {
         let trees = self.tenants.entry(tenant.clone()).or_default();
         if let Some(tree) = trees.by_protocol.get_mut(protocol) {
             tree.insert(*cid.as_bytes());
@@ -53,7 +53,7 @@ impl TreeIndex {
     }
 
     /// Removes a message that is no longer retained; returns whether it was there.
-    pub fn remove(&mut self, tenant: &TenantId, protocol: &ProtocolName, cid: &Cid) -> bool {
+    pub(crate) fn remove(&mut self, tenant: &TenantId, protocol: &ProtocolName, cid: &Cid) -> bool {
         let Some(trees) = self.tenants.get_mut(tenant) else {
             return false;
         };
@@ -67,7 +67,7 @@ impl TreeIndex {
     }
 
     /// The cached tree of a projection, if it was built.
-    pub fn projection(&self, tenant: &TenantId, projection: &Projection) -> Option<&Tree> {
+    pub(crate) fn projection(&self, tenant: &TenantId, projection: &Projection) -> Option<&Tree> {
         self.projections
             .get(tenant)?
             .iter()
@@ -77,7 +77,12 @@ impl TreeIndex {
 
     /// Caches a projection's tree (built from the ledger), dropping the tenant's oldest
     /// one beyond [`PROJECTION_TREES_MAX`].
-    pub fn cache_projection(&mut self, tenant: &TenantId, projection: Projection, tree: Tree) {
+    pub(crate) fn cache_projection(
+        &mut self,
+        tenant: &TenantId,
+        projection: Projection,
+        tree: Tree,
+    ) {
         let cached = self.projections.entry(tenant.clone()).or_default();
         cached.retain(|(p, _)| *p != projection);
         if cached.len() >= PROJECTION_TREES_MAX {
@@ -87,7 +92,7 @@ impl TreeIndex {
     }
 
     /// Adds a retained message to the cached projection trees that `covers` says hold it.
-    pub fn insert_projected(
+    pub(crate) fn insert_projected(
         &mut self,
         tenant: &TenantId,
         cid: Cid,
@@ -101,12 +106,12 @@ impl TreeIndex {
     }
 
     /// Whether the tenant has cached projection trees.
-    pub fn has_projections(&self, tenant: &TenantId) -> bool {
+    pub(crate) fn has_projections(&self, tenant: &TenantId) -> bool {
         self.projections.get(tenant).is_some_and(|p| !p.is_empty())
     }
 
     /// Whether the protocol's tree is loaded.
-    pub fn has_protocol(&self, tenant: &TenantId, protocol: &ProtocolName) -> bool {
+    pub(crate) fn has_protocol(&self, tenant: &TenantId, protocol: &ProtocolName) -> bool {
         self.tenants
             .get(tenant)
             .is_some_and(|t| t.by_protocol.contains_key(protocol))
@@ -115,7 +120,7 @@ impl TreeIndex {
     /// Loads a protocol's tree from its cids (in any order). Inserts and removes that
     /// raced with the load are idempotent, so loading from a ledger that already holds a
     /// commit whose index update is still pending gives the same tree.
-    pub fn load_protocol(
+    pub(crate) fn load_protocol(
         &mut self,
         tenant: &TenantId,
         protocol: &ProtocolName,
@@ -131,7 +136,7 @@ impl TreeIndex {
 
     /// Replaces a tenant's trees with its tree built from `sorted` cids (ascending, as
     /// the ledger scans them), dropping loaded protocol trees (used on open).
-    pub fn rebuild_tenant(
+    pub(crate) fn rebuild_tenant(
         &mut self,
         tenant: &TenantId,
         sorted: &[[u8; 32]],
@@ -151,7 +156,7 @@ impl TreeIndex {
     /// built for a set of several; `None` for a projection, whose tree the replica builds
     /// from its record indexes. The protocols of a set must be loaded
     /// ([`load_protocol`](Self::load_protocol)); one that is not counts as empty.
-    pub fn tree(&self, tenant: &TenantId, scope: &Scope) -> Option<Cow<'_, Tree>> {
+    pub(crate) fn tree(&self, tenant: &TenantId, scope: &Scope) -> Option<Cow<'_, Tree>> {
         static EMPTY: std::sync::OnceLock<Tree> = std::sync::OnceLock::new();
         let empty = || Cow::Borrowed(EMPTY.get_or_init(Tree::new));
         let Some(trees) = self.tenants.get(tenant) else {
@@ -175,13 +180,9 @@ impl TreeIndex {
     }
 
     /// The root of `scope` for `tenant` (`None` for a projection).
-    pub fn root(&self, tenant: &TenantId, scope: &Scope) -> Option<Hash> {
+    #[cfg(test)]
+    pub(crate) fn root(&self, tenant: &TenantId, scope: &Scope) -> Option<sync_smt::Hash> {
         self.tree(tenant, scope).map(|t| t.root())
-    }
-
-    /// Number of messages in the tenant's tree.
-    pub fn len(&self, tenant: &TenantId) -> usize {
-        self.tenants.get(tenant).map_or(0, |t| t.all.len())
     }
 }
 

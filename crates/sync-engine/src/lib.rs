@@ -8,7 +8,7 @@
 //! Invariants:
 //! - durable checkpoints are the truth; live delivery only accelerates discovery;
 //! - a checkpoint advances only over a contiguous run of durably applied work
-//!   ([`delivery::DeliveryTracker`]);
+//!   (`delivery::DeliveryTracker`);
 //! - replicas that have applied the same messages hold the same state;
 //! - a local version orders after the version it replaces and after everything its
 //!   replica ever stored, across restarts (the ledger's durable HLC high-water mark), and
@@ -21,17 +21,17 @@
 #![deny(missing_docs)]
 
 pub mod blob;
-pub mod closure;
+mod closure;
 mod conflict;
-pub mod delivery;
+mod delivery;
 mod error;
-pub mod index;
+mod index;
 pub mod link_news;
 mod link_status;
 pub mod live;
 pub mod machine;
 pub mod node;
-pub mod order;
+mod order;
 pub mod replica;
 pub mod sim;
 pub mod sync;

@@ -58,7 +58,7 @@ pub enum LinkNews {
     Connectivity(Connectivity),
     /// A one-shot sync converged: a link it alone drives leaves `initializing`,
     /// `opening`, `repairing` or `degraded_poll` for `polling`
-    /// ([`crate::link_status`]).
+    /// (`link_status`).
     SyncSettled,
 }
 

@@ -10,7 +10,7 @@
 //! Invariants it keeps:
 //!
 //! - **Checkpoints move only over contiguous durable work.** Pull deliveries are tracked
-//!   by ordinal ([`DeliveryTracker`]); the pull checkpoint moves when the lowest
+//!   by ordinal (`DeliveryTracker`); the pull checkpoint moves when the lowest
 //!   outstanding delivery is applied. The push checkpoint moves only to what the remote
 //!   acknowledged.
 //! - **Persist before announce.** Every `Persist` action precedes the events that report
@@ -23,7 +23,7 @@
 //! - **An explicit opening state.** A loaded link starts in `opening`
 //!   ([`LinkState::on_load`]); deliveries are accepted and committed while `opening`,
 //!   `initializing` or `live`, and by the subscription that a repair reopens, so no
-//!   catch-up event is applied without being committed (upstream hazard H1).
+//!   catch-up event is applied without being committed.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -32,7 +32,8 @@ use sync_types::{
     SyncEvent,
 };
 
-use crate::delivery::{DeliveryTracker, IN_FLIGHT_DELIVERIES_MAX, Ordinal};
+use crate::delivery::DeliveryTracker;
+pub use crate::delivery::{IN_FLIGHT_DELIVERIES_MAX, Ordinal};
 use crate::link_news::{self, LinkNews};
 
 /// How a link replicates.
@@ -44,7 +45,7 @@ pub enum Mode {
     Poll,
 }
 
-/// Tunables of a link. Defaults follow SPEC section 2 and the upstream constants.
+/// Tunables of a link, with the defaults each field names.
 #[derive(Clone, Debug)]
 pub struct LinkConfig {
     /// Live or poll.

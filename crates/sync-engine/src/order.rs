@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use sync_types::{Cid, Hlc, Message, ProtocolName};
 
 /// Returns the indices of `messages` in dependency order.
-pub fn dependency_order(messages: &[Message]) -> Vec<usize> {
+pub(crate) fn dependency_order(messages: &[Message]) -> Vec<usize> {
     let keys: Vec<(Hlc, Cid)> = messages.iter().map(|m| (m.timestamp(), m.cid())).collect();
     let mut configures = Vec::new();
     let mut rest: Vec<(u8, usize, usize)> = Vec::new();

@@ -7,7 +7,7 @@
 //!
 //! 1. check each message alone: tenant, invariants ([`Message::validate`]), inline data
 //!    against its reference;
-//! 2. order the batch by dependencies ([`crate::order`]);
+//! 2. order the batch by dependencies (`order`);
 //! 3. in passes (at most [`APPLY_PASSES_MAX`]): check each message's hard dependencies
 //!    and protocol rules against what is committed; commit every ready message in one
 //!    atomic ledger batch (merge rule, indexes, pruning, log append); update the tree

@@ -1,5 +1,5 @@
 //! The link state machine, driven by hand: every status change, checkpoint rule, retry
-//! schedule and staleness guard that SPEC section 2 names.
+//! schedule and staleness guard that `machine` documents.
 
 use sync_engine::machine::*;
 use sync_types::*;
@@ -180,7 +180,7 @@ fn first_start_opens_the_subscription_and_reconciles() {
 
 #[test]
 fn catch_up_events_are_committed_while_opening() {
-    // Upstream hazard H1: events replayed before the subscription reports open must be
+    // Events replayed before the subscription reports open must be
     // committed, not only applied.
     let mut state = link(Scope::Full);
     state.last_sync_ms = Some(1);

@@ -94,7 +94,7 @@ pub enum LinkStatus {
     Initializing,
     /// Loaded from the ledger and being reopened. Every link that was not paused or
     /// terminal is put here on load, whatever status it had, so a restart never resumes
-    /// from a stale status (upstream hazard H1).
+    /// from a stale status.
     Opening,
     /// Receiving events through a live subscription.
     Live,

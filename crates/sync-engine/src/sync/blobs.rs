@@ -54,7 +54,7 @@ pub(super) fn big_data(message: &Message) -> Option<(Cid, u64)> {
 
 impl<C: Connector> Engine<C> {
     /// Fetches the blobs the local store wants (records applied as staged) from `link`'s
-    /// remote: in a detached task when [`SyncConfig::blob_fetch_detached`] is set. The live
+    /// remote: in a detached task when [`SyncConfig::blob_fetch_detached`](crate::sync::SyncConfig::blob_fetch_detached) is set. The live
     /// driver calls it after applying a live event that references a blob it lacks.
     pub async fn fetch_wanted_blobs(&self, link: &LinkKey) -> Result<u64> {
         let ctx = self.link_ctx(link)?;
@@ -62,7 +62,7 @@ impl<C: Connector> Engine<C> {
     }
 
     /// Fetches the blobs of staged records (the blob store's wanted list): awaited, or in
-    /// a detached task when [`SyncConfig::blob_fetch_detached`] is set. Returns the blobs
+    /// a detached task when [`SyncConfig::blob_fetch_detached`](crate::sync::SyncConfig::blob_fetch_detached) is set. Returns the blobs
     /// fetched before returning.
     pub(super) async fn fetch_staged_after(&self, ctx: LinkCtx<C::Remote>) -> Result<u64> {
         if !self.has_wanted_blobs()? {

@@ -11,7 +11,7 @@ pub const PUSH_READ_ENTRIES_DEFAULT: usize = 1_000;
 /// Most bytes (encoded messages and inline data) in one write batch, well under the
 /// transport's default frame limit.
 pub const PUSH_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// Most live events applied on the calling task by [`Engine::apply_live_batch`] when
+/// Most live events applied on the calling task by [`Engine::apply_live_batch`](crate::sync::Engine::apply_live_batch) when
 /// the store never blocks; a larger batch goes to the blocking pool, so a task is never
 /// held for long.
 pub const LIVE_APPLY_INLINE_LEN_MAX: usize = 64;
@@ -77,10 +77,10 @@ pub struct SyncConfig {
     /// until a sync with it set (an application on a metered network, say). Default
     /// true.
     pub blob_fetch: bool,
-    /// Whether [`Engine::catch_up`] and [`Engine::reconcile`] fetch the blobs of the
+    /// Whether [`Engine::catch_up`](crate::sync::Engine::catch_up) and [`Engine::reconcile`](crate::sync::Engine::reconcile) fetch the blobs of the
     /// records they staged in a detached task instead of before returning, so that a
     /// large download never delays the next catch-up of small messages (the live
-    /// driver's case). [`Engine::sync_link`] always waits for them. Default true.
+    /// driver's case). [`Engine::sync_link`](crate::sync::Engine::sync_link) always waits for them. Default true.
     pub blob_fetch_detached: bool,
 }
 

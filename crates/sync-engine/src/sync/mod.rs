@@ -3,7 +3,7 @@
 //! The [`Engine`] replicates a [`Replica`] with remote nodes. An application registers
 //! identities ([`Engine::register_identity`]: a tenant, the endpoints it syncs with, a
 //! scope, credentials); each (identity, endpoint) pair is a durable link in the ledger's
-//! link store ([`LinkState`]), with a checkpoint in each direction. [`Engine::sync_once`]
+//! link store ([`LinkState`](sync_types::LinkState)), with a checkpoint in each direction. [`Engine::sync_once`]
 //! runs every link once; the three per-link operations it is made of are public so the
 //! live driver (the tokio shell around [`crate::machine::LinkMachine`], whose `CatchUp`,
 //! `Push` and `Reconcile` actions they are) can call them one by one.
@@ -62,7 +62,7 @@
 //!   or failed for good (invalid, unauthorized, outside the scope) and recorded as a dead
 //!   letter. It stops at the first entry that is not settled (deferred, or still missing
 //!   a dependency), so nothing after an unsettled entry can become the resume point. A
-//!   [`Gap`] answer (the remote cannot serve the cursor) is returned to the caller, which
+//!   [`Gap`](sync_types::Gap) answer (the remote cannot serve the cursor) is returned to the caller, which
 //!   reconciles and resumes from the gap's `latest_available`.
 //! - [`Engine::push`] reads the local log after the push checkpoint, keeps what the
 //!   link's scope covers and what did not just come from that endpoint (echo
@@ -79,7 +79,7 @@
 //!   roots again. Equal roots clear `needs_reconcile`, set `last_sync_ms`, move the push
 //!   checkpoint up to the local head seen before the diff (everything up to it is now on
 //!   the remote), and clear the link's dead letters that convergence clears
-//!   ([`DeadLetterCategory::cleared_by_convergence`]).
+//!   ([`DeadLetterCategory::cleared_by_convergence`](sync_types::DeadLetterCategory::cleared_by_convergence)).
 //!
 //! # Why pulled dependencies come from the tree diff
 //!

@@ -38,7 +38,7 @@ pub enum CatchUpStop {
     },
 }
 
-/// What [`Engine::catch_up`] did.
+/// What [`Engine::catch_up`](crate::sync::Engine::catch_up) did.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct CatchUpOutcome {
     /// Pages read.
@@ -62,7 +62,7 @@ pub struct CatchUpOutcome {
     pub stop: Option<CatchUpStop>,
 }
 
-/// What [`Engine::push`] did.
+/// What [`Engine::push`](crate::sync::Engine::push) did.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct PushOutcome {
     /// Messages the remote acknowledged and bytes sent.
@@ -85,7 +85,7 @@ pub struct PushOutcome {
     pub reached_head: bool,
 }
 
-/// What [`Engine::reconcile`] did.
+/// What [`Engine::reconcile`](crate::sync::Engine::reconcile) did.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct ReconcileOutcome {
     /// The local root before.
@@ -114,7 +114,7 @@ pub struct ReconcileOutcome {
     pub converged: bool,
 }
 
-/// What one link did in [`Engine::sync_once`].
+/// What one link did in [`Engine::sync_once`](crate::sync::Engine::sync_once).
 #[derive(Debug)]
 pub struct LinkReport {
     /// The link.
@@ -152,7 +152,7 @@ impl LinkReport {
     }
 }
 
-/// What [`Engine::sync_once`] did.
+/// What [`Engine::sync_once`](crate::sync::Engine::sync_once) did.
 #[derive(Debug, Default)]
 pub struct SyncReport {
     /// One report per link, grouped by endpoint.

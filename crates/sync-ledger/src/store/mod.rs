@@ -5,7 +5,7 @@
 //! (get, ordered scans, one atomic batch commit, an explicit persist) so that a backend
 //! is a few hundred lines: [`FjallStore`] on a directory (the default) and
 //! [`MemoryStore`] for tests and simulation. A later backend (a shared
-//! PostgreSQL-compatible store, SPEC §7) implements the same five methods.
+//! PostgreSQL-compatible store) implements the same five methods.
 //!
 //! Why this shape:
 //! - **Partitions are static names** ([`Partition`]): the ledger's schema is fixed and
