@@ -96,7 +96,6 @@ impl DeliveryTracker {
     }
 
     /// Deliveries registered and not yet drained.
-    #[cfg(test)]
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.len()
     }

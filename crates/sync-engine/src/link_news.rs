@@ -43,6 +43,14 @@ pub enum LinkNews {
         /// Messages and bytes this step moved.
         traffic: Traffic,
     },
+    /// Messages and bytes moved outside the checkpoints (a reconcile's diff fetches and
+    /// pushes).
+    Moved {
+        /// Received and applied from the remote.
+        pulled: Traffic,
+        /// Sent to the remote.
+        pushed: Traffic,
+    },
     /// Only a reconcile can restore certainty now (`None`: no event is announced, the
     /// caller reports the reason itself).
     NeedsReconcile(Option<ReconcileReason>),
@@ -112,6 +120,17 @@ pub fn apply(state: &mut LinkState, news: &LinkNews, now_ms: u64) -> Applied {
                     direction: *direction,
                     token,
                 });
+            }
+        }
+        LinkNews::Moved { pulled, pushed } => {
+            let c = &mut state.counters;
+            c.messages_pulled += pulled.messages;
+            c.bytes_pulled += pulled.bytes;
+            c.messages_pushed += pushed.messages;
+            c.bytes_pushed += pushed.bytes;
+            if *pulled != Traffic::default() || *pushed != Traffic::default() {
+                state.last_activity_ms = Some(now_ms);
+                out.persist = true;
             }
         }
         LinkNews::NeedsReconcile(reason) => {

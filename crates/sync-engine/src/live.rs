@@ -154,7 +154,7 @@ pub enum Event {
     Applied(
         LinkKey,
         u64,
-        Vec<(SubscriptionId, Ordinal, Result<(), String>)>,
+        Vec<(SubscriptionId, Ordinal, Result<u64, String>)>,
     ),
     /// The local log of a tenant grew; the endpoint the message came from, if pulled.
     LocalWrite(
@@ -453,7 +453,9 @@ impl<O: LinkOps> Driver<O> {
             let mut ids = Vec::with_capacity(batch.len());
             let mut entries = Vec::with_capacity(batch.len());
             for (sub, ordinal, entry) in batch {
-                ids.push((sub, ordinal));
+                let bytes = sync_types::codec::encode(&entry.message).len()
+                    + entry.data.as_ref().map_or(0, Vec::len);
+                ids.push((sub, ordinal, bytes as u64));
                 entries.push(entry);
             }
             let (ops, state, inc) = (self.ops.clone(), rt.machine.state().clone(), rt.incarnation);
@@ -481,7 +483,7 @@ impl<O: LinkOps> Driver<O> {
         &mut self,
         key: &LinkKey,
         inc: u64,
-        results: Vec<(SubscriptionId, Ordinal, Result<(), String>)>,
+        results: Vec<(SubscriptionId, Ordinal, Result<u64, String>)>,
     ) {
         let now = self.now_ms();
         let Some(rt) = self.current(key, inc) else {
@@ -489,7 +491,11 @@ impl<O: LinkOps> Driver<O> {
         };
         rt.applying = false;
         for (sub, ordinal, result) in results {
-            rt.machine.handle_applied(now, sub, ordinal, result);
+            if let Ok(bytes) = result {
+                rt.machine.record_pulled_bytes(bytes);
+            }
+            rt.machine
+                .handle_applied(now, sub, ordinal, result.map(|_| ()));
         }
         self.drain(key);
     }
@@ -571,12 +577,16 @@ impl<O: LinkOps> Driver<O> {
                 let keys: Vec<LinkKey> = self
                     .links
                     .keys()
-                    .filter(|k| k.tenant == tenant && from.as_ref() != Some(&k.endpoint))
+                    .filter(|k| k.tenant == tenant)
                     .cloned()
                     .collect();
                 for key in keys {
                     if let Some(rt) = self.links.get_mut(&key) {
-                        rt.machine.handle_local_write(now, token);
+                        if from.as_ref() == Some(&key.endpoint) {
+                            rt.machine.handle_echo(now, token);
+                        } else {
+                            rt.machine.handle_local_write(now, token);
+                        }
                     }
                     self.drain(&key);
                 }
@@ -736,16 +746,16 @@ fn spawn_op(
 /// Pairs each delivery with its result; a result missing from `apply_batch` (a
 /// broken implementation) counts as a failure, so the checkpoint never covers it.
 fn zip_results(
-    ids: Vec<(SubscriptionId, Ordinal)>,
+    ids: Vec<(SubscriptionId, Ordinal, u64)>,
     results: Vec<Result<(), String>>,
-) -> Vec<(SubscriptionId, Ordinal, Result<(), String>)> {
+) -> Vec<(SubscriptionId, Ordinal, Result<u64, String>)> {
     let mut results = results.into_iter();
     ids.into_iter()
-        .map(|(sub, ordinal)| {
+        .map(|(sub, ordinal, bytes)| {
             let result = results
                 .next()
                 .unwrap_or_else(|| Err("no result for this live event".into()));
-            (sub, ordinal, result)
+            (sub, ordinal, result.map(|()| bytes))
         })
         .collect()
 }

@@ -581,6 +581,36 @@ impl LinkMachine {
         }
     }
 
+    /// Adds `bytes` (messages and inline data) to the pulled bytes of applied live
+    /// deliveries; saved with the next persist.
+    pub fn record_pulled_bytes(&mut self, bytes: u64) {
+        self.state.counters.bytes_pulled += bytes;
+    }
+
+    /// A message pulled from this link's own endpoint was appended to the local log at
+    /// `token`. It needs no push. When nothing local waits before it (no push running,
+    /// nothing pending, and it directly follows the local head), the push checkpoint
+    /// moves over it (saved with the next persist, or at once when no delivery is in
+    /// flight), so what is pending
+    /// counts only writes the endpoint lacks. Otherwise the next push skips it or the
+    /// endpoint answers `Duplicate`.
+    pub fn handle_echo(&mut self, _now_ms: u64, token: ProgressToken) {
+        let follows = match self.local_head {
+            None => token.position == 1,
+            Some(head) => {
+                head.same_domain(&token) && head.position.checked_add(1) == Some(token.position)
+            }
+        };
+        if follows && self.push_ticket.is_none() && !self.push_pending() {
+            self.local_head = Some(token);
+            self.state.push.commit(token);
+            // At the end of a burst nothing else will persist soon: save it now.
+            if self.tracker.in_flight() == 0 {
+                self.persist();
+            }
+        }
+    }
+
     /// A new entry was appended to the local log.
     pub fn handle_local_write(&mut self, _now_ms: u64, head: ProgressToken) {
         self.local_head = Some(head);

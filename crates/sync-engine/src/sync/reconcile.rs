@@ -142,6 +142,13 @@ impl<C: Connector> Engine<C> {
             out.post_remote_root = self.remote_root(ctx).await?;
             out.converged = out.post_local_root == out.post_remote_root;
         }
+        self.report(
+            key,
+            LinkNews::Moved {
+                pulled: out.pulled,
+                pushed: out.pushed,
+            },
+        )?;
         lock(&self.inner.last_reconcile_ms).insert(key.clone(), self.now_ms());
         if out.converged {
             self.on_converged(key, local_head)?;
