@@ -1,0 +1,241 @@
+//! The machine's vocabulary: its configuration, the actions it asks of a driver, and
+//! the results a driver hands back.
+
+use sync_types::{Gap, LinkState, ProgressToken, SyncEvent};
+
+use crate::delivery::{IN_FLIGHT_DELIVERIES_MAX, Ordinal};
+
+/// How a link replicates.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    /// A live subscription pulls; local writes push at once.
+    Live,
+    /// Periodic catch-up, push and reconcile.
+    Poll,
+}
+
+/// Tunables of a link, with the defaults each field names.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    /// Live or poll.
+    pub mode: Mode,
+    /// Deliveries in flight before the link goes to repair (default 100).
+    pub in_flight_deliveries_max: usize,
+    /// Wait before each push attempt (default 0, 250, 1000, 2000 ms); after the last
+    /// attempt fails the link needs a reconcile.
+    pub push_retry_backoff_ms: Vec<u64>,
+    /// Batch window before flushing writes that arrived while a push was in flight, used
+    /// only under a burst (default 100 ms).
+    pub push_batch_window_ms: u64,
+    /// Writes arriving during one push that make a burst (default 32). Fewer are flushed
+    /// as soon as the push settles, so a write never waits a window behind a single
+    /// earlier one.
+    pub push_burst_writes_min: u32,
+    /// Wait before each repair retry (default 1, 3, 10 s).
+    pub repair_backoff_ms: Vec<u64>,
+    /// Repair attempts before degraded polling (default 3).
+    pub repair_attempts_max: u32,
+    /// Degraded poll period (default 15 s) plus up to `degraded_poll_jitter_ms` (15 s).
+    pub degraded_poll_ms: u64,
+    /// Jitter added to each degraded poll period.
+    pub degraded_poll_jitter_ms: u64,
+    /// Poll period in poll mode (default 2 min).
+    pub poll_interval_ms: u64,
+    /// Cap on the poll backoff factor after consecutive failures (default 4).
+    pub poll_backoff_factor_max: u64,
+    /// Period of the integrity reconcile in live mode (default 5 min).
+    pub integrity_check_ms: u64,
+    /// Delay before a reconcile the link asked for itself (default 1 s).
+    pub reconcile_delay_ms: u64,
+    /// Delays before reconnecting a dropped subscription (default 250 ms, 1 s, 5 s).
+    pub reconnect_backoff_ms: Vec<u64>,
+    /// Seed of the jitter generator, so a simulation replays exactly.
+    pub jitter_seed: u64,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Live,
+            in_flight_deliveries_max: IN_FLIGHT_DELIVERIES_MAX,
+            push_retry_backoff_ms: vec![0, 250, 1_000, 2_000],
+            push_batch_window_ms: 100,
+            push_burst_writes_min: 32,
+            repair_backoff_ms: vec![1_000, 3_000, 10_000],
+            repair_attempts_max: 3,
+            degraded_poll_ms: 15_000,
+            degraded_poll_jitter_ms: 15_000,
+            poll_interval_ms: 120_000,
+            poll_backoff_factor_max: 4,
+            integrity_check_ms: 300_000,
+            reconcile_delay_ms: 1_000,
+            reconnect_backoff_ms: vec![250, 1_000, 5_000],
+            jitter_seed: 0,
+        }
+    }
+}
+
+/// Names one subscription the machine opened.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct SubscriptionId(pub u64);
+
+/// Names one push, pull or reconcile the machine asked for.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct Ticket(pub u64);
+
+/// The timers a link uses; at most one of each is armed.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum Timer {
+    /// Retry a failed push.
+    PushRetry,
+    /// Flush writes batched while a push was in flight.
+    PushBatch,
+    /// Run a reconcile the link asked for.
+    Reconcile,
+    /// Retry a failed repair.
+    RepairRetry,
+    /// Degraded polling tick.
+    DegradedPoll,
+    /// Poll-mode tick.
+    Poll,
+    /// Live-mode integrity reconcile.
+    IntegrityCheck,
+    /// Reopen a dropped subscription.
+    Reconnect,
+}
+
+/// Something the driver must do, in order.
+// Actions are drained as soon as they are produced; boxing events would cost an
+// allocation per event for no memory saved.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[must_use]
+pub enum Action {
+    /// Open the live subscription after `from` (from the log's start when `None`).
+    OpenSubscription {
+        /// Names this subscription in later inputs.
+        id: SubscriptionId,
+        /// The cursor to resume after.
+        from: Option<ProgressToken>,
+    },
+    /// Close the current subscription.
+    CloseSubscription,
+    /// Push local log entries after `after`, and report with
+    /// [`handle_push_result`](LinkMachine::handle_push_result).
+    Push {
+        /// Names this push.
+        ticket: Ticket,
+        /// The push checkpoint.
+        after: Option<ProgressToken>,
+    },
+    /// Read the remote log after `after` and apply it, and report with
+    /// [`handle_catch_up_result`](LinkMachine::handle_catch_up_result).
+    CatchUp {
+        /// Names this pull.
+        ticket: Ticket,
+        /// The pull checkpoint.
+        after: Option<ProgressToken>,
+    },
+    /// Run a full reconcile (tree diff both ways, then compare roots), and report with
+    /// [`handle_reconcile_result`](LinkMachine::handle_reconcile_result).
+    Reconcile {
+        /// Names this reconcile.
+        ticket: Ticket,
+    },
+    /// Write the link state durably before doing anything that follows.
+    Persist(Box<LinkState>),
+    /// Report an event (after the preceding `Persist`).
+    Emit(SyncEvent),
+    /// Arm (or re-arm) a timer.
+    ArmTimer {
+        /// Which timer.
+        timer: Timer,
+        /// When it fires, in the driver's clock.
+        at_ms: u64,
+    },
+    /// Disarm a timer.
+    CancelTimer(Timer),
+}
+
+/// What the driver should do with a live event.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[must_use]
+pub enum EventDecision {
+    /// Apply it, then call [`handle_applied`](LinkMachine::handle_applied) with this
+    /// ordinal.
+    Apply(Ordinal),
+    /// Nothing to do (already counted).
+    Skip,
+    /// Drop it: stale subscription, or the link went to repair.
+    Ignore,
+}
+
+/// How the driver classified a live event.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum EventClass {
+    /// In scope and not yet held: must be applied.
+    Apply,
+    /// Out of scope, or already held: nothing to apply.
+    Skip,
+    /// Cannot be classified: fail closed and repair.
+    Unknown,
+}
+
+/// Why a subscription ended.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum SubscriptionEnd {
+    /// The cursor is stale.
+    Gap(Gap),
+    /// The server reported an error, or told the subscriber it fell behind.
+    Error(String),
+    /// The connection dropped.
+    Disconnected,
+}
+
+/// The result of a push.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum PushResult {
+    /// The remote settled every entry up to `upto` (applied, or refused for good and
+    /// dead-lettered by the driver); `None` when there was nothing to push.
+    Settled {
+        /// The new push checkpoint.
+        upto: Option<ProgressToken>,
+    },
+    /// The push failed transiently (unreachable, timeout, deferred).
+    Failed(String),
+}
+
+/// The result of a reconcile.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum ReconcileResult {
+    /// Both sides exchanged what they lacked; `converged` when the roots then matched.
+    Done {
+        /// Whether the roots matched afterwards.
+        converged: bool,
+    },
+    /// The reconcile failed (unreachable, timeout, refused).
+    Failed(String),
+    /// The link can never complete (a dependency outside its scope, expired grants):
+    /// it goes to `terminal_incomplete`.
+    Terminal(String),
+}
+
+/// The result of a catch-up read of the remote log.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum CatchUpResult {
+    /// Every page was applied; `upto` is the last token applied (or `None` if there was
+    /// nothing) and `head` the remote head seen.
+    Done {
+        /// The new pull checkpoint.
+        upto: Option<ProgressToken>,
+        /// The remote head.
+        head: Option<ProgressToken>,
+    },
+    /// The cursor is stale.
+    Gap(Gap),
+    /// The read or an apply failed.
+    Failed(String),
+    /// The link can never complete (a dependency outside its scope, expired grants):
+    /// it goes to `terminal_incomplete`.
+    Terminal(String),
+}
