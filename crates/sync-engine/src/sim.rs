@@ -223,6 +223,16 @@ pub struct SimReport {
     /// Of those, writes by a replica restarted since it first stored that version (the
     /// whole of it).
     pub writes_over_future_versions_after_restart: u64,
+    /// The node's tree root over the full scope at the end of the run (every replica
+    /// holds the same over its scope, or the run fails).
+    pub root: sync_smt::Hash,
+    /// Records the node holds at the end of the run (its winner a write).
+    pub records: u64,
+    /// Records the node holds deleted at the end of the run (its winner a delete).
+    pub tombstones: u64,
+    /// A digest (FNV-1a, 64 bits) of every acknowledged write and delete in order: the
+    /// replica, the record, the version's id and whether it deletes.
+    pub acked_digest: u64,
 }
 
 impl SimReport {
@@ -1617,6 +1627,58 @@ impl World {
     }
 }
 
+impl World {
+    /// Fills in the report's outcome of the run: the node's root, its records and
+    /// tombstones, and the digest of the acknowledged writes.
+    fn outcome(&mut self) -> Result<(), SimFailure> {
+        let seed = self.config.seed;
+        self.report.root = self
+            .node
+            .root(&tenant(), &Scope::Full)
+            .map_err(|e| fail(seed, e.to_string()))?;
+        for target in targets_in(&Scope::Full) {
+            for k in 0..self.config.keys {
+                let record = record_of(target, u64::from(k));
+                match self
+                    .node
+                    .get_with_tombstone(&tenant(), &record)
+                    .map_err(|e| fail(seed, e.to_string()))?
+                {
+                    Some(rec) if rec.deleted => self.report.tombstones += 1,
+                    Some(_) => self.report.records += 1,
+                    None => {}
+                }
+            }
+        }
+        let mut digest = Fnv64::default();
+        for a in &self.acked {
+            digest.write(&(a.device as u64).to_le_bytes());
+            digest.write(a.record.as_bytes());
+            digest.write(a.order.1.as_bytes());
+            digest.write(&[u8::from(a.delete)]);
+        }
+        self.report.acked_digest = digest.0;
+        Ok(())
+    }
+}
+
+/// FNV-1a, 64 bits: a digest stable across builds and platforms.
+struct Fnv64(u64);
+
+impl Default for Fnv64 {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv64 {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
 /// Runs one simulation; see the module docs.
 pub async fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
     let seed = config.seed;
@@ -1711,6 +1773,7 @@ pub async fn run(config: SimConfig) -> Result<SimReport, SimFailure> {
     }
     world.settle().await?;
     world.check()?;
+    world.outcome()?;
     let c = &world.net.counters;
     world.report.requests_lost = c.requests_lost.load(Ordering::Relaxed);
     world.report.responses_lost = c.responses_lost.load(Ordering::Relaxed);

@@ -10,7 +10,9 @@
 //!   (`SIM_SEEDS`), 200 live (`SIM_LIVE_SEEDS`), 25 + 25 with mixed scopes (`SIM_MIXED_SEEDS`).
 //! - `SIM_SEEDS=20000 SIM_FIRST_SEED=1000000 cargo test --release -p sync-engine --test simulation many_seeds`:
 //!   a longer run.
-//! - `SIM_SEED=<seed> cargo test -p sync-engine --test simulation replay`: one seed again.
+//! - `SIM_SEED=<seed> cargo test -p sync-engine --test simulation replay`: one seed again
+//!   (`SIM_MODE=live` for a live run, `SIM_MIXED=1` for mixed scopes, `SIM_BLOB_WRITES`
+//!   as below; `-- --nocapture` shows its report).
 //! - `SIM_BLOB_WRITES=<per mille>`: the share of writes whose payload is a blob (150).
 //! - `SIM_SCENARIO_SEEDS=<n>`: seeds of issue 15's scenario (10, each run under all four
 //!   conflict policies).
@@ -174,8 +176,12 @@ fn replay() {
     } else {
         SimMode::Poll
     };
+    let mixed_scopes = std::env::var_os("SIM_MIXED").is_some();
+    let blob_writes = u32::try_from(env_u64("SIM_BLOB_WRITES", 150)).unwrap_or(150);
     match run_blocking(SimConfig {
         mode,
+        mixed_scopes,
+        blob_writes,
         ..SimConfig::new(seed)
     }) {
         Ok(report) => eprintln!("{report:?}"),
