@@ -32,7 +32,6 @@ pub mod machine;
 pub mod node;
 pub mod order;
 pub mod replica;
-pub mod sim;
 pub mod sync;
 
 pub use blob::{BlobGc, Residency};

@@ -4,8 +4,8 @@
 //! every line as it is: the same writes acknowledged, the same faults injected, the same
 //! rounds to settle, the same final tree root.
 //!
-//! - `cargo test -p sync-engine --test replay_digests`: the check.
-//! - `SIM_DIGESTS_WRITE=1 cargo test -p sync-engine --test replay_digests`: writes the
+//! - `cargo test -p sync-sim --test replay_digests`: the check.
+//! - `SIM_DIGESTS_WRITE=1 cargo test -p sync-sim --test replay_digests`: writes the
 //!   file again from the current behaviour, for a change that alters runs on purpose
 //!   (the commit then says why the runs changed).
 //!
@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use sync_engine::sim::{SimConfig, SimMode, SimReport, run_blocking};
+use sync_sim::{SimConfig, SimMode, SimReport, run_blocking};
 
 /// The sample: (mode, mixed scopes, seeds).
 const SAMPLE: &[(SimMode, bool, std::ops::Range<u64>)] = &[
@@ -55,7 +55,7 @@ fn replay_command(mode: SimMode, mixed: bool, seed: u64) -> String {
     };
     let mixed = if mixed { " SIM_MIXED=1" } else { "" };
     format!(
-        "SIM_SEED={seed} SIM_MODE={mode}{mixed} SIM_BLOB_WRITES=0 cargo test -p sync-engine --test simulation replay -- --nocapture"
+        "SIM_SEED={seed} SIM_MODE={mode}{mixed} SIM_BLOB_WRITES=0 cargo test -p sync-sim --test simulation replay -- --nocapture"
     )
 }
 
@@ -156,7 +156,7 @@ fn a_sample_of_seeds_replays_to_the_committed_outcomes() {
     if std::env::var_os("SIM_DIGESTS_WRITE").is_some() {
         let mut text = String::from(
             "# The outcome of each run of the replay sample (tests/replay_digests.rs).\n\
-             # Regenerate: SIM_DIGESTS_WRITE=1 cargo test -p sync-engine --test replay_digests\n",
+             # Regenerate: SIM_DIGESTS_WRITE=1 cargo test -p sync-sim --test replay_digests\n",
         );
         for (mode, mixed, seed, fields) in &runs {
             text.push_str(&format!("{} {fields}\n", run_name(*mode, *mixed, *seed)));
