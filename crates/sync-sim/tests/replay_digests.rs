@@ -55,7 +55,7 @@ fn replay_command(mode: SimMode, mixed: bool, seed: u64) -> String {
     };
     let mixed = if mixed { " SIM_MIXED=1" } else { "" };
     format!(
-        "SIM_SEED={seed} SIM_MODE={mode}{mixed} SIM_BLOB_WRITES=0 cargo test -p sync-sim --test simulation replay -- --nocapture"
+        "SIM_SEED={seed} SIM_MODE={mode}{mixed} SIM_BLOB_WRITES=0 cargo test -p sync-sim --test simulation -- --exact replay --nocapture"
     )
 }
 
