@@ -33,7 +33,6 @@ pub mod machine;
 pub mod node;
 mod order;
 pub mod replica;
-pub mod sim;
 pub mod sync;
 
 pub use blob::{BlobGc, Residency};

@@ -1,7 +1,8 @@
-//! The simulation's device clocks and conflict policies.
+//! The simulation's clocks (the run's virtual time, and each device's wall clock on
+//! it) and conflict policies.
 //!
 //! Every device has its own wall clock: the run's virtual time plus an offset drawn per
-//! device, at most [`Faults::clock_skew_ms_max`](super::Faults::clock_skew_ms_max) either
+//! device, at most [`Faults::clock_skew_ms_max`](crate::Faults::clock_skew_ms_max) either
 //! way, so two devices differ by up to twice that (the default is half the accepted
 //! drift, so no two clocks differ by more than a replica accepts). A clock *jump* draws
 //! a new offset in the same range, often a step backwards. The clock is the device's
@@ -10,14 +11,14 @@
 //!
 //! The conflict policy is drawn per run and used by every replica of the run (mixing
 //! opposite policies on one record is documented as not converging; see
-//! `crate::conflict`).
+//! `sync_engine::ConflictPolicy`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use sync_types::Clock;
 
-use crate::conflict::{ConflictInfo, ConflictPolicy, Resolution};
+use sync_engine::{ConflictInfo, ConflictPolicy, Resolution};
 
 /// A device's wall clock: a shared base and the device's offset.
 pub(crate) struct DeviceClock {
@@ -98,5 +99,18 @@ fn greatest_payload(info: &ConflictInfo) -> Resolution {
     match best {
         Some(best) => Resolution::Write(Some(best.clone())),
         None => Resolution::KeepWinner,
+    }
+}
+
+/// Virtual wall time: tokio's (paused) clock plus a fixed base.
+#[derive(Debug)]
+pub(crate) struct SimClock {
+    pub(crate) start: tokio::time::Instant,
+    pub(crate) base_ms: u64,
+}
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        self.base_ms + u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 }

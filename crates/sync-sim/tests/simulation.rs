@@ -1,4 +1,4 @@
-//! The deterministic simulation (see `sync_engine::sim`): many seeds of replicas and a
+//! The deterministic simulation (see the `sync_sim` crate): many seeds of replicas and a
 //! node over a faulty network (blob transfers cut short and corrupted too), each replica
 //! with its own skewed, jumping clock, restarted cold from its store, under a conflict
 //! policy drawn per seed; each run checked for convergence, every record resident with a
@@ -6,11 +6,13 @@
 //! undone delete, every local write acknowledged as its record's winner, and identity
 //! and acknowledged writes kept across restarts.
 //!
-//! - `cargo test -p sync-engine --test simulation`: the CI run, 550 seeds: 300 poll
+//! - `cargo test -p sync-sim --test simulation`: the CI run, 550 seeds: 300 poll
 //!   (`SIM_SEEDS`), 200 live (`SIM_LIVE_SEEDS`), 25 + 25 with mixed scopes (`SIM_MIXED_SEEDS`).
-//! - `SIM_SEEDS=20000 SIM_FIRST_SEED=1000000 cargo test --release -p sync-engine --test simulation many_seeds`:
+//! - `SIM_SEEDS=20000 SIM_FIRST_SEED=1000000 cargo test --release -p sync-sim --test simulation many_seeds`:
 //!   a longer run.
-//! - `SIM_SEED=<seed> cargo test -p sync-engine --test simulation replay`: one seed again.
+//! - `SIM_SEED=<seed> cargo test -p sync-sim --test simulation replay`: one seed again
+//!   (`SIM_MODE=live` for a live run, `SIM_MIXED=1` for mixed scopes, `SIM_BLOB_WRITES`
+//!   as below; `-- --nocapture` shows its report).
 //! - `SIM_BLOB_WRITES=<per mille>`: the share of writes whose payload is a blob (150).
 //! - `SIM_SCENARIO_SEEDS=<n>`: seeds of issue 15's scenario (10, each run under all four
 //!   conflict policies).
@@ -21,7 +23,7 @@
 // The figures of a run are reported on stderr, like a bench table.
 #![allow(clippy::print_stderr)]
 
-use sync_engine::sim::{Faults, SimConfig, SimMode, SimPolicy, run_blocking};
+use sync_sim::{Faults, SimConfig, SimMode, SimPolicy, run_blocking};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -174,8 +176,12 @@ fn replay() {
     } else {
         SimMode::Poll
     };
+    let mixed_scopes = std::env::var_os("SIM_MIXED").is_some();
+    let blob_writes = u32::try_from(env_u64("SIM_BLOB_WRITES", 150)).unwrap_or(150);
     match run_blocking(SimConfig {
         mode,
+        mixed_scopes,
+        blob_writes,
         ..SimConfig::new(seed)
     }) {
         Ok(report) => eprintln!("{report:?}"),
