@@ -70,6 +70,11 @@ async fn a_live_replica_that_never_wrote_has_nothing_pending_and_counts_what_it_
     );
     assert_eq!(stored.counters.messages_pushed, 0, "b never wrote");
     assert!(engine.health().unwrap().pending_outbound == 0);
+    assert_eq!(
+        engine.counters().unwrap(),
+        stored.counters,
+        "one link: its totals"
+    );
     assert!(live.stop(Duration::from_secs(5)).await);
 }
 

@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use sync_ledger::DeadLetterFilter;
 use sync_transport::Remote;
 use sync_transport::proto::{LOG_PAGE_ENTRIES_MAX, LogFilter, LogPageReply, LogPageRequest};
-use sync_types::{Connectivity, DeadLetter, DeadLetterCategory, HealthSummary, LinkKey, LinkState};
+use sync_types::{
+    Connectivity, DeadLetter, DeadLetterCategory, HealthSummary, LinkCounters, LinkKey, LinkState,
+};
 
 use crate::error::Result;
 
@@ -43,6 +45,24 @@ impl<C: Connector> Engine<C> {
                 Ok(n)
             }
         }
+    }
+
+    /// Running totals over every registered link (messages and bytes pulled and pushed,
+    /// live deliveries and reconcile traffic included; repairs; failures), for an
+    /// application to export as metrics. Each link's own totals are in its
+    /// [`LinkState`](sync_types::LinkState) ([`links`](Self::links)).
+    pub fn counters(&self) -> Result<LinkCounters> {
+        let mut sum = LinkCounters::default();
+        for l in self.links()? {
+            let c = l.counters;
+            sum.messages_pulled += c.messages_pulled;
+            sum.messages_pushed += c.messages_pushed;
+            sum.bytes_pulled += c.bytes_pulled;
+            sum.bytes_pushed += c.bytes_pushed;
+            sum.repairs += c.repairs;
+            sum.failures += c.failures;
+        }
+        Ok(sum)
     }
 
     /// Replication health over every registered link.

@@ -61,9 +61,14 @@ impl<C: Connector> Engine<C> {
             return Ok(());
         }
         let mut applied = None;
-        match self.ledger().links().update(key, self.durability(), |s| {
-            applied = Some(link_news::apply(s, &news, now));
-        }) {
+        // Link state is saved buffered, as the live driver saves it: a power loss can only
+        // roll a checkpoint back, which replays idempotent work.
+        match self
+            .ledger()
+            .links()
+            .update(key, sync_ledger::Durability::Buffered, |s| {
+                applied = Some(link_news::apply(s, &news, now));
+            }) {
             Ok(_) => {}
             // Deleted meanwhile (its identity changed): nothing left to report to.
             Err(sync_ledger::Error::LinkNotFound(_)) => return Ok(()),
