@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sync_engine::live::{LinkOps, LiveDriver, LiveFeed};
-use sync_engine::machine::{CatchUpResult, EventClass, LinkConfig, PushResult, ReconcileResult};
+use sync_engine::machine::{
+    CatchUpResult, EventClass, LinkConfig, LinkError, PushResult, ReconcileResult,
+};
 use sync_engine::{Engine, Replica};
 use sync_ledger::{LogEntry, LogQuery, LogRead};
 use sync_support::*;
@@ -77,7 +79,7 @@ impl LinkOps for TestOps {
         &self,
         _link: LinkState,
         from: Option<ProgressToken>,
-    ) -> Result<TestFeed, String> {
+    ) -> Result<TestFeed, LinkError> {
         self.subscribed_from.lock().unwrap().push(from);
         let first = self.feed.lock().unwrap().take();
         Ok(TestFeed(first.unwrap_or_else(|| {
@@ -92,7 +94,7 @@ impl LinkOps for TestOps {
         EventClass::Apply
     }
 
-    async fn apply(&self, link: LinkState, entry: LogEntry) -> Result<(), String> {
+    async fn apply(&self, link: LinkState, entry: LogEntry) -> Result<(), LinkError> {
         self.apply_batch(link, vec![entry]).await.remove(0)
     }
 
@@ -100,7 +102,7 @@ impl LinkOps for TestOps {
         &self,
         _link: LinkState,
         entries: Vec<LogEntry>,
-    ) -> Vec<Result<(), String>> {
+    ) -> Vec<Result<(), LinkError>> {
         let positions: Vec<u64> = entries.iter().map(|e| e.token.position).collect();
         self.batches.lock().unwrap().push(positions.clone());
         self.gate.acquire().await.unwrap().forget();
@@ -108,7 +110,7 @@ impl LinkOps for TestOps {
             .into_iter()
             .map(|p| {
                 if Some(p) == self.failing {
-                    Err(format!("event {p} failed"))
+                    Err(format!("event {p} failed").into())
                 } else {
                     Ok(())
                 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use sync_ledger::LogEntry;
 use sync_types::{LinkKey, LinkState, ProgressToken};
 
-use crate::machine::{CatchUpResult, EventClass, LinkConfig, PushResult, ReconcileResult};
+use crate::machine::{
+    CatchUpResult, EventClass, LinkConfig, LinkError, LinkErrorKind, PushResult, ReconcileResult,
+};
 
 use super::{LinkOps, LiveDriver};
 
@@ -65,7 +67,7 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
             Ok(outcome) => PushResult::Settled {
                 upto: outcome.checkpoint,
             },
-            Err(e) => PushResult::Failed(e.to_string()),
+            Err(e) => PushResult::Failed(LinkError::from(&e)),
         }
     }
 
@@ -74,7 +76,10 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
             Ok(outcome) => match outcome.stop {
                 Some(crate::sync::CatchUpStop::Gap(gap)) => CatchUpResult::Gap(gap),
                 Some(crate::sync::CatchUpStop::Unsettled { cid, outcome: o }) => {
-                    CatchUpResult::Failed(format!("entry {cid} not settled: {o}"))
+                    CatchUpResult::Failed(LinkError::new(
+                        LinkErrorKind::Other,
+                        format!("entry {cid} not settled: {o}"),
+                    ))
                 }
                 None => CatchUpResult::Done {
                     upto: outcome.checkpoint,
@@ -83,8 +88,8 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
             },
             Err(
                 e @ (crate::Error::TerminalIncomplete { .. } | crate::Error::GrantExpired { .. }),
-            ) => CatchUpResult::Terminal(e.to_string()),
-            Err(e) => CatchUpResult::Failed(e.to_string()),
+            ) => CatchUpResult::Terminal(LinkError::from(&e)),
+            Err(e) => CatchUpResult::Failed(LinkError::from(&e)),
         }
     }
 
@@ -95,8 +100,8 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
             },
             Err(
                 e @ (crate::Error::TerminalIncomplete { .. } | crate::Error::GrantExpired { .. }),
-            ) => ReconcileResult::Terminal(e.to_string()),
-            Err(e) => ReconcileResult::Failed(e.to_string()),
+            ) => ReconcileResult::Terminal(LinkError::from(&e)),
+            Err(e) => ReconcileResult::Failed(LinkError::from(&e)),
         }
     }
 
@@ -104,14 +109,14 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
         &self,
         link: LinkState,
         from: Option<ProgressToken>,
-    ) -> Result<Self::Feed, String> {
+    ) -> Result<Self::Feed, LinkError> {
         use sync_transport::Remote as _;
         let token = self.token(&link.key.tenant);
         let remote = self
             .engine
             .connector()
             .connect(&link.key.endpoint, token.as_deref())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| LinkError::from(&crate::Error::from(e)))?;
         remote
             .subscribe(sync_transport::proto::SubscribeRequest {
                 tenant: link.key.tenant.clone(),
@@ -120,7 +125,7 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
                 filter: sync_transport::proto::LogFilter::default(),
             })
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| LinkError::from(&crate::Error::from(e)))
     }
 
     fn own(&self, link: &LinkKey, sink: crate::link_news::NewsSink) {
@@ -148,7 +153,7 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
         }
     }
 
-    async fn apply(&self, link: LinkState, entry: LogEntry) -> Result<(), String> {
+    async fn apply(&self, link: LinkState, entry: LogEntry) -> Result<(), LinkError> {
         self.apply_batch(link, vec![entry])
             .await
             .pop()
@@ -159,7 +164,7 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
         &self,
         link: LinkState,
         entries: Vec<LogEntry>,
-    ) -> Vec<Result<(), String>> {
+    ) -> Vec<Result<(), LinkError>> {
         // A payload above the inline limit travels as a blob: the record is applied as
         // staged and its blob is wanted, then fetched like catch-up fetches it.
         let blobs: Vec<Option<sync_types::DataRef>> = entries
@@ -176,16 +181,19 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
             Ok(outcomes) if outcomes.len() == n => outcomes,
             Ok(outcomes) => {
                 let e = format!("{} outcomes for {n} live events", outcomes.len());
-                return vec![Err(e); n];
+                return vec![Err(LinkError::new(LinkErrorKind::Local, e)); n];
             }
-            Err(e) => return vec![Err(e.to_string()); n],
+            Err(e) => return vec![Err(LinkError::from(&e)); n],
         };
         let store = self.engine.replica().ledger().blobs();
         let mut results = Vec::with_capacity(n);
         let mut missing = false;
         for (outcome, blob) in outcomes.into_iter().zip(blobs) {
             if !outcome.is_success() {
-                results.push(Err(format!("live event not applied: {outcome}")));
+                results.push(Err(LinkError::new(
+                    LinkErrorKind::Other,
+                    format!("live event not applied: {outcome}"),
+                )));
                 continue;
             }
             match blob.map(|data| store.has(&data.data_cid)).transpose() {
@@ -193,7 +201,7 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
                     missing |= has == Some(false);
                     results.push(Ok(()));
                 }
-                Err(e) => results.push(Err(e.to_string())),
+                Err(e) => results.push(Err(LinkError::new(LinkErrorKind::Local, e.to_string()))),
             }
         }
         // The records stay staged until their blobs arrive; a failed fetch is retried

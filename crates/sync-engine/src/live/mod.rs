@@ -40,8 +40,8 @@ use tokio::time::Instant;
 
 use crate::delivery::Ordinal;
 use crate::machine::{
-    Action, CatchUpResult, EventClass, EventDecision, LinkConfig, LinkMachine, PushResult,
-    ReconcileResult, SubscriptionEnd, SubscriptionId, Ticket, Timer,
+    Action, CatchUpResult, EventClass, EventDecision, LinkConfig, LinkError, LinkErrorKind,
+    LinkMachine, PushResult, ReconcileResult, SubscriptionEnd, SubscriptionId, Ticket, Timer,
 };
 use crate::replica::Replica;
 
@@ -88,7 +88,7 @@ pub trait LinkOps: Send + Sync + 'static {
         &self,
         link: LinkState,
         from: Option<ProgressToken>,
-    ) -> impl Future<Output = Result<Self::Feed, String>> + Send;
+    ) -> impl Future<Output = Result<Self::Feed, LinkError>> + Send;
 
     /// Classifies a live event: must it be applied, can it be skipped (already held, or
     /// out of scope), or is it unknown (fail closed)?
@@ -111,7 +111,7 @@ pub trait LinkOps: Send + Sync + 'static {
         &self,
         link: LinkState,
         entry: LogEntry,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), LinkError>> + Send;
 
     /// Applies live events durably, one result per entry in the order given. The
     /// driver hands over every event that queued up for a link while its previous
@@ -121,7 +121,7 @@ pub trait LinkOps: Send + Sync + 'static {
         &self,
         link: LinkState,
         entries: Vec<LogEntry>,
-    ) -> impl Future<Output = Vec<Result<(), String>>> + Send {
+    ) -> impl Future<Output = Vec<Result<(), LinkError>>> + Send {
         async move {
             let mut results = Vec::with_capacity(entries.len());
             for entry in entries {
@@ -158,7 +158,7 @@ pub enum Event {
     Applied(
         LinkKey,
         u64,
-        Vec<(SubscriptionId, Ordinal, Result<u64, String>)>,
+        Vec<(SubscriptionId, Ordinal, Result<u64, LinkError>)>,
     ),
     /// The local log of a tenant grew; the endpoint the message came from, if pulled.
     LocalWrite(
@@ -487,7 +487,7 @@ impl<O: LinkOps> Driver<O> {
         &mut self,
         key: &LinkKey,
         inc: u64,
-        results: Vec<(SubscriptionId, Ordinal, Result<u64, String>)>,
+        results: Vec<(SubscriptionId, Ordinal, Result<u64, LinkError>)>,
     ) {
         let now = self.now_ms();
         let Some(rt) = self.current(key, inc) else {
@@ -751,8 +751,8 @@ fn spawn_op(
 /// broken implementation) counts as a failure, so the checkpoint never covers it.
 fn zip_results(
     ids: Vec<(SubscriptionId, Ordinal, u64)>,
-    results: Vec<Result<(), String>>,
-) -> Vec<(SubscriptionId, Ordinal, Result<u64, String>)> {
+    results: Vec<Result<(), LinkError>>,
+) -> Vec<(SubscriptionId, Ordinal, Result<u64, LinkError>)> {
     let mut results = results.into_iter();
     ids.into_iter()
         .map(|(sub, ordinal, bytes)| {
@@ -771,6 +771,8 @@ fn end_of(reason: CloseReason) -> SubscriptionEnd {
         CloseReason::Lagged { .. } | CloseReason::HeartbeatTimeout | CloseReason::ShuttingDown => {
             SubscriptionEnd::Disconnected
         }
-        other => SubscriptionEnd::Error(format!("{other:?}")),
+        other => {
+            SubscriptionEnd::Error(LinkError::new(LinkErrorKind::Refused, format!("{other:?}")))
+        }
     }
 }

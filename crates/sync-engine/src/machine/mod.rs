@@ -242,7 +242,7 @@ impl LinkMachine {
         _now_ms: u64,
         id: SubscriptionId,
         ordinal: Ordinal,
-        result: Result<(), String>,
+        result: Result<(), LinkError>,
     ) {
         if self.subscription != Some(id) {
             return;
@@ -481,7 +481,7 @@ impl LinkMachine {
                 (RepairPhase::Closing, ReconcileResult::Done { converged: false }) => {
                     self.repair_failed(now_ms, "roots differ after repair".into());
                 }
-                (_, ReconcileResult::Failed(error)) => self.repair_failed(now_ms, error),
+                (_, ReconcileResult::Failed(error)) => self.repair_failed(now_ms, error.message),
                 (_, ReconcileResult::Terminal(_)) => self.handle_terminal(),
                 (_, ReconcileResult::Done { .. }) => {}
             }

@@ -187,7 +187,7 @@ pub enum SubscriptionEnd {
     /// The cursor is stale.
     Gap(Gap),
     /// The server reported an error, or told the subscriber it fell behind.
-    Error(String),
+    Error(LinkError),
     /// The connection dropped.
     Disconnected,
 }
@@ -202,7 +202,7 @@ pub enum PushResult {
         upto: Option<ProgressToken>,
     },
     /// The push failed transiently (unreachable, timeout, deferred).
-    Failed(String),
+    Failed(LinkError),
 }
 
 /// The result of a reconcile.
@@ -214,10 +214,10 @@ pub enum ReconcileResult {
         converged: bool,
     },
     /// The reconcile failed (unreachable, timeout, refused).
-    Failed(String),
+    Failed(LinkError),
     /// The link can never complete (a dependency outside its scope, expired grants):
     /// it goes to `terminal_incomplete`.
-    Terminal(String),
+    Terminal(LinkError),
 }
 
 /// The result of a catch-up read of the remote log.
@@ -234,8 +234,115 @@ pub enum CatchUpResult {
     /// The cursor is stale.
     Gap(Gap),
     /// The read or an apply failed.
-    Failed(String),
+    Failed(LinkError),
     /// The link can never complete (a dependency outside its scope, expired grants):
     /// it goes to `terminal_incomplete`.
-    Terminal(String),
+    Terminal(LinkError),
+}
+
+/// Why an operation of a link failed: what the machine and the application need to
+/// tell a network problem from a refusal or a broken peer.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct LinkError {
+    /// The kind of failure.
+    pub kind: LinkErrorKind,
+    /// What happened, for people.
+    pub message: String,
+}
+
+/// The kinds of [`LinkError`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LinkErrorKind {
+    /// The endpoint could not be reached or did not answer in time: retried later.
+    Unreachable,
+    /// The endpoint refused the credentials or the request.
+    Refused,
+    /// The endpoint answered something the protocol does not allow.
+    Protocol,
+    /// Something failed on this side (storage, a task).
+    Local,
+    /// The link can never complete (a dependency outside its scope, expired grants).
+    Terminal,
+    /// Anything else (a message or outcome reported as text).
+    Other,
+}
+
+impl LinkError {
+    /// An error of `kind`.
+    pub fn new(kind: LinkErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for LinkError {}
+
+impl From<String> for LinkError {
+    fn from(message: String) -> Self {
+        Self::new(LinkErrorKind::Other, message)
+    }
+}
+
+impl From<&str> for LinkError {
+    fn from(message: &str) -> Self {
+        Self::new(LinkErrorKind::Other, message)
+    }
+}
+
+impl From<&crate::Error> for LinkError {
+    fn from(e: &crate::Error) -> Self {
+        use crate::Error as E;
+        let kind = match e {
+            E::Transport(t) if t.is_retryable() => LinkErrorKind::Unreachable,
+            E::Transport(_) => LinkErrorKind::Refused,
+            E::Protocol(_) => LinkErrorKind::Protocol,
+            E::TerminalIncomplete { .. } | E::GrantExpired { .. } => LinkErrorKind::Terminal,
+            E::Ledger(_) | E::Task(_) | E::Tree(_) => LinkErrorKind::Local,
+            _ => LinkErrorKind::Other,
+        };
+        Self::new(kind, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_keep_their_kind_across_the_boundary() {
+        use sync_transport::TransportError;
+        let kind = |e: crate::Error| LinkError::from(&e).kind;
+        assert_eq!(
+            kind(TransportError::Unreachable("down".into()).into()),
+            LinkErrorKind::Unreachable
+        );
+        assert_eq!(
+            kind(crate::Error::Protocol("bad page".into())),
+            LinkErrorKind::Protocol
+        );
+        assert_eq!(
+            kind(crate::Error::TerminalIncomplete {
+                link: "l".into(),
+                reason: "r".into()
+            }),
+            LinkErrorKind::Terminal
+        );
+        assert_eq!(
+            kind(crate::Error::Task("panicked".into())),
+            LinkErrorKind::Local
+        );
+        let e = LinkError::from("text");
+        assert_eq!(
+            (e.kind, e.to_string()),
+            (LinkErrorKind::Other, "text".into())
+        );
+    }
 }
