@@ -1,13 +1,15 @@
 //! The scope gate and closure of scoped links.
 //!
 //! **Gate.** Every message a link receives (catch-up pages, reconcile fetches, live
-//! events) is classified against the link's scope before it is applied
-//! ([`Gate::classify`]): in scope, out of scope, or unknown. Unknown fails closed: the
-//! message is not applied. A delete is classified through its record's initial write,
-//! from the local store ([`Replica::classify`]) or, when the record arrives in the same
-//! batch, from that batch's initial write ([`Gate::new`]). A write in the batch only
-//! lends its path and context to a delete when it is itself an initial write of the same
-//! record, and it is gated and verified like every other message.
+//! events) is classified against the link's scope before it is applied, by the one
+//! scope gate of `sync-types` ([`sync_types::Scope::gate`], [`Direction::Pull`]): in
+//! scope, out of scope, or unknown. Unknown fails closed: the message is not applied. A
+//! delete is classified through its record's initial write, from the local store
+//! ([`Replica::classify`]) or, when the record arrives in the same batch, from that
+//! batch's initial write ([`Gate::new`]). A write in the batch only lends its path and
+//! context to a delete when it is itself an initial write of the same record, and it is
+//! gated and verified like every other message (a delete naming another protocol than
+//! that write is refused by the apply, as against a stored record).
 //!
 //! **Closure.** The apply pipeline commits a message only when its hard dependencies
 //! (the protocol's configure and those it `uses`, the record's initial write, the parent
@@ -21,10 +23,8 @@
 //! dead letter; any other missing dependency is fetched (the tree diff finds exactly
 //! what only the remote holds) or repaired.
 
-use std::collections::HashMap;
-
 use sync_types::{
-    ContextId, Dependency, Message, ProtocolName, ProtocolPath, RecordId, Scope, ScopeClass,
+    BatchInitialWrites, ContextId, Dependency, Direction, Message, RecordId, Scope, ScopeClass,
     TenantId,
 };
 
@@ -42,30 +42,21 @@ pub(crate) const CLOSURE_FORBIDDEN_CODE: &str = "dependency_forbidden";
 /// Classifies the messages of one received batch against a link's scope.
 #[derive(Debug, Default)]
 pub(crate) struct Gate {
-    /// Path and context of every record whose initial write is in the batch.
-    batch_records: HashMap<RecordId, (ProtocolName, ProtocolPath, ContextId)>,
+    /// The initial writes of the batch, whose records deletes in it may name.
+    batch: BatchInitialWrites,
 }
 
 impl Gate {
     /// A gate for `batch`: deletes in it may be classified through initial writes in it.
     pub(crate) fn new<'a>(batch: impl IntoIterator<Item = &'a Message>) -> Self {
-        let mut batch_records = HashMap::new();
-        for m in batch {
-            if let Message::Write(w) = m
-                && w.prev.is_none()
-            {
-                batch_records.insert(
-                    w.record_id,
-                    (w.protocol.clone(), w.path.clone(), w.context_id.clone()),
-                );
-            }
+        Self {
+            batch: BatchInitialWrites::new(batch),
         }
-        Self { batch_records }
     }
 
-    /// Where `message` falls relative to `scope`: through the local store first
-    /// ([`Replica::classify`]); a delete whose record is not stored is classified by the
-    /// batch's initial write of that record (of the same protocol), else `Unknown`.
+    /// Where a received `message` falls relative to `scope` ([`Direction::Pull`]); a
+    /// delete's record is looked up in the local store first, then among the batch's
+    /// initial writes, and is `Unknown` when neither holds it.
     pub(crate) fn classify(
         &self,
         replica: &Replica,
@@ -73,17 +64,11 @@ impl Gate {
         scope: &Scope,
         message: &Message,
     ) -> Result<ScopeClass> {
-        let class = replica.classify(tenant, scope, message)?;
-        if class != ScopeClass::Unknown {
-            return Ok(class);
-        }
-        if let Message::Delete(d) = message
-            && let Some((protocol, path, context)) = self.batch_records.get(&d.record_id)
-            && *protocol == d.protocol
-        {
-            return Ok(scope.classify(&d.protocol, Some((path, context))));
-        }
-        Ok(ScopeClass::Unknown)
+        scope.gate(Direction::Pull, message, &|record: &RecordId| {
+            Ok(replica
+                .record_place(tenant, record)?
+                .or_else(|| self.batch.get(record).cloned()))
+        })
     }
 }
 
@@ -91,9 +76,9 @@ impl Gate {
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub(crate) struct Forbidden {
     /// The dependency.
-    pub dependency: Dependency,
+    pub(crate) dependency: Dependency,
     /// Why it is outside the scope, for the dead letter and the link's error.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 /// The first dependency of `message` that `scope` forbids, among those the apply
@@ -112,7 +97,7 @@ pub(crate) fn forbidden_dependency(
     }
     for dep in missing {
         if let Dependency::Protocol(p) = dep
-            && configure_class(scope, p) == ScopeClass::OutOfScope
+            && !scope.carries_configure(p, Direction::Pull)
         {
             return Ok(Some(Forbidden {
                 dependency: dep.clone(),
@@ -156,39 +141,4 @@ pub(crate) fn forbidden_dependency(
         path = parent_path;
     }
     Ok(None)
-}
-
-/// Whether `scope` carries the configure of `protocol` (a projection carries the
-/// configures of its protocols).
-fn configure_class(scope: &Scope, protocol: &ProtocolName) -> ScopeClass {
-    match scope.protocol_list() {
-        None => ScopeClass::InScope,
-        Some(ps) if ps.contains(&protocol) => ScopeClass::InScope,
-        Some(_) => ScopeClass::OutOfScope,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use sync_types::ProjectionEntry;
-
-    fn p(name: &str) -> ProtocolName {
-        ProtocolName::new(format!("https://example.com/{name}")).unwrap()
-    }
-
-    #[test]
-    fn configures_outside_the_scope_are_forbidden() {
-        let scope = Scope::protocols(vec![p("a")]).unwrap();
-        assert_eq!(configure_class(&scope, &p("a")), ScopeClass::InScope);
-        assert_eq!(configure_class(&scope, &p("b")), ScopeClass::OutOfScope);
-        assert_eq!(configure_class(&Scope::Full, &p("b")), ScopeClass::InScope);
-        let projection = Scope::projection(vec![ProjectionEntry {
-            protocol: p("a"),
-            path_prefixes: vec![ProtocolPath::new("x/y").unwrap()],
-            context_prefixes: vec![],
-        }])
-        .unwrap();
-        assert_eq!(configure_class(&projection, &p("a")), ScopeClass::InScope);
-    }
 }

@@ -34,8 +34,8 @@ use sync_transport::proto::{
 };
 use sync_transport::token::Role;
 use sync_types::{
-    Actions, ApplyOutcome, Connectivity, DeadLetterCategory, Dependency, HealthSummary, Message,
-    Scope, ScopeClass, TenantId,
+    Actions, ApplyOutcome, Connectivity, DeadLetterCategory, Dependency, Direction, HealthSummary,
+    Message, Scope, ScopeClass, TenantId,
 };
 use tokio::sync::watch;
 
@@ -144,7 +144,8 @@ impl ReplicaHandler {
             }));
         }
         if matches!(message, Message::Delete(_))
-            && self.classify(tenant, &claims.scope, message)? != ScopeClass::InScope
+            && self.classify(tenant, &claims.scope, Direction::Push, message)?
+                != ScopeClass::InScope
         {
             return Ok(Some(ApplyOutcome::Unauthorized));
         }
@@ -199,14 +200,17 @@ impl ReplicaHandler {
         &self.replica
     }
 
+    /// The scope gate with this node's records: [`Direction::Pull`] for what it serves
+    /// under a grant, [`Direction::Push`] for what it takes.
     fn classify(
         &self,
         tenant: &TenantId,
         scope: &Scope,
+        direction: Direction,
         message: &Message,
     ) -> Result<ScopeClass, HandlerError> {
         self.replica
-            .classify(tenant, scope, message)
+            .classify(tenant, scope, direction, message)
             .map_err(internal)
     }
 }
@@ -279,7 +283,8 @@ impl Handler for ReplicaHandler {
         let mut entries = Vec::with_capacity(page.entries.len());
         for entry in page.entries {
             if !in_filter(&req.filter, &entry.message)
-                || self.classify(&req.tenant, &req.scope, &entry.message)? != ScopeClass::InScope
+                || self.classify(&req.tenant, &req.scope, Direction::Pull, &entry.message)?
+                    != ScopeClass::InScope
             {
                 continue;
             }
@@ -309,8 +314,12 @@ impl Handler for ReplicaHandler {
         for cid in req.cids {
             match ledger.get_message(&req.tenant, &cid).map_err(internal)? {
                 Some(stored)
-                    if self.classify(&req.tenant, &req.scope, &stored.message)?
-                        == ScopeClass::InScope =>
+                    if self.classify(
+                        &req.tenant,
+                        &req.scope,
+                        Direction::Pull,
+                        &stored.message,
+                    )? == ScopeClass::InScope =>
                 {
                     found.push(MessageData {
                         message: stored.message,

@@ -6,6 +6,8 @@
 //!   subset while a full replica holds everything;
 //! - a delegate is refused (with the right status and a reason) whatever it asks beyond
 //!   its grant: reads, log pages, roots, diffs, subscriptions and writes;
+//! - a configure under a projection is judged alike by the replica and the node, pulled
+//!   (carried) and pushed (carried only by a scope of its whole protocol);
 //! - a dependency outside the scope makes the link `terminal_incomplete` with a closure
 //!   dead letter, until a wider grant makes a new link;
 //! - a changed grant makes a new link and prunes the old one, an expired one stops the
@@ -664,6 +666,126 @@ async fn a_forbidden_dependency_stops_the_link_until_a_wider_grant() {
     holds_exactly(&watch, &server, &notes_tree);
     assert_eq!(holdings(&watch, &notes()), holdings(&server, &notes()));
     assert!(ew.health().unwrap().healthy);
+}
+
+/// A configure under a projection is judged alike by the replica and the node, in each
+/// direction. Pulled, a projection carries the configures of its protocols (its records
+/// need them): the node serves them and the replica's gate applies them. Pushed, a
+/// configure sets the rules of every record of its protocol, so only a scope covering
+/// the whole protocol carries it: the node refuses one from a delegate whose projection
+/// covers part of the protocol, and that delegate's push does not send it (before one
+/// gate, the push judged it by the pull rule and got a `push_permanent` dead letter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configure_under_a_projection_is_judged_alike_pulled_and_pushed() {
+    let (server, _handle, ep) = http_node(100).await;
+    let laptop = replica(1);
+    let ids = populate(&laptop);
+    let el = engine(&laptop, http(), vec![ep.clone()], fast_config());
+    sync_until_quiet(&el, 3).await;
+    let configures = |r: &Replica| r.ledger().configures(&tenant(), &notes()).unwrap();
+    let original = configures(&server);
+    assert_eq!(original.len(), 1);
+
+    // Pulled: one note's thread; the node serves the notes configure under the grant,
+    // and the watch's gate applies it with the thread.
+    let thread = Scope::projection(vec![ProjectionEntry {
+        protocol: notes(),
+        path_prefixes: vec![],
+        context_prefixes: vec![ContextId::root(ids[1])],
+    }])
+    .unwrap();
+    let thread_claims = delegate_claims("watch-thread", &thread, Actions::ALL, FAR_FUTURE_MS);
+    let watch = replica(3);
+    let ew = delegate_engine(&watch, &thread_claims, &thread, &ep);
+    quiet(&ew).await;
+    assert_eq!(
+        configures(&watch),
+        original,
+        "the watch pulled the configure"
+    );
+    holds_exactly(&watch, &server, &thread);
+    let client = HttpClient::new(
+        &ep,
+        &Token::issue(&key(), thread_claims.clone()),
+        ClientConfig::default(),
+    )
+    .unwrap();
+    let LogPageReply::Page(page) = client
+        .log_page(LogPageRequest {
+            tenant: tenant(),
+            scope: thread.clone(),
+            from: None,
+            filter: LogFilter::default(),
+            limit: 1000,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("gap")
+    };
+    assert!(
+        page.entries
+            .iter()
+            .any(|e| e.item.message.cid() == original[0]),
+        "the node serves the configure under the thread grant"
+    );
+
+    // Pushed: the watch narrows the whole protocol (no comments, one-byte notes).
+    let narrow = vec![TypeRule {
+        path: note(),
+        data_bytes_max: Some(1),
+    }];
+    let own = watch
+        .configure(&tenant(), &notes(), narrow.clone(), vec![], &phone())
+        .unwrap();
+    let stored = watch
+        .ledger()
+        .get_message(&tenant(), &own)
+        .unwrap()
+        .unwrap();
+    let reply = client
+        .write_batch(WriteBatchRequest {
+            tenant: tenant(),
+            messages: vec![MessageData {
+                message: stored.message,
+                data: stored.data,
+            }],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.outcomes,
+        vec![ApplyOutcome::Unauthorized],
+        "the node refuses the configure from the thread's delegate"
+    );
+    let report = ew.sync_once().await;
+    assert!(report.is_ok(), "{report:?}");
+    let push = report.links[0].push.as_ref().expect("the link pushed");
+    assert_eq!(
+        push.out_of_scope, 1,
+        "the push leaves the configure out: {push:?}"
+    );
+    assert_eq!(push.dead_lettered, 0, "{push:?}");
+    assert!(ew.dead_letters().unwrap().is_empty());
+    assert_eq!(configures(&server), original);
+
+    // A projection of the whole protocol carries configures both ways.
+    let whole = Scope::projection(vec![ProjectionEntry::whole(notes())]).unwrap();
+    let tablet = replica(4);
+    let et = delegate_engine(
+        &tablet,
+        &delegate_claims("tablet-notes", &whole, Actions::ALL, FAR_FUTURE_MS),
+        &whole,
+        &ep,
+    );
+    quiet(&et).await;
+    assert_eq!(configures(&tablet), original);
+    let tablets = tablet
+        .configure(&tenant(), &notes(), narrow, vec![], &phone())
+        .unwrap();
+    quiet(&et).await;
+    assert!(configures(&server).contains(&tablets), "the node took it");
+    assert!(et.dead_letters().unwrap().is_empty());
 }
 
 /// Milliseconds since the Unix epoch on the system clock.

@@ -38,7 +38,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use sync_types::{Actions, ApplyOutcome, Clock, HealthSummary, Message, ScopeClass, TenantId};
+use sync_types::{
+    Actions, ApplyOutcome, Clock, Direction, HealthSummary, NoInitialWrites, ScopeClass, TenantId,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::error::HandlerError;
@@ -101,11 +103,13 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Applies messages of `tenant`, returning exactly one outcome per message, in
     /// order. The transport has already answered messages of another tenant `Invalid`
-    /// and messages the caller's scope excludes `Unauthorized`; messages it could not
+    /// and messages the caller's scope excludes `Unauthorized` (by the scope gate,
+    /// [`sync_types::Scope::gate`] with [`Direction::Push`]); messages it could not
     /// classify alone (a delete under a projection grant) come here, and the handler
-    /// must check them against `ctx.claims.scope`. What only stored state can decide is
-    /// the handler's too: that a version names its record's protocol, and that a
-    /// delegate's message names the delegate as author (unless already held).
+    /// must check them against `ctx.claims.scope` with the same gate and the stored
+    /// record. What only stored state can decide is the handler's too: that a version
+    /// names its record's protocol, and that a delegate's message names the delegate as
+    /// author (unless already held).
     fn apply(
         &self,
         ctx: &RequestContext,
@@ -482,17 +486,9 @@ impl<H: Handler> Node<H> {
                 ));
                 continue;
             }
-            let class = match &item.message {
-                Message::Configure(c) => {
-                    if scope.covers_protocol(&c.protocol) {
-                        ScopeClass::InScope
-                    } else {
-                        ScopeClass::OutOfScope
-                    }
-                }
-                Message::Write(w) => scope.classify(&w.protocol, Some((&w.path, &w.context_id))),
-                Message::Delete(d) => scope.classify(&d.protocol, None),
-            };
+            // The transport holds no records: a delete under a partial projection is
+            // `Unknown` here and the handler classifies it through its record.
+            let Ok(class) = scope.gate(Direction::Push, &item.message, &NoInitialWrites);
             if class == ScopeClass::OutOfScope {
                 outcomes[i] = Some(ApplyOutcome::Unauthorized);
             } else {

@@ -22,7 +22,9 @@
 //! - time: [`Hlc`], [`HlcClock`], [`Clock`];
 //! - messages: [`Message`] ([`Configure`], [`Write`], [`Delete`]), [`Message::cid`],
 //!   [`Dependency`]; the merge rule in [`merge`];
-//! - replication: [`ProgressToken`], [`Gap`], [`Scope`], [`Authorization`], [`LinkKey`],
+//! - scopes: [`Scope`] and the scope gate [`Scope::gate`], which every door calls with a
+//!   [`Direction`] and a record lookup ([`InitialWrites`]);
+//! - replication: [`ProgressToken`], [`Gap`], [`Authorization`], [`LinkKey`],
 //!   [`LinkStatus`], [`LinkState`], [`ApplyOutcome`], [`DeadLetter`], [`HealthSummary`],
 //!   [`SyncEvent`].
 //!
@@ -71,6 +73,7 @@ mod auth;
 mod canonical;
 pub mod codec;
 mod error;
+mod gate;
 mod hlc;
 mod ids;
 mod link;
@@ -86,6 +89,7 @@ pub use auth::{
     GRANTS_MAX, Grant, authorization_epoch,
 };
 pub use error::{DecodeError, DriftError, Error, TransitionError, ValidationError};
+pub use gate::{BatchInitialWrites, InitialWrites, NoInitialWrites, RecordPlace};
 pub use hlc::{Clock, DRIFT_MS_MAX_DEFAULT, Hlc, HlcClock, ManualClock, NodeId, SystemClock};
 pub use ids::{
     Cid, ContextId, ENDPOINT_BYTES_MAX, Endpoint, GRANT_ID_BYTES_MAX, GrantId, PATH_DEPTH_MAX,

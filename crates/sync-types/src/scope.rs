@@ -268,11 +268,28 @@ impl Projection {
         &self.0
     }
 
-    fn entry(&self, protocol: &ProtocolName) -> Option<&ProjectionEntry> {
+    pub(crate) fn entry(&self, protocol: &ProtocolName) -> Option<&ProjectionEntry> {
         self.0
             .binary_search_by(|e| e.protocol.cmp(protocol))
             .ok()
             .map(|i| &self.0[i])
+    }
+
+    /// [`Scope::classify`] for a projection.
+    pub(crate) fn classify(
+        &self,
+        protocol: &ProtocolName,
+        record: Option<(&ProtocolPath, &ContextId)>,
+    ) -> ScopeClass {
+        match (self.entry(protocol), record) {
+            (None, _) => ScopeClass::OutOfScope,
+            (Some(e), _) if e.is_whole_protocol() => ScopeClass::InScope,
+            (Some(e), Some((path, context))) if e.covers_record(path, context) => {
+                ScopeClass::InScope
+            }
+            (Some(_), Some(_)) => ScopeClass::OutOfScope,
+            (Some(_), None) => ScopeClass::Unknown,
+        }
     }
 }
 
@@ -339,9 +356,9 @@ impl Scope {
         }
     }
 
-    /// Classifies a message. `record` is the path and context of the record a `Write` or
-    /// `Delete` is about, when known (for a delete: from its initial write); `None` for a
-    /// `Configure` or an unknown record.
+    /// Where a record of `protocol` falls, given its path and context when known: the
+    /// record rule [`Scope::gate`] is built on (classify messages with the gate). With
+    /// `record` unknown, a projection that covers part of `protocol` answers `Unknown`.
     pub fn classify(
         &self,
         protocol: &ProtocolName,
@@ -351,15 +368,7 @@ impl Scope {
             Scope::Full => ScopeClass::InScope,
             Scope::ProtocolSet(s) if s.contains(protocol) => ScopeClass::InScope,
             Scope::ProtocolSet(_) => ScopeClass::OutOfScope,
-            Scope::Projection(p) => match (p.entry(protocol), record) {
-                (None, _) => ScopeClass::OutOfScope,
-                (Some(e), _) if e.is_whole_protocol() => ScopeClass::InScope,
-                (Some(e), Some((path, context))) if e.covers_record(path, context) => {
-                    ScopeClass::InScope
-                }
-                (Some(_), Some(_)) => ScopeClass::OutOfScope,
-                (Some(_), None) => ScopeClass::Unknown,
-            },
+            Scope::Projection(p) => p.classify(protocol, record),
         }
     }
 

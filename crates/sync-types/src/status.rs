@@ -136,7 +136,9 @@ impl HealthSummary {
     }
 }
 
-/// A direction of replication.
+/// A direction of replication. For the scope gate ([`Scope::gate`](crate::Scope::gate))
+/// it is seen from whoever holds the scope: a node serving a grant's reads is `Pull`,
+/// a node taking a grant's writes is `Push`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub enum Direction {
     /// From the remote to the local store.

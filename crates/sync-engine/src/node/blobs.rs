@@ -41,7 +41,7 @@ use sync_ledger::UploadCursor;
 use sync_transport::HandlerError;
 use sync_transport::node::BlobWriteGuard;
 use sync_transport::proto::{BlobStat, BlobWriteRequest};
-use sync_types::{Cid, Scope, ScopeClass, TenantId};
+use sync_types::{Cid, Direction, Scope, ScopeClass, TenantId};
 
 use super::{BlobLimits, ReplicaHandler, internal, lock};
 use crate::replica::Replica;
@@ -226,7 +226,8 @@ impl ReplicaHandler {
             .map_err(internal)?
         {
             if let Some(stored) = ledger.get_message(tenant, &referrer).map_err(internal)?
-                && self.classify(tenant, scope, &stored.message)? == ScopeClass::InScope
+                && self.classify(tenant, scope, Direction::Pull, &stored.message)?
+                    == ScopeClass::InScope
             {
                 return Ok(true);
             }

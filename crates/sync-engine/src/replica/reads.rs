@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use sync_ledger::{LogQuery, LogRead};
 use sync_types::{
-    Cid, Message, ProgressToken, ProtocolName, ProtocolPath, RecordId, Scope, ScopeClass, TenantId,
+    Cid, Direction, Message, ProgressToken, ProtocolName, ProtocolPath, RecordId, RecordPlace,
+    Scope, ScopeClass, TenantId,
 };
 
 use super::{Record, Replica};
@@ -123,37 +124,34 @@ impl Replica {
             .read_log(tenant, &LogQuery::after(after, limit))?)
     }
 
-    /// Where a message falls relative to `scope`. A projection carries the configures of
-    /// its protocols (records need them); a delete is classified by its record's path and
-    /// context, from the record's initial write, and is `Unknown` when that is not held.
+    /// Where `message`, travelling in `direction`, falls relative to `scope`: the scope
+    /// gate ([`Scope::gate`]) with this replica's records, so a delete is classified
+    /// through its record's initial write when the replica holds it (`Unknown` under a
+    /// partial projection when it does not).
     pub fn classify(
         &self,
         tenant: &TenantId,
         scope: &Scope,
+        direction: Direction,
         message: &Message,
     ) -> Result<ScopeClass> {
-        if !matches!(scope, Scope::Projection(_)) {
-            return Ok(scope.classify(message.protocol(), None));
-        }
-        Ok(match message {
-            Message::Configure(c) => {
-                if scope
-                    .protocol_list()
-                    .is_some_and(|ps| ps.contains(&&c.protocol))
-                {
-                    ScopeClass::InScope
-                } else {
-                    ScopeClass::OutOfScope
-                }
-            }
-            Message::Write(w) => scope.classify(&w.protocol, Some((&w.path, &w.context_id))),
-            Message::Delete(d) => {
-                let info = self.inner.ledger.record_info(tenant, &d.record_id)?;
-                let record = info
-                    .as_ref()
-                    .and_then(|i| i.path.as_ref().zip(i.context.as_ref()));
-                scope.classify(&d.protocol, record)
-            }
+        scope.gate(direction, message, &|record: &RecordId| {
+            self.record_place(tenant, record)
         })
+    }
+
+    /// Where `record` lives, from its initial write; `None` when the replica does not
+    /// hold it.
+    pub(crate) fn record_place(
+        &self,
+        tenant: &TenantId,
+        record: &RecordId,
+    ) -> Result<Option<RecordPlace>> {
+        let info = self.inner.ledger.record_info(tenant, record)?;
+        Ok(info.and_then(|i| {
+            i.path
+                .zip(i.context)
+                .map(|(path, context)| RecordPlace { path, context })
+        }))
     }
 }

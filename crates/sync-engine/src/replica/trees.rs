@@ -1,8 +1,12 @@
 //! The replica's Merkle trees: the full tenant and protocol-set trees kept by the index,
 //! and projection trees built on demand from the ledger's path and context indexes.
 
+use std::convert::Infallible;
 use sync_smt::{Hash, Tree};
-use sync_types::{Cid, Message, Projection, ProtocolName, Scope, TenantId};
+
+use sync_types::{
+    Cid, Direction, Message, Projection, ProtocolName, RecordId, Scope, ScopeClass, TenantId,
+};
 
 use super::Replica;
 use crate::error::Result;
@@ -66,35 +70,24 @@ impl Replica {
         self.with_tree(tenant, scope, Tree::root)
     }
 
-    /// Decides, for any projection, whether it covers `message` (the same rule as
-    /// [`projection_tree`](Self::projection_tree)): a configure by its protocol, a write by
-    /// its path and context, a delete by its record's.
+    /// Decides, for any projection, whether it covers `message`: the scope gate pulling
+    /// ([`Projection::gate`], [`Direction::Pull`]), the rule
+    /// [`projection_tree`](Self::projection_tree) builds by (a configure by its protocol,
+    /// a write by its path and context, a delete by its record's).
     pub(super) fn projection_membership(
         &self,
         tenant: &TenantId,
         message: &Message,
     ) -> Result<impl Fn(&Projection) -> bool + use<>> {
-        let record = match message {
-            Message::Configure(_) => None,
-            Message::Write(w) => Some((w.path.clone(), w.context_id.clone())),
-            Message::Delete(d) => self
-                .inner
-                .ledger
-                .record_info(tenant, &d.record_id)?
-                .and_then(|i| i.path.zip(i.context)),
+        let place = match message {
+            Message::Delete(d) => self.record_place(tenant, &d.record_id)?,
+            Message::Write(_) | Message::Configure(_) => None,
         };
-        let protocol = message.protocol().clone();
-        let is_configure = matches!(message, Message::Configure(_));
+        let message = message.clone();
         Ok(move |projection: &Projection| {
-            let Some(entry) = projection.entries().iter().find(|e| e.protocol == protocol) else {
-                return false;
-            };
-            if is_configure || entry.is_whole_protocol() {
-                return true;
-            }
-            record
-                .as_ref()
-                .is_some_and(|(path, context)| entry.covers_record(path, context))
+            let initial_write = |_: &RecordId| Ok::<_, Infallible>(place.clone());
+            let Ok(class) = projection.gate(Direction::Pull, &message, &initial_write);
+            class == ScopeClass::InScope
         })
     }
 

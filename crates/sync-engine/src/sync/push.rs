@@ -162,10 +162,12 @@ impl<C: Connector> Engine<C> {
             let mut keep = Vec::with_capacity(to_send.len());
             let mut renumber = vec![None; to_send.len()];
             for (i, item) in to_send.into_iter().enumerate() {
-                match self
-                    .replica()
-                    .classify(&key.tenant, &ctx.scope, &item.item.message)?
-                {
+                match self.replica().classify(
+                    &key.tenant,
+                    &ctx.scope,
+                    Direction::Push,
+                    &item.item.message,
+                )? {
                     ScopeClass::InScope => {
                         renumber[i] = Some(keep.len());
                         keep.push(item);
@@ -499,10 +501,12 @@ impl<C: Connector> Engine<C> {
                         {
                             continue;
                         }
-                        if let Ok(ScopeClass::InScope) =
-                            self.replica()
-                                .classify(&ctx.key.tenant, &ctx.scope, &e.message)
-                        {
+                        if let Ok(ScopeClass::InScope) = self.replica().classify(
+                            &ctx.key.tenant,
+                            &ctx.scope,
+                            Direction::Push,
+                            &e.message,
+                        ) {
                             items.push(PushItem::new(e.message.clone(), e.data.clone()));
                         }
                     }

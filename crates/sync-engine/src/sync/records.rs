@@ -164,9 +164,9 @@ impl<C: Connector> Engine<C> {
     /// one (out of scope, or unknown: fails closed) is recorded as a
     /// `pull_scope_rejected` dead letter.
     pub(crate) fn gate_live(&self, link: &LinkState, message: &Message) -> Result<ScopeClass> {
-        let class = self
-            .replica()
-            .classify(&link.key.tenant, &link.scope, message)?;
+        let class =
+            self.replica()
+                .classify(&link.key.tenant, &link.scope, Direction::Pull, message)?;
         if class != ScopeClass::InScope {
             self.scope_rejected(&link.key, message, class)?;
         }

@@ -187,13 +187,11 @@ impl TestHandler {
     }
 }
 
+/// What the test node serves under `scope`: the scope gate pulling, without records
+/// (a delete under a partial projection is never served).
 fn in_scope(scope: &Scope, m: &Message) -> bool {
-    match m {
-        Message::Write(w) => {
-            scope.classify(&w.protocol, Some((&w.path, &w.context_id))) == ScopeClass::InScope
-        }
-        other => scope.classify(other.protocol(), None) == ScopeClass::InScope,
-    }
+    let Ok(class) = scope.gate(Direction::Pull, m, &NoInitialWrites);
+    class == ScopeClass::InScope
 }
 
 impl Handler for TestHandler {
