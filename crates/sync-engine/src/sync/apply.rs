@@ -7,9 +7,8 @@ use sync_types::{ApplyOutcome, LinkKey, Message};
 use crate::error::{Error, Result};
 use crate::replica::Origin;
 
-use super::{
-    Connector, ECHO_RANGES_MAX, Engine, LIVE_APPLY_INLINE_LEN_MAX, LinkCtx, big_data, lock,
-};
+use super::blobs::big_data;
+use super::{Connector, ECHO_RANGES_MAX, Engine, LIVE_APPLY_INLINE_LEN_MAX, LinkCtx, lock};
 
 /// Local log positions applied from one endpoint, as inclusive ranges.
 #[derive(Debug, Default)]

@@ -141,10 +141,6 @@ pub use identity::Identity;
 pub use report::*;
 pub use sync_transport::connector::{Connector, HttpConnector, InProcessConnector};
 
-use apply::Echoes;
-use blobs::big_data;
-use push::{PushItem, batch_ranges};
-
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -230,7 +226,7 @@ pub(super) struct Inner<C> {
     connector: C,
     config: SyncConfig,
     rng: Mutex<u64>,
-    echoes: Mutex<HashMap<Endpoint, Echoes>>,
+    echoes: Mutex<HashMap<Endpoint, apply::Echoes>>,
     link_locks: Mutex<HashMap<LinkKey, Arc<tokio::sync::Mutex<()>>>>,
     /// The owner of each link driven by a live driver ([`crate::link_news`]).
     owners: Mutex<HashMap<LinkKey, NewsSink>>,
@@ -350,7 +346,7 @@ mod tests {
 
     #[test]
     fn echo_ranges_merge_and_stay_bounded() {
-        let mut e = Echoes::default();
+        let mut e = apply::Echoes::default();
         for p in [5, 7, 6, 1, 2, 9] {
             e.insert(p);
         }
@@ -378,10 +374,10 @@ mod tests {
         };
         let sizes = [10, 10, 10, 10, 90, 200, 5, 5];
         assert_eq!(
-            batch_ranges(sizes.into_iter(), &cfg),
+            push::batch_ranges(sizes.into_iter(), &cfg),
             vec![0..3, 3..5, 5..6, 6..8]
         );
-        assert!(batch_ranges(std::iter::empty(), &cfg).is_empty());
+        assert!(push::batch_ranges(std::iter::empty(), &cfg).is_empty());
     }
 
     #[test]

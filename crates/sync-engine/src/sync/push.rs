@@ -15,10 +15,9 @@ use tracing::Instrument;
 
 use crate::error::{Error, Result};
 
+use super::blobs::big_data;
 use super::settle::{Settle, settle, settled_prefix};
-use super::{
-    Connector, Engine, LinkCtx, PushOutcome, SyncConfig, Traffic, big_data, item_bytes, lock,
-};
+use super::{Connector, Engine, LinkCtx, PushOutcome, SyncConfig, Traffic, item_bytes, lock};
 
 /// A message to push, with what the batch needs to know about it.
 #[derive(Clone)]

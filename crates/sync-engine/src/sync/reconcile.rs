@@ -16,11 +16,9 @@ use crate::closure::{Gate, forbidden_dependency};
 use crate::error::{Error, Result};
 use crate::link_news::LinkNews;
 
+use super::push::{PushItem, batch_ranges};
 use super::settle::{Settle, settle};
-use super::{
-    Connector, Engine, LinkCtx, PushItem, PushOutcome, ReconcileOutcome, Traffic, batch_ranges,
-    item_bytes, lock,
-};
+use super::{Connector, Engine, LinkCtx, PushOutcome, ReconcileOutcome, Traffic, item_bytes, lock};
 
 impl<C: Connector> Engine<C> {
     /// Compares the link's scope with the remote and repairs the difference both ways;
