@@ -363,8 +363,18 @@ impl Replica {
         lock(&self.inner.hlc).node()
     }
 
-    /// The ledger underneath (links, dead letters, identities, log reads).
+    /// The ledger underneath (links, dead letters, identities, log reads). Unstable:
+    /// only with the `unstable` feature, for tools that inspect storage (the `weft` CLI,
+    /// the benches, the simulation); writing through it bypasses every check the replica
+    /// makes.
+    #[cfg(feature = "unstable")]
     pub fn ledger(&self) -> &Ledger {
+        &self.inner.ledger
+    }
+
+    /// The ledger underneath, for the engine itself.
+    #[cfg(not(feature = "unstable"))]
+    pub(crate) fn ledger(&self) -> &Ledger {
         &self.inner.ledger
     }
 

@@ -121,7 +121,7 @@ pub enum Action {
     /// Close the current subscription.
     CloseSubscription,
     /// Push local log entries after `after`, and report with
-    /// [`handle_push_result`](LinkMachine::handle_push_result).
+    /// [`handle_push_result`](super::LinkMachine::handle_push_result).
     Push {
         /// Names this push.
         ticket: Ticket,
@@ -129,7 +129,7 @@ pub enum Action {
         after: Option<ProgressToken>,
     },
     /// Read the remote log after `after` and apply it, and report with
-    /// [`handle_catch_up_result`](LinkMachine::handle_catch_up_result).
+    /// [`handle_catch_up_result`](super::LinkMachine::handle_catch_up_result).
     CatchUp {
         /// Names this pull.
         ticket: Ticket,
@@ -137,7 +137,7 @@ pub enum Action {
         after: Option<ProgressToken>,
     },
     /// Run a full reconcile (tree diff both ways, then compare roots), and report with
-    /// [`handle_reconcile_result`](LinkMachine::handle_reconcile_result).
+    /// [`handle_reconcile_result`](super::LinkMachine::handle_reconcile_result).
     Reconcile {
         /// Names this reconcile.
         ticket: Ticket,
@@ -161,7 +161,7 @@ pub enum Action {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[must_use]
 pub enum EventDecision {
-    /// Apply it, then call [`handle_applied`](LinkMachine::handle_applied) with this
+    /// Apply it, then call [`handle_applied`](super::LinkMachine::handle_applied) with this
     /// ordinal.
     Apply(Ordinal),
     /// Nothing to do (already counted).

@@ -50,7 +50,7 @@ impl<C: Connector> Engine<C> {
     /// Running totals over every registered link (messages and bytes pulled and pushed,
     /// live deliveries and reconcile traffic included; repairs; failures), for an
     /// application to export as metrics. Each link's own totals are in its
-    /// [`LinkState`](sync_types::LinkState) ([`links`](Self::links)).
+    /// [`LinkState`] ([`links`](Self::links)).
     pub fn counters(&self) -> Result<LinkCounters> {
         let mut sum = LinkCounters::default();
         for l in self.links()? {
