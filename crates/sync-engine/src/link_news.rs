@@ -25,8 +25,10 @@ use std::sync::Arc;
 use crate::sync::Traffic;
 
 /// Where an operation's news goes when a live driver owns the link: called with the
-/// news and the wall-clock time it happened at (ms since the Unix epoch).
-pub type NewsSink = Arc<dyn Fn(LinkNews, u64) + Send + Sync>;
+/// news and the wall-clock time it happened at (ms since the Unix epoch); answers whether
+/// the owner took it (`false` once the driver is gone: the engine then applies the news
+/// itself and forgets the owner).
+pub type NewsSink = Arc<dyn Fn(LinkNews, u64) -> bool + Send + Sync>;
 
 /// What happened on a link, as an operation reports it to the link's owner.
 #[derive(Clone, PartialEq, Eq, Debug)]

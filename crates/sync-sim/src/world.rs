@@ -182,6 +182,7 @@ impl World {
                         sink.lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .push_back((n, at_ms));
+                        true
                     }),
                 );
                 let mut machine = LinkMachine::new(link, config);

@@ -384,9 +384,7 @@ impl<O: LinkOps> Driver<O> {
         let (tx, k, inc) = (self.tx.clone(), key.clone(), self.next_incarnation);
         self.ops.own(
             &key,
-            Arc::new(move |news, at_ms| {
-                let _ = tx.send(Event::News(k.clone(), inc, news, at_ms));
-            }),
+            Arc::new(move |news, at_ms| tx.send(Event::News(k.clone(), inc, news, at_ms)).is_ok()),
         );
         let now = self.now_ms();
         if let Some(rt) = self.links.get_mut(&key) {

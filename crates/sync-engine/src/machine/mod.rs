@@ -385,8 +385,12 @@ impl LinkMachine {
             PushResult::Settled { upto } => {
                 self.push_failures = 0;
                 self.set_connectivity(Connectivity::Online);
+                // Never back: a reconcile that converged meanwhile may have moved the
+                // checkpoint past what this push reached.
                 if let Some(upto) = upto
-                    && self.state.push.contiguous_applied != Some(upto)
+                    && self.state.push.contiguous_applied.is_none_or(|cp| {
+                        upto.compare(&cp) != Some(std::cmp::Ordering::Less) && cp != upto
+                    })
                 {
                     self.state.push.commit(upto);
                     self.persist();

@@ -51,8 +51,11 @@ impl<C: Connector> Engine<C> {
         let now = self.now_ms();
         let owner = lock(&self.inner.owners).get(key).cloned();
         if let Some(owner) = owner {
-            owner(news, now);
-            return Ok(());
+            if owner(news.clone(), now) {
+                return Ok(());
+            }
+            // The driver is gone without releasing the link (dropped, not stopped).
+            lock(&self.inner.owners).remove(key);
         }
         let Some(mut probe) = self.ledger().links().get(key)? else {
             return Ok(());
