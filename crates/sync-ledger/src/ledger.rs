@@ -15,7 +15,9 @@ use sync_types::{
 use crate::error::{Error, Result};
 use crate::layout::{self, Key, LogMeta, Pn, RecordRow, StoredEntry, Tn, dec, enc};
 use crate::notify::Notifier;
-use crate::store::{Batch, Durability, FjallStore, MemoryStore, Order, Store};
+use crate::store::{
+    Batch, Durability, FjallStore, MemoryStore, Order, Store, WriteScope, WriteTxn,
+};
 
 /// Most messages in one [`Ledger::apply`] call.
 pub const APPLY_BATCH_MESSAGES_MAX: usize = 10_000;
@@ -208,9 +210,14 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The durable ledger of one replica or node. See the crate documentation.
 pub struct Ledger {
     pub(crate) store: Arc<dyn Store>,
+    /// Whether other processes write the store ([`Store::is_shared`]): then log heads
+    /// are read under the store's tenant lock, never from `log_metas`, and `writer` is
+    /// not taken by applies (the store's [`WriteScope`] locks order them).
+    shared: bool,
     poisoned: AtomicBool,
-    /// Serializes every apply (and log maintenance): the merge reads record heads and
-    /// log heads, and the batch that follows must be based on what it read.
+    /// Serializes every apply (and log maintenance) on a store of its own: the merge
+    /// reads record heads and log heads, and the batch that follows must be based on
+    /// what it read.
     pub(crate) writer: Mutex<()>,
     /// The greatest timestamp stored (`meta/hlc`, see [`crate::causality`]); changed
     /// only under `writer`, after a commit.
@@ -243,6 +250,9 @@ struct NameCache {
 
 struct Pending<'a> {
     ledger: &'a Ledger,
+    /// Every read of the apply goes through it, so on a shared store it sees what the
+    /// tenant lock orders (and holds one connection, not two).
+    txn: Box<dyn WriteTxn + 'a>,
     tn: Tn,
     /// Whether this batch interns the tenant (nothing of it is stored yet).
     tenant_new: bool,
@@ -250,6 +260,9 @@ struct Pending<'a> {
     /// Record rows read from the store before the merge, in key order (see
     /// [`Ledger::apply`]); `None` for records not stored yet. Taken on first use.
     loaded: HashMap<RecordId, Option<RecordRow>>,
+    /// Retained versions of the loaded records, read up front on a shared store so a
+    /// pruning costs no round trip: cid -> (position, message).
+    retained: HashMap<Cid, (u64, Message)>,
     records: HashMap<RecordId, RecordRow>,
     /// Messages stored by this batch: cid -> (position, message).
     added: HashMap<Cid, (u64, Message)>,
@@ -267,20 +280,29 @@ impl Pending<'_> {
         }
         match self.loaded.remove(id) {
             Some(row) => Ok(row),
-            None => self.ledger.record_row(self.tn, id),
+            None => {
+                let key = layout::record_key(self.tn, id);
+                match self.txn.get(layout::RECORDS, &key)? {
+                    Some(bytes) => Ok(Some(dec(layout::RECORDS, &key, &bytes)?)),
+                    None => Ok(None),
+                }
+            }
         }
     }
 
     /// Whether a configure is stored (configures are never pruned, so the batch's own
     /// additions are exactly `added`).
-    fn has_message(&self, cid: &Cid) -> Result<bool> {
+    fn has_message(&mut self, cid: &Cid) -> Result<bool> {
         if self.added.contains_key(cid) {
             return Ok(true);
         }
         if self.tenant_new {
             return Ok(false);
         }
-        self.ledger.has_message_tn(self.tn, cid)
+        Ok(self
+            .txn
+            .get(layout::MSG, &layout::msg_key(self.tn, cid))?
+            .is_some())
     }
 
     /// The protocol's number, interning it in this batch when it is new.
@@ -288,15 +310,21 @@ impl Pending<'_> {
         if let Some(n) = self.new_protocols.get(p) {
             return Ok(*n);
         }
-        if !self.tenant_new
-            && let Some(n) = self.ledger.protocol_no(self.tn, p)?
-        {
+        if let Some(n) = self.ledger.cached_protocol(self.tn, p) {
             return Ok(n);
+        }
+        if !self.tenant_new {
+            let key = layout::name_protocol_key(self.tn, p);
+            if let Some(v) = self.txn.get(layout::NAMES, &key)? {
+                let n = Pn(dec(layout::NAMES, &key, &v)?);
+                self.ledger.cache_protocol(self.tn, p, n);
+                return Ok(n);
+            }
         }
         let next = match self.next_protocol {
             Some(n) => n,
             None if self.tenant_new => 0,
-            None => self.ledger.counter(&layout::next_protocol_key(self.tn))?,
+            None => counter(&mut *self.txn, &layout::next_protocol_key(self.tn))?,
         };
         let after = next.checked_add(1).ok_or(Error::LimitExceeded {
             what: "protocols of a tenant",
@@ -351,15 +379,18 @@ impl Pending<'_> {
     }
 
     fn prune(&mut self, cid: &Cid, row: &RecordRow) -> Result<()> {
-        let (pos, message) = match self.added.remove(cid) {
-            Some(found) => found,
-            None => {
-                let stored = self.ledger.get_message_tn(self.tn, cid)?.ok_or_else(|| {
-                    Error::Inconsistent(format!("retained version {cid} is not stored"))
-                })?;
-                (stored.position, stored.message)
-            }
+        let found = match self.added.remove(cid) {
+            Some(found) => Some(found),
+            None => match self.retained.remove(cid) {
+                Some(found) => Some(found),
+                None => {
+                    let mut one = read_messages(&mut *self.txn, self.tn, &[*cid])?;
+                    one.remove(cid)
+                }
+            },
         };
+        let (pos, message) = found
+            .ok_or_else(|| Error::Inconsistent(format!("retained version {cid} is not stored")))?;
         let pn = self.protocol(message.protocol())?;
         for (p, k, _) in layout::index_entries(self.tn, pn, pos, cid, &message, Some(row)) {
             self.batch.delete(p, k);
@@ -417,6 +448,7 @@ impl Ledger {
         }
         let high_water = crate::causality::load_high_water(&*store)?;
         Ok(Ledger {
+            shared: store.is_shared(),
             store,
             poisoned: AtomicBool::new(false),
             writer: Mutex::new(()),
@@ -523,17 +555,11 @@ impl Ledger {
         Ok(self.protocol_no(tn, p)?.map(|pn| (tn, pn)))
     }
 
-    /// A stored allocation counter (0 when absent).
-    pub(crate) fn counter(&self, key: &[u8]) -> Result<u32> {
-        match self.store.get(layout::NAMES, key)? {
-            Some(v) => dec(layout::NAMES, key, &v),
-            None => Ok(0),
-        }
-    }
-
     /// The log metadata of a tenant with its number, if its log exists.
     pub(crate) fn log_meta(&self, t: &TenantId) -> Result<Option<(Tn, LogMeta)>> {
-        if let Some(m) = lock(&self.log_metas).get(t) {
+        if !self.shared
+            && let Some(m) = lock(&self.log_metas).get(t)
+        {
             return Ok(Some(*m));
         }
         let Some(tn) = self.tenant_no(t)? else {
@@ -544,8 +570,20 @@ impl Ledger {
             return Ok(None);
         };
         let meta: LogMeta = dec(layout::LOG_META, &key, &bytes)?;
-        lock(&self.log_metas).insert(t.clone(), (tn, meta));
+        if !self.shared {
+            lock(&self.log_metas).insert(t.clone(), (tn, meta));
+        }
         Ok(Some((tn, meta)))
+    }
+
+    /// A protocol number from the cache of committed numbers.
+    fn cached_protocol(&self, t: Tn, p: &ProtocolName) -> Option<Pn> {
+        lock(&self.names).protocols.get(&(t, p.clone())).copied()
+    }
+
+    /// Caches a committed protocol number.
+    fn cache_protocol(&self, t: Tn, p: &ProtocolName, n: Pn) {
+        lock(&self.names).protocols.insert((t, p.clone()), n);
     }
 
     /// Applies a batch of one tenant's messages in ONE atomic commit.
@@ -613,31 +651,58 @@ impl Ledger {
             return Err(Error::Poisoned);
         }
 
-        let writer = lock(&self.writer);
+        // A store of its own is ordered by this ledger's writer lock; a shared one by
+        // the store's scope locks, taken in the transaction below.
+        let writer = (!self.shared).then(|| lock(&self.writer));
+        // Looked up before the transaction holds a connection of a shared store's pool.
+        let known = self.tenant_no(tenant)?;
+        let mut txn = self.store.begin()?;
         // About seven writes per message: body, indexes, record head.
         let mut batch = Batch::with_capacity(checked.len() * 7 + 8);
-        let (tn, tenant_new) = match self.tenant_no(tenant)? {
+        let (tn, tenant_new) = match known {
             Some(tn) => (tn, false),
             None => {
-                let next = self.counter(layout::NEXT_TENANT_KEY)?;
-                let after = next.checked_add(1).ok_or(Error::LimitExceeded {
-                    what: "tenants",
-                    len: usize::MAX,
-                    max: u32::MAX as usize,
-                })?;
-                let tn = Tn(next);
-                batch.put(layout::NAMES, layout::name_tenant_key(tenant), enc(&tn.0));
-                batch.put(
-                    layout::NAMES,
-                    layout::name_tenant_reverse_key(tn),
-                    enc(tenant),
-                );
-                batch.put(layout::NAMES, layout::NEXT_TENANT_KEY, enc(&after));
-                (tn, true)
+                // Another writer may allocate the same tenant at the same moment: the
+                // lock orders them, and the second one finds the first one's number.
+                txn.lock(WriteScope::TenantNames)?;
+                let key = layout::name_tenant_key(tenant);
+                match txn.get(layout::NAMES, &key)? {
+                    Some(v) => (Tn(dec(layout::NAMES, &key, &v)?), false),
+                    None => {
+                        let next = counter(&mut *txn, layout::NEXT_TENANT_KEY)?;
+                        let after = next.checked_add(1).ok_or(Error::LimitExceeded {
+                            what: "tenants",
+                            len: usize::MAX,
+                            max: u32::MAX as usize,
+                        })?;
+                        let tn = Tn(next);
+                        batch.put(layout::NAMES, key, enc(&tn.0));
+                        batch.put(
+                            layout::NAMES,
+                            layout::name_tenant_reverse_key(tn),
+                            enc(tenant),
+                        );
+                        batch.put(layout::NAMES, layout::NEXT_TENANT_KEY, enc(&after));
+                        (tn, true)
+                    }
+                }
             }
         };
-        let mut meta = match self.log_meta(tenant)? {
-            Some((_, m)) => m,
+        txn.lock(WriteScope::Tenant(tn.0))?;
+        let stored_meta = if tenant_new {
+            None
+        } else if self.shared {
+            // Never a cached head: another process may have appended since.
+            let key = Key::tn(tn).into_vec();
+            match txn.get(layout::LOG_META, &key)? {
+                Some(bytes) => Some(dec::<LogMeta>(layout::LOG_META, &key, &bytes)?),
+                None => None,
+            }
+        } else {
+            self.log_meta(tenant)?.map(|(_, m)| m)
+        };
+        let mut meta = match stored_meta {
+            Some(m) => m,
             None => LogMeta {
                 stream_id: lock(&self.ids).stream_id(),
                 epoch: 1,
@@ -646,10 +711,11 @@ impl Ledger {
             },
         };
         let head_before = meta.head;
-        // Read the record rows the merge needs up front, in key order: consecutive
-        // lookups then search neighbouring memtable nodes that are still cached,
-        // instead of a random path per record.
+        // Read the record rows the merge needs up front, in key order, in one batched
+        // read: a database answers it in one round trip, and fjall's consecutive
+        // lookups search neighbouring memtable nodes that are still cached.
         let mut loaded = HashMap::new();
+        let mut retained = HashMap::new();
         if !tenant_new {
             let mut ids: Vec<RecordId> = checked
                 .iter()
@@ -657,25 +723,58 @@ impl Ledger {
                 .collect();
             ids.sort_unstable();
             ids.dedup();
+            let keys: Vec<Vec<u8>> = ids.iter().map(|id| layout::record_key(tn, id)).collect();
+            let rows = txn.get_many(layout::RECORDS, &keys)?;
             loaded.reserve(ids.len());
-            for id in ids {
-                let row = self.record_row(tn, &id)?;
+            let mut heads = Vec::new();
+            for ((id, key), row) in ids.into_iter().zip(&keys).zip(rows) {
+                let row: Option<RecordRow> = match row {
+                    Some(bytes) => Some(dec(layout::RECORDS, key, &bytes)?),
+                    None => None,
+                };
+                if self.shared
+                    && let Some(row) = &row
+                {
+                    heads.extend(row.head.retained());
+                }
                 loaded.insert(id, row);
             }
+            if !heads.is_empty() {
+                // Versions a new winner may prune, in two reads instead of two per
+                // pruned version.
+                retained = read_messages(&mut *txn, tn, &heads)?;
+            }
         }
+        let tenant_mark_key = crate::causality::tenant_hlc_key(tn);
+        let tenant_mark = if self.shared && !tenant_new {
+            match txn.get(layout::META, &tenant_mark_key)? {
+                Some(bytes) => dec(layout::META, &tenant_mark_key, &bytes)?,
+                None => Hlc::ZERO,
+            }
+        } else {
+            Hlc::ZERO
+        };
         let mut pending = Pending {
             ledger: self,
             tn,
             tenant_new,
+            txn,
             batch,
             loaded,
+            retained,
             records: HashMap::with_capacity(checked.len()),
             added: HashMap::with_capacity(checked.len()),
             new_protocols: HashMap::new(),
             next_protocol: None,
         };
         let mut results = Vec::with_capacity(checked.len());
-        let high_water_before = *lock(&self.high_water);
+        // A shared store keeps one mark per tenant (written under the tenant's lock),
+        // because a single mark would be one row every writer of every tenant updates.
+        let high_water_before = if self.shared {
+            tenant_mark
+        } else {
+            *lock(&self.high_water)
+        };
         let mut high_water = high_water_before;
         for entry in checked {
             let cid = entry.cid;
@@ -706,6 +805,7 @@ impl Ledger {
             // Nothing accepted: no commit, no notification. A duplicate may still be
             // acknowledged as durable, and its original may have been committed with
             // `Buffered`, so a synced apply syncs what is there.
+            drop(pending);
             if durability.is_synced() {
                 self.store
                     .persist(durability)
@@ -723,14 +823,24 @@ impl Ledger {
             .put(layout::LOG_META, Key::tn(tn).into_vec(), enc(&meta));
         if high_water > high_water_before {
             // In the same batch as the messages it covers: see `crate::causality`.
-            pending
-                .batch
-                .put(layout::META, crate::causality::HLC_KEY, enc(&high_water));
+            let key = if self.shared {
+                tenant_mark_key
+            } else {
+                crate::causality::HLC_KEY.to_vec()
+            };
+            pending.batch.put(layout::META, key, enc(&high_water));
         }
-        let batch = std::mem::take(&mut pending.batch);
-        let new_protocols = std::mem::take(&mut pending.new_protocols);
-        drop(pending);
-        self.commit(batch, durability)?;
+        let Pending {
+            txn,
+            batch,
+            new_protocols,
+            ..
+        } = pending;
+        if self.is_poisoned() {
+            return Err(Error::Poisoned);
+        }
+        txn.commit(batch, durability)
+            .inspect_err(|e| self.poison_on(e))?;
         {
             let mut names = lock(&self.names);
             names.tenants.insert(tenant.clone(), tn);
@@ -738,8 +848,13 @@ impl Ledger {
                 names.protocols.insert((tn, p), n);
             }
         }
-        lock(&self.log_metas).insert(tenant.clone(), (tn, meta));
-        *lock(&self.high_water) = high_water;
+        if !self.shared {
+            lock(&self.log_metas).insert(tenant.clone(), (tn, meta));
+        }
+        {
+            let mut mark = lock(&self.high_water);
+            *mark = (*mark).max(high_water);
+        }
         drop(writer);
         self.notifier.notify(&[(tenant.clone(), meta.head)]);
         Ok(results)
@@ -818,9 +933,16 @@ impl Ledger {
         through: u64,
         durability: Durability,
     ) -> Result<u64> {
-        let _writer = lock(&self.writer);
-        let Some((tn, mut meta)) = self.log_meta(tenant)? else {
+        let _writer = (!self.shared).then(|| lock(&self.writer));
+        let Some(tn) = self.tenant_no(tenant)? else {
             return Ok(0);
+        };
+        let mut txn = self.store.begin()?;
+        txn.lock(WriteScope::Tenant(tn.0))?;
+        let key = Key::tn(tn).into_vec();
+        let mut meta: LogMeta = match txn.get(layout::LOG_META, &key)? {
+            Some(bytes) => dec(layout::LOG_META, &key, &bytes)?,
+            None => return Ok(0),
         };
         let floor = through.min(meta.head).max(meta.compacted_through);
         if floor == meta.compacted_through {
@@ -828,9 +950,15 @@ impl Ledger {
         }
         meta.compacted_through = floor;
         let mut batch = Batch::new();
-        batch.put(layout::LOG_META, Key::tn(tn).into_vec(), enc(&meta));
-        self.commit(batch, durability)?;
-        lock(&self.log_metas).insert(tenant.clone(), (tn, meta));
+        batch.put(layout::LOG_META, key, enc(&meta));
+        if self.is_poisoned() {
+            return Err(Error::Poisoned);
+        }
+        txn.commit(batch, durability)
+            .inspect_err(|e| self.poison_on(e))?;
+        if !self.shared {
+            lock(&self.log_metas).insert(tenant.clone(), (tn, meta));
+        }
         Ok(floor)
     }
 
@@ -847,4 +975,49 @@ impl Ledger {
         out.sort();
         Ok(out)
     }
+}
+
+/// A stored allocation counter (0 when absent), read in `txn`.
+fn counter(txn: &mut dyn WriteTxn, key: &[u8]) -> Result<u32> {
+    match txn.get(layout::NAMES, key)? {
+        Some(v) => dec(layout::NAMES, key, &v),
+        None => Ok(0),
+    }
+}
+
+/// The stored messages among `cids` with their positions, in two batched reads (their
+/// positions, then their log entries).
+fn read_messages(
+    txn: &mut dyn WriteTxn,
+    tn: Tn,
+    cids: &[Cid],
+) -> Result<HashMap<Cid, (u64, Message)>> {
+    let keys: Vec<Vec<u8>> = cids.iter().map(|c| layout::msg_key(tn, c)).collect();
+    let positions = txn.get_many(layout::MSG, &keys)?;
+    let mut found = Vec::with_capacity(cids.len());
+    for ((cid, key), pos) in cids.iter().zip(&keys).zip(positions) {
+        if let Some(bytes) = pos {
+            let pos: u64 = dec(layout::MSG, key, &bytes)?;
+            found.push((*cid, pos));
+        }
+    }
+    let log_keys: Vec<Vec<u8>> = found.iter().map(|(_, p)| layout::log_key(tn, *p)).collect();
+    let entries = txn.get_many(layout::LOG, &log_keys)?;
+    let mut out = HashMap::with_capacity(found.len());
+    for (((cid, pos), key), entry) in found.into_iter().zip(&log_keys).zip(entries) {
+        let Some(bytes) = entry else {
+            return Err(Error::Inconsistent(format!(
+                "message {cid} is indexed at position {pos} but the log has no entry there"
+            )));
+        };
+        let entry: StoredEntry = dec(layout::LOG, key, &bytes)?;
+        if entry.cid != cid {
+            return Err(Error::Inconsistent(format!(
+                "log position {pos} holds {} instead of {cid}",
+                entry.cid
+            )));
+        }
+        out.insert(cid, (pos, entry.message));
+    }
+    Ok(out)
 }
