@@ -225,7 +225,10 @@ mod tests {
             single_tenant(&KeyRange::between(key(5, 1), key(6, 0))),
             None
         );
-        assert_eq!(single_tenant(&KeyRange::between(key(5, 1), key(5, 9))), Some(5));
+        assert_eq!(
+            single_tenant(&KeyRange::between(key(5, 1), key(5, 9))),
+            Some(5)
+        );
         let r = within_tenant(&KeyRange::all(), 7);
         assert_eq!(r, KeyRange::prefix(&encode_tn(7)));
     }

@@ -64,8 +64,12 @@ pub(crate) fn table(schema: &str, p: Partition) -> String {
 pub(crate) fn create_table(schema: &str, p: Partition) -> String {
     let t = table(schema, p);
     let columns = match shape(p) {
-        Shape::Log => "tn int8 NOT NULL, pos int8 NOT NULL, v bytea NOT NULL, PRIMARY KEY (tn, pos)",
-        Shape::Tenant => "tn int8 NOT NULL, k bytea NOT NULL, v bytea NOT NULL, PRIMARY KEY (tn, k)",
+        Shape::Log => {
+            "tn int8 NOT NULL, pos int8 NOT NULL, v bytea NOT NULL, PRIMARY KEY (tn, pos)"
+        }
+        Shape::Tenant => {
+            "tn int8 NOT NULL, k bytea NOT NULL, v bytea NOT NULL, PRIMARY KEY (tn, k)"
+        }
         Shape::Global => "k bytea PRIMARY KEY, v bytea NOT NULL",
     };
     // Large values (blob chunks) are stored out of line and not compressed: they are

@@ -10,15 +10,13 @@ use postgres::Row;
 use postgres::types::ToSql;
 use r2d2::{Pool, PooledConnection};
 use sync_ledger::store::{
-    Batch, BatchOp, Durability, KeyRange, KeyValue, Order, Partition, ScanIter, Store,
-    WriteScope, WriteTxn, check_key,
+    Batch, BatchOp, Durability, KeyRange, KeyValue, Order, Partition, ScanIter, Store, WriteScope,
+    WriteTxn, check_key,
 };
 use sync_ledger::{Error, Result};
 
 use crate::conn::{Conn, Manager, map_pool_err};
-use crate::keys::{
-    log_columns, log_key, position_bounds, single_tenant, tenant_of, within_tenant,
-};
+use crate::keys::{log_columns, log_key, position_bounds, single_tenant, tenant_of, within_tenant};
 use crate::schema::{self, LOCK_TENANT_NAMES, Shape, shape, table};
 
 /// Connections in the pool unless told otherwise.
@@ -447,9 +445,7 @@ impl PgStore {
                     params.push(Box::new(i64::from(tn)));
                     conds.push(format!("tn = ${}", params.len()));
                 }
-                for (bound, op_in, op_ex) in
-                    [(&range.start, ">=", ">"), (&range.end, "<=", "<")]
-                {
+                for (bound, op_in, op_ex) in [(&range.start, ">=", ">"), (&range.end, "<=", "<")] {
                     let (op, k) = match bound {
                         Bound::Included(k) => (op_in, k),
                         Bound::Excluded(k) => (op_ex, k),
@@ -645,7 +641,9 @@ struct PgTxn<'a> {
 
 impl PgTxn<'_> {
     fn conn(&mut self) -> &mut Conn {
-        self.conn.as_mut().expect("a transaction has its connection until it ends")
+        self.conn
+            .as_mut()
+            .expect("a transaction has its connection until it ends")
     }
 
     fn begin(&mut self) -> Result<()> {
@@ -685,7 +683,9 @@ impl WriteTxn for PgTxn<'_> {
     /// COMMITTED) see it.
     fn lock(&mut self, scope: WriteScope) -> Result<()> {
         let (space, key) = match scope {
-            WriteScope::Tenant(tn) => (self.store.inner.space, i32::from_ne_bytes(tn.to_ne_bytes())),
+            WriteScope::Tenant(tn) => {
+                (self.store.inner.space, i32::from_ne_bytes(tn.to_ne_bytes()))
+            }
             WriteScope::TenantNames => (self.store.inner.control, LOCK_TENANT_NAMES),
             other => {
                 return Err(Error::backend(format!("unknown write scope {other:?}")));

@@ -105,7 +105,9 @@ fn writer(process: usize) {
                         rng.random_range(0..TENANTS)
                     };
                     let tenant = TenantId::new(tenant_name(t)).unwrap();
-                    let n = rng.random_range(1..=BATCH_MESSAGES_MAX).min(per_thread - sent);
+                    let n = rng
+                        .random_range(1..=BATCH_MESSAGES_MAX)
+                        .min(per_thread - sent);
                     let batch: Vec<_> = (0..n)
                         .map(|i| {
                             let key = format!("p{process}-t{thread}-m{}", sent + i);
@@ -257,7 +259,10 @@ fn parent() {
             .iter()
             .map(|e| (e.position(), e.cid()))
             .collect();
-        assert_eq!(&log, acked, "tenant {t}'s log is exactly what was acknowledged");
+        assert_eq!(
+            &log, acked,
+            "tenant {t}'s log is exactly what was acknowledged"
+        );
         // The follower ended with exactly the final positions, in order.
         assert_eq!(followed.get(t), Some(&log), "tenant {t} as followed");
     }

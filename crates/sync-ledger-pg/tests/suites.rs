@@ -1,10 +1,10 @@
 //! The ledger's shared suites on PostgreSQL: the backend contract (with its model test
 //! across reboots) and the ledger's model test with reboots, as for fjall.
 
-#[path = "../../sync-ledger/tests/common/mod.rs"]
-mod common;
 #[path = "../../sync-ledger/tests/suites/backend.rs"]
 mod backend_suite;
+#[path = "../../sync-ledger/tests/common/mod.rs"]
+mod common;
 #[path = "../../sync-ledger/tests/suites/model.rs"]
 mod model_suite;
 mod support;
