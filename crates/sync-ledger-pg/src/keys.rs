@@ -23,10 +23,10 @@ pub(crate) fn decode_tn(key: &[u8]) -> Option<(u32, usize)> {
 pub(crate) fn encode_tn(mut n: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(5);
     while n >= 0x80 {
-        out.push((n & 0x7f) as u8 | 0x80);
+        out.push(u8::try_from(n & 0x7f).unwrap_or(0) | 0x80);
         n >>= 7;
     }
-    out.push(n as u8);
+    out.push(u8::try_from(n).unwrap_or(0));
     out
 }
 

@@ -50,8 +50,11 @@ fn tenant() -> TenantId {
     TenantId::new("did:example:killed").unwrap()
 }
 
+/// Messages with their inline data, as [`Ledger::apply`] takes them.
+type Items = Vec<(Message, Option<Vec<u8>>)>;
+
 /// Batch `b` of cycle `c`: its messages (new records) and its durability.
-fn batch(c: u64, b: u64) -> (Vec<(Message, Option<Vec<u8>>)>, Durability) {
+fn batch(c: u64, b: u64) -> (Items, Durability) {
     let mut rng = SmallRng::seed_from_u64(SEED ^ (c << 32) ^ b);
     let n = rng.random_range(1..=BATCH_MESSAGES_MAX);
     let t = tenant();

@@ -154,6 +154,8 @@ fn start_cluster() -> String {
         data = data.display(),
         dir = dir.display(),
     );
+    // Never waited for: it outlives this process by design, and init reaps it.
+    #[allow(clippy::zombie_processes)]
     Command::new("sh")
         .args(["-c", &stop])
         .stdin(Stdio::null())
