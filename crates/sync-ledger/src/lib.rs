@@ -120,6 +120,7 @@ mod ledger;
 mod log;
 mod lookups;
 mod notify;
+mod pending;
 mod registry;
 mod staged_uploads;
 pub mod store;
