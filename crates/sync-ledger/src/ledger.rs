@@ -272,12 +272,23 @@ impl Ledger {
         const KEY: &[u8] = b"layout";
         match store.get(layout::META, KEY)? {
             Some(bytes) => {
-                let found: u32 = dec(layout::META, KEY, &bytes)?;
+                let mut found: u32 = dec(layout::META, KEY, &bytes)?;
                 if found == 2 {
                     // Record rows first (resumable on their own), then the blob index,
-                    // whose last commit writes the new version.
+                    // whose last commit writes version 3.
                     crate::upgrade::records_from_v2(&*store)?;
                     crate::blob_refs::upgrade_from_v2(&*store)?;
+                    found = 3;
+                }
+                if found == 3 {
+                    // Layout 4 only adds pruned ids to new log entries; older entries
+                    // keep their encoding and read with an empty list.
+                    store.put(
+                        layout::META,
+                        KEY,
+                        enc(&layout::LAYOUT_VERSION),
+                        Durability::SyncData,
+                    )?;
                 } else if found != layout::LAYOUT_VERSION {
                     return Err(Error::UnsupportedLayout {
                         found,
@@ -488,7 +499,12 @@ impl Ledger {
                     return Err(Error::DataMismatch { cid });
                 }
             }
-            checked.push(StoredEntry { cid, message, data });
+            checked.push(StoredEntry {
+                cid,
+                message,
+                data,
+                pruned: Vec::new(),
+            });
         }
         if checked.is_empty() {
             return Ok(Vec::new());

@@ -13,6 +13,10 @@ use crate::layout::{self, LogMeta, Pn, RecordRow, StoredEntry, Tn, dec, enc};
 use crate::ledger::{Ledger, LedgerOutcome, protocol_mismatch};
 use crate::store::{Batch, WriteTxn};
 
+/// A stored version as a pruning needs it: its position, its message, and the ids its
+/// entry recorded as pruned (carried on when it is pruned in turn).
+pub(crate) type Stored = (u64, Message, Vec<Cid>);
+
 pub(crate) struct Pending<'a> {
     pub(crate) ledger: &'a Ledger,
     /// Every read of the apply goes through it, so on a shared store it sees what the
@@ -27,10 +31,10 @@ pub(crate) struct Pending<'a> {
     pub(crate) loaded: HashMap<RecordId, Option<RecordRow>>,
     /// Retained versions of the loaded records, read up front on a shared store so a
     /// pruning costs no round trip: cid -> (position, message).
-    pub(crate) retained: HashMap<Cid, (u64, Message)>,
+    pub(crate) retained: HashMap<Cid, Stored>,
     pub(crate) records: HashMap<RecordId, RecordRow>,
     /// Messages stored by this batch: cid -> (position, message).
-    pub(crate) added: HashMap<Cid, (u64, Message)>,
+    pub(crate) added: HashMap<Cid, Stored>,
     pub(crate) new_protocols: HashMap<ProtocolName, Pn>,
     pub(crate) next_protocol: Option<u32>,
 }
@@ -139,11 +143,14 @@ impl Pending<'_> {
             position: pos,
             cid: entry.cid,
         };
-        self.added.insert(entry.cid, (pos, entry.message));
+        self.added
+            .insert(entry.cid, (pos, entry.message, entry.pruned));
         Ok(token)
     }
 
-    fn prune(&mut self, cid: &Cid, row: &RecordRow) -> Result<()> {
+    /// Deletes a pruned version with its index and log entries; returns the ids its
+    /// entry had recorded as pruned, which the pruning entry carries on.
+    fn prune(&mut self, cid: &Cid, row: &RecordRow) -> Result<Vec<Cid>> {
         let found = match self.added.remove(cid) {
             Some(found) => Some(found),
             None => match self.retained.remove(cid) {
@@ -154,7 +161,7 @@ impl Pending<'_> {
                 }
             },
         };
-        let (pos, message) = found
+        let (pos, message, inherited) = found
             .ok_or_else(|| Error::Inconsistent(format!("retained version {cid} is not stored")))?;
         let pn = self.protocol(message.protocol())?;
         for (p, k, _) in layout::index_entries(self.tn, pn, pos, cid, &message, Some(row)) {
@@ -162,7 +169,7 @@ impl Pending<'_> {
         }
         self.batch
             .delete(layout::LOG, layout::log_key(self.tn, pos));
-        Ok(())
+        Ok(inherited)
     }
 }
 
@@ -212,9 +219,26 @@ impl Ledger {
                     new_row.path = Some(w.path.clone());
                     new_row.context = Some(w.context_id.clone());
                 }
+                // What a follower of the log removes from its current set when it reads
+                // this entry: the versions pruned now, then what their deleted entries
+                // had recorded, newest first and bounded.
+                let mut removed = pruned.clone();
+                let mut inherited = Vec::new();
                 for cid in &pruned {
-                    pending.prune(cid, &new_row)?;
+                    inherited.extend(pending.prune(cid, &new_row)?);
                 }
+                for cid in inherited {
+                    if removed.len() == layout::PRUNED_IDS_MAX {
+                        break;
+                    }
+                    if !removed.contains(&cid) {
+                        removed.push(cid);
+                    }
+                }
+                let entry = StoredEntry {
+                    pruned: removed,
+                    ..entry
+                };
                 let token = pending.store_message(meta, entry, Some(&new_row))?;
                 pending.records.insert(record_id, new_row);
                 LedgerOutcome::Applied {
@@ -241,7 +265,7 @@ pub(crate) fn read_messages(
     txn: &mut dyn WriteTxn,
     tn: Tn,
     cids: &[Cid],
-) -> Result<HashMap<Cid, (u64, Message)>> {
+) -> Result<HashMap<Cid, Stored>> {
     let keys: Vec<Vec<u8>> = cids.iter().map(|c| layout::msg_key(tn, c)).collect();
     let positions = txn.get_many(layout::MSG, &keys)?;
     let mut found = Vec::with_capacity(cids.len());
@@ -260,14 +284,14 @@ pub(crate) fn read_messages(
                 "message {cid} is indexed at position {pos} but the log has no entry there"
             )));
         };
-        let entry: StoredEntry = dec(layout::LOG, key, &bytes)?;
+        let entry: StoredEntry = layout::dec_entry(key, &bytes)?;
         if entry.cid != cid {
             return Err(Error::Inconsistent(format!(
                 "log position {pos} holds {} instead of {cid}",
                 entry.cid
             )));
         }
-        out.insert(cid, (pos, entry.message));
+        out.insert(cid, (pos, entry.message, entry.pruned));
     }
     Ok(out)
 }
