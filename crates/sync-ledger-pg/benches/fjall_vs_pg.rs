@@ -120,11 +120,11 @@ struct Run {
 }
 
 /// Applies `n` messages per thread in batches of [`BATCH`] with `sync_data`, each
-/// thread to its own tenant.
-fn run(ledger: &Ledger, threads: usize, n: u64, postmaster: Option<u32>) -> Run {
+/// thread to a tenant of its own named after `label`.
+fn run(ledger: &Ledger, label: &str, threads: usize, n: u64, postmaster: Option<u32>) -> Run {
     let work: Vec<(TenantId, Vec<Vec<(Message, Option<Vec<u8>>)>>)> = (0..threads)
         .map(|i| {
-            let t = TenantId::new(format!("did:example:bench{i}")).unwrap();
+            let t = TenantId::new(format!("did:example:{label}{i}")).unwrap();
             let messages: Vec<_> = (0..n).map(|m| small_write(&t, m)).collect();
             let batches = messages.chunks(BATCH).map(<[_]>::to_vec).collect();
             (t, batches)
@@ -136,7 +136,8 @@ fn run(ledger: &Ledger, threads: usize, n: u64, postmaster: Option<u32>) -> Run 
         for (t, batches) in work {
             s.spawn(move || {
                 for b in batches {
-                    ledger.apply(&t, b, Durability::SyncData).unwrap();
+                    let out = ledger.apply(&t, b, Durability::SyncData).unwrap();
+                    assert!(out.iter().all(|a| a.outcome.is_applied()));
                 }
             });
         }
@@ -161,7 +162,7 @@ fn main() {
     println!("|---|---:|---:|---:|---:|---:|");
     let dir = tempfile::tempdir().unwrap();
     let fjall = Ledger::open_fjall(dir.path()).unwrap();
-    let r = run(&fjall, 1, n, None);
+    let r = run(&fjall, "one", 1, n, None);
     println!(
         "| fjall | 1 | {n} | {:.0} | {:.1} | - |",
         r.rate, r.client_us
@@ -172,7 +173,7 @@ fn main() {
     let postmaster = postmaster_pid(&url);
     let schema = support::fresh_schema("bench");
     let pg = Ledger::open(support::open(&schema)).unwrap();
-    let r = run(&pg, 1, n, Some(postmaster));
+    let r = run(&pg, "one", 1, n, Some(postmaster));
     println!(
         "| postgres | 1 | {n} | {:.0} | {:.1} | {:.1} |",
         r.rate,
@@ -180,7 +181,7 @@ fn main() {
         r.server_us.unwrap_or(f64::NAN)
     );
     let per_thread = n / THREADS as u64;
-    let r = run(&pg, THREADS, per_thread, Some(postmaster));
+    let r = run(&pg, "many", THREADS, per_thread, Some(postmaster));
     println!(
         "| postgres | {THREADS} (a tenant each) | {} | {:.0} | {:.1} | {:.1} |",
         per_thread * THREADS as u64,
