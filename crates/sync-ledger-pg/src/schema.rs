@@ -3,9 +3,9 @@
 //!
 //! | shape | partitions | columns | primary key |
 //! |---|---|---|---|
-//! | [`Shape::Log`] | `log` | `tn int8`, `pos int8`, `v bytea` | `(tn, pos)` |
-//! | [`Shape::Tenant`] | `log_meta`, `log_by_protocol`, `msg`, `records`, `by_path`, `by_context`, `configs`, `by_blob` | `tn int8`, `k bytea` (the whole key), `v bytea` | `(tn, k)` |
-//! | [`Shape::Global`] | everything else (`meta`, `names`, blobs, links, dead letters, identities) | `k bytea`, `v bytea` | `k` |
+//! | log | `log` | `tn int8`, `pos int8`, `v bytea` | `(tn, pos)` |
+//! | tenant | `log_meta`, `log_by_protocol`, `msg`, `records`, `by_path`, `by_context`, `configs`, `by_blob` | `tn int8`, `k bytea` (the whole key), `v bytea` | `(tn, k)` |
+//! | global | everything else (`meta`, `names`, blobs, links, dead letters, identities) | `k bytea`, `v bytea` | `k` |
 //!
 //! `tn` is the tenant's interned number, which every key of a tenant's partition starts
 //! with (an LEB128 varint, see `sync_ledger::layout`); `pos` is the log position. A
@@ -14,7 +14,7 @@
 //! position. The `Tenant` shape keeps the whole key in `k` so that a scan across tenants
 //! is still in key-byte order (bytea compares like `memcmp`).
 //!
-//! Migrations are numbered; [`migrate`] runs the missing ones in one transaction under
+//! Migrations are numbered; opening a store runs the missing ones in one transaction under
 //! an advisory lock, so several processes opening the same database at once apply each
 //! exactly once.
 
