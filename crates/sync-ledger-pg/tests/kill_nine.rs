@@ -31,6 +31,10 @@ use sync_types::{Cid, Message, TenantId};
 
 const ROLE_ENV: &str = "WEFT_PG_KILL_WRITER";
 const SCHEMA_ENV: &str = "WEFT_PG_KILL_SCHEMA";
+const APP_ENV: &str = "WEFT_PG_KILL_APP";
+/// How long the server may take to finish what a killed writer sent (a `COMMIT` in
+/// flight completes; anything else rolls back).
+const BACKEND_EXIT_WAIT: Duration = Duration::from_secs(60);
 const CYCLES: u64 = 100;
 const BATCH_MESSAGES_MAX: u64 = 100;
 /// A child stops by itself after this many batches (the kill normally comes first).
@@ -69,9 +73,25 @@ fn batch(c: u64, b: u64) -> (Items, Durability) {
     (messages, durability)
 }
 
+/// The application name of cycle `c`'s writer connections, by which the parent finds
+/// the server backends that outlive the killed writer.
+fn app_name(c: u64) -> String {
+    format!("weft_kill_{}_{c}", std::process::id())
+}
+
+fn with_app(url: &str, app: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}application_name={app}")
+}
+
 fn writer(cycle: u64) {
     let schema = std::env::var(SCHEMA_ENV).unwrap();
-    let ledger = Ledger::open(support::open(&schema)).unwrap();
+    let app = std::env::var(APP_ENV).unwrap();
+    let store = sync_ledger_pg::PgStore::builder(with_app(&support::url(), &app))
+        .schema(&schema)
+        .open()
+        .unwrap();
+    let ledger = Ledger::open(store).unwrap();
     let mut out = std::io::stdout();
     out.write_all(b"ready\n").unwrap();
     out.flush().unwrap();
@@ -92,6 +112,7 @@ fn parent() {
     let url = support::url();
     let schema = support::fresh_schema("kill");
     let ledger = Ledger::open(support::open(&schema)).unwrap();
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut rng = SmallRng::seed_from_u64(SEED);
     let t = tenant();
@@ -102,6 +123,7 @@ fn parent() {
         let mut child = Command::new(&exe)
             .env(ROLE_ENV, cycle.to_string())
             .env(SCHEMA_ENV, &schema)
+            .env(APP_ENV, app_name(cycle))
             .env(support::URL_VAR, &url)
             .stdout(Stdio::piped())
             .spawn()
@@ -123,6 +145,25 @@ fn parent() {
             assert_eq!(*b, i as u64, "acks come in batch order");
         }
         let acked = acks.len() as u64;
+        // The server finishes what the writer sent before it died: a COMMIT it had
+        // sent may still complete. Check once every backend of the writer is gone.
+        let waited = std::time::Instant::now();
+        loop {
+            let rows = admin
+                .query(
+                    "SELECT 1 FROM pg_stat_activity WHERE application_name = $1",
+                    &[&app_name(cycle)],
+                )
+                .unwrap();
+            if rows.is_empty() {
+                break;
+            }
+            assert!(
+                waited.elapsed() < BACKEND_EXIT_WAIT,
+                "cycle {cycle}: the killed writer's backends did not end"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
         assert!(
             acked < CHILD_BATCHES_MAX || status.success(),
             "cycle {cycle}: the writer failed: {status}"
@@ -149,10 +190,14 @@ fn parent() {
             expected.extend(in_flight);
             in_flight_committed += 1;
         }
-        assert_eq!(
-            got, expected,
+        let first_difference = got.iter().zip(&expected).position(|(a, b)| a != b);
+        assert!(
+            got == expected,
             "cycle {cycle}: the log grew by exactly the acknowledged batches (and maybe the \
-             one in flight), whole and in order; {acked} acknowledged"
+             one in flight), whole and in order; {acked} acknowledged, {} messages expected, \
+             {} appended, first difference at {first_difference:?}",
+            expected.len(),
+            got.len()
         );
         let positions: Vec<u64> = appended.iter().map(|(p, _)| *p).collect();
         let contiguous: Vec<u64> = (head + 1..=head + positions.len() as u64).collect();
