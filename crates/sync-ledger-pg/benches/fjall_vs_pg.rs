@@ -113,6 +113,9 @@ fn postmaster_pid(url: &str) -> u32 {
         .2
 }
 
+/// One apply's messages with their inline data.
+type Batch = Vec<(Message, Option<Vec<u8>>)>;
+
 struct Run {
     rate: f64,
     client_us: f64,
@@ -122,7 +125,7 @@ struct Run {
 /// Applies `n` messages per thread in batches of [`BATCH`] with `sync_data`, each
 /// thread to a tenant of its own named after `label`.
 fn run(ledger: &Ledger, label: &str, threads: usize, n: u64, postmaster: Option<u32>) -> Run {
-    let work: Vec<(TenantId, Vec<Vec<(Message, Option<Vec<u8>>)>>)> = (0..threads)
+    let work: Vec<(TenantId, Vec<Batch>)> = (0..threads)
         .map(|i| {
             let t = TenantId::new(format!("did:example:{label}{i}")).unwrap();
             let messages: Vec<_> = (0..n).map(|m| small_write(&t, m)).collect();
