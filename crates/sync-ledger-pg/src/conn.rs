@@ -95,8 +95,8 @@ fn is_transient(code: &str) -> bool {
 pub(crate) fn map_err(e: postgres::Error) -> Error {
     let transient = e.is_closed()
         || e.code().is_some_and(|c| is_transient(c.code()))
-        // No SQLSTATE and not a database error: the socket failed.
-        || (e.as_db_error().is_none() && e.code().is_none());
+        // The socket failed (reset, timed out) without the server saying why.
+        || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
     if transient {
         Error::retry(e)
     } else {

@@ -174,15 +174,27 @@ impl PgStore {
         self.inner.pool.get().map_err(map_pool_err)
     }
 
-    /// Creates the table of a partition the ledger does not define, once.
-    fn ensure(&self, conn: &mut Conn, p: Partition) -> Result<()> {
-        let known = self
-            .inner
+    /// Whether the table of a partition is known to exist.
+    fn known(&self, p: Partition) -> bool {
+        self.inner
             .tables
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(p.name());
-        if !known {
+            .contains(p.name())
+    }
+
+    /// Creates the table of a partition the ledger does not define, once, on a
+    /// connection of its own.
+    fn ensure_table(&self, p: Partition) -> Result<()> {
+        if self.known(p) {
+            return Ok(());
+        }
+        self.ensure(&mut *self.conn()?, p)
+    }
+
+    /// Creates the table of a partition the ledger does not define, once.
+    fn ensure(&self, conn: &mut Conn, p: Partition) -> Result<()> {
+        if !self.known(p) {
             schema::ensure_table(conn, &self.inner.schema, p)?;
             self.inner
                 .tables
@@ -512,7 +524,7 @@ impl Store for PgStore {
     }
 
     fn scan(&self, partition: Partition, range: KeyRange, order: Order) -> Result<ScanIter<'_>> {
-        self.ensure(&mut *self.conn()?, partition)?;
+        self.ensure_table(partition)?;
         let mut pieces = self.pieces(partition, range, order)?;
         pieces.reverse();
         Ok(Box::new(PgScan {
@@ -532,7 +544,7 @@ impl Store for PgStore {
         range: KeyRange,
         order: Order,
     ) -> Result<Option<KeyValue>> {
-        self.ensure(&mut *self.conn()?, partition)?;
+        self.ensure_table(partition)?;
         let mut pieces = self.pieces(partition, range, order)?;
         pieces.reverse();
         let mut scan = PgScan {
@@ -704,17 +716,9 @@ impl WriteTxn for PgTxn<'_> {
     fn get_many(&mut self, partition: Partition, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
         self.begin()?;
         let store = self.store;
-        let known = store
-            .inner
-            .tables
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(partition.name());
-        if !known {
-            // Only partitions the ledger does not define; creating the table needs a
-            // transaction of its own.
-            store.ensure(&mut *store.conn()?, partition)?;
-        }
+        // Only partitions the ledger does not define can be missing; creating the table
+        // needs a transaction of its own.
+        store.ensure_table(partition)?;
         store.get_many_in(self.conn(), partition, keys)
     }
 
@@ -733,7 +737,7 @@ impl WriteTxn for PgTxn<'_> {
                 .collect()
         };
         for p in unknown {
-            store.ensure(&mut *store.conn()?, p)?;
+            store.ensure_table(p)?;
         }
         self.write_and_commit(batch, durability)
     }
