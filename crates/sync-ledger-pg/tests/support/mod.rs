@@ -107,61 +107,111 @@ fn run(mut c: Command, what: &str) {
 }
 
 fn start_cluster() -> String {
-    let bin = bin_dir();
-    let root = is_root();
-    let dir = tempfile::Builder::new()
-        .prefix("weft-pg-")
-        .tempdir()
-        .expect("a temporary directory")
-        .keep();
-    if root {
-        run(
-            {
-                let mut c = Command::new("chown");
-                c.args(["-R", "postgres:postgres"]).arg(&dir);
-                c
-            },
-            "chown of the cluster directory",
+    Cluster::start().url
+}
+
+/// A throwaway cluster this process started: stopped and removed by a watcher process
+/// once this process ends. Its server can be crashed and started again.
+pub struct Cluster {
+    /// Where to connect.
+    pub url: String,
+    bin: PathBuf,
+    root: bool,
+    dir: PathBuf,
+    data: PathBuf,
+    options: String,
+}
+
+impl Cluster {
+    /// initdb in a temporary directory and start on a free port of 127.0.0.1.
+    pub fn start() -> Cluster {
+        let bin = bin_dir();
+        let root = is_root();
+        let dir = tempfile::Builder::new()
+            .prefix("weft-pg-")
+            .tempdir()
+            .expect("a temporary directory")
+            .keep();
+        if root {
+            run(
+                {
+                    let mut c = Command::new("chown");
+                    c.args(["-R", "postgres:postgres"]).arg(&dir);
+                    c
+                },
+                "chown of the cluster directory",
+            );
+        }
+        let data = dir.join("data");
+        let mut initdb = pg_command(root, &bin.join("initdb"));
+        initdb
+            .args(["-A", "trust", "-U", "weft", "-E", "UTF8", "--no-sync", "-D"])
+            .arg(&data);
+        run(initdb, "initdb");
+        let port = free_port();
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c max_connections=200 \
+             -c fsync=on -c shared_buffers=64MB",
+            dir.display()
         );
+        let cluster = Cluster {
+            url: format!("postgres://weft@127.0.0.1:{port}/postgres"),
+            bin,
+            root,
+            dir,
+            data,
+            options,
+        };
+        cluster.start_server();
+        cluster.watch();
+        cluster
     }
-    let data = dir.join("data");
-    let mut initdb = pg_command(root, &bin.join("initdb"));
-    initdb
-        .args(["-A", "trust", "-U", "weft", "-E", "UTF8", "--no-sync", "-D"])
-        .arg(&data);
-    run(initdb, "initdb");
-    let port = free_port();
-    let options = format!(
-        "-c listen_addresses=127.0.0.1 -p {port} -k {} -c max_connections=200 \
-         -c fsync=on -c shared_buffers=64MB",
-        dir.display()
-    );
-    let mut start = pg_command(root, &bin.join("pg_ctl"));
-    start
-        .args(["-D"])
-        .arg(&data)
-        .args(["-o", &options, "-l"])
-        .arg(dir.join("log"))
-        .args(["-w", "-t", "60", "start"]);
-    run(start, "pg_ctl start");
-    // The watcher: stops the cluster and removes it when this process is gone.
-    let stop = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
-         {run_as}'{pg_ctl}' -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{dir}'",
-        pid = std::process::id(),
-        run_as = if root { "runuser -u postgres -- " } else { "" },
-        pg_ctl = bin.join("pg_ctl").display(),
-        data = data.display(),
-        dir = dir.display(),
-    );
-    // Never waited for: it outlives this process by design, and init reaps it.
-    #[allow(clippy::zombie_processes)]
-    Command::new("sh")
-        .args(["-c", &stop])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the cluster's watcher process");
-    format!("postgres://weft@127.0.0.1:{port}/postgres")
+
+    /// Starts the server (again).
+    pub fn start_server(&self) {
+        let mut start = pg_command(self.root, &self.bin.join("pg_ctl"));
+        start
+            .args(["-D"])
+            .arg(&self.data)
+            .args(["-o", &self.options, "-l"])
+            .arg(self.dir.join("log"))
+            .args(["-w", "-t", "60", "start"]);
+        run(start, "pg_ctl start");
+    }
+
+    /// Crashes the server: `pg_ctl stop -m immediate` kills every server process
+    /// without a checkpoint, so the next start recovers from the WAL.
+    pub fn crash_server(&self) {
+        let mut stop = pg_command(self.root, &self.bin.join("pg_ctl"));
+        stop.args(["-D"])
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"]);
+        run(stop, "pg_ctl stop -m immediate");
+    }
+
+    /// The watcher: stops the cluster and removes it when this process is gone.
+    fn watch(&self) {
+        let stop = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
+             {run_as}'{pg_ctl}' -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{dir}'",
+            pid = std::process::id(),
+            run_as = if self.root {
+                "runuser -u postgres -- "
+            } else {
+                ""
+            },
+            pg_ctl = self.bin.join("pg_ctl").display(),
+            data = self.data.display(),
+            dir = self.dir.display(),
+        );
+        // Never waited for: it outlives this process by design, and init reaps it.
+        #[allow(clippy::zombie_processes)]
+        Command::new("sh")
+            .args(["-c", &stop])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the cluster's watcher process");
+    }
 }
