@@ -61,8 +61,12 @@
 //! let store = PgStore::builder("postgres://weft@127.0.0.1:5432/weft")
 //!     .schema("weft")
 //!     .open()?;
+//! // Every process that opens the same database and schema shares the ledger.
 //! let ledger = Ledger::open(store)?;
-//! assert!(ledger.tenants()?.is_empty() || true);
+//! for tenant in ledger.tenants()? {
+//!     let head = ledger.log_info(&tenant)?.map_or(0, |i| i.head_position);
+//!     assert!(head > 0, "a tenant exists once something was applied to it");
+//! }
 //! # Ok::<(), sync_ledger::Error>(())
 //! ```
 
