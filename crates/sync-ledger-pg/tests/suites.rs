@@ -108,3 +108,138 @@ proptest! {
         model_suite::run(&mut PgLedger { schema, ledger: Some(ledger) }, steps)?;
     }
 }
+
+/// The ledger's own partitions map keys onto typed columns (`tn`, and `pos` for the
+/// log): scans over them, within a tenant and across tenants (tenant numbers of one and
+/// two varint bytes, whose byte order differs from their numeric order), in both
+/// directions, return what a `BTreeMap` of the keys returns.
+mod typed_columns {
+    use std::collections::BTreeMap;
+    use std::ops::Bound;
+
+    use proptest::prelude::*;
+    use sync_ledger::layout;
+    use sync_ledger::store::{Batch, Durability, KeyRange, Order, Partition};
+
+    use super::{Pg, backend_suite::Backend};
+
+    fn varint(mut n: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        while n >= 0x80 {
+            out.push(u8::try_from(n & 0x7f).unwrap() | 0x80);
+            n >>= 7;
+        }
+        out.push(u8::try_from(n).unwrap());
+        out
+    }
+
+    fn tn() -> impl Strategy<Value = u32> {
+        prop::sample::select(vec![0u32, 1, 5, 127, 128, 129, 300, 16_384])
+    }
+
+    /// A log key (tenant, position) or a tenant key (tenant, some bytes).
+    fn key(log: bool) -> BoxedStrategy<Vec<u8>> {
+        if log {
+            (tn(), 0u64..40)
+                .prop_map(|(t, pos)| {
+                    let mut k = varint(t);
+                    k.extend_from_slice(&pos.to_be_bytes());
+                    k
+                })
+                .boxed()
+        } else {
+            (
+                tn(),
+                prop::collection::vec(prop::sample::select(vec![0u8, 1, 0x80, 0xff]), 0..3),
+            )
+                .prop_map(|(t, rest)| {
+                    let mut k = varint(t);
+                    k.extend(rest);
+                    k
+                })
+                .boxed()
+        }
+    }
+
+    /// A bound: a key, a tenant prefix, or a key with a byte more or less.
+    fn bound(log: bool) -> impl Strategy<Value = Bound<Vec<u8>>> {
+        (key(log), 0..6u8).prop_map(|(k, how)| match how {
+            0 => Bound::Unbounded,
+            1 => Bound::Included(k),
+            2 => Bound::Excluded(k),
+            3 => {
+                let n = k.len() - 1;
+                Bound::Included(k[..n.max(1)].to_vec())
+            }
+            4 => {
+                let mut k = k;
+                k.push(0x42);
+                Bound::Excluded(k)
+            }
+            _ => Bound::Included(k[..1].to_vec()),
+        })
+    }
+
+    fn check(
+        log: bool,
+        keys: Vec<Vec<u8>>,
+        ranges: Vec<(Bound<Vec<u8>>, Bound<Vec<u8>>)>,
+    ) -> Result<(), TestCaseError> {
+        let p: Partition = if log { layout::LOG } else { layout::MSG };
+        let pg = Pg::new(if log { "typed_log" } else { "typed_msg" });
+        let mut model = BTreeMap::new();
+        let mut batch = Batch::new();
+        for (i, k) in keys.into_iter().enumerate() {
+            let v = vec![u8::try_from(i % 251).unwrap()];
+            batch.put(p, k.clone(), v.clone());
+            model.insert(k, v);
+        }
+        pg.store().commit(batch, Durability::Buffered).unwrap();
+        let mut ranges = ranges;
+        ranges.push((Bound::Unbounded, Bound::Unbounded));
+        for (start, end) in ranges {
+            let range = KeyRange { start, end };
+            for order in [Order::Ascending, Order::Descending] {
+                let mut want: Vec<(Vec<u8>, Vec<u8>)> = model
+                    .iter()
+                    .filter(|(k, _)| range.contains(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                if order == Order::Descending {
+                    want.reverse();
+                }
+                let got = super::backend_suite::collect(pg.store(), p, range.clone(), order);
+                prop_assert_eq!(&got, &want, "{:?} {:?}", range, order);
+                let first = pg.store().first(p, range.clone(), order).unwrap();
+                prop_assert_eq!(first, want.first().cloned());
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 12,
+            failure_persistence: Some(Box::new(
+                proptest::test_runner::FileFailurePersistence::Direct("proptest-regressions/typed_columns.txt"),
+            )),
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn log_scans_match_a_btreemap(
+            keys in prop::collection::vec(key(true), 0..60),
+            ranges in prop::collection::vec((bound(true), bound(true)), 1..12),
+        ) {
+            check(true, keys, ranges)?;
+        }
+
+        #[test]
+        fn tenant_scans_match_a_btreemap(
+            keys in prop::collection::vec(key(false), 0..60),
+            ranges in prop::collection::vec((bound(false), bound(false)), 1..12),
+        ) {
+            check(false, keys, ranges)?;
+        }
+    }
+}
