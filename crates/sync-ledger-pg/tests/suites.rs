@@ -133,6 +133,9 @@ mod typed_columns {
         out
     }
 
+    /// A range's start and end.
+    type Bounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
     fn tn() -> impl Strategy<Value = u32> {
         prop::sample::select(vec![0u32, 1, 5, 127, 128, 129, 300, 16_384])
     }
@@ -180,11 +183,7 @@ mod typed_columns {
         })
     }
 
-    fn check(
-        log: bool,
-        keys: Vec<Vec<u8>>,
-        ranges: Vec<(Bound<Vec<u8>>, Bound<Vec<u8>>)>,
-    ) -> Result<(), TestCaseError> {
+    fn check(log: bool, keys: Vec<Vec<u8>>, ranges: Vec<Bounds>) -> Result<(), TestCaseError> {
         let p: Partition = if log { layout::LOG } else { layout::MSG };
         let pg = Pg::new(if log { "typed_log" } else { "typed_msg" });
         let mut model = BTreeMap::new();
