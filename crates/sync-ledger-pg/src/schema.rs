@@ -103,6 +103,8 @@ fn migration(schema: &str, n: i32) -> String {
 pub(crate) const LOCK_MIGRATE: i32 = -2;
 /// See [`LOCK_MIGRATE`].
 pub(crate) const LOCK_TENANT_NAMES: i32 = -1;
+/// See [`LOCK_MIGRATE`].
+pub(crate) const LOCK_REGISTRY: i32 = -3;
 
 /// The first advisory-lock key of a schema (FNV-1a of its name), so stores in two
 /// schemas of one database do not wait on each other's tenants.

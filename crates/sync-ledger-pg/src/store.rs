@@ -17,7 +17,7 @@ use sync_ledger::{Error, Result};
 
 use crate::conn::{Conn, Manager, map_pool_err};
 use crate::keys::{log_columns, log_key, position_bounds, single_tenant, tenant_of, within_tenant};
-use crate::schema::{self, LOCK_TENANT_NAMES, Shape, shape, table};
+use crate::schema::{self, LOCK_REGISTRY, LOCK_TENANT_NAMES, Shape, shape, table};
 
 /// Connections in the pool unless told otherwise.
 pub const POOL_CONNECTIONS_DEFAULT: u32 = 8;
@@ -699,6 +699,7 @@ impl WriteTxn for PgTxn<'_> {
                 (self.store.inner.space, i32::from_ne_bytes(tn.to_ne_bytes()))
             }
             WriteScope::TenantNames => (self.store.inner.control, LOCK_TENANT_NAMES),
+            WriteScope::Registry => (self.store.inner.control, LOCK_REGISTRY),
             other => {
                 return Err(Error::backend(format!("unknown write scope {other:?}")));
             }

@@ -38,6 +38,8 @@ pub enum WriteScope {
     Tenant(u32),
     /// The allocation of tenant numbers.
     TenantNames,
+    /// Read-modify-writes of links, dead letters and identities.
+    Registry,
 }
 
 /// A write transaction on a [`Store`]: scope locks, reads that see every commit made
@@ -46,10 +48,9 @@ pub enum WriteScope {
 pub trait WriteTxn {
     /// Waits until the transaction holds `scope`, until it commits or is dropped. Reads
     /// made after it returns see every commit of every transaction that held `scope`
-    /// before. Take scopes in the order of [`WriteScope`]'s variants from last to first
-    /// ([`TenantNames`](WriteScope::TenantNames) before any
-    /// [`Tenant`](WriteScope::Tenant)), at most one tenant per transaction, so two
-    /// transactions never wait on each other.
+    /// before. Take at most one [`Tenant`](WriteScope::Tenant) per transaction, and
+    /// [`TenantNames`](WriteScope::TenantNames) only before it, so two transactions
+    /// never wait on each other; [`Registry`](WriteScope::Registry) is taken alone.
     fn lock(&mut self, scope: WriteScope) -> Result<()>;
 
     /// The values of `keys` in `partition`, in the order of `keys`: one round trip to a
