@@ -9,8 +9,9 @@
 //! # What it is not
 //!
 //! - Not a key-value table: each ledger partition has a table whose columns follow its
-//!   keys (`tn` for the tenant, `pos` for the log position; see the `schema` module's
-//!   table of shapes), created and versioned by numbered migrations.
+//!   keys (`tn` for the tenant, `pos` for the log position; see the [`schema`]
+//!   module's table of shapes), partitioned by tenant, created and versioned by
+//!   numbered migrations.
 //! - Not a cluster: it relies on PostgreSQL for durability and ordering, and holds no
 //!   state of its own beyond a connection pool.
 //! - Not async at its interface: the ledger is synchronous, so is this store (the

@@ -11,7 +11,11 @@
 //! with (an LEB128 varint, see `sync_ledger::layout`); `pos` is the log position. A
 //! tenant's rows are therefore one contiguous range of each primary key, every read and
 //! write of an apply names its tenant, and operators can query a tenant's log by
-//! position. The `Tenant` shape keeps the whole key in `k` so that a scan across tenants
+//! position. The log and tenant tables are also partitioned by tenant: `PARTITION BY
+//! HASH (tn)` into [`TENANT_PARTITIONS`] tables each (`weft_log_p0` …), so a
+//! partition's indexes and vacuum cover a share of the tenants, and a statement that
+//! names one tenant touches one partition (run-time pruning also applies to the
+//! `unnest` joins, probe by probe). The `Tenant` shape keeps the whole key in `k` so that a scan across tenants
 //! is still in key-byte order (bytea compares like `memcmp`).
 //!
 //! Migrations are numbered; opening a store runs the missing ones in one transaction under
@@ -79,8 +83,25 @@ pub(crate) fn create_table(schema: &str, p: Partition) -> String {
     } else {
         String::new()
     };
-    format!("CREATE TABLE IF NOT EXISTS {t} ({columns}){storage}")
+    if shape(p) == Shape::Global {
+        return format!("CREATE TABLE IF NOT EXISTS {t} ({columns}){storage}");
+    }
+    // A tenant's rows live in one of TENANT_PARTITIONS hash partitions of the table:
+    // each partition's indexes and vacuum cover a share of the tenants, and every
+    // statement of an apply names its tenant, so it touches one partition.
+    let mut sql = format!("CREATE TABLE IF NOT EXISTS {t} ({columns}) PARTITION BY HASH (tn)");
+    let base = t.trim_end_matches('"');
+    for n in 0..TENANT_PARTITIONS {
+        sql.push_str(&format!(
+            "; CREATE TABLE IF NOT EXISTS {base}_p{n}\" PARTITION OF {t} \
+             FOR VALUES WITH (MODULUS {TENANT_PARTITIONS}, REMAINDER {n})"
+        ));
+    }
+    sql
 }
+
+/// Hash partitions of each tenant table.
+pub const TENANT_PARTITIONS: u32 = 8;
 
 /// The schema version this build creates and reads.
 pub const SCHEMA_VERSION: i32 = 1;
