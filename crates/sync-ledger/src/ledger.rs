@@ -471,8 +471,9 @@ impl Ledger {
 
     /// Applies a batch of one tenant's messages in ONE atomic commit.
     ///
-    /// Under the writer lock, for each message in order: a `Configure` is stored
-    /// unless present (all `Configure`s are retained, none is pruned); a `Write` or
+    /// Under the writer lock (on a shared store: in a write transaction holding the
+    /// tenant's [`WriteScope::Tenant`] lock, see [`crate::store::WriteTxn`]), for each
+    /// message in order: a `Configure` is stored unless present (all `Configure`s are retained, none is pruned); a `Write` or
     /// `Delete` is merged with [`merge_one`](sync_types::merge::merge_one) against its record's head (as left by the
     /// messages before it in the batch). Every accepted message is stored with its
     /// inline data, indexed and appended to the tenant's log; versions the merge

@@ -405,7 +405,9 @@ pub type ScanIter<'a> = Box<dyn Iterator<Item = Result<KeyValue>> + 'a>;
 /// - scans are ordered by key bytes and see only committed batches (a scan may or may
 ///   not see a batch committed while it runs, but never part of one);
 /// - a commit that returns an error may or may not have been applied, and the caller
-///   (the [`Ledger`](crate::Ledger)) must treat the store as poisoned;
+///   (the [`Ledger`](crate::Ledger)) must treat the store as poisoned, except after
+///   [`Error::Retry`](crate::Error::Retry) from a shared store, whose transactions
+///   leave it consistent either way;
 /// - after a crash, the store holds a prefix of the committed batches that includes
 ///   every batch committed with a synced [`Durability`] (and, after a process crash
 ///   only, every batch).
