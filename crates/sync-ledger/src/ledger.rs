@@ -473,9 +473,10 @@ impl Ledger {
     ///
     /// Under the writer lock (on a shared store: in a write transaction holding the
     /// tenant's [`WriteScope::Tenant`] lock, see [`crate::store::WriteTxn`]), for each
-    /// message in order: a `Configure` is stored unless present (all `Configure`s are retained, none is pruned); a `Write` or
-    /// `Delete` is merged with [`merge_one`](sync_types::merge::merge_one) against its record's head (as left by the
-    /// messages before it in the batch). Every accepted message is stored with its
+    /// message in order: a `Configure` is stored unless present (all `Configure`s are
+    /// retained, none is pruned); a `Write` or `Delete` is merged with
+    /// [`merge_one`](sync_types::merge::merge_one) against its record's head (as left
+    /// by the messages before it in the batch). Every accepted message is stored with its
     /// inline data, indexed and appended to the tenant's log; versions the merge
     /// prunes are deleted with their index entries and log entries. Then everything,
     /// with the new record heads, the log head and any newly interned tenant or
