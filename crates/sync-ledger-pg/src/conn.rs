@@ -9,9 +9,25 @@ use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 use sync_ledger::Error;
 
+/// Runs `f`, which blocks on the `postgres` client's own runtime: directly, or, when
+/// this thread drives a tokio runtime (where blocking on another runtime panics), on a
+/// helper thread while this one waits. The engine calls the ledger from async tasks;
+/// a helper thread per call is the price of a synchronous client there (about 20 µs,
+/// against a round trip of at least as much).
+pub(crate) fn blocking<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(out) => out,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
 /// One connection of the pool, with the statements prepared on it.
 pub(crate) struct Conn {
-    client: Client,
+    /// Always `Some` until dropped (taken by `Drop`, which closes it off any runtime).
+    client: Option<Client>,
     statements: HashMap<String, Statement>,
     sent: Arc<AtomicU64>,
     /// Set when the connection's state is unknown (a failed rollback): the pool drops
@@ -29,20 +45,38 @@ impl Conn {
         let statement = match self.statements.get(sql) {
             Some(s) => s.clone(),
             None => {
-                let s = self.client.prepare(sql).map_err(map_err)?;
+                let client = self.client();
+                let s = blocking(|| client.prepare(sql)).map_err(map_err)?;
                 self.statements.insert(sql.to_owned(), s.clone());
                 s
             }
         };
         self.sent.fetch_add(1, Ordering::Relaxed);
-        self.client.query(&statement, params).map_err(map_err)
+        let client = self.client();
+        blocking(|| client.query(&statement, params)).map_err(map_err)
+    }
+
+    fn client(&mut self) -> &mut Client {
+        self.client
+            .as_mut()
+            .expect("a connection has its client until it is dropped")
     }
 
     /// Runs statements with the simple protocol (`BEGIN`, `COMMIT`, DDL): one round
     /// trip for all of them.
     pub(crate) fn simple(&mut self, sql: &str) -> sync_ledger::Result<()> {
         self.sent.fetch_add(1, Ordering::Relaxed);
-        self.client.batch_execute(sql).map_err(map_err)
+        let client = self.client();
+        blocking(|| client.batch_execute(sql)).map_err(map_err)
+    }
+}
+
+impl Drop for Conn {
+    /// Closing the client blocks on its runtime too.
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            blocking(move || drop(client));
+        }
     }
 }
 
@@ -57,12 +91,15 @@ impl r2d2::ManageConnection for Manager {
     type Error = postgres::Error;
 
     fn connect(&self) -> Result<Conn, postgres::Error> {
-        let mut client = self.config.connect(NoTls)?;
-        // A synced commit returns only once its WAL is flushed (the fjall contract for
-        // `SyncData`); a `Buffered` commit turns it off for its own transaction only.
-        client.batch_execute("SET synchronous_commit TO on")?;
+        let client = blocking(|| {
+            let mut client = self.config.connect(NoTls)?;
+            // A synced commit returns only once its WAL is flushed (the fjall contract
+            // for `SyncData`); a `Buffered` commit turns it off for its own transaction.
+            client.batch_execute("SET synchronous_commit TO on")?;
+            Ok::<_, postgres::Error>(client)
+        })?;
         Ok(Conn {
-            client,
+            client: Some(client),
             statements: HashMap::new(),
             sent: Arc::clone(&self.sent),
             broken: false,
@@ -70,11 +107,12 @@ impl r2d2::ManageConnection for Manager {
     }
 
     fn is_valid(&self, conn: &mut Conn) -> Result<(), postgres::Error> {
-        conn.client.batch_execute("")
+        let client = conn.client();
+        blocking(|| client.batch_execute(""))
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
-        conn.broken || conn.client.is_closed()
+        conn.broken || conn.client.as_ref().is_none_or(Client::is_closed)
     }
 }
 

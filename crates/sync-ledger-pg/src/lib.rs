@@ -15,8 +15,10 @@
 //! - Not a cluster: it relies on PostgreSQL for durability and ordering, and holds no
 //!   state of its own beyond a connection pool.
 //! - Not async at its interface: the ledger is synchronous, so is this store (the
-//!   `postgres` crate runs each connection on its own small runtime). Do not call it
-//!   from inside a tokio runtime's worker thread; the engine's blocking pool is fine.
+//!   `postgres` crate runs each connection on its own small runtime). Called from a
+//!   thread that drives a tokio runtime (an engine's async task), where blocking on
+//!   another runtime would panic, it drives the client from a helper thread instead;
+//!   from a blocking thread it costs nothing extra.
 //!
 //! # How many writers stay correct
 //!
