@@ -77,6 +77,11 @@ fn statements_per_apply_do_not_grow_with_the_batch() {
         }
         counts.push((n, new, pruning));
     }
+    // Shown with --nocapture: (batch size, statements for new records, for pruning).
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("statements per apply: {counts:?}");
+    }
     assert_eq!(counts[0].1, counts[1].1, "new records: {counts:?}");
     assert_eq!(counts[0].2, counts[1].2, "pruning versions: {counts:?}");
     // And the count is small: a dozen or two round trips, not one per message.
