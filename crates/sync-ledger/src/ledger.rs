@@ -200,13 +200,6 @@ pub struct RecordInfo {
     pub context: Option<ContextId>,
 }
 
-/// Held while a registry read-modify-write runs (see [`Ledger::registry_guard`]). The
-/// shared store's lock is released first (fields drop in order), then the process's.
-pub(crate) struct RegistryGuard<'a> {
-    _shared: Option<Box<dyn crate::store::WriteTxn + 'a>>,
-    _local: MutexGuard<'a, ()>,
-}
-
 /// Locks a mutex whose data stays consistent even if a holder panicked (every critical
 /// section in this crate either completes or leaves the data untouched).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -219,7 +212,7 @@ pub struct Ledger {
     /// Whether other processes write the store ([`Store::is_shared`]): then log heads
     /// are read under the store's tenant lock, never from `log_metas`, and `writer` is
     /// not taken by applies (the store's [`WriteScope`] locks order them).
-    shared: bool,
+    pub(crate) shared: bool,
     poisoned: AtomicBool,
     /// Serializes every apply (and log maintenance) on a store of its own: the merge
     /// reads record heads and log heads, and the batch that follows must be based on
@@ -357,25 +350,6 @@ impl Ledger {
         }
         let _writer = lock(&self.writer);
         self.store.close().inspect_err(|e| self.poison_on(e))
-    }
-
-    /// Serializes a read-modify-write of links, dead letters or identities: within the
-    /// process (`registry_lock`), and on a shared store across processes too, with the
-    /// store's [`WriteScope::Registry`] lock held in a transaction of its own until the
-    /// guard drops (after the write committed).
-    pub(crate) fn registry_guard(&self) -> Result<RegistryGuard<'_>> {
-        let local = lock(&self.registry_lock);
-        let shared = if self.shared {
-            let mut txn = self.store.begin()?;
-            txn.lock(WriteScope::Registry)?;
-            Some(txn)
-        } else {
-            None
-        };
-        Ok(RegistryGuard {
-            _shared: shared,
-            _local: local,
-        })
     }
 
     fn poison(&self) {

@@ -12,8 +12,8 @@ use sync_types::{
 
 use crate::error::{Error, Result};
 use crate::layout::{self, Key, dec, enc};
-use crate::ledger::Ledger;
-use crate::store::{Batch, Durability, KeyRange, Order};
+use crate::ledger::{Ledger, lock};
+use crate::store::{Batch, Durability, KeyRange, Order, WriteScope};
 
 /// Longest error text kept in a dead letter, in bytes.
 pub const DEAD_LETTER_ERROR_BYTES_MAX: usize = sync_types::REASON_BYTES_MAX;
@@ -467,5 +467,33 @@ impl Identities<'_> {
                 dec(layout::IDENTITIES, &k, &v)
             })
             .collect()
+    }
+}
+
+/// Held while a registry read-modify-write runs (see [`Ledger::registry_guard`]). The
+/// shared store's lock is released first (fields drop in order), then the process's.
+pub(crate) struct RegistryGuard<'a> {
+    _shared: Option<Box<dyn crate::store::WriteTxn + 'a>>,
+    _local: std::sync::MutexGuard<'a, ()>,
+}
+
+impl Ledger {
+    /// Serializes a read-modify-write of links, dead letters or identities: within the
+    /// process (`registry_lock`), and on a shared store across processes too, with the
+    /// store's [`WriteScope::Registry`] lock held in a transaction of its own until the
+    /// guard drops (after the write committed).
+    pub(crate) fn registry_guard(&self) -> Result<RegistryGuard<'_>> {
+        let local = lock(&self.registry_lock);
+        let shared = if self.shared {
+            let mut txn = self.store.begin()?;
+            txn.lock(WriteScope::Registry)?;
+            Some(txn)
+        } else {
+            None
+        };
+        Ok(RegistryGuard {
+            _shared: shared,
+            _local: local,
+        })
     }
 }
