@@ -42,7 +42,7 @@ impl Ledger {
 /// crash part way leaves a layout-2 store that the next open upgrades again.
 pub(crate) fn upgrade_from_v2(store: &dyn Store) -> Result<()> {
     let mut last = crate::upgrade::in_runs(store, layout::LOG, None, |k, v, batch| {
-        let entry: StoredEntry = dec(layout::LOG, k, v)?;
+        let entry: StoredEntry = layout::dec_entry(k, v)?;
         // A log key is the tenant's number then an 8-byte position.
         let at = k.len().checked_sub(8).ok_or(Error::CorruptKey {
             partition: layout::LOG.name(),

@@ -19,7 +19,7 @@
 use sync_types::{Hlc, NodeId};
 
 use crate::error::Result;
-use crate::layout::{self, RecordRow, dec, enc};
+use crate::layout::{self, Key, RecordRow, Tn, dec, enc};
 use crate::ledger::{Ledger, lock};
 use crate::store::{Durability, Order, Store};
 
@@ -28,10 +28,28 @@ pub(crate) const HLC_KEY: &[u8] = b"hlc";
 /// The `meta` key of the node id.
 pub(crate) const NODE_KEY: &[u8] = b"node";
 
-/// Reads the stored high-water mark, deriving and storing it for an older store.
+/// The `meta` key of one tenant's high-water mark on a shared store (`hlc/` and the
+/// tenant's number): there, each apply raises its tenant's mark under the tenant's
+/// lock, since one mark for the whole store would be a row that every writer updates.
+pub(crate) fn tenant_hlc_key(tn: Tn) -> Vec<u8> {
+    let mut key = b"hlc/".to_vec();
+    key.extend_from_slice(&Key::tn(tn).into_vec());
+    key
+}
+
+/// Reads the stored high-water mark (the greatest of the store's mark and the tenants'
+/// marks), deriving and storing it for an older store.
 pub(crate) fn load_high_water(store: &dyn Store) -> Result<Hlc> {
+    let mut tenants = Hlc::ZERO;
+    for kv in store.scan_prefix(layout::META, b"hlc/", Order::Ascending)? {
+        let (key, value) = kv?;
+        tenants = tenants.max(dec(layout::META, &key, &value)?);
+    }
     if let Some(bytes) = store.get(layout::META, HLC_KEY)? {
-        return dec(layout::META, HLC_KEY, &bytes);
+        return Ok(tenants.max(dec(layout::META, HLC_KEY, &bytes)?));
+    }
+    if tenants != Hlc::ZERO {
+        return Ok(tenants);
     }
     let mut high = Hlc::ZERO;
     for kv in store.scan_prefix(layout::RECORDS, b"", Order::Ascending)? {

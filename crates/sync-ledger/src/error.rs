@@ -12,6 +12,13 @@ pub enum Error {
     /// The storage backend failed (an I/O error, a fjall error).
     #[error("storage backend failed: {0}")]
     Backend(#[source] BackendError),
+    /// A shared backend failed in a way that leaves it consistent: a dropped
+    /// connection, a serialization failure, a deadlock victim, a timeout waiting for a
+    /// connection. The operation was rolled back, or (for a connection lost during the
+    /// commit) may have committed whole; running it again is safe (an apply is
+    /// idempotent), and the ledger is not poisoned.
+    #[error("shared store failed transiently, retry: {0}")]
+    Retry(#[source] BackendError),
     /// A write failed earlier (typically an fsync), so the state on disk is unknown; the
     /// ledger refuses every further write until it is reopened.
     #[error("ledger is poisoned by an earlier failed write and refuses writes; reopen it")]
@@ -139,5 +146,15 @@ impl Error {
     /// Wraps any backend error.
     pub fn backend(e: impl Into<BackendError>) -> Self {
         Error::Backend(e.into())
+    }
+
+    /// Wraps a transient error of a shared backend ([`Error::Retry`]).
+    pub fn retry(e: impl Into<BackendError>) -> Self {
+        Error::Retry(e.into())
+    }
+
+    /// Whether running the operation again may succeed ([`Error::Retry`]).
+    pub fn is_retry(&self) -> bool {
+        matches!(self, Error::Retry(_))
     }
 }

@@ -71,9 +71,17 @@ use crate::store::Partition;
 /// The layout version this build reads and writes.
 ///
 /// Version 3 added the protocol to record rows and the `by_blob` index; a version-2
-/// store is upgraded on open (`upgrade.rs`, then `blob_refs.rs`), any other version is
+/// store is upgraded on open (`upgrade.rs`, then `blob_refs.rs`). Version 4 added to
+/// each log entry the ids its apply pruned ([`StoredEntry::pruned`]); entries written
+/// before keep their version-3 encoding and read with an empty list, so a version-3
+/// store is upgraded on open by writing the new version alone. Any other version is
 /// refused.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
+
+/// Most ids a log entry records as pruned ([`StoredEntry::pruned`]): the versions its
+/// apply pruned, and those the pruned versions' own entries recorded (deleted with
+/// them), newest first; the oldest inherited ids beyond this are dropped.
+pub const PRUNED_IDS_MAX: usize = 64;
 
 /// Largest stored value the ledger decodes, in bytes (a message with its largest inline
 /// payload fits with room to spare).
@@ -152,6 +160,38 @@ pub struct StoredEntry {
     /// Its inline payload, if it has one and it was supplied.
     #[serde(with = "opt_bytes")]
     pub data: Option<Vec<u8>>,
+    /// The ids removed from the tenant's current set by the apply that stored this
+    /// message: the versions it pruned, then the ids the pruned versions' own entries
+    /// recorded (their entries are deleted with them, so this one carries their
+    /// removals on), at most [`PRUNED_IDS_MAX`]. Empty for entries written before
+    /// layout 4.
+    pub pruned: Vec<Cid>,
+}
+
+/// A log entry as layout 3 stored it (no pruned ids).
+#[derive(Deserialize)]
+struct StoredEntryV3 {
+    cid: Cid,
+    message: Message,
+    #[serde(with = "opt_bytes")]
+    data: Option<Vec<u8>>,
+}
+
+/// Decodes a log entry of either encoding: layout 4's, or layout 3's (which lacks the
+/// trailing pruned list, so layout 4's decoder fails on it at the end of the bytes).
+pub(crate) fn dec_entry(key: &[u8], bytes: &[u8]) -> Result<StoredEntry> {
+    match dec::<StoredEntry>(LOG, key, bytes) {
+        Ok(entry) => Ok(entry),
+        Err(e) => match dec::<StoredEntryV3>(LOG, key, bytes) {
+            Ok(old) => Ok(StoredEntry {
+                cid: old.cid,
+                message: old.message,
+                data: old.data,
+                pruned: Vec::new(),
+            }),
+            Err(_) => Err(e),
+        },
+    }
 }
 
 /// The identity and head of one tenant's log.
@@ -482,6 +522,10 @@ pub(crate) fn index_entries(
 
 #[cfg(test)]
 mod tests {
+    /// Inline data serialized as layout 3 did (the same `opt_bytes` helper).
+    #[derive(serde::Serialize)]
+    struct OldData(#[serde(with = "super::opt_bytes")] Option<Vec<u8>>);
+
     use super::*;
 
     #[test]
@@ -525,12 +569,26 @@ mod tests {
             let e = StoredEntry {
                 cid: m.cid(),
                 message: m.clone(),
-                data,
+                data: data.clone(),
+                pruned: vec![m.cid()],
             };
             let bytes = enc(&e);
             assert_eq!(enc_entry(&e), bytes);
             assert_eq!(dec::<StoredEntry>(LOG, b"k", &bytes).unwrap(), e);
+            assert_eq!(dec_entry(b"k", &bytes).unwrap(), e);
+            // A layout-3 entry (no pruned list) reads with an empty one.
+            let old = enc(&(m.cid(), m.clone(), OldData(data.clone())));
+            let read = dec_entry(b"k", &old).unwrap();
+            assert_eq!(read.pruned, Vec::<Cid>::new());
+            assert_eq!((read.cid, read.data), (e.cid, e.data));
         }
+        assert!(matches!(
+            dec_entry(b"k", &[1, 0xff]),
+            Err(Error::CorruptValue {
+                partition: "log",
+                ..
+            })
+        ));
         assert!(matches!(
             dec::<StoredEntry>(LOG, b"k", &[1, 0xff]),
             Err(Error::CorruptValue {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use sync_types::merge::{Conflict, MergeDecision, RecordHead, Version, VersionKind, merge_one};
+use sync_types::merge::{Conflict, RecordHead};
 use sync_types::{
     Cid, ContextId, DataRef, Hlc, INLINE_DATA_BYTES_MAX, Message, ProgressToken, ProtocolName,
     ProtocolPath, RecordId, StreamId, TenantId,
@@ -15,7 +15,8 @@ use sync_types::{
 use crate::error::{Error, Result};
 use crate::layout::{self, Key, LogMeta, Pn, RecordRow, StoredEntry, Tn, dec, enc};
 use crate::notify::Notifier;
-use crate::store::{Batch, Durability, FjallStore, MemoryStore, Order, Store};
+use crate::pending::{Pending, counter, read_messages};
+use crate::store::{Batch, Durability, FjallStore, MemoryStore, Order, Store, WriteScope};
 
 /// Most messages in one [`Ledger::apply`] call.
 pub const APPLY_BATCH_MESSAGES_MAX: usize = 10_000;
@@ -208,9 +209,14 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The durable ledger of one replica or node. See the crate documentation.
 pub struct Ledger {
     pub(crate) store: Arc<dyn Store>,
+    /// Whether other processes write the store ([`Store::is_shared`]): then log heads
+    /// are read under the store's tenant lock, never from `log_metas`, and `writer` is
+    /// not taken by applies (the store's [`WriteScope`] locks order them).
+    pub(crate) shared: bool,
     poisoned: AtomicBool,
-    /// Serializes every apply (and log maintenance): the merge reads record heads and
-    /// log heads, and the batch that follows must be based on what it read.
+    /// Serializes every apply (and log maintenance) on a store of its own: the merge
+    /// reads record heads and log heads, and the batch that follows must be based on
+    /// what it read.
     pub(crate) writer: Mutex<()>,
     /// The greatest timestamp stored (`meta/hlc`, see [`crate::causality`]); changed
     /// only under `writer`, after a commit.
@@ -241,135 +247,6 @@ struct NameCache {
     protocols: HashMap<(Tn, ProtocolName), Pn>,
 }
 
-struct Pending<'a> {
-    ledger: &'a Ledger,
-    tn: Tn,
-    /// Whether this batch interns the tenant (nothing of it is stored yet).
-    tenant_new: bool,
-    batch: Batch,
-    /// Record rows read from the store before the merge, in key order (see
-    /// [`Ledger::apply`]); `None` for records not stored yet. Taken on first use.
-    loaded: HashMap<RecordId, Option<RecordRow>>,
-    records: HashMap<RecordId, RecordRow>,
-    /// Messages stored by this batch: cid -> (position, message).
-    added: HashMap<Cid, (u64, Message)>,
-    new_protocols: HashMap<ProtocolName, Pn>,
-    next_protocol: Option<u32>,
-}
-
-impl Pending<'_> {
-    fn record(&mut self, id: &RecordId) -> Result<Option<RecordRow>> {
-        if let Some(row) = self.records.get(id) {
-            return Ok(Some(row.clone()));
-        }
-        if self.tenant_new {
-            return Ok(None);
-        }
-        match self.loaded.remove(id) {
-            Some(row) => Ok(row),
-            None => self.ledger.record_row(self.tn, id),
-        }
-    }
-
-    /// Whether a configure is stored (configures are never pruned, so the batch's own
-    /// additions are exactly `added`).
-    fn has_message(&self, cid: &Cid) -> Result<bool> {
-        if self.added.contains_key(cid) {
-            return Ok(true);
-        }
-        if self.tenant_new {
-            return Ok(false);
-        }
-        self.ledger.has_message_tn(self.tn, cid)
-    }
-
-    /// The protocol's number, interning it in this batch when it is new.
-    fn protocol(&mut self, p: &ProtocolName) -> Result<Pn> {
-        if let Some(n) = self.new_protocols.get(p) {
-            return Ok(*n);
-        }
-        if !self.tenant_new
-            && let Some(n) = self.ledger.protocol_no(self.tn, p)?
-        {
-            return Ok(n);
-        }
-        let next = match self.next_protocol {
-            Some(n) => n,
-            None if self.tenant_new => 0,
-            None => self.ledger.counter(&layout::next_protocol_key(self.tn))?,
-        };
-        let after = next.checked_add(1).ok_or(Error::LimitExceeded {
-            what: "protocols of a tenant",
-            len: usize::MAX,
-            max: u32::MAX as usize,
-        })?;
-        self.next_protocol = Some(after);
-        let n = Pn(next);
-        self.batch.put(
-            layout::NAMES,
-            layout::name_protocol_key(self.tn, p),
-            enc(&n.0),
-        );
-        self.batch.put(
-            layout::NAMES,
-            layout::next_protocol_key(self.tn),
-            enc(&after),
-        );
-        self.new_protocols.insert(p.clone(), n);
-        Ok(n)
-    }
-
-    fn store_message(
-        &mut self,
-        meta: &mut LogMeta,
-        entry: StoredEntry,
-        row: Option<&RecordRow>,
-    ) -> Result<ProgressToken> {
-        let pn = self.protocol(entry.message.protocol())?;
-        // Positions are never reused; a head at the last one (only a damaged store has
-        // one) refuses appends rather than wrapping to 0.
-        meta.head = meta.head.checked_add(1).ok_or_else(|| {
-            Error::Inconsistent("the log's head is at the last position there is".into())
-        })?;
-        let pos = meta.head;
-        for (p, k, v) in layout::index_entries(self.tn, pn, pos, &entry.cid, &entry.message, row) {
-            self.batch.put(p, k, v);
-        }
-        self.batch.put(
-            layout::LOG,
-            layout::log_key(self.tn, pos),
-            layout::enc_entry(&entry),
-        );
-        let token = ProgressToken {
-            stream_id: meta.stream_id,
-            epoch: meta.epoch,
-            position: pos,
-            cid: entry.cid,
-        };
-        self.added.insert(entry.cid, (pos, entry.message));
-        Ok(token)
-    }
-
-    fn prune(&mut self, cid: &Cid, row: &RecordRow) -> Result<()> {
-        let (pos, message) = match self.added.remove(cid) {
-            Some(found) => found,
-            None => {
-                let stored = self.ledger.get_message_tn(self.tn, cid)?.ok_or_else(|| {
-                    Error::Inconsistent(format!("retained version {cid} is not stored"))
-                })?;
-                (stored.position, stored.message)
-            }
-        };
-        let pn = self.protocol(message.protocol())?;
-        for (p, k, _) in layout::index_entries(self.tn, pn, pos, cid, &message, Some(row)) {
-            self.batch.delete(p, k);
-        }
-        self.batch
-            .delete(layout::LOG, layout::log_key(self.tn, pos));
-        Ok(())
-    }
-}
-
 impl Ledger {
     /// Options for opening a ledger.
     pub fn builder() -> LedgerBuilder {
@@ -395,12 +272,23 @@ impl Ledger {
         const KEY: &[u8] = b"layout";
         match store.get(layout::META, KEY)? {
             Some(bytes) => {
-                let found: u32 = dec(layout::META, KEY, &bytes)?;
+                let mut found: u32 = dec(layout::META, KEY, &bytes)?;
                 if found == 2 {
                     // Record rows first (resumable on their own), then the blob index,
-                    // whose last commit writes the new version.
+                    // whose last commit writes version 3.
                     crate::upgrade::records_from_v2(&*store)?;
                     crate::blob_refs::upgrade_from_v2(&*store)?;
+                    found = 3;
+                }
+                if found == 3 {
+                    // Layout 4 only adds pruned ids to new log entries; older entries
+                    // keep their encoding and read with an empty list.
+                    store.put(
+                        layout::META,
+                        KEY,
+                        enc(&layout::LAYOUT_VERSION),
+                        Durability::SyncData,
+                    )?;
                 } else if found != layout::LAYOUT_VERSION {
                     return Err(Error::UnsupportedLayout {
                         found,
@@ -417,6 +305,7 @@ impl Ledger {
         }
         let high_water = crate::causality::load_high_water(&*store)?;
         Ok(Ledger {
+            shared: store.is_shared(),
             store,
             poisoned: AtomicBool::new(false),
             writer: Mutex::new(()),
@@ -523,17 +412,11 @@ impl Ledger {
         Ok(self.protocol_no(tn, p)?.map(|pn| (tn, pn)))
     }
 
-    /// A stored allocation counter (0 when absent).
-    pub(crate) fn counter(&self, key: &[u8]) -> Result<u32> {
-        match self.store.get(layout::NAMES, key)? {
-            Some(v) => dec(layout::NAMES, key, &v),
-            None => Ok(0),
-        }
-    }
-
     /// The log metadata of a tenant with its number, if its log exists.
     pub(crate) fn log_meta(&self, t: &TenantId) -> Result<Option<(Tn, LogMeta)>> {
-        if let Some(m) = lock(&self.log_metas).get(t) {
+        if !self.shared
+            && let Some(m) = lock(&self.log_metas).get(t)
+        {
             return Ok(Some(*m));
         }
         let Some(tn) = self.tenant_no(t)? else {
@@ -544,16 +427,30 @@ impl Ledger {
             return Ok(None);
         };
         let meta: LogMeta = dec(layout::LOG_META, &key, &bytes)?;
-        lock(&self.log_metas).insert(t.clone(), (tn, meta));
+        if !self.shared {
+            lock(&self.log_metas).insert(t.clone(), (tn, meta));
+        }
         Ok(Some((tn, meta)))
+    }
+
+    /// A protocol number from the cache of committed numbers.
+    pub(crate) fn cached_protocol(&self, t: Tn, p: &ProtocolName) -> Option<Pn> {
+        lock(&self.names).protocols.get(&(t, p.clone())).copied()
+    }
+
+    /// Caches a committed protocol number.
+    pub(crate) fn cache_protocol(&self, t: Tn, p: &ProtocolName, n: Pn) {
+        lock(&self.names).protocols.insert((t, p.clone()), n);
     }
 
     /// Applies a batch of one tenant's messages in ONE atomic commit.
     ///
-    /// Under the writer lock, for each message in order: a `Configure` is stored
-    /// unless present (all `Configure`s are retained, none is pruned); a `Write` or
-    /// `Delete` is merged with [`merge_one`] against its record's head (as left by the
-    /// messages before it in the batch). Every accepted message is stored with its
+    /// Under the writer lock (on a shared store: in a write transaction holding the
+    /// tenant's [`WriteScope::Tenant`] lock, see [`crate::store::WriteTxn`]), for each
+    /// message in order: a `Configure` is stored unless present (all `Configure`s are
+    /// retained, none is pruned); a `Write` or `Delete` is merged with
+    /// [`merge_one`](sync_types::merge::merge_one) against its record's head (as left
+    /// by the messages before it in the batch). Every accepted message is stored with its
     /// inline data, indexed and appended to the tenant's log; versions the merge
     /// prunes are deleted with their index entries and log entries. Then everything,
     /// with the new record heads, the log head and any newly interned tenant or
@@ -604,7 +501,12 @@ impl Ledger {
                     return Err(Error::DataMismatch { cid });
                 }
             }
-            checked.push(StoredEntry { cid, message, data });
+            checked.push(StoredEntry {
+                cid,
+                message,
+                data,
+                pruned: Vec::new(),
+            });
         }
         if checked.is_empty() {
             return Ok(Vec::new());
@@ -613,31 +515,58 @@ impl Ledger {
             return Err(Error::Poisoned);
         }
 
-        let writer = lock(&self.writer);
+        // A store of its own is ordered by this ledger's writer lock; a shared one by
+        // the store's scope locks, taken in the transaction below.
+        let writer = (!self.shared).then(|| lock(&self.writer));
+        // Looked up before the transaction holds a connection of a shared store's pool.
+        let known = self.tenant_no(tenant)?;
+        let mut txn = self.store.begin()?;
         // About seven writes per message: body, indexes, record head.
         let mut batch = Batch::with_capacity(checked.len() * 7 + 8);
-        let (tn, tenant_new) = match self.tenant_no(tenant)? {
+        let (tn, tenant_new) = match known {
             Some(tn) => (tn, false),
             None => {
-                let next = self.counter(layout::NEXT_TENANT_KEY)?;
-                let after = next.checked_add(1).ok_or(Error::LimitExceeded {
-                    what: "tenants",
-                    len: usize::MAX,
-                    max: u32::MAX as usize,
-                })?;
-                let tn = Tn(next);
-                batch.put(layout::NAMES, layout::name_tenant_key(tenant), enc(&tn.0));
-                batch.put(
-                    layout::NAMES,
-                    layout::name_tenant_reverse_key(tn),
-                    enc(tenant),
-                );
-                batch.put(layout::NAMES, layout::NEXT_TENANT_KEY, enc(&after));
-                (tn, true)
+                // Another writer may allocate the same tenant at the same moment: the
+                // lock orders them, and the second one finds the first one's number.
+                txn.lock(WriteScope::TenantNames)?;
+                let key = layout::name_tenant_key(tenant);
+                match txn.get(layout::NAMES, &key)? {
+                    Some(v) => (Tn(dec(layout::NAMES, &key, &v)?), false),
+                    None => {
+                        let next = counter(&mut *txn, layout::NEXT_TENANT_KEY)?;
+                        let after = next.checked_add(1).ok_or(Error::LimitExceeded {
+                            what: "tenants",
+                            len: usize::MAX,
+                            max: u32::MAX as usize,
+                        })?;
+                        let tn = Tn(next);
+                        batch.put(layout::NAMES, key, enc(&tn.0));
+                        batch.put(
+                            layout::NAMES,
+                            layout::name_tenant_reverse_key(tn),
+                            enc(tenant),
+                        );
+                        batch.put(layout::NAMES, layout::NEXT_TENANT_KEY, enc(&after));
+                        (tn, true)
+                    }
+                }
             }
         };
-        let mut meta = match self.log_meta(tenant)? {
-            Some((_, m)) => m,
+        txn.lock(WriteScope::Tenant(tn.0))?;
+        let stored_meta = if tenant_new {
+            None
+        } else if self.shared {
+            // Never a cached head: another process may have appended since.
+            let key = Key::tn(tn).into_vec();
+            match txn.get(layout::LOG_META, &key)? {
+                Some(bytes) => Some(dec::<LogMeta>(layout::LOG_META, &key, &bytes)?),
+                None => None,
+            }
+        } else {
+            self.log_meta(tenant)?.map(|(_, m)| m)
+        };
+        let mut meta = match stored_meta {
+            Some(m) => m,
             None => LogMeta {
                 stream_id: lock(&self.ids).stream_id(),
                 epoch: 1,
@@ -646,10 +575,11 @@ impl Ledger {
             },
         };
         let head_before = meta.head;
-        // Read the record rows the merge needs up front, in key order: consecutive
-        // lookups then search neighbouring memtable nodes that are still cached,
-        // instead of a random path per record.
+        // Read the record rows the merge needs up front, in key order, in one batched
+        // read: a database answers it in one round trip, and fjall's consecutive
+        // lookups search neighbouring memtable nodes that are still cached.
         let mut loaded = HashMap::new();
+        let mut retained = HashMap::new();
         if !tenant_new {
             let mut ids: Vec<RecordId> = checked
                 .iter()
@@ -657,25 +587,58 @@ impl Ledger {
                 .collect();
             ids.sort_unstable();
             ids.dedup();
+            let keys: Vec<Vec<u8>> = ids.iter().map(|id| layout::record_key(tn, id)).collect();
+            let rows = txn.get_many(layout::RECORDS, &keys)?;
             loaded.reserve(ids.len());
-            for id in ids {
-                let row = self.record_row(tn, &id)?;
+            let mut heads = Vec::new();
+            for ((id, key), row) in ids.into_iter().zip(&keys).zip(rows) {
+                let row: Option<RecordRow> = match row {
+                    Some(bytes) => Some(dec(layout::RECORDS, key, &bytes)?),
+                    None => None,
+                };
+                if self.shared
+                    && let Some(row) = &row
+                {
+                    heads.extend(row.head.retained());
+                }
                 loaded.insert(id, row);
             }
+            if !heads.is_empty() {
+                // Versions a new winner may prune, in two reads instead of two per
+                // pruned version.
+                retained = read_messages(&mut *txn, tn, &heads)?;
+            }
         }
+        let tenant_mark_key = crate::causality::tenant_hlc_key(tn);
+        let tenant_mark = if self.shared && !tenant_new {
+            match txn.get(layout::META, &tenant_mark_key)? {
+                Some(bytes) => dec(layout::META, &tenant_mark_key, &bytes)?,
+                None => Hlc::ZERO,
+            }
+        } else {
+            Hlc::ZERO
+        };
         let mut pending = Pending {
             ledger: self,
             tn,
             tenant_new,
+            txn,
             batch,
             loaded,
+            retained,
             records: HashMap::with_capacity(checked.len()),
             added: HashMap::with_capacity(checked.len()),
             new_protocols: HashMap::new(),
             next_protocol: None,
         };
         let mut results = Vec::with_capacity(checked.len());
-        let high_water_before = *lock(&self.high_water);
+        // A shared store keeps one mark per tenant (written under the tenant's lock),
+        // because a single mark would be one row every writer of every tenant updates.
+        let high_water_before = if self.shared {
+            tenant_mark
+        } else {
+            *lock(&self.high_water)
+        };
         let mut high_water = high_water_before;
         for entry in checked {
             let cid = entry.cid;
@@ -706,6 +669,7 @@ impl Ledger {
             // Nothing accepted: no commit, no notification. A duplicate may still be
             // acknowledged as durable, and its original may have been committed with
             // `Buffered`, so a synced apply syncs what is there.
+            drop(pending);
             if durability.is_synced() {
                 self.store
                     .persist(durability)
@@ -723,14 +687,24 @@ impl Ledger {
             .put(layout::LOG_META, Key::tn(tn).into_vec(), enc(&meta));
         if high_water > high_water_before {
             // In the same batch as the messages it covers: see `crate::causality`.
-            pending
-                .batch
-                .put(layout::META, crate::causality::HLC_KEY, enc(&high_water));
+            let key = if self.shared {
+                tenant_mark_key
+            } else {
+                crate::causality::HLC_KEY.to_vec()
+            };
+            pending.batch.put(layout::META, key, enc(&high_water));
         }
-        let batch = std::mem::take(&mut pending.batch);
-        let new_protocols = std::mem::take(&mut pending.new_protocols);
-        drop(pending);
-        self.commit(batch, durability)?;
+        let Pending {
+            txn,
+            batch,
+            new_protocols,
+            ..
+        } = pending;
+        if self.is_poisoned() {
+            return Err(Error::Poisoned);
+        }
+        txn.commit(batch, durability)
+            .inspect_err(|e| self.poison_on(e))?;
         {
             let mut names = lock(&self.names);
             names.tenants.insert(tenant.clone(), tn);
@@ -738,70 +712,16 @@ impl Ledger {
                 names.protocols.insert((tn, p), n);
             }
         }
-        lock(&self.log_metas).insert(tenant.clone(), (tn, meta));
-        *lock(&self.high_water) = high_water;
+        if !self.shared {
+            lock(&self.log_metas).insert(tenant.clone(), (tn, meta));
+        }
+        {
+            let mut mark = lock(&self.high_water);
+            *mark = (*mark).max(high_water);
+        }
         drop(writer);
         self.notifier.notify(&[(tenant.clone(), meta.head)]);
         Ok(results)
-    }
-
-    fn merge_entry(
-        meta: &mut LogMeta,
-        pending: &mut Pending<'_>,
-        entry: StoredEntry,
-    ) -> Result<LedgerOutcome> {
-        let (record_id, prev, kind, write) = match &entry.message {
-            Message::Write(w) => (w.record_id, w.prev, VersionKind::Write, Some(w)),
-            Message::Delete(d) => (d.record_id, d.prev, VersionKind::Delete, None),
-            Message::Configure(_) => unreachable!("configure is handled by the caller"),
-        };
-        let version = Version {
-            cid: entry.cid,
-            timestamp: entry.message.timestamp(),
-            prev,
-            kind,
-        };
-        let row = pending.record(&record_id)?;
-        if let Some(row) = &row
-            && row.protocol != *entry.message.protocol()
-        {
-            return Ok(LedgerOutcome::Refused {
-                reason: protocol_mismatch(&record_id, &row.protocol, entry.message.protocol()),
-            });
-        }
-        Ok(match merge_one(row.as_ref().map(|r| &r.head), &version) {
-            MergeDecision::Duplicate => LedgerOutcome::Duplicate,
-            MergeDecision::Superseded { conflict } => LedgerOutcome::Superseded { conflict },
-            MergeDecision::Accepted {
-                head,
-                pruned,
-                conflict,
-            } => {
-                let mut new_row = row.unwrap_or(RecordRow {
-                    head,
-                    protocol: entry.message.protocol().clone(),
-                    path: None,
-                    context: None,
-                });
-                new_row.head = head;
-                if let Some(w) = write
-                    && new_row.path.is_none()
-                {
-                    new_row.path = Some(w.path.clone());
-                    new_row.context = Some(w.context_id.clone());
-                }
-                for cid in &pruned {
-                    pending.prune(cid, &new_row)?;
-                }
-                let token = pending.store_message(meta, entry, Some(&new_row))?;
-                pending.records.insert(record_id, new_row);
-                LedgerOutcome::Applied {
-                    token,
-                    pruned,
-                    conflict,
-                }
-            }
-        })
     }
 
     /// Raises the compaction floor of a tenant's log: a cursor at a position below
@@ -818,9 +738,16 @@ impl Ledger {
         through: u64,
         durability: Durability,
     ) -> Result<u64> {
-        let _writer = lock(&self.writer);
-        let Some((tn, mut meta)) = self.log_meta(tenant)? else {
+        let _writer = (!self.shared).then(|| lock(&self.writer));
+        let Some(tn) = self.tenant_no(tenant)? else {
             return Ok(0);
+        };
+        let mut txn = self.store.begin()?;
+        txn.lock(WriteScope::Tenant(tn.0))?;
+        let key = Key::tn(tn).into_vec();
+        let mut meta: LogMeta = match txn.get(layout::LOG_META, &key)? {
+            Some(bytes) => dec(layout::LOG_META, &key, &bytes)?,
+            None => return Ok(0),
         };
         let floor = through.min(meta.head).max(meta.compacted_through);
         if floor == meta.compacted_through {
@@ -828,9 +755,15 @@ impl Ledger {
         }
         meta.compacted_through = floor;
         let mut batch = Batch::new();
-        batch.put(layout::LOG_META, Key::tn(tn).into_vec(), enc(&meta));
-        self.commit(batch, durability)?;
-        lock(&self.log_metas).insert(tenant.clone(), (tn, meta));
+        batch.put(layout::LOG_META, key, enc(&meta));
+        if self.is_poisoned() {
+            return Err(Error::Poisoned);
+        }
+        txn.commit(batch, durability)
+            .inspect_err(|e| self.poison_on(e))?;
+        if !self.shared {
+            lock(&self.log_metas).insert(tenant.clone(), (tn, meta));
+        }
         Ok(floor)
     }
 

@@ -21,7 +21,10 @@
 //! - [`store`]: the storage boundary, a small trait [`Store`] (named partitions, get,
 //!   ordered scans, one atomic batch with an explicit [`Durability`]) with two
 //!   backends, [`FjallStore`] (the default, on a directory) and [`MemoryStore`] (tests
-//!   and simulation, with simulated power loss and fault injection).
+//!   and simulation, with simulated power loss and fault injection). A store shared by
+//!   several writer processes (the `sync-ledger-pg` crate's PostgreSQL store) also
+//!   answers [`store::WriteTxn`]s: tenant-scoped locks and batched reads, so positions
+//!   and tenant numbers stay right across processes.
 //! - [`layout`]: every partition with its key layout, value type and invariants.
 //! - [`Ledger`]: the typed stores on top. Messages and the event log
 //!   ([`Ledger::apply`], [`Ledger::read_log`], lookups), blobs ([`Ledger::blobs`]),
@@ -120,6 +123,7 @@ mod ledger;
 mod log;
 mod lookups;
 mod notify;
+mod pending;
 mod registry;
 mod staged_uploads;
 pub mod store;

@@ -5,7 +5,7 @@ use std::ops::Bound;
 use sync_types::{Cid, Gap, GapReason, Message, ProgressToken, ProtocolName, StreamId, TenantId};
 
 use crate::error::Result;
-use crate::layout::{self, Key, LogMeta, StoredEntry, Tn, dec};
+use crate::layout::{self, Key, LogMeta, StoredEntry, Tn};
 use crate::ledger::Ledger;
 use crate::store::{KeyRange, Order};
 
@@ -81,6 +81,15 @@ pub struct LogPage {
     pub has_more: bool,
     /// The log's newest entry when the page was read (for "caught up" checks).
     pub head: Option<ProgressToken>,
+    /// For each entry of the page whose apply pruned versions, its position and the ids
+    /// it removed from the tenant's current set (see
+    /// [`StoredEntry::pruned`](crate::layout::StoredEntry::pruned)), in position order.
+    /// A follower keeps a set of ids (a Merkle tree) current without rebuilding it by
+    /// adding every entry's cid and removing these: a pruned version never comes back,
+    /// and is always older than the entry that prunes it. Entries written before layout
+    /// 4 record nothing, so a follower starts from a cursor taken on layout 4 (or from
+    /// the start of the log, which holds only retained versions).
+    pub pruned: Vec<(u64, Vec<Cid>)>,
 }
 
 /// The answer to a log read.
@@ -138,15 +147,21 @@ impl Ledger {
             end: Bound::Included(end),
         };
         match self.store.first(layout::LOG, range, order)? {
-            Some((k, v)) => Ok(Some(self.decode_entry(meta, &k, &v)?.token)),
+            Some((k, v)) => Ok(Some(self.decode_entry(meta, &k, &v)?.0.token)),
             None => Ok(None),
         }
     }
 
-    fn decode_entry(&self, meta: &LogMeta, key: &[u8], value: &[u8]) -> Result<LogEntry> {
+    /// A log entry and the ids its apply pruned.
+    fn decode_entry(
+        &self,
+        meta: &LogMeta,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(LogEntry, Vec<Cid>)> {
         let position = u64::from_be_bytes(layout::key_tail::<8>(layout::LOG, key)?);
-        let entry: StoredEntry = dec(layout::LOG, key, value)?;
-        Ok(LogEntry {
+        let entry: StoredEntry = layout::dec_entry(key, value)?;
+        let read = LogEntry {
             token: ProgressToken {
                 stream_id: meta.stream_id,
                 epoch: meta.epoch,
@@ -155,7 +170,8 @@ impl Ledger {
             },
             message: entry.message,
             data: entry.data,
-        })
+        };
+        Ok((read, entry.pruned))
     }
 
     /// Reads a page of a tenant's log after a cursor.
@@ -181,6 +197,7 @@ impl Ledger {
                     next: None,
                     has_more: false,
                     head: None,
+                    pruned: Vec::new(),
                 }),
             });
         };
@@ -199,6 +216,7 @@ impl Ledger {
             }
         };
         let mut entries = Vec::with_capacity(limit.min(1024));
+        let mut pruned = Vec::new();
         let mut has_more = false;
         let first = start_after.saturating_add(1);
         match &query.protocol {
@@ -214,7 +232,11 @@ impl Ledger {
                             has_more = true;
                             return Ok(false);
                         }
-                        entries.push(self.decode_entry(&meta, k, v)?);
+                        let (entry, removed) = self.decode_entry(&meta, k, v)?;
+                        if !removed.is_empty() {
+                            pruned.push((entry.position(), removed));
+                        }
+                        entries.push(entry);
                         Ok(true)
                     })?;
             }
@@ -239,7 +261,11 @@ impl Ledger {
                         let log_key = layout::log_key(tn, position);
                         // The entry may have been pruned since the index was scanned.
                         if let Some(v) = self.store.get(layout::LOG, &log_key)? {
-                            entries.push(self.decode_entry(&meta, &log_key, &v)?);
+                            let (entry, removed) = self.decode_entry(&meta, &log_key, &v)?;
+                            if !removed.is_empty() {
+                                pruned.push((entry.position(), removed));
+                            }
+                            entries.push(entry);
                         }
                     }
                 }
@@ -251,6 +277,7 @@ impl Ledger {
             next,
             has_more,
             head: self.edge_token(tn, &meta, Order::Descending)?,
+            pruned,
         }))
     }
 
@@ -277,7 +304,7 @@ impl Ledger {
         }
         let key = layout::log_key(tenant, token.position);
         if let Some(v) = self.store.get(layout::LOG, &key)? {
-            let entry: StoredEntry = dec(layout::LOG, &key, &v)?;
+            let entry: StoredEntry = layout::dec_entry(&key, &v)?;
             if entry.cid != token.cid {
                 return Ok(Some(GapReason::MessageMismatch));
             }

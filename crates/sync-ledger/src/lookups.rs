@@ -52,7 +52,7 @@ impl Ledger {
                 "message {cid} is indexed at position {position} but the log has no entry there"
             )));
         };
-        let entry: StoredEntry = dec(layout::LOG, &log_key, &bytes)?;
+        let entry: StoredEntry = layout::dec_entry(&log_key, &bytes)?;
         if entry.cid != *cid {
             return Err(Error::Inconsistent(format!(
                 "log position {position} holds {} instead of {cid}",

@@ -13,7 +13,7 @@ use sync_types::{
 use crate::error::{Error, Result};
 use crate::layout::{self, Key, dec, enc};
 use crate::ledger::{Ledger, lock};
-use crate::store::{Batch, Durability, KeyRange, Order};
+use crate::store::{Batch, Durability, KeyRange, Order, WriteScope};
 
 /// Longest error text kept in a dead letter, in bytes.
 pub const DEAD_LETTER_ERROR_BYTES_MAX: usize = sync_types::REASON_BYTES_MAX;
@@ -77,7 +77,7 @@ impl Links<'_> {
         new: LinkState,
         durability: Durability,
     ) -> Result<(LinkState, bool)> {
-        let _g = lock(&self.ledger.registry_lock);
+        let _g = self.ledger.registry_guard()?;
         if let Some(found) = self.get(&new.key)? {
             return Ok((found, false));
         }
@@ -93,7 +93,7 @@ impl Links<'_> {
 
     /// Saves a link's whole state (creating it if needed).
     pub fn save(&self, state: &LinkState, durability: Durability) -> Result<()> {
-        let _g = lock(&self.ledger.registry_lock);
+        let _g = self.ledger.registry_guard()?;
         self.put(state, durability)
     }
 
@@ -104,7 +104,7 @@ impl Links<'_> {
         durability: Durability,
         change: impl FnOnce(&mut LinkState),
     ) -> Result<LinkState> {
-        let _g = lock(&self.ledger.registry_lock);
+        let _g = self.ledger.registry_guard()?;
         let mut state = self
             .get(key)?
             .ok_or_else(|| Error::LinkNotFound(key.to_string()))?;
@@ -149,7 +149,7 @@ impl Links<'_> {
         now_ms: u64,
         durability: Durability,
     ) -> Result<std::result::Result<LinkState, sync_types::TransitionError>> {
-        let _g = lock(&self.ledger.registry_lock);
+        let _g = self.ledger.registry_guard()?;
         let mut state = self
             .get(key)?
             .ok_or_else(|| Error::LinkNotFound(key.to_string()))?;
@@ -194,7 +194,7 @@ impl Links<'_> {
 
     /// Deletes a link; returns whether it existed.
     pub fn delete(&self, key: &LinkKey, durability: Durability) -> Result<bool> {
-        let _g = lock(&self.ledger.registry_lock);
+        let _g = self.ledger.registry_guard()?;
         let existed = self.get(key)?.is_some();
         if existed {
             let mut batch = Batch::new();
@@ -213,7 +213,7 @@ impl Links<'_> {
         keep: &[String],
         durability: Durability,
     ) -> Result<Vec<LinkKey>> {
-        let _g = lock(&self.ledger.registry_lock);
+        let _g = self.ledger.registry_guard()?;
         let mut batch = Batch::new();
         let mut deleted = Vec::new();
         for link in self.list(tenant)? {
@@ -266,7 +266,7 @@ impl DeadLetters<'_> {
     /// `attempts` is ignored); the error text is cut to
     /// [`DEAD_LETTER_ERROR_BYTES_MAX`]. Returns the stored letter.
     pub fn record(&self, mut letter: DeadLetter, durability: Durability) -> Result<DeadLetter> {
-        let _g = lock(&self.ledger.registry_lock);
+        let _g = self.ledger.registry_guard()?;
         let key = dead_letter_key(&letter.tenant, &letter.cid, &letter.endpoint);
         let previous: Option<DeadLetter> =
             match self.ledger.store.get(layout::DEAD_LETTERS, &key)? {
@@ -335,7 +335,7 @@ impl DeadLetters<'_> {
         endpoint: &Endpoint,
         durability: Durability,
     ) -> Result<bool> {
-        let _g = lock(&self.ledger.registry_lock);
+        let _g = self.ledger.registry_guard()?;
         let key = dead_letter_key(tenant, cid, endpoint);
         if self.ledger.store.get(layout::DEAD_LETTERS, &key)?.is_none() {
             return Ok(false);
@@ -353,7 +353,7 @@ impl DeadLetters<'_> {
         filter: &DeadLetterFilter,
         durability: Durability,
     ) -> Result<usize> {
-        let _g = lock(&self.ledger.registry_lock);
+        let _g = self.ledger.registry_guard()?;
         let mut batch = Batch::new();
         for d in self.list(filter)? {
             batch.delete(
@@ -405,7 +405,7 @@ impl Identities<'_> {
     /// Registers an identity; fails with [`Error::IdentityExists`] when the tenant
     /// already has one.
     pub fn register(&self, identity: &RegisteredIdentity, durability: Durability) -> Result<()> {
-        let _g = lock(&self.ledger.registry_lock);
+        let _g = self.ledger.registry_guard()?;
         if self.get(&identity.tenant)?.is_some() {
             return Err(Error::IdentityExists(identity.tenant.clone()));
         }
@@ -419,7 +419,7 @@ impl Identities<'_> {
         identity: &RegisteredIdentity,
         durability: Durability,
     ) -> Result<RegisteredIdentity> {
-        let _g = lock(&self.ledger.registry_lock);
+        let _g = self.ledger.registry_guard()?;
         let previous = self
             .get(&identity.tenant)?
             .ok_or_else(|| Error::IdentityNotFound(identity.tenant.clone()))?;
@@ -444,7 +444,7 @@ impl Identities<'_> {
         tenant: &TenantId,
         durability: Durability,
     ) -> Result<RegisteredIdentity> {
-        let _g = lock(&self.ledger.registry_lock);
+        let _g = self.ledger.registry_guard()?;
         let previous = self
             .get(tenant)?
             .ok_or_else(|| Error::IdentityNotFound(tenant.clone()))?;
@@ -467,5 +467,33 @@ impl Identities<'_> {
                 dec(layout::IDENTITIES, &k, &v)
             })
             .collect()
+    }
+}
+
+/// Held while a registry read-modify-write runs (see [`Ledger::registry_guard`]). The
+/// shared store's lock is released first (fields drop in order), then the process's.
+pub(crate) struct RegistryGuard<'a> {
+    _shared: Option<Box<dyn crate::store::WriteTxn + 'a>>,
+    _local: std::sync::MutexGuard<'a, ()>,
+}
+
+impl Ledger {
+    /// Serializes a read-modify-write of links, dead letters or identities: within the
+    /// process (`registry_lock`), and on a shared store across processes too, with the
+    /// store's [`WriteScope::Registry`] lock held in a transaction of its own until the
+    /// guard drops (after the write committed).
+    pub(crate) fn registry_guard(&self) -> Result<RegistryGuard<'_>> {
+        let local = lock(&self.registry_lock);
+        let shared = if self.shared {
+            let mut txn = self.store.begin()?;
+            txn.lock(WriteScope::Registry)?;
+            Some(txn)
+        } else {
+            None
+        };
+        Ok(RegistryGuard {
+            _shared: shared,
+            _local: local,
+        })
     }
 }

@@ -4,8 +4,10 @@
 //! Everything the ledger keeps goes through [`Store`]. The trait is deliberately small
 //! (get, ordered scans, one atomic batch commit, an explicit persist) so that a backend
 //! is a few hundred lines: [`FjallStore`] on a directory (the default) and
-//! [`MemoryStore`] for tests and simulation. A later backend (a shared
-//! PostgreSQL-compatible store) implements the same five methods.
+//! [`MemoryStore`] for tests and simulation. A store shared by several writer
+//! processes (the `sync-ledger-pg` crate) also overrides [`Store::is_shared`],
+//! [`Store::begin`] and [`Store::get_many`]: see [`WriteTxn`] for what a shared
+//! database adds and why.
 //!
 //! Why this shape:
 //! - **Partitions are static names** ([`Partition`]): the ledger's schema is fixed and
@@ -26,12 +28,14 @@ use crate::error::Result;
 
 mod fjall_store;
 mod memory;
+mod txn;
 
 pub use fjall_store::{
     CACHE_BYTES_DEFAULT, FjallStore, FjallStoreBuilder, JOURNAL_BYTES_MAX_DEFAULT,
     MEMTABLE_BYTES_DEFAULT,
 };
 pub use memory::MemoryStore;
+pub use txn::{LocalTxn, WriteScope, WriteTxn};
 
 /// Longest key a store accepts, in bytes. The ledger's longest key (a tenant, a
 /// protocol, a deep path or context and a cid) is about 2.2 KiB; fjall's own limit is
@@ -401,7 +405,9 @@ pub type ScanIter<'a> = Box<dyn Iterator<Item = Result<KeyValue>> + 'a>;
 /// - scans are ordered by key bytes and see only committed batches (a scan may or may
 ///   not see a batch committed while it runs, but never part of one);
 /// - a commit that returns an error may or may not have been applied, and the caller
-///   (the [`Ledger`](crate::Ledger)) must treat the store as poisoned;
+///   (the [`Ledger`](crate::Ledger)) must treat the store as poisoned, except after
+///   [`Error::Retry`](crate::Error::Retry) from a shared store, whose transactions
+///   leave it consistent either way;
 /// - after a crash, the store holds a prefix of the committed batches that includes
 ///   every batch committed with a synced [`Durability`] (and, after a process crash
 ///   only, every batch).
@@ -431,6 +437,28 @@ pub trait Store: Send + Sync + 'static {
     /// task without moving to a blocking thread. Default: `true`.
     fn commit_may_block(&self) -> bool {
         true
+    }
+
+    /// Whether other processes may write the same data. A shared store must return
+    /// its own [`WriteTxn`] from [`begin`](Self::begin), and the ledger then keeps no
+    /// cached log head and allocates numbers only under a [`WriteScope`] lock.
+    /// Default: `false`.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Begins a write transaction. Default: a [`LocalTxn`], which reads the store
+    /// directly and commits with [`commit`](Self::commit); a store with one writer
+    /// needs nothing more.
+    fn begin(&self) -> Result<Box<dyn WriteTxn + '_>> {
+        Ok(Box::new(LocalTxn::new(self)))
+    }
+
+    /// The values of `keys` in `partition`, in the order of `keys`. A store where a
+    /// read is a round trip answers all of them with one. Default: one
+    /// [`get`](Self::get) per key.
+    fn get_many(&self, partition: Partition, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter().map(|k| self.get(partition, k)).collect()
     }
 
     /// Sets one key (a batch of one).
