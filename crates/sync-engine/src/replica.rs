@@ -28,7 +28,7 @@ use sync_ledger::{Durability, Ledger, LedgerOutcome};
 use sync_types::{
     ApplyOutcome, Cid, Clock, Configure, ContextId, DataRef, Delete, Dependency, Hlc, HlcClock,
     MISSING_MAX, Message, NodeId, PrincipalId, ProgressToken, ProtocolDefinition, ProtocolName,
-    ProtocolPath, RecordId, SyncEvent, SystemClock, TenantId, TypeRule, Write,
+    ProtocolPath, RecordId, SyncEvent, TenantId, TypeRule, Write,
 };
 use tokio::sync::broadcast;
 
@@ -37,6 +37,7 @@ pub use crate::conflict::{ConflictInfo, ConflictPolicy, Resolution};
 use crate::error::{Error, Result};
 use crate::index::TreeIndex;
 use crate::order::dependency_order;
+pub use builder::ReplicaBuilder;
 
 /// Most passes of one apply call: enough for a protocol, its composed protocols, and a
 /// record tree as deep as [`sync_types::PATH_DEPTH_MAX`], plus updates and deletes.
@@ -167,129 +168,6 @@ pub struct WriteRequest {
     pub data: Option<Vec<u8>>,
     /// Who writes.
     pub author: PrincipalId,
-}
-
-/// Opens a [`Replica`].
-#[must_use]
-pub struct ReplicaBuilder {
-    node: Option<NodeId>,
-    clock: Arc<dyn Clock + Send + Sync>,
-    durability: Durability,
-    policies: Policies,
-    seed: Option<u64>,
-}
-
-impl Default for ReplicaBuilder {
-    fn default() -> Self {
-        Self {
-            node: None,
-            clock: Arc::new(SystemClock),
-            durability: Durability::SyncData,
-            policies: Policies::default(),
-            seed: None,
-        }
-    }
-}
-
-impl ReplicaBuilder {
-    /// The node id stamped into timestamps, overriding the stored one for this open.
-    /// Default: the id stored in the ledger; a store that has none gets a new random
-    /// one (derived from [`seed`](Self::seed) when set), stored once with a synced write
-    /// and reused by every later open. An explicit id is also stored when the ledger
-    /// has none, but never replaces a stored one.
-    pub fn node_id(mut self, node: NodeId) -> Self {
-        self.node = Some(node);
-        self
-    }
-
-    /// The wall clock. Default: the system clock.
-    pub fn clock(mut self, clock: Arc<dyn Clock + Send + Sync>) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// The durability of every commit. Default: [`Durability::SyncData`], so an
-    /// acknowledged write survives a power loss.
-    pub fn durability(mut self, durability: Durability) -> Self {
-        self.durability = durability;
-        self
-    }
-
-    /// The conflict policy of every protocol without its own
-    /// ([`conflict_policy_for`](Self::conflict_policy_for)). Default: last writer wins.
-    pub fn conflict_policy(mut self, policy: ConflictPolicy) -> Self {
-        self.policies.default = policy;
-        self
-    }
-
-    /// The conflict policy of one protocol. Default: the replica's policy.
-    pub fn conflict_policy_for(mut self, protocol: ProtocolName, policy: ConflictPolicy) -> Self {
-        self.policies.by_protocol.insert(protocol, policy);
-        self
-    }
-
-    /// Seeds the ledger's stream ids and the node id of a store that has none, so a
-    /// simulation replays exactly.
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
-        self
-    }
-
-    /// Opens a replica on a fjall directory.
-    pub fn open(self, path: impl AsRef<Path>) -> Result<Replica> {
-        let ledger = self.ledger_builder().open_fjall(path)?;
-        self.with_ledger(ledger)
-    }
-
-    /// Opens a replica in memory.
-    pub fn in_memory(self) -> Result<Replica> {
-        let ledger = self.ledger_builder().open_in_memory()?;
-        self.with_ledger(ledger)
-    }
-
-    fn ledger_builder(&self) -> sync_ledger::LedgerBuilder {
-        match self.seed {
-            Some(seed) => Ledger::builder().seed(seed),
-            None => Ledger::builder(),
-        }
-    }
-
-    /// Opens a replica over a ledger that is already open (any backend).
-    pub fn with_ledger(self, ledger: Ledger) -> Result<Replica> {
-        let candidate = match self.seed {
-            Some(seed) => NodeId(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
-            None => NodeId(random_u64()),
-        };
-        let stored = ledger.init_node_id(self.node.unwrap_or(candidate))?;
-        let node = self.node.unwrap_or(stored);
-        // Resume after everything this store holds, so no restart, however far the
-        // wall clock went back, issues a timestamp below one it issued or saw before.
-        let mut hlc = HlcClock::new(self.clock.clone(), node);
-        hlc.resume_after(ledger.hlc_high_water());
-        let mut index = TreeIndex::new();
-        for tenant in ledger.tenants()? {
-            let sorted: Vec<[u8; 32]> = ledger
-                .cids(&tenant)?
-                .map(|c| c.map(|c| *c.as_bytes()))
-                .collect::<std::result::Result<_, _>>()?;
-            index.rebuild_tenant(&tenant, &sorted)?;
-        }
-        let (changes, _) = broadcast::channel(CHANNEL_CAPACITY);
-        let (events, _) = broadcast::channel(CHANNEL_CAPACITY);
-        Ok(Replica {
-            inner: Arc::new(Inner {
-                hlc: Mutex::new(hlc),
-                clock: self.clock,
-                ledger,
-                index: RwLock::new(index),
-                writer: Mutex::new(()),
-                durability: self.durability,
-                policies: RwLock::new(self.policies),
-                changes,
-                events,
-            }),
-        })
-    }
 }
 
 /// A local store: ledger, tree index and apply pipeline. Cheap to clone (a handle).
@@ -884,6 +762,7 @@ impl Replica {
     }
 }
 
+mod builder;
 mod checks;
 mod reads;
 mod trees;
