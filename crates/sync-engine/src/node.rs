@@ -34,8 +34,8 @@ use sync_transport::proto::{
 };
 use sync_transport::token::Role;
 use sync_types::{
-    Actions, ApplyOutcome, Connectivity, DeadLetterCategory, Dependency, Direction, HealthSummary,
-    Message, Scope, ScopeClass, TenantId,
+    Actions, ApplyOutcome, BatchInitialWrites, Connectivity, DeadLetterCategory, Dependency,
+    Direction, HealthSummary, Message, RecordId, Scope, ScopeClass, TenantId,
 };
 use tokio::sync::watch;
 
@@ -124,11 +124,16 @@ impl ReplicaHandler {
     ///
     /// A message naming another protocol than its stored record is refused by the
     /// replica's apply (`Invalid`), for owners and delegates alike.
+    ///
+    /// A delete's record is looked up in the store, then among `batch`: the initial
+    /// writes of the same push that passed these checks (the store first, so a write in
+    /// the batch never lends a place to a record that is stored elsewhere).
     fn refusal(
         &self,
         ctx: &RequestContext,
         tenant: &TenantId,
         message: &Message,
+        batch: &BatchInitialWrites,
     ) -> Result<Option<ApplyOutcome>, HandlerError> {
         let claims = &ctx.claims;
         if claims.role == Role::Delegate && *message.author() != claims.principal {
@@ -144,7 +149,15 @@ impl ReplicaHandler {
             }));
         }
         if matches!(message, Message::Delete(_))
-            && self.classify(tenant, &claims.scope, Direction::Push, message)?
+            && claims
+                .scope
+                .gate(Direction::Push, message, &|record: &RecordId| {
+                    Ok::<_, crate::Error>(match self.replica.record_place(tenant, record)? {
+                        Some(place) => Some(place),
+                        None => batch.get(record).cloned(),
+                    })
+                })
+                .map_err(internal)?
                 != ScopeClass::InScope
         {
             return Ok(Some(ApplyOutcome::Unauthorized));
@@ -338,9 +351,29 @@ impl Handler for ReplicaHandler {
         tenant: &TenantId,
         messages: Vec<MessageData>,
     ) -> Result<Vec<ApplyOutcome>, HandlerError> {
+        // Everything but deletes first; then deletes, which may name a record whose
+        // initial write is in this push and passed.
+        let is_delete = |m: &MessageData| matches!(m.message, Message::Delete(_));
+        let none = BatchInitialWrites::new(std::iter::empty());
         let mut outcomes: Vec<Option<ApplyOutcome>> = Vec::with_capacity(messages.len());
         for m in &messages {
-            outcomes.push(self.refusal(ctx, tenant, &m.message)?);
+            outcomes.push(if is_delete(m) {
+                None
+            } else {
+                self.refusal(ctx, tenant, &m.message, &none)?
+            });
+        }
+        let batch = BatchInitialWrites::new(
+            messages
+                .iter()
+                .zip(&outcomes)
+                .filter(|(m, o)| !is_delete(m) && o.is_none())
+                .map(|(m, _)| &m.message),
+        );
+        for (m, o) in messages.iter().zip(outcomes.iter_mut()) {
+            if is_delete(m) {
+                *o = self.refusal(ctx, tenant, &m.message, &batch)?;
+            }
         }
         let items: Vec<(Message, Option<Vec<u8>>)> = messages
             .into_iter()

@@ -1270,3 +1270,97 @@ fn a_terminal_result_stops_the_link_machine() {
     m.handle_start(at + 1);
     assert_eq!(m.poll_action(), None);
 }
+
+/// A delegate of one thread writes a comment in it and deletes it before its next push:
+/// the node takes both (the delete's record is classified by the initial write in the
+/// same push, as a pulling replica would), and a delete of a record outside the thread
+/// is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delegate_writes_and_deletes_a_record_of_its_projection_in_one_push() {
+    let (server, _handle, ep) = http_node(100).await;
+    let laptop = replica(1);
+    let ids = populate(&laptop);
+    let el = engine(&laptop, http(), vec![ep.clone()], fast_config());
+    sync_until_quiet(&el, 3).await;
+    let thread = Scope::projection(vec![ProjectionEntry {
+        protocol: notes(),
+        path_prefixes: vec![],
+        context_prefixes: vec![ContextId::root(ids[1])],
+    }])
+    .unwrap();
+    let claims = delegate_claims("watch-thread", &thread, Actions::ALL, FAR_FUTURE_MS);
+    let watch = replica(3);
+    let ew = delegate_engine(&watch, &claims, &thread, &ep);
+    quiet(&ew).await;
+
+    let written = watch
+        .write(
+            &tenant(),
+            WriteRequest {
+                protocol: notes(),
+                path: comment(),
+                key: sync_engine::RecordKey::New,
+                parent: Some(ids[1]),
+                data: Some(b"short-lived".to_vec()),
+                author: phone(),
+            },
+        )
+        .unwrap()
+        .record_id;
+    watch.delete(&tenant(), written, &phone()).unwrap();
+    let report = ew.sync_once().await;
+    assert!(report.is_ok(), "{report:?}");
+    let push = report.links[0].push.as_ref().expect("the link pushed");
+    assert_eq!(push.dead_lettered, 0, "{push:?}");
+    assert!(ew.dead_letters().unwrap().is_empty());
+    assert!(
+        server
+            .ledger()
+            .record_info(&tenant(), &written)
+            .unwrap()
+            .is_some(),
+        "the node holds the record"
+    );
+    assert!(
+        server.get(&tenant(), &written).unwrap().is_none(),
+        "and its delete"
+    );
+    holds_exactly(&watch, &server, &thread);
+
+    // A record of another thread stays out of reach.
+    let outside = laptop
+        .list(&tenant(), &notes(), None)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.record_id == ids[2])
+        .expect("note 2");
+    let forged = sync_types::Message::Delete(sync_types::Delete {
+        tenant: tenant(),
+        protocol: notes(),
+        record_id: outside.record_id,
+        prev: Some(outside.cid),
+        timestamp: sync_types::Hlc {
+            wall_ms: outside.timestamp.wall_ms + 1,
+            counter: 0,
+            node: NodeId(3),
+        },
+        author: phone(),
+    });
+    let client =
+        HttpClient::new(&ep, &Token::issue(&key(), claims), ClientConfig::default()).unwrap();
+    let reply = client
+        .write_batch(WriteBatchRequest {
+            tenant: tenant(),
+            messages: vec![MessageData {
+                message: forged,
+                data: None,
+            }],
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.outcomes, vec![ApplyOutcome::Unauthorized]);
+    assert!(
+        server.get(&tenant(), &ids[2]).unwrap().is_some(),
+        "still live"
+    );
+}
