@@ -62,10 +62,10 @@ fn device(endpoint: &Endpoint, token: &Token) -> Device {
         ))
         .unwrap();
     let links = engine.links().unwrap();
-    let config = EngineOps::<HttpConnector>::link_config(LinkConfig {
+    let config = LinkConfig {
         reconnect_backoff_ms: vec![100, 250, 500],
         ..LinkConfig::default()
-    });
+    };
     let driver = LiveDriver::start(
         replica.clone(),
         Arc::new(EngineOps::new(engine)),

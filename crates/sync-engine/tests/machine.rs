@@ -497,22 +497,20 @@ fn push_is_immediate_when_idle_and_batched_only_during_a_burst() {
     );
 }
 
+/// Pushes are retried inside the operation (the engine's one schedule); a push that
+/// still fails marks the link for a reconcile, and the machine does not retry it itself.
 #[test]
-fn push_retries_back_off_then_mark_the_link_for_reconcile() {
+fn a_failed_push_marks_the_link_for_reconcile() {
     let (mut m, _) = live_machine();
     m.handle_local_write(0, local(1));
-    let (mut t, _) = push(&drain(&mut m));
-    let mut now = 0;
-    for backoff in [250u64, 1_000, 2_000] {
-        m.handle_push_result(now, t, PushResult::Failed("connection refused".into()));
-        let at = armed(&drain(&mut m), Timer::PushRetry).unwrap();
-        assert_eq!(at - now, backoff);
-        now = at;
-        m.handle_timer(now, Timer::PushRetry);
-        t = push(&drain(&mut m)).0;
-    }
+    let (t, _) = push(&drain(&mut m));
+    let now = 0;
     m.handle_push_result(now, t, PushResult::Failed("connection refused".into()));
     let actions = drain(&mut m);
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Push { .. })),
+        "no retry of its own"
+    );
     assert!(persisted(&actions).unwrap().needs_reconcile);
     assert!(events(&actions).iter().any(|e| matches!(
         e,

@@ -1334,12 +1334,12 @@ async fn a_delegate_writes_and_deletes_a_record_of_its_projection_in_one_push() 
         .into_iter()
         .find(|r| r.record_id == ids[2])
         .expect("note 2");
-    let forged = sync_types::Message::Delete(sync_types::Delete {
+    let forged = Message::Delete(Delete {
         tenant: tenant(),
         protocol: notes(),
         record_id: outside.record_id,
         prev: Some(outside.cid),
-        timestamp: sync_types::Hlc {
+        timestamp: Hlc {
             wall_ms: outside.timestamp.wall_ms + 1,
             counter: 0,
             node: NodeId(3),

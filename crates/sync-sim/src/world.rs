@@ -170,10 +170,10 @@ impl World {
                     .into_iter()
                     .next()
                     .ok_or_else(|| fail(self.config.seed, "no link"))?;
-                let config = EngineOps::<SimConnector>::link_config(LinkConfig {
+                let config = LinkConfig {
                     jitter_seed: self.config.seed ^ index as u64,
                     ..LinkConfig::default()
-                });
+                };
                 let news = Arc::new(std::sync::Mutex::new(VecDeque::new()));
                 let sink = news.clone();
                 EngineOps::new(engine.clone()).own(

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use sync_engine::live::{EngineOps, LiveDriver};
 use sync_engine::machine::LinkConfig;
-use sync_engine::sync::HttpConnector;
 use sync_engine::{Change, Origin};
 use sync_types::{Connectivity, LinkStatus, Message, SyncEvent};
 use tokio::sync::broadcast;
@@ -41,10 +40,10 @@ pub(crate) fn start_live(s: &Session) -> anyhow::Result<LiveDriver> {
         .into_iter()
         .filter(|l| l.key == s.link)
         .collect();
-    let config = EngineOps::<HttpConnector>::link_config(LinkConfig {
+    let config = LinkConfig {
         reconnect_backoff_ms: RECONNECT_BACKOFF_MS.to_vec(),
         ..LinkConfig::default()
-    });
+    };
     Ok(LiveDriver::start(
         s.replica.clone(),
         Arc::new(EngineOps::new(s.engine.clone())),

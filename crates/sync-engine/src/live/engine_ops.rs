@@ -16,9 +16,9 @@ use super::{LinkOps, LiveDriver};
 /// [`LinkOps`] over an [`Engine`](crate::sync::Engine): the engine's catch-up, push and
 /// reconcile, the connector's subscription, and the replica's apply.
 ///
-/// The engine retries a failed push itself (its `push_retry_backoff_ms`), so a driver
-/// over `EngineOps` should give its machines a single push attempt
-/// ([`EngineOps::link_config`] does), and a failed push goes straight to a reconcile.
+/// A push is retried inside the operation, on the engine's one retry schedule
+/// ([`SyncConfig::push_retry_backoff_ms`](crate::sync::SyncConfig::push_retry_backoff_ms));
+/// a push that still fails sends the link to a reconcile.
 pub struct EngineOps<C: crate::sync::Connector> {
     engine: crate::sync::Engine<C>,
 }
@@ -38,14 +38,6 @@ impl<C: crate::sync::Connector> EngineOps<C> {
     /// The engine.
     pub fn engine(&self) -> &crate::sync::Engine<C> {
         &self.engine
-    }
-
-    /// `base` with the machine's push retries left to the engine.
-    pub fn link_config(base: LinkConfig) -> LinkConfig {
-        LinkConfig {
-            push_retry_backoff_ms: vec![0],
-            ..base
-        }
     }
 
     fn token(&self, tenant: &sync_types::TenantId) -> Option<String> {
@@ -238,12 +230,7 @@ impl<C: crate::sync::Connector> LiveSync<C> {
         let links = engine.links()?;
         let replica = engine.replica().clone();
         let ops = Arc::new(EngineOps::new(engine));
-        let driver = LiveDriver::start(
-            replica,
-            ops.clone(),
-            links,
-            EngineOps::<C>::link_config(config),
-        );
+        let driver = LiveDriver::start(replica, ops.clone(), links, config);
         Ok(Self { ops, driver })
     }
 

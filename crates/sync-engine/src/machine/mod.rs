@@ -53,7 +53,6 @@ pub struct LinkMachine {
     subscription: Option<SubscriptionId>,
     reconnects: u32,
     push_ticket: Option<Ticket>,
-    push_failures: usize,
     writes_during_push: u32,
     local_head: Option<ProgressToken>,
     remote_head: Option<ProgressToken>,
@@ -86,7 +85,6 @@ impl LinkMachine {
             subscription: None,
             reconnects: 0,
             push_ticket: None,
-            push_failures: 0,
             writes_during_push: 0,
             local_head: None,
             remote_head: None,
@@ -368,9 +366,7 @@ impl LinkMachine {
         if self.push_ticket.is_some() {
             // Counted, so a burst can be batched into one flush after the push.
             self.writes_during_push = self.writes_during_push.saturating_add(1);
-        } else if !self.timers.contains_key(&Timer::PushRetry)
-            && !self.timers.contains_key(&Timer::PushBatch)
-        {
+        } else if !self.timers.contains_key(&Timer::PushBatch) {
             self.start_push();
         }
     }
@@ -383,7 +379,6 @@ impl LinkMachine {
         self.push_ticket = None;
         match result {
             PushResult::Settled { upto } => {
-                self.push_failures = 0;
                 self.set_connectivity(Connectivity::Online);
                 // Never back: a reconcile that converged meanwhile may have moved the
                 // checkpoint past what this push reached.
@@ -409,18 +404,14 @@ impl LinkMachine {
                     }
                 }
             }
+            // The operation retried already (the engine's one retry schedule,
+            // `SyncConfig::push_retry_backoff_ms`): only a reconcile can tell what the
+            // remote holds now; the next local write pushes again.
             PushResult::Failed(_) => {
                 self.writes_during_push = 0;
-                self.push_failures += 1;
                 self.set_connectivity(Connectivity::Offline);
-                match self.config.push_retry_backoff_ms.get(self.push_failures) {
-                    Some(&delay) => self.arm(Timer::PushRetry, now_ms + delay),
-                    None => {
-                        self.push_failures = 0;
-                        self.mark_needs_reconcile(ReconcileReason::PushRetryExhausted);
-                        self.arm(Timer::Reconcile, now_ms + self.config.reconcile_delay_ms);
-                    }
-                }
+                self.mark_needs_reconcile(ReconcileReason::PushRetryExhausted);
+                self.arm(Timer::Reconcile, now_ms + self.config.reconcile_delay_ms);
             }
         }
     }
@@ -554,7 +545,7 @@ impl LinkMachine {
             _ => return,
         }
         match timer {
-            Timer::PushRetry | Timer::PushBatch => self.start_push(),
+            Timer::PushBatch => self.start_push(),
             Timer::Reconcile => {
                 if self.repair.is_none() {
                     self.start_reconcile();

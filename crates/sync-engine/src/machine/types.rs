@@ -21,9 +21,6 @@ pub struct LinkConfig {
     pub mode: Mode,
     /// Deliveries in flight before the link goes to repair (default 100).
     pub in_flight_deliveries_max: usize,
-    /// Wait before each push attempt (default 0, 250, 1000, 2000 ms); after the last
-    /// attempt fails the link needs a reconcile.
-    pub push_retry_backoff_ms: Vec<u64>,
     /// Batch window before flushing writes that arrived while a push was in flight, used
     /// only under a burst (default 100 ms).
     pub push_batch_window_ms: u64,
@@ -58,7 +55,6 @@ impl Default for LinkConfig {
         Self {
             mode: Mode::Live,
             in_flight_deliveries_max: IN_FLIGHT_DELIVERIES_MAX,
-            push_retry_backoff_ms: vec![0, 250, 1_000, 2_000],
             push_batch_window_ms: 100,
             push_burst_writes_min: 32,
             repair_backoff_ms: vec![1_000, 3_000, 10_000],
@@ -86,8 +82,6 @@ pub struct Ticket(pub u64);
 /// The timers a link uses; at most one of each is armed.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub enum Timer {
-    /// Retry a failed push.
-    PushRetry,
     /// Flush writes batched while a push was in flight.
     PushBatch,
     /// Run a reconcile the link asked for.
