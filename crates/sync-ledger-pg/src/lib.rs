@@ -77,7 +77,9 @@
 
 mod conn;
 mod keys;
+mod rows;
 pub mod schema;
 mod store;
+mod values;
 
 pub use store::{POOL_CONNECTIONS_DEFAULT, POOL_WAIT_DEFAULT, PgStore, PgStoreBuilder};

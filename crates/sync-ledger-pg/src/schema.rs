@@ -26,6 +26,7 @@ use sync_ledger::layout;
 use sync_ledger::store::Partition;
 
 use crate::conn::Conn;
+use crate::values::{ValueShape, alter_sql, value_shape};
 
 /// How a partition's keys map onto columns.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -104,17 +105,37 @@ pub(crate) fn create_table(schema: &str, p: Partition) -> String {
 pub const TENANT_PARTITIONS: u32 = 8;
 
 /// The schema version this build creates and reads.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
-/// Migration `n` (1-based) as SQL run in the migrating transaction.
-fn migration(schema: &str, n: i32) -> String {
+/// Runs migration `n` (1-based) in the migrating transaction.
+fn migration(conn: &mut Conn, schema: &str, n: i32) -> sync_ledger::Result<()> {
     match n {
-        // The ledger's tables.
-        1 => layout::PARTITIONS
-            .iter()
-            .map(|p| create_table(schema, *p))
-            .collect::<Vec<_>>()
-            .join("; "),
+        // The ledger's tables, values whole in `v`.
+        1 => conn.simple(
+            &layout::PARTITIONS
+                .iter()
+                .map(|p| create_table(schema, *p))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        // Typed value columns, and every existing value moved into them.
+        2 => {
+            let typed: Vec<_> = layout::PARTITIONS
+                .iter()
+                .filter(|p| value_shape(**p) != ValueShape::Blob)
+                .collect();
+            conn.simple(
+                &typed
+                    .iter()
+                    .map(|p| alter_sql(&table(schema, **p), value_shape(**p)))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )?;
+            for p in typed {
+                crate::rows::convert(conn, schema, *p)?;
+            }
+            Ok(())
+        }
         _ => unreachable!("migration {n} does not exist"),
     }
 }
@@ -137,9 +158,9 @@ pub(crate) fn lock_space(schema: &str) -> i32 {
     i32::from_ne_bytes(h.to_ne_bytes())
 }
 
-/// Creates the schema and runs every missing migration; returns the version found
-/// before. Refuses a database migrated by a newer build.
-pub(crate) fn migrate(conn: &mut Conn, schema: &str) -> sync_ledger::Result<i32> {
+/// Creates the schema and runs every missing migration up to `target`; returns the
+/// version found before. Refuses a database migrated by a newer build.
+pub(crate) fn migrate(conn: &mut Conn, schema: &str, target: i32) -> sync_ledger::Result<i32> {
     let space = lock_space(schema);
     conn.simple(&format!(
         "BEGIN; SELECT pg_advisory_xact_lock({space}, {LOCK_MIGRATE}); \
@@ -159,8 +180,8 @@ pub(crate) fn migrate(conn: &mut Conn, schema: &str) -> sync_ledger::Result<i32>
                 supported: SCHEMA_VERSION.unsigned_abs(),
             });
         }
-        for n in found + 1..=SCHEMA_VERSION {
-            conn.simple(&migration(schema, n))?;
+        for n in found + 1..=target {
+            migration(conn, schema, n)?;
             conn.simple(&format!(
                 "INSERT INTO \"{schema}\".weft_migrations (version) VALUES ({n})"
             ))?;
