@@ -1,26 +1,54 @@
-//! The tables: one per ledger partition, shaped by what its keys hold, and the
-//! versioned migrations that create them.
+//! The tables: one per ledger partition, their key columns shaped by what its keys
+//! hold and their value columns by what its values hold, and the versioned migrations
+//! that create them.
 //!
-//! | shape | partitions | columns | primary key |
+//! Key columns:
+//!
+//! | shape | partitions | key columns | primary key |
 //! |---|---|---|---|
-//! | log | `log` | `tn int8`, `pos int8`, `v bytea` | `(tn, pos)` |
-//! | tenant | `log_meta`, `log_by_protocol`, `msg`, `records`, `by_path`, `by_context`, `configs`, `by_blob` | `tn int8`, `k bytea` (the whole key), `v bytea` | `(tn, k)` |
-//! | global | everything else (`meta`, `names`, blobs, links, dead letters, identities) | `k bytea`, `v bytea` | `k` |
+//! | log | `log` | `tn int8`, `pos int8` | `(tn, pos)` |
+//! | tenant | `log_meta`, `log_by_protocol`, `msg`, `records`, `by_path`, `by_context`, `configs`, `by_blob` | `tn int8`, `k bytea` (the whole key) | `(tn, k)` |
+//! | global | everything else (`meta`, `names`, blobs, links, dead letters, identities) | `k bytea` | `k` |
+//!
+//! Value columns (schema 2): every table has `v bytea`, and the partitions whose values
+//! the ledger defines as fixed types also have typed columns, which hold the value
+//! instead of `v` (a check constraint: either `v`, or every typed column):
+//!
+//! | partitions | value (`sync_ledger::layout`) | typed columns |
+//! |---|---|---|
+//! | `log` | `StoredEntry` | `cid bytea` (32 bytes), `pruned bytea[]` (the cids its apply pruned), `body bytea` (the message and its inline data, as encoded) |
+//! | `log_meta` | `LogMeta` | `stream_id bytea` (16 bytes), `epoch int8`, `head int8`, `compacted_through int8` |
+//! | `msg`, `configs` | the message's position | `pos int8` |
+//! | `log_by_protocol`, `by_path`, `by_context`, `by_blob` | the message's cid | `cid bytea` |
+//! | `records` | `RecordRow` | `head bytea` (the initial and winning versions, as encoded), `protocol text`, `place bytea` (the path and context, as encoded) |
+//! | the others (`names`, `meta`, blobs, links, dead letters, identities) | various | none: `v` |
+//!
+//! A value is split with the ledger's own types and encoder and joined back to the same
+//! bytes; one that does not give its bytes back from columns (a log entry in layout 3's
+//! encoding, a position of 2^63 or more, bytes some other writer put) stays whole in
+//! `v` (module `values`). A record row's head (its initial version, optional, and its
+//! winner) and its optional path and context stay encoded: splitting them needs
+//! nullable columns and nested versions, and the ledger reads and rewrites the row
+//! whole in every apply that touches the record.
 //!
 //! `tn` is the tenant's interned number, which every key of a tenant's partition starts
 //! with (an LEB128 varint, see `sync_ledger::layout`); `pos` is the log position. A
 //! tenant's rows are therefore one contiguous range of each primary key, every read and
 //! write of an apply names its tenant, and operators can query a tenant's log by
-//! position. The log and tenant tables are also partitioned by tenant: `PARTITION BY
-//! HASH (tn)` into [`TENANT_PARTITIONS`] tables each (`weft_log_p0` …), so a
-//! partition's indexes and vacuum cover a share of the tenants, and a statement that
-//! names one tenant touches one partition (run-time pruning also applies to the
-//! `unnest` joins, probe by probe). The `Tenant` shape keeps the whole key in `k` so that a scan across tenants
-//! is still in key-byte order (bytea compares like `memcmp`).
+//! position, and its head, cids and pruned ids by column. The log and tenant tables are
+//! also partitioned by tenant: `PARTITION BY HASH (tn)` into [`TENANT_PARTITIONS`]
+//! tables each (`weft_log_p0` …), so a partition's indexes and vacuum cover a share of
+//! the tenants, and a statement that names one tenant touches one partition (run-time
+//! pruning also applies to the `unnest` joins, probe by probe). The `Tenant` shape keeps
+//! the whole key in `k` so that a scan across tenants is still in key-byte order (bytea
+//! compares like `memcmp`).
 //!
 //! Migrations are numbered; opening a store runs the missing ones in one transaction under
 //! an advisory lock, so several processes opening the same database at once apply each
-//! exactly once.
+//! exactly once. Migration 1 creates the tables with values whole in `v`; migration 2
+//! adds the typed columns and moves every existing value into them, in key order, a
+//! thousand rows per statement, in the same transaction (a database written by schema
+//! 1 opens with this build, `tests/migration.rs`).
 
 use sync_ledger::layout;
 use sync_ledger::store::Partition;

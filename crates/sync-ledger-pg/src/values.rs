@@ -13,10 +13,10 @@
 use postgres::Row;
 use postgres::types::ToSql;
 use sync_ledger::Error;
-use sync_ledger::layout::{self, LogMeta, StoredEntry};
+use sync_ledger::layout::{self, LogMeta, RecordRow, StoredEntry};
 use sync_ledger::store::Partition;
 use sync_types::codec;
-use sync_types::{Cid, StreamId};
+use sync_types::{Cid, ProtocolName, StreamId};
 
 /// How a partition's values map onto columns.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -32,6 +32,9 @@ pub(crate) enum ValueShape {
     Pos,
     /// A [`Cid`]: `cid`.
     Cid,
+    /// A [`RecordRow`]: `head` (the retained versions, as encoded), `protocol`, `place`
+    /// (the path and context, as encoded).
+    Record,
 }
 
 /// What a column holds, and how it is sent (as one array per column).
@@ -43,6 +46,8 @@ pub(crate) enum ColKind {
     Int,
     /// `bytea[]` of 32-byte cids, sent as their concatenation.
     CidList,
+    /// `text`.
+    Text,
 }
 
 /// A typed column: its name, its kind.
@@ -56,6 +61,8 @@ pub(crate) fn value_shape(p: Partition) -> ValueShape {
         ValueShape::LogMeta
     } else if p == layout::MSG || p == layout::CONFIGS {
         ValueShape::Pos
+    } else if p == layout::RECORDS {
+        ValueShape::Record
     } else if [
         layout::LOG_BY_PROTOCOL,
         layout::BY_PATH,
@@ -72,7 +79,7 @@ pub(crate) fn value_shape(p: Partition) -> ValueShape {
 
 /// The typed columns of a shape, in the order [`split`] fills them.
 pub(crate) fn columns(shape: ValueShape) -> &'static [Col] {
-    use ColKind::{Bytes, CidList, Int};
+    use ColKind::{Bytes, CidList, Int, Text};
     match shape {
         ValueShape::Blob => &[],
         ValueShape::Entry => &[("cid", Bytes), ("pruned", CidList), ("body", Bytes)],
@@ -84,6 +91,7 @@ pub(crate) fn columns(shape: ValueShape) -> &'static [Col] {
         ],
         ValueShape::Pos => &[("pos", Int)],
         ValueShape::Cid => &[("cid", Bytes)],
+        ValueShape::Record => &[("head", Bytes), ("protocol", Text), ("place", Bytes)],
     }
 }
 
@@ -93,6 +101,7 @@ pub(crate) fn sql_type(kind: ColKind) -> &'static str {
         ColKind::Bytes => "bytea",
         ColKind::Int => "int8",
         ColKind::CidList => "bytea[]",
+        ColKind::Text => "text",
     }
 }
 
@@ -103,6 +112,8 @@ pub(crate) enum Cell {
     Bytes(Vec<u8>),
     /// An `int8`.
     Int(i64),
+    /// A `text`.
+    Text(String),
 }
 
 fn u63(n: u64) -> Option<i64> {
@@ -156,6 +167,23 @@ pub(crate) fn split(shape: ValueShape, value: &[u8]) -> Option<Vec<Cell>> {
             (codec::encode(&cid) == value).then_some(())?;
             Some(vec![Cell::Bytes(cid.as_bytes().to_vec())])
         }
+        ValueShape::Record => {
+            let row: RecordRow = codec::decode(value, max).ok()?;
+            // The version byte, then the head, the protocol, the path and context.
+            let head = codec::encode(&row.head);
+            let protocol = &codec::encode(&row.protocol)[1..];
+            if value.len() < head.len() + protocol.len()
+                || !value.starts_with(&head)
+                || !value[head.len()..].starts_with(protocol)
+            {
+                return None;
+            }
+            Some(vec![
+                Cell::Bytes(head[1..].to_vec()),
+                Cell::Text(row.protocol.as_str().to_owned()),
+                Cell::Bytes(value[head.len() + protocol.len()..].to_vec()),
+            ])
+        }
     }
 }
 
@@ -167,6 +195,8 @@ pub(crate) enum Read {
     List(Vec<Vec<u8>>),
     /// An `int8`.
     Int(i64),
+    /// A `text`.
+    Text(String),
 }
 
 fn cid(p: Partition, bytes: &[u8]) -> Result<Cid, Error> {
@@ -234,6 +264,21 @@ pub(crate) fn join(p: Partition, shape: ValueShape, cells: Vec<Read>) -> Result<
         }
         ValueShape::Pos => Ok(codec::encode(&next_uint(p, cells)?)),
         ValueShape::Cid => Ok(codec::encode(&cid(p, &next_bytes(p, cells)?)?)),
+        ValueShape::Record => {
+            let head = next_bytes(p, cells)?;
+            let protocol = match cells.next() {
+                Some(Read::Text(s)) => ProtocolName::new(s).map_err(|_| corrupt(p))?,
+                _ => return Err(corrupt(p)),
+            };
+            let place = next_bytes(p, cells)?;
+            let protocol = codec::encode(&protocol);
+            let mut out = Vec::with_capacity(protocol.len() + head.len() + place.len());
+            out.push(protocol[0]);
+            out.extend_from_slice(&head);
+            out.extend_from_slice(&protocol[1..]);
+            out.extend_from_slice(&place);
+            Ok(out)
+        }
     }
 }
 
@@ -246,6 +291,7 @@ pub(crate) struct ValueArrays {
 enum ColArray {
     Bytes(Vec<Option<Vec<u8>>>),
     Int(Vec<Option<i64>>),
+    Text(Vec<Option<String>>),
 }
 
 impl ValueArrays {
@@ -258,6 +304,7 @@ impl ValueArrays {
                 .iter()
                 .map(|(_, kind)| match kind {
                     ColKind::Int => ColArray::Int(Vec::with_capacity(values.len())),
+                    ColKind::Text => ColArray::Text(Vec::with_capacity(values.len())),
                     ColKind::Bytes | ColKind::CidList => {
                         ColArray::Bytes(Vec::with_capacity(values.len()))
                     }
@@ -273,8 +320,10 @@ impl ValueArrays {
                 match (col, cell) {
                     (ColArray::Bytes(a), Some(Cell::Bytes(b))) => a.push(Some(b)),
                     (ColArray::Int(a), Some(Cell::Int(n))) => a.push(Some(n)),
+                    (ColArray::Text(a), Some(Cell::Text(t))) => a.push(Some(t)),
                     (ColArray::Bytes(a), _) => a.push(None),
                     (ColArray::Int(a), _) => a.push(None),
+                    (ColArray::Text(a), _) => a.push(None),
                 }
             }
         }
@@ -288,6 +337,7 @@ impl ValueArrays {
             out.push(match col {
                 ColArray::Bytes(a) => a,
                 ColArray::Int(a) => a,
+                ColArray::Text(a) => a,
             });
         }
         out
@@ -379,6 +429,10 @@ pub(crate) fn value_of(
                 .try_get::<_, Option<Vec<Vec<u8>>>>(at)
                 .map_err(get_err)?
                 .map(Read::List),
+            ColKind::Text => row
+                .try_get::<_, Option<String>>(at)
+                .map_err(get_err)?
+                .map(Read::Text),
         };
         cells.push(cell.ok_or_else(|| corrupt(p))?);
     }
@@ -403,4 +457,76 @@ pub(crate) fn alter_sql(table: &str, shape: ValueShape) -> String {
         all_set.join(" AND ")
     ));
     format!("ALTER TABLE {table} {}", parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cells as the database gives them back.
+    fn read_back(shape: ValueShape, cells: Vec<Cell>) -> Vec<Read> {
+        cells
+            .into_iter()
+            .zip(columns(shape))
+            .map(|(cell, (_, kind))| match (cell, kind) {
+                (Cell::Bytes(b), ColKind::CidList) => {
+                    Read::List(b.chunks(32).map(<[u8]>::to_vec).collect())
+                }
+                (Cell::Bytes(b), _) => Read::Bytes(b),
+                (Cell::Int(n), _) => Read::Int(n),
+                (Cell::Text(t), _) => Read::Text(t),
+            })
+            .collect()
+    }
+
+    fn round_trip(p: Partition, value: &[u8]) -> Option<Vec<u8>> {
+        let shape = value_shape(p);
+        let cells = split(shape, value)?;
+        assert_eq!(cells.len(), columns(shape).len());
+        Some(join(p, shape, read_back(shape, cells)).unwrap())
+    }
+
+    #[test]
+    fn typed_values_join_back_to_their_bytes() {
+        let meta = LogMeta {
+            stream_id: StreamId::from_bytes([7; 16]),
+            epoch: 3,
+            head: 1_000_000,
+            compacted_through: 12,
+        };
+        let cid = Cid::from_bytes([9; 32]);
+        for (p, value) in [
+            (layout::LOG_META, codec::encode(&meta)),
+            (layout::MSG, codec::encode(&0u64)),
+            (layout::CONFIGS, codec::encode(&(i64::MAX as u64))),
+            (layout::BY_PATH, codec::encode(&cid)),
+        ] {
+            assert_eq!(round_trip(p, &value), Some(value), "{}", p.name());
+        }
+    }
+
+    #[test]
+    fn other_values_stay_whole() {
+        let huge = LogMeta {
+            stream_id: StreamId::from_bytes([7; 16]),
+            epoch: 0,
+            head: u64::MAX,
+            compacted_through: 0,
+        };
+        let mut trailing = codec::encode(&5u64);
+        trailing.push(0);
+        for (p, value) in [
+            // Not representable in an int8.
+            (layout::LOG_META, codec::encode(&huge)),
+            (layout::MSG, codec::encode(&u64::MAX)),
+            // Not the partition's type, or not only.
+            (layout::MSG, trailing),
+            (layout::LOG, vec![1, 2, 3]),
+            (layout::BY_CONTEXT, vec![]),
+            (layout::RECORDS, codec::encode(&1u64)),
+            (layout::NAMES, codec::encode(&1u64)),
+        ] {
+            assert_eq!(round_trip(p, &value), None, "{}", p.name());
+        }
+    }
 }

@@ -166,6 +166,16 @@ fn a_schema_1_database_opens_migrated_and_reads_back_identical() {
     // Two tenants, 20 pruning versions each (and the delete, if it pruned).
     assert!(typed.get::<_, i64>(0) >= 40);
     assert_eq!(typed.get::<_, i64>(1), log_rows - 1);
+    let protocols: Vec<String> = db
+        .query(
+            &format!("SELECT DISTINCT protocol FROM \"{schema}\".weft_records"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(protocols, ["https://example.com/notes"]);
     let heads: Vec<i64> = db
         .query(
             &format!("SELECT head FROM \"{schema}\".weft_log_meta ORDER BY tn"),
