@@ -374,8 +374,9 @@ pub(crate) fn upsert_sql(table: &str, keys: &[(&str, &str)], shape: ValueShape) 
         .iter()
         .map(|n| match cols.iter().find(|(c, _)| c == n) {
             Some((_, ColKind::CidList)) => format!(
-                "CASE WHEN q.{n} IS NULL THEN NULL ELSE ARRAY(SELECT substring(q.{n} FROM i * 32 + 1 \
-                 FOR 32) FROM generate_series(0, length(q.{n}) / 32 - 1) AS i ORDER BY i) END"
+                "CASE WHEN q.{n} IS NULL THEN NULL WHEN q.{n} = '' THEN '{{}}'::bytea[] \
+                 ELSE ARRAY(SELECT substring(q.{n} FROM i * 32 + 1 FOR 32) \
+                 FROM generate_series(0, length(q.{n}) / 32 - 1) AS i ORDER BY i) END"
             ),
             _ => format!("q.{n}"),
         })
