@@ -238,7 +238,7 @@ pub(crate) fn convert(conn: &mut Conn, schema: &str, p: Partition) -> Result<()>
             )?,
             Some(last) => {
                 let tn: i64 = last.get(0);
-                let rows = if shape(p) == Shape::Log {
+                if shape(p) == Shape::Log {
                     let pos: i64 = last.get(1);
                     conn.query(
                         &format!(
@@ -256,8 +256,7 @@ pub(crate) fn convert(conn: &mut Conn, schema: &str, p: Partition) -> Result<()>
                         ),
                         &[&tn, &k, &CONVERT_CHUNK_ROWS],
                     )?
-                };
-                rows
+                }
             }
         };
         let kvs: Vec<(Vec<u8>, Vec<u8>)> = rows.iter().map(|r| (key_of(r), r.get(2))).collect();

@@ -106,6 +106,14 @@ fn a_schema_1_database_opens_migrated_and_reads_back_identical() {
         .unwrap();
     let ledger = Ledger::open(old.clone()).unwrap();
     fill(&ledger, &tenants, 10);
+    // More rows than the migration converts per statement (1,000), in one tenant.
+    let p = common::protocol("https://example.com/notes");
+    let many: Vec<_> = (0..1_100)
+        .map(|i| common::write(&tenants[0], &p, &format!("m{i}"), None, 20, b"many"))
+        .collect();
+    ledger
+        .apply(&tenants[0], many, Durability::SyncData)
+        .unwrap();
     // A value of a typed partition that is not of its type (no ledger writes one, a
     // store must keep it all the same): it stays whole.
     let mut odd = Batch::new();
@@ -129,7 +137,7 @@ fn a_schema_1_database_opens_migrated_and_reads_back_identical() {
     assert!(
         before
             .iter()
-            .any(|(p, rows)| *p == "log" && rows.len() > 50)
+            .any(|(p, rows)| *p == "log" && rows.len() > 1_100)
     );
 
     // Opened by the current schema: migrated, and every row reads back identical.
