@@ -48,7 +48,10 @@
 //! exactly once. Migration 1 creates the tables with values whole in `v`; migration 2
 //! adds the typed columns and moves every existing value into them, in key order, a
 //! thousand rows per statement, in the same transaction (a database written by schema
-//! 1 opens with this build, `tests/migration.rs`).
+//! 1 opens with this build, `tests/migration.rs`). A build refuses a database migrated
+//! past its version when it opens it, but a process of an older build that is already
+//! running does not look again: stop every node of the older build before the first
+//! node of a newer one opens the database (a schema-1 node would read a null `v`).
 
 use sync_ledger::layout;
 use sync_ledger::store::Partition;
