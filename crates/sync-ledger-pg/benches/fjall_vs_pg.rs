@@ -11,7 +11,8 @@
 //! The messages are those of `ledger_bench`'s commit rows: initial writes of new
 //! records, 32 bytes of inline data, two protocols alternating, one tenant; each
 //! message writes six rows. The last row applies from four threads at once, each to a
-//! tenant of its own, on one PostgreSQL store.
+//! tenant of its own, on one PostgreSQL store. The PostgreSQL rows run twice: on the
+//! current schema (typed value columns), then on schema 1 (values whole in `v`).
 
 #![allow(clippy::print_stdout, clippy::print_stderr, missing_docs)]
 
@@ -174,22 +175,31 @@ fn main() {
 
     let url = support::url();
     let postmaster = postmaster_pid(&url);
-    let schema = support::fresh_schema("bench");
-    let pg = Ledger::open(support::open(&schema)).unwrap();
-    let r = run(&pg, "one", 1, n, Some(postmaster));
-    println!(
-        "| postgres | 1 | {n} | {:.0} | {:.1} | {:.1} |",
-        r.rate,
-        r.client_us,
-        r.server_us.unwrap_or(f64::NAN)
-    );
-    let per_thread = n / THREADS as u64;
-    let r = run(&pg, "many", THREADS, per_thread, Some(postmaster));
-    println!(
-        "| postgres | {THREADS} (a tenant each) | {} | {:.0} | {:.1} | {:.1} |",
-        per_thread * THREADS as u64,
-        r.rate,
-        r.client_us,
-        r.server_us.unwrap_or(f64::NAN)
-    );
+    // The current schema (typed value columns), then schema 1 (values whole in `v`)
+    // for comparison, each on a fresh schema of the same server.
+    for version in [sync_ledger_pg::schema::SCHEMA_VERSION, 1] {
+        let schema = support::fresh_schema("bench");
+        let store = sync_ledger_pg::PgStore::builder(&url)
+            .schema(&schema)
+            .schema_version(version)
+            .open()
+            .unwrap();
+        let pg = Ledger::open(store).unwrap();
+        let r = run(&pg, "one", 1, n, Some(postmaster));
+        println!(
+            "| postgres, schema {version} | 1 | {n} | {:.0} | {:.1} | {:.1} |",
+            r.rate,
+            r.client_us,
+            r.server_us.unwrap_or(f64::NAN)
+        );
+        let per_thread = n / THREADS as u64;
+        let r = run(&pg, "many", THREADS, per_thread, Some(postmaster));
+        println!(
+            "| postgres, schema {version} | {THREADS} (a tenant each) | {} | {:.0} | {:.1} | {:.1} |",
+            per_thread * THREADS as u64,
+            r.rate,
+            r.client_us,
+            r.server_us.unwrap_or(f64::NAN)
+        );
+    }
 }

@@ -9,8 +9,10 @@
 //! # What it is not
 //!
 //! - Not a key-value table: each ledger partition has a table whose columns follow its
-//!   keys (`tn` for the tenant, `pos` for the log position; see the [`schema`]
-//!   module's table of shapes), partitioned by tenant, created and versioned by
+//!   keys (`tn` for the tenant, `pos` for the log position) and, where the ledger
+//!   defines the value's type, its value (a log entry's cid and pruned ids, a log's
+//!   head, a message's position, an index entry's cid, a record's protocol; see the
+//!   [`schema`] module's tables), partitioned by tenant, created and versioned by
 //!   numbered migrations.
 //! - Not a cluster: it relies on PostgreSQL for durability and ordering, and holds no
 //!   state of its own beyond a connection pool.
@@ -77,7 +79,9 @@
 
 mod conn;
 mod keys;
+mod rows;
 pub mod schema;
 mod store;
+mod values;
 
 pub use store::{POOL_CONNECTIONS_DEFAULT, POOL_WAIT_DEFAULT, PgStore, PgStoreBuilder};

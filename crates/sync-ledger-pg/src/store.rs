@@ -16,8 +16,10 @@ use sync_ledger::store::{
 use sync_ledger::{Error, Result};
 
 use crate::conn::{Conn, Manager, map_pool_err};
-use crate::keys::{log_columns, log_key, position_bounds, single_tenant, tenant_of, within_tenant};
+use crate::keys::{log_key, position_bounds, single_tenant, within_tenant};
+use crate::rows;
 use crate::schema::{self, LOCK_REGISTRY, LOCK_TENANT_NAMES, Shape, shape, table};
+use crate::values::{select_list, value_of};
 
 /// Connections in the pool unless told otherwise.
 pub const POOL_CONNECTIONS_DEFAULT: u32 = 8;
@@ -35,6 +37,7 @@ pub struct PgStoreBuilder {
     schema: String,
     connections: u32,
     wait: Duration,
+    version: i32,
 }
 
 impl PgStoreBuilder {
@@ -56,6 +59,16 @@ impl PgStoreBuilder {
     /// [`Error::Retry`]. Default: [`POOL_WAIT_DEFAULT`].
     pub fn pool_wait(mut self, wait: Duration) -> Self {
         self.wait = wait;
+        self
+    }
+
+    /// Migrates a new or older database only up to schema `version` (at least 1, at
+    /// most [`SCHEMA_VERSION`](crate::schema::SCHEMA_VERSION)), and reads and writes it
+    /// as that version does, unless the database is already newer. For testing
+    /// migrations: a store of version 1 writes what the first release wrote.
+    #[doc(hidden)]
+    pub fn schema_version(mut self, version: i32) -> Self {
+        self.version = version.clamp(1, schema::SCHEMA_VERSION);
         self
     }
 
@@ -95,7 +108,7 @@ impl PgStoreBuilder {
                 "the PostgreSQL server runs with fsync off: no commit would be durable",
             ));
         }
-        schema::migrate(&mut conn, &self.schema)?;
+        let found = schema::migrate(&mut conn, &self.schema, self.version)?;
         drop(conn);
         let tables = schema_partitions();
         Ok(PgStore {
@@ -106,6 +119,7 @@ impl PgStoreBuilder {
                 pool,
                 sent,
                 tables: RwLock::new(tables),
+                typed: found.max(self.version) >= 2,
             }),
         })
     }
@@ -135,6 +149,8 @@ struct Inner {
     sent: Arc<AtomicU64>,
     /// Partitions whose tables exist.
     tables: RwLock<HashSet<&'static str>>,
+    /// Whether the tables have typed value columns (schema 2 and later).
+    typed: bool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -156,6 +172,7 @@ impl PgStore {
             schema: "weft".into(),
             connections: POOL_CONNECTIONS_DEFAULT,
             wait: POOL_WAIT_DEFAULT,
+            version: schema::SCHEMA_VERSION,
         }
     }
 
@@ -216,72 +233,7 @@ impl PgStore {
         p: Partition,
         keys: &[Vec<u8>],
     ) -> Result<Vec<Option<Vec<u8>>>> {
-        for k in keys {
-            check_key(k)?;
-        }
-        let mut out = vec![None; keys.len()];
-        if keys.is_empty() {
-            return Ok(out);
-        }
-        let t = self.table(p);
-        // Keys that cannot be in the table (not a tenant key) are simply absent; the
-        // rest are sent with their index in `keys`.
-        let mut idx: Vec<i64> = Vec::with_capacity(keys.len());
-        let rows = match shape(p) {
-            Shape::Global => {
-                let ks: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
-                conn.query(
-                    &format!(
-                        "SELECT q.i, t.v FROM unnest($1::bytea[]) WITH ORDINALITY AS q(k, i) \
-                         JOIN {t} t ON t.k = q.k"
-                    ),
-                    &[&ks],
-                )?
-            }
-            Shape::Tenant => {
-                let (mut tns, mut ks) = (Vec::new(), Vec::new());
-                for (i, k) in keys.iter().enumerate() {
-                    if let Ok(tn) = tenant_of(p, k) {
-                        tns.push(tn);
-                        ks.push(k.as_slice());
-                        idx.push(i as i64);
-                    }
-                }
-                conn.query(
-                    &format!(
-                        "SELECT q.i, t.v FROM unnest($1::int8[], $2::bytea[], $3::int8[]) \
-                         AS q(tn, k, i) JOIN {t} t ON t.tn = q.tn AND t.k = q.k"
-                    ),
-                    &[&tns, &ks, &idx],
-                )?
-            }
-            Shape::Log => {
-                let (mut tns, mut poss) = (Vec::new(), Vec::new());
-                for (i, k) in keys.iter().enumerate() {
-                    if let Ok((tn, pos)) = log_columns(p, k) {
-                        tns.push(tn);
-                        poss.push(pos);
-                        idx.push(i as i64);
-                    }
-                }
-                conn.query(
-                    &format!(
-                        "SELECT q.i, t.v FROM unnest($1::int8[], $2::int8[], $3::int8[]) \
-                         AS q(tn, pos, i) JOIN {t} t ON t.tn = q.tn AND t.pos = q.pos"
-                    ),
-                    &[&tns, &poss, &idx],
-                )?
-            }
-        };
-        for row in rows {
-            let i: i64 = row.get(0);
-            // WITH ORDINALITY counts from 1; the explicit index from 0.
-            let i = if shape(p) == Shape::Global { i - 1 } else { i };
-            if let Some(slot) = usize::try_from(i).ok().and_then(|i| out.get_mut(i)) {
-                *slot = Some(row.get(1));
-            }
-        }
-        Ok(out)
+        rows::get_many(conn, &self.inner.schema, self.inner.typed, p, keys)
     }
 
     /// Writes `ops` (each key once) in `conn`: per partition, one upsert and one delete,
@@ -299,101 +251,7 @@ impl PgStore {
     }
 
     fn write_partition(&self, conn: &mut Conn, p: Partition, ops: &[BatchOp]) -> Result<()> {
-        let t = self.table(p);
-        let puts: Vec<(&[u8], &[u8])> = ops
-            .iter()
-            .filter_map(|o| o.value.as_deref().map(|v| (o.key.as_slice(), v)))
-            .collect();
-        let deletes: Vec<&[u8]> = ops
-            .iter()
-            .filter(|o| o.value.is_none())
-            .map(|o| o.key.as_slice())
-            .collect();
-        let vs: Vec<&[u8]> = puts.iter().map(|(_, v)| *v).collect();
-        match shape(p) {
-            Shape::Global => {
-                if !puts.is_empty() {
-                    let ks: Vec<&[u8]> = puts.iter().map(|(k, _)| *k).collect();
-                    conn.query(
-                        &format!(
-                            "INSERT INTO {t} (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
-                             ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v"
-                        ),
-                        &[&ks, &vs],
-                    )?;
-                }
-                if !deletes.is_empty() {
-                    conn.query(
-                        &format!("DELETE FROM {t} WHERE k = ANY($1::bytea[])"),
-                        &[&deletes],
-                    )?;
-                }
-            }
-            Shape::Tenant => {
-                if !puts.is_empty() {
-                    let ks: Vec<&[u8]> = puts.iter().map(|(k, _)| *k).collect();
-                    let tns = ks
-                        .iter()
-                        .map(|k| tenant_of(p, k))
-                        .collect::<Result<Vec<i64>>>()?;
-                    conn.query(
-                        &format!(
-                            "INSERT INTO {t} (tn, k, v) \
-                             SELECT * FROM unnest($1::int8[], $2::bytea[], $3::bytea[]) \
-                             ON CONFLICT (tn, k) DO UPDATE SET v = EXCLUDED.v"
-                        ),
-                        &[&tns, &ks, &vs],
-                    )?;
-                }
-                if !deletes.is_empty() {
-                    let tns = deletes
-                        .iter()
-                        .map(|k| tenant_of(p, k))
-                        .collect::<Result<Vec<i64>>>()?;
-                    conn.query(
-                        &format!(
-                            "DELETE FROM {t} USING unnest($1::int8[], $2::bytea[]) AS d(tn, k) \
-                             WHERE {t}.tn = d.tn AND {t}.k = d.k"
-                        ),
-                        &[&tns, &deletes],
-                    )?;
-                }
-            }
-            Shape::Log => {
-                if !puts.is_empty() {
-                    let (tns, poss): (Vec<i64>, Vec<i64>) = puts
-                        .iter()
-                        .map(|(k, _)| log_columns(p, k))
-                        .collect::<Result<Vec<_>>>()?
-                        .into_iter()
-                        .unzip();
-                    conn.query(
-                        &format!(
-                            "INSERT INTO {t} (tn, pos, v) \
-                             SELECT * FROM unnest($1::int8[], $2::int8[], $3::bytea[]) \
-                             ON CONFLICT (tn, pos) DO UPDATE SET v = EXCLUDED.v"
-                        ),
-                        &[&tns, &poss, &vs],
-                    )?;
-                }
-                if !deletes.is_empty() {
-                    let (tns, poss): (Vec<i64>, Vec<i64>) = deletes
-                        .iter()
-                        .map(|k| log_columns(p, k))
-                        .collect::<Result<Vec<_>>>()?
-                        .into_iter()
-                        .unzip();
-                    conn.query(
-                        &format!(
-                            "DELETE FROM {t} USING unnest($1::int8[], $2::int8[]) AS d(tn, pos) \
-                             WHERE {t}.tn = d.tn AND {t}.pos = d.pos"
-                        ),
-                        &[&tns, &poss],
-                    )?;
-                }
-            }
-        }
-        Ok(())
+        rows::write(conn, &self.inner.schema, self.inner.typed, p, ops)
     }
 
     /// Checks a batch's keys and creates the tables it needs, before any transaction.
@@ -421,6 +279,8 @@ impl PgStore {
         limit: i64,
     ) -> Result<Vec<KeyValue>> {
         let t = self.table(p);
+        let vs = rows::vshape(self.inner.typed, p);
+        let list = select_list(vs, "");
         let dir = match order {
             Order::Ascending => "ASC",
             Order::Descending => "DESC",
@@ -440,15 +300,15 @@ impl PgStore {
                 };
                 let rows = conn.query(
                     &format!(
-                        "SELECT tn, pos, v FROM {t} WHERE tn = $1 AND pos >= $2 AND pos <= $3 \
-                         ORDER BY pos {dir} LIMIT $4"
+                        "SELECT tn, pos, {list} FROM {t} WHERE tn = $1 AND pos >= $2 \
+                         AND pos <= $3 ORDER BY pos {dir} LIMIT $4"
                     ),
                     &[&i64::from(tn), &lo, &hi, &limit],
                 )?;
-                return Ok(rows
-                    .into_iter()
-                    .map(|r| (log_key(r.get(0), r.get(1)), r.get(2)))
-                    .collect());
+                return rows
+                    .iter()
+                    .map(|r| Ok((log_key(r.get(0), r.get(1)), value_of(p, vs, r, 2)?)))
+                    .collect();
             }
             Shape::Tenant | Shape::Global => {
                 if shape(p) == Shape::Tenant
@@ -475,12 +335,16 @@ impl PgStore {
                 };
                 let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|b| &**b).collect();
                 conn.query(
-                    &format!("SELECT k, v FROM {t} {filter} ORDER BY k {dir} LIMIT ${limit_at}"),
+                    &format!(
+                        "SELECT k, {list} FROM {t} {filter} ORDER BY k {dir} LIMIT ${limit_at}"
+                    ),
                     &refs,
                 )?
             }
         };
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        rows.iter()
+            .map(|r| Ok((r.get(0), value_of(p, vs, r, 1)?)))
+            .collect()
     }
 
     /// The pieces a scan reads one after the other: the range itself, or for the log
