@@ -23,6 +23,12 @@ use crate::layout::{self, BLOB_CHUNK_BYTES, BlobMeta, Key, UploadState, dec, enc
 use crate::ledger::{Ledger, lock};
 use crate::store::{Batch, Durability, KeyRange, Order};
 
+mod cursor;
+mod reader;
+
+pub use cursor::UploadCursor;
+pub use reader::BlobReader;
+
 /// The blob store of a [`Ledger`]; see [`Ledger::blobs`].
 #[derive(Clone, Copy, Debug)]
 pub struct Blobs<'a> {
@@ -676,33 +682,6 @@ impl<'a> Blobs<'a> {
         self.ledger.commit(batch, durability)
     }
 
-    /// A reader over a stored blob, from `offset`; it holds one chunk in memory at a
-    /// time, so a caller never needs the whole blob in memory.
-    pub fn reader(&self, cid: &Cid, offset: u64) -> Result<BlobReader<'a>> {
-        let (meta, at) = self.locate(cid)?.ok_or(Error::BlobNotFound(*cid))?;
-        let size = meta.size;
-        if offset > size {
-            return Err(Error::RangeOutOfBounds {
-                cid: *cid,
-                offset,
-                end: offset,
-                size,
-            });
-        }
-        Ok(BlobReader {
-            blobs: Blobs {
-                ledger: self.ledger,
-            },
-            cid: *cid,
-            meta,
-            chunks_at: at,
-            size,
-            offset,
-            chunk: Vec::new(),
-            at: 0,
-        })
-    }
-
     /// Every stored blob with its size, in id order (for garbage collection).
     pub fn list(&self) -> Result<Vec<(Cid, u64)>> {
         self.ledger
@@ -740,153 +719,6 @@ impl<'a> Blobs<'a> {
         );
         self.ledger.commit(batch, Durability::Buffered)
     }
-
-    /// Continues a paused upload without re-reading what it already wrote. The cursor
-    /// is trusted only when the stored upload state is still the one it last committed
-    /// (nobody else wrote to this upload since); otherwise this is
-    /// [`upload`](Self::upload), which re-hashes the stored chunks.
-    pub fn resume(&self, cursor: UploadCursor, now_ms: u64) -> Result<BlobUpload<'a>> {
-        let state = self.upload_state(&cursor.cid)?;
-        let agrees = !self.has(&cursor.cid)?
-            && match &state {
-                Some(s) => s.received == cursor.durable,
-                None => cursor.durable == 0,
-            };
-        if !agrees && cursor.target != cursor.cid {
-            return self.upload_staged(&cursor.cid, &cursor.target, cursor.size, now_ms);
-        }
-        if !agrees {
-            return self.upload(&cursor.cid, cursor.size, now_ms);
-        }
-        if !lock(&self.ledger.uploads).insert(cursor.cid) {
-            return Err(Error::UploadInProgress(cursor.cid));
-        }
-        Ok(BlobUpload {
-            ledger: self.ledger,
-            cid: cursor.cid,
-            target: cursor.target,
-            size: cursor.size,
-            received: cursor.received,
-            durable: cursor.durable,
-            hasher: cursor.hasher,
-            buf: cursor.buf,
-            pending: cursor.pending,
-            pending_chunks: cursor.pending_chunks,
-            complete: None,
-            now_ms,
-        })
-    }
 }
 
 static STAGING_NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// A paused [`BlobUpload`]: its hash state and uncommitted bytes (at most 16 full
-/// chunks and the current one), held in memory between two
-/// calls of a long transfer so that continuing does not re-hash the stored chunks (see
-/// [`Blobs::resume`]). Dropping it loses nothing committed: a new upload resumes from
-/// the last commit.
-pub struct UploadCursor {
-    cid: Cid,
-    target: Cid,
-    size: Option<u64>,
-    received: u64,
-    durable: u64,
-    hasher: blake3::Hasher,
-    buf: Vec<u8>,
-    pending: Batch,
-    pending_chunks: u64,
-}
-
-impl std::fmt::Debug for UploadCursor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UploadCursor")
-            .field("cid", &self.cid)
-            .field("offset", &self.offset())
-            .finish_non_exhaustive()
-    }
-}
-
-impl UploadCursor {
-    /// The blob.
-    pub fn cid(&self) -> Cid {
-        self.cid
-    }
-
-    /// Bytes received so far.
-    pub fn offset(&self) -> u64 {
-        self.received + self.buf.len() as u64
-    }
-}
-
-impl BlobUpload<'_> {
-    /// Pauses the upload, keeping its hash state for [`Blobs::resume`]; `None` when the
-    /// blob was already stored (nothing to continue).
-    pub fn pause(mut self) -> Option<UploadCursor> {
-        if self.complete.is_some() {
-            return None;
-        }
-        Some(UploadCursor {
-            cid: self.cid,
-            target: self.target,
-            size: self.size,
-            received: self.received,
-            durable: self.durable,
-            hasher: std::mem::take(&mut self.hasher),
-            buf: std::mem::take(&mut self.buf),
-            pending: std::mem::take(&mut self.pending),
-            pending_chunks: std::mem::take(&mut self.pending_chunks),
-        })
-    }
-}
-
-/// Reads a stored blob one chunk at a time; see [`Blobs::reader`].
-pub struct BlobReader<'a> {
-    blobs: Blobs<'a>,
-    cid: Cid,
-    meta: BlobMeta,
-    /// The id its chunks are stored under.
-    chunks_at: Cid,
-    size: u64,
-    offset: u64,
-    chunk: Vec<u8>,
-    at: usize,
-}
-
-impl std::fmt::Debug for BlobReader<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlobReader")
-            .field("cid", &self.cid)
-            .field("offset", &self.offset)
-            .field("size", &self.size)
-            .finish_non_exhaustive()
-    }
-}
-
-impl BlobReader<'_> {
-    /// The blob's size.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-}
-
-impl Read for BlobReader<'_> {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        if self.at == self.chunk.len() {
-            if self.offset >= self.size || out.is_empty() {
-                return Ok(0);
-            }
-            // Read up to the end of the current chunk, so every read is one chunk.
-            let len = (chunk_bytes() - self.offset % chunk_bytes()).min(self.size - self.offset);
-            self.chunk = self
-                .blobs
-                .read_located(&self.cid, &self.meta, &self.chunks_at, self.offset, len)
-                .map_err(std::io::Error::other)?;
-            self.offset += len;
-            self.at = 0;
-        }
-        let n = out.len().min(self.chunk.len() - self.at);
-        out[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
