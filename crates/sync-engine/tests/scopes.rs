@@ -160,6 +160,16 @@ fn holdings(r: &Replica, protocol: &ProtocolName) -> Vec<(RecordId, Cid, Option<
 
 /// Checks that `r` holds exactly the messages `scope` covers on `server`: the whole
 /// tree of `r` equals the server's tree of the scope.
+/// The projection of one note's thread (the note and everything under it).
+fn thread_of(note: RecordId) -> Scope {
+    Scope::projection(vec![ProjectionEntry {
+        protocol: notes(),
+        path_prefixes: vec![],
+        context_prefixes: vec![ContextId::root(note)],
+    }])
+    .unwrap()
+}
+
 fn holds_exactly(r: &Replica, server: &Replica, scope: &Scope) {
     assert_eq!(
         r.root(&tenant(), &Scope::Full).unwrap(),
@@ -180,12 +190,7 @@ async fn scoped_replicas_converge_on_exactly_their_subset() {
     // A phone with the notes protocol, a watch with one note's thread, and a second
     // full replica.
     let notes_only = Scope::protocols(vec![notes()]).unwrap();
-    let thread = Scope::projection(vec![ProjectionEntry {
-        protocol: notes(),
-        path_prefixes: vec![],
-        context_prefixes: vec![ContextId::root(ids[1])],
-    }])
-    .unwrap();
+    let thread = thread_of(ids[1]);
     let phone_r = replica(2);
     let ep_phone = delegate_engine(
         &phone_r,
@@ -688,12 +693,7 @@ async fn a_configure_under_a_projection_is_judged_alike_pulled_and_pushed() {
 
     // Pulled: one note's thread; the node serves the notes configure under the grant,
     // and the watch's gate applies it with the thread.
-    let thread = Scope::projection(vec![ProjectionEntry {
-        protocol: notes(),
-        path_prefixes: vec![],
-        context_prefixes: vec![ContextId::root(ids[1])],
-    }])
-    .unwrap();
+    let thread = thread_of(ids[1]);
     let thread_claims = delegate_claims("watch-thread", &thread, Actions::ALL, FAR_FUTURE_MS);
     let watch = replica(3);
     let ew = delegate_engine(&watch, &thread_claims, &thread, &ep);
@@ -1282,12 +1282,7 @@ async fn a_delegate_writes_and_deletes_a_record_of_its_projection_in_one_push() 
     let ids = populate(&laptop);
     let el = engine(&laptop, http(), vec![ep.clone()], fast_config());
     sync_until_quiet(&el, 3).await;
-    let thread = Scope::projection(vec![ProjectionEntry {
-        protocol: notes(),
-        path_prefixes: vec![],
-        context_prefixes: vec![ContextId::root(ids[1])],
-    }])
-    .unwrap();
+    let thread = thread_of(ids[1]);
     let claims = delegate_claims("watch-thread", &thread, Actions::ALL, FAR_FUTURE_MS);
     let watch = replica(3);
     let ew = delegate_engine(&watch, &claims, &thread, &ep);
