@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -404,4 +405,65 @@ async fn subscriptions_beyond_the_limit_are_refused() {
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Overloaded), "{err}");
     assert!(err.is_retryable());
+}
+
+/// A subscription whose token expires while it is open is closed with `Expired` at its
+/// next read, and delivers nothing written after the expiry: the grant is checked for
+/// the whole life of a subscription, not only when it opens.
+async fn closed_when_the_token_expires<R: Remote>(
+    remote: &R,
+    handler: &TestHandler,
+    clock: &ManualClock,
+    proto: &str,
+) {
+    let before = handler.append(vec![write(proto, 0, None)]);
+    let mut sub = within(5, remote.subscribe(sub_req(before.first().copied())))
+        .await
+        .unwrap();
+    assert_eq!(
+        within(5, sub.next()).await,
+        Some(SubscriptionItem::EndOfStored {
+            cursor: before.first().copied()
+        })
+    );
+    // Still valid: a live write arrives.
+    let live = handler.append(vec![write(proto, 1, None)]);
+    assert_eq!(next_event(&mut sub).await.token, live[0]);
+    // The token expires; the next write wakes the subscription, which closes instead.
+    clock.advance(10_000);
+    handler.append(vec![write(proto, 2, Some(b"after expiry"))]);
+    assert_eq!(
+        within(5, sub.next()).await,
+        Some(SubscriptionItem::Closed(CloseReason::Expired))
+    );
+}
+
+#[tokio::test]
+async fn a_subscription_is_closed_when_its_token_expires() {
+    let start = 1_800_000_000_000;
+    let clock = Arc::new(ManualClock::new(start));
+    let mut config = test_config();
+    config.clock = clock.clone();
+    let t = TestServer::start(config).await;
+    let expiring = |grant: &str| {
+        let mut claims = delegate_claims(Scope::Full, Actions::ALL, start + 5_000);
+        claims.grant_id = GrantId::new(grant).unwrap();
+        Token::issue(&KEY, claims)
+    };
+    within(
+        20,
+        closed_when_the_token_expires(&t.client(&expiring("ws")), &t.handler, &clock, "ws"),
+    )
+    .await;
+    clock.set(start);
+    within(
+        20,
+        closed_when_the_token_expires(
+            &t.in_process(&expiring("local")),
+            &t.handler,
+            &clock,
+            "local",
+        ),
+    )
+    .await;
 }

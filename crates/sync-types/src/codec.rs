@@ -69,6 +69,13 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     out
 }
 
+/// The length of [`encode`]'s output for `value`, counted without building it (for
+/// traffic counters that would otherwise encode every message a second time).
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    1 + postcard::experimental::serialized_size(value)
+        .expect("our types always serialize with postcard")
+}
+
 /// Decodes a `T` from `bytes`, which must be at most `bytes_max` long, start with a known
 /// envelope version, and hold exactly one `T`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], bytes_max: usize) -> Result<T, DecodeError> {
@@ -108,6 +115,23 @@ pub fn decode_message(bytes: &[u8], bytes_max: usize) -> Result<Message, DecodeE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoded_len_counts_what_encode_writes() {
+        let values: Vec<(u64, String, Vec<u8>)> = vec![
+            (0, String::new(), vec![]),
+            (300, "tenant".into(), vec![7; 200]),
+            (u64::MAX, "x".repeat(1_000), vec![1; 70_000]),
+        ];
+        for v in &values {
+            assert_eq!(
+                encoded_len(v),
+                encode(v).len(),
+                "{:?}",
+                (v.0, v.1.len(), v.2.len())
+            );
+        }
+    }
 
     #[test]
     fn envelope_errors_are_typed() {

@@ -455,7 +455,7 @@ impl<O: LinkOps> Driver<O> {
             let mut ids = Vec::with_capacity(batch.len());
             let mut entries = Vec::with_capacity(batch.len());
             for (sub, ordinal, entry) in batch {
-                let bytes = sync_types::codec::encode(&entry.message).len()
+                let bytes = sync_types::codec::encoded_len(&entry.message)
                     + entry.data.as_ref().map_or(0, Vec::len);
                 ids.push((sub, ordinal, bytes as u64));
                 entries.push(entry);

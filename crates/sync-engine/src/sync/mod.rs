@@ -130,9 +130,11 @@ mod config;
 mod health;
 mod identity;
 mod push;
+mod push_core;
 mod reconcile;
 mod records;
 mod report;
+mod round;
 mod run;
 mod settle;
 
@@ -266,7 +268,7 @@ pub(super) fn splitmix64(state: &mut u64) -> u64 {
 }
 
 pub(super) fn item_bytes(message: &Message, data: Option<&[u8]>) -> u64 {
-    (codec::encode(message).len() + data.map_or(0, <[u8]>::len)) as u64
+    (codec::encoded_len(message) + data.map_or(0, <[u8]>::len)) as u64
 }
 
 /// A reply too large for the frame limit: ask for a smaller page.
@@ -374,10 +376,10 @@ mod tests {
         };
         let sizes = [10, 10, 10, 10, 90, 200, 5, 5];
         assert_eq!(
-            push::batch_ranges(sizes.into_iter(), &cfg),
+            push_core::batch_ranges(sizes.into_iter(), &cfg),
             vec![0..3, 3..5, 5..6, 6..8]
         );
-        assert!(push::batch_ranges(std::iter::empty(), &cfg).is_empty());
+        assert!(push_core::batch_ranges(std::iter::empty(), &cfg).is_empty());
     }
 
     #[test]

@@ -1,67 +1,35 @@
-//! Push: sending the local log after the push checkpoint, with dependencies, blobs
-//! and retries.
+//! Push: the driver of [`push_core`](super::push_core) against a remote. It reads the
+//! local log after the push checkpoint, plans each page (echoes and what the scope
+//! leaves out are settled unsent), and carries out what the core asks for: send a pass
+//! of messages while their blobs upload, look up missing dependencies, wait before a
+//! retry. The checkpoint moves over the page's settled prefix.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use sync_ledger::LogRead;
+use sync_ledger::{LogEntry, LogRead};
+use sync_transport::Remote;
 use sync_transport::proto::{MessageData, WriteBatchRequest};
-use sync_transport::{Remote, TransportError};
 use sync_types::{
-    ApplyOutcome, Cid, DeadLetterCategory, Dependency, Direction, DirectionCheckpoint, LinkKey,
-    Message, ProgressToken, ReconcileReason, ScopeClass,
+    ApplyOutcome, Dependency, Direction, DirectionCheckpoint, LinkKey, ProgressToken,
+    ReconcileReason, ScopeClass,
 };
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
 
 use super::blobs::big_data;
-use super::settle::{Settle, settle, settled_prefix};
-use super::{Connector, Engine, LinkCtx, PushOutcome, SyncConfig, Traffic, item_bytes, lock};
+use super::push_core::{BatchEnd, BatchSend, Pass, PushItem, PushPage, Step};
+use super::{Connector, Engine, LinkCtx, PushOutcome, Traffic, lock};
 
-/// A message to push, with what the batch needs to know about it.
-#[derive(Clone)]
-pub(super) struct PushItem {
-    pub(super) cid: Cid,
-    pub(super) item: MessageData,
-    pub(super) bytes: u64,
-}
-
-impl PushItem {
-    pub(super) fn new(message: Message, data: Option<Vec<u8>>) -> Self {
-        let bytes = item_bytes(&message, data.as_deref());
-        Self {
-            cid: message.cid(),
-            item: MessageData { message, data },
-            bytes,
-        }
-    }
-}
-
-/// Splits items of these sizes, in order, into batches of at most
-/// [`SyncConfig::push_batch_messages`] messages and [`SyncConfig::push_batch_bytes_max`]
-/// bytes (a single larger item goes alone).
-pub(super) fn batch_ranges(
-    sizes: impl Iterator<Item = u64>,
-    cfg: &SyncConfig,
-) -> Vec<std::ops::Range<usize>> {
-    let max_messages = cfg.push_batch_messages.max(1);
-    let max_bytes = cfg.push_batch_bytes_max as u64;
-    let mut out = Vec::new();
-    let (mut start, mut bytes, mut len) = (0, 0u64, 0);
-    for (i, size) in sizes.enumerate() {
-        if i > start && (i - start >= max_messages || bytes + size > max_bytes) {
-            out.push(start..i);
-            start = i;
-            bytes = 0;
-        }
-        bytes += size;
-        len = i + 1;
-    }
-    if len > start {
-        out.push(start..len);
-    }
-    out
+/// Why a local entry is not sent.
+enum Unsent {
+    /// It came from this link's endpoint.
+    Echo,
+    /// The link's scope does not cover it.
+    OutOfScope,
+    /// The scope cannot tell yet (a protocol it has not seen configured).
+    Unknown,
 }
 
 impl<C: Connector> Engine<C> {
@@ -142,93 +110,41 @@ impl<C: Connector> Engine<C> {
                     return Ok(out);
                 }
             };
-            // Plan: which entries to send, which are settled without sending.
-            let mut plan: Vec<(ProgressToken, Option<usize>)> = Vec::new();
-            let mut to_send: Vec<PushItem> = Vec::new();
-            {
-                let echoes = lock(&self.inner.echoes);
-                let echoes = echoes.get(&key.endpoint);
-                for e in &page.entries {
-                    if echoes.is_some_and(|x| x.contains(e.token.position)) {
+            let mut entries = Vec::with_capacity(page.entries.len());
+            for e in &page.entries {
+                let item = match self.push_class(ctx, e)? {
+                    Ok(()) => Some(PushItem::new(e.message.clone(), e.data.clone())),
+                    Err(Unsent::Echo) => {
                         out.echoes_skipped += 1;
-                        plan.push((e.token, None));
-                        continue;
+                        None
                     }
-                    plan.push((e.token, Some(to_send.len())));
-                    to_send.push(PushItem::new(e.message.clone(), e.data.clone()));
-                }
-            }
-            let mut keep = Vec::with_capacity(to_send.len());
-            let mut renumber = vec![None; to_send.len()];
-            for (i, item) in to_send.into_iter().enumerate() {
-                match self.replica().classify(
-                    &key.tenant,
-                    &ctx.scope,
-                    Direction::Push,
-                    &item.item.message,
-                )? {
-                    ScopeClass::InScope => {
-                        renumber[i] = Some(keep.len());
-                        keep.push(item);
+                    Err(Unsent::OutOfScope) => {
+                        out.out_of_scope += 1;
+                        None
                     }
-                    ScopeClass::OutOfScope => out.out_of_scope += 1,
-                    ScopeClass::Unknown => {
+                    Err(Unsent::Unknown) => {
                         out.out_of_scope += 1;
                         self.mark_needs_reconcile(key, Some(ReconcileReason::ScopeUnclassified))?;
+                        None
                     }
-                }
+                };
+                entries.push((e.token, item));
             }
-            for (_, slot) in &mut plan {
-                *slot = slot.and_then(|i| renumber[i]);
-            }
-            let to_send = keep;
-
+            let mut plan = PushPage::new(entries, page.next, cfg);
             // While this page waits for blob uploads, what follows it in the log is sent
             // meanwhile (see `send_small_meanwhile`).
             let lane_from = page.entries.last().map(|e| e.token);
-            // Send in batches, in log order; stop after a batch with unsettled messages.
-            let mut settles: Vec<Option<Settle>> = vec![None; to_send.len()];
             let mut failure = None;
-            for range in batch_ranges(to_send.iter().map(|i| i.bytes), cfg) {
-                let start = range.start;
-                let (batch_settles, err) = self
-                    .send_with_retry(ctx, to_send[range].to_vec(), lane_from, &mut out)
-                    .await?;
-                let open = batch_settles.contains(&Settle::Open);
-                for (i, s) in batch_settles.into_iter().enumerate() {
-                    settles[start + i] = Some(s);
-                }
-                if let Some(e) = err {
+            while let Some(batch) = plan.next_batch() {
+                let end = self.deliver(ctx, batch, lane_from, &mut out).await?;
+                plan.batch_settled(&end.settles);
+                if let Some(e) = end.error {
+                    plan.abandon();
                     failure = Some(e);
-                    break;
-                }
-                if open {
-                    break;
                 }
             }
-
-            // Move the checkpoint over the settled prefix (an entry not sent, an echo or
-            // out of scope, is settled as it is).
-            let slot_settle = |slot: &Option<usize>| match slot {
-                None => Settle::Done,
-                Some(i) => settles[*i].unwrap_or(Settle::Open),
-            };
-            let prefix = settled_prefix(
-                plan.iter().map(|(t, slot)| (*t, slot_settle(slot))),
-                page.next,
-            );
-            let all = prefix.complete;
-            let target = prefix.target;
-            let mut acked = Traffic::default();
-            for (_, slot) in &plan[..prefix.settled] {
-                if let Some(i) = slot
-                    && settles[*i] == Some(Settle::Done)
-                {
-                    acked.messages += 1;
-                    acked.bytes += to_send[*i].bytes;
-                }
-            }
-            if let Some(t) = target
+            let (prefix, acked) = plan.finish();
+            if let Some(t) = prefix.target
                 && cp.contiguous_applied != Some(t)
             {
                 let before = cp.contiguous_applied;
@@ -240,7 +156,7 @@ impl<C: Connector> Engine<C> {
             if let Some(e) = failure {
                 return Err(e.into());
             }
-            if !all {
+            if !prefix.complete {
                 return Ok(out);
             }
             if !page.has_more {
@@ -250,217 +166,140 @@ impl<C: Connector> Engine<C> {
         }
     }
 
-    /// Sends `items` with the retry schedule. Returns one settle per item and, when the
-    /// last attempt failed in transport, that error (after dead-lettering the items).
-    /// `lane_from`: see [`write_resolving`](Self::write_resolving).
-    pub(super) async fn send_with_retry(
+    /// Whether a local log entry goes to this link's remote, and why not.
+    fn push_class(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        e: &LogEntry,
+    ) -> Result<std::result::Result<(), Unsent>> {
+        let echo = lock(&self.inner.echoes)
+            .get(&ctx.key.endpoint)
+            .is_some_and(|x| x.contains(e.token.position));
+        if echo {
+            return Ok(Err(Unsent::Echo));
+        }
+        Ok(
+            match self.replica().classify(
+                &ctx.key.tenant,
+                &ctx.scope,
+                Direction::Push,
+                &e.message,
+            )? {
+                ScopeClass::InScope => Ok(()),
+                ScopeClass::OutOfScope => Err(Unsent::OutOfScope),
+                ScopeClass::Unknown => Err(Unsent::Unknown),
+            },
+        )
+    }
+
+    /// Delivers one batch: drives a [`BatchSend`] to its end, records the dead letters
+    /// it names and marks the link when retries ran out. `lane_from`: see
+    /// [`send_pass`](Self::send_pass).
+    pub(super) async fn deliver(
         &self,
         ctx: &LinkCtx<C::Remote>,
         items: Vec<PushItem>,
         lane_from: Option<ProgressToken>,
         out: &mut PushOutcome,
-    ) -> Result<(Vec<Settle>, Option<TransportError>)> {
-        let cfg = &self.inner.config;
-        let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; items.len()];
-        let mut last_err = None;
-        let schedule: &[u64] = if cfg.push_retry_backoff_ms.is_empty() {
-            &[0]
-        } else {
-            &cfg.push_retry_backoff_ms
-        };
-        for &delay in schedule {
-            let pending: Vec<usize> = (0..items.len())
-                .filter(|&i| {
-                    outcomes[i]
-                        .as_ref()
-                        .is_none_or(|o| settle(o) == Settle::Open)
-                })
-                .collect();
-            if pending.is_empty() {
-                break;
-            }
-            if delay > 0 {
-                tokio::time::sleep(Duration::from_millis(delay)).await;
-            }
-            let batch: Vec<PushItem> = pending.iter().map(|&i| items[i].clone()).collect();
-            match self.write_resolving(ctx, batch, lane_from, out).await {
-                Ok(results) => {
-                    last_err = None;
-                    for (i, o) in pending.into_iter().zip(results) {
-                        outcomes[i] = Some(o);
-                    }
+    ) -> Result<BatchEnd> {
+        let mut batch = BatchSend::new(items, &self.inner.config);
+        loop {
+            let answer = match batch.poll() {
+                Step::Wait(ms) => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    continue;
                 }
-                Err(Error::Transport(e)) if e.is_retryable() => last_err = Some(e),
+                Step::Send(pass) => self
+                    .send_pass(ctx, batch.items(), &pass, lane_from, out)
+                    .await
+                    .map(|results| batch.on_sent(results)),
+                Step::Supply(missing) => self
+                    .local_dependencies(ctx, &missing, batch.items(), out)
+                    .await
+                    .map(|found| batch.on_supplied(found)),
+                Step::Done => break,
+            };
+            match answer {
+                Ok(()) => {}
+                Err(Error::Transport(e)) if e.is_retryable() => batch.on_failed(e),
                 Err(e) => return Err(e),
             }
         }
-        let mut settles = Vec::with_capacity(items.len());
-        let mut exhausted = false;
-        for (item, o) in items.iter().zip(outcomes) {
-            let s = match &o {
-                Some(o) if o.is_success() => Settle::Done,
-                Some(o) if o.is_permanent_failure() => {
-                    self.record_dead_letter(
-                        &ctx.key,
-                        &item.item.message,
-                        DeadLetterCategory::PushPermanent,
-                        Some(o.as_str().into()),
-                        o.to_string(),
-                    )?;
-                    out.dead_lettered += 1;
-                    Settle::Failed
-                }
-                other => {
-                    let why = match (other, &last_err) {
-                        (_, Some(e)) => e.to_string(),
-                        (Some(o), None) => o.to_string(),
-                        (None, None) => "not sent".into(),
-                    };
-                    self.record_dead_letter(
-                        &ctx.key,
-                        &item.item.message,
-                        DeadLetterCategory::PushExhausted,
-                        other.as_ref().map(|o| o.as_str().into()),
-                        format!(
-                            "push retries exhausted after {} attempts: {why}",
-                            schedule.len()
-                        ),
-                    )?;
-                    out.dead_lettered += 1;
-                    exhausted = true;
-                    Settle::Open
-                }
-            };
-            settles.push(s);
+        let end = batch.end();
+        for d in &end.dead_letters {
+            self.record_dead_letter(
+                &ctx.key,
+                &batch.items()[d.index].item.message,
+                d.category,
+                d.code.clone(),
+                d.reason.clone(),
+            )?;
         }
-        if exhausted {
+        out.dead_lettered += end.dead_letters.len() as u64;
+        out.sent.messages += end.delivered;
+        out.dependencies_sent += end.dependencies_sent;
+        if end.exhausted {
             out.exhausted = true;
             self.mark_needs_reconcile(&ctx.key, Some(ReconcileReason::PushRetryExhausted))?;
         }
-        Ok((settles, last_err))
+        Ok(end)
     }
 
-    /// One attempt at a batch: sends it, and while the remote answers `Incomplete`,
-    /// sends exactly the missing dependencies with the messages that need them, in at
-    /// most [`SyncConfig::dependency_passes_max`] passes. Returns the outcome of each of
-    /// `items`.
+    /// Sends one [`Pass`]: its messages without a blob at once while its blobs upload,
+    /// then the messages naming a blob. Returns an outcome per index.
     ///
-    /// Messages without a blob are sent while the blobs upload. With `lane_from` (the
-    /// position of the last of the push's page), the local log after it is sent
-    /// meanwhile too, including writes made during the upload, so that a small write
-    /// never waits for a large blob ([`send_small_meanwhile`](Self::send_small_meanwhile)).
-    pub(super) async fn write_resolving(
+    /// With `lane_from` (the position of the last entry of the push's page) and blobs to
+    /// wait for, the local log after it is sent meanwhile too, including writes made
+    /// during the upload, so that a small write never waits for a large blob
+    /// ([`send_small_meanwhile`](Self::send_small_meanwhile)).
+    async fn send_pass(
         &self,
         ctx: &LinkCtx<C::Remote>,
-        items: Vec<PushItem>,
+        items: &[PushItem],
+        pass: &Pass,
         lane_from: Option<ProgressToken>,
         out: &mut PushOutcome,
-    ) -> Result<Vec<ApplyOutcome>> {
+    ) -> Result<Vec<(usize, ApplyOutcome)>> {
         let cfg = &self.inner.config;
-        let n = items.len();
-        let mut all = items;
-        let mut supplied: HashSet<Cid> = all.iter().map(|i| i.cid).collect();
-        let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; n];
-        let mut todo: Vec<usize> = (0..n).collect();
-        for pass in 0..cfg.dependency_passes_max.max(1) {
-            // Messages without a blob go at once, while the blobs of the others upload
-            // (a small message is never queued behind a large blob); a message naming a
-            // blob goes only after its blob.
-            let (plain, with_blob): (Vec<usize>, Vec<usize>) = todo
-                .iter()
-                .partition(|&&i| big_data(&all[i].item.message).is_none());
-            let mut blobs: Vec<Cid> = Vec::new();
-            for &i in &with_blob {
-                if let Some((cid, _)) = big_data(&all[i].item.message)
-                    && !blobs.contains(&cid)
-                {
-                    blobs.push(cid);
+        let uploads = async {
+            use futures_util::StreamExt;
+            let mut sent = 0u64;
+            let mut results = futures_util::stream::iter(pass.blobs.iter().copied())
+                .map(|cid| self.push_blob(ctx, cid))
+                .buffer_unordered(cfg.blob_transfers_per_link_max.max(1));
+            while let Some(r) = results.next().await {
+                sent += u64::from(r?);
+            }
+            Ok::<u64, Error>(sent)
+        };
+        let mut plain_bytes = 0;
+        let uploads_and_plain = futures_util::future::join(
+            uploads,
+            self.send_items(ctx, items, &pass.plain, &mut plain_bytes),
+        );
+        let mut lane_bytes = 0;
+        let (uploaded, plain_results) = match lane_from {
+            Some(from) if !pass.with_blob.is_empty() => {
+                tokio::select! {
+                    biased;
+                    done = uploads_and_plain => done,
+                    () = self.send_small_meanwhile(ctx, from, &mut lane_bytes) => {
+                        unreachable!("the lane runs until the uploads end")
+                    }
                 }
             }
-            let uploads = async {
-                use futures_util::StreamExt;
-                let mut sent = 0u64;
-                let mut results = futures_util::stream::iter(blobs)
-                    .map(|cid| self.push_blob(ctx, cid))
-                    .buffer_unordered(cfg.blob_transfers_per_link_max.max(1));
-                while let Some(r) = results.next().await {
-                    sent += u64::from(r?);
-                }
-                Ok::<u64, Error>(sent)
-            };
-            let mut sent_plain = PushOutcome::default();
-            let uploads_and_plain = futures_util::future::join(
-                uploads,
-                self.send_items(ctx, &all, &plain, &mut sent_plain),
+            _ => uploads_and_plain.await,
+        };
+        let mut results = plain_results?;
+        out.sent.bytes += plain_bytes + lane_bytes;
+        out.blobs_sent += uploaded?;
+        if !pass.with_blob.is_empty() {
+            results.extend(
+                self.send_items(ctx, items, &pass.with_blob, &mut out.sent.bytes)
+                    .await?,
             );
-            let mut lane_bytes = 0;
-            let (uploaded, plain_results) = match lane_from {
-                Some(from) if !with_blob.is_empty() => {
-                    tokio::select! {
-                        biased;
-                        done = uploads_and_plain => done,
-                        () = self.send_small_meanwhile(ctx, from, &mut lane_bytes) => {
-                            unreachable!("the lane runs until the uploads end")
-                        }
-                    }
-                }
-                _ => uploads_and_plain.await,
-            };
-            let mut results = plain_results?;
-            out.sent += sent_plain.sent;
-            out.sent.bytes += lane_bytes;
-            out.blobs_sent += uploaded?;
-            if !with_blob.is_empty() {
-                results.extend(self.send_items(ctx, &all, &with_blob, out).await?);
-                // A message sent ahead may depend on one that named a blob (a later
-                // version of a record whose initial write carries a blob): once more.
-                let waiting: Vec<usize> = results
-                    .iter()
-                    .filter(|(i, o)| {
-                        plain.contains(i) && matches!(o, ApplyOutcome::Incomplete { .. })
-                    })
-                    .map(|(i, _)| *i)
-                    .collect();
-                if !waiting.is_empty() {
-                    results.retain(|(i, _)| !waiting.contains(i));
-                    results.extend(self.send_items(ctx, &all, &waiting, out).await?);
-                }
-            }
-            let mut missing = BTreeSet::new();
-            let mut next = Vec::new();
-            for (i, o) in results {
-                if let ApplyOutcome::Incomplete { missing: m } = &o {
-                    missing.extend(m.iter().cloned());
-                    next.push(i);
-                }
-                if i < n {
-                    if o.is_success() {
-                        out.sent.messages += 1;
-                    }
-                    outcomes[i] = Some(o);
-                }
-            }
-            if next.is_empty() || pass + 1 == cfg.dependency_passes_max.max(1) {
-                break;
-            }
-            // Supply exactly what is missing, from the local indexes.
-            let deps = self
-                .local_dependencies(ctx, &missing, &mut supplied, out)
-                .await?;
-            if deps.is_empty() {
-                break;
-            }
-            out.dependencies_sent += deps.len() as u64;
-            let first_dep = all.len();
-            all.extend(deps);
-            // Dependencies first, then what waited for them (the remote also orders each
-            // batch by dependencies).
-            todo = (first_dep..all.len()).chain(next).collect();
         }
-        Ok(outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or(ApplyOutcome::Deferred))
-            .collect())
+        Ok(results)
     }
 
     /// The small-message lane of a push that waits for blob uploads: sends the messages
@@ -490,33 +329,19 @@ impl<C: Connector> Engine<C> {
                     Ok(LogRead::Gap(_)) | Err(_) => break,
                 };
                 let mut items = Vec::new();
-                {
-                    let echoes = lock(&self.inner.echoes);
-                    let echoes = echoes.get(&ctx.key.endpoint);
-                    for e in &page.entries {
-                        from = e.token;
-                        if echoes.is_some_and(|x| x.contains(e.token.position))
-                            || big_data(&e.message).is_some()
-                        {
-                            continue;
-                        }
-                        if let Ok(ScopeClass::InScope) = self.replica().classify(
-                            &ctx.key.tenant,
-                            &ctx.scope,
-                            Direction::Push,
-                            &e.message,
-                        ) {
-                            items.push(PushItem::new(e.message.clone(), e.data.clone()));
-                        }
+                for e in &page.entries {
+                    from = e.token;
+                    if big_data(&e.message).is_none()
+                        && let Ok(Ok(())) = self.push_class(ctx, e)
+                    {
+                        items.push(PushItem::new(e.message.clone(), e.data.clone()));
                     }
                 }
                 if !items.is_empty() {
                     let indexes: Vec<usize> = (0..items.len()).collect();
-                    let mut sent = PushOutcome::default();
-                    if let Err(e) = self.send_items(ctx, &items, &indexes, &mut sent).await {
+                    if let Err(e) = self.send_items(ctx, &items, &indexes, bytes).await {
                         tracing::debug!(link = %ctx.key, error = %e, "sending small messages during a blob upload failed; the push sends them later");
                     }
-                    *bytes += sent.sent.bytes;
                 }
                 if !page.has_more {
                     break;
@@ -530,17 +355,17 @@ impl<C: Connector> Engine<C> {
     }
 
     /// Sends `all[i]` for each `i` of `indexes` in write batches, in order; returns each
-    /// one's outcome. Counts the bytes sent in `out`.
-    pub(super) async fn send_items(
+    /// one's outcome. Adds the bytes sent to `bytes`.
+    async fn send_items(
         &self,
         ctx: &LinkCtx<C::Remote>,
         all: &[PushItem],
         indexes: &[usize],
-        out: &mut PushOutcome,
+        bytes: &mut u64,
     ) -> Result<Vec<(usize, ApplyOutcome)>> {
         let cfg = &self.inner.config;
         let mut results = Vec::with_capacity(indexes.len());
-        for range in batch_ranges(indexes.iter().map(|&i| all[i].bytes), cfg) {
+        for range in super::push_core::batch_ranges(indexes.iter().map(|&i| all[i].bytes), cfg) {
             let chunk = &indexes[range];
             let messages: Vec<MessageData> = chunk.iter().map(|&i| all[i].item.clone()).collect();
             let sent: u64 = chunk.iter().map(|&i| all[i].bytes).sum();
@@ -551,7 +376,7 @@ impl<C: Connector> Engine<C> {
                     messages,
                 })
                 .await?;
-            out.sent.bytes += sent;
+            *bytes += sent;
             if reply.outcomes.len() != chunk.len() {
                 return Err(Error::Protocol(format!(
                     "{} outcomes for a batch of {}",
@@ -564,13 +389,13 @@ impl<C: Connector> Engine<C> {
         Ok(results)
     }
 
-    /// The local messages that satisfy `missing` and were not sent yet; blobs are
+    /// The local messages that satisfy `missing` and are not among `have`; blobs are
     /// uploaded on the spot.
-    pub(super) async fn local_dependencies(
+    async fn local_dependencies(
         &self,
         ctx: &LinkCtx<C::Remote>,
         missing: &BTreeSet<Dependency>,
-        supplied: &mut HashSet<Cid>,
+        have: &[PushItem],
         out: &mut PushOutcome,
     ) -> Result<Vec<PushItem>> {
         let tenant = &ctx.key.tenant;
@@ -594,7 +419,7 @@ impl<C: Connector> Engine<C> {
         }
         let mut items = Vec::new();
         for cid in cids {
-            if supplied.insert(cid)
+            if !have.iter().any(|i| i.cid == cid)
                 && let Some(stored) = self.ledger().get_message(tenant, &cid)?
             {
                 items.push(PushItem::new(stored.message, stored.data));

@@ -16,7 +16,7 @@ use crate::closure::{Gate, forbidden_dependency};
 use crate::error::{Error, Result};
 use crate::link_news::LinkNews;
 
-use super::push::{PushItem, batch_ranges};
+use super::push_core::{PushItem, batch_ranges};
 use super::settle::{Settle, settle};
 use super::{Connector, Engine, LinkCtx, PushOutcome, ReconcileOutcome, Traffic, item_bytes, lock};
 
@@ -115,6 +115,9 @@ impl<C: Connector> Engine<C> {
                 .into_iter()
                 .map(|d| d.cid)
                 .collect();
+            // What only the local side holds is offered as it is: the node judges it
+            // against the token's grant (an owner's link may have a projection scope
+            // and still configure the protocol).
             let mut items = Vec::new();
             for k in &diff.only_local {
                 let cid = Cid::from_bytes(*k);
@@ -127,10 +130,10 @@ impl<C: Connector> Engine<C> {
             }
             let mut push = PushOutcome::default();
             for range in batch_ranges(items.iter().map(|i| i.bytes), &self.inner.config) {
-                let (_, err) = self
-                    .send_with_retry(ctx, items[range].to_vec(), None, &mut push)
+                let end = self
+                    .deliver(ctx, items[range].to_vec(), None, &mut push)
                     .await?;
-                if let Some(e) = err {
+                if let Some(e) = end.error {
                     return Err(e.into());
                 }
             }

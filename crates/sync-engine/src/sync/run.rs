@@ -6,6 +6,7 @@ use sync_types::{Connectivity, Direction, Endpoint, LinkKey, Scope};
 use crate::error::{Error, Result};
 use crate::link_news::LinkNews;
 
+use super::round::{CatchUpEnd, Round, RoundStep, reconcile_due};
 use super::{
     CatchUpStop, Connector, Engine, LinkCtx, LinkReport, SyncReport, Traffic, is_unreachable, lock,
 };
@@ -63,6 +64,7 @@ impl<C: Connector> Engine<C> {
         Ok(())
     }
 
+    /// One one-shot round over a link, in the order [`Round`] gives.
     pub(super) async fn sync_link_locked(
         &self,
         ctx: &LinkCtx<C::Remote>,
@@ -70,50 +72,48 @@ impl<C: Connector> Engine<C> {
     ) -> Result<()> {
         let key = &ctx.key;
         let cfg = &self.inner.config;
-
-        // 1. Pull what the remote logged since the checkpoint.
-        let mut catch_up = self.catch_up_locked(ctx, self.load(key)?.pull).await?;
-        report.pulled += catch_up.received;
-        if let Some(stop) = catch_up.stop.clone() {
-            // A gap or a missing dependency: the tree diff finds what the log cannot
-            // give, then the log resumes.
-            let reconcile = self.reconcile_locked(ctx).await?;
-            report.pulled += reconcile.pulled;
-            report.pushed += reconcile.pushed;
-            if let CatchUpStop::Gap(gap) = &stop
-                && reconcile.converged
-            {
-                let mut cp = self.load(key)?.pull;
-                let before = cp.contiguous_applied;
-                cp.reset(gap.latest_available);
-                self.save_checkpoint(key, Direction::Pull, before, cp, Traffic::default())?;
+        let roots_cheap = cfg.verify_roots && !matches!(ctx.scope, Scope::Projection(_));
+        let mut round = Round::new(roots_cheap);
+        loop {
+            match round.poll() {
+                RoundStep::CatchUp => {
+                    let catch_up = self.catch_up_locked(ctx, self.load(key)?.pull).await?;
+                    report.pulled += catch_up.received;
+                    round.caught_up(match &catch_up.stop {
+                        None => CatchUpEnd::Read,
+                        Some(CatchUpStop::Gap(gap)) => CatchUpEnd::Gap(gap.latest_available),
+                        Some(CatchUpStop::Unsettled { .. }) => CatchUpEnd::Unsettled,
+                    });
+                    report.catch_up = Some(catch_up);
+                }
+                RoundStep::Reconcile => {
+                    let reconcile = self.reconcile_locked(ctx).await?;
+                    report.pulled += reconcile.pulled;
+                    report.pushed += reconcile.pushed;
+                    round.reconciled(reconcile.converged);
+                    report.reconcile = Some(reconcile);
+                }
+                RoundStep::ResumePullAt(token) => {
+                    let mut cp = self.load(key)?.pull;
+                    let before = cp.contiguous_applied;
+                    cp.reset(token);
+                    self.save_checkpoint(key, Direction::Pull, before, cp, Traffic::default())?;
+                }
+                RoundStep::Push => {
+                    let push = self.push_locked(ctx, self.load(key)?.push).await?;
+                    report.pushed += push.sent;
+                    report.push = Some(push);
+                    let last = lock(&self.inner.last_reconcile_ms).get(key).copied();
+                    round.pushed(reconcile_due(
+                        &self.load(key)?,
+                        last,
+                        self.now_ms(),
+                        cfg.integrity_check_ms,
+                    ));
+                }
+                RoundStep::Done => return Ok(()),
             }
-            report.reconcile = Some(reconcile);
-            catch_up = self.catch_up_locked(ctx, self.load(key)?.pull).await?;
-            report.pulled += catch_up.received;
         }
-        report.catch_up = Some(catch_up);
-
-        // 2. Push the local log since the checkpoint.
-        let push = self.push_locked(ctx, self.load(key)?.push).await?;
-        report.pushed += push.sent;
-        report.push = Some(push);
-
-        // 3. Reconcile when due; compare roots anyway when that is cheap.
-        let state = self.load(key)?;
-        let now = self.now_ms();
-        let last = lock(&self.inner.last_reconcile_ms).get(key).copied();
-        let due = state.last_sync_ms.is_none()
-            || state.needs_reconcile
-            || last.is_none_or(|t| now.saturating_sub(t) >= cfg.integrity_check_ms);
-        let cheap = cfg.verify_roots && !matches!(ctx.scope, Scope::Projection(_));
-        if due || cheap {
-            let reconcile = self.reconcile_locked(ctx).await?;
-            report.pulled += reconcile.pulled;
-            report.pushed += reconcile.pushed;
-            report.reconcile = Some(reconcile);
-        }
-        Ok(())
     }
 
     /// Syncs every registered link once; see the [module docs](crate::sync). Links are grouped
