@@ -920,6 +920,9 @@ enum Lie {
     OtherTenant,
     /// Serves no log pages, and answers reads with messages nobody asked for.
     WrongMessages,
+    /// Serves log pages without the initial writes of records (as a node that lost
+    /// them, or a cursor past them, would).
+    NoInitialWrites,
 }
 
 /// A node that answers with what it wants, through a real HTTP client holding the
@@ -981,6 +984,11 @@ impl Remote for Hostile {
             (Lie::WrongMessages, LogPageReply::Page(mut page)) => {
                 page.entries.clear();
                 page.has_more = false;
+                Ok(LogPageReply::Page(page))
+            }
+            (Lie::NoInitialWrites, LogPageReply::Page(mut page)) => {
+                page.entries
+                    .retain(|e| !matches!(&e.item.message, Message::Write(w) if w.prev.is_none()));
                 Ok(LogPageReply::Page(page))
             }
             (_, reply) => Ok(reply),
@@ -1204,6 +1212,66 @@ async fn a_hostile_node_cannot_inject_messages() {
         root(&phone_r),
         sync_smt::Hash::default(),
         "nothing was stored"
+    );
+}
+
+/// A delete under a partial projection whose record the replica never held cannot be
+/// placed by the scope gate: the catch-up fails closed (not applied, a `unknown`
+/// dead letter) and marks the link for a reconcile, which can tell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulled_delete_the_gate_cannot_place_is_refused_and_marks_the_link() {
+    let (server, _handle, ep) = http_node(100).await;
+    let laptop = replica(1);
+    let ids = populate(&laptop);
+    let thread = thread_of(ids[1]);
+    let comments: Vec<RecordId> = laptop
+        .list(&tenant(), &notes(), None)
+        .unwrap()
+        .into_iter()
+        .filter(|r| ContextId::root(ids[1]).child(r.record_id).ok() == Some(r.context_id.clone()))
+        .map(|r| r.record_id)
+        .collect();
+    assert_eq!(comments.len(), 2);
+    let delete = laptop.delete(&tenant(), comments[0], &alice()).unwrap().cid;
+    let el = engine(&laptop, http(), vec![ep.clone()], fast_config());
+    sync_until_quiet(&el, 3).await;
+    assert!(server.ledger().has_message(&tenant(), &delete).unwrap());
+
+    let claims = delegate_claims("phone-thread", &thread, Actions::ALL, FAR_FUTURE_MS);
+    let phone = replica(2);
+    let e = Engine::builder(
+        phone.clone(),
+        HostileConnector {
+            lie: Lie::NoInitialWrites,
+            substitutes: vec![],
+        },
+    )
+    .config(fast_config())
+    .build();
+    e.register_identity(delegate_identity(&claims, &thread, &ep))
+        .unwrap();
+    let link = e.links().unwrap().remove(0);
+    assert!(!link.needs_reconcile);
+    e.catch_up(&link.key).await.unwrap();
+
+    assert!(
+        !phone.ledger().has_message(&tenant(), &delete).unwrap(),
+        "the delete was not applied"
+    );
+    let unknown: Vec<_> = e
+        .dead_letters()
+        .unwrap()
+        .into_iter()
+        .filter(|d| {
+            d.category == DeadLetterCategory::PullScopeRejected
+                && d.error_code.as_deref() == Some("unknown")
+        })
+        .map(|d| d.cid)
+        .collect();
+    assert_eq!(unknown, vec![delete], "the delete, and only it, is unknown");
+    assert!(
+        e.links().unwrap()[0].needs_reconcile,
+        "the link is marked for a reconcile"
     );
 }
 
