@@ -92,10 +92,11 @@ pub(crate) enum Command {
         "  weft serve --data-dir ./node --listen 0.0.0.0:7700\n",
         "  weft serve --config /etc/weft/weft.toml --log-format json\n",
         "  WEFT_LISTEN=127.0.0.1:0 weft serve          port 0 picks a free port (printed on stdout)\n",
+        "  weft serve --store postgres://weft@db/weft --key-file ./node.key   one of several nodes\n",
         "\n",
         "Settings come from, highest first: flags, environment variables (WEFT_*), the TOML\n",
         "config file (--config or WEFT_CONFIG), then the defaults. Config file keys:\n",
-        "  data_dir, listen, key_file, metrics,\n",
+        "  data_dir, store, store_schema, listen, key_file, metrics,\n",
         "  [limits] connections_max, connections_per_address_max, requests_per_tenant_max,\n",
         "           first_byte_time_ms_max,\n",
         "           header_read_time_ms_max, subscriptions_max, frame_bytes_max,\n",
@@ -246,6 +247,14 @@ pub(crate) struct ServeArgs {
     /// ~/.local/share/weft/node]
     #[arg(long, env = "WEFT_DATA_DIR", value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
+    /// A PostgreSQL database holding the node's whole durable state, shared by every
+    /// node given the same URL, schema and key file: postgres://USER@HOST:PORT/DB
+    /// [default: the embedded store in DATA_DIR]
+    #[arg(long, env = "WEFT_NODE_STORE", value_name = "URL")]
+    pub(crate) store: Option<String>,
+    /// The PostgreSQL schema of the node's tables [default: weft]
+    #[arg(long, env = "WEFT_STORE_SCHEMA", value_name = "NAME")]
+    pub(crate) store_schema: Option<String>,
     /// Address to listen on, IP:PORT (port 0 picks a free one) [default: 127.0.0.1:7700]
     #[arg(long, env = "WEFT_LISTEN", value_name = "ADDR")]
     pub(crate) listen: Option<String>,

@@ -77,6 +77,7 @@
 
 #![deny(missing_docs)]
 
+mod bus;
 mod conn;
 mod keys;
 mod rows;
@@ -84,4 +85,5 @@ pub mod schema;
 mod store;
 mod values;
 
+pub use bus::{BUS_PENDING_TENANTS_MAX, BusCounters, PgChangeBus};
 pub use store::{POOL_CONNECTIONS_DEFAULT, POOL_WAIT_DEFAULT, PgStore, PgStoreBuilder};

@@ -116,6 +116,7 @@
 
 mod blob_refs;
 mod blobs;
+pub mod bus;
 mod causality;
 mod error;
 pub mod layout;
@@ -130,6 +131,7 @@ pub mod store;
 mod upgrade;
 
 pub use blobs::{BlobReader, BlobUpload, Blobs, UploadCursor};
+pub use bus::{BusNews, BusSink, ChangeBus};
 pub use error::{BackendError, Error, Result};
 pub use layout::UploadState;
 pub use ledger::{
