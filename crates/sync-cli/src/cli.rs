@@ -103,7 +103,8 @@ pub(crate) enum Command {
         "           request_time_ms_max, shutdown_grace_ms, subscriber_queue_len_max, heartbeat_interval_ms,\n",
         "           heartbeat_timeout_ms, blob_bytes_max, blob_uploads_max,\n",
         "           blob_uploads_per_tenant_max, blob_gc_interval_ms, blob_gc_grace_ms,\n",
-        "           store_cache_mib, store_memtable_mib\n",
+        "           store_cache_mib, store_memtable_mib, live_poll_interval_ms,\n",
+        "           tree_cache_tenants_max, tree_cache_keys_max\n",
         "\n",
         "A blob upload larger than blob_bytes_max is refused with an error naming the limit;\n",
         "the blob collector removes blobs no live record references (see ARCHITECTURE.md).\n",
@@ -323,6 +324,17 @@ pub(crate) struct ServeArgs {
     /// [default: 600000]
     #[arg(long, env = "WEFT_BLOB_GC_GRACE_MS", value_name = "MS")]
     pub(crate) blob_gc_grace_ms: Option<u64>,
+    /// A live subscription re-reads the log at least this often, even when nothing
+    /// woke it, in ms [default: 30000]
+    #[arg(long, env = "WEFT_LIVE_POLL_INTERVAL_MS", value_name = "MS")]
+    pub(crate) live_poll_interval_ms: Option<u64>,
+    /// On a PostgreSQL store: most tenants whose Merkle trees stay in memory, least
+    /// recently used dropped first [default: 1024]
+    #[arg(long, env = "WEFT_TREE_CACHE_TENANTS_MAX", value_name = "N")]
+    pub(crate) tree_cache_tenants_max: Option<usize>,
+    /// On a PostgreSQL store: most keys of all Merkle trees in memory [default: 4000000]
+    #[arg(long, env = "WEFT_TREE_CACHE_KEYS_MAX", value_name = "N")]
+    pub(crate) tree_cache_keys_max: Option<usize>,
     /// The store's block cache, in MiB: the largest share of a node's memory
     /// [default: 64]
     #[arg(long, env = "WEFT_STORE_CACHE_MIB", value_name = "MIB",

@@ -195,9 +195,8 @@ impl TreeIndex {
     /// Drops the least recently used tenants' trees (never `keep`'s) until at most
     /// `tenants_max` tenants and `keys_max` keys are held; returns how many went.
     pub(crate) fn evict(&mut self, keep: &TenantId, tenants_max: usize, keys_max: usize) -> usize {
-        let keys_of = |t: &TenantTrees| {
-            t.all.len() + t.by_protocol.values().map(Tree::len).sum::<usize>()
-        };
+        let keys_of =
+            |t: &TenantTrees| t.all.len() + t.by_protocol.values().map(Tree::len).sum::<usize>();
         let mut keys: usize = self.tenants.values().map(keys_of).sum::<usize>()
             + self
                 .projections

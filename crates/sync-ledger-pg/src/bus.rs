@@ -180,11 +180,7 @@ impl Inner {
     }
 
     fn deliver(&self, news: BusNews) {
-        let sinks: Vec<BusSink> = self
-            .sinks
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let sinks: Vec<BusSink> = self.sinks.read().unwrap_or_else(|e| e.into_inner()).clone();
         for sink in sinks {
             sink(news.clone());
         }

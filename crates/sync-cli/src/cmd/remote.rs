@@ -133,8 +133,8 @@ pub(crate) fn engine_with(replica: Replica, config: SyncConfig) -> HttpEngine {
         replica,
         FailoverConnector::new(HttpConnector::new(client_config())),
     )
-        .config(config)
-        .build()
+    .config(config)
+    .build()
 }
 
 /// A store with a tenant registered for one node, and that node's link.

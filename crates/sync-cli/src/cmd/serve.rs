@@ -57,6 +57,9 @@ struct FileLimits {
     blob_gc_grace_ms: Option<u64>,
     store_cache_mib: Option<u64>,
     store_memtable_mib: Option<u64>,
+    live_poll_interval_ms: Option<u64>,
+    tree_cache_tenants_max: Option<usize>,
+    tree_cache_keys_max: Option<usize>,
 }
 
 /// Everything `serve` needs, resolved.
@@ -132,6 +135,9 @@ impl Settings {
                 blob_gc_grace_ms: args.blob_gc_grace_ms.or(l.blob_gc_grace_ms),
                 store_cache_mib: args.store_cache_mib.or(l.store_cache_mib),
                 store_memtable_mib: args.store_memtable_mib.or(l.store_memtable_mib),
+                live_poll_interval_ms: args.live_poll_interval_ms.or(l.live_poll_interval_ms),
+                tree_cache_tenants_max: args.tree_cache_tenants_max.or(l.tree_cache_tenants_max),
+                tree_cache_keys_max: args.tree_cache_keys_max.or(l.tree_cache_keys_max),
             },
             data_dir,
             key_file,
@@ -178,6 +184,9 @@ impl Settings {
         if let Some(v) = l.heartbeat_timeout_ms {
             c.heartbeat_timeout_ms = v;
         }
+        if let Some(v) = l.live_poll_interval_ms {
+            c.live_poll_interval_ms = v;
+        }
         c
     }
 
@@ -202,6 +211,18 @@ impl Settings {
         (
             bytes(self.limits.store_cache_mib),
             bytes(self.limits.store_memtable_mib),
+        )
+    }
+
+    /// The tree cache's bounds on a shared store: tenants, keys.
+    fn tree_cache(&self) -> (usize, usize) {
+        (
+            self.limits
+                .tree_cache_tenants_max
+                .unwrap_or(sync_engine::replica::TREE_CACHE_TENANTS_DEFAULT),
+            self.limits
+                .tree_cache_keys_max
+                .unwrap_or(sync_engine::replica::TREE_CACHE_KEYS_DEFAULT),
         )
     }
 
@@ -293,7 +314,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<Exit> {
     }
     let (replica, bus, store) = match &settings.store {
         Some(url) => {
-            let (replica, bus) = super::shared::open(url, &settings.store_schema)?;
+            let (replica, bus) =
+                super::shared::open(url, &settings.store_schema, settings.tree_cache())?;
             let shown = format!(
                 "{} (schema {})",
                 super::shared::redact(url),

@@ -25,7 +25,11 @@ pub(crate) fn is_postgres(store: &str) -> bool {
 }
 
 /// A replica on the shared store and the bus to the other nodes.
-pub(crate) fn open(url: &str, schema: &str) -> anyhow::Result<(Replica, Arc<PgChangeBus>)> {
+pub(crate) fn open(
+    url: &str,
+    schema: &str,
+    (tenants_max, keys_max): (usize, usize),
+) -> anyhow::Result<(Replica, Arc<PgChangeBus>)> {
     // The URL may hold a password: never print it.
     let shown = redact(url);
     let store = PgStore::builder(url)
@@ -43,6 +47,7 @@ pub(crate) fn open(url: &str, schema: &str) -> anyhow::Result<(Replica, Arc<PgCh
     let ledger = Ledger::open(store)
         .with_context(|| format!("cannot open the ledger in {shown} (schema {schema})"))?;
     let replica = Replica::builder()
+        .tree_cache(tenants_max, keys_max)
         .with_ledger(ledger)
         .with_context(|| format!("cannot open the ledger in {shown} (schema {schema})"))?;
     let bus = PgChangeBus::start(url, schema)

@@ -132,7 +132,11 @@ impl ReplicaBuilder {
         let shared = ledger.store().is_shared();
         let mut index = TreeIndex::new();
         // Over a shared store, trees load lazily and follow the log.
-        for tenant in if shared { Vec::new() } else { ledger.tenants()? } {
+        for tenant in if shared {
+            Vec::new()
+        } else {
+            ledger.tenants()?
+        } {
             let sorted: Vec<[u8; 32]> = ledger
                 .cids(&tenant)?
                 .map(|c| c.map(|c| *c.as_bytes()))

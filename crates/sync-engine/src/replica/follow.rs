@@ -111,7 +111,11 @@ impl Replica {
                     continue;
                 }
             };
-            if page.pruned.iter().any(|(_, ids)| ids.len() >= PRUNED_IDS_MAX) {
+            if page
+                .pruned
+                .iter()
+                .any(|(_, ids)| ids.len() >= PRUNED_IDS_MAX)
+            {
                 // The list may have been cut: what it left out would stay in the tree.
                 cursor = self.load_tenant(tenant, &mut reloads)?;
                 continue;
