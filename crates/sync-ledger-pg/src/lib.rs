@@ -80,10 +80,12 @@
 mod bus;
 mod conn;
 mod keys;
+mod lease;
 mod rows;
 pub mod schema;
 mod store;
 mod values;
 
 pub use bus::{BUS_PENDING_TENANTS_MAX, BusCounters, PgChangeBus};
+pub use lease::PgLeases;
 pub use store::{POOL_CONNECTIONS_DEFAULT, POOL_WAIT_DEFAULT, PgStore, PgStoreBuilder};

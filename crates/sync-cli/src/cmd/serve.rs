@@ -348,11 +348,14 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<Exit> {
     let handler = Arc::new(handler);
     // Dropping the task (on shutdown) stops the collector.
     let gc = match settings.blob_gc() {
-        (Some(interval_ms), grace_ms) => Some(
-            BlobGc::new(replica.clone())
-                .grace_ms(grace_ms)
-                .spawn(interval_ms),
-        ),
+        (Some(interval_ms), grace_ms) => {
+            let mut gc = BlobGc::new(replica.clone()).grace_ms(grace_ms);
+            // Several nodes on one store: one collects at a time.
+            if let Some(url) = &settings.store {
+                gc = gc.leases(super::shared::leases(url, &settings.store_schema)?);
+            }
+            Some(gc.spawn(interval_ms))
+        }
         (None, _) => None,
     };
     let server = serve(handler, config, addr).await.map_err(|e| {

@@ -55,6 +55,14 @@ pub(crate) fn open(
     Ok((replica, Arc::new(bus)))
 }
 
+/// The leases of the nodes on the shared store: background work (the blob collector)
+/// runs on one node at a time.
+pub(crate) fn leases(url: &str, schema: &str) -> anyhow::Result<Arc<dyn sync_ledger::Leases>> {
+    let leases = sync_ledger_pg::PgLeases::new(url, schema)
+        .with_context(|| format!("cannot use the leases of {}", redact(url)))?;
+    Ok(Arc::new(leases))
+}
+
 /// `url` without its password.
 pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
