@@ -92,9 +92,9 @@ async fn live_replica(endpoint: &str) -> (Replica, LiveSync<HttpConnector>) {
     (r, live)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
+/// The `per_mille`th of `sorted` (nearest rank below).
+fn percentile(sorted: &[Duration], per_mille: usize) -> Duration {
+    sorted[(sorted.len() - 1) * per_mille / 1000]
 }
 
 fn ms(d: Duration) -> String {
@@ -155,7 +155,11 @@ async fn run(url: &str, nodes: usize, writes: usize, burst: usize) -> String {
         .unwrap();
     assert!(engine.sync_once().await.is_ok());
     let writer_live = LiveSync::start(engine, LinkConfig::default()).unwrap();
-    let watcher_nodes: Vec<usize> = if nodes == 1 { vec![0] } else { (1..nodes).collect() };
+    let watcher_nodes: Vec<usize> = if nodes == 1 {
+        vec![0]
+    } else {
+        (1..nodes).collect()
+    };
     let mut watchers = Vec::new();
     for &n in &watcher_nodes {
         watchers.push(live_replica(&endpoints[n]).await);
@@ -212,8 +216,8 @@ async fn run(url: &str, nodes: usize, writes: usize, burst: usize) -> String {
         "| {nodes} | {} | {} | {} | {} | {} | {:.0} | {:.0} |",
         watcher_nodes.len(),
         samples.len(),
-        ms(percentile(&samples, 0.5)),
-        ms(percentile(&samples, 0.99)),
+        ms(percentile(&samples, 500)),
+        ms(percentile(&samples, 990)),
         ms(samples[samples.len() - 1]),
         burst as f64 / written.as_secs_f64(),
         burst as f64 / delivered.as_secs_f64(),
@@ -222,7 +226,10 @@ async fn run(url: &str, nodes: usize, writes: usize, burst: usize) -> String {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let writes = args.first().copied().unwrap_or(300);
     let burst = args.get(1).copied().unwrap_or(2000);
     let url = tokio::task::spawn_blocking(pg::url).await.unwrap();

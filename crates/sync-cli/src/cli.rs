@@ -83,6 +83,8 @@ pub(crate) enum LogFormat {
     Json,
 }
 
+// Parsed once per run: the size of the largest variant (serve's settings) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
     /// Run a server node on an embedded store
