@@ -133,3 +133,32 @@ async fn a_diff_through_another_node_gives_the_right_answer() {
     assert_eq!(b.root(&t1, &Scope::Full, &tok1).await, r.root());
     let _ = Duration::ZERO;
 }
+
+/// `weft health --node` with several nodes asks the first that answers and says which
+/// one did: here the first named is gone.
+#[test]
+fn health_names_the_node_that_answered() {
+    let site = Site::new("health");
+    let live = site.node(&[]);
+    let gone = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let t = tenant("health");
+    let out = std::process::Command::new(WEFT)
+        .args(["health", "--json", "--node"])
+        .arg(format!("{gone},{}", live.url))
+        .args(["--token", &owner_token(&t)])
+        .env_remove("WEFT_NODE")
+        .env_remove("WEFT_TOKEN")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["node"], live.url.as_str());
+}

@@ -105,9 +105,15 @@ pub(crate) fn client_config() -> ClientConfig {
     ClientConfig::default()
 }
 
-/// A client of one node (for `health --node`).
-pub(crate) fn client(endpoint: &Endpoint, token: &str) -> anyhow::Result<HttpClient> {
-    HttpClient::with_token_text(endpoint, token, client_config())
+/// A client of the nodes of `endpoint` (one, or several separated by commas), for
+/// `health --node`: it asks the first that answers.
+pub(crate) fn failover_client(
+    endpoint: &Endpoint,
+    token: &str,
+) -> anyhow::Result<sync_transport::FailoverRemote<HttpClient>> {
+    use sync_transport::Connector as _;
+    FailoverConnector::new(HttpConnector::new(client_config()))
+        .connect(endpoint, Some(token))
         .with_context(|| format!("cannot talk to {endpoint}"))
 }
 

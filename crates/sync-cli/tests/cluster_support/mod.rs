@@ -29,7 +29,7 @@ use sync_types::{
 #[path = "../../../sync-ledger-pg/tests/support/mod.rs"]
 pub mod pg;
 
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 /// Longest wait for anything a test waits for (far beyond what it should take; a
 /// failure, not a measurement).
 pub const WAIT_MAX: Duration = Duration::from_secs(60);
