@@ -83,6 +83,8 @@ pub(crate) enum LogFormat {
     Json,
 }
 
+// Parsed once per run: the size of the largest variant (serve's settings) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
     /// Run a server node on an embedded store
@@ -92,17 +94,19 @@ pub(crate) enum Command {
         "  weft serve --data-dir ./node --listen 0.0.0.0:7700\n",
         "  weft serve --config /etc/weft/weft.toml --log-format json\n",
         "  WEFT_LISTEN=127.0.0.1:0 weft serve          port 0 picks a free port (printed on stdout)\n",
+        "  weft serve --store postgres://weft@db/weft --key-file ./node.key   one of several nodes\n",
         "\n",
         "Settings come from, highest first: flags, environment variables (WEFT_*), the TOML\n",
         "config file (--config or WEFT_CONFIG), then the defaults. Config file keys:\n",
-        "  data_dir, listen, key_file, metrics,\n",
+        "  data_dir, store, store_schema, listen, key_file, metrics,\n",
         "  [limits] connections_max, connections_per_address_max, requests_per_tenant_max,\n",
         "           first_byte_time_ms_max,\n",
         "           header_read_time_ms_max, subscriptions_max, frame_bytes_max,\n",
         "           request_time_ms_max, shutdown_grace_ms, subscriber_queue_len_max, heartbeat_interval_ms,\n",
         "           heartbeat_timeout_ms, blob_bytes_max, blob_uploads_max,\n",
         "           blob_uploads_per_tenant_max, blob_gc_interval_ms, blob_gc_grace_ms,\n",
-        "           store_cache_mib, store_memtable_mib\n",
+        "           store_cache_mib, store_memtable_mib, live_poll_interval_ms,\n",
+        "           tree_cache_tenants_max, tree_cache_keys_max\n",
         "\n",
         "A blob upload larger than blob_bytes_max is refused with an error naming the limit;\n",
         "the blob collector removes blobs no live record references (see ARCHITECTURE.md).\n",
@@ -246,6 +250,14 @@ pub(crate) struct ServeArgs {
     /// ~/.local/share/weft/node]
     #[arg(long, env = "WEFT_DATA_DIR", value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
+    /// A PostgreSQL database holding the node's whole durable state, shared by every
+    /// node given the same URL, schema and key file: postgres://USER@HOST:PORT/DB
+    /// [default: the embedded store in DATA_DIR]
+    #[arg(long, env = "WEFT_NODE_STORE", value_name = "URL")]
+    pub(crate) store: Option<String>,
+    /// The PostgreSQL schema of the node's tables [default: weft]
+    #[arg(long, env = "WEFT_STORE_SCHEMA", value_name = "NAME")]
+    pub(crate) store_schema: Option<String>,
     /// Address to listen on, IP:PORT (port 0 picks a free one) [default: 127.0.0.1:7700]
     #[arg(long, env = "WEFT_LISTEN", value_name = "ADDR")]
     pub(crate) listen: Option<String>,
@@ -314,6 +326,17 @@ pub(crate) struct ServeArgs {
     /// [default: 600000]
     #[arg(long, env = "WEFT_BLOB_GC_GRACE_MS", value_name = "MS")]
     pub(crate) blob_gc_grace_ms: Option<u64>,
+    /// A live subscription re-reads the log at least this often, even when nothing
+    /// woke it, in ms [default: 30000]
+    #[arg(long, env = "WEFT_LIVE_POLL_INTERVAL_MS", value_name = "MS")]
+    pub(crate) live_poll_interval_ms: Option<u64>,
+    /// On a PostgreSQL store: most tenants whose Merkle trees stay in memory, least
+    /// recently used dropped first [default: 1024]
+    #[arg(long, env = "WEFT_TREE_CACHE_TENANTS_MAX", value_name = "N")]
+    pub(crate) tree_cache_tenants_max: Option<usize>,
+    /// On a PostgreSQL store: most keys of all Merkle trees in memory [default: 4000000]
+    #[arg(long, env = "WEFT_TREE_CACHE_KEYS_MAX", value_name = "N")]
+    pub(crate) tree_cache_keys_max: Option<usize>,
     /// The store's block cache, in MiB: the largest share of a node's memory
     /// [default: 64]
     #[arg(long, env = "WEFT_STORE_CACHE_MIB", value_name = "MIB",

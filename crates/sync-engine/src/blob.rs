@@ -212,6 +212,9 @@ pub struct GcReport {
     pub uploads_removed: u64,
     /// Unreferenced blobs seen for the first time, removed by a later collection.
     pub candidates: u64,
+    /// Whether the collection was skipped because another process of a shared store
+    /// held the collector's lease ([`BlobGc::leases`]).
+    pub skipped: bool,
 }
 
 /// The blob garbage collector of a replica (or node); see the [module docs](self) for
@@ -222,6 +225,8 @@ pub struct GcReport {
 pub struct BlobGc {
     replica: Replica,
     grace_ms: u64,
+    /// Over a shared store: the lease a collection takes first.
+    leases: Option<std::sync::Arc<dyn sync_ledger::Leases>>,
     /// Unreferenced blobs and when they were first seen so.
     candidates: HashMap<Cid, u64>,
 }
@@ -229,6 +234,9 @@ pub struct BlobGc {
 /// Default grace period of [`BlobGc`], in ms: ten minutes, far longer than the gap
 /// between a blob and the message that follows it.
 pub const GC_GRACE_MS_DEFAULT: u64 = 10 * 60 * 1000;
+
+/// The name of the lease a blob collection takes over a shared store.
+pub const BLOB_GC_LEASE: &str = "blob_gc";
 
 /// Default interval of a scheduled collector ([`BlobGc::spawn`]), in ms: one minute.
 pub const BLOB_GC_INTERVAL_MS_DEFAULT: u64 = 60 * 1000;
@@ -239,8 +247,19 @@ impl BlobGc {
         Self {
             replica,
             grace_ms: GC_GRACE_MS_DEFAULT,
+            leases: None,
             candidates: HashMap::new(),
         }
+    }
+
+    /// Over a store that several processes share: each collection first takes the
+    /// lease [`BLOB_GC_LEASE`] from `leases` and is skipped (reported
+    /// [`GcReport::skipped`]) while another process holds it, so collections run on one
+    /// process at a time. Default: none (the collector runs alone).
+    #[must_use]
+    pub fn leases(mut self, leases: std::sync::Arc<dyn sync_ledger::Leases>) -> Self {
+        self.leases = Some(leases);
+        self
     }
 
     /// Sets the grace period, in ms. Default [`GC_GRACE_MS_DEFAULT`].
@@ -273,6 +292,7 @@ impl BlobGc {
                 self = gc;
                 round.collections += 1;
                 match result {
+                    Ok(report) if report.skipped => round.skipped += 1,
                     Ok(report) => {
                         round.removed.blobs_removed += report.blobs_removed;
                         round.removed.bytes_removed += report.bytes_removed;
@@ -295,6 +315,18 @@ impl BlobGc {
 
     /// One collection at the replica's current time.
     pub fn collect(&mut self) -> Result<GcReport> {
+        let _lease = match &self.leases {
+            Some(leases) => match leases.try_take(BLOB_GC_LEASE)? {
+                Some(guard) => Some(guard),
+                None => {
+                    return Ok(GcReport {
+                        skipped: true,
+                        ..GcReport::default()
+                    });
+                }
+            },
+            None => None,
+        };
         let now = self.replica.now_ms();
         let referenced = self.replica.referenced_blobs()?;
         let blobs = self.replica.ledger().blobs();
@@ -350,6 +382,8 @@ pub struct GcRound {
     pub collections: u64,
     /// Collections that failed (logged; the next one runs as usual).
     pub failures: u64,
+    /// Collections skipped because another process held the lease.
+    pub skipped: u64,
     /// The last successful collection's report.
     pub last: Option<GcReport>,
     /// The sums over every successful collection.

@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use sync_smt::Tree;
-use sync_types::{Cid, Projection, ProtocolName, Scope, TenantId};
+use sync_types::{Cid, ProgressToken, Projection, ProtocolName, Scope, TenantId};
 
 /// Most projection trees kept per tenant; the oldest is dropped first.
 pub(crate) const PROJECTION_TREES_MAX: usize = 16;
@@ -28,12 +28,19 @@ pub(crate) struct TreeIndex {
     tenants: HashMap<TenantId, TenantTrees>,
     /// Projection trees built on demand and then maintained, oldest first.
     projections: HashMap<TenantId, Vec<(Projection, Tree)>>,
+    /// Counts uses, for eviction on a shared store.
+    tick: u64,
 }
 
 #[derive(Debug, Default)]
 struct TenantTrees {
     all: Tree,
     by_protocol: BTreeMap<ProtocolName, Tree>,
+    /// On a shared store: how far the trees have followed the tenant's log.
+    followed: Option<ProgressToken>,
+    /// On a shared store: when the trees were last used (the index's tick), for
+    /// eviction.
+    used: u64,
 }
 
 impl TreeIndex {
@@ -146,10 +153,83 @@ impl TreeIndex {
             tenant.clone(),
             TenantTrees {
                 all,
-                by_protocol: BTreeMap::new(),
+                ..TenantTrees::default()
             },
         );
+        self.projections.remove(tenant);
         Ok(())
+    }
+
+    /// On a shared store: how far a tenant's trees follow its log (`None`: not
+    /// loaded; `Some(None)`: loaded from an empty log). Counts as a use.
+    pub(crate) fn followed(&mut self, tenant: &TenantId) -> Option<Option<ProgressToken>> {
+        self.tick += 1;
+        let tick = self.tick;
+        let trees = self.tenants.get_mut(tenant)?;
+        trees.used = tick;
+        Some(trees.followed)
+    }
+
+    /// Records how far a loaded tenant's trees follow its log.
+    pub(crate) fn set_followed(&mut self, tenant: &TenantId, cursor: Option<ProgressToken>) {
+        if let Some(trees) = self.tenants.get_mut(tenant) {
+            trees.followed = cursor;
+        }
+    }
+
+    /// Removes a message from every tree of the tenant (a follower of the log knows a
+    /// pruned id, not its protocol).
+    pub(crate) fn remove_everywhere(&mut self, tenant: &TenantId, cid: &Cid) {
+        let Some(trees) = self.tenants.get_mut(tenant) else {
+            return;
+        };
+        for tree in trees.by_protocol.values_mut() {
+            tree.remove(cid.as_bytes());
+        }
+        for (_, tree) in self.projections.get_mut(tenant).into_iter().flatten() {
+            tree.remove(cid.as_bytes());
+        }
+        trees.all.remove(cid.as_bytes());
+    }
+
+    /// Drops the least recently used tenants' trees (never `keep`'s) until at most
+    /// `tenants_max` tenants and `keys_max` keys are held; returns how many went.
+    pub(crate) fn evict(&mut self, keep: &TenantId, tenants_max: usize, keys_max: usize) -> usize {
+        let keys_of =
+            |t: &TenantTrees| t.all.len() + t.by_protocol.values().map(Tree::len).sum::<usize>();
+        let mut keys: usize = self.tenants.values().map(keys_of).sum::<usize>()
+            + self
+                .projections
+                .values()
+                .flatten()
+                .map(|(_, t)| t.len())
+                .sum::<usize>();
+        let mut order: Vec<(u64, TenantId)> = self
+            .tenants
+            .iter()
+            .filter(|(t, _)| *t != keep)
+            .map(|(t, trees)| (trees.used, t.clone()))
+            .collect();
+        order.sort();
+        let mut evicted = 0;
+        for (_, tenant) in order {
+            if self.tenants.len() <= tenants_max && keys <= keys_max {
+                break;
+            }
+            if let Some(trees) = self.tenants.remove(&tenant) {
+                keys = keys.saturating_sub(keys_of(&trees));
+            }
+            for (_, tree) in self.projections.remove(&tenant).into_iter().flatten() {
+                keys = keys.saturating_sub(tree.len());
+            }
+            evicted += 1;
+        }
+        evicted
+    }
+
+    /// The tenants whose trees are held.
+    pub(crate) fn tenants_held(&self) -> usize {
+        self.tenants.len()
     }
 
     /// The tree of `scope` for `tenant`: borrowed for the full scope and for one protocol,

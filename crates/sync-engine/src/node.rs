@@ -42,6 +42,7 @@ use tokio::sync::watch;
 use crate::replica::{Origin, Replica};
 
 mod blobs;
+mod wake;
 
 pub use blobs::{
     BLOB_REFERRERS_CHECKED_MAX, PAUSED_UPLOADS_MAX, PAUSED_UPLOADS_PER_TENANT_MAX,
@@ -98,9 +99,12 @@ impl BlobLimits {
 pub struct ReplicaHandler {
     replica: Replica,
     responder: Arc<Responder>,
-    changes: Arc<Mutex<HashMap<TenantId, watch::Sender<u64>>>>,
+    changes: Arc<wake::Wakes>,
     blob_limits: Arc<BlobLimits>,
     blobs: Arc<blobs::NodeBlobs>,
+    /// The bus to the other processes of a shared store; held here so it lives as
+    /// long as the handler (the ledger's listener keeps only a weak reference).
+    _bus: Option<Arc<dyn sync_ledger::ChangeBus>>,
 }
 
 impl std::fmt::Debug for ReplicaHandler {
@@ -176,20 +180,15 @@ impl ReplicaHandler {
 
     /// A handler over `replica`, with default diff limits.
     pub fn new(replica: Replica) -> Self {
-        let changes: Arc<Mutex<HashMap<TenantId, watch::Sender<u64>>>> = Arc::default();
-        let senders = Arc::downgrade(&changes);
+        let changes: Arc<wake::Wakes> = Arc::default();
+        let wakes = Arc::downgrade(&changes);
         // The ledger calls this after every commit that appended to a tenant's log; the
         // watch value is only a wake-up, subscriptions read the durable log.
         replica
             .ledger()
             .add_listener(move |tenant: &TenantId, head: u64| {
-                if let Some(senders) = senders.upgrade()
-                    && let Some(tx) = senders
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(tenant)
-                {
-                    tx.send_replace(head);
+                if let Some(wakes) = wakes.upgrade() {
+                    wakes.head(tenant, head);
                 }
             });
         Self {
@@ -198,6 +197,7 @@ impl ReplicaHandler {
             changes,
             blob_limits: Arc::new(BlobLimits::default()),
             blobs: Arc::default(),
+            _bus: None,
         }
     }
 
@@ -206,6 +206,36 @@ impl ReplicaHandler {
     pub fn with_blob_limits(mut self, limits: BlobLimits) -> Self {
         self.blob_limits = Arc::new(limits);
         self
+    }
+
+    /// Connects the node to the other processes serving the same shared store: every
+    /// commit of this node is announced on `bus` after it, and every announcement heard
+    /// wakes this node's subscriptions of that tenant (a reconnect of the bus wakes them
+    /// all). A lost announcement costs latency, never data: subscriptions read the log,
+    /// and re-read it on their own schedule (`ServerConfig::live_poll_interval_ms`).
+    #[must_use]
+    pub fn with_bus(self, bus: Arc<dyn sync_ledger::ChangeBus>) -> Self {
+        let publisher = Arc::downgrade(&bus);
+        self.replica
+            .ledger()
+            .add_listener(move |tenant: &TenantId, head: u64| {
+                if let Some(bus) = publisher.upgrade() {
+                    bus.publish(tenant, head);
+                }
+            });
+        let wakes = Arc::downgrade(&self.changes);
+        bus.subscribe(Arc::new(move |news| {
+            if let Some(wakes) = wakes.upgrade() {
+                match news {
+                    sync_ledger::BusNews::Head { tenant, head } => wakes.head(&tenant, head),
+                    sync_ledger::BusNews::Lost => wakes.all(),
+                }
+            }
+        }));
+        Self {
+            _bus: Some(bus),
+            ..self
+        }
     }
 
     /// The replica served.
@@ -496,11 +526,7 @@ impl Handler for ReplicaHandler {
     }
 
     fn changes(&self, tenant: &TenantId) -> watch::Receiver<u64> {
-        let mut senders = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        senders
-            .entry(tenant.clone())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
+        self.changes.receiver(tenant)
     }
 }
 

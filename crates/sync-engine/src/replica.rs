@@ -186,6 +186,13 @@ struct Inner {
     policies: RwLock<Policies>,
     changes: broadcast::Sender<Change>,
     events: broadcast::Sender<SyncEvent>,
+    /// Whether other processes write the store: then the trees follow the log
+    /// (`follow.rs`) instead of this replica's applies.
+    shared: bool,
+    /// Serialises the follows and lazy loads of trees over a shared store.
+    follow: Mutex<()>,
+    follow_stats: Mutex<FollowStats>,
+    tree_cache: follow::TreeCache,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -693,7 +700,9 @@ impl Replica {
                 .map(|&i| (messages[i].clone(), datas[i].take()))
                 .collect();
             let applied = ledger.apply(tenant, batch, self.inner.durability)?;
-            let mut index = self.inner.index.write().unwrap_or_else(|e| e.into_inner());
+            // Over a shared store the trees follow the log instead (`follow.rs`).
+            let mut index = (!self.inner.shared)
+                .then(|| self.inner.index.write().unwrap_or_else(|e| e.into_inner()));
             for (&i, result) in ready.iter().zip(applied) {
                 let message = &messages[i];
                 outcomes[i] = Some(match result.outcome {
@@ -702,13 +711,15 @@ impl Replica {
                         pruned,
                         conflict,
                     } => {
-                        index.insert(tenant, message.protocol(), result.cid);
-                        if index.has_projections(tenant) {
-                            let scope_of = self.projection_membership(tenant, message)?;
-                            index.insert_projected(tenant, result.cid, |p| scope_of(p));
-                        }
-                        for p in &pruned {
-                            index.remove(tenant, message.protocol(), p);
+                        if let Some(index) = index.as_mut() {
+                            index.insert(tenant, message.protocol(), result.cid);
+                            if index.has_projections(tenant) {
+                                let scope_of = self.projection_membership(tenant, message)?;
+                                index.insert_projected(tenant, result.cid, |p| scope_of(p));
+                            }
+                            for p in &pruned {
+                                index.remove(tenant, message.protocol(), p);
+                            }
                         }
                         tokens.insert(result.cid, token);
                         changes.push(Change {
@@ -764,8 +775,11 @@ impl Replica {
 
 mod builder;
 mod checks;
+mod follow;
 mod reads;
 mod trees;
+
+pub use follow::{FollowStats, TREE_CACHE_KEYS_DEFAULT, TREE_CACHE_TENANTS_DEFAULT};
 
 use checks::{Check, Definitions, check_alone};
 

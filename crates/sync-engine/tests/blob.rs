@@ -509,3 +509,37 @@ async fn a_scheduled_collector_releases_deleted_blobs_and_keeps_the_rest() {
         Residency::Staged
     );
 }
+
+/// A lease of the test: held by "another process" while `taken` is set.
+#[derive(Debug, Default)]
+struct TestLease {
+    taken: std::sync::atomic::AtomicBool,
+}
+
+impl sync_ledger::Leases for TestLease {
+    fn try_take(&self, name: &str) -> sync_ledger::Result<Option<sync_ledger::LeaseGuard>> {
+        assert_eq!(name, sync_engine::blob::BLOB_GC_LEASE);
+        Ok((!self.taken.load(Ordering::SeqCst)).then(|| sync_ledger::LeaseGuard::new(())))
+    }
+}
+
+#[test]
+fn the_collector_skips_its_round_while_another_process_holds_the_lease() {
+    let r = replica(1);
+    configure(&r);
+    let (_, data) = write_big(&r, "gone", 300_000, 3);
+    r.delete(&tenant(), record_id("gone"), &alice()).unwrap();
+    let lease = Arc::new(TestLease::default());
+    let mut gc = BlobGc::new(r.clone()).grace_ms(0).leases(lease.clone());
+    lease.taken.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        let report = gc.collect().unwrap();
+        assert!(report.skipped);
+        assert_eq!(report.blobs_removed, 0);
+    }
+    assert!(r.ledger().blobs().has(&data.data_cid).unwrap());
+    lease.taken.store(false, Ordering::SeqCst);
+    assert!(!gc.collect().unwrap().skipped);
+    assert_eq!(gc.collect().unwrap().blobs_removed, 1);
+    assert!(!r.ledger().blobs().has(&data.data_cid).unwrap());
+}

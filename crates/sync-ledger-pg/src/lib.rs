@@ -6,6 +6,12 @@
 //! positions that are unique, gap-free and in commit order, and tenant numbers that are
 //! distinct.
 //!
+//! Two more things the processes of one ledger share: [`PgChangeBus`], the
+//! [`ChangeBus`](sync_ledger::ChangeBus) that takes each commit's announcement to the
+//! other processes (`LISTEN`/`NOTIFY`, coalesced per tenant), and [`PgLeases`], the
+//! [`Leases`](sync_ledger::Leases) under which background work runs on one process at a
+//! time (session advisory locks, freed by the holder's death).
+//!
 //! # What it is not
 //!
 //! - Not a key-value table: each ledger partition has a table whose columns follow its
@@ -77,11 +83,15 @@
 
 #![deny(missing_docs)]
 
+mod bus;
 mod conn;
 mod keys;
+mod lease;
 mod rows;
 pub mod schema;
 mod store;
 mod values;
 
+pub use bus::{BUS_PENDING_TENANTS_MAX, BusCounters, PgChangeBus};
+pub use lease::PgLeases;
 pub use store::{POOL_CONNECTIONS_DEFAULT, POOL_WAIT_DEFAULT, PgStore, PgStoreBuilder};

@@ -116,9 +116,11 @@
 
 mod blob_refs;
 mod blobs;
+pub mod bus;
 mod causality;
 mod error;
 pub mod layout;
+pub mod lease;
 mod ledger;
 mod log;
 mod lookups;
@@ -130,8 +132,10 @@ pub mod store;
 mod upgrade;
 
 pub use blobs::{BlobReader, BlobUpload, Blobs, UploadCursor};
+pub use bus::{BusNews, BusSink, ChangeBus};
 pub use error::{BackendError, Error, Result};
 pub use layout::UploadState;
+pub use lease::{LeaseGuard, Leases};
 pub use ledger::{
     APPLY_BATCH_MESSAGES_MAX, IdSource, Ledger, LedgerApplied, LedgerBuilder, LedgerOutcome,
     OsRandom, RecordInfo, SeededIds, StoredMessage, protocol_mismatch,

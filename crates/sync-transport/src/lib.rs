@@ -90,6 +90,8 @@ mod config;
 #[cfg(feature = "net")]
 pub mod connector;
 #[cfg(feature = "net")]
+pub mod failover;
+#[cfg(feature = "net")]
 mod limits;
 #[cfg(feature = "net")]
 pub mod metrics;
@@ -115,6 +117,8 @@ pub use client::{
 };
 #[cfg(feature = "net")]
 pub use connector::{Connector, HttpConnector, InProcessConnector};
+#[cfg(feature = "net")]
+pub use failover::{FailoverConnector, FailoverRemote};
 #[cfg(feature = "net")]
 pub use node::{Handler, Node, RequestContext, ServerConfig};
 #[cfg(feature = "net")]

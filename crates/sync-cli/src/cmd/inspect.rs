@@ -197,7 +197,9 @@ pub(crate) async fn health(args: HealthArgs) -> anyhow::Result<Exit> {
                 .token
                 .as_deref()
                 .ok_or_else(|| usage("--node needs a token: pass --token or set WEFT_TOKEN"))?;
-            let reply = match remote::client(&endpoint, token)?.health().await {
+            // Several nodes (a shared store): the first that answers, named in the reply.
+            let client = remote::failover_client(&endpoint, token)?;
+            let reply = match client.health().await {
                 Ok(r) => r,
                 Err(e) => {
                     let err = anyhow::Error::new(e)
@@ -205,7 +207,10 @@ pub(crate) async fn health(args: HealthArgs) -> anyhow::Result<Exit> {
                     return Err(remote::explain(err, &endpoint));
                 }
             };
-            (reply.summary.clone(), Some((endpoint, reply)))
+            (
+                reply.summary.clone(),
+                Some((client.current_node().clone(), reply)),
+            )
         }
         None => {
             let engine = open(&args.store)?;

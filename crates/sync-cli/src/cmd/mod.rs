@@ -5,6 +5,7 @@ mod quickstart;
 mod records;
 mod remote;
 mod serve;
+mod shared;
 mod sync;
 mod token;
 mod watch;

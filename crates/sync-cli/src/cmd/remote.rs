@@ -10,15 +10,33 @@ use anyhow::Context as _;
 use sync_engine::sync::{HttpConnector, SyncConfig};
 use sync_engine::{Engine, Identity, Replica};
 use sync_ledger::RegisteredIdentity;
-use sync_transport::{ClientConfig, HttpClient, Token};
+use sync_transport::{ClientConfig, FailoverConnector, HttpClient, Token};
 use sync_types::{Endpoint, LinkKey, TenantId};
 
 use crate::cli::{NODE_DEFAULT, NodeArgs, ReplicaArgs};
 use crate::exit::{Exit, coded, usage};
 use crate::{kv, paths};
 
-/// Parses a node address; a bare `HOST:PORT` means `http://HOST:PORT`.
+/// Parses a node address; a bare `HOST:PORT` means `http://HOST:PORT`. Several
+/// addresses separated by commas name interchangeable nodes of one shared store: one
+/// endpoint, whose calls go to whichever node answers (`FailoverConnector`).
 pub(crate) fn parse_endpoint(text: &str) -> anyhow::Result<Endpoint> {
+    if !text.contains(',') {
+        return parse_one_endpoint(text);
+    }
+    let nodes = text
+        .split(',')
+        .map(parse_one_endpoint)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let joined: Vec<&str> = nodes.iter().map(Endpoint::as_str).collect();
+    let endpoint = Endpoint::new(joined.join(","))
+        .map_err(|e| usage(format!("bad node addresses {text:?}: {e}")))?;
+    sync_transport::failover::endpoint_nodes(&endpoint)
+        .map_err(|e| usage(format!("bad node addresses {text:?}: {e}")))?;
+    Ok(endpoint)
+}
+
+fn parse_one_endpoint(text: &str) -> anyhow::Result<Endpoint> {
     let text = text.trim();
     let full = if text.contains("://") {
         text.to_owned()
@@ -44,7 +62,9 @@ pub(crate) fn parse_endpoint(text: &str) -> anyhow::Result<Endpoint> {
 /// own message says only that the connection failed.
 pub(crate) fn diagnose(endpoint: &Endpoint) -> String {
     use std::net::ToSocketAddrs as _;
-    let authority = endpoint.as_str().trim_start_matches("http://");
+    // Of several nodes, the first (the one tried first).
+    let first = endpoint.as_str().split(',').next().unwrap_or_default();
+    let authority = first.trim_start_matches("http://");
     let addrs: Vec<std::net::SocketAddr> = match authority.to_socket_addrs() {
         Ok(a) => a.collect(),
         Err(e) => return format!("cannot resolve {authority}: {e}"),
@@ -85,9 +105,15 @@ pub(crate) fn client_config() -> ClientConfig {
     ClientConfig::default()
 }
 
-/// A client of one node (for `health --node`).
-pub(crate) fn client(endpoint: &Endpoint, token: &str) -> anyhow::Result<HttpClient> {
-    HttpClient::with_token_text(endpoint, token, client_config())
+/// A client of the nodes of `endpoint` (one, or several separated by commas), for
+/// `health --node`: it asks the first that answers.
+pub(crate) fn failover_client(
+    endpoint: &Endpoint,
+    token: &str,
+) -> anyhow::Result<sync_transport::FailoverRemote<HttpClient>> {
+    use sync_transport::Connector as _;
+    FailoverConnector::new(HttpConnector::new(client_config()))
+        .connect(endpoint, Some(token))
         .with_context(|| format!("cannot talk to {endpoint}"))
 }
 
@@ -98,8 +124,9 @@ pub(crate) fn parse_token(text: &str) -> anyhow::Result<Token> {
         .map_err(|e| coded(Exit::Refused, format!("bad token: {e}")))
 }
 
-/// An engine over a store, reaching nodes over HTTP.
-pub(crate) type HttpEngine = Engine<HttpConnector>;
+/// An engine over a store, reaching nodes over HTTP (an endpoint naming several nodes
+/// fails over between them).
+pub(crate) type HttpEngine = Engine<FailoverConnector<HttpConnector>>;
 
 /// An engine over `replica`.
 pub(crate) fn engine(replica: Replica) -> HttpEngine {
@@ -108,9 +135,12 @@ pub(crate) fn engine(replica: Replica) -> HttpEngine {
 
 /// An engine over `replica` with `config`.
 pub(crate) fn engine_with(replica: Replica, config: SyncConfig) -> HttpEngine {
-    Engine::builder(replica, HttpConnector::new(client_config()))
-        .config(config)
-        .build()
+    Engine::builder(
+        replica,
+        FailoverConnector::new(HttpConnector::new(client_config())),
+    )
+    .config(config)
+    .build()
 }
 
 /// A store with a tenant registered for one node, and that node's link.

@@ -1,4 +1,5 @@
-//! `weft serve`: a node on an embedded fjall store.
+//! `weft serve`: a node on an embedded fjall store, or on a PostgreSQL database that
+//! several nodes share (`--store postgres://…`, `shared.rs`).
 //!
 //! Settings are resolved once, highest first: flags, `WEFT_*` environment variables
 //! (clap merges these two), the TOML config file, the defaults. Relative paths in the
@@ -25,6 +26,8 @@ use crate::{key, kv, out, paths};
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileConfig {
     data_dir: Option<PathBuf>,
+    store: Option<String>,
+    store_schema: Option<String>,
     listen: Option<String>,
     key_file: Option<PathBuf>,
     metrics: Option<bool>,
@@ -54,12 +57,18 @@ struct FileLimits {
     blob_gc_grace_ms: Option<u64>,
     store_cache_mib: Option<u64>,
     store_memtable_mib: Option<u64>,
+    live_poll_interval_ms: Option<u64>,
+    tree_cache_tenants_max: Option<usize>,
+    tree_cache_keys_max: Option<usize>,
 }
 
 /// Everything `serve` needs, resolved.
 #[derive(Debug)]
 pub(crate) struct Settings {
     pub(crate) data_dir: PathBuf,
+    /// A PostgreSQL URL: the node's state is in that shared database.
+    pub(crate) store: Option<String>,
+    pub(crate) store_schema: String,
     pub(crate) listen: String,
     pub(crate) key_file: PathBuf,
     pub(crate) metrics: bool,
@@ -80,7 +89,21 @@ impl Settings {
             .or(file.key_file)
             .unwrap_or_else(|| paths::node_key_file(&data_dir));
         let l = file.limits;
+        let store = args.store.or(file.store);
+        if let Some(store) = &store
+            && !super::shared::is_postgres(store)
+        {
+            return Err(usage(format!(
+                "bad store {:?}: expected postgres://USER@HOST:PORT/DB (the embedded store lives in --data-dir)",
+                super::shared::redact(store)
+            )));
+        }
         Ok(Self {
+            store,
+            store_schema: args
+                .store_schema
+                .or(file.store_schema)
+                .unwrap_or_else(|| super::shared::STORE_SCHEMA_DEFAULT.to_owned()),
             listen: args
                 .listen
                 .or(file.listen)
@@ -112,6 +135,9 @@ impl Settings {
                 blob_gc_grace_ms: args.blob_gc_grace_ms.or(l.blob_gc_grace_ms),
                 store_cache_mib: args.store_cache_mib.or(l.store_cache_mib),
                 store_memtable_mib: args.store_memtable_mib.or(l.store_memtable_mib),
+                live_poll_interval_ms: args.live_poll_interval_ms.or(l.live_poll_interval_ms),
+                tree_cache_tenants_max: args.tree_cache_tenants_max.or(l.tree_cache_tenants_max),
+                tree_cache_keys_max: args.tree_cache_keys_max.or(l.tree_cache_keys_max),
             },
             data_dir,
             key_file,
@@ -158,6 +184,9 @@ impl Settings {
         if let Some(v) = l.heartbeat_timeout_ms {
             c.heartbeat_timeout_ms = v;
         }
+        if let Some(v) = l.live_poll_interval_ms {
+            c.live_poll_interval_ms = v;
+        }
         c
     }
 
@@ -182,6 +211,18 @@ impl Settings {
         (
             bytes(self.limits.store_cache_mib),
             bytes(self.limits.store_memtable_mib),
+        )
+    }
+
+    /// The tree cache's bounds on a shared store: tenants, keys.
+    fn tree_cache(&self) -> (usize, usize) {
+        (
+            self.limits
+                .tree_cache_tenants_max
+                .unwrap_or(sync_engine::replica::TREE_CACHE_TENANTS_DEFAULT),
+            self.limits
+                .tree_cache_keys_max
+                .unwrap_or(sync_engine::replica::TREE_CACHE_KEYS_DEFAULT),
         )
     }
 
@@ -255,39 +296,66 @@ fn log_positions(replica: Replica) -> impl Fn() -> Vec<Family> + Send + Sync + '
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<Exit> {
     let settings = Settings::resolve(args)?;
     let addr = resolve_listen(&settings.listen).await?;
-    std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
-        coded(
-            Exit::Store,
-            format!(
-                "cannot create data directory {}: {e}",
-                settings.data_dir.display()
-            ),
-        )
-    })?;
+    // A node on PostgreSQL keeps nothing on disk but its key file.
+    if settings.store.is_none() {
+        std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
+            coded(
+                Exit::Store,
+                format!(
+                    "cannot create data directory {}: {e}",
+                    settings.data_dir.display()
+                ),
+            )
+        })?;
+    }
     let (key, created) = key::load_or_create(&settings.key_file)?;
     if created {
         tracing::info!(key_file = %settings.key_file.display(), "created a new node key");
     }
-    let store = paths::node_store(&settings.data_dir);
-    let (cache_bytes, memtable_bytes) = settings.store_sizes();
-    let replica = kv::open_node_replica(&store, cache_bytes, memtable_bytes)?;
+    let (replica, bus, store) = match &settings.store {
+        Some(url) => {
+            let (replica, bus) =
+                super::shared::open(url, &settings.store_schema, settings.tree_cache())?;
+            let shown = format!(
+                "{} (schema {})",
+                super::shared::redact(url),
+                settings.store_schema
+            );
+            (replica, Some(bus), shown)
+        }
+        None => {
+            let store = paths::node_store(&settings.data_dir);
+            let (cache_bytes, memtable_bytes) = settings.store_sizes();
+            let replica = kv::open_node_replica(&store, cache_bytes, memtable_bytes)?;
+            (replica, None, store.display().to_string())
+        }
+    };
     let mut config = settings.server_config(key);
     if settings.metrics {
         let metrics = Arc::new(Metrics::new());
         metrics.add_source(log_positions(replica.clone()));
+        if let Some(bus) = &bus {
+            metrics.add_source(super::shared::metrics(replica.clone(), bus.clone()));
+        }
         config.metrics = Some(metrics);
     }
     let grace_ms = config.shutdown_grace_ms;
     let mut signals = crate::signals::ShutdownSignals::new()?;
-    let handler =
-        Arc::new(ReplicaHandler::new(replica.clone()).with_blob_limits(settings.blob_limits()));
+    let mut handler = ReplicaHandler::new(replica.clone()).with_blob_limits(settings.blob_limits());
+    if let Some(bus) = bus {
+        handler = handler.with_bus(bus);
+    }
+    let handler = Arc::new(handler);
     // Dropping the task (on shutdown) stops the collector.
     let gc = match settings.blob_gc() {
-        (Some(interval_ms), grace_ms) => Some(
-            BlobGc::new(replica.clone())
-                .grace_ms(grace_ms)
-                .spawn(interval_ms),
-        ),
+        (Some(interval_ms), grace_ms) => {
+            let mut gc = BlobGc::new(replica.clone()).grace_ms(grace_ms);
+            // Several nodes on one store: one collects at a time.
+            if let Some(url) = &settings.store {
+                gc = gc.leases(super::shared::leases(url, &settings.store_schema)?);
+            }
+            Some(gc.spawn(interval_ms))
+        }
         (None, _) => None,
     };
     let server = serve(handler, config, addr).await.map_err(|e| {
@@ -299,7 +367,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<Exit> {
     let local = server.local_addr();
     tracing::info!(
         address = %local,
-        store = %store.display(),
+        store = %store,
         key_file = %settings.key_file.display(),
         metrics = settings.metrics,
         "node started"

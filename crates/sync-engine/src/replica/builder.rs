@@ -21,6 +21,7 @@ pub struct ReplicaBuilder {
     durability: Durability,
     policies: Policies,
     seed: Option<u64>,
+    tree_cache: super::follow::TreeCache,
 }
 
 impl Default for ReplicaBuilder {
@@ -31,6 +32,7 @@ impl Default for ReplicaBuilder {
             durability: Durability::SyncData,
             policies: Policies::default(),
             seed: None,
+            tree_cache: super::follow::TreeCache::default(),
         }
     }
 }
@@ -79,6 +81,19 @@ impl ReplicaBuilder {
         self
     }
 
+    /// Over a store that other processes write too (a node on a shared PostgreSQL
+    /// ledger): the most tenants and keys whose Merkle trees stay in memory, the least
+    /// recently used going first. Ignored for other stores, whose trees are all held.
+    /// Default: [`TREE_CACHE_TENANTS_DEFAULT`](super::TREE_CACHE_TENANTS_DEFAULT)
+    /// tenants, [`TREE_CACHE_KEYS_DEFAULT`](super::TREE_CACHE_KEYS_DEFAULT) keys.
+    pub fn tree_cache(mut self, tenants_max: usize, keys_max: usize) -> Self {
+        self.tree_cache = super::follow::TreeCache {
+            tenants_max: tenants_max.max(1),
+            keys_max,
+        };
+        self
+    }
+
     /// Opens a replica on a fjall directory.
     pub fn open(self, path: impl AsRef<Path>) -> Result<Replica> {
         let ledger = self.ledger_builder().open_fjall(path)?;
@@ -98,7 +113,11 @@ impl ReplicaBuilder {
         }
     }
 
-    /// Opens a replica over a ledger that is already open (any backend).
+    /// Opens a replica over a ledger that is already open (any backend). Over a store
+    /// that other processes write too ([`sync_ledger::Store::is_shared`], the
+    /// PostgreSQL ledger), the replica loads each tenant's Merkle trees when first asked
+    /// for and keeps them current by following the log, so several node processes
+    /// serve one store (see [`tree_cache`](Self::tree_cache)).
     pub fn with_ledger(self, ledger: Ledger) -> Result<Replica> {
         let candidate = match self.seed {
             Some(seed) => NodeId(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
@@ -110,8 +129,14 @@ impl ReplicaBuilder {
         // wall clock went back, issues a timestamp below one it issued or saw before.
         let mut hlc = HlcClock::new(self.clock.clone(), node);
         hlc.resume_after(ledger.hlc_high_water());
+        let shared = ledger.store().is_shared();
         let mut index = TreeIndex::new();
-        for tenant in ledger.tenants()? {
+        // Over a shared store, trees load lazily and follow the log.
+        for tenant in if shared {
+            Vec::new()
+        } else {
+            ledger.tenants()?
+        } {
             let sorted: Vec<[u8; 32]> = ledger
                 .cids(&tenant)?
                 .map(|c| c.map(|c| *c.as_bytes()))
@@ -131,6 +156,10 @@ impl ReplicaBuilder {
                 policies: RwLock::new(self.policies),
                 changes,
                 events,
+                shared,
+                follow: Mutex::new(()),
+                follow_stats: Mutex::default(),
+                tree_cache: self.tree_cache,
             }),
         })
     }

@@ -20,6 +20,15 @@ impl Replica {
         scope: &Scope,
         f: impl FnOnce(&Tree) -> R,
     ) -> Result<R> {
+        // Over a shared store: follow the log first, and hold the follow lock through
+        // the lazy loads below, so none misses a commit a concurrent follow applied.
+        let _follow = if self.inner.shared {
+            let guard = super::lock(&self.inner.follow);
+            self.follow_locked(tenant)?;
+            Some(guard)
+        } else {
+            None
+        };
         if let Scope::Projection(projection) = scope {
             {
                 let index = self.inner.index.read().unwrap_or_else(|e| e.into_inner());

@@ -1,0 +1,164 @@
+//! Several node processes on one PostgreSQL database (`weft serve --store
+//! postgres://…`): any node serves any tenant, a write accepted by one reaches the
+//! subscriptions of the others at once, and every node's Merkle trees give the same
+//! answer, whichever node took the writes.
+
+// The tests print what they measured (latencies, counts) for the record, not to assert it.
+#![allow(clippy::print_stderr)]
+
+mod cluster_support;
+
+use std::time::Duration;
+
+use cluster_support::*;
+use sync_types::{ProtocolSet, Scope};
+
+/// Three nodes, three replicas each live on a different node; every replica writes in
+/// turn and every write reaches the other two. The nodes re-read the log on their own
+/// only every ten minutes, so within the test's patience a write reaches another node's
+/// subscribers only through the bus's wake-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_fan_every_write_out_to_every_replica_live() {
+    let site = Site::new("fanout");
+    let poll = ["--live-poll-interval-ms", SLOW_POLL_MS];
+    let nodes: Vec<NodeProc> = (0..3).map(|_| site.node(&poll)).collect();
+    let t = tenant("fanout");
+    let mut reps: Vec<Rep> = nodes.iter().map(|n| Rep::new(&t, &n.url)).collect();
+    reps[0].configure();
+    reps[0].sync().await;
+    for r in &mut reps[1..] {
+        r.sync().await;
+    }
+    for r in &mut reps {
+        r.start_live();
+    }
+    let writes = 30;
+    let mut latencies = Vec::new();
+    for i in 0..writes {
+        let writer = i % 3;
+        let key = format!("k{i}");
+        let value = format!("written through node {writer}");
+        reps[writer].put(&key, &value);
+        for (j, r) in reps.iter().enumerate().filter(|(j, _)| *j != writer) {
+            let took = until(&format!("{key} on replica {j}"), || {
+                r.value(&key).as_deref() == Some(value.as_str())
+            })
+            .await;
+            latencies.push(took);
+        }
+    }
+    latencies.sort();
+    eprintln!(
+        "cross-node live propagation over {} deliveries: p50 {:?}, max {:?}",
+        latencies.len(),
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+    // Everything acknowledged, and the same set everywhere: replicas and every node.
+    for r in &reps {
+        until("nothing pending", || r.pending() == 0).await;
+    }
+    let root = reps[0].root();
+    assert!(reps.iter().all(|r| r.root() == root));
+    let token = owner_token(&t);
+    for n in &nodes {
+        assert_eq!(n.root(&t, &Scope::Full, &token).await, root);
+        assert!(n.metric("weft_bus_heard_total") > 0.0);
+        assert_eq!(n.metric("weft_bus_listening"), 1.0);
+    }
+    for r in &mut reps {
+        r.stop().await;
+    }
+}
+
+/// Writes through one node, roots and a reconcile through another: the second node's
+/// trees follow the log (overwrites and deletes prune versions, which the log records),
+/// stay right when evicted and loaded again (a cache of one tenant with two tenants in
+/// use), and a replica that reconciles through it converges with the writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_diff_through_another_node_gives_the_right_answer() {
+    let site = Site::new("trees");
+    let a = site.node(&[]);
+    let b = site.node(&["--tree-cache-tenants-max", "1"]);
+    let (t1, t2) = (tenant("one"), tenant("two"));
+    let (tok1, tok2) = (owner_token(&t1), owner_token(&t2));
+    let w1 = Rep::new(&t1, &a.url);
+    let w2 = Rep::new(&t2, &a.url);
+    let only_notes = Scope::ProtocolSet(ProtocolSet::new(vec![notes()]).unwrap());
+    w1.configure();
+    w2.configure();
+    for round in 0..4 {
+        for i in 0..20 {
+            w1.put(&format!("k{i}"), &format!("v{round}"));
+            w2.put(&format!("k{i}"), &format!("w{round}"));
+        }
+        if round > 0 {
+            for i in (round..20).step_by(5) {
+                w1.delete(&format!("k{i}"));
+            }
+        }
+        w1.sync().await;
+        w2.sync().await;
+        // Node B never took a write: its trees follow the log, and with room for one
+        // tenant, each question about the other loads it again.
+        assert_eq!(
+            b.root(&t1, &Scope::Full, &tok1).await,
+            w1.root(),
+            "round {round}"
+        );
+        assert_eq!(
+            b.root(&t2, &Scope::Full, &tok2).await,
+            w2.root(),
+            "round {round}"
+        );
+        assert_eq!(
+            b.root(&t1, &only_notes, &tok1).await,
+            *w1.replica.root(&t1, &only_notes).unwrap().as_bytes(),
+            "round {round}"
+        );
+    }
+    assert!(b.metric("weft_tree_evictions_total") > 0.0);
+    assert!(b.metric("weft_tree_followed_entries_total") > 0.0);
+
+    // A replica with writes of its own reconciles through B: both sides end equal.
+    let r = Rep::new(&t1, &b.url);
+    r.configure();
+    r.put("mine", "only here");
+    r.put("k1", "a concurrent edit");
+    r.sync().await;
+    w1.sync().await;
+    assert_eq!(w1.value("mine").as_deref(), Some("only here"));
+    assert_eq!(r.root(), w1.root());
+    assert_eq!(a.root(&t1, &Scope::Full, &tok1).await, r.root());
+    assert_eq!(b.root(&t1, &Scope::Full, &tok1).await, r.root());
+    let _ = Duration::ZERO;
+}
+
+/// `weft health --node` with several nodes asks the first that answers and says which
+/// one did: here the first named is gone.
+#[test]
+fn health_names_the_node_that_answered() {
+    let site = Site::new("health");
+    let live = site.node(&[]);
+    let gone = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let t = tenant("health");
+    let out = std::process::Command::new(WEFT)
+        .args(["health", "--json", "--node"])
+        .arg(format!("{gone},{}", live.url))
+        .args(["--token", &owner_token(&t)])
+        .env_remove("WEFT_NODE")
+        .env_remove("WEFT_TOKEN")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["node"], live.url.as_str());
+}
