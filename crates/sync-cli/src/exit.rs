@@ -77,7 +77,9 @@ pub(crate) fn is_broken_pipe(err: &anyhow::Error) -> bool {
 
 fn transport_exit(e: &TransportError) -> Exit {
     match e {
-        TransportError::Unreachable(_) | TransportError::Timeout { .. } => Exit::Unreachable,
+        TransportError::Unreachable(_)
+        | TransportError::Timeout { .. }
+        | TransportError::Tls(_) => Exit::Unreachable,
         TransportError::Refused { code, .. } => match code {
             ErrorCode::Unauthenticated | ErrorCode::Forbidden => Exit::Refused,
             ErrorCode::Overloaded | ErrorCode::Unavailable | ErrorCode::Timeout => {

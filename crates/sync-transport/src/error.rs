@@ -49,6 +49,10 @@ pub enum TransportError {
     /// The endpoint cannot be used by this client.
     #[error("unsupported endpoint: {0}")]
     Endpoint(String),
+    /// The TLS connection failed: an untrusted or wrong certificate, or a node that
+    /// does not speak TLS (permanent: retrying does not change a certificate).
+    #[error("tls: {0}")]
+    Tls(String),
     /// A blob upload's source stream failed.
     #[error("blob source failed: {0}")]
     BlobSource(String),

@@ -427,7 +427,7 @@ async fn an_unreachable_node_is_a_retryable_error() {
     assert!(err.is_retryable());
     assert!(
         HttpClient::new(
-            &Endpoint::new("https://x").unwrap(),
+            &Endpoint::new("https://x/a/path").unwrap(),
             &owner_token(),
             client_config()
         )
