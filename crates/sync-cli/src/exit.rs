@@ -202,9 +202,7 @@ mod tests {
         .context("sync with http://127.0.0.1:1");
         assert_eq!(classify(&refused), Exit::Refused);
         assert!(hint(&refused).unwrap().contains("key"));
-        let engine = anyhow::Error::new(sync_engine::Error::Transport(TransportError::Timeout {
-            ms: 5,
-        }));
+        let engine = anyhow::Error::new(sync_engine::Error::Transport(TransportError::timeout(5)));
         assert_eq!(classify(&engine), Exit::Unreachable);
     }
 

@@ -521,12 +521,13 @@ impl HttpClient {
             decode_reply(status, &body, self.config.frame_bytes_max)
         })
         .await
-        .unwrap_or(Err(TransportError::Timeout { ms: time }))
+        .unwrap_or(Err(TransportError::timeout(time)))
     }
 
     /// Calls with bounded retries when `idempotent`.
     async fn call(&self, request: &Request, idempotent: bool) -> Result<Reply, TransportError> {
         let frame_bytes = Bytes::from(frame::encode(request));
+        let started = tokio::time::Instant::now();
         let mut attempt = 0;
         loop {
             match self.call_once("/v1/rpc", frame_bytes.clone()).await {
@@ -538,7 +539,9 @@ impl HttpClient {
                     tokio::time::sleep(ms(backoff)).await;
                     attempt += 1;
                 }
-                other => return other,
+                other => {
+                    return other.map_err(|e| e.after_attempts(attempt + 1, started.elapsed()));
+                }
             }
         }
     }
@@ -553,7 +556,7 @@ impl HttpClient {
         let time = self.config.request_time_ms_max;
         let res = tokio::time::timeout(ms(time), self.client.request(http))
             .await
-            .map_err(|_| TransportError::Timeout { ms: time })?
+            .map_err(|_| TransportError::timeout(time))?
             .map_err(request_err)?;
         let status = res.status().as_u16();
         let idle = ms(self.config.transfer_idle_ms_max);
@@ -563,9 +566,7 @@ impl HttpClient {
             .await
             .map_err(|e| match e {
                 ReadError::Frame(f) => TransportError::BadReply(f),
-                ReadError::Idle => TransportError::Timeout {
-                    ms: self.config.transfer_idle_ms_max,
-                },
+                ReadError::Idle => TransportError::timeout(self.config.transfer_idle_ms_max),
                 other => TransportError::Unreachable(format!("{other:?}")),
             })?;
         let head = match decode_reply(status, &head, self.config.frame_bytes_max)? {
@@ -667,6 +668,7 @@ impl Remote for HttpClient {
         )
     }
     async fn blob_read(&self, req: BlobReadRequest) -> Result<BlobDownload, TransportError> {
+        let started = tokio::time::Instant::now();
         let mut attempt = 0;
         loop {
             match self.blob_read_once(&req).await {
@@ -678,7 +680,9 @@ impl Remote for HttpClient {
                     .await;
                     attempt += 1;
                 }
-                other => return other,
+                other => {
+                    return other.map_err(|e| e.after_attempts(attempt + 1, started.elapsed()));
+                }
             }
         }
     }
@@ -706,7 +710,7 @@ impl Remote for HttpClient {
             .collect(),
         )
         .await
-        .map_err(|_| TransportError::Timeout { ms: time })?
+        .map_err(|_| TransportError::timeout(time))?
         .map_err(unreachable_err)?
         .to_bytes();
         expect_reply!(
@@ -737,7 +741,7 @@ impl Remote for HttpClient {
             tokio_tungstenite::client_async_with_config(http, tcp, Some(ws_config(frame_max)));
         let time = self.config.request_time_ms_max;
         let (ws, _) = match tokio::time::timeout(ms(time), handshake).await {
-            Err(_) => return Err(TransportError::Timeout { ms: time }),
+            Err(_) => return Err(TransportError::timeout(time)),
             Ok(Ok(ok)) => ok,
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(res))) => {
                 let status = res.status().as_u16();

@@ -240,7 +240,7 @@ pub(crate) async fn connect(
         Ok(ClientStream::Tls(Box::new(stream)))
     })
     .await
-    .unwrap_or(Err(TransportError::Timeout { ms: limit_ms }))
+    .unwrap_or(Err(TransportError::timeout(limit_ms)))
 }
 
 /// Turns a connection error into a [`TransportError`]: a TLS failure anywhere in its
