@@ -391,6 +391,45 @@ fn apply_refuses_foreign_tenants_and_mismatched_data_without_writing() {
 }
 
 #[test]
+fn one_apply_takes_at_most_apply_batch_messages_max() {
+    let ledger = Ledger::open(MemoryStore::new()).unwrap();
+    let t = tenant("alice");
+    let p = protocol("notes");
+    let batch = |n: usize| {
+        std::iter::once((configure(&t, &p, 1), None))
+            .chain((1..n).map(|i| write(&t, &p, &format!("r{i}"), None, 10, b"x")))
+            .collect::<Vec<_>>()
+    };
+    let r = ledger.apply(
+        &t,
+        batch(sync_ledger::APPLY_BATCH_MESSAGES_MAX + 1),
+        Durability::Buffered,
+    );
+    assert!(
+        matches!(
+            r,
+            Err(Error::LimitExceeded { len, max, .. })
+                if len == max + 1 && max == sync_ledger::APPLY_BATCH_MESSAGES_MAX
+        ),
+        "{r:?}"
+    );
+    assert!(
+        ledger.log_info(&t).unwrap().is_none(),
+        "nothing was written"
+    );
+    // At the limit, every message is applied in the one call.
+    let out = ledger
+        .apply(
+            &t,
+            batch(sync_ledger::APPLY_BATCH_MESSAGES_MAX),
+            Durability::Buffered,
+        )
+        .unwrap();
+    assert_eq!(out.len(), sync_ledger::APPLY_BATCH_MESSAGES_MAX);
+    assert!(out.iter().all(|a| a.outcome.is_applied()));
+}
+
+#[test]
 fn log_pages_respect_limits_filters_and_cursors() {
     let (_dir, ledger) = fjall_ledger();
     let t = tenant("alice");
