@@ -210,14 +210,26 @@ fn check_key(key: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A file every store directory holds (the storage engine's format version).
+const STORE_MARKER: &str = "version";
+
 /// Opens the replica in `dir`. With `create` false, a missing directory is an error
 /// (reading an empty store that was never written is almost always a wrong `--store`).
+/// A directory that exists but holds no store (a node's data directory, say) is the same
+/// error: opening it would create a store inside it.
 pub(crate) fn open_replica(dir: &Path, create: bool) -> anyhow::Result<Replica> {
-    if !create && !dir.exists() {
+    if !create && !dir.join(STORE_MARKER).is_file() {
+        let what = if dir.join("store").join(STORE_MARKER).is_file() {
+            " (this looks like a node's data directory; its store is served by `weft serve`)"
+        } else if dir.exists() {
+            " (the directory exists but holds no weft store)"
+        } else {
+            ""
+        };
         return Err(coded(
             Exit::Store,
             format!(
-                "no store at {} (write to it with `weft put` or `weft sync` first, or pass --store)",
+                "no store at {}{what}: write to it with `weft put` or `weft sync` first, or pass --store",
                 dir.display()
             ),
         ));

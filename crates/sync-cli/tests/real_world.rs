@@ -138,3 +138,140 @@ fn token_issue_refuses_a_missing_key_file_unless_asked_to_create_one() {
     let again = env.ok(&["token", "issue", "--key-file", "nokey"]);
     assert!(!r.stdout.trim().is_empty() && !again.stdout.trim().is_empty());
 }
+
+/// Read commands never create a store: not where nothing is, and not inside a node's
+/// data directory (which holds a store one level down).
+#[test]
+fn read_commands_never_create_a_store() {
+    let (env, node) = env_with_node(&[]);
+    let before = files_under(&env.path("node"));
+    for args in [
+        vec!["list", "--store", "node"],
+        vec!["get", "--store", "node", "k"],
+        vec!["status", "--store", "node"],
+    ] {
+        let r = env.fails(5, &args);
+        assert!(r.stderr.contains("no store at"), "{}", r.report());
+        assert!(r.stderr.contains("node's data directory"), "{}", r.report());
+    }
+    assert_eq!(files_under(&env.path("node")), before);
+    for args in [
+        vec!["list", "--store", "nowhere"],
+        vec!["get", "--store", "nowhere", "k"],
+        vec!["links", "--store", "nowhere"],
+        vec!["dead-letters", "list", "--store", "nowhere"],
+    ] {
+        let r = env.fails(5, &args);
+        assert!(r.stderr.contains("no store at"), "{}", r.report());
+    }
+    assert!(!env.path("nowhere").exists());
+    drop(node);
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A TCP server on 127.0.0.1 that answers every request with `reply` (then closes).
+fn fake_server(reply: &'static [u8]) -> String {
+    use std::io::{Read as _, Write as _};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(mut tcp) = tcp else { continue };
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp.write_all(reply);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Another web server at the address, and a reply cut mid-body: exit 3 both, each with
+/// the words for what happened.
+#[test]
+fn a_non_weft_server_and_a_cut_reply_are_exit_3_with_the_right_words() {
+    let mut env = Env::new();
+    env.set("WEFT_TENANT", "demo");
+    let token = env.ok(&["token", "issue", "--key-file", "k", "--create-key"]);
+    env.set("WEFT_TOKEN", token.stdout.trim());
+
+    let html = fake_server(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+    );
+    let r = env.fails(3, &["health", "--node", &html]);
+    assert!(r.stderr.contains("not a weft node"), "{}", r.report());
+    assert!(
+        r.stderr.contains("another program answers"),
+        "{}",
+        r.report()
+    );
+    let not_found = fake_server(
+        b"HTTP/1.1 404 Not Found\r\ncontent-type: text/html\r\ncontent-length: 9\r\nconnection: close\r\n\r\nnot found",
+    );
+    let r = env.fails(3, &["sync", "--store", "a", "--node", &not_found]);
+    assert!(r.stderr.contains("not a weft node"), "{}", r.report());
+
+    let cut = fake_server(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/x-weft-frame\r\ncontent-length: 1000\r\n\r\nWEFT",
+    );
+    let r = env.fails(3, &["health", "--node", &cut, "--retries", "0"]);
+    assert!(
+        r.stderr
+            .contains("the call broke before the node answered in full"),
+        "{}",
+        r.report()
+    );
+    assert!(!r.stderr.contains("not a weft node"), "{}", r.report());
+}
+
+/// A sync with a mistyped node or a forged token fails before anything is registered:
+/// the store's link, its node and its checkpoints stay, so the next plain sync moves
+/// nothing again.
+#[test]
+fn a_failed_sync_changes_no_registration_and_prunes_no_checkpoint() {
+    let (env, node) = env_with_node(&[]);
+    for n in 0..8 {
+        env.ok(&["put", "--store", "a", &format!("k{n}"), "v"]);
+    }
+    env.ok(&["sync", "--store", "a"]);
+    env.ok(&["sync", "--store", "b"]);
+    let links_before = env.ok(&["links", "--store", "b", "--json"]).json();
+
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    env.fails(3, &["sync", "--store", "b", "--node", &nowhere]);
+    let forged = env.ok(&["token", "issue", "--key-file", "other.key", "--create-key"]);
+    env.fails(
+        4,
+        &["sync", "--store", "b", "--token", forged.stdout.trim()],
+    );
+
+    let links_after = env.ok(&["links", "--store", "b", "--json"]).json();
+    assert_eq!(links_before, links_after);
+    // The next plain sync goes to the registered node and moves nothing.
+    let r = env.ok(&["sync", "--store", "b", "--json"]).json();
+    assert_eq!(r["node"], node.url.as_str());
+    assert_eq!(r["pulled"]["messages"], 0, "{r}");
+    assert_eq!(r["pushed"]["messages"], 0, "{r}");
+}

@@ -189,16 +189,22 @@ pub(crate) async fn run(args: QuickstartArgs) -> anyhow::Result<Exit> {
         node: Some(url.clone()),
         token: Some(token),
     };
-    let a = Arc::new(Session::over(
-        kv::open_replica(&root.join("a"), true)?,
-        tenant.clone(),
-        &node,
-    )?);
-    let b = Arc::new(Session::over(
-        kv::open_replica(&root.join("b"), true)?,
-        tenant.clone(),
-        &node,
-    )?);
+    let a = Arc::new(
+        Session::over(
+            kv::open_replica(&root.join("a"), true)?,
+            tenant.clone(),
+            &node,
+        )
+        .await?,
+    );
+    let b = Arc::new(
+        Session::over(
+            kv::open_replica(&root.join("b"), true)?,
+            tenant.clone(),
+            &node,
+        )
+        .await?,
+    );
     let kv_a = Arc::new(Kv::over(a.replica.clone(), tenant.clone())?);
     let kv_b = Arc::new(Kv::over(b.replica.clone(), tenant.clone())?);
 

@@ -79,7 +79,10 @@ pub(crate) fn diagnose(endpoint: &Endpoint) -> String {
         return format!("{authority} resolves to no address");
     };
     match std::net::TcpStream::connect_timeout(addr, std::time::Duration::from_secs(2)) {
-        Ok(_) => format!("{addr} accepts connections but did not answer as a weft node"),
+        Ok(_) => format!(
+            "{addr} accepts connections, but the call broke before the node answered in full \
+             (the node restarting, or a proxy cutting the connection)"
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             format!("nothing listens on {addr} (connection refused)")
         }
@@ -162,6 +165,17 @@ pub(crate) fn failover_client(
         .with_context(|| format!("cannot talk to {endpoint}"))
 }
 
+/// One health call to `endpoint` presenting `token`: does the node answer and accept it?
+async fn contact(endpoint: &Endpoint, token: &str) -> anyhow::Result<()> {
+    use sync_transport::Remote as _;
+    let client = failover_client(endpoint, token)?;
+    client
+        .health()
+        .await
+        .map_err(|e| explain(anyhow::Error::new(e), endpoint))?;
+    Ok(())
+}
+
 /// Parses token text; a malformed token is an authorization error (exit 4).
 pub(crate) fn parse_token(text: &str) -> anyhow::Result<Token> {
     text.trim()
@@ -200,27 +214,30 @@ pub(crate) struct Session {
 impl Session {
     /// Opens the store and registers the tenant for the node of `node` (flags, then
     /// what is registered, then the default).
-    pub(crate) fn open(
+    pub(crate) async fn open(
         replica: &ReplicaArgs,
         node: &NodeArgs,
         config: SyncConfig,
     ) -> anyhow::Result<Self> {
         let dir = paths::replica_dir(replica.store.clone())?;
         let store = kv::open_replica(&dir, true)?;
-        Self::over_with(store, replica.tenant.clone(), node, config)
+        Self::over_with(store, replica.tenant.clone(), node, config).await
     }
 
     /// Registers `tenant` of an open replica for the node of `node`.
-    pub(crate) fn over(
+    pub(crate) async fn over(
         replica: Replica,
         tenant: TenantId,
         node: &NodeArgs,
     ) -> anyhow::Result<Self> {
-        Self::over_with(replica, tenant, node, SyncConfig::default())
+        Self::over_with(replica, tenant, node, SyncConfig::default()).await
     }
 
-    /// [`over`](Self::over) with an engine configured by `config`.
-    pub(crate) fn over_with(
+    /// [`over`](Self::over) with an engine configured by `config`. A new or changed
+    /// registration is stored only after the node accepted the token (a health call):
+    /// a mistyped `--node` or a forged token leaves the registered link and its
+    /// checkpoints as they were.
+    pub(crate) async fn over_with(
         replica: Replica,
         tenant: TenantId,
         node: &NodeArgs,
@@ -267,6 +284,11 @@ impl Session {
                 && r.authorization == identity.authorization
                 && r.token == identity.token
         });
+        if !same {
+            contact(&endpoint, &token_text).await.with_context(|| {
+                format!("{endpoint} did not accept the contact; tenant {tenant}'s registration is unchanged")
+            })?;
+        }
         let keys = match (&registered, same) {
             (None, _) => engine.register_identity(identity.clone()),
             (Some(_), false) => engine.update_identity(identity.clone()),

@@ -102,7 +102,7 @@ pub(crate) async fn run(args: SyncArgs) -> anyhow::Result<Exit> {
         blob_fetch: !args.no_blobs,
         ..SyncConfig::default()
     };
-    let s = Session::open(&args.replica, &args.node, config)?;
+    let s = Session::open(&args.replica, &args.node, config).await?;
     let bars = (!args.json && std::io::stderr().is_terminal()).then(|| {
         let pending = s.engine.pending_outbound(&s.link).unwrap_or(0);
         Bars::start(s.replica.events(), pending)

@@ -140,7 +140,7 @@ pub(crate) async fn run(args: WatchArgs) -> anyhow::Result<Exit> {
     // Subscribe to the change and event feeds before anything can change.
     let mut changes = replica.subscribe();
     let mut events = replica.events();
-    let s = Session::over(replica, args.replica.tenant.clone(), &args.node)?;
+    let s = Session::over(replica, args.replica.tenant.clone(), &args.node).await?;
     let (_, error) = sync_once(&s).await?;
     if let Some(e) = error {
         let err = anyhow::Error::new(e).context(format!("sync with {} failed", s.endpoint));
