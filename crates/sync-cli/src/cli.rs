@@ -560,6 +560,9 @@ pub(crate) struct ListArgs {
     /// Only keys starting with this
     #[arg(long, value_name = "PREFIX")]
     pub(crate) prefix: Option<String>,
+    /// Also list deleted keys (tombstones; residency `tombstoned`)
+    #[arg(long)]
+    pub(crate) deleted: bool,
     /// Print JSON (an array of records)
     #[arg(long)]
     pub(crate) json: bool,
@@ -573,6 +576,9 @@ pub(crate) struct DeleteArgs {
     pub(crate) kv: KvArgs,
     /// The key
     pub(crate) key: String,
+    /// Print the receipt as JSON
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Args, Debug)]

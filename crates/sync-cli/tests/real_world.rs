@@ -275,3 +275,83 @@ fn a_failed_sync_changes_no_registration_and_prunes_no_checkpoint() {
     assert_eq!(r["pulled"]["messages"], 0, "{r}");
     assert_eq!(r["pushed"]["messages"], 0, "{r}");
 }
+
+/// A put whose value travels as a blob is printed by `watch --json` under its key with
+/// its value once the blob arrived, not as a record id with a null value.
+#[test]
+fn watch_prints_a_staged_blob_under_its_key_when_it_arrives() {
+    let (env, _node) = env_with_node(&[]);
+    env.ok(&["put", "--store", "a", "before", "1"]);
+    env.ok(&["sync", "--store", "a"]);
+    env.ok(&["sync", "--store", "b"]);
+    let mut watch = env.spawn(&["watch", "--store", "b", "--json", "--count", "1"]);
+    watch.wait_stderr("watching tenant demo");
+    // Above the inline limit (32 KiB): the value is a blob.
+    let big = "x".repeat(100 * 1024);
+    std::fs::write(env.path("big.txt"), &big).unwrap();
+    env.ok(&["put", "--store", "a", "big", "--file", "big.txt"]);
+    env.ok(&["sync", "--store", "a"]);
+    let (status, stdout, stderr) = watch.wait();
+    assert!(status.success(), "{stderr}");
+    let change: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(change["op"], "put");
+    assert_eq!(change["key"], "big");
+    assert_eq!(change["value"].as_str().map(str::len), Some(big.len()));
+    assert!(change["hlc"].as_str().unwrap().contains('@'), "{change}");
+}
+
+/// `--json` outputs carry the full version (cid and HLC); `delete --json` exists;
+/// `list --deleted` shows tombstones under their keys.
+#[test]
+fn json_versions_delete_json_and_listed_tombstones() {
+    let env = Env::new();
+    let put = env.ok(&["put", "--store", "a", "--json", "k", "v"]).json();
+    let hlc = put["hlc"].as_str().unwrap().to_owned();
+    let (wall, rest) = hlc.split_once('.').unwrap();
+    assert!(
+        wall.parse::<u64>().unwrap() > 0 && rest.contains('@'),
+        "{hlc}"
+    );
+    assert_eq!(put["cid"].as_str().unwrap().len(), 64);
+    let got = env.ok(&["get", "--store", "a", "--json", "k"]).json();
+    assert_eq!(got["hlc"], hlc.as_str());
+    assert_eq!(got["cid"], put["cid"]);
+    env.ok(&["put", "--store", "a", "other", "w"]);
+
+    let del = env.ok(&["delete", "--store", "a", "--json", "k"]).json();
+    assert_eq!(del["key"], "k");
+    assert_eq!(del["outcome"], "won");
+    assert_ne!(del["cid"], put["cid"]);
+    assert_ne!(del["hlc"], put["hlc"]);
+
+    let live = env.ok(&["list", "--store", "a", "--json"]).json();
+    let keys: Vec<&str> = live
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["other"]);
+    let all = env
+        .ok(&["list", "--store", "a", "--json", "--deleted"])
+        .json();
+    let k = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "k")
+        .unwrap();
+    assert_eq!(k["deleted"], true);
+    assert_eq!(k["residency"], "tombstoned");
+    assert_eq!(k["cid"], del["cid"]);
+    assert_eq!(k["hlc"], del["hlc"]);
+    let table = env.ok(&["list", "--store", "a", "--deleted"]);
+    assert!(
+        table
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("k ") && l.contains("tombstoned")),
+        "{}",
+        table.report()
+    );
+}
