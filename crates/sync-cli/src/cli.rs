@@ -15,7 +15,8 @@ macro_rules! exit_codes {
   3  cannot reach the node (wrong address, refused, timeout, shutting down, at its limit)
   4  authorization refused (malformed, forged or expired token, request beyond its grant)
   5  local store error (cannot open, read or write the store, or it is in use)
-  6  cannot listen on the address (in use, not permitted)"
+  6  cannot listen on the address (in use, not permitted)
+  130  interrupted (Ctrl-C or SIGTERM during `sync`, after saying what was done)"
     };
 }
 

@@ -30,6 +30,8 @@ pub(crate) enum Exit {
     Store = 5,
     /// `serve` cannot listen on its address.
     Listen = 6,
+    /// Interrupted by a signal (128 + SIGINT's number, as shells report it).
+    Interrupted = 130,
 }
 
 impl From<Exit> for std::process::ExitCode {

@@ -355,3 +355,31 @@ fn json_versions_delete_json_and_listed_tombstones() {
         table.report()
     );
 }
+
+/// Ctrl-C during a sync that is stuck (its node is stopped): the sync says what it did
+/// and exits 130; the next sync, with the node back, completes.
+#[test]
+fn ctrl_c_during_sync_says_what_was_done_and_exits_130() {
+    let (env, node) = env_with_node(&[]);
+    env.ok(&["put", "--store", "a", "k", "v"]);
+    env.ok(&["sync", "--store", "a"]);
+    env.ok(&["put", "--store", "a", "k2", "v2"]);
+    signal(node.bg.pid(), "STOP");
+    let mut sync = env.spawn(&["sync", "--store", "a"]);
+    std::thread::sleep(Duration::from_millis(500));
+    signal(sync.pid(), "INT");
+    let (status, _, stderr) = sync.wait();
+    signal(node.bg.pid(), "CONT");
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("weft: interrupted (SIGINT) during the sync with"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("pulled 0 messages"), "{stderr}");
+    assert!(
+        stderr.contains("`weft sync` continues from there"),
+        "{stderr}"
+    );
+    let r = env.ok(&["sync", "--store", "a", "--json"]).json();
+    assert_eq!(r["pushed"]["messages"], 1, "{r}");
+}
