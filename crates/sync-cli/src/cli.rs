@@ -514,6 +514,15 @@ pub(crate) struct NodeArgs {
     /// sync of this store and tenant]
     #[arg(long, env = "WEFT_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub(crate) token: Option<String>,
+    /// Read the token from this file, again whenever the node refuses it or it is about
+    /// to expire (for a long `watch` whose token is rotated)
+    #[arg(
+        long,
+        env = "WEFT_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "token"
+    )]
+    pub(crate) token_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -383,3 +383,62 @@ fn ctrl_c_during_sync_says_what_was_done_and_exits_130() {
     let r = env.ok(&["sync", "--store", "a", "--json"]).json();
     assert_eq!(r["pushed"]["messages"], 1, "{r}");
 }
+
+/// `--token-file` is read again when the engine connects and refreshes: a `watch` whose
+/// token expired goes on, after the node restarts, with the token now in the file.
+#[test]
+fn watch_takes_a_rotated_token_from_its_token_file() {
+    let mut env = Env::new();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let node = env.serve_with(&["serve", "--data-dir", "node", "--listen", &listen]);
+    let long = env.ok(&[
+        "token",
+        "issue",
+        "--key-file",
+        "node/node.key",
+        "--tenant",
+        "demo",
+    ]);
+    let short = env.ok(&[
+        "token",
+        "issue",
+        "--key-file",
+        "node/node.key",
+        "--tenant",
+        "demo",
+        "--expires-in",
+        "2s",
+    ]);
+    env.set("WEFT_NODE", &node.url);
+    env.set("WEFT_TENANT", "demo");
+    std::fs::write(env.path("tok"), short.stdout.trim()).unwrap();
+    let mut watch = env.spawn(&[
+        "watch",
+        "--store",
+        "b",
+        "--token-file",
+        "tok",
+        "--json",
+        "--count",
+        "2",
+    ]);
+    watch.wait_stderr("watching tenant demo");
+    let write = |key: &str| {
+        env.ok(&["put", "--store", "a", key, "v"]);
+        env.ok(&["sync", "--store", "a", "--token", long.stdout.trim()]);
+    };
+    write("one");
+    watch.wait_stdout(|l| l.contains("\"one\"").then_some(()));
+    // The short token expires; the file gets a new one; the node restarts, so the
+    // watch must connect again.
+    std::fs::write(env.path("tok"), long.stdout.trim()).unwrap();
+    std::thread::sleep(Duration::from_millis(2_500));
+    let (status, _) = node.terminate();
+    assert!(status.success());
+    let _node = env.serve_with(&["serve", "--data-dir", "node", "--listen", &listen]);
+    write("two");
+    let (status, stdout, stderr) = watch.wait();
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("\"two\""), "{stdout}\n{stderr}");
+}

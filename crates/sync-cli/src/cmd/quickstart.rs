@@ -188,6 +188,7 @@ pub(crate) async fn run(args: QuickstartArgs) -> anyhow::Result<Exit> {
     let node = NodeArgs {
         node: Some(url.clone()),
         token: Some(token),
+        token_file: None,
     };
     let a = Arc::new(
         Session::over(

@@ -6,8 +6,11 @@
 //! credentials from T, and the engine keeps the link's checkpoints in the store. Later
 //! commands without `--node` or `--token` reuse the registered ones.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
 use anyhow::Context as _;
-use sync_engine::sync::{HttpConnector, SyncConfig};
+use sync_engine::sync::{Credentials, CredentialsConnector, HttpConnector, SyncConfig};
 use sync_engine::{Engine, Identity, Replica};
 use sync_ledger::RegisteredIdentity;
 use sync_transport::{ClientConfig, FailoverConnector, HttpClient, Token};
@@ -185,21 +188,60 @@ pub(crate) fn parse_token(text: &str) -> anyhow::Result<Token> {
 
 /// An engine over a store, reaching nodes over HTTP (an endpoint naming several nodes
 /// fails over between them).
-pub(crate) type HttpEngine = Engine<FailoverConnector<HttpConnector>>;
+/// Tokens come from `--token-file` when given (re-read at every refresh), else the
+/// registered token is presented.
+pub(crate) type HttpEngine = Engine<CredentialsConnector<FailoverConnector<HttpConnector>>>;
 
 /// An engine over `replica`.
 pub(crate) fn engine(replica: Replica) -> HttpEngine {
-    engine_with(replica, SyncConfig::default())
+    engine_with(replica, SyncConfig::default(), None)
 }
 
-/// An engine over `replica` with `config`.
-pub(crate) fn engine_with(replica: Replica, config: SyncConfig) -> HttpEngine {
-    Engine::builder(
-        replica,
+/// An engine over `replica` with `config`, taking its tokens from `token_file` when set.
+pub(crate) fn engine_with(
+    replica: Replica,
+    config: SyncConfig,
+    token_file: Option<PathBuf>,
+) -> HttpEngine {
+    let provider: Arc<dyn Credentials> = Arc::new(TokenFile(token_file));
+    let connector = CredentialsConnector::new(
         FailoverConnector::new(HttpConnector::new(client_config())),
-    )
-    .config(config)
-    .build()
+        provider,
+    );
+    Engine::builder(replica, connector).config(config).build()
+}
+
+/// Longest token file read.
+const TOKEN_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+/// `--token-file`: the token is read from the file whenever the engine connects or
+/// needs a fresh one (an expired or refused token), so a process that rotates the file
+/// keeps a long `weft watch` authorised.
+struct TokenFile(Option<PathBuf>);
+
+impl Credentials for TokenFile {
+    fn token(&self, _endpoint: &Endpoint, _refresh: bool) -> Result<Option<String>, String> {
+        let Some(path) = &self.0 else {
+            return Ok(None);
+        };
+        read_token_file(path).map(Some)
+    }
+}
+
+/// The token in `path`, trimmed.
+pub(crate) fn read_token_file(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)
+        .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+    let mut text = String::new();
+    file.take(TOKEN_FILE_BYTES_MAX)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("token file {} is empty", path.display()));
+    }
+    Ok(token.to_owned())
 }
 
 /// A store with a tenant registered for one node, and that node's link.
@@ -253,9 +295,10 @@ impl Session {
             (None, Some(r)) if !r.endpoints.is_empty() => r.endpoints[0].clone(),
             _ => parse_endpoint(NODE_DEFAULT)?,
         };
-        let token_text = match (&node.token, &registered) {
-            (Some(t), _) => t.trim().to_owned(),
-            (None, Some(RegisteredIdentity { token: Some(t), .. })) => t.clone(),
+        let token_text = match (&node.token, &node.token_file, &registered) {
+            (_, Some(path), _) => read_token_file(path).map_err(usage)?,
+            (Some(t), None, _) => t.trim().to_owned(),
+            (None, None, Some(RegisteredIdentity { token: Some(t), .. })) => t.clone(),
             _ => {
                 return Err(usage(format!(
                     "no token for tenant {tenant}: pass --token or set WEFT_TOKEN (issue one with `weft token issue --tenant {tenant}`)"
@@ -277,7 +320,7 @@ impl Session {
             authorization: claims.authorization(),
             token: Some(token_text.clone()),
         };
-        let engine = engine_with(replica.clone(), config);
+        let engine = engine_with(replica.clone(), config, node.token_file.clone());
         let same = registered.as_ref().is_some_and(|r| {
             r.endpoints == identity.endpoints
                 && r.scope == identity.scope
