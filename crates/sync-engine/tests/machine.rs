@@ -50,9 +50,7 @@ fn announced_after_persisted(actions: &[Action]) {
                 let held = |f: &dyn Fn(&LinkState) -> bool| persisted.iter().any(|s| f(s));
                 let ok = match e {
                     SyncEvent::LinkStatusChanged { to, .. } => held(&|s| s.status == *to),
-                    SyncEvent::ConnectivityChanged { to, .. } => {
-                        held(&|s| s.connectivity == *to)
-                    }
+                    SyncEvent::ConnectivityChanged { to, .. } => held(&|s| s.connectivity == *to),
                     SyncEvent::CheckpointAdvanced {
                         direction, token, ..
                     } => held(&|s| {
@@ -65,7 +63,10 @@ fn announced_after_persisted(actions: &[Action]) {
                     SyncEvent::ReconcileNeeded { .. } => held(&|s| s.needs_reconcile),
                     _ => true,
                 };
-                assert!(ok, "{e:?} announced before a Persist holding it: {actions:#?}");
+                assert!(
+                    ok,
+                    "{e:?} announced before a Persist holding it: {actions:#?}"
+                );
             }
             _ => {}
         }
