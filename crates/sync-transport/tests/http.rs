@@ -468,6 +468,56 @@ async fn graceful_shutdown_closes_subscriptions_and_stops_accepting() {
     drop(handler);
 }
 
+/// A request in flight when the node shuts down finishes and is answered (within
+/// `shutdown_grace_ms`), and one whose handler outlives the grace is cut: shutdown is
+/// graceful and bounded.
+#[tokio::test]
+async fn shutdown_lets_requests_in_flight_finish_within_the_grace() {
+    for (delay_ms, answered) in [(300, true), (5_000, false)] {
+        let mut config = test_config();
+        config.shutdown_grace_ms = 1_000;
+        config.request_time_ms_max = 30_000;
+        let t = TestServer::start(config).await;
+        t.handler
+            .root_delay_ms
+            .store(delay_ms, std::sync::atomic::Ordering::SeqCst);
+        let client = t.client(&owner_token());
+        let request = tokio::spawn(async move {
+            client
+                .root(RootRequest {
+                    tenant: tenant(),
+                    scope: Scope::Full,
+                })
+                .await
+        });
+        // Shut down once the request reached the handler.
+        within(5, async {
+            while t.handler.calls() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        let started = std::time::Instant::now();
+        within(10, t.server.shutdown()).await;
+        let result = within(10, request).await.unwrap();
+        if answered {
+            assert!(
+                result.is_ok(),
+                "a {delay_ms} ms request was cut: {result:?}"
+            );
+        } else {
+            assert!(
+                result.is_err(),
+                "a {delay_ms} ms request outlived the grace"
+            );
+            assert!(
+                started.elapsed() < Duration::from_millis(delay_ms),
+                "shutdown waited for the handler"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn upload_errors_are_reported_and_leave_a_resumable_blob() {
     let t = TestServer::start(test_config()).await;
