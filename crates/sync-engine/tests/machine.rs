@@ -409,7 +409,12 @@ fn repeated_repair_failures_back_off_then_degrade_then_heal() {
                 .any(|e| matches!(e, SyncEvent::RepairFailed { attempt: a, .. } if *a == attempt))
         );
         let at = armed(&actions, Timer::RepairRetry).unwrap();
-        assert_eq!(at, now + backoff);
+        // The backoff, jittered over [d/2, 3d/2).
+        assert!(
+            (now + backoff / 2..now + backoff * 3 / 2).contains(&at),
+            "{backoff} jittered, got {}",
+            at - now
+        );
         now = at;
         m.handle_timer(now, Timer::RepairRetry);
         t = reconcile(&drain(&mut m));
@@ -662,7 +667,13 @@ fn poll_mode_backs_off_on_failures_up_to_a_cap() {
         delays.push(next - at);
         at = next;
     }
-    assert_eq!(delays, vec![2_000, 4_000, 4_000, 4_000]);
+    // Doubling up to the cap, each jittered over [d/2, 3d/2).
+    for (delay, expected) in delays.iter().zip([2_000u64, 4_000, 4_000, 4_000]) {
+        assert!(
+            (expected / 2..expected * 3 / 2).contains(delay),
+            "{expected} jittered, got {delay}"
+        );
+    }
     m.handle_timer(at, Timer::Poll);
     let ticket = drain(&mut m)
         .iter()
@@ -683,7 +694,9 @@ fn poll_mode_backs_off_on_failures_up_to_a_cap() {
         },
     );
     let actions = drain(&mut m);
-    assert_eq!(armed(&actions, Timer::Poll), Some(at + 1_000));
+    // Back to the plain interval (jittered) after a success.
+    let next = armed(&actions, Timer::Poll).unwrap();
+    assert!((at + 500..at + 1_500).contains(&next), "{}", next - at);
     assert_eq!(
         persisted(&actions).unwrap().pull.contiguous_applied,
         Some(token(4))

@@ -335,6 +335,17 @@ impl<C: Connector> Engine<C> {
         self.inner.replica.ledger()
     }
 
+    /// `ms` spread uniformly over `[ms/2, 3ms/2)` by the engine's seeded generator, so
+    /// the retries of a fleet's engines do not fall in step.
+    pub(super) fn jittered(&self, ms: u64) -> u64 {
+        let half = ms / 2;
+        if half == 0 {
+            return ms;
+        }
+        let mut state = lock(&self.inner.rng);
+        half + splitmix64(&mut state) % (2 * half)
+    }
+
     pub(super) fn salt(&self) -> [u8; 16] {
         let mut state = lock(&self.inner.rng);
         let a = splitmix64(&mut state).to_le_bytes();
