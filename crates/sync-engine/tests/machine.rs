@@ -762,3 +762,41 @@ fn caught_up_needs_the_remote_head_and_nothing_pending() {
     assert!(m.is_caught_up());
     let _ = sub;
 }
+
+/// A node restarts under a fleet: 1,000 replicas' links (one config, each replica's own
+/// jitter seed, as the live driver gives from its node id) lose their subscriptions at
+/// the same instant. Their reconnects spread over [d/2, 3d/2) of the first backoff
+/// instead of landing together; with jitter off they all land at once. The same seeds
+/// give the same times again.
+#[test]
+fn a_fleets_reconnects_after_a_node_restart_spread_over_half_to_one_and_a_half_backoffs() {
+    fn reconnects(percent: u32) -> Vec<u64> {
+        (0..1_000u64)
+            .map(|node_id| {
+                let (mut m, sub) = live_machine_with(LinkConfig {
+                    jitter_seed: node_id,
+                    jitter_percent: percent,
+                    ..LinkConfig::default()
+                });
+                m.handle_subscription_end(10_000, sub, SubscriptionEnd::Disconnected);
+                armed(&drain(&mut m), Timer::Reconnect).unwrap() - 10_000
+            })
+            .collect()
+    }
+    let d = LinkConfig::default().reconnect_backoff_ms[0];
+    let spread = reconnects(50);
+    assert!(spread.iter().all(|t| (d / 2..d * 3 / 2).contains(t)));
+    // Every tenth of the window gets a share of the fleet: 1,000 links over 10 buckets,
+    // none with more than twice its fair share.
+    let mut buckets = [0u32; 10];
+    for t in &spread {
+        let i = usize::try_from((t - d / 2) * 10 / d).unwrap();
+        buckets[i] += 1;
+    }
+    assert!(
+        buckets.iter().all(|n| (25..=200).contains(n)),
+        "{buckets:?}"
+    );
+    assert_eq!(spread, reconnects(50));
+    assert!(reconnects(0).iter().all(|t| *t == d));
+}
