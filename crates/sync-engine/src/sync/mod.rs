@@ -127,6 +127,7 @@ mod apply;
 mod blobs;
 mod catch_up;
 mod config;
+mod credentials;
 mod health;
 mod identity;
 mod push;
@@ -139,6 +140,9 @@ mod run;
 mod settle;
 
 pub use config::*;
+pub use credentials::{
+    CredentialedRemote, Credentials, CredentialsConnector, REFRESH_MARGIN_MS_DEFAULT,
+};
 pub use identity::Identity;
 pub use report::*;
 pub use sync_transport::connector::{Connector, HttpConnector, InProcessConnector};
