@@ -380,43 +380,37 @@ impl<'a> Step<'a> {
             },
         };
         let live = replica.is_live(tenant, &id)? == Some(true);
-        let wanted = match (live, known, &current) {
-            (false, _, _) => None,
-            (true, Known::Key(key), _) => {
-                // A header naming another record's key is not trusted.
-                (RecordId::from_natural_key(tenant, record_protocol, key.as_bytes()) == id)
-                    .then(|| index_key(record_protocol, key.as_bytes()))
-                    .or(remembered.clone())
+        // A header naming another record's key is not trusted.
+        let named = match known {
+            Known::Key(key)
+                if RecordId::from_natural_key(tenant, record_protocol, key.as_bytes()) == id =>
+            {
+                Some(index_key(record_protocol, key.as_bytes()))
             }
-            (true, _, _) => remembered.clone(),
+            _ => None,
         };
-        if wanted == current {
+        let key = named.or(remembered.clone());
+        let wanted = if live { key.clone() } else { None };
+        if wanted == current && key == remembered {
             return Ok(());
         }
-        if let Some(old) = &current {
-            self.batch.delete(KEYS, old.clone());
-            *self.counts.entry(record_protocol.clone()).or_default() -= 1;
-        }
-        let flagged = |live: u8, key: &[u8]| {
-            let mut v = Vec::with_capacity(1 + key.len());
-            v.push(live);
-            v.extend_from_slice(key);
-            v
-        };
-        match &wanted {
-            Some(new) => {
+        if wanted != current {
+            if let Some(old) = &current {
+                self.batch.delete(KEYS, old.clone());
+                *self.counts.entry(record_protocol.clone()).or_default() -= 1;
+            }
+            if let Some(new) = &wanted {
                 self.batch.put(KEYS, new.clone(), id.as_bytes().to_vec());
-                self.batch.put(IDS, id.as_bytes().to_vec(), flagged(1, new));
                 *self.counts.entry(record_protocol.clone()).or_default() += 1;
             }
-            None => {
-                if let Some(old) = &current {
-                    self.batch.put(IDS, id.as_bytes().to_vec(), flagged(0, old));
-                }
-            }
         }
-        let remembered = wanted.clone().or(remembered);
-        self.ids.insert(id, (wanted, remembered));
+        if let Some(k) = &key {
+            let mut v = Vec::with_capacity(1 + k.len());
+            v.push(u8::from(wanted.is_some()));
+            v.extend_from_slice(k);
+            self.batch.put(IDS, id.as_bytes().to_vec(), v);
+        }
+        self.ids.insert(id, (wanted, key));
         Ok(())
     }
 
