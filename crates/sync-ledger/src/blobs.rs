@@ -609,7 +609,7 @@ impl Drop for BlobUpload<'_> {
 
 /// Prefix of the staging ids under which [`Blobs::put_stream`] writes a blob whose hash
 /// is not known yet. A staging id is `blake3(prefix || nonce)`, so it never equals the
-/// hash of real content by accident.
+/// hash of real content by accident; the nonce comes from the ledger's `IdSource`.
 const STAGING_PREFIX: &[u8] = b"weft blob staging v1";
 
 impl<'a> Blobs<'a> {
@@ -627,13 +627,12 @@ impl<'a> Blobs<'a> {
         durability: Durability,
         now_ms: u64,
     ) -> Result<(Cid, u64)> {
+        // From the ledger's id source, like stream ids: unique across processes with OS
+        // randomness, replayable from a seed in a simulation.
         let nonce = {
             let mut h = blake3::Hasher::new();
             h.update(STAGING_PREFIX);
-            h.update(&now_ms.to_be_bytes());
-            h.update(&std::process::id().to_be_bytes());
-            let n = STAGING_NONCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            h.update(&n.to_be_bytes());
+            h.update(self.ledger.fresh_id().as_bytes());
             Cid::from_bytes(*h.finalize().as_bytes())
         };
         let mut upload = self.upload(&nonce, None, now_ms)?;
@@ -720,5 +719,3 @@ impl<'a> Blobs<'a> {
         self.ledger.commit(batch, Durability::Buffered)
     }
 }
-
-static STAGING_NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
