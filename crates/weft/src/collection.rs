@@ -4,6 +4,7 @@
 use std::marker::PhantomData;
 use std::ops::Bound;
 
+use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sync_engine::replica::Expected;
@@ -12,6 +13,7 @@ use sync_types::{Cid, ProtocolName, ProtocolPath, RecordId};
 
 use crate::codec::{Codec, RAW, check_key, frame, header};
 use crate::error::{Error, Result, blocking};
+use crate::feed::{Change, Since};
 use crate::index::{KeyQuery, prefix_end};
 use crate::store::Weft;
 
@@ -389,6 +391,19 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Collection<T> {
             Ok(Page { entries, next })
         })
         .await
+    }
+
+    /// The changes of this collection only: [`Weft::changes`] filtered by protocol.
+    pub async fn changes(
+        &self,
+        since: Since,
+    ) -> Result<impl Stream<Item = Result<Change>> + Send + 'static> {
+        let protocol = self.protocol.as_str().to_owned();
+        let feed = self.weft.changes(since).await?;
+        Ok(feed.filter(move |c| {
+            let keep = c.as_ref().map_or(true, |c| c.protocol == protocol);
+            std::future::ready(keep)
+        }))
     }
 
     /// The number of live records (from the key index, without reading them).

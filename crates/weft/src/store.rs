@@ -248,27 +248,38 @@ impl Weft {
             authorization: claims.authorization(),
             token: Some(token.trim().to_owned()),
         };
-        let live = self.inner.live.lock().await;
-        let registered = self
-            .inner
-            .engine
-            .identities()?
-            .into_iter()
-            .any(|i| i.tenant == self.inner.tenant);
-        match (live.as_ref(), registered) {
-            (Some(live), false) => {
-                live.register_identity(identity)?;
+        // Registering writes the link store (a synced write): off the worker. Live links
+        // stop first and start again over the new registration.
+        let mut live = self.inner.live.lock().await;
+        let was_live = match live.take() {
+            Some(running) => {
+                running.stop(LIVE_STOP_TIMEOUT).await;
+                true
             }
-            (Some(live), true) => {
-                live.update_identity(identity)?;
+            None => false,
+        };
+        let this = self.clone();
+        let registered = blocking(move || {
+            let engine = &this.inner.engine;
+            let known = engine
+                .identities()?
+                .into_iter()
+                .any(|i| i.tenant == this.inner.tenant);
+            if known {
+                engine.update_identity(identity)?;
+            } else {
+                engine.register_identity(identity)?;
             }
-            (None, false) => {
-                self.inner.engine.register_identity(identity)?;
-            }
-            (None, true) => {
-                self.inner.engine.update_identity(identity)?;
-            }
+            Ok(())
+        })
+        .await;
+        if was_live {
+            *live = Some(LiveSync::start(
+                self.inner.engine.clone(),
+                LinkConfig::default(),
+            )?);
         }
+        registered?;
         *self.inner.author.write().unwrap_or_else(|e| e.into_inner()) = claims.principal;
         Ok(())
     }
@@ -277,7 +288,7 @@ impl Weft {
     /// every link ran and converged; otherwise the error names the link and why, with
     /// the detailed report.
     pub async fn sync(&self) -> Result<sync_engine::SyncReport> {
-        if self.inner.engine.identities()?.is_empty() {
+        if !self.connected().await? {
             return Err(Error::NotConnected);
         }
         check_report(self.inner.engine.sync_once().await)
@@ -288,7 +299,7 @@ impl Weft {
     pub async fn start_live(&self) -> Result<()> {
         let mut live = self.inner.live.lock().await;
         if live.is_none() {
-            if self.inner.engine.identities()?.is_empty() {
+            if !self.connected().await? {
                 return Err(Error::NotConnected);
             }
             *live = Some(LiveSync::start(
@@ -297,6 +308,11 @@ impl Weft {
             )?);
         }
         Ok(())
+    }
+
+    async fn connected(&self) -> Result<bool> {
+        let this = self.clone();
+        blocking(move || Ok(!this.inner.engine.identities()?.is_empty())).await
     }
 
     /// Stops live sync (waiting at most [`LIVE_STOP_TIMEOUT`]); writes stay local until

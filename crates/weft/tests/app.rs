@@ -349,3 +349,39 @@ async fn a_read_only_share_receives_the_collection_and_cannot_write_to_it() {
     );
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_index_survives_a_restart_and_catches_up_with_writes_it_did_not_see() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Weft::open(dir.path(), "alice").await.unwrap();
+        let c = db.collection::<u32>("numbers").await.unwrap();
+        let other = db.collection::<u32>("other").await.unwrap();
+        for i in 0..10u32 {
+            c.put(&key_str(i), &i).await.unwrap();
+            // Interleaved with another collection's writes, which its feed leaves out.
+            other.put(&key_str(i), &i).await.unwrap();
+        }
+        assert_eq!(c.count().await.unwrap(), 10);
+        // Written after the index last followed, then the store closes.
+        c.put(&key_str(10), &10).await.unwrap();
+        c.delete(&key_str(0)).await.unwrap();
+        db.close().await.unwrap();
+    }
+    let db = Weft::open(dir.path(), "alice").await.unwrap();
+    let c = db.collection::<u32>("numbers").await.unwrap();
+    let mut feed = Box::pin(c.changes(Since::Start).await.unwrap());
+    assert_eq!(c.count().await.unwrap(), 10);
+    let page = c.query(Query::all().limit(2)).await.unwrap();
+    let keys: Vec<_> = page.entries.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["k001", "k002"]);
+    let last = c.query(Query::all().reverse().limit(1)).await.unwrap();
+    assert_eq!(last.entries[0].key, "k010");
+    // The collection's feed has its twelve changes, none of the other collection's.
+    let mut n = 0;
+    while n < 12 {
+        let ch = feed.next().await.unwrap().unwrap();
+        assert_eq!(ch.protocol, c.protocol().as_str());
+        n += 1;
+    }
+}
