@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use sync_engine::live::LiveSync;
 use sync_engine::machine::LinkConfig;
 use sync_engine::sync::HttpConnector;
-use sync_engine::{Engine, Identity, Replica};
+use sync_engine::{Engine, Identity, Replica, SyncConfig};
 use sync_ledger::{Durability, FjallStore, MemoryStore, Store};
 use sync_transport::Token;
 use sync_types::{
@@ -61,6 +61,7 @@ pub struct WeftBuilder {
     tenant: String,
     author: Option<String>,
     durability: Durability,
+    sync: SyncConfig,
 }
 
 impl WeftBuilder {
@@ -75,6 +76,15 @@ impl WeftBuilder {
     /// acknowledged write survives a power loss.
     pub fn durability(mut self, durability: Durability) -> Self {
         self.durability = durability;
+        self
+    }
+
+    /// How sync pages, pushes, retries and fetches blobs (for example
+    /// `blob_fetch: false` on a metered network: large values stay
+    /// [`Residency::Staged`](crate::Residency::Staged) until fetched). Default:
+    /// [`SyncConfig::default`].
+    pub fn sync_config(mut self, config: SyncConfig) -> Self {
+        self.sync = config;
         self
     }
 
@@ -103,7 +113,9 @@ impl WeftBuilder {
 
     fn finish(self, replica: Replica, keys: Arc<dyn Store>) -> Result<Weft> {
         let tenant = TenantId::new(self.tenant)?;
-        let engine = Engine::builder(replica.clone(), Arc::new(HttpConnector::default())).build();
+        let engine = Engine::builder(replica.clone(), Arc::new(HttpConnector::default()))
+            .config(self.sync)
+            .build();
         let registered = engine
             .identities()?
             .into_iter()
@@ -137,6 +149,7 @@ impl Weft {
             tenant: tenant.into(),
             author: None,
             durability: Durability::SyncData,
+            sync: SyncConfig::default(),
         }
     }
 
@@ -164,6 +177,11 @@ impl Weft {
     /// and type rules, conflict policies, blobs, events).
     pub fn replica(&self) -> &Replica {
         &self.inner.replica
+    }
+
+    /// The sync engine underneath (dead letters, per-link sync, blob fetches).
+    pub fn engine(&self) -> &Engine<Arc<HttpConnector>> {
+        &self.inner.engine
     }
 
     /// The collection `name` of values of type `T`, JSON-encoded. Its protocol
@@ -337,8 +355,9 @@ impl Weft {
         blocking(move || Ok(this.inner.engine.health()?)).await
     }
 
-    /// Stops live sync and closes the store (its last handle flushes it, so the next
-    /// open replays nothing).
+    /// Stops live sync and closes the store: the last handle (a `Weft` clone, a
+    /// [`Collection`], a running feed) to go flushes it and releases its directory, so
+    /// the next open replays nothing.
     pub async fn close(self) -> Result<()> {
         self.stop_live().await;
         let inner = self.inner.clone();

@@ -385,3 +385,65 @@ async fn the_key_index_survives_a_restart_and_catches_up_with_writes_it_did_not_
         n += 1;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_value_is_listed_once_its_blob_has_arrived() {
+    let node = node().await;
+    let token = node.owner_token("alice", "alice", u64::MAX).unwrap();
+    let a = Weft::builder("alice").in_memory().await.unwrap();
+    // B is on a metered network: it syncs records but not their blobs.
+    let lazy = engine::SyncConfig {
+        blob_fetch: false,
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let b = Weft::builder("alice")
+        .sync_config(lazy)
+        .open(dir.path())
+        .await
+        .unwrap();
+    a.connect(&node.url(), &token).await.unwrap();
+    b.connect(&node.url(), &token).await.unwrap();
+    let big = Photo {
+        caption: "big".into(),
+        likes: 7,
+    };
+    let on_a = a.collection::<Photo>("album").await.unwrap();
+    // A caption over the inline limit makes the payload a blob.
+    let mut large = big.clone();
+    large.caption = "x".repeat(100 * 1024);
+    on_a.put("large", &large).await.unwrap();
+    on_a.put("small", &big).await.unwrap();
+    a.sync().await.unwrap();
+    b.sync().await.unwrap();
+
+    let on_b = b.collection::<Photo>("album").await.unwrap();
+    // The record is here, its value is not: the index lists what it can name.
+    assert!(matches!(
+        on_b.get("large").await,
+        Err(weft::Error::Decode(_))
+    ));
+    assert_eq!(on_b.count().await.unwrap(), 1);
+    // Collections are handles on the store too: the last one closes it.
+    drop(on_b);
+    b.close().await.unwrap();
+
+    // Back on a free network, after a restart: the blob arrives, the record is listed.
+    let eager = engine::SyncConfig {
+        blob_fetch_detached: false,
+        ..Default::default()
+    };
+    let b = Weft::builder("alice")
+        .sync_config(eager)
+        .open(dir.path())
+        .await
+        .unwrap();
+    b.sync().await.unwrap();
+    let on_b = b.collection::<Photo>("album").await.unwrap();
+    assert_eq!(on_b.count().await.unwrap(), 2);
+    let page = on_b.query(Query::all()).await.unwrap();
+    assert_eq!(page.entries[0].key, "large");
+    assert_eq!(page.entries[0].value.caption.len(), 100 * 1024);
+    assert_eq!(page.entries[0].residency, Residency::Resident);
+    node.shutdown().await;
+}
