@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Options: `--n N` (records A writes, default 100,000), `--live N` (live writes, default
-//! 1,000), `--hog` (a child process keeps one core busy during the live phase).
+//! 1,000), `--hog` (a child process keeps one core busy during the live phase),
+//! `--dump-frames DIR` (writes sample push and page frames there, to measure
+//! compressors on them).
 //!
 //! The node is a child process of this binary (a `ReplicaHandler` over a fjall replica,
 //! its own tokio runtime). In front of it, in the same child, a counting TCP proxy: every
@@ -383,10 +385,121 @@ async fn live(
     samples
 }
 
+/// Where the bytes of one record go in a push (a `MessageData`) and in a pull page (a
+/// `LogEntry`), by field, in the codec's encoding (postcard, without the envelope byte).
+fn breakdown(r: &Replica) {
+    let sync_ledger::LogRead::Page(page) = r.changes_since(&tenant(), None, 2).unwrap() else {
+        return;
+    };
+    let Some(e) = page
+        .entries
+        .iter()
+        .find(|e| matches!(e.message, Message::Write(_)))
+    else {
+        return;
+    };
+    let Message::Write(w) = &e.message else {
+        return;
+    };
+    let len = |v: &dyn erased::Len| v.len();
+    let rows: Vec<(&str, usize)> = vec![
+        ("tenant", len(&w.tenant)),
+        ("record_id", len(&w.record_id)),
+        ("parent_id", len(&w.parent_id)),
+        ("protocol", len(&w.protocol)),
+        ("path", len(&w.path)),
+        ("context_id", len(&w.context_id)),
+        ("prev", len(&w.prev)),
+        ("timestamp", len(&w.timestamp)),
+        ("author", len(&w.author)),
+        ("data ref (cid, size)", len(&w.data)),
+        ("inline data (the JSON)", len(&e.data)),
+        ("log position token (pull only)", len(&e.token)),
+    ];
+    let item = sync_transport::proto::MessageData {
+        message: e.message.clone(),
+        data: e.data.clone(),
+    };
+    let entry = sync_transport::proto::LogEntry {
+        token: e.token,
+        item: item.clone(),
+    };
+    println!("\nBytes of one record on the wire, by field (postcard):\n");
+    println!("| field | bytes |");
+    println!("|---|---:|");
+    for (name, n) in rows {
+        println!("| {name} | {n} |");
+    }
+    println!(
+        "| **MessageData (push)** | **{}** |\n| **LogEntry (pull)** | **{}** |",
+        codec::encoded_len(&item) - 1,
+        codec::encoded_len(&entry) - 1
+    );
+}
+
+/// Writes sample frames of `r`'s log to `dir` (for measuring compressors on them): a
+/// push of 1 and of 256 messages, a pull page of 1 and of 1,000 entries.
+fn dump_frames(r: &Replica, dir: &str) {
+    use sync_transport::proto::{
+        LogEntry, LogPage, MessageData, Reply, Request, WriteBatchRequest,
+    };
+    let sync_ledger::LogRead::Page(page) = r.changes_since(&tenant(), None, 1000).unwrap() else {
+        return;
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    let items: Vec<MessageData> = page
+        .entries
+        .iter()
+        .map(|e| MessageData {
+            message: e.message.clone(),
+            data: e.data.clone(),
+        })
+        .collect();
+    for n in [1usize, 256] {
+        let frame = sync_transport::frame::encode(&Request::WriteBatch(WriteBatchRequest {
+            tenant: tenant(),
+            messages: items[..n.min(items.len())].to_vec(),
+        }));
+        std::fs::write(format!("{dir}/push-{n}.frame"), frame).unwrap();
+    }
+    for n in [1usize, 1000] {
+        let entries: Vec<LogEntry> = page.entries[..n.min(page.entries.len())]
+            .iter()
+            .zip(&items)
+            .map(|(e, item)| LogEntry {
+                token: e.token,
+                item: item.clone(),
+            })
+            .collect();
+        let next = entries.last().map(|e| e.token);
+        let frame = sync_transport::frame::encode(&Reply::LogPage(
+            sync_transport::proto::LogPageReply::Page(LogPage {
+                entries,
+                next,
+                has_more: true,
+            }),
+        ));
+        std::fs::write(format!("{dir}/page-{n}.frame"), frame).unwrap();
+    }
+}
+
+/// Encoded lengths of values of different types behind one trait object.
+mod erased {
+    pub(super) trait Len {
+        fn len(&self) -> usize;
+    }
+    impl<T: serde::Serialize> Len for T {
+        fn len(&self) -> usize {
+            sync_types::codec::encoded_len(self) - 1
+        }
+    }
+}
+
 struct Options {
     n: u64,
     live: u64,
     hog: bool,
+    dump: Option<String>,
 }
 
 fn options() -> Options {
@@ -394,6 +507,7 @@ fn options() -> Options {
         n: 100_000,
         live: 1_000,
         hog: false,
+        dump: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -401,6 +515,7 @@ fn options() -> Options {
             "--n" => o.n = it.next().and_then(|v| v.parse().ok()).expect("--n N"),
             "--live" => o.live = it.next().and_then(|v| v.parse().ok()).expect("--live N"),
             "--hog" => o.hog = true,
+            "--dump-frames" => o.dump = Some(it.next().expect("--dump-frames DIR")),
             other => panic!("unknown option {other}"),
         }
     }
@@ -514,6 +629,10 @@ fn main() {
             pct(&samples, 0.99).as_secs_f64() * 1e3,
             samples.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
         );
+        breakdown(&ra);
+        if let Some(dir) = &o.dump {
+            dump_frames(&ra, dir);
+        }
     });
 }
 
