@@ -51,6 +51,8 @@ pub(crate) const TENANT_DEFAULT: &str = "local";
 pub(crate) struct Cli {
     #[command(flatten)]
     pub(crate) log: LogArgs,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -72,6 +74,23 @@ pub(crate) struct LogArgs {
         default_value_t = LogFormat::Text
     )]
     pub(crate) log_format: LogFormat,
+}
+
+/// How every command that talks to a node does it.
+#[derive(Args, Debug, Clone, Default)]
+pub(crate) struct ClientArgs {
+    /// Longest wait for one call to the node, in seconds (a retried call waits up to
+    /// this long per attempt) [default: 30]
+    #[arg(long, global = true, env = "WEFT_TIMEOUT", value_name = "SECS")]
+    pub(crate) timeout: Option<f64>,
+    /// Retries of a call that failed for a reason worth retrying (unreachable, timed
+    /// out, busy); reads only, writes are retried by the sync itself [default: 2]
+    #[arg(long, global = true, env = "WEFT_RETRIES", value_name = "N")]
+    pub(crate) retries: Option<u32>,
+    /// A PEM file of the certificate authority that issued an https:// node's
+    /// certificate, trusted besides the system's
+    #[arg(long, global = true, env = "WEFT_TLS_CA", value_name = "FILE")]
+    pub(crate) tls_ca: Option<PathBuf>,
 }
 
 /// How logs are written.
@@ -98,7 +117,7 @@ pub(crate) enum Command {
         "\n",
         "Settings come from, highest first: flags, environment variables (WEFT_*), the TOML\n",
         "config file (--config or WEFT_CONFIG), then the defaults. Config file keys:\n",
-        "  data_dir, store, store_schema, listen, key_file, metrics,\n",
+        "  data_dir, store, store_schema, listen, key_file, tls_cert, tls_key, metrics,\n",
         "  [limits] connections_max, connections_per_address_max, requests_per_tenant_max,\n",
         "           first_byte_time_ms_max,\n",
         "           header_read_time_ms_max, subscriptions_max, frame_bytes_max,\n",
@@ -265,6 +284,13 @@ pub(crate) struct ServeArgs {
     /// [default: DATA_DIR/node.key]
     #[arg(long, env = "WEFT_KEY_FILE", value_name = "FILE")]
     pub(crate) key_file: Option<PathBuf>,
+    /// Serve over TLS only, with this certificate chain (PEM: the node's certificate
+    /// first); needs --tls-key
+    #[arg(long, env = "WEFT_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, env = "WEFT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
     /// Do not serve Prometheus metrics at /metrics
     #[arg(long, env = "WEFT_NO_METRICS")]
     pub(crate) no_metrics: bool,
@@ -391,6 +417,11 @@ pub(crate) struct KeyFileArgs {
 pub(crate) struct IssueArgs {
     #[command(flatten)]
     pub(crate) key: KeyFileArgs,
+    /// Create the key file (random, mode 0600) when it does not exist; without this a
+    /// missing key file is an error, since a token signed with a new key is refused by
+    /// a node that already has one
+    #[arg(long)]
+    pub(crate) create_key: bool,
     /// The tenant the token is for
     #[arg(long, env = "WEFT_TENANT", default_value = TENANT_DEFAULT)]
     pub(crate) tenant: TenantId,

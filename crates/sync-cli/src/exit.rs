@@ -77,7 +77,9 @@ pub(crate) fn is_broken_pipe(err: &anyhow::Error) -> bool {
 
 fn transport_exit(e: &TransportError) -> Exit {
     match e {
-        TransportError::Unreachable(_) | TransportError::Timeout { .. } => Exit::Unreachable,
+        TransportError::Unreachable(_)
+        | TransportError::Timeout { .. }
+        | TransportError::Tls(_) => Exit::Unreachable,
         TransportError::Refused { code, .. } => match code {
             ErrorCode::Unauthenticated | ErrorCode::Forbidden => Exit::Refused,
             ErrorCode::Overloaded | ErrorCode::Unavailable | ErrorCode::Timeout => {
@@ -200,9 +202,7 @@ mod tests {
         .context("sync with http://127.0.0.1:1");
         assert_eq!(classify(&refused), Exit::Refused);
         assert!(hint(&refused).unwrap().contains("key"));
-        let engine = anyhow::Error::new(sync_engine::Error::Transport(TransportError::Timeout {
-            ms: 5,
-        }));
+        let engine = anyhow::Error::new(sync_engine::Error::Transport(TransportError::timeout(5)));
         assert_eq!(classify(&engine), Exit::Unreachable);
     }
 

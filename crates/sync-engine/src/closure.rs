@@ -18,7 +18,8 @@
 //! complete. What a scoped link must decide is whether a missing dependency can ever be
 //! fetched through it. [`forbidden_dependency`] answers that from the message alone: a
 //! configure `uses` a protocol the scope does not carry, or a write's ancestor (found
-//! from its path and context chain, up to [`CLOSURE_DEPTH_MAX`] levels) lies outside the
+//! from its path and context chain, at most `sync_types::PATH_DEPTH_MAX` levels, as a
+//! validated `ContextId` holds no more) lies outside the
 //! scope. A forbidden dependency makes the link `terminal_incomplete` with a `closure`
 //! dead letter; any other missing dependency is fetched (the tree diff finds exactly
 //! what only the remote holds) or repaired.
@@ -30,10 +31,6 @@ use sync_types::{
 
 use crate::error::Result;
 use crate::replica::Replica;
-
-/// Most ancestor levels a closure check follows from one write (records nest at most
-/// `sync_types::PATH_DEPTH_MAX` levels, so this bounds a hostile chain, not a real one).
-pub(crate) const CLOSURE_DEPTH_MAX: usize = 32;
 
 /// The error code of a closure dead letter whose dependency lies outside the link's
 /// scope.
@@ -115,7 +112,9 @@ pub(crate) fn forbidden_dependency(
     // and the path cut to k segments.
     let chain = w.context_id.chain();
     let mut path = w.path.clone();
-    for depth in (1..chain.len()).rev().take(CLOSURE_DEPTH_MAX) {
+    // A validated context holds at most `PATH_DEPTH_MAX` ids: the walk is bounded by
+    // the type, even for a hostile write.
+    for depth in (1..chain.len()).rev() {
         let Some(parent_path) = path.parent() else {
             break;
         };

@@ -1,6 +1,6 @@
 //! Errors of the engine.
 
-use sync_types::{Dependency, RecordId, ValidationError};
+use sync_types::{Cid, Dependency, RecordId, ValidationError};
 
 /// Any error of the engine.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,29 @@ pub enum Error {
         /// The latest expiry among the grants, in milliseconds since the Unix epoch.
         expired_at_ms: u64,
     },
+    /// A write's expected version is not the record's winning version: the record moved
+    /// on (or never existed), and nothing was written.
+    #[error(
+        "{} moved on: expected {expected}, found {}",
+        record_name(record_id),
+        found_name(found)
+    )]
+    VersionMismatch {
+        /// The record (`None` for a write that creates a new record).
+        record_id: Option<RecordId>,
+        /// What the write expected.
+        expected: crate::replica::Expected,
+        /// The record's winning version, when it has one.
+        found: Option<Cid>,
+    },
+    /// One item of a batch could not be written, so nothing of the batch was.
+    #[error("batch item {index}: {source}")]
+    BatchItem {
+        /// The item's position in the batch.
+        index: usize,
+        /// Why.
+        source: Box<Error>,
+    },
     /// A blocking task of the engine panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(String),
@@ -62,3 +85,27 @@ pub enum Error {
 
 /// The engine's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The error of a batch's only item, without the batch around it.
+    pub(crate) fn unbatched(self) -> Error {
+        match self {
+            Error::BatchItem { index: 0, source } => *source,
+            other => other,
+        }
+    }
+}
+
+fn record_name(record: &Option<RecordId>) -> String {
+    match record {
+        Some(r) => format!("record {r}"),
+        None => "the new record".into(),
+    }
+}
+
+fn found_name(found: &Option<Cid>) -> String {
+    match found {
+        Some(cid) => format!("version {cid}"),
+        None => "no version".into(),
+    }
+}

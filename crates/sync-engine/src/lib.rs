@@ -39,7 +39,7 @@ pub use blob::{BlobGc, Residency};
 pub use error::{Error, Result};
 pub use node::ReplicaHandler;
 pub use replica::{
-    Change, ConflictInfo, ConflictPolicy, Origin, Receipt, Record, RecordKey, Replica,
-    ReplicaBuilder, Resolution, WriteOutcome, WriteRequest,
+    BatchOp, Change, ConflictInfo, ConflictPolicy, Expected, Origin, Receipt, Record, RecordKey,
+    Replica, ReplicaBuilder, Resolution, WriteBatch, WriteOutcome, WriteRequest,
 };
 pub use sync::{Engine, EngineBuilder, Identity, SyncConfig, SyncReport};

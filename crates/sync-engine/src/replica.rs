@@ -26,9 +26,9 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use sync_ledger::{Durability, Ledger, LedgerOutcome};
 use sync_types::{
-    ApplyOutcome, Cid, Clock, Configure, ContextId, DataRef, Delete, Dependency, Hlc, HlcClock,
+    ApplyOutcome, Cid, Clock, Configure, ContextId, DataRef, Dependency, Hlc, HlcClock,
     MISSING_MAX, Message, NodeId, PrincipalId, ProgressToken, ProtocolDefinition, ProtocolName,
-    ProtocolPath, RecordId, SyncEvent, TenantId, TypeRule, Write,
+    ProtocolPath, RecordId, SyncEvent, TenantId, TypeRule,
 };
 use tokio::sync::broadcast;
 
@@ -399,79 +399,7 @@ impl Replica {
         staged: Option<(Option<DataRef>, Option<Vec<u8>>)>,
     ) -> Result<Receipt> {
         let _writer = lock(&self.inner.writer);
-        let (record_id, fresh) = match &req.key {
-            RecordKey::New => {
-                let timestamp = self.tick();
-                let id = RecordId::for_new_record(
-                    tenant,
-                    &req.protocol,
-                    &req.path,
-                    &req.author,
-                    &timestamp,
-                );
-                (id, Some(timestamp))
-            }
-            RecordKey::Natural(key) => {
-                (RecordId::from_natural_key(tenant, &req.protocol, key), None)
-            }
-            RecordKey::Id(id) => (*id, None),
-        };
-        let info = self.inner.ledger.record_info(tenant, &record_id)?;
-        // A version that replaces the record's winner orders after it.
-        let timestamp = match fresh {
-            Some(timestamp) => timestamp,
-            None => self.stamp_after(info.as_ref().map(|i| i.head.winner.timestamp)),
-        };
-        let (prev, context_id) = match &info {
-            Some(info) if info.head.initial.is_some() => {
-                let context = info
-                    .context
-                    .clone()
-                    .ok_or(Error::RecordNotFound(record_id))?;
-                (Some(info.head.winner.cid), context)
-            }
-            _ if matches!(req.key, RecordKey::Id(_)) => {
-                return Err(Error::RecordNotFound(record_id));
-            }
-            _ => {
-                let context = match req.parent {
-                    None => ContextId::root(record_id),
-                    Some(parent) => {
-                        let parent_info = self
-                            .inner
-                            .ledger
-                            .record_info(tenant, &parent)?
-                            .ok_or(Error::RecordNotFound(parent))?;
-                        parent_info
-                            .context
-                            .ok_or(Error::RecordNotFound(parent))?
-                            .child(record_id)?
-                    }
-                };
-                (None, context)
-            }
-        };
-        let parent_id = context_id
-            .chain()
-            .len()
-            .checked_sub(2)
-            .map(|i| context_id.chain()[i]);
-        let (data_ref, inline) = match staged {
-            Some(staged) => staged,
-            None => self.stage_data(req.data)?,
-        };
-        let message = Message::Write(Write {
-            tenant: tenant.clone(),
-            record_id,
-            parent_id,
-            protocol: req.protocol,
-            path: req.path,
-            context_id,
-            prev,
-            timestamp,
-            author: req.author,
-            data: data_ref,
-        });
+        let (message, inline) = self.compose_write(tenant, req, staged)?;
         self.apply_local_locked(tenant, message, inline)
     }
 
@@ -483,24 +411,7 @@ impl Replica {
         author: &PrincipalId,
     ) -> Result<Receipt> {
         let _writer = lock(&self.inner.writer);
-        let info = self
-            .inner
-            .ledger
-            .record_info(tenant, &record_id)?
-            .ok_or(Error::RecordNotFound(record_id))?;
-        let winner = self
-            .inner
-            .ledger
-            .get_message(tenant, &info.head.winner.cid)?
-            .ok_or(Error::RecordNotFound(record_id))?;
-        let message = Message::Delete(Delete {
-            tenant: tenant.clone(),
-            record_id,
-            protocol: winner.message.protocol().clone(),
-            prev: Some(info.head.winner.cid),
-            timestamp: self.stamp_after(Some(info.head.winner.timestamp)),
-            author: author.clone(),
-        });
+        let message = self.compose_delete(tenant, record_id, author)?;
         self.apply_local_locked(tenant, message, None)
     }
 
@@ -773,12 +684,14 @@ impl Replica {
     }
 }
 
+mod batch;
 mod builder;
 mod checks;
 mod follow;
 mod reads;
 mod trees;
 
+pub use batch::{BatchOp, Expected, WRITE_BATCH_LEN_MAX, WriteBatch};
 pub use follow::{FollowStats, TREE_CACHE_KEYS_DEFAULT, TREE_CACHE_TENANTS_DEFAULT};
 
 use checks::{Check, Definitions, check_alone};

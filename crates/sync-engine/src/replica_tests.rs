@@ -1,7 +1,7 @@
 //! Unit tests of the replica that need its internals.
 
 use super::*;
-use sync_types::{ManualClock, TypeRule};
+use sync_types::{ManualClock, TypeRule, Write};
 
 #[test]
 fn a_local_write_superseded_at_once_is_reported_as_superseded() {

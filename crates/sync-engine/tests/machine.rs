@@ -31,8 +31,46 @@ fn link(scope: Scope) -> LinkState {
     )
 }
 
+/// Every action the machine has queued, checked for persist-before-announce on the way.
 fn drain(m: &mut LinkMachine) -> Vec<Action> {
-    std::iter::from_fn(|| m.poll_action()).collect()
+    let actions: Vec<Action> = std::iter::from_fn(|| m.poll_action()).collect();
+    announced_after_persisted(&actions);
+    actions
+}
+
+/// The machine's promise (and `SyncEvent`'s): an event that reports durable state is
+/// emitted after a `Persist` that holds that state. Checked on every drain of every test
+/// here, so each path that announces is covered, not one.
+fn announced_after_persisted(actions: &[Action]) {
+    let mut persisted: Vec<&LinkState> = Vec::new();
+    for a in actions {
+        match a {
+            Action::Persist(s) => persisted.push(s),
+            Action::Emit(e) => {
+                let held = |f: &dyn Fn(&LinkState) -> bool| persisted.iter().any(|s| f(s));
+                let ok = match e {
+                    SyncEvent::LinkStatusChanged { to, .. } => held(&|s| s.status == *to),
+                    SyncEvent::ConnectivityChanged { to, .. } => held(&|s| s.connectivity == *to),
+                    SyncEvent::CheckpointAdvanced {
+                        direction, token, ..
+                    } => held(&|s| {
+                        let cp = match direction {
+                            Direction::Pull => &s.pull,
+                            Direction::Push => &s.push,
+                        };
+                        cp.contiguous_applied == Some(*token)
+                    }),
+                    SyncEvent::ReconcileNeeded { .. } => held(&|s| s.needs_reconcile),
+                    _ => true,
+                };
+                assert!(
+                    ok,
+                    "{e:?} announced before a Persist holding it: {actions:#?}"
+                );
+            }
+            _ => {}
+        }
+    }
 }
 
 fn events(actions: &[Action]) -> Vec<SyncEvent> {

@@ -103,3 +103,22 @@ fn synced_batches_survive_a_crash_of_the_database() {
         eprintln!("{ROUNDS} crashes of the server; buffered batches lost: {lost_buffered}");
     }
 }
+
+/// A server on which no commit is durable is refused at open, with the reason, and the
+/// same database is accepted again once `fsync` is back on. (A cluster of its own: the
+/// setting is the whole server's.)
+#[test]
+fn a_server_with_fsync_off_is_refused_at_open() {
+    let cluster = support::Cluster::start();
+    let open = || PgStore::builder(&cluster.url).schema("fsync").open();
+    cluster.crash_server();
+    cluster.start_server_with("-c fsync=off");
+    match open() {
+        Err(e) => assert!(e.to_string().contains("fsync off"), "{e}"),
+        Ok(_) => panic!("opened a store on a server with fsync off"),
+    }
+    cluster.crash_server();
+    cluster.start_server();
+    let store = open().expect("fsync is on again");
+    drop(store);
+}

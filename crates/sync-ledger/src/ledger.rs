@@ -359,6 +359,11 @@ impl Ledger {
     /// Commits `batch`, poisoning the ledger when the backend fails: after a failed
     /// write (above all a failed fsync) the state on disk is unknown, and writing on
     /// top of it could make an unacknowledged commit look acknowledged.
+    /// A fresh id from the ledger's [`IdSource`] (stream ids, staging ids).
+    pub(crate) fn fresh_id(&self) -> StreamId {
+        lock(&self.ids).stream_id()
+    }
+
     pub(crate) fn commit(&self, batch: Batch, durability: Durability) -> Result<()> {
         if self.is_poisoned() {
             return Err(Error::Poisoned);

@@ -494,3 +494,74 @@ fn honest_run_for_reference() {
     assert_eq!(diff.only_local.len(), 500);
     assert_eq!(diff.only_remote.len(), 500);
 }
+
+/// Each session parameter bound: the bound itself is accepted, one past it is refused,
+/// so a peer's request cannot make the responder build answers larger than it allows.
+#[test]
+fn every_parameter_bound_is_enforced() {
+    use sync_smt::bounds::*;
+    // Large enough that only the bounds, not the message size, decide.
+    let roomy = usize::MAX / 4;
+    let accepts = |p: Params| p.validate(roomy);
+    let with = |f: &dyn Fn(&mut Params)| {
+        let mut p = Params::default();
+        f(&mut p);
+        p
+    };
+    for (name, at, past) in [
+        (
+            "fingerprint_bytes",
+            with(&|p| p.fingerprint_bytes = FINGERPRINT_BYTES_MAX),
+            with(&|p| p.fingerprint_bytes = FINGERPRINT_BYTES_MAX + 1),
+        ),
+        (
+            "fingerprint_bytes",
+            with(&|p| p.fingerprint_bytes = FINGERPRINT_BYTES_MIN),
+            with(&|p| p.fingerprint_bytes = FINGERPRINT_BYTES_MIN - 1),
+        ),
+        (
+            "digest_bytes",
+            with(&|p| p.digest_bytes = FINGERPRINT_BYTES_MAX),
+            with(&|p| p.digest_bytes = FINGERPRINT_BYTES_MAX + 1),
+        ),
+        (
+            "keys_inline_max",
+            with(&|p| p.keys_inline_max = KEYS_INLINE_MAX),
+            with(&|p| p.keys_inline_max = KEYS_INLINE_MAX + 1),
+        ),
+        (
+            "digests_max",
+            with(&|p| p.digests_max = DIGESTS_MAX),
+            with(&|p| p.digests_max = DIGESTS_MAX + 1),
+        ),
+        (
+            "digests_max",
+            with(&|p| p.digests_max = 1),
+            with(&|p| p.digests_max = 0),
+        ),
+        (
+            "resolve_keys_max",
+            with(&|p| p.resolve_keys_max = RESOLVE_KEYS_MAX),
+            with(&|p| p.resolve_keys_max = RESOLVE_KEYS_MAX + 1),
+        ),
+    ] {
+        assert_eq!(accepts(at), Ok(()), "{name} at its bound");
+        match accepts(past) {
+            Err(Error::InvalidParams(why)) => assert!(why.starts_with(name), "{why}"),
+            other => panic!("{name} past its bound: {other:?}"),
+        }
+    }
+    // And the responder, which is what a peer reaches, refuses the same.
+    let (_, b) = trees();
+    let responder = Responder::new(Limits::default());
+    let request = Request {
+        salt: [0; 16],
+        params: with(&|p| p.digests_max = DIGESTS_MAX + 1),
+        want_root: true,
+        queries: vec![],
+    };
+    assert!(matches!(
+        responder.respond(&b, &request),
+        Err(Error::InvalidParams("digests_max out of range"))
+    ));
+}

@@ -25,6 +25,7 @@ use futures_util::stream::BoxStream;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -43,6 +44,7 @@ use crate::proto::{
     Reply, Request, RootReply, RootRequest, SubscribeRequest, WriteBatchReply, WriteBatchRequest,
 };
 use crate::server::{BoxError, FRAME_CONTENT_TYPE};
+use crate::tls::{self, ClientTls};
 use crate::token::Token;
 use crate::ws::{Heartbeat, SUBSCRIBE_HEADER, run_client, ws_config};
 
@@ -414,6 +416,8 @@ pub struct ClientConfig {
     pub heartbeat_timeout_ms: u64,
     /// Notices buffered between the socket and the consumer. Default 64.
     pub subscription_buffer_len: usize,
+    /// The authorities trusted for `https://` endpoints. Default: the system's.
+    pub tls: ClientTls,
 }
 
 impl Default for ClientConfig {
@@ -429,19 +433,22 @@ impl Default for ClientConfig {
             heartbeat_interval_ms: 15_000,
             heartbeat_timeout_ms: 45_000,
             subscription_buffer_len: 64,
+            tls: ClientTls::default(),
         }
     }
 }
 
 type ReqBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
-/// A [`Remote`] over HTTP/1.1 (hyper, pooled keep-alive connections) and WebSocket.
-/// Plain `http://` endpoints only: terminate TLS in front of the node.
+/// A [`Remote`] over HTTP/1.1 (hyper, pooled keep-alive connections) and WebSocket,
+/// plain (`http://`) or over TLS (`https://`, trusting [`ClientConfig::tls`]).
 #[derive(Clone)]
 pub struct HttpClient {
-    client: Client<HttpConnector, ReqBody>,
+    client: Client<HttpsConnector<HttpConnector>, ReqBody>,
     base: String,
     authority: String,
+    /// Set for `https://` endpoints (subscriptions use it for `wss://`).
+    tls: Option<Arc<rustls::ClientConfig>>,
     token: HeaderValue,
     config: Arc<ClientConfig>,
     /// Set once the node answered a request of this version `BadFrame` (a node before
@@ -476,6 +483,11 @@ fn unreachable_err(e: impl std::fmt::Display) -> TransportError {
     TransportError::Unreachable(e.to_string())
 }
 
+/// A failed request, classified by its causes (a TLS failure is not "unreachable").
+fn request_err(e: hyper_util::client::legacy::Error) -> TransportError {
+    tls::classify(&e)
+}
+
 impl HttpClient {
     /// A client of `endpoint` presenting `token`.
     pub fn new(
@@ -492,32 +504,43 @@ impl HttpClient {
         token: &str,
         config: ClientConfig,
     ) -> Result<Self, TransportError> {
-        let authority = endpoint
-            .as_str()
-            .strip_prefix("http://")
-            .ok_or_else(|| {
-                TransportError::Endpoint(format!("{endpoint}: only http:// is supported"))
-            })?
-            .trim_end_matches('/')
-            .to_owned();
+        let (https, rest) = if let Some(rest) = endpoint.as_str().strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = endpoint.as_str().strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(TransportError::Endpoint(format!(
+                "{endpoint}: only http:// and https:// are supported"
+            )));
+        };
+        let authority = rest.trim_end_matches('/').to_owned();
         if authority.is_empty() || authority.contains('/') {
             return Err(TransportError::Endpoint(format!(
-                "{endpoint}: expected http://host:port"
+                "{endpoint}: expected http://host:port or https://host:port"
             )));
         }
+        let tls_config = config.tls.rustls_config(https)?;
         let token = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| TransportError::Endpoint("token is not a valid header value".into()))?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(ms(config.connect_time_ms_max)));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls_config).clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(ms(config.pool_idle_ms_max))
             .pool_timer(TokioTimer::new())
             .build(connector);
+        let scheme = if https { "https" } else { "http" };
         Ok(Self {
             client,
-            base: format!("http://{authority}"),
+            base: format!("{scheme}://{authority}"),
             authority,
+            tls: https.then_some(tls_config),
             token,
             config: Arc::new(config),
             legacy: Arc::new(AtomicBool::new(false)),
@@ -566,7 +589,7 @@ impl HttpClient {
             req.headers_mut().insert(compress::ENCODING_HEADER, lz4);
         }
         tokio::time::timeout(ms(time), async {
-            let res = self.client.request(req).await.map_err(unreachable_err)?;
+            let res = self.client.request(req).await.map_err(request_err)?;
             let status = res.status().as_u16();
             let header = |name| res.headers().get(name).map(HeaderValue::as_bytes);
             if compress::lists_lz4(header(compress::ACCEPT_HEADER)) {
@@ -589,12 +612,13 @@ impl HttpClient {
             decode_reply(status, &body, self.config.frame_bytes_max)
         })
         .await
-        .unwrap_or(Err(TransportError::Timeout { ms: time }))
+        .unwrap_or(Err(TransportError::timeout(time)))
     }
 
     /// Calls with bounded retries when `idempotent`.
     async fn call(&self, request: &Request, idempotent: bool) -> Result<Reply, TransportError> {
         let frame_bytes = Bytes::from(frame::encode(request));
+        let started = tokio::time::Instant::now();
         let mut attempt = 0;
         loop {
             match self.call_once("/v1/rpc", frame_bytes.clone()).await {
@@ -606,7 +630,9 @@ impl HttpClient {
                     tokio::time::sleep(ms(backoff)).await;
                     attempt += 1;
                 }
-                other => return other,
+                other => {
+                    return other.map_err(|e| e.after_attempts(attempt + 1, started.elapsed()));
+                }
             }
         }
     }
@@ -621,8 +647,8 @@ impl HttpClient {
         let time = self.config.request_time_ms_max;
         let res = tokio::time::timeout(ms(time), self.client.request(http))
             .await
-            .map_err(|_| TransportError::Timeout { ms: time })?
-            .map_err(unreachable_err)?;
+            .map_err(|_| TransportError::timeout(time))?
+            .map_err(request_err)?;
         let status = res.status().as_u16();
         let idle = ms(self.config.transfer_idle_ms_max);
         let mut reader = BodyReader::new(res.into_body(), idle);
@@ -631,9 +657,7 @@ impl HttpClient {
             .await
             .map_err(|e| match e {
                 ReadError::Frame(f) => TransportError::BadReply(f),
-                ReadError::Idle => TransportError::Timeout {
-                    ms: self.config.transfer_idle_ms_max,
-                },
+                ReadError::Idle => TransportError::timeout(self.config.transfer_idle_ms_max),
                 other => TransportError::Unreachable(format!("{other:?}")),
             })?;
         let head = match decode_reply(status, &head, self.config.frame_bytes_max)? {
@@ -776,6 +800,7 @@ impl Remote for HttpClient {
         )
     }
     async fn blob_read(&self, req: BlobReadRequest) -> Result<BlobDownload, TransportError> {
+        let started = tokio::time::Instant::now();
         let mut attempt = 0;
         loop {
             match self.blob_read_once(&req).await {
@@ -787,7 +812,9 @@ impl Remote for HttpClient {
                     .await;
                     attempt += 1;
                 }
-                other => return other,
+                other => {
+                    return other.map_err(|e| e.after_attempts(attempt + 1, started.elapsed()));
+                }
             }
         }
     }
@@ -803,7 +830,7 @@ impl Remote for HttpClient {
         let body =
             StreamBody::new(head_chunk.chain(rest).map(|r| r.map(Frame::data))).boxed_unsync();
         let http = self.request("/v1/blob/write", body, Some(total))?;
-        let res = self.client.request(http).await.map_err(unreachable_err)?;
+        let res = self.client.request(http).await.map_err(request_err)?;
         let status = res.status().as_u16();
         let time = self.config.request_time_ms_max;
         let body = tokio::time::timeout(
@@ -815,7 +842,7 @@ impl Remote for HttpClient {
             .collect(),
         )
         .await
-        .map_err(|_| TransportError::Timeout { ms: time })?
+        .map_err(|_| TransportError::timeout(time))?
         .map_err(unreachable_err)?
         .to_bytes();
         expect_reply!(
@@ -830,12 +857,9 @@ impl Remote for HttpClient {
     async fn subscribe(&self, req: SubscribeRequest) -> Result<Subscription, TransportError> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let time = self.config.connect_time_ms_max;
-        let tcp = tokio::time::timeout(ms(time), tokio::net::TcpStream::connect(&self.authority))
-            .await
-            .map_err(|_| TransportError::Timeout { ms: time })?
-            .map_err(unreachable_err)?;
-        let _ = tcp.set_nodelay(true);
-        let mut http = format!("ws://{}/v1/subscribe", self.authority)
+        let tcp = tls::connect(&self.authority, self.tls.as_ref(), ms(time)).await?;
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        let mut http = format!("{scheme}://{}/v1/subscribe", self.authority)
             .into_client_request()
             .map_err(|e| TransportError::Endpoint(e.to_string()))?;
         http.headers_mut().insert(AUTHORIZATION, self.token.clone());
@@ -849,7 +873,7 @@ impl Remote for HttpClient {
             tokio_tungstenite::client_async_with_config(http, tcp, Some(ws_config(frame_max)));
         let time = self.config.request_time_ms_max;
         let (ws, _) = match tokio::time::timeout(ms(time), handshake).await {
-            Err(_) => return Err(TransportError::Timeout { ms: time }),
+            Err(_) => return Err(TransportError::timeout(time)),
             Ok(Ok(ok)) => ok,
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(res))) => {
                 let status = res.status().as_u16();

@@ -70,6 +70,9 @@ pub struct ServerConfig {
     /// Where the HTTP server counts requests and serves `GET /metrics`; `None` (the
     /// default) counts nothing and has no `/metrics` route. See [`crate::metrics`].
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Serve over TLS only (see [`crate::tls`]); `None` (the default) serves plain
+    /// HTTP, for a node behind a TLS terminator or on a private network.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl ServerConfig {
@@ -97,6 +100,7 @@ impl ServerConfig {
             live_poll_interval_ms: 30_000,
             shutdown_grace_ms: 5_000,
             metrics: None,
+            tls: None,
         }
     }
 }
@@ -113,6 +117,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("requests_per_tenant_max", &self.requests_per_tenant_max)
             .field("subscriptions_max", &self.subscriptions_max)
             .field("request_time_ms_max", &self.request_time_ms_max)
+            .field("tls", &self.tls.is_some())
             .field("subscriber_queue_len_max", &self.subscriber_queue_len_max)
             .finish_non_exhaustive()
     }

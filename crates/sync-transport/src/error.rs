@@ -19,11 +19,21 @@ pub enum TransportError {
     /// The node could not be reached, or the connection broke mid-call (retryable).
     #[error("node unreachable: {0}")]
     Unreachable(String),
-    /// The call took longer than allowed (retryable).
-    #[error("request timed out after {ms} ms")]
+    /// The call took longer than allowed (retryable). The message states the whole
+    /// wait: every attempt and the time they took together.
+    #[error(
+        "no answer after {attempts} attempt{} over {:.1} s (each allowed {:.1} s)",
+        if *attempts == 1 { "" } else { "s" },
+        *waited_ms as f64 / 1000.0,
+        *ms as f64 / 1000.0
+    )]
     Timeout {
-        /// The limit that was hit, in milliseconds.
+        /// The limit of one attempt that was hit, in milliseconds.
         ms: u64,
+        /// Attempts made (1 when the call was not retried).
+        attempts: u32,
+        /// Time from the first attempt to giving up, in milliseconds, backoffs included.
+        waited_ms: u64,
     },
     /// The node refused the request with an error reply.
     #[error("node refused the request ({code:?}, http {status}): {message}")]
@@ -49,6 +59,10 @@ pub enum TransportError {
     /// The endpoint cannot be used by this client.
     #[error("unsupported endpoint: {0}")]
     Endpoint(String),
+    /// The TLS connection failed: an untrusted or wrong certificate, or a node that
+    /// does not speak TLS (permanent: retrying does not change a certificate).
+    #[error("tls: {0}")]
+    Tls(String),
     /// A blob upload's source stream failed.
     #[error("blob source failed: {0}")]
     BlobSource(String),
@@ -62,6 +76,29 @@ impl TransportError {
             TransportError::Unreachable(_) | TransportError::Timeout { .. } => true,
             TransportError::Refused { code, .. } => code.is_retryable(),
             _ => false,
+        }
+    }
+
+    /// A timeout of one attempt that waited `ms`.
+    pub fn timeout(ms: u64) -> Self {
+        TransportError::Timeout {
+            ms,
+            attempts: 1,
+            waited_ms: ms,
+        }
+    }
+
+    /// The error of a call that gave up after `attempts` over `waited`: a timeout
+    /// states the whole wait; other errors are unchanged.
+    #[cfg_attr(not(feature = "net"), allow(dead_code))]
+    pub(crate) fn after_attempts(self, attempts: u32, waited: std::time::Duration) -> Self {
+        match self {
+            TransportError::Timeout { ms, .. } => TransportError::Timeout {
+                ms,
+                attempts,
+                waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            },
+            other => other,
         }
     }
 

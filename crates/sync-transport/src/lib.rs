@@ -20,6 +20,7 @@
 //!   - [`server`]: the hyper HTTP/1.1 server ([`serve`]);
 //!   - [`metrics`]: Prometheus metrics of a node at `GET /metrics` (opt-in);
 //!   - [`ws`]: WebSocket subscriptions on the same port;
+//!   - [`tls`]: TLS for the client (`https://`, `wss://`) and optionally the server;
 //!   - [`client`]: the [`Remote`] trait the engine talks through, with [`HttpClient`]
 //!     and [`InProcessClient`] (same behaviour, no sockets).
 //!
@@ -106,6 +107,8 @@ pub mod server;
 #[cfg(feature = "net")]
 mod tenant_share;
 #[cfg(feature = "net")]
+pub mod tls;
+#[cfg(feature = "net")]
 pub mod ws;
 
 pub use error::{HandlerError, TransportError};
@@ -125,3 +128,5 @@ pub use failover::{FailoverConnector, FailoverRemote};
 pub use node::{Handler, Node, RequestContext, ServerConfig};
 #[cfg(feature = "net")]
 pub use server::{ServerHandle, serve, serve_listener};
+#[cfg(feature = "net")]
+pub use tls::{ClientTls, ServerTls, TlsError};

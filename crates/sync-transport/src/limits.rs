@@ -155,7 +155,7 @@ impl ConnectionLimits {
             return;
         };
         tokio::spawn(async move {
-            write_refusal(tcp, &refusal.reply()).await;
+            write_refusal(tcp, "503 Service Unavailable", &refusal.reply()).await;
             drop(permit);
         });
     }
@@ -191,7 +191,9 @@ pub(crate) async fn first_byte(tcp: &TcpStream, limit: Duration) -> FirstByte {
     }
 }
 
-async fn write_refusal(mut tcp: TcpStream, reply: &ErrorReply) {
+/// Answers a connection the node will not serve with one plain HTTP reply of `status`
+/// (for example "503 Service Unavailable") carrying `reply`'s error frame, then closes.
+pub(crate) async fn write_refusal(mut tcp: TcpStream, status: &str, reply: &ErrorReply) {
     let time = Duration::from_millis(REFUSAL_TIME_MS_MAX);
     let mut buf = vec![0u8; 4096];
     // Read the request head (or what comes of it in time): see the module docs.
@@ -213,7 +215,7 @@ async fn write_refusal(mut tcp: TcpStream, reply: &ErrorReply) {
     .await;
     let body = frame::encode(reply);
     let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: {FRAME_CONTENT_TYPE}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\ncontent-type: {FRAME_CONTENT_TYPE}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
     let _ = tokio::time::timeout(time, async {

@@ -208,7 +208,33 @@ async fn serve_connection<H: Handler>(
         },
         _ = stop.changed() => return,
     }
-    let io = TokioIo::new(StallGuard::new(tcp, ms(node.config.write_stall_ms_max)));
+    match node.config.tls.clone() {
+        None => serve_http(node, tcp, slot, peer, refusals, stop).await,
+        Some(tls) => {
+            let limit = ms(node.config.header_read_time_ms_max);
+            let accepted = tokio::select! {
+                a = tls.accept(tcp, limit) => a,
+                _ = stop.changed() => return,
+            };
+            if let Some(stream) = accepted {
+                serve_http(node, stream, slot, peer, refusals, stop).await;
+            }
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on an accepted connection (plain or TLS) until it closes.
+async fn serve_http<H: Handler, S>(
+    node: Node<H>,
+    stream: S,
+    slot: ConnectionSlot,
+    peer: SocketAddr,
+    refusals: Arc<RefusalLog>,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(StallGuard::new(stream, ms(node.config.write_stall_ms_max)));
     let svc_node = node.clone();
     let service = hyper::service::service_fn(move |req| {
         let node = svc_node.clone();

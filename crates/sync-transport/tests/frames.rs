@@ -469,3 +469,72 @@ fn limits_are_checked_on_decode() {
         Err(FrameError::OutOfRange { .. })
     ));
 }
+
+/// The limits a frame's own fields carry, each at its bound (accepted) and one past it
+/// (refused on decode with the field named), in the requests a client sends and in the
+/// replies a node sends back: a hostile node is a peer too.
+#[test]
+fn each_field_limit_holds_in_requests_and_replies() {
+    fn refused<T: Body + std::fmt::Debug>(value: &T, field: &str) {
+        match frame::decode::<T>(&frame::encode(value), usize::MAX) {
+            Err(FrameError::TooLong { what, .. } | FrameError::TooMany { what, .. }) => {
+                assert_eq!(what, field)
+            }
+            other => panic!("{field} past its limit: {other:?}"),
+        }
+    }
+    fn accepted<T: Body + PartialEq + std::fmt::Debug>(value: &T) {
+        assert_eq!(
+            frame::decode::<T>(&frame::encode(value), usize::MAX).as_ref(),
+            Ok(value)
+        );
+    }
+    let diff = |len: usize| {
+        Request::Diff(DiffRequest {
+            tenant: TenantId::new("t").unwrap(),
+            scope: Scope::Full,
+            round: vec![7; len],
+        })
+    };
+    accepted(&diff(DIFF_ROUND_BYTES_MAX));
+    refused(&diff(DIFF_ROUND_BYTES_MAX + 1), "diff round");
+    let diff_reply = |len: usize| {
+        Reply::Diff(DiffReply {
+            round: vec![7; len],
+        })
+    };
+    accepted(&diff_reply(DIFF_ROUND_BYTES_MAX));
+    refused(&diff_reply(DIFF_ROUND_BYTES_MAX + 1), "diff round");
+
+    let error = |versions: usize| ErrorReply {
+        code: ErrorCode::BadFrame,
+        message: "no".into(),
+        supported_versions: vec![1; versions],
+    };
+    accepted(&error(VERSIONS_MAX));
+    refused(&error(VERSIONS_MAX + 1), "supported versions");
+
+    let outcomes = |n: usize, outcome: ApplyOutcome| {
+        Reply::WriteBatch(WriteBatchReply {
+            outcomes: vec![outcome; n],
+        })
+    };
+    accepted(&outcomes(BATCH_MESSAGES_MAX, ApplyOutcome::Applied));
+    refused(
+        &outcomes(BATCH_MESSAGES_MAX + 1, ApplyOutcome::Applied),
+        "write outcomes",
+    );
+    let missing = |n: usize| ApplyOutcome::Incomplete {
+        missing: vec![Dependency::Record(RecordId::from_bytes([2; 32])); n],
+    };
+    accepted(&outcomes(1, missing(MISSING_MAX)));
+    refused(&outcomes(1, missing(MISSING_MAX + 1)), "missing");
+    let invalid = |n: usize| ApplyOutcome::Invalid {
+        reason: "x".repeat(n),
+    };
+    accepted(&outcomes(1, invalid(REASON_BYTES_MAX)));
+    refused(
+        &outcomes(1, invalid(REASON_BYTES_MAX + 1)),
+        "invalid reason",
+    );
+}

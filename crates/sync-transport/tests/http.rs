@@ -427,7 +427,7 @@ async fn an_unreachable_node_is_a_retryable_error() {
     assert!(err.is_retryable());
     assert!(
         HttpClient::new(
-            &Endpoint::new("https://x").unwrap(),
+            &Endpoint::new("https://x/a/path").unwrap(),
             &owner_token(),
             client_config()
         )
@@ -466,6 +466,56 @@ async fn graceful_shutdown_closes_subscriptions_and_stops_accepting() {
         "the listener is closed"
     );
     drop(handler);
+}
+
+/// A request in flight when the node shuts down finishes and is answered (within
+/// `shutdown_grace_ms`), and one whose handler outlives the grace is cut: shutdown is
+/// graceful and bounded.
+#[tokio::test]
+async fn shutdown_lets_requests_in_flight_finish_within_the_grace() {
+    for (delay_ms, answered) in [(300, true), (5_000, false)] {
+        let mut config = test_config();
+        config.shutdown_grace_ms = 1_000;
+        config.request_time_ms_max = 30_000;
+        let t = TestServer::start(config).await;
+        t.handler
+            .root_delay_ms
+            .store(delay_ms, std::sync::atomic::Ordering::SeqCst);
+        let client = t.client(&owner_token());
+        let request = tokio::spawn(async move {
+            client
+                .root(RootRequest {
+                    tenant: tenant(),
+                    scope: Scope::Full,
+                })
+                .await
+        });
+        // Shut down once the request reached the handler.
+        within(5, async {
+            while t.handler.calls() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        let started = std::time::Instant::now();
+        within(10, t.server.shutdown()).await;
+        let result = within(10, request).await.unwrap();
+        if answered {
+            assert!(
+                result.is_ok(),
+                "a {delay_ms} ms request was cut: {result:?}"
+            );
+        } else {
+            assert!(
+                result.is_err(),
+                "a {delay_ms} ms request outlived the grace"
+            );
+            assert!(
+                started.elapsed() < Duration::from_millis(delay_ms),
+                "shutdown waited for the handler"
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -541,4 +591,52 @@ async fn upload_errors_are_reported_and_leave_a_resumable_blob() {
 #[test]
 fn header_bytes_is_twelve() {
     assert_eq!(HEADER_BYTES, 12);
+}
+
+/// A node that accepts connections and never answers: the call is tried as often as
+/// configured, each attempt bounded by the configured time, and the error states the
+/// whole wait, not the last attempt's.
+#[tokio::test]
+async fn a_black_holed_node_times_out_after_every_attempt_and_says_how_long() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let count = accepted.clone();
+    let hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            open.push(tcp);
+        }
+    });
+    let endpoint = Endpoint::new(format!("http://{addr}")).unwrap();
+    let config = ClientConfig {
+        request_time_ms_max: 200,
+        retries_max: 2,
+        retry_backoff_ms: 10,
+        ..client_config()
+    };
+    let client = HttpClient::new(&endpoint, &owner_token(), config).unwrap();
+    let err = within(10, client.health()).await.unwrap_err();
+    let TransportError::Timeout {
+        ms,
+        attempts,
+        waited_ms,
+    } = err
+    else {
+        panic!("{err:?}");
+    };
+    assert_eq!((ms, attempts), (200, 3));
+    // Three attempts of 200 ms each and two backoffs happened before it gave up.
+    assert!(waited_ms >= 3 * 200 + 10 + 20, "{waited_ms}");
+    assert!(err.is_retryable());
+    let text = err.to_string();
+    assert!(
+        text.starts_with("no answer after 3 attempts over "),
+        "{text}"
+    );
+    assert!(text.ends_with("(each allowed 0.2 s)"), "{text}");
+    // Each attempt reached the node: the pool opened a connection per stuck call.
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    hold.abort();
 }

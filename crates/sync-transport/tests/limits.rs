@@ -11,6 +11,7 @@ mod support;
 use support::*;
 use sync_transport::frame;
 use sync_transport::proto::*;
+use sync_transport::ws::SUBSCRIBE_HEADER_BYTES_MAX;
 use sync_transport::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -120,4 +121,60 @@ async fn a_refused_raw_request_reads_the_whole_503_with_the_limit() {
     let reply: ErrorReply = frame::decode(&buf[at..], usize::MAX).unwrap();
     assert_eq!(reply.code, ErrorCode::Overloaded);
     assert_eq!(reply.message, "the node is at its limit of 1 connections");
+}
+
+/// Sends a WebSocket upgrade for `/v1/subscribe` with `header` as the subscribe frame and
+/// answers the node's status line and error reply.
+async fn raw_subscribe(t: &TestServer, header: &str) -> (String, ErrorReply) {
+    let mut c = TcpStream::connect(t.addr()).await.unwrap();
+    let head = format!(
+        "GET /v1/subscribe HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+         sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         authorization: Bearer {}\r\nx-weft-subscribe: {header}\r\n\r\n",
+        owner_token()
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // The node answers and keeps the connection open: read until the reply is whole.
+    loop {
+        let n = within(10, c.read(&mut chunk)).await.unwrap();
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            assert!(
+                n > 0,
+                "closed before the head: {}",
+                String::from_utf8_lossy(&buf)
+            );
+            continue;
+        };
+        if let Ok(reply) = frame::decode::<ErrorReply>(&buf[at + 4..], usize::MAX) {
+            let status = String::from_utf8_lossy(&buf[..at])
+                .lines()
+                .next()
+                .unwrap()
+                .to_owned();
+            return (status, reply);
+        }
+        assert!(n > 0, "closed mid-reply: {}", String::from_utf8_lossy(&buf));
+    }
+}
+
+#[tokio::test]
+async fn a_subscribe_header_past_its_limit_is_refused_before_it_is_decoded() {
+    let t = TestServer::start(test_config()).await;
+    let (status, reply) = raw_subscribe(&t, &"A".repeat(SUBSCRIBE_HEADER_BYTES_MAX + 1)).await;
+    assert!(status.starts_with("HTTP/1.1 413"), "{status}");
+    assert_eq!(reply.code, ErrorCode::TooLarge);
+    assert!(
+        reply
+            .message
+            .contains(&SUBSCRIBE_HEADER_BYTES_MAX.to_string()),
+        "{}",
+        reply.message
+    );
+    // At the limit the length passes and the content is judged: not a frame.
+    let (status, reply) = raw_subscribe(&t, &"A".repeat(SUBSCRIBE_HEADER_BYTES_MAX)).await;
+    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+    assert_eq!(reply.code, ErrorCode::BadFrame);
 }

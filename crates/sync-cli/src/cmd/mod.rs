@@ -24,6 +24,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Exit> {
         _ => "warn",
     };
     logging::init(&cli.log, default_log)?;
+    remote::set_client_config(&cli.client)?;
     match cli.command {
         Command::Token(TokenCommand::Issue(a)) => token::issue(a),
         Command::Token(TokenCommand::Inspect(a)) => token::inspect(a),

@@ -13,7 +13,7 @@ use sync_ledger::RegisteredIdentity;
 use sync_transport::{ClientConfig, FailoverConnector, HttpClient, Token};
 use sync_types::{Endpoint, LinkKey, TenantId};
 
-use crate::cli::{NODE_DEFAULT, NodeArgs, ReplicaArgs};
+use crate::cli::{ClientArgs, NODE_DEFAULT, NodeArgs, ReplicaArgs};
 use crate::exit::{Exit, coded, usage};
 use crate::{kv, paths};
 
@@ -43,18 +43,22 @@ fn parse_one_endpoint(text: &str) -> anyhow::Result<Endpoint> {
     } else {
         format!("http://{text}")
     };
-    let Some(authority) = full.strip_prefix("http://") else {
+    let (scheme, authority) = if let Some(a) = full.strip_prefix("http://") {
+        ("http", a)
+    } else if let Some(a) = full.strip_prefix("https://") {
+        ("https", a)
+    } else {
         return Err(usage(format!(
-            "bad node address {text:?}: only http://HOST:PORT is supported (terminate TLS in front of the node)"
+            "bad node address {text:?}: expected http://HOST:PORT or https://HOST:PORT"
         )));
     };
     let authority = authority.trim_end_matches('/');
     if authority.is_empty() || authority.contains('/') {
         return Err(usage(format!(
-            "bad node address {text:?}: expected http://HOST:PORT"
+            "bad node address {text:?}: expected http://HOST:PORT or https://HOST:PORT"
         )));
     }
-    Endpoint::new(format!("http://{authority}"))
+    Endpoint::new(format!("{scheme}://{authority}"))
         .map_err(|e| usage(format!("bad node address {text:?}: {e}")))
 }
 
@@ -64,7 +68,9 @@ pub(crate) fn diagnose(endpoint: &Endpoint) -> String {
     use std::net::ToSocketAddrs as _;
     // Of several nodes, the first (the one tried first).
     let first = endpoint.as_str().split(',').next().unwrap_or_default();
-    let authority = first.trim_start_matches("http://");
+    let authority = first
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
     let addrs: Vec<std::net::SocketAddr> = match authority.to_socket_addrs() {
         Ok(a) => a.collect(),
         Err(e) => return format!("cannot resolve {authority}: {e}"),
@@ -100,9 +106,48 @@ pub(crate) fn explain(err: anyhow::Error, endpoint: &Endpoint) -> anyhow::Error 
     err
 }
 
-/// The client settings of the CLI: the transport's defaults.
+/// The client settings of this run, from the global flags (`set_client_config`).
+static CLIENT_CONFIG: std::sync::OnceLock<ClientConfig> = std::sync::OnceLock::new();
+
+/// Longest `--timeout`, in seconds (a day).
+const TIMEOUT_S_MAX: f64 = 86_400.0;
+/// Most `--retries`.
+const RETRIES_MAX: u32 = 100;
+
+/// Sets the client settings of this run from `--timeout`, `--retries` and `--tls-ca`.
+pub(crate) fn set_client_config(args: &ClientArgs) -> anyhow::Result<()> {
+    let mut config = ClientConfig::default();
+    if let Some(secs) = args.timeout {
+        if !(secs > 0.0 && secs <= TIMEOUT_S_MAX) {
+            return Err(usage(format!(
+                "--timeout {secs}: expected seconds above 0, at most {TIMEOUT_S_MAX}"
+            )));
+        }
+        // In range: at most 86 400 000 ms.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let ms = (secs * 1000.0).ceil() as u64;
+        config.request_time_ms_max = ms;
+        config.connect_time_ms_max = config.connect_time_ms_max.min(ms);
+    }
+    if let Some(retries) = args.retries {
+        if retries > RETRIES_MAX {
+            return Err(usage(format!("--retries {retries}: at most {RETRIES_MAX}")));
+        }
+        config.retries_max = retries;
+    }
+    if let Some(path) = &args.tls_ca {
+        let pem = std::fs::read(path)
+            .map_err(|e| usage(format!("cannot read --tls-ca {}: {e}", path.display())))?;
+        config.tls.ca_pem = Some(pem);
+    }
+    let _ = CLIENT_CONFIG.set(config);
+    Ok(())
+}
+
+/// The client settings of the CLI: the transport's defaults changed by the global
+/// flags.
 pub(crate) fn client_config() -> ClientConfig {
-    ClientConfig::default()
+    CLIENT_CONFIG.get().cloned().unwrap_or_default()
 }
 
 /// A client of the nodes of `endpoint` (one, or several separated by commas), for
@@ -261,7 +306,11 @@ mod tests {
             parse_endpoint("http://localhost:1/").unwrap().as_str(),
             "http://localhost:1"
         );
-        for bad in ["https://x:1", "http://", "http://a:1/path", "ftp://x"] {
+        assert_eq!(
+            parse_endpoint("https://node.example:443").unwrap().as_str(),
+            "https://node.example:443"
+        );
+        for bad in ["https://", "http://", "http://a:1/path", "ftp://x"] {
             let err = parse_endpoint(bad).unwrap_err();
             assert_eq!(crate::exit::classify(&err), Exit::Usage, "{bad}");
         }

@@ -30,6 +30,8 @@ pub(crate) struct FileConfig {
     store_schema: Option<String>,
     listen: Option<String>,
     key_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     metrics: Option<bool>,
     #[serde(default)]
     limits: FileLimits,
@@ -71,6 +73,8 @@ pub(crate) struct Settings {
     pub(crate) store_schema: String,
     pub(crate) listen: String,
     pub(crate) key_file: PathBuf,
+    /// The certificate chain and key files: the node serves TLS only.
+    pub(crate) tls: Option<(PathBuf, PathBuf)>,
     pub(crate) metrics: bool,
     /// Limits left unset keep the transport's defaults.
     limits: FileLimits,
@@ -98,8 +102,21 @@ impl Settings {
                 super::shared::redact(store)
             )));
         }
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(usage(
+                    "TLS needs both a certificate (--tls-cert) and its key (--tls-key)",
+                ));
+            }
+        };
         Ok(Self {
             store,
+            tls,
             store_schema: args
                 .store_schema
                 .or(file.store_schema)
@@ -245,9 +262,14 @@ fn read_config(path: &Path) -> anyhow::Result<FileConfig> {
     let mut config: FileConfig = toml::from_str(&text)
         .map_err(|e| usage(format!("bad config file {}: {e}", path.display())))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    for p in [&mut config.data_dir, &mut config.key_file]
-        .into_iter()
-        .flatten()
+    for p in [
+        &mut config.data_dir,
+        &mut config.key_file,
+        &mut config.tls_cert,
+        &mut config.tls_key,
+    ]
+    .into_iter()
+    .flatten()
     {
         if p.is_relative() {
             *p = base.join(&*p);
@@ -331,6 +353,20 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<Exit> {
         }
     };
     let mut config = settings.server_config(key);
+    if let Some((cert, key)) = &settings.tls {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))
+        };
+        config.tls = Some(
+            sync_transport::ServerTls::from_pem(&read(cert)?, &read(key)?)
+                .map_err(|e| usage(format!("{e} ({}, {})", cert.display(), key.display())))?,
+        );
+    }
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     if settings.metrics {
         let metrics = Arc::new(Metrics::new());
         metrics.add_source(log_positions(replica.clone()));
@@ -372,7 +408,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<Exit> {
         metrics = settings.metrics,
         "node started"
     );
-    out::line(format!("listening on http://{local}"))?;
+    out::line(format!("listening on {scheme}://{local}"))?;
 
     let signal = signals.recv().await?;
     tracing::info!(signal, grace_ms, "shutting down: finishing open requests");

@@ -97,6 +97,16 @@ fn action_bits(a: Action) -> Actions {
 /// `weft token issue`.
 pub(crate) fn issue(args: IssueArgs) -> anyhow::Result<Exit> {
     let path = key_path(&args.key)?;
+    if !args.create_key && !path.exists() {
+        return Err(coded(
+            Exit::Store,
+            format!(
+                "no key file at {}: give the node's key file (--key-file, --data-dir), or \
+                 --create-key to make a new one for a new node",
+                path.display()
+            ),
+        ));
+    }
     let (key, created) = key::load_or_create(&path)?;
     if created {
         eprintln!(

@@ -733,8 +733,11 @@ impl LinkMachine {
         if from == to {
             return;
         }
-        // Connectivity is runtime knowledge (reset on load): reported, not persisted.
+        // Reset on load, but saved while the link runs, as the engine's `link_news` saves
+        // it: another process (`weft status`) reads the stored state, and an event is
+        // announced only after the state it reports is persisted.
         self.state.connectivity = to;
+        self.persist();
         self.emit(SyncEvent::ConnectivityChanged {
             link: self.state.key.clone(),
             from,

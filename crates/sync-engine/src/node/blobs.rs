@@ -169,27 +169,13 @@ impl NodeBlobs {
                 at_range_end,
             },
         );
-        // The tenant's own oldest go first, then the node's: one tenant's many uploads
-        // cost the others nothing until the node-wide bound.
-        let oldest = |paused: &HashMap<(TenantId, Cid), Paused>, of: Option<&TenantId>| {
-            paused
-                .iter()
-                .filter(|((t, _), _)| of.is_none_or(|of| *t == *of))
-                .min_by_key(|(_, p)| p.at_ms)
-                .map(|(k, _)| k.clone())
-        };
-        while paused.keys().filter(|(t, _)| *t == tenant).count() > PAUSED_UPLOADS_PER_TENANT_MAX {
-            let Some(k) = oldest(&paused, Some(&tenant)) else {
-                break;
-            };
-            paused.remove(&k);
-        }
-        while paused.len() > PAUSED_UPLOADS_MAX {
-            let Some(k) = oldest(&paused, None) else {
-                break;
-            };
-            paused.remove(&k);
-        }
+        evict_oldest(
+            &mut paused,
+            &tenant,
+            |p| p.at_ms,
+            PAUSED_UPLOADS_PER_TENANT_MAX,
+            PAUSED_UPLOADS_MAX,
+        );
     }
 
     /// Remembers that a grant of `tenant` uploaded `cid` (it holds the bytes).
@@ -209,6 +195,37 @@ impl NodeBlobs {
         lock(&self.possessions)
             .get(tenant)
             .is_some_and(|mine| mine.iter().any(|(c, s)| c == cid && s == grant))
+    }
+}
+
+/// Bounds `paused` after an insert for `tenant`: the tenant's own oldest go first (down
+/// to `per_tenant_max`), then the node's (down to `max`), so one tenant's many uploads
+/// cost the others nothing until the node-wide bound.
+fn evict_oldest<V>(
+    paused: &mut HashMap<(TenantId, Cid), V>,
+    tenant: &TenantId,
+    at_ms: impl Fn(&V) -> u64,
+    per_tenant_max: usize,
+    max: usize,
+) {
+    let oldest = |paused: &HashMap<(TenantId, Cid), V>, of: Option<&TenantId>| {
+        paused
+            .iter()
+            .filter(|((t, _), _)| of.is_none_or(|of| t == of))
+            .min_by_key(|(_, p)| at_ms(p))
+            .map(|(k, _)| k.clone())
+    };
+    while paused.keys().filter(|(t, _)| t == tenant).count() > per_tenant_max {
+        let Some(k) = oldest(paused, Some(tenant)) else {
+            break;
+        };
+        paused.remove(&k);
+    }
+    while paused.len() > max {
+        let Some(k) = oldest(paused, None) else {
+            break;
+        };
+        paused.remove(&k);
     }
 }
 
@@ -382,4 +399,87 @@ fn write_chunk(
         received_bytes: received,
         complete: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(i: usize) -> TenantId {
+        TenantId::new(format!("t{i}")).unwrap()
+    }
+
+    fn cid(i: usize) -> Cid {
+        let mut b = [0u8; 32];
+        b[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        Cid::from_bytes(b)
+    }
+
+    #[test]
+    fn paused_uploads_are_bounded_per_tenant_then_per_node_oldest_first() {
+        let mut paused: HashMap<(TenantId, Cid), u64> = HashMap::new();
+        // One tenant pauses more than its share: its oldest go, the newest stay.
+        for i in 0..PAUSED_UPLOADS_PER_TENANT_MAX + 3 {
+            paused.insert((tenant(0), cid(i)), i as u64);
+            evict_oldest(
+                &mut paused,
+                &tenant(0),
+                |t| *t,
+                PAUSED_UPLOADS_PER_TENANT_MAX,
+                PAUSED_UPLOADS_MAX,
+            );
+        }
+        assert_eq!(paused.len(), PAUSED_UPLOADS_PER_TENANT_MAX);
+        assert!(
+            !paused.contains_key(&(tenant(0), cid(2))),
+            "the oldest went first"
+        );
+        assert!(paused.contains_key(&(tenant(0), cid(3))));
+        // Many tenants, one each, pass the node's bound: the node's oldest go, whoever
+        // they belong to, and no tenant is left over its own share.
+        let mut at = 1_000;
+        for t in 1..=PAUSED_UPLOADS_MAX {
+            at += 1;
+            paused.insert((tenant(t), cid(0)), at);
+            evict_oldest(
+                &mut paused,
+                &tenant(t),
+                |t| *t,
+                PAUSED_UPLOADS_PER_TENANT_MAX,
+                PAUSED_UPLOADS_MAX,
+            );
+        }
+        assert_eq!(paused.len(), PAUSED_UPLOADS_MAX);
+        assert!(
+            paused.keys().all(|(t, _)| *t != tenant(0)),
+            "tenant 0's uploads were the node's oldest"
+        );
+        assert!(paused.contains_key(&(tenant(PAUSED_UPLOADS_MAX), cid(0))));
+    }
+
+    #[test]
+    fn possessions_are_bounded_per_tenant_and_forget_the_oldest() {
+        let blobs = NodeBlobs::default();
+        let grant = Scope::Full;
+        for i in 0..=POSSESSIONS_PER_TENANT_MAX {
+            blobs.possess(&tenant(0), cid(i), &grant);
+        }
+        assert!(
+            !blobs.possesses(&tenant(0), &cid(0), &grant),
+            "the oldest is forgotten"
+        );
+        assert!(blobs.possesses(&tenant(0), &cid(1), &grant));
+        assert!(blobs.possesses(&tenant(0), &cid(POSSESSIONS_PER_TENANT_MAX), &grant));
+        assert_eq!(
+            lock(&blobs.possessions)[&tenant(0)].len(),
+            POSSESSIONS_PER_TENANT_MAX
+        );
+        // Another tenant's uploads neither count against this one nor are visible to it.
+        blobs.possess(&tenant(1), cid(1), &grant);
+        assert!(blobs.possesses(&tenant(0), &cid(1), &grant));
+        assert!(!blobs.possesses(&tenant(1), &cid(2), &grant));
+        // A possession is the uploading grant's: another grant of the tenant holds none.
+        let other = Scope::protocols(vec![sync_types::ProtocolName::new("p").unwrap()]).unwrap();
+        assert!(!blobs.possesses(&tenant(0), &cid(1), &other));
+    }
 }

@@ -169,11 +169,18 @@ impl Cluster {
 
     /// Starts the server (again).
     pub fn start_server(&self) {
+        self.start_server_with("");
+    }
+
+    /// Starts the server (again) with `extra` server options after the usual ones
+    /// (a later `-c` of a setting wins).
+    pub fn start_server_with(&self, extra: &str) {
+        let options = format!("{} {extra}", self.options);
         let mut start = pg_command(self.root, &self.bin.join("pg_ctl"));
         start
             .args(["-D"])
             .arg(&self.data)
-            .args(["-o", &self.options, "-l"])
+            .args(["-o", &options, "-l"])
             .arg(self.dir.join("log"))
             .args(["-w", "-t", "60", "start"]);
         run(start, "pg_ctl start");
