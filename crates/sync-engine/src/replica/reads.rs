@@ -178,3 +178,22 @@ impl Replica {
         }))
     }
 }
+
+impl Replica {
+    /// Whether a `Configure` of `protocol` is stored for `tenant` (so a first write
+    /// to it needs no configure).
+    pub fn has_protocol(&self, tenant: &TenantId, protocol: &ProtocolName) -> Result<bool> {
+        Ok(self.inner.ledger.has_protocol(tenant, protocol)?)
+    }
+
+    /// Whether the record's winning version is live (`Some(false)`: deleted; `None`:
+    /// not held). One row read, no payload.
+    pub fn is_live(&self, tenant: &TenantId, record_id: &RecordId) -> Result<Option<bool>> {
+        Ok(self
+            .inner
+            .ledger
+            .record_head(tenant, record_id)?
+            .filter(|h| h.initial.is_some())
+            .map(|h| !h.is_deleted()))
+    }
+}
