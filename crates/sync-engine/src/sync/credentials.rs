@@ -102,7 +102,9 @@ impl<C: Connector> Shared<C> {
 }
 
 /// A [`Connector`] that presents the tokens of a [`Credentials`] provider, refreshing
-/// them before they expire and after a refusal (see the [module docs](self)).
+/// them before they expire and after a refusal (and then making the refused call once
+/// more with the fresh token, so an operation goes on where it was and the link keeps
+/// its checkpoints).
 pub struct CredentialsConnector<C> {
     shared: Arc<Shared<C>>,
 }
