@@ -35,7 +35,8 @@ use sync_transport::proto::{
 use sync_transport::token::Role;
 use sync_types::{
     Actions, ApplyOutcome, BatchInitialWrites, Connectivity, DeadLetterCategory, Dependency,
-    Direction, HealthSummary, Message, RecordId, Scope, ScopeClass, TenantId,
+    Direction, HealthSummary, KnownRanges, Message, ProgressToken, RecordId, Scope, ScopeClass,
+    TenantId,
 };
 use tokio::sync::watch;
 
@@ -381,54 +382,25 @@ impl Handler for ReplicaHandler {
         tenant: &TenantId,
         messages: Vec<MessageData>,
     ) -> Result<Vec<ApplyOutcome>, HandlerError> {
-        // Everything but deletes first; then deletes, which may name a record whose
-        // initial write is in this push and passed.
-        let is_delete = |m: &MessageData| matches!(m.message, Message::Delete(_));
-        let none = BatchInitialWrites::new(std::iter::empty());
-        let mut outcomes: Vec<Option<ApplyOutcome>> = Vec::with_capacity(messages.len());
-        for m in &messages {
-            outcomes.push(if is_delete(m) {
-                None
-            } else {
-                self.refusal(ctx, tenant, &m.message, &none)?
-            });
-        }
-        let batch = BatchInitialWrites::new(
-            messages
-                .iter()
-                .zip(&outcomes)
-                .filter(|(m, o)| !is_delete(m) && o.is_none())
-                .map(|(m, _)| &m.message),
-        );
-        for (m, o) in messages.iter().zip(outcomes.iter_mut()) {
-            if is_delete(m) {
-                *o = self.refusal(ctx, tenant, &m.message, &batch)?;
+        let placed = self.apply_with_positions(ctx, tenant, messages).await?;
+        Ok(placed.into_iter().map(|(o, _)| o).collect())
+    }
+
+    async fn apply_placed(
+        &self,
+        ctx: &RequestContext,
+        tenant: &TenantId,
+        messages: Vec<MessageData>,
+    ) -> Result<(Vec<ApplyOutcome>, Option<KnownRanges>), HandlerError> {
+        let placed = self.apply_with_positions(ctx, tenant, messages).await?;
+        let mut known: Option<KnownRanges> = None;
+        for token in placed.iter().filter_map(|(_, t)| t.as_ref()) {
+            let k = known.get_or_insert_with(|| KnownRanges::new(token.stream_id, token.epoch));
+            if k.same_log(token) {
+                k.insert(token.position);
             }
         }
-        let items: Vec<(Message, Option<Vec<u8>>)> = messages
-            .into_iter()
-            .zip(&outcomes)
-            .filter(|(_, o)| o.is_none())
-            .map(|(m, _)| (m.message, m.data))
-            .collect();
-        let replica = self.replica.clone();
-        let tenant = tenant.clone();
-        let applied = tokio::task::spawn_blocking(move || {
-            replica.apply(&tenant, items, Origin::Remote(None))
-        })
-        .await
-        .map_err(internal)?
-        .map_err(|e| match e {
-            crate::Error::Ledger(sync_ledger::Error::Poisoned) => {
-                HandlerError::Unavailable(e.to_string())
-            }
-            other => internal(other),
-        })?;
-        let mut applied = applied.into_iter();
-        Ok(outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| applied.next().unwrap_or(ApplyOutcome::Deferred)))
-            .collect())
+        Ok((placed.into_iter().map(|(o, _)| o).collect(), known))
     }
 
     async fn blob_stat(
@@ -532,4 +504,67 @@ impl Handler for ReplicaHandler {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ReplicaHandler {
+    /// Applies a pushed batch (see [`Handler::apply`]): one outcome per message, with
+    /// the log position it got when it was added to the log.
+    async fn apply_with_positions(
+        &self,
+        ctx: &RequestContext,
+        tenant: &TenantId,
+        messages: Vec<MessageData>,
+    ) -> Result<Vec<(ApplyOutcome, Option<ProgressToken>)>, HandlerError> {
+        // Everything but deletes first; then deletes, which may name a record whose
+        // initial write is in this push and passed.
+        let is_delete = |m: &MessageData| matches!(m.message, Message::Delete(_));
+        let none = BatchInitialWrites::new(std::iter::empty());
+        let mut outcomes: Vec<Option<ApplyOutcome>> = Vec::with_capacity(messages.len());
+        for m in &messages {
+            outcomes.push(if is_delete(m) {
+                None
+            } else {
+                self.refusal(ctx, tenant, &m.message, &none)?
+            });
+        }
+        let batch = BatchInitialWrites::new(
+            messages
+                .iter()
+                .zip(&outcomes)
+                .filter(|(m, o)| !is_delete(m) && o.is_none())
+                .map(|(m, _)| &m.message),
+        );
+        for (m, o) in messages.iter().zip(outcomes.iter_mut()) {
+            if is_delete(m) {
+                *o = self.refusal(ctx, tenant, &m.message, &batch)?;
+            }
+        }
+        let items: Vec<(Message, Option<Vec<u8>>)> = messages
+            .into_iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| o.is_none())
+            .map(|(m, _)| (m.message, m.data))
+            .collect();
+        let replica = self.replica.clone();
+        let tenant = tenant.clone();
+        let applied = tokio::task::spawn_blocking(move || {
+            replica.apply_with_positions(&tenant, items, Origin::Remote(None))
+        })
+        .await
+        .map_err(internal)?
+        .map_err(|e| match e {
+            crate::Error::Ledger(sync_ledger::Error::Poisoned) => {
+                HandlerError::Unavailable(e.to_string())
+            }
+            other => internal(other),
+        })?;
+        let mut applied = applied.into_iter();
+        Ok(outcomes
+            .into_iter()
+            .map(|o| match o {
+                Some(refused) => (refused, None),
+                None => applied.next().unwrap_or((ApplyOutcome::Deferred, None)),
+            })
+            .collect())
+    }
 }

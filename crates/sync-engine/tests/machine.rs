@@ -476,6 +476,55 @@ fn a_write_during_a_push_is_flushed_as_soon_as_the_push_settles() {
     assert_eq!(armed(&actions, Timer::PushBatch), None);
 }
 
+/// Messages pulled from the endpoint while a push runs land in the local log behind it;
+/// once the push settles the machine pushes over them (the push skips echoes), so the
+/// push checkpoint reaches the local head and nothing is left counted as pending.
+#[test]
+fn echoes_during_a_push_leave_nothing_pending_once_it_settles() {
+    let (mut m, _) = live_machine();
+    m.handle_local_write(100, local(1));
+    let (t1, _) = push(&drain(&mut m));
+    m.handle_echo(101, local(2));
+    m.handle_echo(102, local(3));
+    assert!(
+        drain(&mut m)
+            .iter()
+            .all(|a| !matches!(a, Action::Push { .. })),
+        "no second push while one is in flight"
+    );
+    m.handle_push_result(
+        105,
+        t1,
+        PushResult::Settled {
+            upto: Some(local(1)),
+        },
+    );
+    let (t2, after) = push(&drain(&mut m));
+    assert_eq!(
+        after,
+        Some(local(1)),
+        "the next push starts after the first"
+    );
+    m.handle_push_result(
+        110,
+        t2,
+        PushResult::Settled {
+            upto: Some(local(3)),
+        },
+    );
+    let actions = drain(&mut m);
+    assert_eq!(m.state().push.contiguous_applied, Some(local(3)));
+    assert!(actions.iter().all(|a| !matches!(a, Action::Push { .. })));
+    // An echo that directly follows a quiet link is passed at once, with no push.
+    m.handle_echo(120, local(4));
+    assert!(
+        drain(&mut m)
+            .iter()
+            .all(|a| !matches!(a, Action::Push { .. }))
+    );
+    assert_eq!(m.state().push.contiguous_applied, Some(local(4)));
+}
+
 #[test]
 fn push_is_immediate_when_idle_and_batched_only_during_a_burst() {
     // Two writes during a push make a burst here; the default is 32.

@@ -627,14 +627,7 @@ impl<'a> Blobs<'a> {
         durability: Durability,
         now_ms: u64,
     ) -> Result<(Cid, u64)> {
-        // From the ledger's id source, like stream ids: unique across processes with OS
-        // randomness, replayable from a seed in a simulation.
-        let nonce = {
-            let mut h = blake3::Hasher::new();
-            h.update(STAGING_PREFIX);
-            h.update(self.ledger.fresh_id().as_bytes());
-            Cid::from_bytes(*h.finalize().as_bytes())
-        };
+        let nonce = self.fresh_staging_id()?;
         let mut upload = self.upload(&nonce, None, now_ms)?;
         upload.write_all_from(&mut reader)?;
         upload.checkpoint(Durability::Buffered)?;
@@ -650,6 +643,34 @@ impl<'a> Blobs<'a> {
         lock(&self.ledger.uploads).remove(&cid);
         stored?;
         Ok((cid, size))
+    }
+
+    /// A staging id no upload and no stored blob uses. Drawn from the ledger's id source,
+    /// like stream ids: unique across processes with OS randomness, replayable from a
+    /// seed in a simulation. A seeded source draws the same sequence again after a
+    /// reopen, and a stored blob keeps its chunks under the id it was staged under, so an
+    /// id still in use is skipped rather than trusted.
+    fn fresh_staging_id(&self) -> Result<Cid> {
+        loop {
+            let mut h = blake3::Hasher::new();
+            h.update(STAGING_PREFIX);
+            h.update(self.ledger.fresh_id().as_bytes());
+            let id = Cid::from_bytes(*h.finalize().as_bytes());
+            let in_use = self
+                .ledger
+                .store
+                .get(layout::BLOB_UPLOADS, id.as_bytes())?
+                .is_some()
+                || self
+                    .ledger
+                    .store
+                    .scan_prefix(layout::BLOB_CHUNKS, id.as_bytes(), Order::Ascending)?
+                    .next()
+                    .is_some();
+            if !in_use {
+                return Ok(id);
+            }
+        }
     }
 
     /// Stores the staged upload `from` as blob `to`, in one commit: its meta and an

@@ -6,8 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 use sync_types::{
-    Authorization, Cid, DeadLetter, DeadLetterCategory, DirectionCheckpoint, Endpoint, LinkKey,
-    LinkState, LinkStatus, ProtocolName, Scope, TenantId,
+    Authorization, Cid, DeadLetter, DeadLetterCategory, DirectionCheckpoint, Endpoint, KnownRanges,
+    LinkKey, LinkState, LinkStatus, ProtocolName, Scope, TenantId,
 };
 
 use crate::error::{Error, Result};
@@ -23,6 +23,17 @@ fn link_store_key(key: &LinkKey) -> Vec<u8> {
         .bytes(key.to_string().as_bytes())
         .into_vec()
 }
+
+/// Where a link's [`KnownRanges`] are kept: `meta` `"known/" T link`. Not in the link's
+/// state, so the link record keeps its encoding, and its owner (the link machine) is
+/// not involved: the ranges only ever save downloads.
+fn known_store_key(key: &LinkKey) -> Vec<u8> {
+    let mut k = KNOWN_PREFIX.to_vec();
+    k.extend(link_store_key(key));
+    k
+}
+
+const KNOWN_PREFIX: &[u8] = b"known/";
 
 /// The replication links of a [`Ledger`]; see [`Ledger::links`].
 #[derive(Clone, Copy, Debug)]
@@ -88,6 +99,32 @@ impl Links<'_> {
     fn put(&self, state: &LinkState, durability: Durability) -> Result<()> {
         let mut batch = Batch::new();
         batch.put(layout::LINKS, link_store_key(&state.key), enc(state));
+        self.ledger.commit(batch, durability)
+    }
+
+    /// The positions of the link's remote log whose messages this replica holds
+    /// already (it pushed them), as last saved.
+    pub fn known(&self, key: &LinkKey) -> Result<Option<KnownRanges>> {
+        let k = known_store_key(key);
+        match self.ledger.store.get(layout::META, &k)? {
+            Some(v) => Ok(Some(dec(layout::META, &k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Saves (or, when empty, deletes) the link's known positions of its remote log.
+    pub fn save_known(
+        &self,
+        key: &LinkKey,
+        known: &KnownRanges,
+        durability: Durability,
+    ) -> Result<()> {
+        let mut batch = Batch::new();
+        if known.is_empty() {
+            batch.delete(layout::META, known_store_key(key));
+        } else {
+            batch.put(layout::META, known_store_key(key), enc(known));
+        }
         self.ledger.commit(batch, durability)
     }
 
@@ -199,6 +236,7 @@ impl Links<'_> {
         if existed {
             let mut batch = Batch::new();
             batch.delete(layout::LINKS, link_store_key(key));
+            batch.delete(layout::META, known_store_key(key));
             self.ledger.commit(batch, durability)?;
         }
         Ok(existed)
@@ -219,6 +257,7 @@ impl Links<'_> {
         for link in self.list(tenant)? {
             if !keep.contains(&link.key.identity_key()) {
                 batch.delete(layout::LINKS, link_store_key(&link.key));
+                batch.delete(layout::META, known_store_key(&link.key));
                 deleted.push(link.key);
             }
         }
@@ -452,6 +491,7 @@ impl Identities<'_> {
         batch.delete(layout::IDENTITIES, Self::key(tenant));
         for link in self.ledger.links().list(tenant)? {
             batch.delete(layout::LINKS, link_store_key(&link.key));
+            batch.delete(layout::META, known_store_key(&link.key));
         }
         self.ledger.commit(batch, durability)?;
         Ok(previous)

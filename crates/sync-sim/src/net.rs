@@ -12,8 +12,9 @@ use sync_engine::ReplicaHandler;
 use sync_engine::sync::{Connector, InProcessConnector};
 use sync_transport::proto::{
     BlobReadRequest, BlobStat, BlobStatRequest, BlobWriteRequest, DiffReply, DiffRequest,
-    HealthReply, LogPageReply, LogPageRequest, ReadMessagesReply, ReadMessagesRequest, RootReply,
-    RootRequest, SubscribeRequest, WriteBatchReply, WriteBatchRequest,
+    HealthReply, KnownLogPageRequest, LogPageReply, LogPageRequest, PlacedBatchReply,
+    ReadMessagesReply, ReadMessagesRequest, RootReply, RootRequest, SubscribeRequest,
+    WriteBatchReply, WriteBatchRequest,
 };
 use sync_transport::{
     BlobDownload, BlobSource, InProcessClient, Remote, Subscription, TransportError,
@@ -239,6 +240,26 @@ impl Remote for SimRemote {
         self.call(|c| {
             let req = req.clone();
             async move { c.write_batch(req).await }
+        })
+        .await
+    }
+    async fn write_batch_placed(
+        &self,
+        req: WriteBatchRequest,
+    ) -> Result<PlacedBatchReply, TransportError> {
+        self.call(|c| {
+            let req = req.clone();
+            async move { c.write_batch_placed(req).await }
+        })
+        .await
+    }
+    async fn log_page_known(
+        &self,
+        req: KnownLogPageRequest,
+    ) -> Result<LogPageReply, TransportError> {
+        self.call(|c| {
+            let req = req.clone();
+            async move { c.log_page_known(req).await }
         })
         .await
     }

@@ -15,6 +15,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -32,14 +33,15 @@ use sync_types::{Endpoint, Gap, ProgressToken};
 use tokio::sync::mpsc;
 
 use crate::body::{BodyReader, ReadError};
+use crate::compress;
 use crate::error::TransportError;
-use crate::frame::{self, FRAME_BYTES_MAX_DEFAULT, FrameKind, HEADER_BYTES};
+use crate::frame::{self, FRAME_BYTES_MAX_DEFAULT, FrameError, FrameKind, HEADER_BYTES};
 use crate::node::{Feed, Handler, Node, ms};
 use crate::proto::{
     BlobReadHead, BlobReadRequest, BlobStat, BlobStatRequest, BlobWriteRequest, CloseReason,
-    DiffReply, DiffRequest, ErrorCode, ErrorReply, HealthReply, LogEntry, LogPageReply,
-    LogPageRequest, Notice, ReadMessagesReply, ReadMessagesRequest, Reply, Request, RootReply,
-    RootRequest, SubscribeRequest, WriteBatchReply, WriteBatchRequest,
+    DiffReply, DiffRequest, ErrorCode, ErrorReply, HealthReply, KnownLogPageRequest, LogEntry,
+    LogPageReply, LogPageRequest, Notice, PlacedBatchReply, ReadMessagesReply, ReadMessagesRequest,
+    Reply, Request, RootReply, RootRequest, SubscribeRequest, WriteBatchReply, WriteBatchRequest,
 };
 use crate::server::{BoxError, FRAME_CONTENT_TYPE};
 use crate::tls::{self, ClientTls};
@@ -179,6 +181,29 @@ pub trait Remote: Send + Sync {
         &self,
         req: WriteBatchRequest,
     ) -> impl Future<Output = Result<WriteBatchReply, TransportError>> + Send;
+    /// Writes a batch and learns where the node's log holds what it applied (for no
+    /// echo: the client then leaves those positions out of its pulls). Default:
+    /// [`write_batch`](Self::write_batch), without positions.
+    fn write_batch_placed(
+        &self,
+        req: WriteBatchRequest,
+    ) -> impl Future<Output = Result<PlacedBatchReply, TransportError>> + Send {
+        async move {
+            let reply = self.write_batch(req).await?;
+            Ok(PlacedBatchReply {
+                outcomes: reply.outcomes,
+                placed: None,
+            })
+        }
+    }
+    /// A page of the tenant's log without the entries at `req.known`, or a gap.
+    /// Default: [`log_page`](Self::log_page), with every entry.
+    fn log_page_known(
+        &self,
+        req: KnownLogPageRequest,
+    ) -> impl Future<Output = Result<LogPageReply, TransportError>> + Send {
+        self.log_page(req.page)
+    }
     /// How much of a blob the node holds.
     fn blob_stat(
         &self,
@@ -297,6 +322,26 @@ impl<H: Handler> Remote for InProcessClient<H> {
             "write batch"
         )
     }
+    async fn write_batch_placed(
+        &self,
+        req: WriteBatchRequest,
+    ) -> Result<PlacedBatchReply, TransportError> {
+        expect_reply!(
+            self.call(Request::WriteBatchPlaced(req)).await?,
+            WriteBatchPlaced,
+            "placed write batch"
+        )
+    }
+    async fn log_page_known(
+        &self,
+        req: KnownLogPageRequest,
+    ) -> Result<LogPageReply, TransportError> {
+        expect_reply!(
+            self.call(Request::LogPageKnown(req)).await?,
+            LogPage,
+            "log page"
+        )
+    }
     async fn blob_stat(&self, req: BlobStatRequest) -> Result<BlobStat, TransportError> {
         expect_reply!(self.call(Request::BlobStat(req)).await?, Blob, "blob")
     }
@@ -406,6 +451,23 @@ pub struct HttpClient {
     tls: Option<Arc<rustls::ClientConfig>>,
     token: HeaderValue,
     config: Arc<ClientConfig>,
+    /// Set once the node answered a request of this version `BadFrame` (a node before
+    /// [`Request::WriteBatchPlaced`] and [`Request::LogPageKnown`]): the older calls
+    /// are used from then on.
+    legacy: Arc<AtomicBool>,
+    /// Set once a reply said the node reads compressed requests.
+    node_reads_lz4: Arc<AtomicBool>,
+}
+
+/// Whether `e` is how a node that does not know a request variant answers it.
+fn is_unknown_request(e: &TransportError) -> bool {
+    matches!(
+        e,
+        TransportError::Refused {
+            code: ErrorCode::BadFrame,
+            ..
+        }
+    )
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -481,6 +543,8 @@ impl HttpClient {
             tls: https.then_some(tls_config),
             token,
             config: Arc::new(config),
+            legacy: Arc::new(AtomicBool::new(false)),
+            node_reads_lz4: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -501,23 +565,50 @@ impl HttpClient {
         Ok(req)
     }
 
-    /// Sends one frame and reads the whole reply within the request time.
+    /// Sends one frame and reads the whole reply within the request time. Large
+    /// frames go compressed once the node said it reads them, and replies may come
+    /// compressed (see [`compress`](crate::compress)).
     async fn call_once(&self, path: &str, frame_bytes: Bytes) -> Result<Reply, TransportError> {
         let time = self.config.request_time_ms_max;
+        let packed = if self.node_reads_lz4.load(Ordering::Relaxed) {
+            compress::compress(&frame_bytes)
+        } else {
+            None
+        };
+        let is_packed = packed.is_some();
+        let frame_bytes = packed.map_or(frame_bytes, Bytes::from);
         let len = frame_bytes.len() as u64;
         let body = Full::new(frame_bytes)
             .map_err(|never| match never {})
             .boxed_unsync();
-        let req = self.request(path, body, Some(len))?;
+        let mut req = self.request(path, body, Some(len))?;
+        let lz4 = HeaderValue::from_static(compress::LZ4);
+        req.headers_mut()
+            .insert(compress::ACCEPT_HEADER, lz4.clone());
+        if is_packed {
+            req.headers_mut().insert(compress::ENCODING_HEADER, lz4);
+        }
         tokio::time::timeout(ms(time), async {
             let res = self.client.request(req).await.map_err(request_err)?;
             let status = res.status().as_u16();
+            let header = |name| res.headers().get(name).map(HeaderValue::as_bytes);
+            if compress::lists_lz4(header(compress::ACCEPT_HEADER)) {
+                self.node_reads_lz4.store(true, Ordering::Relaxed);
+            }
+            let compressed = compress::lists_lz4(header(compress::ENCODING_HEADER));
             let limit = HEADER_BYTES + self.config.frame_bytes_max;
-            let body = http_body_util::Limited::new(res.into_body(), limit)
+            let mut body = http_body_util::Limited::new(res.into_body(), limit)
                 .collect()
                 .await
                 .map_err(unreachable_err)?
                 .to_bytes();
+            if compressed {
+                body = compress::decompress(&body, limit)
+                    .map(Bytes::from)
+                    .map_err(|e| {
+                        TransportError::BadReply(FrameError::Compression(e.to_string()))
+                    })?;
+            }
             decode_reply(status, &body, self.config.frame_bytes_max)
         })
         .await
@@ -613,6 +704,15 @@ fn status_error(status: u16) -> TransportError {
 fn decode_reply(status: u16, body: &[u8], frame_bytes_max: usize) -> Result<Reply, TransportError> {
     let (header, payload) = match frame::split(body, frame_bytes_max) {
         Ok(parts) => parts,
+        // A success or a "no such route" without a frame: not a weft node answered.
+        Err(_)
+            if !body.starts_with(&frame::MAGIC)
+                && matches!(status, 200..=299 | 400 | 404 | 405) =>
+        {
+            return Err(TransportError::NotWeft(format!(
+                "the server answered HTTP {status} without a weft frame"
+            )));
+        }
         Err(_) if status != 200 => return Err(status_error(status)),
         Err(e) => return Err(e.into()),
     };
@@ -659,6 +759,47 @@ impl Remote for HttpClient {
             WriteBatch,
             "write batch"
         )
+    }
+    async fn write_batch_placed(
+        &self,
+        req: WriteBatchRequest,
+    ) -> Result<PlacedBatchReply, TransportError> {
+        if !self.legacy.load(Ordering::Relaxed) {
+            let request = Request::WriteBatchPlaced(req);
+            match self.call(&request, false).await {
+                Err(e) if is_unknown_request(&e) => self.legacy.store(true, Ordering::Relaxed),
+                reply => return expect_reply!(reply?, WriteBatchPlaced, "placed write batch"),
+            }
+            let Request::WriteBatchPlaced(req) = request else {
+                unreachable!("built above")
+            };
+            return self.write_batch(req).await.map(|r| PlacedBatchReply {
+                outcomes: r.outcomes,
+                placed: None,
+            });
+        }
+        let reply = self.write_batch(req).await?;
+        Ok(PlacedBatchReply {
+            outcomes: reply.outcomes,
+            placed: None,
+        })
+    }
+    async fn log_page_known(
+        &self,
+        req: KnownLogPageRequest,
+    ) -> Result<LogPageReply, TransportError> {
+        if !self.legacy.load(Ordering::Relaxed) {
+            let request = Request::LogPageKnown(req);
+            match self.call(&request, true).await {
+                Err(e) if is_unknown_request(&e) => self.legacy.store(true, Ordering::Relaxed),
+                reply => return expect_reply!(reply?, LogPage, "log page"),
+            }
+            let Request::LogPageKnown(req) = request else {
+                unreachable!("built above")
+            };
+            return self.log_page(req.page).await;
+        }
+        self.log_page(req.page).await
     }
     async fn blob_stat(&self, req: BlobStatRequest) -> Result<BlobStat, TransportError> {
         expect_reply!(

@@ -26,8 +26,9 @@ use crate::client::{BlobDownload, BlobSource, Remote, Subscription};
 use crate::connector::Connector;
 use crate::proto::{
     BlobReadRequest, BlobStat, BlobStatRequest, BlobWriteRequest, DiffReply, DiffRequest,
-    HealthReply, LogPageReply, LogPageRequest, ReadMessagesReply, ReadMessagesRequest, RootReply,
-    RootRequest, SubscribeRequest, WriteBatchReply, WriteBatchRequest,
+    HealthReply, KnownLogPageRequest, LogPageReply, LogPageRequest, PlacedBatchReply,
+    ReadMessagesReply, ReadMessagesRequest, RootReply, RootRequest, SubscribeRequest,
+    WriteBatchReply, WriteBatchRequest,
 };
 
 /// Most nodes one endpoint may name.
@@ -179,6 +180,20 @@ impl<R: Remote> Remote for FailoverRemote<R> {
 
     async fn write_batch(&self, req: WriteBatchRequest) -> Result<WriteBatchReply, TransportError> {
         failover!(self, |r| r.write_batch(req.clone()))
+    }
+
+    async fn write_batch_placed(
+        &self,
+        req: WriteBatchRequest,
+    ) -> Result<PlacedBatchReply, TransportError> {
+        failover!(self, |r| r.write_batch_placed(req.clone()))
+    }
+
+    async fn log_page_known(
+        &self,
+        req: KnownLogPageRequest,
+    ) -> Result<LogPageReply, TransportError> {
+        failover!(self, |r| r.log_page_known(req.clone()))
     }
 
     async fn blob_stat(&self, req: BlobStatRequest) -> Result<BlobStat, TransportError> {

@@ -173,6 +173,10 @@ pub enum FrameError {
         /// The limit.
         max: usize,
     },
+    /// A compressed body could not be decompressed (see `compress`, with the `net`
+    /// feature).
+    #[error("bad compressed body: {0}")]
+    Compression(String),
     /// Bytes follow the declared body.
     #[error("{0} trailing bytes after the frame body")]
     TrailingBytes(usize),

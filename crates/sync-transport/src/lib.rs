@@ -87,6 +87,8 @@ mod body;
 #[cfg(feature = "net")]
 pub mod client;
 #[cfg(feature = "net")]
+pub mod compress;
+#[cfg(feature = "net")]
 mod config;
 #[cfg(feature = "net")]
 pub mod connector;

@@ -38,7 +38,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use sync_types::{
-    ApplyOutcome, Clock, Direction, HealthSummary, NoInitialWrites, ScopeClass, TenantId,
+    ApplyOutcome, Clock, Direction, HealthSummary, KnownRanges, NoInitialWrites, ScopeClass,
+    TenantId,
 };
 use tokio::sync::{Semaphore, watch};
 
@@ -47,8 +48,8 @@ use crate::frame::{self, FrameError};
 use crate::proto::{
     BlobReadHead, BlobReadRequest, BlobStat, BlobStatRequest, BlobWriteRequest, DiffReply,
     DiffRequest, ErrorCode, ErrorReply, HealthReply, LogPageReply, LogPageRequest, MessageData,
-    ReadMessagesReply, ReadMessagesRequest, Reply, Request, RootReply, RootRequest,
-    WriteBatchReply, request_needs,
+    PlacedBatchReply, ReadMessagesReply, ReadMessagesRequest, Reply, Request, RootReply,
+    RootRequest, WriteBatchReply, request_needs,
 };
 use crate::tenant_share::{ShareGuard, TenantShares};
 use crate::token::{AuthError, Claims, Token};
@@ -120,6 +121,18 @@ pub trait Handler: Send + Sync + 'static {
         tenant: &TenantId,
         messages: Vec<MessageData>,
     ) -> impl Future<Output = Result<Vec<ApplyOutcome>, HandlerError>> + Send;
+
+    /// [`apply`](Self::apply), also saying where the log holds the messages it applied
+    /// (for [`Request::WriteBatchPlaced`]). Default: `apply`, and no positions.
+    fn apply_placed(
+        &self,
+        ctx: &RequestContext,
+        tenant: &TenantId,
+        messages: Vec<MessageData>,
+    ) -> impl Future<Output = Result<(Vec<ApplyOutcome>, Option<KnownRanges>), HandlerError>> + Send
+    {
+        async move { Ok((self.apply(ctx, tenant, messages).await?, None)) }
+    }
 
     /// How much of a blob the node holds (only blobs of records in `req.scope`).
     fn blob_stat(
@@ -377,7 +390,22 @@ impl<H: Handler> Node<H> {
             Request::ReadMessages(r) => {
                 Reply::ReadMessages(h.read_messages(ctx, r).await.map_err(e)?)
             }
-            Request::WriteBatch(r) => Reply::WriteBatch(self.write_batch(ctx, r).await?),
+            Request::WriteBatch(r) => Reply::WriteBatch(WriteBatchReply {
+                outcomes: self.write_batch(ctx, r, false).await?.0,
+            }),
+            Request::WriteBatchPlaced(r) => {
+                let (outcomes, placed) = self.write_batch(ctx, r, true).await?;
+                Reply::WriteBatchPlaced(PlacedBatchReply { outcomes, placed })
+            }
+            Request::LogPageKnown(r) => {
+                let known = r.known;
+                let mut reply = h.log_page(ctx, r.page).await.map_err(e)?;
+                if let LogPageReply::Page(page) = &mut reply {
+                    // Only ever less of what the caller may read: its own claim.
+                    page.entries.retain(|entry| !known.contains(&entry.token));
+                }
+                Reply::LogPage(reply)
+            }
             Request::BlobStat(r) => Reply::Blob(h.blob_stat(ctx, r).await.map_err(e)?),
             Request::Health => Reply::Health(HealthReply {
                 protocol_versions: frame::SUPPORTED_VERSIONS.to_vec(),
@@ -396,11 +424,13 @@ impl<H: Handler> Node<H> {
 
     /// Answers out-of-tenant and out-of-scope messages here, passes the rest to the
     /// handler, and merges the outcomes back in request order.
+    /// With `placed`, the handler also says where its log holds what it applied.
     async fn write_batch(
         &self,
         ctx: &RequestContext,
         req: crate::proto::WriteBatchRequest,
-    ) -> Result<WriteBatchReply, ErrorReply> {
+        placed: bool,
+    ) -> Result<(Vec<ApplyOutcome>, Option<KnownRanges>), ErrorReply> {
         let scope = &ctx.claims.scope;
         let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; req.messages.len()];
         let mut passed = Vec::with_capacity(req.messages.len());
@@ -421,12 +451,22 @@ impl<H: Handler> Node<H> {
             }
         }
         let (indices, items): (Vec<usize>, Vec<MessageData>) = passed.into_iter().unzip();
+        let mut known = None;
         if !items.is_empty() {
-            let applied = self
-                .handler
-                .apply(ctx, &req.tenant, items)
-                .await
-                .map_err(|e| e.to_reply())?;
+            let applied = if placed {
+                let (applied, k) = self
+                    .handler
+                    .apply_placed(ctx, &req.tenant, items)
+                    .await
+                    .map_err(|e| e.to_reply())?;
+                known = k;
+                applied
+            } else {
+                self.handler
+                    .apply(ctx, &req.tenant, items)
+                    .await
+                    .map_err(|e| e.to_reply())?
+            };
             if applied.len() != indices.len() {
                 return Err(ErrorReply::new(
                     ErrorCode::Internal,
@@ -441,9 +481,7 @@ impl<H: Handler> Node<H> {
                 outcomes[i] = Some(o);
             }
         }
-        Ok(WriteBatchReply {
-            outcomes: outcomes.into_iter().flatten().collect(),
-        })
+        Ok((outcomes.into_iter().flatten().collect(), known))
     }
 
     /// Opens a blob download: checks, then the head and a stream of exactly `head.len`

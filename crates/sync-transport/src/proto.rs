@@ -32,8 +32,8 @@
 
 use serde::{Deserialize, Serialize};
 use sync_types::{
-    ApplyOutcome, Cid, Gap, HealthSummary, INLINE_DATA_BYTES_MAX, MISSING_MAX, Message,
-    ProgressToken, ProtocolSet, REASON_BYTES_MAX, Scope, TenantId,
+    ApplyOutcome, Cid, Gap, HealthSummary, INLINE_DATA_BYTES_MAX, KnownRanges, MISSING_MAX,
+    Message, ProgressToken, ProtocolSet, REASON_BYTES_MAX, Scope, TenantId,
 };
 
 use crate::frame::{Body, FrameError, FrameKind, check_count, check_len};
@@ -185,6 +185,29 @@ pub struct WriteBatchReply {
     pub outcomes: Vec<ApplyOutcome>,
 }
 
+/// The answer to a [`Request::WriteBatchPlaced`]: one outcome per message, in order,
+/// and where the node's log holds the messages this batch added to it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct PlacedBatchReply {
+    /// The outcomes.
+    pub outcomes: Vec<ApplyOutcome>,
+    /// The log positions the node gave the messages it applied (`None`: it applied
+    /// none, or cannot tell). Capped like any [`KnownRanges`]: positions beyond the cap
+    /// are left out, which only costs the client a download.
+    pub placed: Option<KnownRanges>,
+}
+
+/// A log page that leaves out the entries the caller already holds.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct KnownLogPageRequest {
+    /// The page asked for, as in [`Request::LogPage`].
+    pub page: LogPageRequest,
+    /// Positions of the log whose entries the caller holds: the node leaves them out of
+    /// the page (its `next` still reaches past them). Ignored when they name another
+    /// log instance or epoch.
+    pub known: KnownRanges,
+}
+
 /// Asks how much of a blob the node holds.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct BlobStatRequest {
@@ -285,6 +308,14 @@ pub enum Request {
     BlobWrite(BlobWriteRequest),
     /// The node's health.
     Health,
+    /// A write batch answered with [`Reply::WriteBatchPlaced`] (where the node's log
+    /// holds what it applied). Nodes before it answer `BadFrame`; a client then falls
+    /// back to [`Request::WriteBatch`].
+    WriteBatchPlaced(WriteBatchRequest),
+    /// A log page without the entries the caller holds, answered with
+    /// [`Reply::LogPage`]. Nodes before it answer `BadFrame`; a client then falls back
+    /// to [`Request::LogPage`].
+    LogPageKnown(KnownLogPageRequest),
 }
 
 /// A reply frame body.
@@ -308,6 +339,8 @@ pub enum Reply {
     BlobRead(BlobReadHead),
     /// The node's health.
     Health(HealthReply),
+    /// One outcome per written message, and where the log holds them.
+    WriteBatchPlaced(PlacedBatchReply),
 }
 
 /// Why a request failed, in an error frame.
@@ -476,6 +509,16 @@ fn check_outcome(o: &ApplyOutcome) -> Result<(), FrameError> {
     }
 }
 
+fn check_page_limit(limit: u32) -> Result<(), FrameError> {
+    if limit == 0 || limit > LOG_PAGE_ENTRIES_MAX {
+        return Err(FrameError::OutOfRange {
+            what: "log page limit",
+            reason: "must be between 1 and LOG_PAGE_ENTRIES_MAX",
+        });
+    }
+    Ok(())
+}
+
 fn check_page(page: &LogPage) -> Result<(), FrameError> {
     check_count(
         "log page entries",
@@ -492,17 +535,12 @@ impl Body for Request {
     fn check_limits(&self) -> Result<(), FrameError> {
         match self {
             Request::Diff(r) => check_len("diff round", r.round.len(), DIFF_ROUND_BYTES_MAX),
-            Request::LogPage(r) => {
-                if r.limit == 0 || r.limit > LOG_PAGE_ENTRIES_MAX {
-                    return Err(FrameError::OutOfRange {
-                        what: "log page limit",
-                        reason: "must be between 1 and LOG_PAGE_ENTRIES_MAX",
-                    });
-                }
-                Ok(())
-            }
+            Request::LogPage(r) => check_page_limit(r.limit),
             Request::ReadMessages(r) => check_count("read cids", r.cids.len(), READ_CIDS_MAX),
-            Request::WriteBatch(r) => check_items("write batch", &r.messages, BATCH_MESSAGES_MAX),
+            Request::WriteBatch(r) | Request::WriteBatchPlaced(r) => {
+                check_items("write batch", &r.messages, BATCH_MESSAGES_MAX)
+            }
+            Request::LogPageKnown(r) => check_page_limit(r.page.limit),
             Request::BlobWrite(r) => {
                 let end = r.offset.checked_add(r.len);
                 if end.is_none_or(|end| end > r.total_size) {
@@ -537,9 +575,10 @@ impl Body for Reply {
                 check_items("read messages found", &r.found, READ_CIDS_MAX)?;
                 check_count("read messages missing", r.missing.len(), READ_CIDS_MAX)
             }
-            Reply::WriteBatch(r) => {
-                check_count("write outcomes", r.outcomes.len(), BATCH_MESSAGES_MAX)?;
-                r.outcomes.iter().try_for_each(check_outcome)
+            Reply::WriteBatch(WriteBatchReply { outcomes })
+            | Reply::WriteBatchPlaced(PlacedBatchReply { outcomes, .. }) => {
+                check_count("write outcomes", outcomes.len(), BATCH_MESSAGES_MAX)?;
+                outcomes.iter().try_for_each(check_outcome)
             }
             Reply::Health(h) => {
                 check_count("protocol versions", h.protocol_versions.len(), VERSIONS_MAX)
@@ -594,10 +633,11 @@ pub(crate) fn request_needs(
         Request::Root(r) => (&r.tenant, Some(&r.scope), Actions::READ),
         Request::Diff(r) => (&r.tenant, Some(&r.scope), Actions::SYNC),
         Request::LogPage(r) => (&r.tenant, Some(&r.scope), Actions::READ),
+        Request::LogPageKnown(r) => (&r.page.tenant, Some(&r.page.scope), Actions::READ),
         Request::ReadMessages(r) => (&r.tenant, Some(&r.scope), Actions::READ),
         // Writes are checked per message against the grant's scope (out-of-scope
         // messages are answered `Unauthorized`), so only the action is checked here.
-        Request::WriteBatch(r) => (&r.tenant, None, Actions::WRITE),
+        Request::WriteBatch(r) | Request::WriteBatchPlaced(r) => (&r.tenant, None, Actions::WRITE),
         Request::BlobStat(r) => (&r.tenant, Some(&r.scope), Actions::READ),
         Request::BlobRead(r) => (&r.tenant, Some(&r.scope), Actions::READ),
         Request::BlobWrite(r) => (&r.tenant, None, Actions::WRITE),

@@ -45,11 +45,12 @@ use tokio::sync::watch;
 use tokio::time::Sleep;
 
 use crate::body::{BodyReader, ReadError};
+use crate::compress;
 use crate::frame::{self, HEADER_BYTES};
 use crate::limits::{self, ConnectionLimits, ConnectionSlot, FirstByte};
 use crate::metrics::RequestKind;
 use crate::node::{Handler, Node, ServerConfig, frame_reply, ms};
-use crate::proto::{ErrorCode, ErrorReply, Reply, Request};
+use crate::proto::{ErrorCode, ErrorReply, PlacedBatchReply, Reply, Request, WriteBatchReply};
 use crate::refusal_log::{RefusalLog, is_refusal};
 
 /// The media type of frame bodies.
@@ -421,15 +422,47 @@ async fn rpc<H: Handler>(
 ) -> Result<Response<ResBody>, ErrorReply> {
     let ctx = node.authenticate(bearer(&req))?;
     let time = ms(node.config.request_time_ms_max);
+    let headers = req.headers();
+    let compressed =
+        compress::lists_lz4(headers.get(compress::ENCODING_HEADER).map(|v| v.as_bytes()));
+    let accepts = compress::lists_lz4(headers.get(compress::ACCEPT_HEADER).map(|v| v.as_bytes()));
     tokio::time::timeout(time, async {
-        let body = read_small_body(node, req).await?;
+        let mut body = read_small_body(node, req).await?;
+        if compressed {
+            body = compress::decompress(&body, HEADER_BYTES + node.config.frame_bytes_max)
+                .map(Bytes::from)
+                .map_err(|e| ErrorReply::new(ErrorCode::BadFrame, e.to_string()))?;
+        }
         let request = node.decode_request(&body)?;
         *kind = RequestKind::of(&request);
         let reply = node.call(&ctx, request).await?;
-        if let (Some(metrics), Reply::WriteBatch(r)) = (&node.config.metrics, &reply) {
-            metrics.record_outcomes(&r.outcomes);
+        if let (Some(metrics), Reply::WriteBatch(WriteBatchReply { outcomes }))
+        | (Some(metrics), Reply::WriteBatchPlaced(PlacedBatchReply { outcomes, .. })) =
+            (&node.config.metrics, &reply)
+        {
+            metrics.record_outcomes(outcomes);
         }
-        Ok(reply_response(&reply))
+        let frame = frame::encode(&reply);
+        let packed = if accepts {
+            compress::compress(&frame)
+        } else {
+            None
+        };
+        let is_packed = packed.is_some();
+        let mut res = frame_response(200, packed.unwrap_or(frame));
+        let headers = res.headers_mut();
+        // This node reads compressed requests: the client may compress its next ones.
+        headers.insert(
+            compress::ACCEPT_HEADER,
+            hyper::header::HeaderValue::from_static(compress::LZ4),
+        );
+        if is_packed {
+            headers.insert(
+                compress::ENCODING_HEADER,
+                hyper::header::HeaderValue::from_static(compress::LZ4),
+            );
+        }
+        Ok(res)
     })
     .await
     .unwrap_or_else(|_| Err(ErrorReply::new(ErrorCode::Timeout, "request took too long")))

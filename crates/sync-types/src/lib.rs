@@ -76,6 +76,7 @@ mod error;
 mod gate;
 mod hlc;
 mod ids;
+mod known;
 mod link;
 pub mod merge;
 mod message;
@@ -96,6 +97,7 @@ pub use ids::{
     PATH_SEGMENT_BYTES_MAX, PRINCIPAL_ID_BYTES_MAX, PROTOCOL_NAME_BYTES_MAX, PrincipalId,
     ProtocolName, ProtocolPath, RecordId, StreamId, TENANT_ID_BYTES_MAX, TenantId,
 };
+pub use known::{KNOWN_RANGES_MAX, KnownRanges};
 pub use link::{Connectivity, DirectionCheckpoint, LinkCounters, LinkKey, LinkState, LinkStatus};
 pub use message::{
     CANONICAL_VERSION, Configure, DataRef, Delete, Dependency, INLINE_DATA_BYTES_MAX, Message,

@@ -341,8 +341,10 @@ impl LinkMachine {
     /// nothing pending, and it directly follows the local head), the push checkpoint
     /// moves over it (saved with the next persist, or at once when no delivery is in
     /// flight), so what is pending
-    /// counts only writes the endpoint lacks. Otherwise the next push skips it or the
-    /// endpoint answers `Duplicate`.
+    /// counts only writes the endpoint lacks. Otherwise it is local log the push
+    /// checkpoint has not passed yet: the local head moves to it and a push (now, or when
+    /// the running one settles) passes over it, skipping it or answered `Duplicate`, so
+    /// nothing stays counted as pending once the link is quiet.
     pub fn handle_echo(&mut self, _now_ms: u64, token: ProgressToken) {
         let follows = match self.local_head {
             None => token.position == 1,
@@ -356,6 +358,16 @@ impl LinkMachine {
             // At the end of a burst nothing else will persist soon: save it now.
             if self.tracker.in_flight() == 0 {
                 self.persist();
+            }
+            return;
+        }
+        let newer = self
+            .local_head
+            .is_none_or(|head| token.compare(&head).is_none_or(|o| o.is_gt()));
+        if newer {
+            self.local_head = Some(token);
+            if self.push_ticket.is_none() && !self.timers.contains_key(&Timer::PushBatch) {
+                self.start_push();
             }
         }
     }

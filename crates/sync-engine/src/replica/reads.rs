@@ -87,6 +87,27 @@ impl Replica {
         protocol: &ProtocolName,
         path: Option<&ProtocolPath>,
     ) -> Result<Vec<Record>> {
+        self.list_records(tenant, protocol, path, false)
+    }
+
+    /// [`list`](Self::list), with the deleted records too (their winning version is
+    /// the delete: `deleted` is set, no data).
+    pub fn list_with_tombstones(
+        &self,
+        tenant: &TenantId,
+        protocol: &ProtocolName,
+        path: Option<&ProtocolPath>,
+    ) -> Result<Vec<Record>> {
+        self.list_records(tenant, protocol, path, true)
+    }
+
+    fn list_records(
+        &self,
+        tenant: &TenantId,
+        protocol: &ProtocolName,
+        path: Option<&ProtocolPath>,
+        tombstones: bool,
+    ) -> Result<Vec<Record>> {
         let ledger = &self.inner.ledger;
         let cids: Vec<Cid> = match path {
             Some(path) => ledger.path_cids(tenant, protocol, path)?,
@@ -103,7 +124,9 @@ impl Replica {
                 continue;
             };
             if let std::collections::btree_map::Entry::Vacant(slot) = records.entry(record_id)
-                && let Some(record) = self.get(tenant, &record_id)?
+                && let Some(record) = self
+                    .get_with_tombstone(tenant, &record_id)?
+                    .filter(|r| tombstones || !r.deleted)
             {
                 slot.insert(record);
             }

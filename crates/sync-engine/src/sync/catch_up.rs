@@ -2,7 +2,7 @@
 
 use sync_transport::Remote;
 use sync_transport::proto::{
-    LOG_PAGE_ENTRIES_MAX, LogFilter, LogPage, LogPageReply, LogPageRequest,
+    KnownLogPageRequest, LOG_PAGE_ENTRIES_MAX, LogFilter, LogPage, LogPageReply, LogPageRequest,
 };
 use sync_types::{
     ApplyOutcome, DeadLetterCategory, Direction, DirectionCheckpoint, LinkKey, ScopeClass,
@@ -97,7 +97,16 @@ impl<C: Connector> Engine<C> {
                 filter: LogFilter::default(),
                 limit,
             };
-            let mut page = match ctx.remote.log_page(req).await {
+            // What this replica pushed is left out of the page (no echo).
+            let reply = match self.known_after(key, from)? {
+                Some(known) => {
+                    ctx.remote
+                        .log_page_known(KnownLogPageRequest { page: req, known })
+                        .await
+                }
+                None => ctx.remote.log_page(req).await,
+            };
+            let mut page = match reply {
                 Ok(LogPageReply::Page(page)) => page,
                 Ok(LogPageReply::Gap(gap)) => {
                     self.replica().emit(SyncEvent::GapDetected {
@@ -173,6 +182,9 @@ impl<C: Connector> Engine<C> {
             let (moved, next) = cursor.advance(&page, prefix)?;
             if let Some(before) = moved {
                 self.save_checkpoint(key, Direction::Pull, before, cursor.checkpoint(), traffic)?;
+                if let Some(t) = cursor.checkpoint().contiguous_applied {
+                    self.forget_known_through(key, t)?;
+                }
             }
             out.checkpoint = cursor.checkpoint().contiguous_applied;
             self.progress(key, Direction::Pull, out.received);

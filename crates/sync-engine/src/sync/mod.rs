@@ -127,8 +127,10 @@ mod apply;
 mod blobs;
 mod catch_up;
 mod config;
+mod credentials;
 mod health;
 mod identity;
+mod known;
 mod push;
 mod push_core;
 mod reconcile;
@@ -139,6 +141,9 @@ mod run;
 mod settle;
 
 pub use config::*;
+pub use credentials::{
+    CredentialedRemote, Credentials, CredentialsConnector, REFRESH_MARGIN_MS_DEFAULT,
+};
 pub use identity::Identity;
 pub use report::*;
 pub use sync_transport::connector::{Connector, HttpConnector, InProcessConnector};
@@ -188,6 +193,7 @@ impl<C: Connector> EngineBuilder<C> {
                 config: self.config,
                 rng: Mutex::new(seed),
                 echoes: Mutex::default(),
+                known: Mutex::default(),
                 link_locks: Mutex::default(),
                 owners: Mutex::default(),
                 last_reconcile_ms: Mutex::default(),
@@ -229,6 +235,8 @@ pub(super) struct Inner<C> {
     config: SyncConfig,
     rng: Mutex<u64>,
     echoes: Mutex<HashMap<Endpoint, apply::Echoes>>,
+    /// Each link's known positions of its remote log, once loaded ([`known`]).
+    known: Mutex<HashMap<LinkKey, Option<sync_types::KnownRanges>>>,
     link_locks: Mutex<HashMap<LinkKey, Arc<tokio::sync::Mutex<()>>>>,
     /// The owner of each link driven by a live driver ([`crate::link_news`]).
     owners: Mutex<HashMap<LinkKey, NewsSink>>,

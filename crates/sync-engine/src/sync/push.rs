@@ -371,12 +371,15 @@ impl<C: Connector> Engine<C> {
             let sent: u64 = chunk.iter().map(|&i| all[i].bytes).sum();
             let reply = ctx
                 .remote
-                .write_batch(WriteBatchRequest {
+                .write_batch_placed(WriteBatchRequest {
                     tenant: ctx.key.tenant.clone(),
                     messages,
                 })
                 .await?;
             *bytes += sent;
+            if let Some(placed) = &reply.placed {
+                self.note_placed(&ctx.key, placed)?;
+            }
             if reply.outcomes.len() != chunk.len() {
                 return Err(Error::Protocol(format!(
                     "{} outcomes for a batch of {}",

@@ -1,0 +1,653 @@
+//! The workload of issue 19, end to end: what a sync costs in time and in bytes on the
+//! wire. Printed as a markdown table for BENCHMARKS.md.
+//!
+//! Usage:
+//!
+//! ```text
+//! cargo run --release -p benches --bin wire_bench -- --n 100000
+//! cargo run --release -p benches --bin wire_bench -- --n 10000 --live 500 --hog
+//! ```
+//!
+//! Options: `--n N` (records A writes, default 100,000), `--live N` (live writes, default
+//! 1,000), `--hog` (a child process keeps one core busy during the live phase),
+//! `--dump-frames DIR` (writes sample push and page frames there, to measure
+//! compressors on them).
+//!
+//! The node is a child process of this binary (a `ReplicaHandler` over a fjall replica,
+//! its own tokio runtime). In front of it, in the same child, a counting TCP proxy: every
+//! byte the node sends or receives (HTTP heads, bodies and WebSocket frames) passes
+//! through it and is counted, and the parent reads the counters between phases. Replicas
+//! A and B are fjall stores with synced commits in this process, each an `Engine` over
+//! `HttpConnector` pointed at the proxy.
+//!
+//! Phases: A writes N records of ~200 bytes of JSON (`{_id, type, n, v, title, body,
+//! updatedAt}`) with `Replica::write_batch` (1,000 per commit); A syncs (its push); the empty B syncs until it
+//! holds all; A syncs again (what it downloads is the echo of its upload); then rounds
+//! of d = 1, 10, 100 changed records (A syncs, then B syncs); then live: A and B run by
+//! `LiveSync`, one write at a time on A, latency until B's store reports it.
+
+// A bench binary's output is its result: it prints tables on stdout by design.
+#![allow(clippy::print_stdout)]
+// Counts and durations are far below the truncation limits on a 64-bit host.
+#![allow(clippy::cast_possible_truncation)]
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sync_engine::live::LiveSync;
+use sync_engine::machine::LinkConfig;
+use sync_engine::sync::HttpConnector;
+use sync_engine::{
+    Engine, Identity, Origin, RecordKey, Replica, ReplicaHandler, WriteBatch, WriteRequest,
+};
+use sync_transport::{Claims, ServerConfig, Token, TokenKey, serve};
+use sync_types::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const FAR_FUTURE_MS: u64 = 4_000_000_000_000;
+/// Longest wait for one live write to arrive.
+const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Records per commit of A's write phase.
+const WRITE_BATCH_RECORDS: u64 = 1_000;
+/// Buffer of each direction of a proxied connection.
+const PROXY_BUFFER_BYTES: usize = 64 * 1024;
+
+fn tenant() -> TenantId {
+    TenantId::new("did:example:wire").unwrap()
+}
+fn protocol() -> ProtocolName {
+    ProtocolName::new("https://example.com/docs").unwrap()
+}
+fn doc() -> ProtocolPath {
+    ProtocolPath::new("doc").unwrap()
+}
+fn author() -> PrincipalId {
+    PrincipalId::new("did:example:wire").unwrap()
+}
+fn key() -> TokenKey {
+    TokenKey::derive(b"wire bench")
+}
+
+/// A record of the workload: about 200 bytes of JSON.
+fn record(n: u64, v: u64) -> (Vec<u8>, Vec<u8>) {
+    let id = format!("doc:{n:08}");
+    let json = format!(
+        "{{\"_id\":\"{id}\",\"type\":\"note\",\"n\":{n},\"v\":{v},\"title\":\"Note number {n} version {v}\",\"body\":\"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod {n:x}.\",\"updatedAt\":\"2026-12-03T06:{:02}:{:02}.000Z\"}}",
+        (n / 60) % 60,
+        n % 60
+    );
+    (id.into_bytes(), json.into_bytes())
+}
+
+// ---- the node process -------------------------------------------------------------
+
+/// Copies `from` to `to`, adding every byte to `counter`.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    counter: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; PROXY_BUFFER_BYTES];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                counter.fetch_add(n as u64, Ordering::Relaxed);
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// The node role: serve a fjall replica behind a counting proxy; answer `bytes` with
+/// `received sent` (as seen from the node).
+fn serve_node(dir: &str) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = Replica::open(dir).unwrap();
+        let server = serve(
+            Arc::new(ReplicaHandler::new(r.clone())),
+            ServerConfig::new(key()),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        let inner = server.local_addr();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let outer = listener.local_addr().unwrap();
+        let received = Arc::new(AtomicU64::new(0));
+        let sent = Arc::new(AtomicU64::new(0));
+        {
+            let (received, sent) = (received.clone(), sent.clone());
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(upstream) = TcpStream::connect(inner).await else {
+                        continue;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = upstream.set_nodelay(true);
+                    let (cr, cw) = client.into_split();
+                    let (ur, uw) = upstream.into_split();
+                    tokio::spawn(pump(cr, uw, received.clone()));
+                    tokio::spawn(pump(ur, cw, sent.clone()));
+                }
+            });
+        }
+        println!("listening {outer}");
+        let mut lines = BufReader::new(std::io::stdin()).lines();
+        while let Some(Ok(line)) = tokio::task::block_in_place(|| lines.next()) {
+            if line == "bytes" {
+                let _keep_serving = &server;
+                println!(
+                    "{} {}",
+                    received.load(Ordering::Relaxed),
+                    sent.load(Ordering::Relaxed)
+                );
+            }
+        }
+    });
+}
+
+struct NodeProcess {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    endpoint: Endpoint,
+    _dir: tempfile::TempDir,
+}
+
+/// Bytes through the node's sockets: (received by the node, sent by the node).
+#[derive(Clone, Copy, Default)]
+struct Wire {
+    up: u64,
+    down: u64,
+}
+
+impl Wire {
+    fn since(self, before: Wire) -> Wire {
+        Wire {
+            up: self.up - before.up,
+            down: self.down - before.down,
+        }
+    }
+    fn total(self) -> u64 {
+        self.up + self.down
+    }
+}
+
+impl NodeProcess {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--serve", &dir.path().display().to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = stdout.next().unwrap().unwrap();
+        let addr = line.strip_prefix("listening ").unwrap().to_owned();
+        Self {
+            child,
+            stdin,
+            stdout,
+            endpoint: Endpoint::new(format!("http://{addr}")).unwrap(),
+            _dir: dir,
+        }
+    }
+
+    fn wire(&mut self) -> Wire {
+        writeln!(self.stdin, "bytes").unwrap();
+        let line = self.stdout.next().unwrap().unwrap();
+        let (up, down) = line.split_once(' ').unwrap();
+        Wire {
+            up: up.parse().unwrap(),
+            down: down.parse().unwrap(),
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A child process that keeps one core busy until killed.
+struct Hog(Child);
+
+impl Hog {
+    fn start() -> Self {
+        Hog(Command::new(std::env::current_exe().unwrap())
+            .arg("--spin")
+            .spawn()
+            .unwrap())
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spin() {
+    let mut x = 0u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+}
+
+// ---- the replicas -----------------------------------------------------------------
+
+fn engine(r: &Replica, endpoint: &Endpoint) -> Engine<Arc<HttpConnector>> {
+    let engine = Engine::builder(r.clone(), Arc::new(HttpConnector::default())).build();
+    if engine.identities().unwrap().is_empty() {
+        let token = Token::issue(
+            &key(),
+            Claims::owner(
+                tenant(),
+                author(),
+                GrantId::new("bench").unwrap(),
+                FAR_FUTURE_MS,
+            ),
+        );
+        engine
+            .register_identity(Identity::owner(
+                tenant(),
+                vec![endpoint.clone()],
+                token.to_string(),
+            ))
+            .unwrap();
+    }
+    engine
+}
+
+fn configure(r: &Replica) {
+    let types = vec![TypeRule {
+        path: doc(),
+        data_bytes_max: None,
+    }];
+    r.configure(&tenant(), &protocol(), types, vec![], &author())
+        .unwrap();
+}
+
+fn put(r: &Replica, n: u64, v: u64) -> Cid {
+    let (id, json) = record(n, v);
+    r.put(&tenant(), &protocol(), &doc(), &id, json, &author())
+        .unwrap()
+        .cid
+}
+
+/// One measured step: time, bytes on the wire, messages the engine counted.
+struct Step {
+    label: String,
+    elapsed: Duration,
+    wire: Wire,
+    pulled: u64,
+    pushed: u64,
+}
+
+async fn sync(
+    label: impl Into<String>,
+    node: &mut NodeProcess,
+    e: &Engine<Arc<HttpConnector>>,
+) -> Step {
+    let before = node.wire();
+    let start = Instant::now();
+    let report = e.sync_once().await;
+    let elapsed = start.elapsed();
+    assert!(report.is_ok(), "{report:?}");
+    Step {
+        label: label.into(),
+        elapsed,
+        wire: node.wire().since(before),
+        pulled: report.pulled().messages,
+        pushed: report.pushed().messages,
+    }
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+fn kib(b: u64) -> f64 {
+    b as f64 / 1024.0
+}
+
+fn row(s: &Step) {
+    println!(
+        "| {} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} |",
+        s.label,
+        s.elapsed.as_secs_f64() * 1e3,
+        s.pushed,
+        s.pulled,
+        kib(s.wire.up),
+        kib(s.wire.down),
+        kib(s.wire.total()),
+    );
+}
+
+/// Nearest-rank percentile.
+fn pct(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Live writes on A, each timed until B's store reports it.
+async fn live(
+    a: Engine<Arc<HttpConnector>>,
+    b: Engine<Arc<HttpConnector>>,
+    ra: &Replica,
+    rb: &Replica,
+    writes: u64,
+    base: u64,
+) -> Vec<Duration> {
+    let mut changes = rb.subscribe();
+    let la = LiveSync::start(a, LinkConfig::default()).unwrap();
+    let lb = LiveSync::start(b, LinkConfig::default()).unwrap();
+    let mut samples = Vec::new();
+    // Warm-up writes, not counted.
+    let warmup = 20;
+    for i in 0..writes + warmup {
+        let start = Instant::now();
+        let cid = put(ra, base + i, 1);
+        let deadline = tokio::time::Instant::now() + ARRIVAL_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, changes.recv()).await {
+                Ok(Ok(c)) if c.cid == cid && matches!(c.origin, Origin::Remote(_)) => {
+                    if i >= warmup {
+                        samples.push(start.elapsed());
+                    }
+                    break;
+                }
+                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(_)) | Err(_) => panic!("live write {i} did not arrive"),
+            }
+        }
+    }
+    let _ = la.stop(Duration::from_secs(5)).await;
+    let _ = lb.stop(Duration::from_secs(5)).await;
+    samples.sort_unstable();
+    samples
+}
+
+/// Where the bytes of one record go in a push (a `MessageData`) and in a pull page (a
+/// `LogEntry`), by field, in the codec's encoding (postcard, without the envelope byte).
+fn breakdown(r: &Replica) {
+    let sync_ledger::LogRead::Page(page) = r.changes_since(&tenant(), None, 2).unwrap() else {
+        return;
+    };
+    let Some(e) = page
+        .entries
+        .iter()
+        .find(|e| matches!(e.message, Message::Write(_)))
+    else {
+        return;
+    };
+    let Message::Write(w) = &e.message else {
+        return;
+    };
+    let len = |v: &dyn erased::Len| v.len();
+    let rows: Vec<(&str, usize)> = vec![
+        ("tenant", len(&w.tenant)),
+        ("record_id", len(&w.record_id)),
+        ("parent_id", len(&w.parent_id)),
+        ("protocol", len(&w.protocol)),
+        ("path", len(&w.path)),
+        ("context_id", len(&w.context_id)),
+        ("prev", len(&w.prev)),
+        ("timestamp", len(&w.timestamp)),
+        ("author", len(&w.author)),
+        ("data ref (cid, size)", len(&w.data)),
+        ("inline data (the JSON)", len(&e.data)),
+        ("log position token (pull only)", len(&e.token)),
+    ];
+    let item = sync_transport::proto::MessageData {
+        message: e.message.clone(),
+        data: e.data.clone(),
+    };
+    let entry = sync_transport::proto::LogEntry {
+        token: e.token,
+        item: item.clone(),
+    };
+    println!("\nBytes of one record on the wire, by field (postcard):\n");
+    println!("| field | bytes |");
+    println!("|---|---:|");
+    for (name, n) in rows {
+        println!("| {name} | {n} |");
+    }
+    println!(
+        "| **MessageData (push)** | **{}** |\n| **LogEntry (pull)** | **{}** |",
+        codec::encoded_len(&item) - 1,
+        codec::encoded_len(&entry) - 1
+    );
+}
+
+/// Writes sample frames of `r`'s log to `dir` (for measuring compressors on them): a
+/// push of 1 and of 256 messages, a pull page of 1 and of 1,000 entries.
+fn dump_frames(r: &Replica, dir: &str) {
+    use sync_transport::proto::{
+        LogEntry, LogPage, MessageData, Reply, Request, WriteBatchRequest,
+    };
+    let sync_ledger::LogRead::Page(page) = r.changes_since(&tenant(), None, 1000).unwrap() else {
+        return;
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    let items: Vec<MessageData> = page
+        .entries
+        .iter()
+        .map(|e| MessageData {
+            message: e.message.clone(),
+            data: e.data.clone(),
+        })
+        .collect();
+    for n in [1usize, 256] {
+        let frame = sync_transport::frame::encode(&Request::WriteBatch(WriteBatchRequest {
+            tenant: tenant(),
+            messages: items[..n.min(items.len())].to_vec(),
+        }));
+        std::fs::write(format!("{dir}/push-{n}.frame"), frame).unwrap();
+    }
+    for n in [1usize, 1000] {
+        let entries: Vec<LogEntry> = page.entries[..n.min(page.entries.len())]
+            .iter()
+            .zip(&items)
+            .map(|(e, item)| LogEntry {
+                token: e.token,
+                item: item.clone(),
+            })
+            .collect();
+        let next = entries.last().map(|e| e.token);
+        let frame = sync_transport::frame::encode(&Reply::LogPage(
+            sync_transport::proto::LogPageReply::Page(LogPage {
+                entries,
+                next,
+                has_more: true,
+            }),
+        ));
+        std::fs::write(format!("{dir}/page-{n}.frame"), frame).unwrap();
+    }
+}
+
+/// Encoded lengths of values of different types behind one trait object.
+mod erased {
+    pub(super) trait Len {
+        fn len(&self) -> usize;
+    }
+    impl<T: serde::Serialize> Len for T {
+        fn len(&self) -> usize {
+            sync_types::codec::encoded_len(self) - 1
+        }
+    }
+}
+
+struct Options {
+    n: u64,
+    live: u64,
+    hog: bool,
+    dump: Option<String>,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        n: 100_000,
+        live: 1_000,
+        hog: false,
+        dump: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--n" => o.n = it.next().and_then(|v| v.parse().ok()).expect("--n N"),
+            "--live" => o.live = it.next().and_then(|v| v.parse().ok()).expect("--live N"),
+            "--hog" => o.hog = true,
+            "--dump-frames" => o.dump = Some(it.next().expect("--dump-frames DIR")),
+            other => panic!("unknown option {other}"),
+        }
+    }
+    o
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("--serve") => return serve_node(&args[2]),
+        Some("--spin") => return spin(),
+        _ => {}
+    }
+    let o = options();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut node = NodeProcess::start();
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // A's records are written with the batch write API, 1,000 per synced commit.
+        let ra = Replica::open(da.path()).unwrap();
+        configure(&ra);
+        let start = Instant::now();
+        let mut n = 0;
+        while n < o.n {
+            let mut batch = WriteBatch::new();
+            for i in n..(n + WRITE_BATCH_RECORDS).min(o.n) {
+                let (id, json) = record(i, 0);
+                batch.write(WriteRequest {
+                    protocol: protocol(),
+                    path: doc(),
+                    key: RecordKey::Natural(id),
+                    parent: None,
+                    data: Some(json),
+                    author: author(),
+                });
+            }
+            n += batch.len() as u64;
+            ra.write_batch(&tenant(), batch).unwrap();
+        }
+        let write_time = start.elapsed();
+        ra.close().unwrap();
+        let ra = Replica::open(da.path()).unwrap();
+        let rb = Replica::open(db.path()).unwrap();
+        let ea = engine(&ra, &node.endpoint);
+        let eb = engine(&rb, &node.endpoint);
+        let payload: u64 = (0..o.n).map(|n| record(n, 0).1.len() as u64).sum();
+
+        let mut steps = Vec::new();
+        let push = sync("A pushes N", &mut node, &ea).await;
+        let pull = sync("empty B pulls until it holds all", &mut node, &eb).await;
+        assert_eq!(pull.pulled, o.n + 1);
+        let initial = Step {
+            label: "initial sync (A pushes, then B pulls)".into(),
+            elapsed: push.elapsed + pull.elapsed,
+            wire: Wire {
+                up: push.wire.up + pull.wire.up,
+                down: push.wire.down + pull.wire.down,
+            },
+            pulled: pull.pulled,
+            pushed: push.pushed,
+        };
+        let echo = sync("A's next sync (echo)", &mut node, &ea).await;
+        let echo_share = echo.wire.total() as f64 / push.wire.total().max(1) as f64;
+        steps.extend([push, pull, initial, echo]);
+        for (v, d) in (1u64..).zip([1u64, 10, 100]) {
+            for n in 0..d {
+                put(&ra, n * (o.n / d).max(1) % o.n.max(1), v);
+            }
+            let sa = sync(format!("d = {d}: A syncs"), &mut node, &ea).await;
+            let sb = sync(format!("d = {d}: B syncs"), &mut node, &eb).await;
+            assert_eq!(sb.pulled, d);
+            steps.push(Step {
+                label: format!("d = {d}: round (A then B)"),
+                elapsed: sa.elapsed + sb.elapsed,
+                wire: Wire {
+                    up: sa.wire.up + sb.wire.up,
+                    down: sa.wire.down + sb.wire.down,
+                },
+                pulled: sb.pulled,
+                pushed: sa.pushed,
+            });
+            steps.extend([sa, sb]);
+        }
+
+        let hog = o.hog.then(Hog::start);
+        let samples = live(ea, eb, &ra, &rb, o.live, o.n).await;
+        drop(hog);
+
+        println!(
+            "N = {} records, {:.1} MiB of JSON ({:.0} bytes a record); A wrote them in batches of {WRITE_BATCH_RECORDS} in {:.1} s\n",
+            o.n,
+            mib(payload),
+            payload as f64 / o.n.max(1) as f64,
+            write_time.as_secs_f64()
+        );
+        println!("| step | time (ms) | pushed | pulled | up (KiB) | down (KiB) | wire (KiB) |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        for s in &steps {
+            row(s);
+        }
+        println!(
+            "\ninitial sync: {:.2} s, {:.1} MiB on the wire, {:.0} bytes a record (push {:.0}, pull {:.0}); A's next sync moved {:.2}% of its upload's bytes",
+            steps[2].elapsed.as_secs_f64(),
+            mib(steps[2].wire.total()),
+            initial_per_record(&steps, o.n),
+            steps[0].wire.total() as f64 / o.n.max(1) as f64,
+            steps[1].wire.total() as f64 / o.n.max(1) as f64,
+            echo_share * 100.0
+        );
+        println!(
+            "\nlive A -> node -> B{}: {} writes, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            if o.hog { " (one core kept busy)" } else { "" },
+            samples.len(),
+            pct(&samples, 0.5).as_secs_f64() * 1e3,
+            pct(&samples, 0.99).as_secs_f64() * 1e3,
+            samples.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        );
+        breakdown(&ra);
+        if let Some(dir) = &o.dump {
+            dump_frames(&ra, dir);
+        }
+    });
+}
+
+fn initial_per_record(steps: &[Step], n: u64) -> f64 {
+    steps[2].wire.total() as f64 / n.max(1) as f64
+}

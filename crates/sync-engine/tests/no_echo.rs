@@ -1,0 +1,391 @@
+//! No echo: a replica never downloads the bodies of messages it pushed. The node answers
+//! each pushed batch with the log positions it gave them, the replica keeps them durably
+//! as known ranges of the node's log, and its pulls ask the node to leave them out.
+//! Bytes are the node's own counters (HTTP bodies, `weft_*_bytes_total`).
+
+mod sync_support;
+
+use std::sync::Arc;
+
+use sync_engine::sync::HttpConnector;
+use sync_engine::{Engine, Identity, Replica, ReplicaHandler};
+use sync_ledger::Durability;
+use sync_support::*;
+use sync_transport::metrics::Metrics;
+use sync_transport::proto::{KnownLogPageRequest, LogFilter, LogPageReply, LogPageRequest};
+use sync_transport::{
+    Claims, ClientConfig, InProcessClient, Remote, Role, ServerConfig, ServerHandle, Token, serve,
+};
+use sync_types::*;
+
+/// A delegate's claims: `actions` on `scope`.
+fn delegate(name: &str, scope: Scope, actions: Actions) -> Token {
+    Token::issue(
+        &key(),
+        Claims {
+            tenant: tenant(),
+            principal: PrincipalId::new(format!("did:example:{name}")).unwrap(),
+            role: Role::Delegate,
+            scope,
+            actions,
+            expires_at_ms: FAR_FUTURE_MS,
+            grant_id: GrantId::new(name).unwrap(),
+        },
+    )
+}
+
+/// Records a test writes: enough that 1% of their upload is several kilobytes.
+const RECORDS: usize = 1_500;
+
+struct HttpNode {
+    replica: Replica,
+    metrics: Arc<Metrics>,
+    endpoint: Endpoint,
+    _server: ServerHandle<ReplicaHandler>,
+}
+
+async fn http_node() -> HttpNode {
+    let replica = replica(100);
+    let metrics = Arc::new(Metrics::new());
+    let mut config = ServerConfig::new(key());
+    config.metrics = Some(metrics.clone());
+    let server = serve(
+        Arc::new(ReplicaHandler::new(replica.clone())),
+        config,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let endpoint = Endpoint::new(format!("http://{}", server.local_addr())).unwrap();
+    HttpNode {
+        replica,
+        metrics,
+        endpoint,
+        _server: server,
+    }
+}
+
+/// Bytes the node received and sent so far (HTTP bodies).
+fn wire(node: &HttpNode) -> u64 {
+    let text = node.metrics.render(0, 0);
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    value("weft_received_bytes_total ") + value("weft_sent_bytes_total ")
+}
+
+/// A replica on fjall in `dir` (buffered commits: the tests restart it cleanly).
+fn fjall_replica(dir: &std::path::Path, id: u64) -> Replica {
+    Replica::builder()
+        .node_id(NodeId(id))
+        .seed(id)
+        .durability(Durability::Buffered)
+        .open(dir)
+        .unwrap()
+}
+
+fn http_engine(r: &Replica, node: &HttpNode) -> Engine<Arc<HttpConnector>> {
+    let e = Engine::builder(
+        r.clone(),
+        Arc::new(HttpConnector::new(ClientConfig::default())),
+    )
+    .config(fast_config())
+    .seed(7)
+    .build();
+    if e.identities().unwrap().is_empty() {
+        e.register_identity(Identity::owner(
+            tenant(),
+            vec![node.endpoint.clone()],
+            owner_token(&key()),
+        ))
+        .unwrap();
+    }
+    e
+}
+
+fn write_records(r: &Replica, prefix: &str, n: usize) {
+    for i in 0..n {
+        put(
+            r,
+            &format!("{prefix}{i}"),
+            format!("{{\"_id\":\"{prefix}{i}\",\"title\":\"record {i} with some text\"}}")
+                .as_bytes(),
+        );
+    }
+}
+
+/// Pushes everything of `e`'s replica and returns the bytes the push moved.
+async fn push_all(node: &HttpNode, e: &Engine<Arc<HttpConnector>>) -> u64 {
+    let before = wire(node);
+    let report = e.sync_once().await;
+    assert!(report.is_ok(), "{report:?}");
+    assert!(report.pushed().messages >= RECORDS as u64);
+    wire(node) - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_push_the_next_sync_moves_under_one_percent_of_its_bytes() {
+    let node = http_node().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = fjall_replica(dir.path(), 1);
+    configure(&a);
+    write_records(&a, "a", RECORDS);
+    let ea = http_engine(&a, &node);
+    let upload = push_all(&node, &ea).await;
+
+    let before = wire(&node);
+    let report = ea.sync_once().await;
+    assert!(report.is_ok(), "{report:?}");
+    let echo = wire(&node) - before;
+    assert_eq!(report.pulled().messages, 0, "{report:?}");
+    assert!(
+        echo * 100 < upload,
+        "the sync after the push moved {echo} bytes, the push {upload}"
+    );
+    assert_eq!(root(&a), root(&node.replica));
+    assert!(report.links.iter().all(|l| l.converged() == Some(true)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_echo_after_a_restart() {
+    let node = http_node().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = fjall_replica(dir.path(), 1);
+    configure(&a);
+    write_records(&a, "a", RECORDS);
+    let ea = http_engine(&a, &node);
+    let upload = push_all(&node, &ea).await;
+    drop(ea);
+    a.close().unwrap();
+
+    let a = fjall_replica(dir.path(), 1);
+    let ea = http_engine(&a, &node);
+    let before = wire(&node);
+    let report = ea.sync_once().await;
+    assert!(report.is_ok(), "{report:?}");
+    let moved = wire(&node) - before;
+    assert_eq!(report.pulled().messages, 0, "{report:?}");
+    assert!(
+        moved * 100 < upload,
+        "the sync after the restart moved {moved} bytes, the push {upload}"
+    );
+    assert_eq!(records(&a), records(&node.replica));
+}
+
+/// The node's log holds A's pushes with B's writes between them: after a restart, A's
+/// pull leaves out both of its own runs and gets exactly B's messages, and B gets all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_others_wrote_between_two_pushes_still_arrives() {
+    let node = http_node().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = fjall_replica(dir.path(), 1);
+    configure(&a);
+    write_records(&a, "a", 300);
+    let ea = http_engine(&a, &node);
+    // Pushes alone, so A's pull checkpoint stays at the start of the node's log.
+    let link = link(&ea);
+    assert!(ea.push(&link).await.unwrap().reached_head);
+
+    let b = replica(2);
+    configure(&b);
+    write_records(&b, "b", 10);
+    let eb = http_engine(&b, &node);
+    assert!(eb.sync_once().await.is_ok());
+
+    write_records(&a, "c", 100);
+    assert!(ea.push(&link).await.unwrap().reached_head);
+    drop(ea);
+    a.close().unwrap();
+
+    let a = fjall_replica(dir.path(), 1);
+    let ea = http_engine(&a, &node);
+    let report = ea.sync_once().await;
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(
+        report.pulled().messages,
+        11,
+        "only B's configure and records come down"
+    );
+    assert_eq!(records(&a), records(&node.replica));
+    assert!(get(&a, "b3").is_some());
+
+    // And B gets all of A's records: leaving them out was A's business only.
+    sync_until_quiet(&eb, 3).await;
+    assert_eq!(records(&b), records(&node.replica));
+}
+
+/// A caller's known ranges only ever take entries out of its own pages: claiming the
+/// whole log hides everything from it and shows nothing beyond its grant, and a token
+/// without the read grant is refused.
+#[tokio::test]
+async fn known_ranges_cannot_widen_a_read_and_need_the_read_grant() {
+    let (server, node) = new_node(&key(), 100);
+    configure(&server);
+    let other = ProtocolName::new("https://example.com/other").unwrap();
+    server
+        .configure(
+            &tenant(),
+            &other,
+            vec![TypeRule {
+                path: note(),
+                data_bytes_max: None,
+            }],
+            vec![],
+            &alice(),
+        )
+        .unwrap();
+    for i in 0..20 {
+        put(&server, &format!("n{i}"), b"in scope");
+        server
+            .put(
+                &tenant(),
+                &other,
+                &note(),
+                format!("o{i}").as_bytes(),
+                b"secret".to_vec(),
+                &alice(),
+            )
+            .unwrap();
+    }
+    let notes_only = Scope::ProtocolSet(ProtocolSet::new(vec![notes()]).unwrap());
+    let reader = delegate("reader", notes_only.clone(), Actions::READ);
+    let client = InProcessClient::new(node.clone(), &reader);
+    let page = |from| LogPageRequest {
+        tenant: tenant(),
+        scope: notes_only.clone(),
+        from,
+        filter: LogFilter::default(),
+        limit: 1000,
+    };
+    let LogPageReply::Page(plain) = client.log_page(page(None)).await.unwrap() else {
+        panic!("gap")
+    };
+    assert!(!plain.entries.is_empty());
+    let stream = plain.entries[0].token;
+
+    // Claiming some positions hides exactly those, and reads nothing new.
+    let mut known = KnownRanges::new(stream.stream_id, stream.epoch);
+    for e in plain.entries.iter().step_by(2) {
+        known.insert(e.token.position);
+    }
+    let LogPageReply::Page(cut) = client
+        .log_page_known(KnownLogPageRequest {
+            page: page(None),
+            known: known.clone(),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("gap")
+    };
+    let expected: Vec<_> = plain
+        .entries
+        .iter()
+        .filter(|e| !known.contains(&e.token))
+        .cloned()
+        .collect();
+    assert_eq!(cut.entries, expected);
+    assert_eq!(cut.next, plain.next, "the cursor still reaches past them");
+    assert!(
+        cut.entries
+            .iter()
+            .all(|e| *e.item.message.protocol() == notes())
+    );
+
+    // Claiming everything hides everything.
+    let mut all = KnownRanges::new(stream.stream_id, stream.epoch);
+    for p in 0..=1_000 {
+        all.insert(p);
+    }
+    let LogPageReply::Page(none) = client
+        .log_page_known(KnownLogPageRequest {
+            page: page(None),
+            known: all.clone(),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("gap")
+    };
+    assert!(none.entries.is_empty());
+    assert_eq!(none.next, plain.next);
+
+    // Asking beyond the grant is refused, known ranges or not.
+    let wide = KnownLogPageRequest {
+        page: LogPageRequest {
+            scope: Scope::Full,
+            ..page(None)
+        },
+        known: all,
+    };
+    assert!(client.log_page_known(wide).await.is_err());
+
+    // A token without the read grant is refused.
+    let writer = delegate("writer", notes_only.clone(), Actions::WRITE);
+    let writer = InProcessClient::new(node.clone(), &writer);
+    assert!(
+        writer
+            .log_page_known(KnownLogPageRequest {
+                page: page(None),
+                known: known.clone(),
+            })
+            .await
+            .is_err()
+    );
+}
+
+/// A placed write batch needs the write grant like any write: a reader's is refused and
+/// nothing is stored; a writer's is answered with the positions its messages got.
+#[tokio::test]
+async fn a_placed_write_needs_the_write_grant_and_names_the_positions() {
+    let (server, node) = new_node(&key(), 100);
+    let source = replica(1);
+    configure(&source);
+    put(&source, "k", b"v");
+    let messages: Vec<_> = match source.changes_since(&tenant(), None, 100).unwrap() {
+        sync_ledger::LogRead::Page(p) => p
+            .entries
+            .into_iter()
+            .map(|e| sync_transport::proto::MessageData {
+                message: e.message,
+                data: e.data,
+            })
+            .collect(),
+        sync_ledger::LogRead::Gap(_) => panic!("gap"),
+    };
+    let batch = sync_transport::proto::WriteBatchRequest {
+        tenant: tenant(),
+        messages,
+    };
+    let reader = delegate("reader", Scope::Full, Actions::READ);
+    let refused = InProcessClient::new(node.clone(), &reader)
+        .write_batch_placed(batch.clone())
+        .await;
+    assert!(refused.is_err());
+    assert_eq!(root(&server), root(&replica(3)), "nothing was stored");
+
+    let owner: Token = owner_token(&key()).parse().unwrap();
+    let reply = InProcessClient::new(node.clone(), &owner)
+        .write_batch_placed(batch)
+        .await
+        .unwrap();
+    assert!(reply.outcomes.iter().all(|o| *o == ApplyOutcome::Applied));
+    let placed = reply.placed.expect("positions of what was applied");
+    let LogPageReply::Page(page) = InProcessClient::new(node, &owner)
+        .log_page(LogPageRequest {
+            tenant: tenant(),
+            scope: Scope::Full,
+            from: None,
+            filter: LogFilter::default(),
+            limit: 100,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("gap")
+    };
+    assert_eq!(page.entries.len(), 2);
+    assert!(page.entries.iter().all(|e| placed.contains(&e.token)));
+}

@@ -1,0 +1,272 @@
+//! Old and new peers together: compression only when both sides said they read it, and
+//! the requests of no echo (`WriteBatchPlaced`, `LogPageKnown`) falling back to the
+//! older calls against a node that does not know them.
+
+// The shared support indexes test-sized buffers with u64 positions (64-bit hosts only).
+#![allow(clippy::cast_possible_truncation)]
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+
+use support::*;
+use sync_transport::compress;
+use sync_transport::frame;
+use sync_transport::proto::*;
+use sync_transport::*;
+use sync_types::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// One HTTP/1.1 message read from `tcp`: head lines (lowercase) and body.
+async fn read_message(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, Vec<u8>)> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            while buf.len() < end + 4 + len {
+                let mut chunk = [0u8; 65536];
+                let n = tcp.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = buf[end + 4..end + 4 + len].to_vec();
+            buf.drain(..end + 4 + len);
+            return Some((head, body));
+        }
+        let mut chunk = [0u8; 65536];
+        let n = tcp.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Posts a frame to /v1/rpc with extra headers; returns the status, the response head
+/// (lowercase) and the body.
+async fn post(addr: std::net::SocketAddr, frame: &[u8], extra: &str) -> (u16, String, Vec<u8>) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/rpc HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: {}\r\n{extra}\r\n",
+        owner_token(),
+        frame.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(frame).await.unwrap();
+    let mut buf = Vec::new();
+    let (head, body) = read_message(&mut tcp, &mut buf).await.unwrap();
+    let status = head[9..12].parse().unwrap();
+    (status, head, body)
+}
+
+fn page_request() -> Request {
+    Request::LogPage(LogPageRequest {
+        tenant: tenant(),
+        scope: Scope::Full,
+        from: None,
+        filter: LogFilter::default(),
+        limit: 1000,
+    })
+}
+
+#[tokio::test]
+async fn replies_are_compressed_only_for_a_client_that_reads_them() {
+    let t = TestServer::start(test_config()).await;
+    let items: Vec<MessageData> = (0..200)
+        .map(|n| write("notes", n, Some(b"{\"title\":\"a note with some text\"}")))
+        .collect();
+    t.handler.append(items);
+    let request = frame::encode(&page_request());
+
+    // An old client says nothing: it gets the plain frame.
+    let (status, head, plain) = post(t.addr(), &request, "").await;
+    assert_eq!(status, 200);
+    assert!(!head.contains(compress::ENCODING_HEADER));
+    let Reply::LogPage(LogPageReply::Page(page)) =
+        frame::decode::<Reply>(&plain, usize::MAX).unwrap()
+    else {
+        panic!("not a page")
+    };
+    assert_eq!(page.entries.len(), 200);
+    // And learns the node reads compressed requests, which it may ignore.
+    assert!(head.contains(&format!("{}: lz4", compress::ACCEPT_HEADER)));
+
+    // A new client gets the same frame, compressed.
+    let accept = format!("{}: lz4\r\n", compress::ACCEPT_HEADER);
+    let (status, head, packed) = post(t.addr(), &request, &accept).await;
+    assert_eq!(status, 200);
+    assert!(head.contains(&format!("{}: lz4", compress::ENCODING_HEADER)));
+    assert!(
+        packed.len() < plain.len() / 2,
+        "{} vs {}",
+        packed.len(),
+        plain.len()
+    );
+    assert_eq!(compress::decompress(&packed, 1 << 24).unwrap(), plain);
+
+    // A small reply stays plain even for a new client.
+    let (_, head, _) = post(t.addr(), &frame::encode(&Request::Health), &accept).await;
+    assert!(!head.contains(compress::ENCODING_HEADER));
+
+    // A compressed request is read; a malformed one is a bad frame, and nothing else.
+    let big = Request::WriteBatch(WriteBatchRequest {
+        tenant: tenant(),
+        messages: (1000..1100)
+            .map(|n| write("notes", n, Some(b"{\"title\":\"pushed compressed\"}")))
+            .collect(),
+    });
+    let packed = compress::compress(&frame::encode(&big)).unwrap();
+    let headers = format!("{}: lz4\r\n", compress::ENCODING_HEADER);
+    let (status, _, body) = post(t.addr(), &packed, &headers).await;
+    assert_eq!(status, 200);
+    let Reply::WriteBatch(reply) = frame::decode::<Reply>(&body, usize::MAX).unwrap() else {
+        panic!("not a write reply")
+    };
+    assert_eq!(reply.outcomes.len(), 100);
+    let (status, _, body) = post(t.addr(), &packed[..packed.len() / 2], &headers).await;
+    assert_eq!(status, 400);
+    let error = frame::decode::<ErrorReply>(&body, usize::MAX).unwrap();
+    assert_eq!(error.code, ErrorCode::BadFrame);
+}
+
+#[tokio::test]
+async fn the_http_client_compresses_and_reads_compressed_frames() {
+    let t = TestServer::start(test_config()).await;
+    let client = t.client(&owner_token());
+    // The first call teaches the client that the node reads compressed requests.
+    within(5, client.health()).await.unwrap();
+    let items: Vec<MessageData> = (0..200)
+        .map(|n| write("notes", n, Some(b"{\"title\":\"a note with some text\"}")))
+        .collect();
+    let reply = within(
+        5,
+        client.write_batch_placed(WriteBatchRequest {
+            tenant: tenant(),
+            messages: items,
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.outcomes.len(), 200);
+    let LogPageReply::Page(page) = within(
+        5,
+        client.log_page(LogPageRequest {
+            tenant: tenant(),
+            scope: Scope::Full,
+            from: None,
+            filter: LogFilter::default(),
+            limit: 1000,
+        }),
+    )
+    .await
+    .unwrap() else {
+        panic!("gap")
+    };
+    assert_eq!(page.entries.len(), 200);
+}
+
+/// A node from before no echo and compression: it does not know the two new request
+/// variants (its decoder answers `BadFrame`, as the real one does), never names an
+/// encoding, and answers the older calls. It records what it was sent.
+async fn old_node(seen: Arc<Mutex<Vec<(String, bool)>>>) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some((head, body)) = read_message(&mut tcp, &mut buf).await {
+                    let compressed = head.contains(compress::ENCODING_HEADER);
+                    let request = frame::decode::<Request>(&body, usize::MAX).unwrap();
+                    let (status, frame) = match request {
+                        Request::WriteBatchPlaced(_) | Request::LogPageKnown(_) => {
+                            seen.lock().unwrap().push(("new".into(), compressed));
+                            let e = ErrorReply::new(ErrorCode::BadFrame, "unknown variant");
+                            (400, frame::encode(&e))
+                        }
+                        Request::WriteBatch(r) => {
+                            seen.lock()
+                                .unwrap()
+                                .push(("write_batch".into(), compressed));
+                            let outcomes = vec![ApplyOutcome::Applied; r.messages.len()];
+                            (
+                                200,
+                                frame::encode(&Reply::WriteBatch(WriteBatchReply { outcomes })),
+                            )
+                        }
+                        Request::LogPage(_) => {
+                            seen.lock().unwrap().push(("log_page".into(), compressed));
+                            let page = LogPage::default();
+                            (
+                                200,
+                                frame::encode(&Reply::LogPage(LogPageReply::Page(page))),
+                            )
+                        }
+                        _ => (
+                            400,
+                            frame::encode(&ErrorReply::new(ErrorCode::BadRequest, "no")),
+                        ),
+                    };
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/x-weft-frame\r\ncontent-length: {}\r\n\r\n",
+                        frame.len()
+                    );
+                    if tcp.write_all(head.as_bytes()).await.is_err()
+                        || tcp.write_all(&frame).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_new_client_falls_back_to_the_older_calls_against_an_old_node() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = old_node(seen.clone()).await;
+    let endpoint = Endpoint::new(format!("http://{addr}")).unwrap();
+    let client = HttpClient::new(&endpoint, &owner_token(), client_config()).unwrap();
+    let items: Vec<MessageData> = (0..200)
+        .map(|n| write("notes", n, Some(b"{\"title\":\"a note with some text\"}")))
+        .collect();
+    let batch = WriteBatchRequest {
+        tenant: tenant(),
+        messages: items,
+    };
+    let reply = within(5, client.write_batch_placed(batch.clone()))
+        .await
+        .unwrap();
+    assert_eq!(reply.outcomes.len(), 200);
+    assert_eq!(reply.placed, None);
+    let Request::LogPage(page) = page_request() else {
+        unreachable!()
+    };
+    let known = KnownRanges::new(StreamId::from_bytes([1; 16]), 0);
+    let LogPageReply::Page(_) = within(
+        5,
+        client.log_page_known(KnownLogPageRequest { page, known }),
+    )
+    .await
+    .unwrap() else {
+        panic!("gap")
+    };
+    within(5, client.write_batch_placed(batch)).await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let calls: Vec<&str> = seen.iter().map(|(c, _)| c.as_str()).collect();
+    // One refused new request, then the older calls for good.
+    assert_eq!(calls, ["new", "write_batch", "log_page", "write_batch"]);
+    assert!(
+        seen.iter().all(|(_, compressed)| !compressed),
+        "nothing compressed for a node that never said it reads it"
+    );
+}
