@@ -400,6 +400,9 @@ fn watch_takes_a_rotated_token_from_its_token_file() {
         "--tenant",
         "demo",
     ]);
+    // Long enough that the watch connects and receives "one" with it on a loaded
+    // machine (2 s was not, under a full test run), short enough to wait out.
+    let short_issued = std::time::Instant::now();
     let short = env.ok(&[
         "token",
         "issue",
@@ -408,7 +411,7 @@ fn watch_takes_a_rotated_token_from_its_token_file() {
         "--tenant",
         "demo",
         "--expires-in",
-        "2s",
+        "8s",
     ]);
     env.set("WEFT_NODE", &node.url);
     env.set("WEFT_TENANT", "demo");
@@ -433,7 +436,7 @@ fn watch_takes_a_rotated_token_from_its_token_file() {
     // The short token expires; the file gets a new one; the node restarts, so the
     // watch must connect again.
     std::fs::write(env.path("tok"), long.stdout.trim()).unwrap();
-    std::thread::sleep(Duration::from_millis(2_500));
+    std::thread::sleep(Duration::from_millis(8_500).saturating_sub(short_issued.elapsed()));
     let (status, _) = node.terminate();
     assert!(status.success());
     let _node = env.serve_with(&["serve", "--data-dir", "node", "--listen", &listen]);
