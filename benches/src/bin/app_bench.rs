@@ -3,7 +3,8 @@
 //! as a markdown table for BENCHMARKS.md.
 //!
 //! Usage: `cargo run --release -p benches --bin app_bench [-- --records N] [--batch-len B]`
-//! (defaults: 100,000 records, batches of 1,000; `--batches-only` skips the singles). Records are ~190-byte JSON documents
+//! (defaults: 100,000 records, batches of 1,000; `--batches-only` skips the singles;
+//! `--facade` measures the `weft` crate's import, key index and queries instead). Records are ~190-byte JSON documents
 //! under natural keys; each run uses a fresh store in a temporary directory, with the
 //! replica's default durability (`sync_data` on every commit).
 
@@ -120,6 +121,11 @@ fn arg(name: &str, default: usize) -> usize {
 fn main() {
     let records = arg("--records", 100_000);
     let batch_len = arg("--batch-len", 1000);
+    // `--facade` measures the `weft` crate's queries over a collection of this size.
+    if std::env::args().any(|a| a == "--facade") {
+        facade(records, batch_len);
+        return;
+    }
     // `--batches-only` skips the singles, to profile the batch path alone.
     if std::env::args().any(|a| a == "--batches-only") {
         let batched = batches(records, batch_len);
@@ -145,4 +151,72 @@ fn main() {
         "\nbatch speed-up: {:.1}x",
         single.as_secs_f64() / batched.as_secs_f64()
     );
+}
+
+/// The facade: import through `Transaction`s, then the key index's first follow, a page
+/// of 100 by prefix in both orders, the page after a cursor, and a count.
+fn facade(records: usize, batch_len: usize) {
+    use weft::{Query, Transaction, Weft};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Weft::open(dir.path(), "bench").await.unwrap();
+        let todos = db.collection::<serde_json::Value>("todos").await.unwrap();
+        let start = Instant::now();
+        let mut n = 0;
+        while n < records {
+            let mut tx = Transaction::new();
+            for m in n..(n + batch_len).min(records) {
+                let value: serde_json::Value = serde_json::from_slice(&body(m)).unwrap();
+                tx.put(&todos, &format!("todo-{m:08}"), &value);
+            }
+            n += tx.len();
+            db.commit(tx).await.unwrap();
+        }
+        let import = start.elapsed();
+        let timed = |label: &'static str, d: Duration| {
+            println!("| {label} | {:.2} ms |", d.as_secs_f64() * 1000.0);
+        };
+        println!("| {records} records through `weft` (batches of {batch_len}) | time |");
+        println!("|---|---|");
+        timed("import (transactions)", import);
+        let start = Instant::now();
+        assert_eq!(todos.count().await.unwrap(), records as u64);
+        timed(
+            "first count (the key index follows the whole log)",
+            start.elapsed(),
+        );
+        let start = Instant::now();
+        assert_eq!(todos.count().await.unwrap(), records as u64);
+        timed("count, index current", start.elapsed());
+        let start = Instant::now();
+        let page = todos
+            .query(Query::prefix("todo-0005").limit(100))
+            .await
+            .unwrap();
+        timed("page of 100 by prefix, forward", start.elapsed());
+        let start = Instant::now();
+        let next = todos
+            .query(
+                Query::prefix("todo-0005")
+                    .limit(100)
+                    .after(page.next.unwrap()),
+            )
+            .await
+            .unwrap();
+        timed("the next page (cursor)", start.elapsed());
+        assert_eq!(next.entries.len(), 100);
+        let start = Instant::now();
+        let last = todos
+            .query(Query::all().reverse().limit(100))
+            .await
+            .unwrap();
+        timed("last 100 of the collection, reverse", start.elapsed());
+        assert_eq!(last.entries[0].key, format!("todo-{:08}", records - 1));
+        db.close().await.unwrap();
+    });
 }

@@ -15,7 +15,8 @@ macro_rules! exit_codes {
   3  cannot reach the node (wrong address, refused, timeout, shutting down, at its limit)
   4  authorization refused (malformed, forged or expired token, request beyond its grant)
   5  local store error (cannot open, read or write the store, or it is in use)
-  6  cannot listen on the address (in use, not permitted)"
+  6  cannot listen on the address (in use, not permitted)
+  130  interrupted (Ctrl-C or SIGTERM during `sync`, after saying what was done)"
     };
 }
 
@@ -513,6 +514,15 @@ pub(crate) struct NodeArgs {
     /// sync of this store and tenant]
     #[arg(long, env = "WEFT_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub(crate) token: Option<String>,
+    /// Read the token from this file, again whenever the node refuses it or it is about
+    /// to expire (for a long `watch` whose token is rotated)
+    #[arg(
+        long,
+        env = "WEFT_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "token"
+    )]
+    pub(crate) token_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -560,6 +570,9 @@ pub(crate) struct ListArgs {
     /// Only keys starting with this
     #[arg(long, value_name = "PREFIX")]
     pub(crate) prefix: Option<String>,
+    /// Also list deleted keys (tombstones; residency `tombstoned`)
+    #[arg(long)]
+    pub(crate) deleted: bool,
     /// Print JSON (an array of records)
     #[arg(long)]
     pub(crate) json: bool,
@@ -573,6 +586,9 @@ pub(crate) struct DeleteArgs {
     pub(crate) kv: KvArgs,
     /// The key
     pub(crate) key: String,
+    /// Print the receipt as JSON
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Args, Debug)]

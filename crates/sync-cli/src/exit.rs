@@ -30,6 +30,8 @@ pub(crate) enum Exit {
     Store = 5,
     /// `serve` cannot listen on its address.
     Listen = 6,
+    /// Interrupted by a signal (128 + SIGINT's number, as shells report it).
+    Interrupted = 130,
 }
 
 impl From<Exit> for std::process::ExitCode {
@@ -79,7 +81,8 @@ fn transport_exit(e: &TransportError) -> Exit {
     match e {
         TransportError::Unreachable(_)
         | TransportError::Timeout { .. }
-        | TransportError::Tls(_) => Exit::Unreachable,
+        | TransportError::Tls(_)
+        | TransportError::NotWeft(_) => Exit::Unreachable,
         TransportError::Refused { code, .. } => match code {
             ErrorCode::Unauthenticated | ErrorCode::Forbidden => Exit::Refused,
             ErrorCode::Overloaded | ErrorCode::Unavailable | ErrorCode::Timeout => {
@@ -156,6 +159,12 @@ pub(crate) fn hint(err: &anyhow::Error) -> Option<&'static str> {
         }
         Exit::Unreachable if text.contains("at its limit of") => Some(
             "the node is busy: try again later; its operator can raise the limit it names (see `weft serve --help`)",
+        ),
+        Exit::Unreachable if text.contains("not a weft node") => Some(
+            "another program answers at that address: check --node (or WEFT_NODE), e.g. http://127.0.0.1:7700",
+        ),
+        Exit::Unreachable if text.contains("tls:") => Some(
+            "check the scheme (https:// for a node serving TLS) and give the CA of the node's certificate with --tls-ca",
         ),
         Exit::Unreachable => Some(
             "is `weft serve` running at that address? Check --node (or WEFT_NODE), e.g. http://127.0.0.1:7700",

@@ -72,6 +72,29 @@ pub(crate) struct Entry {
     pub(crate) record: Record,
 }
 
+/// The key of a deleted record, from its initial write's payload (inline, or the head
+/// of a resident blob); the record id when that is not here.
+fn deleted_key(replica: &Replica, tenant: &TenantId, record: &Record) -> anyhow::Result<String> {
+    let fallback = record.record_id.to_string();
+    let Some(initial) = record.initial else {
+        return Ok(fallback);
+    };
+    let Some(stored) = replica.ledger().get_message(tenant, &initial)? else {
+        return Ok(fallback);
+    };
+    let head = match (&stored.data, &stored.message) {
+        (Some(d), _) => d.clone(),
+        (None, sync_types::Message::Write(w)) => match w.data {
+            Some(r) if replica.ledger().blobs().has(&r.data_cid)? => {
+                replica.read_blob(&r.data_cid, 0, HEADER_BYTES_MAX.min(r.size))?
+            }
+            _ => return Ok(fallback),
+        },
+        _ => return Ok(fallback),
+    };
+    Ok(decode(&head).map_or(fallback, |(k, _)| k.to_owned()))
+}
+
 /// Bytes read to find the key at the start of a blob payload.
 const HEADER_BYTES_MAX: u64 = 3 + KEY_BYTES_MAX as u64;
 
@@ -186,6 +209,7 @@ impl Entry {
             "path": self.record.path.as_str(),
             "author": self.record.author.as_str(),
             "timestamp_ms": self.record.timestamp.wall_ms,
+            "hlc": self.record.timestamp.to_string(),
             "deleted": self.record.deleted,
             "residency": self.record.residency.as_str(),
             "size": self.size(),
@@ -210,14 +234,26 @@ fn check_key(key: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A file every store directory holds (the storage engine's format version).
+const STORE_MARKER: &str = "version";
+
 /// Opens the replica in `dir`. With `create` false, a missing directory is an error
 /// (reading an empty store that was never written is almost always a wrong `--store`).
+/// A directory that exists but holds no store (a node's data directory, say) is the same
+/// error: opening it would create a store inside it.
 pub(crate) fn open_replica(dir: &Path, create: bool) -> anyhow::Result<Replica> {
-    if !create && !dir.exists() {
+    if !create && !dir.join(STORE_MARKER).is_file() {
+        let what = if dir.join("store").join(STORE_MARKER).is_file() {
+            " (this looks like a node's data directory; its store is served by `weft serve`)"
+        } else if dir.exists() {
+            " (the directory exists but holds no weft store)"
+        } else {
+            ""
+        };
         return Err(coded(
             Exit::Store,
             format!(
-                "no store at {} (write to it with `weft put` or `weft sync` first, or pass --store)",
+                "no store at {}{what}: write to it with `weft put` or `weft sync` first, or pass --store",
                 dir.display()
             ),
         ));
@@ -411,15 +447,22 @@ impl Kv {
             .with_context(|| format!("cannot read {key:?}"))
     }
 
-    /// Every live entry at the path, ordered by key.
-    pub(crate) fn list(&self, prefix: Option<&str>) -> anyhow::Result<Vec<Entry>> {
-        let records = self
-            .replica
-            .list(&self.tenant, &self.protocol, Some(&self.path))
-            .context("cannot list records")?;
+    /// Every live entry at the path (with `deleted`, the tombstones too), ordered by
+    /// key.
+    pub(crate) fn list(&self, prefix: Option<&str>, deleted: bool) -> anyhow::Result<Vec<Entry>> {
+        let (tenant, protocol, path) = (&self.tenant, &self.protocol, Some(&self.path));
+        let records = if deleted {
+            self.replica.list_with_tombstones(tenant, protocol, path)
+        } else {
+            self.replica.list(tenant, protocol, path)
+        }
+        .context("cannot list records")?;
         let mut entries = Vec::with_capacity(records.len());
         for r in records {
-            let e = Entry::of(&self.replica, r)?;
+            let mut e = Entry::of(&self.replica, r)?;
+            if e.record.deleted {
+                e.key = deleted_key(&self.replica, &self.tenant, &e.record)?;
+            }
             if prefix.is_none_or(|p| e.key.starts_with(p)) {
                 entries.push(e);
             }
@@ -472,11 +515,21 @@ mod tests {
         assert_eq!(e.key, "big");
         assert_eq!(e.size(), Some(big.len() as u64));
         assert!(e.load_value(&kv.replica).unwrap().unwrap() == big);
-        let keys: Vec<String> = kv.list(None).unwrap().into_iter().map(|e| e.key).collect();
+        let keys: Vec<String> = kv
+            .list(None, false)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
         assert_eq!(keys, ["a", "b", "big"]);
         assert!(kv.delete("a").unwrap().is_some());
         assert!(kv.delete("a").unwrap().is_none());
         assert!(kv.get("a").unwrap().is_none());
-        assert_eq!(kv.list(Some("bi")).unwrap().len(), 1);
+        assert_eq!(kv.list(Some("bi"), false).unwrap().len(), 1);
+        // The tombstone of "a" lists under its key, with --deleted only.
+        let all = kv.list(None, true).unwrap();
+        let a = all.iter().find(|e| e.key == "a").unwrap();
+        assert!(a.record.deleted);
+        assert_eq!(all.len(), 3);
     }
 }

@@ -36,6 +36,7 @@
 //! | 4 | authorization refused (a malformed, forged or expired token, or a request beyond its grant) |
 //! | 5 | local store error (a store that cannot be opened, read or written, or is in use) |
 //! | 6 | cannot listen on the address (in use, not permitted) |
+//! | 130 | interrupted: Ctrl-C or SIGTERM during `sync` (what was done is printed first) |
 
 // Printing is this crate's job: the workspace lints warn on `print_stdout` and
 // `print_stderr` so that libraries do not print, and the CLI is where printing belongs.

@@ -409,7 +409,12 @@ fn repeated_repair_failures_back_off_then_degrade_then_heal() {
                 .any(|e| matches!(e, SyncEvent::RepairFailed { attempt: a, .. } if *a == attempt))
         );
         let at = armed(&actions, Timer::RepairRetry).unwrap();
-        assert_eq!(at, now + backoff);
+        // The backoff, jittered over [d/2, 3d/2).
+        assert!(
+            (now + backoff / 2..now + backoff * 3 / 2).contains(&at),
+            "{backoff} jittered, got {}",
+            at - now
+        );
         now = at;
         m.handle_timer(now, Timer::RepairRetry);
         t = reconcile(&drain(&mut m));
@@ -474,6 +479,55 @@ fn a_write_during_a_push_is_flushed_as_soon_as_the_push_settles() {
         "no batch window for a single write"
     );
     assert_eq!(armed(&actions, Timer::PushBatch), None);
+}
+
+/// Messages pulled from the endpoint while a push runs land in the local log behind it;
+/// once the push settles the machine pushes over them (the push skips echoes), so the
+/// push checkpoint reaches the local head and nothing is left counted as pending.
+#[test]
+fn echoes_during_a_push_leave_nothing_pending_once_it_settles() {
+    let (mut m, _) = live_machine();
+    m.handle_local_write(100, local(1));
+    let (t1, _) = push(&drain(&mut m));
+    m.handle_echo(101, local(2));
+    m.handle_echo(102, local(3));
+    assert!(
+        drain(&mut m)
+            .iter()
+            .all(|a| !matches!(a, Action::Push { .. })),
+        "no second push while one is in flight"
+    );
+    m.handle_push_result(
+        105,
+        t1,
+        PushResult::Settled {
+            upto: Some(local(1)),
+        },
+    );
+    let (t2, after) = push(&drain(&mut m));
+    assert_eq!(
+        after,
+        Some(local(1)),
+        "the next push starts after the first"
+    );
+    m.handle_push_result(
+        110,
+        t2,
+        PushResult::Settled {
+            upto: Some(local(3)),
+        },
+    );
+    let actions = drain(&mut m);
+    assert_eq!(m.state().push.contiguous_applied, Some(local(3)));
+    assert!(actions.iter().all(|a| !matches!(a, Action::Push { .. })));
+    // An echo that directly follows a quiet link is passed at once, with no push.
+    m.handle_echo(120, local(4));
+    assert!(
+        drain(&mut m)
+            .iter()
+            .all(|a| !matches!(a, Action::Push { .. }))
+    );
+    assert_eq!(m.state().push.contiguous_applied, Some(local(4)));
 }
 
 #[test]
@@ -662,7 +716,13 @@ fn poll_mode_backs_off_on_failures_up_to_a_cap() {
         delays.push(next - at);
         at = next;
     }
-    assert_eq!(delays, vec![2_000, 4_000, 4_000, 4_000]);
+    // Doubling up to the cap, each jittered over [d/2, 3d/2).
+    for (delay, expected) in delays.iter().zip([2_000u64, 4_000, 4_000, 4_000]) {
+        assert!(
+            (expected / 2..expected * 3 / 2).contains(delay),
+            "{expected} jittered, got {delay}"
+        );
+    }
     m.handle_timer(at, Timer::Poll);
     let ticket = drain(&mut m)
         .iter()
@@ -683,7 +743,9 @@ fn poll_mode_backs_off_on_failures_up_to_a_cap() {
         },
     );
     let actions = drain(&mut m);
-    assert_eq!(armed(&actions, Timer::Poll), Some(at + 1_000));
+    // Back to the plain interval (jittered) after a success.
+    let next = armed(&actions, Timer::Poll).unwrap();
+    assert!((at + 500..at + 1_500).contains(&next), "{}", next - at);
     assert_eq!(
         persisted(&actions).unwrap().pull.contiguous_applied,
         Some(token(4))
@@ -748,4 +810,42 @@ fn caught_up_needs_the_remote_head_and_nothing_pending() {
     );
     assert!(m.is_caught_up());
     let _ = sub;
+}
+
+/// A node restarts under a fleet: 1,000 replicas' links (one config, each replica's own
+/// jitter seed, as the live driver gives from its node id) lose their subscriptions at
+/// the same instant. Their reconnects spread over [d/2, 3d/2) of the first backoff
+/// instead of landing together; with jitter off they all land at once. The same seeds
+/// give the same times again.
+#[test]
+fn a_fleets_reconnects_after_a_node_restart_spread_over_half_to_one_and_a_half_backoffs() {
+    fn reconnects(percent: u32) -> Vec<u64> {
+        (0..1_000u64)
+            .map(|node_id| {
+                let (mut m, sub) = live_machine_with(LinkConfig {
+                    jitter_seed: node_id,
+                    jitter_percent: percent,
+                    ..LinkConfig::default()
+                });
+                m.handle_subscription_end(10_000, sub, SubscriptionEnd::Disconnected);
+                armed(&drain(&mut m), Timer::Reconnect).unwrap() - 10_000
+            })
+            .collect()
+    }
+    let d = LinkConfig::default().reconnect_backoff_ms[0];
+    let spread = reconnects(50);
+    assert!(spread.iter().all(|t| (d / 2..d * 3 / 2).contains(t)));
+    // Every tenth of the window gets a share of the fleet: 1,000 links over 10 buckets,
+    // none with more than twice its fair share.
+    let mut buckets = [0u32; 10];
+    for t in &spread {
+        let i = usize::try_from((t - d / 2) * 10 / d).unwrap();
+        buckets[i] += 1;
+    }
+    assert!(
+        buckets.iter().all(|n| (25..=200).contains(n)),
+        "{buckets:?}"
+    );
+    assert_eq!(spread, reconnects(50));
+    assert!(reconnects(0).iter().all(|t| *t == d));
 }

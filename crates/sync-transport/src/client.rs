@@ -704,6 +704,15 @@ fn status_error(status: u16) -> TransportError {
 fn decode_reply(status: u16, body: &[u8], frame_bytes_max: usize) -> Result<Reply, TransportError> {
     let (header, payload) = match frame::split(body, frame_bytes_max) {
         Ok(parts) => parts,
+        // A success or a "no such route" without a frame: not a weft node answered.
+        Err(_)
+            if !body.starts_with(&frame::MAGIC)
+                && matches!(status, 200..=299 | 400 | 404 | 405) =>
+        {
+            return Err(TransportError::NotWeft(format!(
+                "the server answered HTTP {status} without a weft frame"
+            )));
+        }
         Err(_) if status != 200 => return Err(status_error(status)),
         Err(e) => return Err(e.into()),
     };

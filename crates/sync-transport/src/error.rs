@@ -63,6 +63,10 @@ pub enum TransportError {
     /// does not speak TLS (permanent: retrying does not change a certificate).
     #[error("tls: {0}")]
     Tls(String),
+    /// Something answered at the address, but not as a weft node: an HTTP reply without
+    /// a weft frame (another web server, a proxy's page). Not retried.
+    #[error("not a weft node: {0}")]
+    NotWeft(String),
     /// A blob upload's source stream failed.
     #[error("blob source failed: {0}")]
     BlobSource(String),

@@ -58,7 +58,7 @@ async fn put(kv: &Arc<Kv>, key: &str, value: &str) -> anyhow::Result<()> {
 
 fn snapshot(kv: &Kv) -> anyhow::Result<Vec<(String, String)>> {
     Ok(kv
-        .list(None)?
+        .list(None, false)?
         .into_iter()
         .map(|e| {
             let v = e.value_preview(80);
@@ -188,17 +188,24 @@ pub(crate) async fn run(args: QuickstartArgs) -> anyhow::Result<Exit> {
     let node = NodeArgs {
         node: Some(url.clone()),
         token: Some(token),
+        token_file: None,
     };
-    let a = Arc::new(Session::over(
-        kv::open_replica(&root.join("a"), true)?,
-        tenant.clone(),
-        &node,
-    )?);
-    let b = Arc::new(Session::over(
-        kv::open_replica(&root.join("b"), true)?,
-        tenant.clone(),
-        &node,
-    )?);
+    let a = Arc::new(
+        Session::over(
+            kv::open_replica(&root.join("a"), true)?,
+            tenant.clone(),
+            &node,
+        )
+        .await?,
+    );
+    let b = Arc::new(
+        Session::over(
+            kv::open_replica(&root.join("b"), true)?,
+            tenant.clone(),
+            &node,
+        )
+        .await?,
+    );
     let kv_a = Arc::new(Kv::over(a.replica.clone(), tenant.clone())?);
     let kv_b = Arc::new(Kv::over(b.replica.clone(), tenant.clone())?);
 
@@ -261,7 +268,7 @@ pub(crate) async fn run(args: QuickstartArgs) -> anyhow::Result<Exit> {
     put(&kv_a, "color", "blue").await?;
     put(&kv_a, "from-a", "written on A while B was offline").await?;
     say("     A sets color = blue and adds from-a (pushed live to the node)")?;
-    let (na, nb) = (kv_a.list(None)?.len(), kv_b.list(None)?.len());
+    let (na, nb) = (kv_a.list(None, false)?.len(), kv_b.list(None, false)?.len());
     let root_a = a.replica.root(&tenant, &Scope::Full)?;
     let root_b = b.replica.root(&tenant, &Scope::Full)?;
     say(format!(

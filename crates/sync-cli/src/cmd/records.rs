@@ -24,14 +24,7 @@ pub(crate) fn put(args: PutArgs) -> anyhow::Result<Exit> {
         (None, None) => return Err(usage("give a value, or --file")),
     };
     if args.json {
-        out::json(&serde_json::json!({
-            "key": args.key,
-            "record_id": receipt.record_id.to_string(),
-            "cid": receipt.cid.to_string(),
-            "position": receipt.token.map(|t| t.position),
-            "outcome": outcome_name(&receipt),
-            "winner": superseded_by(&receipt).map(|w| w.to_string()),
-        }))?;
+        out::json(&receipt_json(&kv, &args.key, &receipt)?)?;
     } else {
         let size = kv
             .get(&args.key)?
@@ -46,6 +39,24 @@ pub(crate) fn put(args: PutArgs) -> anyhow::Result<Exit> {
     }
     check_won("put", &args.key, &receipt)?;
     Ok(Exit::Ok)
+}
+
+/// A write's receipt as JSON, with the full version: cid and HLC.
+fn receipt_json(kv: &Kv, key: &str, receipt: &Receipt) -> anyhow::Result<serde_json::Value> {
+    let hlc = kv
+        .replica
+        .ledger()
+        .get_message(&kv.tenant, &receipt.cid)?
+        .map(|m| m.message.timestamp().to_string());
+    Ok(serde_json::json!({
+        "key": key,
+        "record_id": receipt.record_id.to_string(),
+        "cid": receipt.cid.to_string(),
+        "hlc": hlc,
+        "position": receipt.token.map(|t| t.position),
+        "outcome": outcome_name(receipt),
+        "winner": superseded_by(receipt).map(|w| w.to_string()),
+    }))
 }
 
 /// `"won"` or `"superseded"`, for JSON output.
@@ -128,7 +139,7 @@ pub(crate) fn get(args: GetArgs) -> anyhow::Result<Exit> {
 /// `weft list`.
 pub(crate) fn list(args: ListArgs) -> anyhow::Result<Exit> {
     let kv = Kv::open(&args.replica, &args.kv, false)?;
-    let entries = kv.list(args.prefix.as_deref())?;
+    let entries = kv.list(args.prefix.as_deref(), args.deleted)?;
     if args.json {
         out::json(&serde_json::Value::Array(
             entries
@@ -161,12 +172,16 @@ pub(crate) fn delete(args: DeleteArgs) -> anyhow::Result<Exit> {
     let kv = Kv::open(&args.replica, &args.kv, false)?;
     match kv.delete(&args.key)? {
         Some(receipt) => {
-            out::line(format!(
-                "deleted {} as {}{}",
-                args.key,
-                short(&receipt.cid.to_string()),
-                outcome_note(&receipt)
-            ))?;
+            if args.json {
+                out::json(&receipt_json(&kv, &args.key, &receipt)?)?;
+            } else {
+                out::line(format!(
+                    "deleted {} as {}{}",
+                    args.key,
+                    short(&receipt.cid.to_string()),
+                    outcome_note(&receipt)
+                ))?;
+            }
             check_won("delete", &args.key, &receipt)?;
             Ok(Exit::Ok)
         }

@@ -6,8 +6,11 @@
 //! credentials from T, and the engine keeps the link's checkpoints in the store. Later
 //! commands without `--node` or `--token` reuse the registered ones.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
 use anyhow::Context as _;
-use sync_engine::sync::{HttpConnector, SyncConfig};
+use sync_engine::sync::{Credentials, CredentialsConnector, HttpConnector, SyncConfig};
 use sync_engine::{Engine, Identity, Replica};
 use sync_ledger::RegisteredIdentity;
 use sync_transport::{ClientConfig, FailoverConnector, HttpClient, Token};
@@ -79,7 +82,10 @@ pub(crate) fn diagnose(endpoint: &Endpoint) -> String {
         return format!("{authority} resolves to no address");
     };
     match std::net::TcpStream::connect_timeout(addr, std::time::Duration::from_secs(2)) {
-        Ok(_) => format!("{addr} accepts connections but did not answer as a weft node"),
+        Ok(_) => format!(
+            "{addr} accepts connections, but the call broke before the node answered in full \
+             (the node restarting, or a proxy cutting the connection)"
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             format!("nothing listens on {addr} (connection refused)")
         }
@@ -162,6 +168,17 @@ pub(crate) fn failover_client(
         .with_context(|| format!("cannot talk to {endpoint}"))
 }
 
+/// One health call to `endpoint` presenting `token`: does the node answer and accept it?
+async fn contact(endpoint: &Endpoint, token: &str) -> anyhow::Result<()> {
+    use sync_transport::Remote as _;
+    let client = failover_client(endpoint, token)?;
+    client
+        .health()
+        .await
+        .map_err(|e| explain(anyhow::Error::new(e), endpoint))?;
+    Ok(())
+}
+
 /// Parses token text; a malformed token is an authorization error (exit 4).
 pub(crate) fn parse_token(text: &str) -> anyhow::Result<Token> {
     text.trim()
@@ -171,21 +188,60 @@ pub(crate) fn parse_token(text: &str) -> anyhow::Result<Token> {
 
 /// An engine over a store, reaching nodes over HTTP (an endpoint naming several nodes
 /// fails over between them).
-pub(crate) type HttpEngine = Engine<FailoverConnector<HttpConnector>>;
+/// Tokens come from `--token-file` when given (re-read at every refresh), else the
+/// registered token is presented.
+pub(crate) type HttpEngine = Engine<CredentialsConnector<FailoverConnector<HttpConnector>>>;
 
 /// An engine over `replica`.
 pub(crate) fn engine(replica: Replica) -> HttpEngine {
-    engine_with(replica, SyncConfig::default())
+    engine_with(replica, SyncConfig::default(), None)
 }
 
-/// An engine over `replica` with `config`.
-pub(crate) fn engine_with(replica: Replica, config: SyncConfig) -> HttpEngine {
-    Engine::builder(
-        replica,
+/// An engine over `replica` with `config`, taking its tokens from `token_file` when set.
+pub(crate) fn engine_with(
+    replica: Replica,
+    config: SyncConfig,
+    token_file: Option<PathBuf>,
+) -> HttpEngine {
+    let provider: Arc<dyn Credentials> = Arc::new(TokenFile(token_file));
+    let connector = CredentialsConnector::new(
         FailoverConnector::new(HttpConnector::new(client_config())),
-    )
-    .config(config)
-    .build()
+        provider,
+    );
+    Engine::builder(replica, connector).config(config).build()
+}
+
+/// Longest token file read.
+const TOKEN_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+/// `--token-file`: the token is read from the file whenever the engine connects or
+/// needs a fresh one (an expired or refused token), so a process that rotates the file
+/// keeps a long `weft watch` authorised.
+struct TokenFile(Option<PathBuf>);
+
+impl Credentials for TokenFile {
+    fn token(&self, _endpoint: &Endpoint, _refresh: bool) -> Result<Option<String>, String> {
+        let Some(path) = &self.0 else {
+            return Ok(None);
+        };
+        read_token_file(path).map(Some)
+    }
+}
+
+/// The token in `path`, trimmed.
+pub(crate) fn read_token_file(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)
+        .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+    let mut text = String::new();
+    file.take(TOKEN_FILE_BYTES_MAX)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("token file {} is empty", path.display()));
+    }
+    Ok(token.to_owned())
 }
 
 /// A store with a tenant registered for one node, and that node's link.
@@ -200,27 +256,30 @@ pub(crate) struct Session {
 impl Session {
     /// Opens the store and registers the tenant for the node of `node` (flags, then
     /// what is registered, then the default).
-    pub(crate) fn open(
+    pub(crate) async fn open(
         replica: &ReplicaArgs,
         node: &NodeArgs,
         config: SyncConfig,
     ) -> anyhow::Result<Self> {
         let dir = paths::replica_dir(replica.store.clone())?;
         let store = kv::open_replica(&dir, true)?;
-        Self::over_with(store, replica.tenant.clone(), node, config)
+        Self::over_with(store, replica.tenant.clone(), node, config).await
     }
 
     /// Registers `tenant` of an open replica for the node of `node`.
-    pub(crate) fn over(
+    pub(crate) async fn over(
         replica: Replica,
         tenant: TenantId,
         node: &NodeArgs,
     ) -> anyhow::Result<Self> {
-        Self::over_with(replica, tenant, node, SyncConfig::default())
+        Self::over_with(replica, tenant, node, SyncConfig::default()).await
     }
 
-    /// [`over`](Self::over) with an engine configured by `config`.
-    pub(crate) fn over_with(
+    /// [`over`](Self::over) with an engine configured by `config`. A new or changed
+    /// registration is stored only after the node accepted the token (a health call):
+    /// a mistyped `--node` or a forged token leaves the registered link and its
+    /// checkpoints as they were.
+    pub(crate) async fn over_with(
         replica: Replica,
         tenant: TenantId,
         node: &NodeArgs,
@@ -236,9 +295,10 @@ impl Session {
             (None, Some(r)) if !r.endpoints.is_empty() => r.endpoints[0].clone(),
             _ => parse_endpoint(NODE_DEFAULT)?,
         };
-        let token_text = match (&node.token, &registered) {
-            (Some(t), _) => t.trim().to_owned(),
-            (None, Some(RegisteredIdentity { token: Some(t), .. })) => t.clone(),
+        let token_text = match (&node.token, &node.token_file, &registered) {
+            (_, Some(path), _) => read_token_file(path).map_err(usage)?,
+            (Some(t), None, _) => t.trim().to_owned(),
+            (None, None, Some(RegisteredIdentity { token: Some(t), .. })) => t.clone(),
             _ => {
                 return Err(usage(format!(
                     "no token for tenant {tenant}: pass --token or set WEFT_TOKEN (issue one with `weft token issue --tenant {tenant}`)"
@@ -260,13 +320,18 @@ impl Session {
             authorization: claims.authorization(),
             token: Some(token_text.clone()),
         };
-        let engine = engine_with(replica.clone(), config);
+        let engine = engine_with(replica.clone(), config, node.token_file.clone());
         let same = registered.as_ref().is_some_and(|r| {
             r.endpoints == identity.endpoints
                 && r.scope == identity.scope
                 && r.authorization == identity.authorization
                 && r.token == identity.token
         });
+        if !same {
+            contact(&endpoint, &token_text).await.with_context(|| {
+                format!("{endpoint} did not accept the contact; tenant {tenant}'s registration is unchanged")
+            })?;
+        }
         let keys = match (&registered, same) {
             (None, _) => engine.register_identity(identity.clone()),
             (Some(_), false) => engine.update_identity(identity.clone()),

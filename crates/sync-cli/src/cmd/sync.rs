@@ -98,16 +98,38 @@ pub(crate) async fn sync_once(
 
 /// `weft sync`.
 pub(crate) async fn run(args: SyncArgs) -> anyhow::Result<Exit> {
+    // From here on a SIGINT or SIGTERM is noticed (at the latest once the sync runs)
+    // instead of killing the process without a word.
+    let mut signals = crate::signals::ShutdownSignals::new()?;
     let config = SyncConfig {
         blob_fetch: !args.no_blobs,
         ..SyncConfig::default()
     };
-    let s = Session::open(&args.replica, &args.node, config)?;
+    let s = Session::open(&args.replica, &args.node, config).await?;
     let bars = (!args.json && std::io::stderr().is_terminal()).then(|| {
         let pending = s.engine.pending_outbound(&s.link).unwrap_or(0);
         Bars::start(s.replica.events(), pending)
     });
-    let (summary, error) = sync_once(&s).await?;
+    let moved = Moved::track(s.replica.events());
+    let (summary, error) = tokio::select! {
+        done = sync_once(&s) => done?,
+        signal = signals.recv() => {
+            let signal = signal?;
+            if let Some(bars) = bars {
+                bars.finish().await;
+            }
+            let (pulled, pushed) = moved.totals();
+            eprintln!(
+                "weft: interrupted ({signal}) during the sync with {}: pulled {} messages ({}), pushed {} messages ({}); what arrived is stored, and `weft sync` continues from there",
+                s.endpoint,
+                pulled.0,
+                out::bytes_human(pulled.1),
+                pushed.0,
+                out::bytes_human(pushed.1),
+            );
+            return Ok(Exit::Interrupted);
+        }
+    };
     if let Some(bars) = bars {
         bars.finish().await;
     }
@@ -140,6 +162,51 @@ pub(crate) async fn run(args: SyncArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
+/// Messages and bytes moved so far each way, from the engine's `SyncProgress` events,
+/// for what an interrupted sync says it did.
+struct Moved {
+    totals: std::sync::Arc<std::sync::Mutex<[Running; 2]>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Moved {
+    fn track(mut events: broadcast::Receiver<SyncEvent>) -> Self {
+        let totals = std::sync::Arc::new(std::sync::Mutex::new([Running::default(); 2]));
+        let t = totals.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(SyncEvent::SyncProgress {
+                        direction,
+                        messages,
+                        bytes,
+                        ..
+                    }) => {
+                        let i = usize::from(direction == Direction::Push);
+                        let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+                        t[i].update(messages, bytes);
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Self { totals, task }
+    }
+
+    /// (messages, bytes) pulled and pushed.
+    fn totals(&self) -> ((u64, u64), (u64, u64)) {
+        let t = self.totals.lock().unwrap_or_else(|e| e.into_inner());
+        (t[0].total(), t[1].total())
+    }
+}
+
+impl Drop for Moved {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Progress bars for messages and bytes each way, fed by the engine's `SyncProgress`
 /// events. Each operation (catch-up, push, reconcile) reports running totals from
 /// zero, so a value lower than the previous one starts a new operation.
@@ -165,7 +232,14 @@ impl Running {
         }
         self.last_messages = messages;
         self.last_bytes = bytes;
-        (self.base_messages + messages, self.base_bytes + bytes)
+        self.total()
+    }
+
+    fn total(&self) -> (u64, u64) {
+        (
+            self.base_messages + self.last_messages,
+            self.base_bytes + self.last_bytes,
+        )
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 use sync_engine::live::{EngineOps, LiveDriver};
 use sync_engine::machine::LinkConfig;
 use sync_engine::{Change, Origin};
-use sync_types::{Connectivity, LinkStatus, Message, SyncEvent};
+use sync_types::{Cid, Connectivity, LinkStatus, Message, RecordId, SyncEvent};
 use tokio::sync::broadcast;
 
 use crate::cli::WatchArgs;
@@ -60,7 +60,16 @@ pub(crate) struct Printed {
     pub(crate) value: Option<Vec<u8>>,
     pub(crate) cid: String,
     pub(crate) timestamp_ms: u64,
+    /// The full version's HLC (`wall_ms.counter@node`).
+    pub(crate) hlc: String,
+    /// A put whose value is a blob that has not arrived: printed once it has.
+    pub(crate) staged: Option<(RecordId, Cid)>,
 }
+
+/// How often `watch` looks whether the blobs of staged puts arrived.
+const STAGED_POLL_MS: u64 = 200;
+/// Most staged puts `watch` waits for at once; beyond, they print without their value.
+const STAGED_LEN_MAX: usize = 1024;
 
 impl Printed {
     /// The change for a message that arrived from elsewhere, `None` for configures and
@@ -93,13 +102,17 @@ impl Printed {
             }
             Message::Configure(_) => return Ok(None),
         };
+        let mut staged = None;
         let (key, value) = match data.as_deref().and_then(kv::decode) {
             Some((k, v)) => (k.to_owned(), Some(v.to_vec())),
             // A payload in the blob store: the record's entry knows its key.
             None => match s.replica.get(&s.tenant, &record_id)? {
                 Some(r) if r.cid == change.cid => {
+                    if r.residency == sync_engine::Residency::Staged {
+                        staged = Some((record_id, change.cid));
+                    }
                     let e = kv::Entry::of(&s.replica, r)?;
-                    let v = e.value.clone();
+                    let v = e.load_value(&s.replica)?;
                     (e.key, v)
                 }
                 _ => (record_id.to_string(), data),
@@ -111,7 +124,34 @@ impl Printed {
             value: if op == "delete" { None } else { value },
             cid: change.cid.to_string(),
             timestamp_ms: stored.message.timestamp().wall_ms,
+            hlc: stored.message.timestamp().to_string(),
+            staged,
         }))
+    }
+
+    /// A staged put again, once its blob arrived: `None` while it has not, `Some(None)`
+    /// when the version was superseded meanwhile (nothing to print).
+    fn arrived(&self, s: &Session) -> anyhow::Result<Option<Option<Self>>> {
+        let Some((record_id, cid)) = self.staged else {
+            return Ok(Some(None));
+        };
+        let Some(r) = s.replica.get(&s.tenant, &record_id)? else {
+            return Ok(Some(None));
+        };
+        if r.cid != cid {
+            return Ok(Some(None));
+        }
+        if r.residency != sync_engine::Residency::Resident {
+            return Ok(None);
+        }
+        let e = kv::Entry::of(&s.replica, r)?;
+        let value = e.load_value(&s.replica)?;
+        Ok(Some(Some(Self {
+            key: e.key,
+            value,
+            staged: None,
+            ..self.clone()
+        })))
     }
 
     fn line(&self) -> String {
@@ -127,6 +167,7 @@ impl Printed {
             "key": self.key,
             "value": self.value.as_deref().map(String::from_utf8_lossy),
             "cid": self.cid,
+            "hlc": self.hlc,
             "timestamp_ms": self.timestamp_ms,
         })
     }
@@ -140,7 +181,7 @@ pub(crate) async fn run(args: WatchArgs) -> anyhow::Result<Exit> {
     // Subscribe to the change and event feeds before anything can change.
     let mut changes = replica.subscribe();
     let mut events = replica.events();
-    let s = Session::over(replica, args.replica.tenant.clone(), &args.node)?;
+    let s = Session::over(replica, args.replica.tenant.clone(), &args.node).await?;
     let (_, error) = sync_once(&s).await?;
     if let Some(e) = error {
         let err = anyhow::Error::new(e).context(format!("sync with {} failed", s.endpoint));
@@ -165,8 +206,28 @@ async fn watch(
     let mut printed = 0u64;
     let mut announced = false;
     let mut offline = false;
+    // Puts whose blob is still on its way, printed when it arrives.
+    let mut staged: Vec<Printed> = Vec::new();
+    let mut poll = tokio::time::interval(Duration::from_millis(STAGED_POLL_MS));
     loop {
         tokio::select! {
+            _ = poll.tick(), if !staged.is_empty() => {
+                let mut waiting = Vec::with_capacity(staged.len());
+                for p in staged.drain(..) {
+                    match p.arrived(s)? {
+                        None => waiting.push(p),
+                        Some(None) => {}
+                        Some(Some(p)) => {
+                            print(&p, args.json)?;
+                            printed += 1;
+                            if args.count.is_some_and(|n| printed >= n) {
+                                return Ok(Exit::Ok);
+                            }
+                        }
+                    }
+                }
+                staged = waiting;
+            }
             event = events.recv() => match event {
                 Ok(SyncEvent::LinkStatusChanged { link, to, .. }) if link == s.link => match to {
                     LinkStatus::Live if !announced => {
@@ -206,11 +267,11 @@ async fn watch(
                     Err(broadcast::error::RecvError::Closed) => return Ok(Exit::Ok),
                 };
                 if let Some(p) = Printed::of(s, &change)? {
-                    if args.json {
-                        out::json(&p.to_json())?;
-                    } else {
-                        out::line(p.line())?;
+                    if p.staged.is_some() && staged.len() < STAGED_LEN_MAX {
+                        staged.push(p);
+                        continue;
                     }
+                    print(&p, args.json)?;
                     printed += 1;
                     if args.count.is_some_and(|n| printed >= n) {
                         return Ok(Exit::Ok);
@@ -223,4 +284,13 @@ async fn watch(
             }
         }
     }
+}
+
+fn print(p: &Printed, json: bool) -> anyhow::Result<()> {
+    if json {
+        out::json(&p.to_json())?;
+    } else {
+        out::line(p.line())?;
+    }
+    Ok(())
 }

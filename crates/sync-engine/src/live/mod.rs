@@ -363,7 +363,10 @@ impl<O: LinkOps> Driver<O> {
         }
         let key = link.key.clone();
         let tenant = key.tenant.clone();
-        let mut machine = LinkMachine::new(link, self.config.clone());
+        // Replicas of one fleet share a config: their node ids set them apart.
+        let mut config = self.config.clone();
+        config.jitter_seed ^= self.replica.node_id().0;
+        let mut machine = LinkMachine::new(link, config);
         // What is pending to push: the local log's head.
         let head = self.replica.ledger().log_head(&tenant).ok().flatten();
         machine.set_local_head(head);

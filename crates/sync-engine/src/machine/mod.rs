@@ -25,6 +25,7 @@
 //!   `initializing` or `live`, and by the subscription that a repair reopens, so no
 //!   catch-up event is applied without being committed.
 
+mod jitter;
 mod repair;
 mod types;
 
@@ -77,7 +78,7 @@ impl LinkMachine {
         };
         Self {
             tracker: DeliveryTracker::new(config.in_flight_deliveries_max),
-            jitter_state: config.jitter_seed,
+            jitter_state: jitter::seed_for(config.jitter_seed, &state.key),
             config,
             state,
             actions: VecDeque::new(),
@@ -154,10 +155,8 @@ impl LinkMachine {
         let first_sync = self.state.last_sync_ms.is_none();
         if self.live() {
             self.open_subscription(self.state.pull.contiguous_applied);
-            self.arm(
-                Timer::IntegrityCheck,
-                now_ms + self.config.integrity_check_ms,
-            );
+            let delay = self.spread(self.config.integrity_check_ms);
+            self.arm(Timer::IntegrityCheck, now_ms + delay);
         } else {
             self.set_status(LinkStatus::Polling);
             self.arm(Timer::Poll, now_ms);
@@ -324,6 +323,7 @@ impl LinkMachine {
                         .unwrap_or(usize::MAX)
                         .min(delays.len() - 1)];
                     self.reconnects = self.reconnects.saturating_add(1);
+                    let delay = self.spread(delay);
                     self.arm(Timer::Reconnect, now_ms + delay);
                 }
             }
@@ -341,8 +341,10 @@ impl LinkMachine {
     /// nothing pending, and it directly follows the local head), the push checkpoint
     /// moves over it (saved with the next persist, or at once when no delivery is in
     /// flight), so what is pending
-    /// counts only writes the endpoint lacks. Otherwise the next push skips it or the
-    /// endpoint answers `Duplicate`.
+    /// counts only writes the endpoint lacks. Otherwise it is local log the push
+    /// checkpoint has not passed yet: the local head moves to it and a push (now, or when
+    /// the running one settles) passes over it, skipping it or answered `Duplicate`, so
+    /// nothing stays counted as pending once the link is quiet.
     pub fn handle_echo(&mut self, _now_ms: u64, token: ProgressToken) {
         let follows = match self.local_head {
             None => token.position == 1,
@@ -356,6 +358,16 @@ impl LinkMachine {
             // At the end of a burst nothing else will persist soon: save it now.
             if self.tracker.in_flight() == 0 {
                 self.persist();
+            }
+            return;
+        }
+        let newer = self
+            .local_head
+            .is_none_or(|head| token.compare(&head).is_none_or(|o| o.is_gt()));
+        if newer {
+            self.local_head = Some(token);
+            if self.push_ticket.is_none() && !self.timers.contains_key(&Timer::PushBatch) {
+                self.start_push();
             }
         }
     }
@@ -431,7 +443,8 @@ impl LinkMachine {
                     self.remote_head = head;
                 }
                 self.advance_pull(upto);
-                self.arm(Timer::Poll, now_ms + self.config.poll_interval_ms);
+                let delay = self.spread(self.config.poll_interval_ms);
+                self.arm(Timer::Poll, now_ms + delay);
             }
             CatchUpResult::Gap(gap) => {
                 let resume = gap.latest_available;
@@ -448,10 +461,8 @@ impl LinkMachine {
                     .checked_shl(self.poll_failures)
                     .unwrap_or(u64::MAX)
                     .min(self.config.poll_backoff_factor_max);
-                self.arm(
-                    Timer::Poll,
-                    now_ms + self.config.poll_interval_ms.saturating_mul(factor),
-                );
+                let delay = self.spread(self.config.poll_interval_ms.saturating_mul(factor));
+                self.arm(Timer::Poll, now_ms + delay);
             }
         }
     }
@@ -506,10 +517,8 @@ impl LinkMachine {
             }
             ReconcileResult::Failed(_) => {
                 self.set_connectivity(Connectivity::Offline);
-                self.arm(
-                    Timer::Reconcile,
-                    now_ms + self.config.reconcile_delay_ms.saturating_mul(5),
-                );
+                let delay = self.spread(self.config.reconcile_delay_ms.saturating_mul(5));
+                self.arm(Timer::Reconcile, now_ms + delay);
             }
         }
         if std::mem::take(&mut self.reconcile_again) {
@@ -592,10 +601,8 @@ impl LinkMachine {
             }
             Timer::IntegrityCheck => {
                 self.start_reconcile();
-                self.arm(
-                    Timer::IntegrityCheck,
-                    now_ms + self.config.integrity_check_ms,
-                );
+                let delay = self.spread(self.config.integrity_check_ms);
+                self.arm(Timer::IntegrityCheck, now_ms + delay);
             }
             Timer::Reconnect => {
                 if self.subscription.is_none() && self.repair.is_none() && self.live() {
@@ -769,17 +776,5 @@ impl LinkMachine {
         let t = Ticket(self.next_id);
         self.next_id += 1;
         t
-    }
-
-    /// Uniform in `[0, bound)` from the seeded splitmix64 sequence.
-    fn jitter(&mut self, bound: u64) -> u64 {
-        if bound == 0 {
-            return 0;
-        }
-        self.jitter_state = self.jitter_state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.jitter_state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) % bound
     }
 }

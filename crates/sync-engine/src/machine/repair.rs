@@ -104,7 +104,8 @@ impl LinkMachine {
             link: self.state.key.clone(),
         });
         if to == LinkStatus::Polling {
-            self.arm(Timer::Poll, now_ms + self.config.poll_interval_ms);
+            let delay = self.spread(self.config.poll_interval_ms);
+            self.arm(Timer::Poll, now_ms + delay);
         }
         self.push_if_idle();
     }
@@ -144,7 +145,7 @@ impl LinkMachine {
             let index = usize::try_from(attempt - 1)
                 .unwrap_or(usize::MAX)
                 .min(delays.len() - 1);
-            let delay = delays[index];
+            let delay = self.spread(delays[index]);
             self.arm(Timer::RepairRetry, now_ms + delay);
         }
     }

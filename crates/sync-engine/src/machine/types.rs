@@ -46,8 +46,13 @@ pub struct LinkConfig {
     pub reconcile_delay_ms: u64,
     /// Delays before reconnecting a dropped subscription (default 250 ms, 1 s, 5 s).
     pub reconnect_backoff_ms: Vec<u64>,
-    /// Seed of the jitter generator, so a simulation replays exactly.
+    /// Seed of the jitter generator, mixed with the link's key, so a simulation replays
+    /// exactly. The live driver mixes in the replica's node id, so replicas differ.
     pub jitter_seed: u64,
+    /// How far every reconnect, repair retry, poll and integrity delay is spread, in
+    /// percent of the delay: `d` becomes uniform in `[d - d·p/100, d + d·p/100)`
+    /// (default 50: `[d/2, 3d/2)`; 0 turns jitter off; at most 100).
+    pub jitter_percent: u32,
 }
 
 impl Default for LinkConfig {
@@ -67,6 +72,7 @@ impl Default for LinkConfig {
             reconcile_delay_ms: 1_000,
             reconnect_backoff_ms: vec![250, 1_000, 5_000],
             jitter_seed: 0,
+            jitter_percent: 50,
         }
     }
 }

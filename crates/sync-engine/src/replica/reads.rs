@@ -87,6 +87,27 @@ impl Replica {
         protocol: &ProtocolName,
         path: Option<&ProtocolPath>,
     ) -> Result<Vec<Record>> {
+        self.list_records(tenant, protocol, path, false)
+    }
+
+    /// [`list`](Self::list), with the deleted records too (their winning version is
+    /// the delete: `deleted` is set, no data).
+    pub fn list_with_tombstones(
+        &self,
+        tenant: &TenantId,
+        protocol: &ProtocolName,
+        path: Option<&ProtocolPath>,
+    ) -> Result<Vec<Record>> {
+        self.list_records(tenant, protocol, path, true)
+    }
+
+    fn list_records(
+        &self,
+        tenant: &TenantId,
+        protocol: &ProtocolName,
+        path: Option<&ProtocolPath>,
+        tombstones: bool,
+    ) -> Result<Vec<Record>> {
         let ledger = &self.inner.ledger;
         let cids: Vec<Cid> = match path {
             Some(path) => ledger.path_cids(tenant, protocol, path)?,
@@ -103,7 +124,9 @@ impl Replica {
                 continue;
             };
             if let std::collections::btree_map::Entry::Vacant(slot) = records.entry(record_id)
-                && let Some(record) = self.get(tenant, &record_id)?
+                && let Some(record) = self
+                    .get_with_tombstone(tenant, &record_id)?
+                    .filter(|r| tombstones || !r.deleted)
             {
                 slot.insert(record);
             }
@@ -153,5 +176,24 @@ impl Replica {
                 .zip(i.context)
                 .map(|(path, context)| RecordPlace { path, context })
         }))
+    }
+}
+
+impl Replica {
+    /// Whether a `Configure` of `protocol` is stored for `tenant` (so a first write
+    /// to it needs no configure).
+    pub fn has_protocol(&self, tenant: &TenantId, protocol: &ProtocolName) -> Result<bool> {
+        Ok(self.inner.ledger.has_protocol(tenant, protocol)?)
+    }
+
+    /// Whether the record's winning version is live (`Some(false)`: deleted; `None`:
+    /// not held). One row read, no payload.
+    pub fn is_live(&self, tenant: &TenantId, record_id: &RecordId) -> Result<Option<bool>> {
+        Ok(self
+            .inner
+            .ledger
+            .record_head(tenant, record_id)?
+            .filter(|h| h.initial.is_some())
+            .map(|h| !h.is_deleted()))
     }
 }

@@ -127,6 +127,7 @@ mod apply;
 mod blobs;
 mod catch_up;
 mod config;
+mod credentials;
 mod health;
 mod identity;
 mod known;
@@ -140,6 +141,9 @@ mod run;
 mod settle;
 
 pub use config::*;
+pub use credentials::{
+    CredentialedRemote, Credentials, CredentialsConnector, REFRESH_MARGIN_MS_DEFAULT,
+};
 pub use identity::Identity;
 pub use report::*;
 pub use sync_transport::connector::{Connector, HttpConnector, InProcessConnector};
@@ -333,6 +337,17 @@ impl<C: Connector> Engine<C> {
 
     pub(super) fn ledger(&self) -> &sync_ledger::Ledger {
         self.inner.replica.ledger()
+    }
+
+    /// `ms` spread uniformly over `[ms/2, 3ms/2)` by the engine's seeded generator, so
+    /// the retries of a fleet's engines do not fall in step.
+    pub(super) fn jittered(&self, ms: u64) -> u64 {
+        let half = ms / 2;
+        if half == 0 {
+            return ms;
+        }
+        let mut state = lock(&self.inner.rng);
+        half + splitmix64(&mut state) % (2 * half)
     }
 
     pub(super) fn salt(&self) -> [u8; 16] {

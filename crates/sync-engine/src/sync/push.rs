@@ -206,7 +206,7 @@ impl<C: Connector> Engine<C> {
         loop {
             let answer = match batch.poll() {
                 Step::Wait(ms) => {
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    tokio::time::sleep(Duration::from_millis(self.jittered(ms))).await;
                     continue;
                 }
                 Step::Send(pass) => self
