@@ -47,8 +47,15 @@ impl<C: Connector> Connector for Arc<C> {
     }
 }
 
+/// Clients an [`HttpConnector`] keeps for reuse. Each (endpoint, token) has its own, so a
+/// token that is refreshed again and again (`--token-file`, a credentials provider) would
+/// otherwise add one for good each time.
+pub const CONNECTOR_CLIENTS_MAX: usize = 64;
+
 /// Connects over HTTP ([`HttpClient`]); clients are kept per (endpoint, token) so their
-/// connection pools are reused across syncs.
+/// connection pools are reused across syncs, at most [`CONNECTOR_CLIENTS_MAX`] of them:
+/// past it, the endpoint's clients for other tokens are dropped first, then any one. A
+/// dropped client only loses its pool; remotes already handed out keep working.
 #[derive(Debug, Default)]
 pub struct HttpConnector {
     config: ClientConfig,
@@ -80,6 +87,14 @@ impl Connector for HttpConnector {
             return Ok(client.clone());
         }
         let client = HttpClient::with_token_text(endpoint, &key.1, self.config.clone())?;
+        if clients.len() >= CONNECTOR_CLIENTS_MAX {
+            clients.retain(|(e, _), _| e != endpoint);
+        }
+        if clients.len() >= CONNECTOR_CLIENTS_MAX
+            && let Some(any) = clients.keys().next().cloned()
+        {
+            clients.remove(&any);
+        }
         clients.insert(key, client.clone());
         Ok(client)
     }
@@ -140,5 +155,32 @@ impl<H: Handler> Connector for InProcessConnector<H> {
             node,
             token.unwrap_or_default(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotated_tokens_do_not_grow_the_client_cache_without_bound() {
+        let connector = HttpConnector::new(ClientConfig::default());
+        let a = Endpoint::new("http://127.0.0.1:1").unwrap();
+        for i in 0..CONNECTOR_CLIENTS_MAX * 3 {
+            connector.connect(&a, Some(&format!("token-{i}"))).unwrap();
+        }
+        assert!(lock(&connector.clients).len() <= CONNECTOR_CLIENTS_MAX);
+        // The newest token's client is the one kept and reused.
+        let last = format!("token-{}", CONNECTOR_CLIENTS_MAX * 3 - 1);
+        assert!(lock(&connector.clients).contains_key(&(a.clone(), last.clone())));
+        // Other endpoints' clients survive one endpoint's rotations while there is room
+        // for them.
+        let b = Endpoint::new("http://127.0.0.1:2").unwrap();
+        connector.connect(&b, Some("b")).unwrap();
+        for i in 0..CONNECTOR_CLIENTS_MAX {
+            connector.connect(&a, Some(&format!("again-{i}"))).unwrap();
+        }
+        assert!(lock(&connector.clients).len() <= CONNECTOR_CLIENTS_MAX);
+        assert!(lock(&connector.clients).contains_key(&(b, "b".to_owned())));
     }
 }

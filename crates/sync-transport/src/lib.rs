@@ -121,7 +121,7 @@ pub use client::{
     SubscriptionItem,
 };
 #[cfg(feature = "net")]
-pub use connector::{Connector, HttpConnector, InProcessConnector};
+pub use connector::{CONNECTOR_CLIENTS_MAX, Connector, HttpConnector, InProcessConnector};
 #[cfg(feature = "net")]
 pub use failover::{FailoverConnector, FailoverRemote};
 #[cfg(feature = "net")]
