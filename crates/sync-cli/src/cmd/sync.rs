@@ -165,31 +165,17 @@ pub(crate) async fn run(args: SyncArgs) -> anyhow::Result<Exit> {
 /// Messages and bytes moved so far each way, from the engine's `SyncProgress` events,
 /// for what an interrupted sync says it did.
 struct Moved {
-    totals: std::sync::Arc<std::sync::Mutex<[Running; 2]>>,
+    totals: std::sync::Arc<std::sync::Mutex<[(u64, u64); 2]>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Moved {
-    fn track(mut events: broadcast::Receiver<SyncEvent>) -> Self {
-        let totals = std::sync::Arc::new(std::sync::Mutex::new([Running::default(); 2]));
+    fn track(events: broadcast::Receiver<SyncEvent>) -> Self {
+        let totals = std::sync::Arc::new(std::sync::Mutex::new([(0, 0); 2]));
         let t = totals.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                match events.recv().await {
-                    Ok(SyncEvent::SyncProgress {
-                        direction,
-                        messages,
-                        bytes,
-                        ..
-                    }) => {
-                        let i = usize::from(direction == Direction::Push);
-                        let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
-                        t[i].update(messages, bytes);
-                    }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
+        let task = follow_progress(events, move |direction, moved| {
+            let i = usize::from(direction == Direction::Push);
+            t.lock().unwrap_or_else(|e| e.into_inner())[i] = moved;
         });
         Self { totals, task }
     }
@@ -197,7 +183,7 @@ impl Moved {
     /// (messages, bytes) pulled and pushed.
     fn totals(&self) -> ((u64, u64), (u64, u64)) {
         let t = self.totals.lock().unwrap_or_else(|e| e.into_inner());
-        (t[0].total(), t[1].total())
+        (t[0], t[1])
     }
 }
 
@@ -214,6 +200,32 @@ struct Bars {
     task: tokio::task::JoinHandle<()>,
     pull: ProgressBar,
     push: ProgressBar,
+}
+
+/// Follows the engine's `SyncProgress` events until the engine goes, calling `on` with
+/// the direction and the (messages, bytes) moved that way so far over every operation.
+fn follow_progress(
+    mut events: broadcast::Receiver<SyncEvent>,
+    mut on: impl FnMut(Direction, (u64, u64)) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut running = [Running::default(); 2];
+        loop {
+            match events.recv().await {
+                Ok(SyncEvent::SyncProgress {
+                    direction,
+                    messages,
+                    bytes,
+                    ..
+                }) => {
+                    let i = usize::from(direction == Direction::Push);
+                    on(direction, running[i].update(messages, bytes));
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
 }
 
 #[derive(Default, Clone, Copy)]
@@ -244,7 +256,7 @@ impl Running {
 }
 
 impl Bars {
-    fn start(mut events: broadcast::Receiver<SyncEvent>, pending_push: u64) -> Self {
+    fn start(events: broadcast::Receiver<SyncEvent>, pending_push: u64) -> Self {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let pull = multi.add(ProgressBar::new_spinner());
         pull.set_style(
@@ -260,31 +272,16 @@ impl Bars {
         push.set_message("0 B");
         pull.enable_steady_tick(Duration::from_millis(100));
         let (pull2, push2) = (pull.clone(), push.clone());
-        let task = tokio::spawn(async move {
-            let mut running = [Running::default(); 2];
-            loop {
-                match events.recv().await {
-                    Ok(SyncEvent::SyncProgress {
-                        direction,
-                        messages,
-                        bytes,
-                        ..
-                    }) => {
-                        let (i, bar) = match direction {
-                            Direction::Pull => (0, &pull2),
-                            Direction::Push => (1, &push2),
-                        };
-                        let (m, b) = running[i].update(messages, bytes);
-                        if bar.length().is_some_and(|l| m > l) {
-                            bar.set_length(m);
-                        }
-                        bar.set_position(m);
-                        bar.set_message(out::bytes_human(b));
-                    }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
+        let task = follow_progress(events, move |direction, (m, b)| {
+            let bar = match direction {
+                Direction::Pull => &pull2,
+                Direction::Push => &push2,
+            };
+            if bar.length().is_some_and(|l| m > l) {
+                bar.set_length(m);
             }
+            bar.set_position(m);
+            bar.set_message(out::bytes_human(b));
         });
         Self { task, pull, push }
     }
