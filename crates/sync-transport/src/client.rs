@@ -616,7 +616,10 @@ impl Remote for HttpClient {
         &self,
         req: WriteBatchRequest,
     ) -> Result<PlacedBatchReply, TransportError> {
-        if !self.legacy.load(Ordering::Relaxed) {
+        // An older node does not know the call: fall back to a plain write batch, for good.
+        let req = if self.legacy.load(Ordering::Relaxed) {
+            req
+        } else {
             let request = Request::WriteBatchPlaced(req);
             match self.call(&request, false).await {
                 Err(e) if is_unknown_request(&e) => self.legacy.store(true, Ordering::Relaxed),
@@ -625,11 +628,8 @@ impl Remote for HttpClient {
             let Request::WriteBatchPlaced(req) = request else {
                 unreachable!("built above")
             };
-            return self.write_batch(req).await.map(|r| PlacedBatchReply {
-                outcomes: r.outcomes,
-                placed: None,
-            });
-        }
+            req
+        };
         let reply = self.write_batch(req).await?;
         Ok(PlacedBatchReply {
             outcomes: reply.outcomes,
@@ -640,7 +640,10 @@ impl Remote for HttpClient {
         &self,
         req: KnownLogPageRequest,
     ) -> Result<LogPageReply, TransportError> {
-        if !self.legacy.load(Ordering::Relaxed) {
+        // An older node does not know the call: fall back to a plain page, for good.
+        let req = if self.legacy.load(Ordering::Relaxed) {
+            req
+        } else {
             let request = Request::LogPageKnown(req);
             match self.call(&request, true).await {
                 Err(e) if is_unknown_request(&e) => self.legacy.store(true, Ordering::Relaxed),
@@ -649,8 +652,8 @@ impl Remote for HttpClient {
             let Request::LogPageKnown(req) = request else {
                 unreachable!("built above")
             };
-            return self.log_page(req.page).await;
-        }
+            req
+        };
         self.log_page(req.page).await
     }
     async fn blob_stat(&self, req: BlobStatRequest) -> Result<BlobStat, TransportError> {
