@@ -41,13 +41,7 @@ impl<C: Connector> Engine<C> {
             }
             known.clone()
         })?;
-        match save {
-            Some(k) => Ok(self
-                .ledger()
-                .links()
-                .save_known(key, &k, Durability::Buffered)?),
-            None => Ok(()),
-        }
+        self.save_known(key, save)
     }
 
     /// The known ranges a pull from `checkpoint` asks the node to leave out: those
@@ -86,12 +80,16 @@ impl<C: Connector> Engine<C> {
             }
             (*k != before).then(|| k.clone())
         })?;
-        match save {
-            Some(k) => Ok(self
-                .ledger()
+        self.save_known(key, save)
+    }
+
+    /// Saves `known` for `key` when there is something to save.
+    fn save_known(&self, key: &LinkKey, known: Option<KnownRanges>) -> Result<()> {
+        if let Some(k) = known {
+            self.ledger()
                 .links()
-                .save_known(key, &k, Durability::Buffered)?),
-            None => Ok(()),
+                .save_known(key, &k, Durability::Buffered)?;
         }
+        Ok(())
     }
 }
