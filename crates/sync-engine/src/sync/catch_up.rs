@@ -2,7 +2,7 @@
 
 use sync_transport::Remote;
 use sync_transport::proto::{
-    KnownLogPageRequest, LOG_PAGE_ENTRIES_MAX, LogFilter, LogPage, LogPageReply, LogPageRequest,
+    HeadLogPageRequest, LOG_PAGE_ENTRIES_MAX, LogFilter, LogPage, LogPageReply, LogPageRequest,
 };
 use sync_types::{
     ApplyOutcome, DeadLetterCategory, Direction, DirectionCheckpoint, LinkKey, ScopeClass,
@@ -13,6 +13,7 @@ use tracing::Instrument;
 use crate::closure::{Gate, forbidden_dependency};
 use crate::error::{Error, Result};
 
+use super::blobs::big_data;
 use super::settle::{Next, PullCursor, Settle, settle, settled_prefix};
 use super::{
     CatchUpOutcome, CatchUpStop, Connector, Engine, LinkCtx, STALLED_PAGES_MAX, Traffic,
@@ -41,7 +42,9 @@ impl<C: Connector> Engine<C> {
         };
         let mut out = self.catch_up_locked(&ctx, start).await?;
         drop(guard);
-        out.blobs_fetched += self.fetch_staged_after(ctx).await?;
+        let meter = ctx.meters.pull.clone();
+        out.blobs_fetched += self.fetch_staged_after(ctx).await?.0;
+        meter.finish();
         Ok(out)
     }
 
@@ -97,25 +100,28 @@ impl<C: Connector> Engine<C> {
                 filter: LogFilter::default(),
                 limit,
             };
-            // What this replica pushed is left out of the page (no echo).
-            let reply = match self.known_after(key, from)? {
-                Some(known) => {
-                    ctx.remote
-                        .log_page_known(KnownLogPageRequest { page: req, known })
-                        .await
-                }
-                None => ctx.remote.log_page(req).await,
-            };
-            let mut page = match reply {
-                Ok(LogPageReply::Page(page)) => page,
-                Ok(LogPageReply::Gap(gap)) => {
-                    self.replica().emit(SyncEvent::GapDetected {
-                        link: key.clone(),
-                        gap: gap.clone(),
-                    });
-                    out.stop = Some(CatchUpStop::Gap(gap));
-                    return Ok(out);
-                }
+            // What this replica pushed is left out of the page (no echo). The first
+            // page also asks how much is left, for the operation's total.
+            let reply = ctx
+                .remote
+                .log_page_head(HeadLogPageRequest {
+                    page: req,
+                    known: self.known_after(key, from)?,
+                    count_remaining: out.pages == 0,
+                })
+                .await;
+            let (mut page, extent) = match reply {
+                Ok(h) => match h.reply {
+                    LogPageReply::Page(page) => (page, h.extent),
+                    LogPageReply::Gap(gap) => {
+                        self.replica().emit(SyncEvent::GapDetected {
+                            link: key.clone(),
+                            gap: gap.clone(),
+                        });
+                        out.stop = Some(CatchUpStop::Gap(gap));
+                        return Ok(out);
+                    }
+                },
                 Err(e) if too_large(&e) && cursor.shrink() => continue,
                 Err(e) => return Err(e.into()),
             };
@@ -187,7 +193,19 @@ impl<C: Connector> Engine<C> {
                 }
             }
             out.checkpoint = cursor.checkpoint().contiguous_applied;
-            self.progress(key, Direction::Pull, out.received);
+            if let Some(rest) = extent.remaining {
+                // This page and the rest; their blobs are downloaded after the pages.
+                let blobs = if cfg.blob_fetch {
+                    rest.blob_bytes + page_blob_bytes(&page)
+                } else {
+                    0
+                };
+                ctx.meters.pull.expect(
+                    rest.messages + traffic.messages,
+                    rest.bytes + traffic.bytes + blobs,
+                );
+            }
+            ctx.meters.pull.moved(traffic.messages, traffic.bytes);
             if let Some(e) = terminal {
                 return Err(e);
             }
@@ -250,4 +268,13 @@ impl<C: Connector> Engine<C> {
             .collect();
         Ok((outcomes, gated, traffic))
     }
+}
+
+/// The sizes of the blobs a page's messages reference.
+fn page_blob_bytes(page: &LogPage) -> u64 {
+    page.entries
+        .iter()
+        .filter_map(|e| big_data(&e.item.message))
+        .map(|(_, size)| size)
+        .sum()
 }
