@@ -163,6 +163,9 @@ pub(crate) fn hint(err: &anyhow::Error) -> Option<&'static str> {
         Exit::Unreachable if text.contains("not a weft node") => Some(
             "another program answers at that address: check --node (or WEFT_NODE), e.g. http://127.0.0.1:7700",
         ),
+        Exit::Unreachable if text.contains("speaks tls only") => Some(
+            "the node serves TLS: give --node (or WEFT_NODE) as https://HOST:PORT, and its CA with --tls-ca if the certificate is private",
+        ),
         Exit::Unreachable if text.contains("tls:") => Some(
             "check the scheme (https:// for a node serving TLS) and give the CA of the node's certificate with --tls-ca",
         ),

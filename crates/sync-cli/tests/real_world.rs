@@ -58,15 +58,21 @@ fn sync_over_tls_with_the_nodes_ca_and_a_clear_refusal_without_it() {
         "{}",
         r.report()
     );
-    // Plain http:// to the TLS node: told to use https://.
+    // Plain http:// to the TLS node: exit 3 (the node is there, the scheme is wrong),
+    // told to use https://.
     let plain = node.url.replace("https://", "http://");
-    let r = env.run(&["sync", "--store", "d", "--node", &plain]);
-    assert_ne!(r.code, 0, "{}", r.report());
-    assert!(
-        r.stderr.contains("use an https:// endpoint"),
-        "{}",
-        r.report()
-    );
+    for args in [
+        vec!["sync", "--store", "d", "--node", &plain],
+        vec!["health", "--node", &plain],
+    ] {
+        let r = env.fails(3, &args);
+        assert!(
+            r.stderr.contains("speaks TLS only") && r.stderr.contains("use an https:// endpoint"),
+            "{}",
+            r.report()
+        );
+        assert!(r.stderr.contains("as https://HOST:PORT"), "{}", r.report());
+    }
     // A TLS flag without its pair is a usage error.
     env.fails(2, &["serve", "--data-dir", "n2", "--tls-cert", "node.crt"]);
 }

@@ -608,7 +608,13 @@ fn decode_reply(status: u16, body: &[u8], frame_bytes_max: usize) -> Result<Repl
     };
     match header.kind {
         FrameKind::Error => {
-            let mut e = TransportError::refused(frame::decode_body::<ErrorReply>(header, payload)?);
+            let reply = frame::decode_body::<ErrorReply>(header, payload)?;
+            if reply.code == ErrorCode::BadRequest && reply.message == tls::TLS_ONLY_MESSAGE {
+                return Err(TransportError::Tls(
+                    "the node speaks TLS only and answered a plain http:// call: use an https:// endpoint".into(),
+                ));
+            }
+            let mut e = TransportError::refused(reply);
             if let TransportError::Refused { status: s, .. } = &mut e {
                 *s = status;
             }
