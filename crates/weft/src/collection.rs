@@ -315,11 +315,12 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Collection<T> {
             (None, Some(r)) if record.residency == Residency::Resident => {
                 inner.replica.read_blob(&r.data_cid, 0, r.size)?
             }
-            _ => {
-                return Err(Error::Decode(format!(
-                    "record {} is {:?}: its value has not arrived yet",
-                    record.record_id, record.residency
-                )));
+            (None, r) => {
+                return Err(Error::NotArrived {
+                    record: record.record_id,
+                    size: r.map_or(0, |r| r.size),
+                    residency: record.residency,
+                });
             }
         };
         let h = header(&payload)?;
