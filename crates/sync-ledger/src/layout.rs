@@ -45,6 +45,7 @@
 //! | `blob_chunks` | `cid index:u32` | raw bytes (not an envelope) | blob content, [`BLOB_CHUNK_BYTES`] per chunk |
 //! | `blob_uploads` | `cid` | [`UploadState`] | a resumable partial upload |
 //! | `blob_aliases` | `cid` | raw 32-byte id (not an envelope) | a blob whose chunks are under another id |
+//! | `blob_owners` | `cid` (the upload's id) | [`UploadOwner`] | which process writes a partial upload; only on a shared store (not in [`PARTITIONS`]: a backend creates it on first use) |
 //! | `links` | `t key` (the link key text) | `LinkState` | replication links |
 //! | `dead_letters` | `t cid endpoint` | `DeadLetter` | failed messages per endpoint |
 //! | `identities` | `t` | [`RegisteredIdentity`](crate::RegisteredIdentity) | registered identities |
@@ -122,6 +123,11 @@ pub const BLOB_UPLOADS: Partition = Partition::new("blob_uploads");
 /// Blobs whose chunks are stored under another id: a blob written as a stream of unknown
 /// hash keeps its chunks under the upload's id instead of copying them.
 pub const BLOB_ALIASES: Partition = Partition::new("blob_aliases");
+/// Which process owns a partial upload, on a store several processes write
+/// ([`Store::is_shared`](crate::store::Store::is_shared)): not in [`PARTITIONS`], since a
+/// store with one writer never uses it and a shared backend creates its table on first
+/// use (a database migrated before it existed needs no migration).
+pub const BLOB_OWNERS: Partition = Partition::new("blob_owners");
 /// Replication links.
 pub const LINKS: Partition = Partition::new("links");
 /// Dead letters.
@@ -242,6 +248,17 @@ pub struct UploadState {
     pub size: Option<u64>,
     /// When the upload last made progress, in ms since the Unix epoch (caller's clock).
     pub updated_ms: u64,
+}
+
+/// The process that owns a partial upload on a shared store (`blob_owners`): only it
+/// commits the upload's chunks, until `until_ms` passes without a commit of its own.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct UploadOwner {
+    /// The owning ledger's id, drawn once per process from its id source.
+    pub owner: StreamId,
+    /// When another process may take the upload over, in ms since the Unix epoch (the
+    /// owner's clock at its last commit plus [`UPLOAD_OWNER_TTL_MS`](crate::UPLOAD_OWNER_TTL_MS)).
+    pub until_ms: u64,
 }
 
 /// Serde for `Option<Vec<u8>>` as a byte string (postcard: a length and raw bytes),

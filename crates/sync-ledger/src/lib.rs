@@ -131,7 +131,7 @@ mod staged_uploads;
 pub mod store;
 mod upgrade;
 
-pub use blobs::{BlobReader, BlobUpload, Blobs, UploadCursor};
+pub use blobs::{BlobReader, BlobUpload, Blobs, UPLOAD_OWNER_TTL_MS, UploadCursor};
 pub use bus::{BusNews, BusSink, ChangeBus};
 pub use error::{BackendError, Error, Result};
 pub use layout::UploadState;
