@@ -285,3 +285,66 @@ async fn an_upload_in_progress_on_one_node_is_refused_by_another() {
         "the finished upload gave its row back"
     );
 }
+
+/// `weft status` shows which of the nodes a link names it talks to: the one that
+/// answered its last sync, here the second named (the first is gone), then, once that
+/// one is killed, the third. Each node's metrics say which node they are.
+#[test]
+fn status_shows_the_node_a_link_talks_to() {
+    let site = Site::new("status");
+    let a = site.node(&[]);
+    let mut b = site.node(&[]);
+    let gone = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let t = tenant("status");
+    let store = site.dir.path().join("replica");
+    let nodes = format!("{gone},{},{}", b.url, a.url);
+    let weft = |args: &[&str]| {
+        let out = std::process::Command::new(WEFT)
+            .args(args)
+            .arg("--store")
+            .arg(&store)
+            .env("WEFT_NODE", &nodes)
+            .env("WEFT_TOKEN", owner_token(&t))
+            .env("WEFT_TENANT", t.as_str())
+            .env("HOME", site.dir.path())
+            .env("XDG_DATA_HOME", site.dir.path().join("xdg"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "weft {args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let talks_to = |weft: &dyn Fn(&[&str]) -> String| {
+        let v: serde_json::Value = serde_json::from_str(&weft(&["status", "--json"])).unwrap();
+        let link = v["links"].as_array().unwrap().first()?.clone();
+        assert_eq!(link["node"], nodes.as_str());
+        link["talks_to"].as_str().map(str::to_owned)
+    };
+    weft(&["put", "greeting", "hello"]);
+    assert_eq!(talks_to(&weft), None, "no link yet");
+    weft(&["sync"]);
+    assert_eq!(talks_to(&weft).as_deref(), Some(b.url.as_str()));
+    let table = weft(&["status"]);
+    assert!(table.contains("TALKS TO"), "{table}");
+    assert!(table.contains(&b.url), "{table}");
+
+    b.kill9();
+    weft(&["put", "greeting", "again"]);
+    weft(&["sync"]);
+    assert_eq!(talks_to(&weft).as_deref(), Some(a.url.as_str()));
+    assert!(weft(&["status"]).contains(&a.url));
+
+    // The node's own metrics name it, so two nodes' metrics are told apart.
+    let (_, metrics) = a.get("/metrics");
+    assert!(
+        metrics.contains(&format!("weft_node_info{{node=\"{}\"}} 1", a.url)),
+        "{metrics}"
+    );
+}

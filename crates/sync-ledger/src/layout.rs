@@ -31,6 +31,7 @@
 //! | `meta` | `"hlc"` | `Hlc` | the greatest timestamp ever stored, written in the batch that stores it (see `causality.rs`) |
 //! | `meta` | `"node"` | `NodeId` | the replica's node id, created once |
 //! | `meta` | `"known/" T link` | `KnownRanges` | positions of a link's remote log the replica holds already (it pushed them); a pull leaves them out |
+//! | `meta` | `"reached/" T link` | [`ReachedNode`](crate::ReachedNode) | the node a link's calls last reached (`weft status`) |
 //! | `names` | `'t' tenant` / `'T' T` / `'p' T protocol` / `'#t'` / `'#p' T` | `u32` / `TenantId` / `u32` / next `u32` / next `u32` | interned tenant and protocol numbers, both ways, and the counters that allocate them |
 //! | `log` | `T pos` | [`StoredEntry`]: cid, message, inline data | the event log, and the message bodies |
 //! | `log_meta` | `T` | [`LogMeta`]: stream id, epoch, head, compaction floor | log identity and next position |

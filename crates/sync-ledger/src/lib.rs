@@ -144,7 +144,7 @@ pub use log::{LOG_PAGE_ENTRIES_MAX, LogEntry, LogInfo, LogPage, LogQuery, LogRea
 pub use lookups::CidIter;
 pub use notify::ListenerId;
 pub use registry::{
-    DEAD_LETTER_ERROR_BYTES_MAX, DeadLetterFilter, DeadLetters, Identities, Links,
+    DEAD_LETTER_ERROR_BYTES_MAX, DeadLetterFilter, DeadLetters, Identities, Links, ReachedNode,
     RegisteredIdentity,
 };
 pub use store::{Durability, FjallStore, MemoryStore, Store};
