@@ -186,7 +186,10 @@
 //! carries its natural key and codec ([`Codec`]: JSON by default, postcard by choice;
 //! [`Collection::put_raw`] for bytes), so the key travels with the record to every
 //! device and a read checks it against the record's id. Values above the inline limit
-//! travel as blobs; [`Entry::residency`] says whether one has arrived.
+//! travel as blobs; [`Entry::residency`] says whether one has arrived. Until it has,
+//! [`Collection::get`] answers [`Error::NotArrived`], and queries and counts leave the
+//! record out: its key travels inside the value, so the key index lists it once the
+//! blob is here (with `blob_fetch` on, the default, that is the same sync).
 
 #![deny(missing_docs)]
 
