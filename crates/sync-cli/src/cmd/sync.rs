@@ -128,6 +128,7 @@ pub(crate) async fn sync_once(
 ) -> anyhow::Result<(Summary, Option<sync_engine::Error>)> {
     let started = Instant::now();
     let mut report = s.engine.sync_link(&s.link).await;
+    remote::save_reached(s);
     let summary = Summary::of(s, &report, started.elapsed())?;
     Ok((summary, report.error.take()))
 }

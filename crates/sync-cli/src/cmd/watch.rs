@@ -74,6 +74,8 @@ pub(crate) struct Printed {
 const STAGED_POLL_MS: u64 = 200;
 /// Most staged puts `watch` waits for at once; beyond, they print without their value.
 const STAGED_LEN_MAX: usize = 1024;
+/// How often `weft watch` records the node its link talks to (it changes on failover).
+const REACHED_SAVE_MS: u64 = 1_000;
 
 impl Printed {
     /// The change for a message that arrived from elsewhere, `None` for configures and
@@ -224,8 +226,11 @@ async fn watch(
     // Puts whose blob is still on its way, printed when it arrives.
     let mut staged: Vec<Printed> = Vec::new();
     let mut poll = tokio::time::interval(Duration::from_millis(STAGED_POLL_MS));
+    // The node the link talks to may change (failover): recorded for `weft status`.
+    let mut reached = tokio::time::interval(Duration::from_millis(REACHED_SAVE_MS));
     loop {
         tokio::select! {
+            _ = reached.tick() => remote::save_reached(s),
             _ = poll.tick(), if !staged.is_empty() => {
                 let mut waiting = Vec::with_capacity(staged.len());
                 for p in staged.drain(..) {

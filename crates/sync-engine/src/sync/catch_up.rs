@@ -1,12 +1,13 @@
 //! Catch-up: reading the remote log from the pull checkpoint and applying it.
 
-use sync_transport::Remote;
 use sync_transport::proto::{
-    HeadLogPageRequest, LOG_PAGE_ENTRIES_MAX, LogFilter, LogPage, LogPageReply, LogPageRequest,
+    HeadLogPageRequest, HeadedLogPage, LOG_PAGE_ENTRIES_MAX, LogFilter, LogPage, LogPageReply,
+    LogPageRequest,
 };
+use sync_transport::{Remote, TransportError};
 use sync_types::{
-    ApplyOutcome, DeadLetterCategory, Direction, DirectionCheckpoint, LinkKey, ScopeClass,
-    SyncEvent,
+    ApplyOutcome, DeadLetterCategory, Direction, DirectionCheckpoint, LinkKey, ProgressToken,
+    ScopeClass, SyncEvent,
 };
 use tracing::Instrument;
 
@@ -19,6 +20,11 @@ use super::{
     CatchUpOutcome, CatchUpStop, Connector, Engine, LinkCtx, STALLED_PAGES_MAX, Traffic,
     item_bytes, too_large,
 };
+
+/// Where a page of the remote log starts and how many entries it holds at most.
+type PageAt = (Option<ProgressToken>, u32);
+/// The remote's answer to a page request: the page (or a gap) and the log's extent.
+type Reply = std::result::Result<HeadedLogPage, TransportError>;
 
 impl<C: Connector> Engine<C> {
     /// Reads the remote log from the link's pull checkpoint and applies it; see the
@@ -91,25 +97,16 @@ impl<C: Connector> Engine<C> {
             checkpoint: start.contiguous_applied,
             ..CatchUpOutcome::default()
         };
+        // The page read ahead while the previous one applied, with its request.
+        let mut ahead: Option<(PageAt, Reply)> = None;
         while out.pages < cfg.catch_up_pages_max as u64 {
-            let (from, limit) = cursor.request();
-            let req = LogPageRequest {
-                tenant: key.tenant.clone(),
-                scope: ctx.scope.clone(),
-                from,
-                filter: LogFilter::default(),
-                limit,
-            };
+            let at = cursor.request();
             // What this replica pushed is left out of the page (no echo). The first
             // page also asks how much is left, for the operation's total.
-            let reply = ctx
-                .remote
-                .log_page_head(HeadLogPageRequest {
-                    page: req,
-                    known: self.known_after(key, from)?,
-                    count_remaining: out.pages == 0,
-                })
-                .await;
+            let reply = match ahead.take() {
+                Some((read, reply)) if read == at => reply,
+                _ => self.read_page(ctx, at, out.pages == 0).await?,
+            };
             let (mut page, extent) = match reply {
                 Ok(h) => match h.reply {
                     LogPageReply::Page(page) => (page, h.extent),
@@ -128,8 +125,26 @@ impl<C: Connector> Engine<C> {
             out.pages += 1;
             out.duplicates_dropped += cursor.accept(&mut page)?;
             let span = tracing::debug_span!("page", entries = page.entries.len());
-            let (outcomes, gated, traffic) =
-                self.gate_and_apply(ctx, &page).instrument(span).await?;
+            let applying = self.gate_and_apply(ctx, &page).instrument(span);
+            // The next page travels while this one applies (pipelined, one page ahead).
+            let next = cursor
+                .ahead(&page)
+                .filter(|_| out.pages < cfg.catch_up_pages_max as u64);
+            let applied = match next {
+                Some(next) => {
+                    let (applied, read) =
+                        futures_util::future::join(applying, self.read_page(ctx, next, false))
+                            .await;
+                    // A local failure to read ahead (the known ranges) is met again when
+                    // the page is asked for; the remote's answer, error or not, is kept.
+                    if let Ok(reply) = read {
+                        ahead = Some((next, reply));
+                    }
+                    applied
+                }
+                None => applying.await,
+            };
+            let (outcomes, gated, traffic) = applied?;
             out.dead_lettered += gated.iter().filter(|g| **g).count() as u64;
             out.applied += outcomes
                 .iter()
@@ -219,6 +234,36 @@ impl<C: Connector> Engine<C> {
             }
         }
         Ok(out)
+    }
+
+    /// Reads the page of the remote log at `at` (from, limit), without what this
+    /// replica pushed (no echo), with the log's extent (and what is left after the
+    /// page when `count_remaining`). The outer error is local (reading the known
+    /// ranges).
+    async fn read_page(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        at: PageAt,
+        count_remaining: bool,
+    ) -> Result<Reply> {
+        let (from, limit) = at;
+        let key = &ctx.key;
+        let page = LogPageRequest {
+            tenant: key.tenant.clone(),
+            scope: ctx.scope.clone(),
+            from,
+            filter: LogFilter::default(),
+            limit,
+        };
+        let known = self.known_after(key, from)?;
+        Ok(ctx
+            .remote
+            .log_page_head(HeadLogPageRequest {
+                page,
+                known,
+                count_remaining,
+            })
+            .await)
     }
 
     /// Gates every entry of `page` against the link's scope (a refused one is

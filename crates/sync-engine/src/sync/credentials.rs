@@ -146,6 +146,12 @@ impl<C: Connector> CredentialsConnector<C> {
             }),
         }
     }
+
+    /// The connector it wraps (to ask it what it knows, such as the node a failover
+    /// endpoint last reached).
+    pub fn inner(&self) -> &C {
+        &self.shared.inner
+    }
 }
 
 impl<C: Connector> Connector for CredentialsConnector<C> {

@@ -140,8 +140,28 @@ impl<C: Connector> Engine<C> {
             // meanwhile (see `send_small_meanwhile`).
             let lane_from = page.entries.last().map(|e| e.token);
             let mut failure = None;
+            // The answer to the batch sent ahead while the one before it was delivered.
+            let mut ahead = None;
             while let Some(batch) = plan.next_batch() {
-                let end = self.deliver(ctx, batch, lane_from, &mut out).await?;
+                let delivering = self.deliver(ctx, batch, lane_from, ahead.take(), &mut out);
+                let end = match plan.ahead(cfg) {
+                    // The next batch travels while the node applies this one (pipelined,
+                    // one batch ahead); its answer is used when its turn comes, and
+                    // dropped when this batch ends the page.
+                    Some(next) => {
+                        let indexes: Vec<usize> = (0..next.len()).collect();
+                        let mut bytes = 0;
+                        let (end, sent) = futures_util::future::join(
+                            delivering,
+                            self.send_items(ctx, &next, &indexes, &mut bytes),
+                        )
+                        .await;
+                        out.sent.bytes += bytes;
+                        ahead = Some(sent);
+                        end?
+                    }
+                    None => delivering.await?,
+                };
                 plan.batch_settled(&end.settles);
                 if let Some(e) = end.error {
                     plan.abandon();
@@ -236,12 +256,15 @@ impl<C: Connector> Engine<C> {
 
     /// Delivers one batch: drives a [`BatchSend`] to its end, records the dead letters
     /// it names and marks the link when retries ran out. `lane_from`: see
-    /// [`send_pass`](Self::send_pass).
+    /// [`send_pass`](Self::send_pass). `sent_ahead`: the answer to the batch's first
+    /// pass when it was sent ahead (the whole batch, while the one before it was
+    /// delivered).
     pub(super) async fn deliver(
         &self,
         ctx: &LinkCtx<C::Remote>,
         items: Vec<PushItem>,
         lane_from: Option<ProgressToken>,
+        mut sent_ahead: Option<Result<Vec<(usize, ApplyOutcome)>>>,
         out: &mut PushOutcome,
     ) -> Result<BatchEnd> {
         let mut batch = BatchSend::new(items, &self.inner.config);
@@ -250,6 +273,15 @@ impl<C: Connector> Engine<C> {
                 Step::Wait(ms) => {
                     tokio::time::sleep(Duration::from_millis(self.jittered(ms))).await;
                     continue;
+                }
+                // The first pass of a batch sent ahead (all of it, no blobs) is answered.
+                Step::Send(pass) if sent_ahead.is_some() => {
+                    debug_assert!(pass.blobs.is_empty() && pass.with_blob.is_empty());
+                    debug_assert!(pass.plain.iter().copied().eq(0..batch.items().len()));
+                    sent_ahead
+                        .take()
+                        .expect("checked")
+                        .map(|results| batch.on_sent(results))
                 }
                 Step::Send(pass) => self
                     .send_pass(ctx, batch.items(), &pass, lane_from, out)

@@ -133,7 +133,7 @@ impl<C: Connector> Engine<C> {
             let mut push = PushOutcome::default();
             for range in batch_ranges(items.iter().map(|i| i.bytes), &self.inner.config) {
                 let end = self
-                    .deliver(ctx, items[range].to_vec(), None, &mut push)
+                    .deliver(ctx, items[range].to_vec(), None, None, &mut push)
                     .await?;
                 if let Some(e) = end.error {
                     return Err(e.into());
