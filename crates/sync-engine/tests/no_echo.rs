@@ -12,7 +12,9 @@ use sync_engine::{Engine, Identity, Replica, ReplicaHandler};
 use sync_ledger::Durability;
 use sync_support::*;
 use sync_transport::metrics::Metrics;
-use sync_transport::proto::{KnownLogPageRequest, LogFilter, LogPageReply, LogPageRequest};
+use sync_transport::proto::{
+    HeadLogPageRequest, KnownLogPageRequest, LogFilter, LogPageReply, LogPageRequest,
+};
 use sync_transport::{
     Claims, ClientConfig, InProcessClient, Remote, Role, ServerConfig, ServerHandle, Token, serve,
 };
@@ -331,6 +333,124 @@ async fn known_ranges_cannot_widen_a_read_and_need_the_read_grant() {
                 page: page(None),
                 known: known.clone(),
             })
+            .await
+            .is_err()
+    );
+}
+
+/// A page with the log's extent counts only what the caller's scope may read (nothing
+/// of another protocol leaks through the count), leaves out its known positions, and
+/// needs the read grant within the token's scope like any page.
+#[tokio::test]
+async fn the_log_extent_counts_only_the_callers_scope_and_needs_the_read_grant() {
+    let (server, node) = new_node(&key(), 100);
+    configure(&server);
+    let other = ProtocolName::new("https://example.com/other").unwrap();
+    server
+        .configure(
+            &tenant(),
+            &other,
+            vec![TypeRule {
+                path: note(),
+                data_bytes_max: None,
+            }],
+            vec![],
+            &alice(),
+        )
+        .unwrap();
+    for i in 0..30 {
+        put(&server, &format!("n{i}"), b"in scope");
+        server
+            .put(
+                &tenant(),
+                &other,
+                &note(),
+                format!("o{i}").as_bytes(),
+                b"secret, and longer than the notes".to_vec(),
+                &alice(),
+            )
+            .unwrap();
+    }
+    let notes_only = Scope::ProtocolSet(ProtocolSet::new(vec![notes()]).unwrap());
+    let reader = delegate("reader", notes_only.clone(), Actions::READ);
+    let client = InProcessClient::new(node.clone(), &reader);
+    let request = |scope: Scope, limit, known| HeadLogPageRequest {
+        page: LogPageRequest {
+            tenant: tenant(),
+            scope,
+            from: None,
+            filter: LogFilter::default(),
+            limit,
+        },
+        known,
+        count_remaining: true,
+    };
+    // Everything the reader may read, in one page: what the count must add up to.
+    let whole = client
+        .log_page_head(request(notes_only.clone(), 1000, None))
+        .await
+        .unwrap();
+    let LogPageReply::Page(all) = whole.reply else {
+        panic!("gap")
+    };
+    assert_eq!(
+        whole.extent.head,
+        server.ledger().log_head(&tenant()).unwrap()
+    );
+    assert_eq!(
+        whole.extent.remaining.map(|r| r.messages),
+        Some(0),
+        "nothing after the whole log"
+    );
+    // A first page of 5: the rest is exactly the reader's other entries.
+    let first = client
+        .log_page_head(request(notes_only.clone(), 5, None))
+        .await
+        .unwrap();
+    let LogPageReply::Page(page) = &first.reply else {
+        panic!("gap")
+    };
+    let rest = first.extent.remaining.unwrap();
+    assert_eq!(
+        usize::try_from(rest.messages).unwrap() + page.entries.len(),
+        all.entries.len()
+    );
+    let bytes: u64 = all.entries[page.entries.len()..]
+        .iter()
+        .map(|e| {
+            (codec::encoded_len(&e.item.message) + e.item.data.as_ref().map_or(0, Vec::len)) as u64
+        })
+        .sum();
+    assert_eq!(rest.bytes, bytes, "only the reader's entries are counted");
+    assert!(
+        all.entries
+            .iter()
+            .all(|e| *e.item.message.protocol() == notes())
+    );
+    // Positions the reader holds leave the count too.
+    let stream = all.entries[0].token;
+    let mut known = KnownRanges::new(stream.stream_id, stream.epoch);
+    for e in &all.entries[10..20] {
+        known.insert(e.token.position);
+    }
+    let cut = client
+        .log_page_head(request(notes_only.clone(), 5, Some(known)))
+        .await
+        .unwrap();
+    assert_eq!(cut.extent.remaining.unwrap().messages, rest.messages - 10);
+
+    // Beyond the grant, or without the read grant: refused.
+    assert!(
+        client
+            .log_page_head(request(Scope::Full, 5, None))
+            .await
+            .is_err()
+    );
+    let writer = delegate("writer", notes_only.clone(), Actions::WRITE);
+    let writer = InProcessClient::new(node.clone(), &writer);
+    assert!(
+        writer
+            .log_page_head(request(notes_only, 5, None))
             .await
             .is_err()
     );
