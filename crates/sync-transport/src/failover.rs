@@ -31,9 +31,9 @@ use crate::client::{BlobDownload, BlobSource, Remote, Subscription};
 use crate::connector::Connector;
 use crate::proto::{
     BlobReadRequest, BlobStat, BlobStatRequest, BlobWriteRequest, DiffReply, DiffRequest,
-    HealthReply, KnownLogPageRequest, LogPageReply, LogPageRequest, PlacedBatchReply,
-    ReadMessagesReply, ReadMessagesRequest, RootReply, RootRequest, SubscribeRequest,
-    WriteBatchReply, WriteBatchRequest,
+    HeadLogPageRequest, HeadedLogPage, HealthReply, KnownLogPageRequest, LogPageReply,
+    LogPageRequest, PlacedBatchReply, ReadMessagesReply, ReadMessagesRequest, RootReply,
+    RootRequest, SubscribeRequest, WriteBatchReply, WriteBatchRequest,
 };
 
 /// Most nodes one endpoint may name.
@@ -249,6 +249,13 @@ impl<R: Remote> Remote for FailoverRemote<R> {
         req: KnownLogPageRequest,
     ) -> Result<LogPageReply, TransportError> {
         failover!(self, |r| r.log_page_known(req.clone()))
+    }
+
+    async fn log_page_head(
+        &self,
+        req: HeadLogPageRequest,
+    ) -> Result<HeadedLogPage, TransportError> {
+        failover!(self, |r| r.log_page_head(req.clone()))
     }
 
     async fn blob_stat(&self, req: BlobStatRequest) -> Result<BlobStat, TransportError> {

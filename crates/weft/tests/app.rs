@@ -509,3 +509,81 @@ async fn concurrent_creates_and_a_delete_index_the_same_in_either_arrival_order(
         node.shutdown().await;
     }
 }
+
+/// A read-write share: the delegate writes to the collection it was given (the owner
+/// sees the write under the delegate's name), and its write to a collection it was not
+/// given stays on the delegate's own device: the sync counts it out of scope, and the
+/// owner's record is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_write_share_writes_its_collection_and_nothing_else() {
+    let node = node().await;
+    let owner = Weft::builder("alice").in_memory().await.unwrap();
+    let expires = weft::expires_in(Duration::from_secs(600));
+    owner
+        .connect(
+            &node.url(),
+            &node.owner_token("alice", "alice", expires).unwrap(),
+        )
+        .await
+        .unwrap();
+    let list = owner.collection::<String>("groceries").await.unwrap();
+    let diary = owner.collection::<String>("diary").await.unwrap();
+    list.put("milk", &"2 litres".to_string()).await.unwrap();
+    diary
+        .put("secret", &"not shared".to_string())
+        .await
+        .unwrap();
+    owner.sync().await.unwrap();
+
+    let guest = Weft::builder("alice").in_memory().await.unwrap();
+    let share = node
+        .read_write_token("alice", "bob", &["groceries"], expires)
+        .unwrap();
+    guest.connect(&node.url(), &share).await.unwrap();
+    guest.sync().await.unwrap();
+    let on_guest = guest.collection::<String>("groceries").await.unwrap();
+    assert_eq!(
+        on_guest.get("milk").await.unwrap().unwrap().value,
+        "2 litres"
+    );
+    on_guest.put("eggs", &"a dozen".to_string()).await.unwrap();
+    guest.sync().await.unwrap();
+    owner.sync().await.unwrap();
+    let eggs = list.get("eggs").await.unwrap().unwrap();
+    assert_eq!(
+        (eggs.value.as_str(), eggs.author.as_str()),
+        ("a dozen", "bob")
+    );
+
+    // The diary was not shared: the guest's write to it stays on the guest.
+    let forged = guest.collection::<String>("diary").await.unwrap();
+    forged
+        .put("secret", &"overwritten".to_string())
+        .await
+        .unwrap();
+    // The link's scope is the groceries: the push leaves the diary out and says so.
+    let report = guest.sync().await.unwrap();
+    let push = report.links[0].push.as_ref().unwrap();
+    assert!(push.out_of_scope >= 1, "{push:?}");
+    assert_eq!(push.sent.messages, 0);
+    owner.sync().await.unwrap();
+    let secret = diary.get("secret").await.unwrap().unwrap();
+    assert_eq!(
+        (secret.value.as_str(), secret.author.as_str()),
+        ("not shared", "alice")
+    );
+    assert_eq!(diary.count().await.unwrap(), 1);
+    node.shutdown().await;
+}
+
+#[test]
+fn expires_in_is_now_plus_the_duration_in_epoch_milliseconds() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let now = u64::try_from(now).unwrap();
+    let at = weft::expires_in(Duration::from_secs(60));
+    assert!((now + 60_000..now + 70_000).contains(&at), "{now} {at}");
+    assert_eq!(weft::expires_in(Duration::MAX), u64::MAX);
+}

@@ -195,7 +195,7 @@ pub(crate) fn links(args: StatusArgs) -> anyhow::Result<Exit> {
         }
         out::json(&serde_json::Value::Array(ls))?;
     } else if links.is_empty() {
-        eprintln!("no links: run `weft sync --node URL --token TOKEN` to create one");
+        out::note("no links: run `weft sync --node URL --token TOKEN` to create one");
     } else {
         links_table(&engine, &links)?.print()?;
     }

@@ -8,6 +8,10 @@
 //! by tree diff after a gap. The subscription is only an accelerator: the checkpoints are
 //! what guarantee nothing is missed.
 //!
+//! While it runs, `put`, `get`, `list`, `delete` and `status` on the same store go
+//! through the watch's control socket (`control.rs`): the watch runs them over the
+//! replica it holds, and pushes their writes live.
+//!
 //! Printing is separate: the replica's change feed reports every message that arrived
 //! from elsewhere, whichever path applied it, and the engine's events say when the link
 //! is live, offline or repairing.
@@ -183,6 +187,17 @@ pub(crate) async fn run(args: WatchArgs) -> anyhow::Result<Exit> {
     // Subscribe to the change and event feeds before anything can change.
     let mut changes = replica.subscribe();
     let mut events = replica.events();
+    // Other commands on this store go through the watch from here on.
+    let _control = match crate::control::serve(&dir, replica.clone()) {
+        Ok(server) => Some(server),
+        Err(e) => {
+            eprintln!(
+                "weft: warning: no control socket ({e:#}): other commands cannot use {} while this watch runs",
+                dir.display()
+            );
+            None
+        }
+    };
     let s = Session::over(replica, args.replica.tenant.clone(), &args.node).await?;
     let (_, error) = sync_once(&s).await?;
     if let Some(e) = error {
