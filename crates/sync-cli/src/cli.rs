@@ -198,8 +198,9 @@ pub(crate) enum Command {
         "  WEFT_TOKEN=$TOKEN weft sync --store ./b --tenant demo --json\n",
         "  weft sync --no-blobs   # large values stay staged until a full sync\n",
         "\n",
-        "Shows progress bars for messages and bytes each way when stderr is a terminal,\n",
-        "and a summary otherwise. Exits 1 when messages were left in the dead letters or the\n",
+        "Shows a progress bar each way when stderr is a terminal (bytes, blobs included,\n",
+        "against the total the node announces with its first page, with the rate, the time\n",
+        "left and the messages), and a summary otherwise (blob bytes counted apart). Exits 1 when messages were left in the dead letters or the\n",
         "replicas did not converge, 3 when the node cannot be reached, 4 when it refuses\n",
         "the token.",
         "\n\n",
@@ -216,7 +217,13 @@ pub(crate) enum Command {
         "Syncs once (exit 3 or 4 at once when the node cannot be reached or refuses the\n",
         "token), then runs the engine's live driver: it subscribes from the replica's pull\n",
         "checkpoint, applies and prints every change as it arrives, pushes local writes at\n",
-        "once, and reconnects by itself when the node restarts. Stops on Ctrl-C or SIGTERM.",
+        "once, and reconnects by itself when the node restarts. Stops on Ctrl-C or SIGTERM.\n",
+        "\n",
+        "While it runs, `weft put`, `get`, `list`, `delete` and `status` on the same store\n",
+        "still work: they go through the watch (a socket in the store directory, weft.sock,\n",
+        "owner-only), which runs them over the replica it holds and pushes their writes\n",
+        "live. Other commands on that store exit 5 until the watch stops. A socket left by a\n",
+        "watch killed with -9 is noticed and removed by the next command.",
         "\n\n",
         exit_codes!(),
     ))]
@@ -477,7 +484,7 @@ pub(crate) struct InspectArgs {
 }
 
 /// Which local replica and tenant a command works on.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ReplicaArgs {
     /// The replica's store directory [default: $XDG_DATA_HOME/weft/replica or
     /// ~/.local/share/weft/replica]
@@ -489,7 +496,7 @@ pub(crate) struct ReplicaArgs {
 }
 
 /// The record layout of `put`, `get`, `list`, `delete` and `watch`.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct KvArgs {
     /// The protocol records are written under (configured on first use)
     #[arg(long, env = "WEFT_PROTOCOL", default_value = crate::kv::PROTOCOL_DEFAULT)]
@@ -525,7 +532,7 @@ pub(crate) struct NodeArgs {
     pub(crate) token_file: Option<PathBuf>,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct PutArgs {
     #[command(flatten)]
     pub(crate) replica: ReplicaArgs,
@@ -544,7 +551,7 @@ pub(crate) struct PutArgs {
     pub(crate) json: bool,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct GetArgs {
     #[command(flatten)]
     pub(crate) replica: ReplicaArgs,
@@ -561,7 +568,7 @@ pub(crate) struct GetArgs {
     pub(crate) residency: bool,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ListArgs {
     #[command(flatten)]
     pub(crate) replica: ReplicaArgs,
@@ -578,7 +585,7 @@ pub(crate) struct ListArgs {
     pub(crate) json: bool,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct DeleteArgs {
     #[command(flatten)]
     pub(crate) replica: ReplicaArgs,
@@ -623,7 +630,7 @@ pub(crate) struct WatchArgs {
 }
 
 /// Which store an inspecting command reads, and which tenant's part of it.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct StoreArgs {
     /// The replica's store directory [default: $XDG_DATA_HOME/weft/replica or
     /// ~/.local/share/weft/replica]
@@ -634,7 +641,7 @@ pub(crate) struct StoreArgs {
     pub(crate) tenant: Option<TenantId>,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct StatusArgs {
     #[command(flatten)]
     pub(crate) store: StoreArgs,

@@ -163,6 +163,9 @@ pub(crate) fn hint(err: &anyhow::Error) -> Option<&'static str> {
         Exit::Unreachable if text.contains("not a weft node") => Some(
             "another program answers at that address: check --node (or WEFT_NODE), e.g. http://127.0.0.1:7700",
         ),
+        Exit::Unreachable if text.contains("speaks tls only") => Some(
+            "the node serves TLS: give --node (or WEFT_NODE) as https://HOST:PORT, and its CA with --tls-ca if the certificate is private",
+        ),
         Exit::Unreachable if text.contains("tls:") => Some(
             "check the scheme (https:// for a node serving TLS) and give the CA of the node's certificate with --tls-ca",
         ),
@@ -181,9 +184,9 @@ pub(crate) fn hint(err: &anyhow::Error) -> Option<&'static str> {
         Exit::Refused => Some(
             "check --token (or WEFT_TOKEN) and --tenant: `weft token inspect <token>` shows what a token allows",
         ),
-        Exit::Store if text.contains("lock") => {
-            Some("another weft process holds this store open; stop it or use another --store")
-        }
+        Exit::Store if text.contains("lock") => Some(
+            "another weft process holds this store open (a `weft watch`, or `weft serve`): stop it, or use another --store; while a watch runs, put, get, list, delete and status go through it",
+        ),
         Exit::Store => Some(
             "check --store (or WEFT_STORE): it must be a weft store directory you can read and write",
         ),

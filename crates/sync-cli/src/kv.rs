@@ -242,6 +242,10 @@ const STORE_MARKER: &str = "version";
 /// A directory that exists but holds no store (a node's data directory, say) is the same
 /// error: opening it would create a store inside it.
 pub(crate) fn open_replica(dir: &Path, create: bool) -> anyhow::Result<Replica> {
+    // The store this process holds open for its watch: the same replica.
+    if let Some(replica) = crate::control::held(dir) {
+        return Ok(replica);
+    }
     if !create && !dir.join(STORE_MARKER).is_file() {
         let what = if dir.join("store").join(STORE_MARKER).is_file() {
             " (this looks like a node's data directory; its store is served by `weft serve`)"
@@ -304,7 +308,12 @@ fn token_principal(store: &Replica, tenant: &TenantId) -> anyhow::Result<Option<
         .get(tenant)
         .context("cannot read the registered identities")?
         .and_then(|r| r.token);
-    let text = registered.or_else(|| std::env::var("WEFT_TOKEN").ok());
+    // A command run for another process (see `control.rs`) reads that process's.
+    let env_token = match crate::out::captured() {
+        Some(c) => c.weft_token,
+        None => std::env::var("WEFT_TOKEN").ok(),
+    };
+    let text = registered.or(env_token);
     Ok(text
         .and_then(|t| t.trim().parse::<sync_transport::Token>().ok())
         .map(|t| t.unverified_claims().clone())

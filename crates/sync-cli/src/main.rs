@@ -44,6 +44,7 @@
 
 mod cli;
 mod cmd;
+mod control;
 mod exit;
 mod key;
 mod kv;

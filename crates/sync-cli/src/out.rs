@@ -2,14 +2,132 @@
 //! `println!`, so a closed pipe (`weft list | head`) is an `io::Error` that `main` turns
 //! into a normal exit, never a panic.
 
-use std::io::{self, Write as _};
+//!
+//! A command that `weft watch` runs for another `weft` process (through its control
+//! socket, see `control.rs`) writes through the same functions: on that thread they send
+//! the bytes to the other process instead ([`capturing`]).
+
+use std::cell::RefCell;
+use std::io::{self, Write};
 
 /// Writes `text` and a newline to stdout.
 pub(crate) fn line(text: impl AsRef<str>) -> io::Result<()> {
-    let mut out = io::stdout().lock();
+    let mut out = stdout();
     out.write_all(text.as_ref().as_bytes())?;
     out.write_all(b"\n")?;
     out.flush()
+}
+
+/// Writes `text` and a newline to stderr (a note beside the output, not an error).
+pub(crate) fn note(text: impl AsRef<str>) {
+    let text = format!("{}\n", text.as_ref());
+    match captured() {
+        Some(c) => {
+            let _ = c.send(Stream::Stderr, text.as_bytes());
+        }
+        None => {
+            let _ = io::stderr().lock().write_all(text.as_bytes());
+        }
+    }
+}
+
+/// Which of a process's outputs bytes go to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Largest piece of output sent at once to a process a command runs for.
+pub(crate) const CAPTURE_CHUNK_BYTES: usize = 64 * 1024;
+
+/// The outputs of a command run for another process: what it writes goes to `tx`.
+#[derive(Clone, Debug)]
+pub(crate) struct Capture {
+    /// Where the output goes, in order.
+    pub(crate) tx: tokio::sync::mpsc::Sender<(Stream, Vec<u8>)>,
+    /// Whether that process's stdout is a terminal.
+    pub(crate) stdout_terminal: bool,
+    /// That process's `WEFT_TOKEN`, which the command reads instead of this one's.
+    pub(crate) weft_token: Option<String>,
+}
+
+impl Capture {
+    fn send(&self, stream: Stream, bytes: &[u8]) -> io::Result<usize> {
+        let n = bytes.len().min(CAPTURE_CHUNK_BYTES);
+        self.tx
+            .blocking_send((stream, bytes[..n].to_vec()))
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        Ok(n)
+    }
+}
+
+thread_local! {
+    static CAPTURE: RefCell<Option<Capture>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's output going to `capture` (on a thread of its own: the
+/// sends block).
+pub(crate) fn capturing<T>(capture: Capture, f: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CAPTURE.with(|c| *c.borrow_mut() = None);
+        }
+    }
+    CAPTURE.with(|c| *c.borrow_mut() = Some(capture));
+    let _reset = Reset;
+    f()
+}
+
+/// The capture this thread writes to, if any.
+pub(crate) fn captured() -> Option<Capture> {
+    CAPTURE.with(|c| c.borrow().clone())
+}
+
+/// Standard output: this process's, or that of the process a command runs for.
+pub(crate) enum Stdout {
+    /// This process's.
+    Process(io::StdoutLock<'static>),
+    /// Another process's.
+    Captured(Capture),
+}
+
+/// Standard output (see [`Stdout`]).
+pub(crate) fn stdout() -> Stdout {
+    match captured() {
+        Some(c) => Stdout::Captured(c),
+        None => Stdout::Process(io::stdout().lock()),
+    }
+}
+
+impl Stdout {
+    /// Whether the output ends on a terminal.
+    pub(crate) fn is_terminal(&self) -> bool {
+        use std::io::IsTerminal as _;
+        match self {
+            Stdout::Process(out) => out.is_terminal(),
+            Stdout::Captured(c) => c.stdout_terminal,
+        }
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stdout::Process(out) => out.write(buf),
+            Stdout::Captured(c) => c.send(Stream::Stdout, buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stdout::Process(out) => out.flush(),
+            Stdout::Captured(_) => Ok(()),
+        }
+    }
 }
 
 /// Writes a JSON value on one line.

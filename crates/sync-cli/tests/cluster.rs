@@ -162,3 +162,189 @@ fn health_names_the_node_that_answered() {
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["node"], live.url.as_str());
 }
+
+/// Blobs live in the database: a blob one replica uploads through node A downloads
+/// through node B to another replica, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blob_uploaded_through_one_node_downloads_through_another() {
+    let site = Site::new("blobs");
+    let (a, b) = (site.node(&[]), site.node(&[]));
+    let t = tenant("blobs");
+    let writer = Rep::new(&t, &a.url);
+    let reader = Rep::new(&t, &b.url);
+    writer.configure();
+    let bytes: Vec<u8> = (0..3 * 1024 * 1024 + 17)
+        .map(|i: u32| i.wrapping_mul(2_654_435_761).to_be_bytes()[1])
+        .collect();
+    let data = writer.replica.write_blob(&bytes[..]).unwrap();
+    let id = writer.put_blob("photo", data);
+    writer.sync().await;
+    assert_eq!(writer.pending(), 0);
+
+    reader.sync().await;
+    until("the blob through node B", || {
+        reader.replica.residency(&t, &id).unwrap() == sync_engine::blob::Residency::Resident
+    })
+    .await;
+    assert_eq!(
+        reader
+            .replica
+            .read_blob(&data.data_cid, 0, data.size)
+            .unwrap(),
+        bytes
+    );
+    assert_eq!(reader.root(), writer.root());
+}
+
+/// Two nodes never write one upload: while a tenant's upload of a blob streams into
+/// node A, the same upload sent to node B is refused (retry later), and once A's
+/// request ends the blob is stored whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_in_progress_on_one_node_is_refused_by_another() {
+    use futures_util::StreamExt as _;
+    use sync_transport::proto::{BlobStatRequest, BlobWriteRequest};
+    use sync_transport::{ClientConfig, HttpClient, Remote as _};
+
+    let site = Site::new("upload_owner");
+    let (a, b) = (site.node(&[]), site.node(&[]));
+    let t = tenant("uploads");
+    let token = owner_token(&t);
+    let client = |url: &str| {
+        HttpClient::with_token_text(
+            &sync_types::Endpoint::new(url).unwrap(),
+            &token,
+            ClientConfig::default(),
+        )
+        .unwrap()
+    };
+    let (to_a, to_b) = (client(&a.url), client(&b.url));
+    let bytes: Vec<u8> = (0..512 * 1024u32)
+        .map(|i| (i % 251).to_le_bytes()[0])
+        .collect();
+    let cid = sync_types::Cid::of_data(&bytes);
+    let whole = BlobWriteRequest {
+        tenant: t.clone(),
+        cid,
+        total_size: bytes.len() as u64,
+        offset: 0,
+        len: bytes.len() as u64,
+    };
+
+    // A's request sends its first 200 KiB, then waits for the test.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let source = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+    .boxed();
+    let upload_a = tokio::spawn({
+        let req = whole.clone();
+        async move { to_a.blob_write(req, source).await }
+    });
+    tx.send(Ok(bytes::Bytes::copy_from_slice(&bytes[..200 * 1024])))
+        .await
+        .unwrap();
+    // The table appears with the first claim.
+    until("node A owns the upload", || {
+        site.try_rows("blob_owners").is_ok_and(|n| n == 1)
+    })
+    .await;
+
+    // The same upload through B: refused, nothing written by B.
+    let refused = to_b
+        .blob_write(
+            whole.clone(),
+            futures_util::stream::iter([Ok(bytes::Bytes::from(bytes.clone()))]).boxed(),
+        )
+        .await;
+    let err = refused.expect_err("B must not write A's upload");
+    assert!(
+        err.to_string().contains("already uploading"),
+        "refused for another reason: {err}"
+    );
+
+    // A's request goes on to the end: the blob is stored, whole.
+    tx.send(Ok(bytes::Bytes::copy_from_slice(&bytes[200 * 1024..])))
+        .await
+        .unwrap();
+    drop(tx);
+    let stat = upload_a.await.unwrap().unwrap();
+    assert!(stat.complete);
+    assert_eq!(stat.received_bytes, bytes.len() as u64);
+    let stat_a = client(&a.url)
+        .blob_stat(BlobStatRequest {
+            tenant: t.clone(),
+            cid,
+            scope: Scope::Full,
+        })
+        .await
+        .unwrap();
+    assert!(stat_a.complete, "A's uploader may read what it uploaded");
+    assert_eq!(
+        site.rows("blob_owners"),
+        0,
+        "the finished upload gave its row back"
+    );
+}
+
+/// `weft status` shows which of the nodes a link names it talks to: the one that
+/// answered its last sync, here the second named (the first is gone), then, once that
+/// one is killed, the third. Each node's metrics say which node they are.
+#[test]
+fn status_shows_the_node_a_link_talks_to() {
+    let site = Site::new("status");
+    let a = site.node(&[]);
+    let mut b = site.node(&[]);
+    let gone = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let t = tenant("status");
+    let store = site.dir.path().join("replica");
+    let nodes = format!("{gone},{},{}", b.url, a.url);
+    let weft = |args: &[&str]| {
+        let out = std::process::Command::new(WEFT)
+            .args(args)
+            .arg("--store")
+            .arg(&store)
+            .env("WEFT_NODE", &nodes)
+            .env("WEFT_TOKEN", owner_token(&t))
+            .env("WEFT_TENANT", t.as_str())
+            .env("HOME", site.dir.path())
+            .env("XDG_DATA_HOME", site.dir.path().join("xdg"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "weft {args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let talks_to = |weft: &dyn Fn(&[&str]) -> String| {
+        let v: serde_json::Value = serde_json::from_str(&weft(&["status", "--json"])).unwrap();
+        let link = v["links"].as_array().unwrap().first()?.clone();
+        assert_eq!(link["node"], nodes.as_str());
+        link["talks_to"].as_str().map(str::to_owned)
+    };
+    weft(&["put", "greeting", "hello"]);
+    assert_eq!(talks_to(&weft), None, "no link yet");
+    weft(&["sync"]);
+    assert_eq!(talks_to(&weft).as_deref(), Some(b.url.as_str()));
+    let table = weft(&["status"]);
+    assert!(table.contains("TALKS TO"), "{table}");
+    assert!(table.contains(&b.url), "{table}");
+
+    b.kill9();
+    weft(&["put", "greeting", "again"]);
+    weft(&["sync"]);
+    assert_eq!(talks_to(&weft).as_deref(), Some(a.url.as_str()));
+    assert!(weft(&["status"]).contains(&a.url));
+
+    // The node's own metrics name it, so two nodes' metrics are told apart.
+    let (_, metrics) = a.get("/metrics");
+    assert!(
+        metrics.contains(&format!("weft_node_info{{node=\"{}\"}} 1", a.url)),
+        "{metrics}"
+    );
+}

@@ -58,15 +58,21 @@ fn sync_over_tls_with_the_nodes_ca_and_a_clear_refusal_without_it() {
         "{}",
         r.report()
     );
-    // Plain http:// to the TLS node: told to use https://.
+    // Plain http:// to the TLS node: exit 3 (the node is there, the scheme is wrong),
+    // told to use https://.
     let plain = node.url.replace("https://", "http://");
-    let r = env.run(&["sync", "--store", "d", "--node", &plain]);
-    assert_ne!(r.code, 0, "{}", r.report());
-    assert!(
-        r.stderr.contains("use an https:// endpoint"),
-        "{}",
-        r.report()
-    );
+    for args in [
+        vec!["sync", "--store", "d", "--node", &plain],
+        vec!["health", "--node", &plain],
+    ] {
+        let r = env.fails(3, &args);
+        assert!(
+            r.stderr.contains("speaks TLS only") && r.stderr.contains("use an https:// endpoint"),
+            "{}",
+            r.report()
+        );
+        assert!(r.stderr.contains("as https://HOST:PORT"), "{}", r.report());
+    }
     // A TLS flag without its pair is a usage error.
     env.fails(2, &["serve", "--data-dir", "n2", "--tls-cert", "node.crt"]);
 }
@@ -444,4 +450,37 @@ fn watch_takes_a_rotated_token_from_its_token_file() {
     let (status, stdout, stderr) = watch.wait();
     assert!(status.success(), "{stderr}");
     assert!(stdout.contains("\"two\""), "{stdout}\n{stderr}");
+}
+
+/// The sync summary counts blob bytes both ways: a value above the inline limit is a
+/// blob, and neither its upload nor its download is reported as a few KiB.
+#[test]
+fn sync_summaries_count_blob_bytes() {
+    let (env, _node) = env_with_node(&[]);
+    let big = "y".repeat(3 * 1024 * 1024);
+    std::fs::write(env.path("big.txt"), &big).unwrap();
+    env.ok(&["put", "--store", "a", "big", "--file", "big.txt"]);
+    let pushed = env.ok(&["sync", "--store", "a", "--json"]).json();
+    // The stored value is the file in the CLI's value encoding: a few bytes more.
+    let blob = pushed["pushed"]["blob_bytes"].as_u64().unwrap();
+    assert!(
+        (big.len() as u64..big.len() as u64 + 64).contains(&blob),
+        "{pushed}"
+    );
+    assert!(pushed["pushed"]["bytes"].as_u64().unwrap() > big.len() as u64);
+    let pulled = env.ok(&["sync", "--store", "b", "--json"]).json();
+    assert_eq!(pulled["pulled"]["blob_bytes"], blob, "{pulled}");
+    assert_eq!(
+        pulled["pulled"]["bytes"].as_u64().unwrap(),
+        pulled["pulled"]["message_bytes"].as_u64().unwrap() + blob
+    );
+    // Without --json: the human summary says the blob's size, not the message's bytes.
+    std::fs::write(env.path("big2.txt"), "z".repeat(3 * 1024 * 1024)).unwrap();
+    env.ok(&["put", "--store", "a", "big2", "--file", "big2.txt"]);
+    env.ok(&["sync", "--store", "a"]);
+    let summary = env.ok(&["sync", "--store", "b"]).stdout;
+    assert!(
+        summary.contains("pulled 1 messages (3.0 MiB:") && summary.contains("3.0 MiB of blobs"),
+        "{summary}"
+    );
 }

@@ -364,7 +364,9 @@ impl BlobGc {
             if referenced.contains(&cid) || now.saturating_sub(state.updated_ms) < self.grace_ms {
                 continue;
             }
-            match blobs.abort_upload(&cid) {
+            // Over a shared store, an upload another node owns is left to it until its
+            // owner row expires (the owner died).
+            match blobs.abort_stale_upload(&cid, now) {
                 Ok(()) => report.uploads_removed += 1,
                 Err(sync_ledger::Error::UploadInProgress(_)) => {}
                 Err(e) => return Err(e.into()),

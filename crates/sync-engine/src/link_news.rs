@@ -246,6 +246,7 @@ mod tests {
             traffic: Traffic {
                 messages,
                 bytes: messages * 10,
+                ..Traffic::default()
             },
         }
     }

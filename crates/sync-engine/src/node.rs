@@ -25,14 +25,14 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use sync_ledger::{DeadLetterFilter, LogQuery, LogRead};
 use sync_smt::{Limits, Responder};
-use sync_transport::HandlerError;
 use sync_transport::node::{BlobWriteGuard, Handler, RequestContext};
 use sync_transport::proto::{
     BlobReadRequest, BlobStat, BlobStatRequest, BlobWriteRequest, DiffReply, DiffRequest, LogEntry,
-    LogFilter, LogPage, LogPageReply, LogPageRequest, MessageData, ReadMessagesReply,
+    LogExtent, LogFilter, LogPage, LogPageReply, LogPageRequest, MessageData, ReadMessagesReply,
     ReadMessagesRequest, RootReply, RootRequest,
 };
 use sync_transport::token::Role;
+use sync_transport::{HandlerError, LogExtentQuery};
 use sync_types::{
     Actions, ApplyOutcome, BatchInitialWrites, Connectivity, DeadLetterCategory, Dependency,
     Direction, HealthSummary, KnownRanges, Message, ProgressToken, RecordId, Scope, ScopeClass,
@@ -43,6 +43,7 @@ use tokio::sync::watch;
 use crate::replica::{Origin, Replica};
 
 mod blobs;
+mod extent;
 mod wake;
 
 pub use blobs::{
@@ -263,6 +264,19 @@ fn internal(e: impl std::fmt::Display) -> HandlerError {
     HandlerError::Internal(e.to_string())
 }
 
+/// The one protocol a page request reads, when it reads one: the ledger's per-protocol
+/// log index filters it; other scopes are filtered entry by entry, and the page's
+/// cursor still moves past what was left out.
+fn single_protocol(req: &LogPageRequest) -> Option<sync_types::ProtocolName> {
+    match (&req.scope, &req.filter.protocols) {
+        (_, Some(set)) if set.protocols().len() == 1 => Some(set.protocols()[0].clone()),
+        (Scope::ProtocolSet(set), None) if set.protocols().len() == 1 => {
+            Some(set.protocols()[0].clone())
+        }
+        _ => None,
+    }
+}
+
 fn in_filter(filter: &LogFilter, message: &Message) -> bool {
     filter
         .protocols
@@ -307,19 +321,9 @@ impl Handler for ReplicaHandler {
         req: LogPageRequest,
     ) -> Result<LogPageReply, HandlerError> {
         let ledger = self.replica.ledger();
-        // One protocol can be filtered by the ledger's per-protocol log index; other
-        // scopes are filtered here, and the page's cursor still moves past what was left
-        // out.
-        let single = match (&req.scope, &req.filter.protocols) {
-            (_, Some(set)) if set.protocols().len() == 1 => Some(set.protocols()[0].clone()),
-            (Scope::ProtocolSet(set), None) if set.protocols().len() == 1 => {
-                Some(set.protocols()[0].clone())
-            }
-            _ => None,
-        };
         let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
         let mut query = LogQuery::after(req.from, limit);
-        query.protocol = single;
+        query.protocol = single_protocol(&req);
         let page = match ledger.read_log(&req.tenant, &query).map_err(internal)? {
             LogRead::Gap(gap) => return Ok(LogPageReply::Gap(gap)),
             LogRead::Page(page) => page,
@@ -345,6 +349,14 @@ impl Handler for ReplicaHandler {
             next: page.next,
             has_more: page.has_more,
         }))
+    }
+
+    async fn log_extent(
+        &self,
+        _ctx: &RequestContext,
+        req: LogExtentQuery,
+    ) -> Result<LogExtent, HandlerError> {
+        self.extent(&req)
     }
 
     async fn read_messages(

@@ -18,8 +18,19 @@ use std::collections::BTreeSet;
 use sync_types::{Cid, Hlc, Message, ProtocolName};
 
 /// Returns the indices of `messages` in dependency order.
+#[cfg(test)]
 pub(crate) fn dependency_order(messages: &[Message]) -> Vec<usize> {
-    let keys: Vec<(Hlc, Cid)> = messages.iter().map(|m| (m.timestamp(), m.cid())).collect();
+    let cids: Vec<Cid> = messages.iter().map(Message::cid).collect();
+    dependency_order_by(messages, &cids)
+}
+
+/// [`dependency_order`] with the messages' cids, in order (a cid hashes the message).
+pub(crate) fn dependency_order_by(messages: &[Message], cids: &[Cid]) -> Vec<usize> {
+    let keys: Vec<(Hlc, Cid)> = messages
+        .iter()
+        .zip(cids)
+        .map(|(m, c)| (m.timestamp(), *c))
+        .collect();
     let mut configures = Vec::new();
     let mut rest: Vec<(u8, usize, usize)> = Vec::new();
     for (i, m) in messages.iter().enumerate() {

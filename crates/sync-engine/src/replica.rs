@@ -36,7 +36,7 @@ use crate::conflict::Policies;
 pub use crate::conflict::{ConflictInfo, ConflictPolicy, Resolution};
 use crate::error::{Error, Result};
 use crate::index::TreeIndex;
-use crate::order::dependency_order;
+use crate::order::dependency_order_by;
 pub use builder::ReplicaBuilder;
 
 /// Most passes of one apply call: enough for a protocol, its composed protocols, and a
@@ -514,9 +514,10 @@ impl Replica {
         items: Vec<MessageWithData>,
         origin: Origin,
     ) -> Result<Vec<(ApplyOutcome, Option<ProgressToken>)>> {
+        // Computed once, outside the writer lock (a cid hashes the whole message).
         let cids: Vec<Cid> = items.iter().map(|(m, _)| m.cid()).collect();
         let _writer = lock(&self.inner.writer);
-        let (outcomes, tokens) = self.apply_locked(tenant, items, &origin)?;
+        let (outcomes, tokens) = self.apply_locked_with(tenant, items, cids.clone(), &origin)?;
         Ok(outcomes
             .into_iter()
             .zip(cids)
@@ -530,6 +531,19 @@ impl Replica {
         items: Vec<MessageWithData>,
         origin: &Origin,
     ) -> Result<(Vec<ApplyOutcome>, HashMap<Cid, ProgressToken>)> {
+        let cids = items.iter().map(|(m, _)| m.cid()).collect();
+        self.apply_locked_with(tenant, items, cids, origin)
+    }
+
+    /// [`apply_locked`](Self::apply_locked) with the items' cids, in order.
+    fn apply_locked_with(
+        &self,
+        tenant: &TenantId,
+        items: Vec<MessageWithData>,
+        cids: Vec<Cid>,
+        origin: &Origin,
+    ) -> Result<(Vec<ApplyOutcome>, HashMap<Cid, ProgressToken>)> {
+        debug_assert_eq!(items.len(), cids.len());
         let ledger = &self.inner.ledger;
         let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; items.len()];
         let messages: Vec<Message> = items.iter().map(|(m, _)| m.clone()).collect();
@@ -539,14 +553,13 @@ impl Replica {
                 outcomes[i] = Some(ApplyOutcome::invalid(reason));
             }
         }
-        let cids: Vec<Cid> = messages.iter().map(Message::cid).collect();
         // Already held: nothing to check (repeated pages and re-sent batches are common).
         for (i, cid) in cids.iter().enumerate() {
             if outcomes[i].is_none() && ledger.has_message(tenant, cid)? {
                 outcomes[i] = Some(ApplyOutcome::Duplicate);
             }
         }
-        let mut pending: Vec<usize> = dependency_order(&messages)
+        let mut pending: Vec<usize> = dependency_order_by(&messages, &cids)
             .into_iter()
             .filter(|&i| outcomes[i].is_none())
             .collect();

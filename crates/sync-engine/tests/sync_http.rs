@@ -237,3 +237,95 @@ async fn concurrent_syncs_of_one_link_push_each_message_once() {
     assert_eq!(state.counters.messages_pushed, WRITES + 1);
     assert_eq!(records(&server), records(&a));
 }
+
+/// Every `SyncProgress` event of one direction waiting in `events`, as (messages, bytes,
+/// messages_total, bytes_total).
+fn progress_events(
+    events: &mut tokio::sync::broadcast::Receiver<SyncEvent>,
+    want: Direction,
+) -> Vec<(u64, u64, Option<u64>, Option<u64>)> {
+    let mut out = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if let SyncEvent::SyncProgress {
+            direction,
+            messages,
+            bytes,
+            messages_total,
+            bytes_total,
+            ..
+        } = e
+            && direction == want
+        {
+            out.push((messages, bytes, messages_total, bytes_total));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_totals_are_known_from_the_first_page_and_met_at_the_end() {
+    let (_server, _handle, ep) = http_node(100).await;
+    let a = replica(1);
+    let b = replica(2);
+    configure(&a);
+    for i in 0..120 {
+        put(&a, &format!("a{i}"), format!("from a {i}").as_bytes());
+    }
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    put(&a, "big", &big);
+
+    // The push's totals come from the local log, before anything is sent.
+    let ea = engine(&a, http(), vec![ep.clone()], fast_config());
+    let mut events = a.events();
+    let report = ea.sync_link(&link(&ea)).await;
+    assert!(report.error.is_none(), "{:?}", report.error);
+    let push = progress_events(&mut events, Direction::Push);
+    let (m0, _, first_total, first_bytes_total) = push[0];
+    assert_eq!(m0, 0, "the first push event comes before anything is sent");
+    assert_eq!(
+        first_total,
+        Some(122),
+        "configure, 120 notes and the blob's write"
+    );
+    assert!(first_bytes_total.unwrap() > 300_000, "{push:?}");
+    let (m, bytes, total, bytes_total) = *push.last().unwrap();
+    assert_eq!((Some(m), Some(bytes)), (total, bytes_total), "{push:?}");
+    assert_eq!(m, 122);
+    assert!(bytes > 300_000, "blob bytes are counted: {push:?}");
+    assert_eq!(report.pushed.blob_bytes, 300_000);
+
+    // The pull's totals come from the node with the first of many pages.
+    let config = SyncConfig {
+        page_entries: 10,
+        ..fast_config()
+    };
+    let eb = engine(&b, http(), vec![ep.clone()], config);
+    let mut events = b.events();
+    let report = eb.sync_link(&link(&eb)).await;
+    assert!(report.error.is_none(), "{:?}", report.error);
+    assert_eq!(get(&b, "big"), Some(big));
+    let pull = progress_events(&mut events, Direction::Pull);
+    assert!(pull.len() > 12, "one event per page at least: {pull:?}");
+    let (m, bytes, total, bytes_total) = *pull.last().unwrap();
+    assert_eq!(m, 122);
+    assert_eq!((Some(m), Some(bytes)), (total, bytes_total), "{pull:?}");
+    assert_eq!(report.pulled.blob_bytes, 300_000);
+    assert_eq!(report.pulled.messages, 122);
+    assert_eq!(bytes, report.pulled.bytes + 300_000);
+    let (m0, b0, first_total, first_bytes_total) = pull[0];
+    assert!(
+        m0 <= 10,
+        "the first event comes with the first page: {pull:?}"
+    );
+    assert_eq!(
+        first_total,
+        Some(122),
+        "the whole pull is known from the first page"
+    );
+    assert_eq!(first_bytes_total, Some(bytes), "bytes too, blobs included");
+    assert!(b0 < 300_000);
+    // Never more done than the total said.
+    for (m, b, t, bt) in &pull {
+        assert!(Some(*m) <= *t && Some(*b) <= *bt, "{pull:?}");
+    }
+}

@@ -115,6 +115,7 @@ impl PgStoreBuilder {
             inner: Arc::new(Inner {
                 space: schema::lock_space(&self.schema),
                 control: schema::lock_space(&format!("{}/control", self.schema)),
+                uploads: schema::lock_space(&format!("{}/uploads", self.schema)),
                 schema: self.schema,
                 pool,
                 sent,
@@ -146,6 +147,8 @@ struct Inner {
     space: i32,
     /// First advisory-lock key for allocations.
     control: i32,
+    /// First advisory-lock key for uploads (`WriteScope::Upload`).
+    uploads: i32,
     sent: Arc<AtomicU64>,
     /// Partitions whose tables exist.
     tables: RwLock<HashSet<&'static str>>,
@@ -564,6 +567,15 @@ impl WriteTxn for PgTxn<'_> {
             }
             WriteScope::TenantNames => (self.store.inner.control, LOCK_TENANT_NAMES),
             WriteScope::Registry => (self.store.inner.control, LOCK_REGISTRY),
+            // Uploads in a space of their own, keyed by the id's first four bytes (two
+            // uploads that share them only take turns).
+            WriteScope::Upload(cid) => {
+                let b = cid.as_bytes();
+                (
+                    self.store.inner.uploads,
+                    i32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+                )
+            }
             other => {
                 return Err(Error::backend(format!("unknown write scope {other:?}")));
             }

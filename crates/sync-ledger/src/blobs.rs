@@ -24,9 +24,11 @@ use crate::ledger::{Ledger, lock};
 use crate::store::{Batch, Durability, KeyRange, Order};
 
 mod cursor;
+mod owners;
 mod reader;
 
 pub use cursor::UploadCursor;
+pub use owners::UPLOAD_OWNER_TTL_MS;
 pub use reader::BlobReader;
 
 /// The blob store of a [`Ledger`]; see [`Ledger::blobs`].
@@ -226,10 +228,13 @@ impl<'a> Blobs<'a> {
     /// writing past it fails early. The upload resumes at
     /// [`offset`](BlobUpload::offset), the bytes durably received by an earlier upload
     /// (0 for a new one, the blob's size when it is already stored).
+    ///
+    /// On a store several processes write, the upload is also claimed for this process
+    /// (see the `owners` module): [`Error::UploadInProgress`] while another process owns
+    /// it, and every commit of the upload checks that it still does.
     pub fn upload(&self, cid: &Cid, size: Option<u64>, now_ms: u64) -> Result<BlobUpload<'a>> {
-        if !lock(&self.ledger.uploads).insert(*cid) {
-            return Err(Error::UploadInProgress(*cid));
-        }
+        // The upload re-reads what is stored below, whoever wrote it.
+        let (entered, _) = self.enter(cid, now_ms)?;
         let mut upload = BlobUpload {
             ledger: self.ledger,
             cid: *cid,
@@ -244,6 +249,8 @@ impl<'a> Blobs<'a> {
             complete: None,
             now_ms,
         };
+        // The upload's drop gives the claim back from here on.
+        entered.keep();
         if let Some(meta) = self.meta(cid)? {
             upload.complete = Some(meta.size);
             upload.received = meta.size;
@@ -338,8 +345,18 @@ impl<'a> Blobs<'a> {
             .collect()
     }
 
-    /// Discards a partial upload of `cid` (not a stored blob).
+    /// Discards a partial upload of `cid` (not a stored blob); refused
+    /// ([`Error::UploadInProgress`]) while this process writes it, or, on a shared
+    /// store, while another process owns it.
     pub fn abort_upload(&self, cid: &Cid) -> Result<()> {
+        self.abort_stale_upload(cid, 0)
+    }
+
+    /// [`abort_upload`](Self::abort_upload) at time `now_ms`: on a shared store, an
+    /// upload whose owner (another process) has not committed for
+    /// [`UPLOAD_OWNER_TTL_MS`] is discarded too (the garbage collector's case: the
+    /// owner died).
+    pub fn abort_stale_upload(&self, cid: &Cid, now_ms: u64) -> Result<()> {
         if lock(&self.ledger.uploads).contains(cid) {
             return Err(Error::UploadInProgress(*cid));
         }
@@ -349,7 +366,8 @@ impl<'a> Blobs<'a> {
         let mut batch = Batch::new();
         self.delete_chunks(cid, &mut batch)?;
         batch.delete(layout::BLOB_UPLOADS, cid.as_bytes().to_vec());
-        self.ledger.commit(batch, Durability::Buffered)
+        self.ledger
+            .commit_upload_removal(cid, batch, Durability::Buffered, now_ms)
     }
 
     pub(crate) fn delete_chunks(&self, cid: &Cid, batch: &mut Batch) -> Result<()> {
@@ -410,7 +428,9 @@ pub struct BlobUpload<'a> {
     pending_chunks: u64,
     /// Set when the blob was already stored when the upload started.
     complete: Option<u64>,
-    now_ms: u64,
+    /// The caller's time when the upload started or resumed (upload states and owner
+    /// rows are stamped with it).
+    pub(crate) now_ms: u64,
 }
 
 impl std::fmt::Debug for BlobUpload<'_> {
@@ -513,7 +533,8 @@ impl BlobUpload<'_> {
                 updated_ms: self.now_ms,
             }),
         );
-        self.ledger.commit(batch, durability)?;
+        self.ledger
+            .commit_upload(&self.cid, batch, durability, self.now_ms, false)?;
         self.durable = received;
         Ok(())
     }
@@ -564,7 +585,8 @@ impl BlobUpload<'_> {
                 ),
                 None => batch.delete(layout::BLOB_UPLOADS, self.cid.as_bytes().to_vec()),
             }
-            self.ledger.commit(batch, durability)?;
+            self.ledger
+                .commit_upload(&self.cid, batch, durability, self.now_ms, true)?;
             self.buf.clear();
             return Err(Error::BlobMismatch {
                 expected: self.target,
@@ -592,7 +614,8 @@ impl BlobUpload<'_> {
             }),
         );
         batch.delete(layout::BLOB_UPLOADS, self.cid.as_bytes().to_vec());
-        self.ledger.commit(batch, durability)?;
+        self.ledger
+            .commit_upload(&self.cid, batch, durability, self.now_ms, true)?;
         Ok(size)
     }
 }
@@ -639,7 +662,7 @@ impl<'a> Blobs<'a> {
             self.abort_upload(&nonce)?;
             return Err(Error::UploadInProgress(cid));
         }
-        let stored = self.store_staged(&nonce, &cid, size, durability);
+        let stored = self.store_staged(&nonce, &cid, size, durability, now_ms);
         lock(&self.ledger.uploads).remove(&cid);
         stored?;
         Ok((cid, size))
@@ -676,12 +699,21 @@ impl<'a> Blobs<'a> {
     /// Stores the staged upload `from` as blob `to`, in one commit: its meta and an
     /// alias naming `from`, where the chunks stay. A partial upload of `to` under its own
     /// id (a download of the same blob) is superseded and removed in the same commit.
-    fn store_staged(&self, from: &Cid, to: &Cid, size: u64, durability: Durability) -> Result<()> {
+    fn store_staged(
+        &self,
+        from: &Cid,
+        to: &Cid,
+        size: u64,
+        durability: Durability,
+        now_ms: u64,
+    ) -> Result<()> {
         let mut batch = Batch::new();
         if self.has(to)? {
             self.delete_chunks(from, &mut batch)?;
             batch.delete(layout::BLOB_UPLOADS, from.as_bytes().to_vec());
-            return self.ledger.commit(batch, durability);
+            return self
+                .ledger
+                .commit_upload_removal(from, batch, durability, now_ms);
         }
         self.delete_chunks(to, &mut batch)?;
         batch.put(
@@ -699,7 +731,9 @@ impl<'a> Blobs<'a> {
         );
         batch.delete(layout::BLOB_UPLOADS, from.as_bytes().to_vec());
         batch.delete(layout::BLOB_UPLOADS, to.as_bytes().to_vec());
-        self.ledger.commit(batch, durability)
+        // The staged upload is this process's: its owner row goes with it.
+        self.ledger
+            .commit_upload_removal(from, batch, durability, now_ms)
     }
 
     /// Every stored blob with its size, in id order (for garbage collection).

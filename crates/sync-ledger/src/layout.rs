@@ -31,6 +31,7 @@
 //! | `meta` | `"hlc"` | `Hlc` | the greatest timestamp ever stored, written in the batch that stores it (see `causality.rs`) |
 //! | `meta` | `"node"` | `NodeId` | the replica's node id, created once |
 //! | `meta` | `"known/" T link` | `KnownRanges` | positions of a link's remote log the replica holds already (it pushed them); a pull leaves them out |
+//! | `meta` | `"reached/" T link` | [`ReachedNode`](crate::ReachedNode) | the node a link's calls last reached (`weft status`) |
 //! | `names` | `'t' tenant` / `'T' T` / `'p' T protocol` / `'#t'` / `'#p' T` | `u32` / `TenantId` / `u32` / next `u32` / next `u32` | interned tenant and protocol numbers, both ways, and the counters that allocate them |
 //! | `log` | `T pos` | [`StoredEntry`]: cid, message, inline data | the event log, and the message bodies |
 //! | `log_meta` | `T` | [`LogMeta`]: stream id, epoch, head, compaction floor | log identity and next position |
@@ -45,6 +46,7 @@
 //! | `blob_chunks` | `cid index:u32` | raw bytes (not an envelope) | blob content, [`BLOB_CHUNK_BYTES`] per chunk |
 //! | `blob_uploads` | `cid` | [`UploadState`] | a resumable partial upload |
 //! | `blob_aliases` | `cid` | raw 32-byte id (not an envelope) | a blob whose chunks are under another id |
+//! | `blob_owners` | `cid` (the upload's id) | [`UploadOwner`] | which process writes a partial upload; only on a shared store (not in [`PARTITIONS`]: a backend creates it on first use) |
 //! | `links` | `t key` (the link key text) | `LinkState` | replication links |
 //! | `dead_letters` | `t cid endpoint` | `DeadLetter` | failed messages per endpoint |
 //! | `identities` | `t` | [`RegisteredIdentity`](crate::RegisteredIdentity) | registered identities |
@@ -127,6 +129,11 @@ pub const BLOB_UPLOADS: Partition = Partition::new("blob_uploads");
 /// Blobs whose chunks are stored under another id: a blob written as a stream of unknown
 /// hash keeps its chunks under the upload's id instead of copying them.
 pub const BLOB_ALIASES: Partition = Partition::new("blob_aliases");
+/// Which process owns a partial upload, on a store several processes write
+/// ([`Store::is_shared`](crate::store::Store::is_shared)): not in [`PARTITIONS`], since a
+/// store with one writer never uses it and a shared backend creates its table on first
+/// use (a database migrated before it existed needs no migration).
+pub const BLOB_OWNERS: Partition = Partition::new("blob_owners");
 /// Replication links.
 pub const LINKS: Partition = Partition::new("links");
 /// Dead letters.
@@ -267,6 +274,17 @@ pub struct UploadState {
     pub size: Option<u64>,
     /// When the upload last made progress, in ms since the Unix epoch (caller's clock).
     pub updated_ms: u64,
+}
+
+/// The process that owns a partial upload on a shared store (`blob_owners`): only it
+/// commits the upload's chunks, until `until_ms` passes without a commit of its own.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct UploadOwner {
+    /// The owning ledger's id, drawn once per process from its id source.
+    pub owner: StreamId,
+    /// When another process may take the upload over, in ms since the Unix epoch (the
+    /// owner's clock at its last commit plus [`UPLOAD_OWNER_TTL_MS`](crate::UPLOAD_OWNER_TTL_MS)).
+    pub until_ms: u64,
 }
 
 /// Serde for `Option<Vec<u8>>` as a byte string (postcard: a length and raw bytes),

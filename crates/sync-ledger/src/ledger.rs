@@ -231,6 +231,9 @@ pub struct Ledger {
     pub(crate) registry_lock: Mutex<()>,
     /// Blobs being uploaded in this process.
     pub(crate) uploads: Mutex<std::collections::HashSet<Cid>>,
+    /// This process's id as the owner of uploads on a shared store (`blob_owners`),
+    /// drawn on first use.
+    pub(crate) upload_owner: std::sync::OnceLock<StreamId>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -318,6 +321,7 @@ impl Ledger {
             notifier: Notifier::new(),
             registry_lock: Mutex::new(()),
             uploads: Mutex::new(Default::default()),
+            upload_owner: std::sync::OnceLock::new(),
         })
     }
 

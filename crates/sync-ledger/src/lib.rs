@@ -131,7 +131,7 @@ mod staged_uploads;
 pub mod store;
 mod upgrade;
 
-pub use blobs::{BlobReader, BlobUpload, Blobs, UploadCursor};
+pub use blobs::{BlobReader, BlobUpload, Blobs, UPLOAD_OWNER_TTL_MS, UploadCursor};
 pub use bus::{BusNews, BusSink, ChangeBus};
 pub use error::{BackendError, Error, Result};
 pub use layout::UploadState;
@@ -144,7 +144,7 @@ pub use log::{LOG_PAGE_ENTRIES_MAX, LogEntry, LogInfo, LogPage, LogQuery, LogRea
 pub use lookups::CidIter;
 pub use notify::ListenerId;
 pub use registry::{
-    DEAD_LETTER_ERROR_BYTES_MAX, DeadLetterFilter, DeadLetters, Identities, Links,
+    DEAD_LETTER_ERROR_BYTES_MAX, DeadLetterFilter, DeadLetters, Identities, Links, ReachedNode,
     RegisteredIdentity,
 };
 pub use store::{Durability, FjallStore, MemoryStore, Store};

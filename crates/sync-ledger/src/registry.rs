@@ -35,6 +35,33 @@ fn known_store_key(key: &LinkKey) -> Vec<u8> {
 
 const KNOWN_PREFIX: &[u8] = b"known/";
 
+/// Where the node a link last reached is kept: `meta` `"reached/" T link`, beside the
+/// link's state for the same reason as its known ranges.
+fn reached_store_key(key: &LinkKey) -> Vec<u8> {
+    let mut k = REACHED_PREFIX.to_vec();
+    k.extend(link_store_key(key));
+    k
+}
+
+const REACHED_PREFIX: &[u8] = b"reached/";
+
+/// The node a link's calls last reached: one of the nodes its endpoint names (several
+/// interchangeable nodes of a shared store), as its connector reported it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ReachedNode {
+    /// The node.
+    pub node: Endpoint,
+    /// Since when the link has reached this node, in ms since the Unix epoch (caller's
+    /// clock).
+    pub since_ms: u64,
+}
+
+/// The batch's deletes of what is kept beside a link's state.
+fn delete_beside(batch: &mut Batch, key: &LinkKey) {
+    batch.delete(layout::META, known_store_key(key));
+    batch.delete(layout::META, reached_store_key(key));
+}
+
 /// The replication links of a [`Ledger`]; see [`Ledger::links`].
 #[derive(Clone, Copy, Debug)]
 pub struct Links<'a> {
@@ -125,6 +152,27 @@ impl Links<'_> {
         } else {
             batch.put(layout::META, known_store_key(key), enc(known));
         }
+        self.ledger.commit(batch, durability)
+    }
+
+    /// The node the link last reached, as last saved.
+    pub fn reached(&self, key: &LinkKey) -> Result<Option<ReachedNode>> {
+        let k = reached_store_key(key);
+        match self.ledger.store.get(layout::META, &k)? {
+            Some(v) => Ok(Some(dec(layout::META, &k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Saves the node the link last reached (deleted with the link).
+    pub fn save_reached(
+        &self,
+        key: &LinkKey,
+        reached: &ReachedNode,
+        durability: Durability,
+    ) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.put(layout::META, reached_store_key(key), enc(reached));
         self.ledger.commit(batch, durability)
     }
 
@@ -236,7 +284,7 @@ impl Links<'_> {
         if existed {
             let mut batch = Batch::new();
             batch.delete(layout::LINKS, link_store_key(key));
-            batch.delete(layout::META, known_store_key(key));
+            delete_beside(&mut batch, key);
             self.ledger.commit(batch, durability)?;
         }
         Ok(existed)
@@ -257,7 +305,7 @@ impl Links<'_> {
         for link in self.list(tenant)? {
             if !keep.contains(&link.key.identity_key()) {
                 batch.delete(layout::LINKS, link_store_key(&link.key));
-                batch.delete(layout::META, known_store_key(&link.key));
+                delete_beside(&mut batch, &link.key);
                 deleted.push(link.key);
             }
         }
@@ -491,7 +539,7 @@ impl Identities<'_> {
         batch.delete(layout::IDENTITIES, Self::key(tenant));
         for link in self.ledger.links().list(tenant)? {
             batch.delete(layout::LINKS, link_store_key(&link.key));
-            batch.delete(layout::META, known_store_key(&link.key));
+            delete_beside(&mut batch, &link.key);
         }
         self.ledger.commit(batch, durability)?;
         Ok(previous)

@@ -138,7 +138,8 @@ impl BlobUpload<'_> {
             );
         }
         batch.delete(layout::BLOB_UPLOADS, staging.as_bytes().to_vec());
-        self.ledger.commit(batch, durability)?;
+        self.ledger
+            .commit_upload(&staging, batch, durability, self.now_ms, true)?;
         drop(uploads);
         Ok(size)
     }

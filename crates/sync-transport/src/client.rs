@@ -39,9 +39,10 @@ use crate::frame::{self, FRAME_BYTES_MAX_DEFAULT, FrameError, FrameKind, HEADER_
 use crate::node::{Feed, Handler, Node, ms};
 use crate::proto::{
     BlobReadHead, BlobReadRequest, BlobStat, BlobStatRequest, BlobWriteRequest, CloseReason,
-    DiffReply, DiffRequest, ErrorCode, ErrorReply, HealthReply, KnownLogPageRequest, LogEntry,
-    LogPageReply, LogPageRequest, Notice, PlacedBatchReply, ReadMessagesReply, ReadMessagesRequest,
-    Reply, Request, RootReply, RootRequest, SubscribeRequest, WriteBatchReply, WriteBatchRequest,
+    DiffReply, DiffRequest, ErrorCode, ErrorReply, HeadLogPageRequest, HeadedLogPage, HealthReply,
+    KnownLogPageRequest, LogEntry, LogExtent, LogPageReply, LogPageRequest, Notice,
+    PlacedBatchReply, ReadMessagesReply, ReadMessagesRequest, Reply, Request, RootReply,
+    RootRequest, SubscribeRequest, WriteBatchReply, WriteBatchRequest,
 };
 use crate::server::{BoxError, FRAME_CONTENT_TYPE};
 use crate::tls::{self, ClientTls};
@@ -204,6 +205,16 @@ pub trait Remote: Send + Sync {
     ) -> impl Future<Output = Result<LogPageReply, TransportError>> + Send {
         self.log_page(req.page)
     }
+    /// A page of the tenant's log (without the entries at `req.known`) with the log's
+    /// extent: its head and, when asked, what is left after the page. Default:
+    /// [`log_page_known`](Self::log_page_known) or [`log_page`](Self::log_page), with
+    /// nothing known of the extent.
+    fn log_page_head(
+        &self,
+        req: HeadLogPageRequest,
+    ) -> impl Future<Output = Result<HeadedLogPage, TransportError>> + Send {
+        async move { page_without_head(self, req).await }
+    }
     /// How much of a blob the node holds.
     fn blob_stat(
         &self,
@@ -227,6 +238,29 @@ pub trait Remote: Send + Sync {
         &self,
         req: SubscribeRequest,
     ) -> impl Future<Output = Result<Subscription, TransportError>> + Send;
+}
+
+/// The page of `req` by the older calls, with nothing known of the log's extent: for a
+/// remote that does not implement [`Remote::log_page_head`] or a node before it.
+pub async fn page_without_head<R: Remote + ?Sized>(
+    remote: &R,
+    req: HeadLogPageRequest,
+) -> Result<HeadedLogPage, TransportError> {
+    let reply = match req.known {
+        Some(known) => {
+            remote
+                .log_page_known(KnownLogPageRequest {
+                    page: req.page,
+                    known,
+                })
+                .await?
+        }
+        None => remote.log_page(req.page).await?,
+    };
+    Ok(HeadedLogPage {
+        reply,
+        extent: LogExtent::default(),
+    })
 }
 
 fn unexpected(what: &'static str) -> TransportError {
@@ -307,6 +341,9 @@ pub struct HttpClient {
     /// [`Request::WriteBatchPlaced`] and [`Request::LogPageKnown`]): the older calls
     /// are used from then on.
     legacy: Arc<AtomicBool>,
+    /// Set once the node answered [`Request::LogPageHead`] `BadFrame`: pages come
+    /// without the log's extent from then on.
+    legacy_head: Arc<AtomicBool>,
     /// Set once a reply said the node reads compressed requests.
     node_reads_lz4: Arc<AtomicBool>,
 }
@@ -396,6 +433,7 @@ impl HttpClient {
             token,
             config: Arc::new(config),
             legacy: Arc::new(AtomicBool::new(false)),
+            legacy_head: Arc::new(AtomicBool::new(false)),
             node_reads_lz4: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -570,7 +608,13 @@ fn decode_reply(status: u16, body: &[u8], frame_bytes_max: usize) -> Result<Repl
     };
     match header.kind {
         FrameKind::Error => {
-            let mut e = TransportError::refused(frame::decode_body::<ErrorReply>(header, payload)?);
+            let reply = frame::decode_body::<ErrorReply>(header, payload)?;
+            if reply.code == ErrorCode::BadRequest && reply.message == tls::TLS_ONLY_MESSAGE {
+                return Err(TransportError::Tls(
+                    "the node speaks TLS only and answered a plain http:// call: use an https:// endpoint".into(),
+                ));
+            }
+            let mut e = TransportError::refused(reply);
             if let TransportError::Refused { status: s, .. } = &mut e {
                 *s = status;
             }
@@ -655,6 +699,24 @@ impl Remote for HttpClient {
             req
         };
         self.log_page(req.page).await
+    }
+    async fn log_page_head(
+        &self,
+        req: HeadLogPageRequest,
+    ) -> Result<HeadedLogPage, TransportError> {
+        // An older node does not know the call: pages without the extent, for good.
+        if self.legacy_head.load(Ordering::Relaxed) {
+            return page_without_head(self, req).await;
+        }
+        let request = Request::LogPageHead(req);
+        match self.call(&request, true).await {
+            Err(e) if is_unknown_request(&e) => self.legacy_head.store(true, Ordering::Relaxed),
+            reply => return expect_reply!(reply?, LogPageHead, "log page with head"),
+        }
+        let Request::LogPageHead(req) = request else {
+            unreachable!("built above")
+        };
+        page_without_head(self, req).await
     }
     async fn blob_stat(&self, req: BlobStatRequest) -> Result<BlobStat, TransportError> {
         expect_reply!(

@@ -15,9 +15,14 @@
 //! resumes the upload there.
 //!
 //! A plain endpoint (no comma) behaves exactly as the inner connector's remote.
+//!
+//! The connector remembers, per endpoint, the node that last answered a call
+//! ([`FailoverConnector::reached`]): what `weft status` shows as the node a link talks
+//! to.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use sync_types::Endpoint;
 
@@ -26,9 +31,9 @@ use crate::client::{BlobDownload, BlobSource, Remote, Subscription};
 use crate::connector::Connector;
 use crate::proto::{
     BlobReadRequest, BlobStat, BlobStatRequest, BlobWriteRequest, DiffReply, DiffRequest,
-    HealthReply, KnownLogPageRequest, LogPageReply, LogPageRequest, PlacedBatchReply,
-    ReadMessagesReply, ReadMessagesRequest, RootReply, RootRequest, SubscribeRequest,
-    WriteBatchReply, WriteBatchRequest,
+    HeadLogPageRequest, HeadedLogPage, HealthReply, KnownLogPageRequest, LogPageReply,
+    LogPageRequest, PlacedBatchReply, ReadMessagesReply, ReadMessagesRequest, RootReply,
+    RootRequest, SubscribeRequest, WriteBatchReply, WriteBatchRequest,
 };
 
 /// Most nodes one endpoint may name.
@@ -50,18 +55,39 @@ pub fn endpoint_nodes(endpoint: &Endpoint) -> Result<Vec<Endpoint>, TransportErr
         .collect()
 }
 
+/// Endpoints whose last answering node a [`FailoverConnector`] remembers; past this,
+/// an arbitrary one is forgotten first.
+pub const REACHED_ENDPOINTS_MAX: usize = 1024;
+
+/// The node that last answered, per endpoint.
+type Reached = Arc<Mutex<HashMap<Endpoint, Endpoint>>>;
+
 /// A connector whose endpoints may name several interchangeable nodes; see the module
 /// documentation.
 #[derive(Debug, Default)]
 pub struct FailoverConnector<C> {
     inner: C,
+    reached: Reached,
 }
 
 impl<C> FailoverConnector<C> {
     /// Reaches each node through `inner`.
     pub fn new(inner: C) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            reached: Reached::default(),
+        }
     }
+
+    /// The node of `endpoint` that last answered a call of one of this connector's
+    /// remotes (the endpoint itself when it names one node); `None` before any answer.
+    pub fn reached(&self, endpoint: &Endpoint) -> Option<Endpoint> {
+        lock(&self.reached).get(endpoint).cloned()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl<C: Connector> Connector for FailoverConnector<C> {
@@ -81,6 +107,9 @@ impl<C: Connector> Connector for FailoverConnector<C> {
             nodes: Arc::new(nodes),
             remotes: Arc::new(remotes),
             current: Arc::new(AtomicUsize::new(0)),
+            endpoint: endpoint.clone(),
+            reached: Arc::clone(&self.reached),
+            reported: Arc::new(AtomicUsize::new(usize::MAX)),
         })
     }
 }
@@ -91,6 +120,13 @@ pub struct FailoverRemote<R> {
     nodes: Arc<Vec<Endpoint>>,
     remotes: Arc<Vec<R>>,
     current: Arc<AtomicUsize>,
+    /// The endpoint as the engine names it (all the nodes).
+    endpoint: Endpoint,
+    /// The connector's record of the node that last answered.
+    reached: Reached,
+    /// The node last written to `reached` by this remote (`usize::MAX`: none yet), so
+    /// only a change takes the lock.
+    reported: Arc<AtomicUsize>,
 }
 
 impl<R> Clone for FailoverRemote<R> {
@@ -99,6 +135,9 @@ impl<R> Clone for FailoverRemote<R> {
             nodes: Arc::clone(&self.nodes),
             remotes: Arc::clone(&self.remotes),
             current: Arc::clone(&self.current),
+            endpoint: self.endpoint.clone(),
+            reached: Arc::clone(&self.reached),
+            reported: Arc::clone(&self.reported),
         }
     }
 }
@@ -121,6 +160,21 @@ impl<R> FailoverRemote<R> {
     /// The node calls go to now.
     pub fn current_node(&self) -> &Endpoint {
         &self.nodes[self.current.load(Ordering::Relaxed) % self.nodes.len()]
+    }
+
+    /// Records that node `at` answered a call.
+    fn answered(&self, at: usize) {
+        if self.reported.swap(at, Ordering::Relaxed) == at {
+            return;
+        }
+        let mut reached = lock(&self.reached);
+        if reached.len() >= REACHED_ENDPOINTS_MAX && !reached.contains_key(&self.endpoint) {
+            let some = reached.keys().next().cloned();
+            if let Some(k) = some {
+                reached.remove(&k);
+            }
+        }
+        reached.insert(self.endpoint.clone(), self.nodes[at].clone());
     }
 
     /// Records that a call that started at `start` succeeded at `at`. Only moves
@@ -148,6 +202,7 @@ macro_rules! failover {
                     if i > 0 {
                         $self.moved(start, at);
                     }
+                    $self.answered(at);
                     return Ok(t);
                 }
                 Err(e) if another_may_answer(&e) && n > 1 => last = Some(e),
@@ -196,6 +251,13 @@ impl<R: Remote> Remote for FailoverRemote<R> {
         failover!(self, |r| r.log_page_known(req.clone()))
     }
 
+    async fn log_page_head(
+        &self,
+        req: HeadLogPageRequest,
+    ) -> Result<HeadedLogPage, TransportError> {
+        failover!(self, |r| r.log_page_head(req.clone()))
+    }
+
     async fn blob_stat(&self, req: BlobStatRequest) -> Result<BlobStat, TransportError> {
         failover!(self, |r| r.blob_stat(req.clone()))
     }
@@ -212,6 +274,9 @@ impl<R: Remote> Remote for FailoverRemote<R> {
         let n = self.remotes.len();
         let at = self.current.load(Ordering::Relaxed);
         let result = self.remotes[at % n].blob_write(req, source).await;
+        if result.is_ok() {
+            self.answered(at % n);
+        }
         if let Err(e) = &result
             && another_may_answer(e)
         {

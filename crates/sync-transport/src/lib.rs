@@ -125,7 +125,7 @@ pub use connector::{CONNECTOR_CLIENTS_MAX, Connector, HttpConnector, InProcessCo
 #[cfg(feature = "net")]
 pub use failover::{FailoverConnector, FailoverRemote};
 #[cfg(feature = "net")]
-pub use node::{Handler, Node, RequestContext, ServerConfig};
+pub use node::{Handler, LogExtentQuery, Node, RequestContext, ServerConfig};
 #[cfg(feature = "net")]
 pub use server::{ServerHandle, serve, serve_listener};
 #[cfg(feature = "net")]

@@ -102,7 +102,9 @@ impl RequestKind {
         match request {
             Request::Root(_) => RequestKind::Root,
             Request::Diff(_) => RequestKind::Diff,
-            Request::LogPage(_) | Request::LogPageKnown(_) => RequestKind::LogPage,
+            Request::LogPage(_) | Request::LogPageKnown(_) | Request::LogPageHead(_) => {
+                RequestKind::LogPage
+            }
             Request::ReadMessages(_) => RequestKind::ReadMessages,
             Request::WriteBatch(_) | Request::WriteBatchPlaced(_) => RequestKind::WriteBatch,
             Request::BlobStat(_) => RequestKind::BlobStat,

@@ -47,9 +47,9 @@ use crate::error::HandlerError;
 use crate::frame::{self, FrameError};
 use crate::proto::{
     BlobReadHead, BlobReadRequest, BlobStat, BlobStatRequest, BlobWriteRequest, DiffReply,
-    DiffRequest, ErrorCode, ErrorReply, HealthReply, LogPageReply, LogPageRequest, MessageData,
-    PlacedBatchReply, ReadMessagesReply, ReadMessagesRequest, Reply, Request, RootReply,
-    RootRequest, WriteBatchReply, request_needs,
+    DiffRequest, ErrorCode, ErrorReply, HeadLogPageRequest, HeadedLogPage, HealthReply, LogExtent,
+    LogPageReply, LogPageRequest, MessageData, PlacedBatchReply, ReadMessagesReply,
+    ReadMessagesRequest, Reply, Request, RootReply, RootRequest, WriteBatchReply, request_needs,
 };
 use crate::tenant_share::{ShareGuard, TenantShares};
 use crate::token::{AuthError, Claims, Token};
@@ -64,6 +64,21 @@ pub(crate) use subscription::{Feed, SharedPages};
 pub struct RequestContext {
     /// The caller's verified claims; the request was already checked against them.
     pub claims: Claims,
+}
+
+/// What [`Handler::log_extent`] is asked: the page request, where its page ended and
+/// the positions the reader holds.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct LogExtentQuery {
+    /// The page request (tenant, scope, filter).
+    pub req: LogPageRequest,
+    /// Where the page ended (its `next`): what is left is counted after it.
+    pub after: Option<sync_types::ProgressToken>,
+    /// Positions the reader holds, left out of the count.
+    pub known: Option<KnownRanges>,
+    /// Whether to count what is left (at most
+    /// [`LOG_COUNT_ENTRIES_MAX`](crate::proto::LOG_COUNT_ENTRIES_MAX) entries scanned).
+    pub count: bool,
 }
 
 /// What a node does with requests. The engine's node implements it over its ledger,
@@ -98,6 +113,19 @@ pub trait Handler: Send + Sync + 'static {
         ctx: &RequestContext,
         req: LogPageRequest,
     ) -> impl Future<Output = Result<LogPageReply, HandlerError>> + Send;
+
+    /// The extent of the tenant's log for a reader of `req` whose page ended at
+    /// `after`: the log's head, and (with `count`) what is left after `after` in the
+    /// request's scope and filter, without the positions in `known`. Default: nothing
+    /// known (a [`Request::LogPageHead`] is then answered like a plain page).
+    fn log_extent(
+        &self,
+        ctx: &RequestContext,
+        req: LogExtentQuery,
+    ) -> impl Future<Output = Result<LogExtent, HandlerError>> + Send {
+        let _ = (ctx, req);
+        async { Ok(LogExtent::default()) }
+    }
 
     /// Messages by cid; those outside `req.scope` are reported missing.
     fn read_messages(
@@ -405,6 +433,31 @@ impl<H: Handler> Node<H> {
                     page.entries.retain(|entry| !known.contains(&entry.token));
                 }
                 Reply::LogPage(reply)
+            }
+            Request::LogPageHead(r) => {
+                let HeadLogPageRequest {
+                    page: req,
+                    known,
+                    count_remaining,
+                } = r;
+                let mut reply = h.log_page(ctx, req.clone()).await.map_err(e)?;
+                let extent = match &mut reply {
+                    LogPageReply::Page(page) => {
+                        if let Some(known) = &known {
+                            // Only ever less of what the caller may read: its own claim.
+                            page.entries.retain(|entry| !known.contains(&entry.token));
+                        }
+                        let query = LogExtentQuery {
+                            after: page.next,
+                            req,
+                            known,
+                            count: count_remaining,
+                        };
+                        h.log_extent(ctx, query).await.map_err(e)?
+                    }
+                    LogPageReply::Gap(_) => LogExtent::default(),
+                };
+                Reply::LogPageHead(HeadedLogPage { reply, extent })
             }
             Request::BlobStat(r) => Reply::Blob(h.blob_stat(ctx, r).await.map_err(e)?),
             Request::Health => Reply::Health(HealthReply {

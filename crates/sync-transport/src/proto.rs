@@ -208,6 +208,56 @@ pub struct KnownLogPageRequest {
     pub known: KnownRanges,
 }
 
+/// A log page answered with the log's head and, when asked, how much is left after
+/// the page ([`Request::LogPageHead`]), so a catch-up knows its total.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct HeadLogPageRequest {
+    /// The page asked for, as in [`Request::LogPage`].
+    pub page: LogPageRequest,
+    /// Positions the caller holds, as in [`KnownLogPageRequest::known`]: left out of
+    /// the page and of the count.
+    pub known: Option<KnownRanges>,
+    /// Whether the node counts what is left after the page (a scan of at most
+    /// [`LOG_COUNT_ENTRIES_MAX`] entries); a catch-up asks on its first page only.
+    pub count_remaining: bool,
+}
+
+/// Most log entries a node scans to count what is left after a page; a longer rest is
+/// answered without a count.
+pub const LOG_COUNT_ENTRIES_MAX: u64 = 1_000_000;
+
+/// The extent of a log as a page reader sees it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct LogExtent {
+    /// The newest entry of the node's log when the page was read; `None` when the log
+    /// is empty or the node does not say.
+    pub head: Option<ProgressToken>,
+    /// What is left after the page, when asked for and counted.
+    pub remaining: Option<LogRemaining>,
+}
+
+/// The entries of a log after a page through its head that a reader would receive
+/// (in its scope and filter, without the positions it holds).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct LogRemaining {
+    /// Entries.
+    pub messages: u64,
+    /// Their bytes: each encoded message and its inline data.
+    pub bytes: u64,
+    /// The sizes of the blobs their messages reference (not inline), which a reader
+    /// fetching blobs downloads after the pages.
+    pub blob_bytes: u64,
+}
+
+/// The answer to a [`Request::LogPageHead`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct HeadedLogPage {
+    /// The page, or a gap.
+    pub reply: LogPageReply,
+    /// The log's head and what is left (nothing known with a gap).
+    pub extent: LogExtent,
+}
+
 /// Asks how much of a blob the node holds.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct BlobStatRequest {
@@ -316,6 +366,10 @@ pub enum Request {
     /// [`Reply::LogPage`]. Nodes before it answer `BadFrame`; a client then falls back
     /// to [`Request::LogPage`].
     LogPageKnown(KnownLogPageRequest),
+    /// A log page with the log's head and what is left after it, answered with
+    /// [`Reply::LogPageHead`]. Nodes before it answer `BadFrame`; a client then falls
+    /// back to [`Request::LogPageKnown`] or [`Request::LogPage`].
+    LogPageHead(HeadLogPageRequest),
 }
 
 /// A reply frame body.
@@ -341,6 +395,8 @@ pub enum Reply {
     Health(HealthReply),
     /// One outcome per written message, and where the log holds them.
     WriteBatchPlaced(PlacedBatchReply),
+    /// A log page or a gap, with the log's extent.
+    LogPageHead(HeadedLogPage),
 }
 
 /// Why a request failed, in an error frame.
@@ -541,6 +597,7 @@ impl Body for Request {
                 check_items("write batch", &r.messages, BATCH_MESSAGES_MAX)
             }
             Request::LogPageKnown(r) => check_page_limit(r.page.limit),
+            Request::LogPageHead(r) => check_page_limit(r.page.limit),
             Request::BlobWrite(r) => {
                 let end = r.offset.checked_add(r.len);
                 if end.is_none_or(|end| end > r.total_size) {
@@ -570,7 +627,11 @@ impl Body for Reply {
     fn check_limits(&self) -> Result<(), FrameError> {
         match self {
             Reply::Diff(r) => check_len("diff round", r.round.len(), DIFF_ROUND_BYTES_MAX),
-            Reply::LogPage(LogPageReply::Page(p)) => check_page(p),
+            Reply::LogPage(LogPageReply::Page(p))
+            | Reply::LogPageHead(HeadedLogPage {
+                reply: LogPageReply::Page(p),
+                ..
+            }) => check_page(p),
             Reply::ReadMessages(r) => {
                 check_items("read messages found", &r.found, READ_CIDS_MAX)?;
                 check_count("read messages missing", r.missing.len(), READ_CIDS_MAX)
@@ -585,6 +646,10 @@ impl Body for Reply {
             }
             Reply::Root(_)
             | Reply::LogPage(LogPageReply::Gap(_))
+            | Reply::LogPageHead(HeadedLogPage {
+                reply: LogPageReply::Gap(_),
+                ..
+            })
             | Reply::Blob(_)
             | Reply::BlobRead(_) => Ok(()),
         }
@@ -634,6 +699,7 @@ pub(crate) fn request_needs(
         Request::Diff(r) => (&r.tenant, Some(&r.scope), Actions::SYNC),
         Request::LogPage(r) => (&r.tenant, Some(&r.scope), Actions::READ),
         Request::LogPageKnown(r) => (&r.page.tenant, Some(&r.page.scope), Actions::READ),
+        Request::LogPageHead(r) => (&r.page.tenant, Some(&r.page.scope), Actions::READ),
         Request::ReadMessages(r) => (&r.tenant, Some(&r.scope), Actions::READ),
         // Writes are checked per message against the grant's scope (out-of-scope
         // messages are answered `Unauthorized`), so only the action is checked here.

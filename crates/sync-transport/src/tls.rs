@@ -34,6 +34,11 @@ pub const PEM_BYTES_MAX: usize = 1 << 20;
 
 /// The first byte of a TLS record carrying a handshake (a ClientHello starts with it).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// The message of the `BadRequest` error frame a TLS-only node answers a plain HTTP
+/// request with; a client that gets it over `http://` reports
+/// [`TransportError::Tls`](crate::TransportError::Tls) (the node is there, the scheme
+/// is wrong), not a refused request.
+pub const TLS_ONLY_MESSAGE: &str = "this node speaks TLS only: use an https:// endpoint";
 
 /// A TLS setting could not be used (unreadable PEM, no certificate, a key that does not
 /// match).
@@ -186,10 +191,7 @@ impl ServerTls {
             return None;
         }
         if first[0] != TLS_HANDSHAKE_RECORD {
-            let reply = ErrorReply::new(
-                ErrorCode::BadRequest,
-                "this node speaks TLS only: use an https:// endpoint",
-            );
+            let reply = ErrorReply::new(ErrorCode::BadRequest, TLS_ONLY_MESSAGE);
             crate::limits::write_refusal(tcp, "400 Bad Request", &reply).await;
             return None;
         }

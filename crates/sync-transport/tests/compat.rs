@@ -1,6 +1,7 @@
 //! Old and new peers together: compression only when both sides said they read it, and
-//! the requests of no echo (`WriteBatchPlaced`, `LogPageKnown`) falling back to the
-//! older calls against a node that does not know them.
+//! the requests of no echo (`WriteBatchPlaced`, `LogPageKnown`) and the page with the
+//! log's extent (`LogPageHead`) falling back to the older calls against a node that does
+//! not know them.
 
 // The shared support indexes test-sized buffers with u64 positions (64-bit hosts only).
 #![allow(clippy::cast_possible_truncation)]
@@ -186,7 +187,9 @@ async fn old_node(seen: Arc<Mutex<Vec<(String, bool)>>>) -> std::net::SocketAddr
                     let compressed = head.contains(compress::ENCODING_HEADER);
                     let request = frame::decode::<Request>(&body, usize::MAX).unwrap();
                     let (status, frame) = match request {
-                        Request::WriteBatchPlaced(_) | Request::LogPageKnown(_) => {
+                        Request::WriteBatchPlaced(_)
+                        | Request::LogPageKnown(_)
+                        | Request::LogPageHead(_) => {
                             seen.lock().unwrap().push(("new".into(), compressed));
                             let e = ErrorReply::new(ErrorCode::BadFrame, "unknown variant");
                             (400, frame::encode(&e))
@@ -269,4 +272,37 @@ async fn a_new_client_falls_back_to_the_older_calls_against_an_old_node() {
         seen.iter().all(|(_, compressed)| !compressed),
         "nothing compressed for a node that never said it reads it"
     );
+}
+
+#[tokio::test]
+async fn a_page_with_the_log_head_falls_back_to_a_plain_page_against_an_old_node() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = old_node(seen.clone()).await;
+    let endpoint = Endpoint::new(format!("http://{addr}")).unwrap();
+    let client = HttpClient::new(&endpoint, &owner_token(), client_config()).unwrap();
+    let Request::LogPage(page) = page_request() else {
+        unreachable!()
+    };
+    let req = HeadLogPageRequest {
+        page,
+        known: None,
+        count_remaining: true,
+    };
+    for _ in 0..2 {
+        let reply = within(5, client.log_page_head(req.clone())).await.unwrap();
+        assert!(matches!(reply.reply, LogPageReply::Page(_)));
+        assert_eq!(
+            reply.extent,
+            LogExtent::default(),
+            "an old node says nothing of it"
+        );
+    }
+    let calls: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(c, _)| c.clone())
+        .collect();
+    // One refused new request, then plain pages for good.
+    assert_eq!(calls, ["new", "log_page", "log_page"]);
 }

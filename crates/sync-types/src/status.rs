@@ -252,16 +252,27 @@ pub enum SyncEvent {
         /// The entry.
         dead_letter: DeadLetter,
     },
-    /// Progress of a sync in one direction.
+    /// Progress of a sync in one direction: of one operation the engine was asked for
+    /// (a one-shot sync of a link, a catch-up, a push, a reconcile), counted from zero.
+    /// Within an operation the counts only grow; at its end `messages_total` and
+    /// `bytes_total` equal what moved.
     SyncProgress {
         /// The link.
         link: LinkKey,
         /// Which direction.
         direction: Direction,
-        /// Messages moved so far in this sync.
+        /// Messages moved so far in this operation.
         messages: u64,
-        /// Bytes moved so far in this sync.
+        /// Bytes moved so far in this operation: encoded messages, inline data and blob
+        /// bytes.
         bytes: u64,
+        /// How many messages this operation moves in all, as far as known now (a pull
+        /// learns it from the node's first page, a push from the local log); `None`
+        /// when unknown (a node before this count). Never below `messages`.
+        messages_total: Option<u64>,
+        /// How many bytes this operation moves in all, blobs included, as far as known
+        /// now; `None` when unknown. Never below `bytes`.
+        bytes_total: Option<u64>,
     },
 }
 

@@ -271,31 +271,28 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Collection<T> {
 
     /// The record of `key`; `None` when absent or deleted.
     pub async fn get(&self, key: &str) -> Result<Option<Entry<T>>> {
-        check_key(key)?;
-        let this = self.clone();
-        let id = self.record_id(key);
-        blocking(move || {
-            let inner = &this.weft.inner;
-            match inner.replica.get(&inner.tenant, &id)? {
-                Some(record) => this
-                    .entry(record, |tag, bytes| Codec::decode(tag, bytes))
-                    .map(Some),
-                None => Ok(None),
-            }
-        })
-        .await
+        self.read(key, Codec::decode).await
     }
 
     /// The raw bytes of `key` (whatever codec wrote them); `None` when absent or
     /// deleted.
     pub async fn get_raw(&self, key: &str) -> Result<Option<Entry<Vec<u8>>>> {
+        self.read(key, |_, bytes| Ok(bytes.to_vec())).await
+    }
+
+    /// The record of `key` off the worker, its value decoded by `decode`.
+    async fn read<V: Send + 'static>(
+        &self,
+        key: &str,
+        decode: fn(u8, &[u8]) -> Result<V>,
+    ) -> Result<Option<Entry<V>>> {
         check_key(key)?;
         let this = self.clone();
         let id = self.record_id(key);
         blocking(move || {
             let inner = &this.weft.inner;
             match inner.replica.get(&inner.tenant, &id)? {
-                Some(record) => this.entry(record, |_, bytes| Ok(bytes.to_vec())).map(Some),
+                Some(record) => this.entry(record, decode).map(Some),
                 None => Ok(None),
             }
         })
@@ -315,11 +312,12 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Collection<T> {
             (None, Some(r)) if record.residency == Residency::Resident => {
                 inner.replica.read_blob(&r.data_cid, 0, r.size)?
             }
-            _ => {
-                return Err(Error::Decode(format!(
-                    "record {} is {:?}: its value has not arrived yet",
-                    record.record_id, record.residency
-                )));
+            (None, r) => {
+                return Err(Error::NotArrived {
+                    record: record.record_id,
+                    size: r.map_or(0, |r| r.size),
+                    residency: record.residency,
+                });
             }
         };
         let h = header(&payload)?;

@@ -26,6 +26,19 @@ pub enum Error {
     /// A stored payload could not be decoded as this collection's type.
     #[error("cannot decode the record: {0}")]
     Decode(String),
+    /// The record is here but its value is a blob that has not arrived yet (still
+    /// downloading, or not fetched on a metered link): read it again once
+    /// [`Entry::residency`](crate::Entry::residency) would be `Resident`, or fetch it
+    /// through [`Weft::engine`](crate::Weft::engine).
+    #[error("record {record}'s value ({size} bytes) has not arrived yet ({residency:?})")]
+    NotArrived {
+        /// The record.
+        record: sync_types::RecordId,
+        /// The value's size in bytes.
+        size: u64,
+        /// Where the value stands.
+        residency: sync_engine::Residency,
+    },
     /// A record's header names a key that does not derive its record id: the payload
     /// was copied under another key.
     #[error("record {record} carries key {key:?}, which is not its own")]

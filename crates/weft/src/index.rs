@@ -248,7 +248,7 @@ impl KeyIndex {
                 known => {
                     step.batch.delete(PENDING, id.as_bytes().to_vec());
                     if let Some(protocol) = protocol {
-                        step.settle(replica, tenant, id, &protocol, known)?;
+                        step.settle(replica, tenant, id, &protocol, known, First::No)?;
                     }
                 }
             }
@@ -321,6 +321,15 @@ enum Known {
     No,
 }
 
+/// Whether an entry may be the first of its record the index follows.
+enum First {
+    /// An initial write: live as of this point in the log if no entry of its record
+    /// was followed before.
+    IfUnseen,
+    /// Anything else: liveness is read from the replica.
+    No,
+}
+
 /// A record's index key while live, and the last key known for it.
 type Indexed = (Option<Vec<u8>>, Option<Vec<u8>>);
 
@@ -349,15 +358,19 @@ impl<'a> Step<'a> {
         let Some(id) = entry.message.record_id() else {
             return Ok(());
         };
-        let known = match &entry.message {
-            Message::Write(w) => self.index.key_of(replica, entry.data.as_deref(), w.data)?,
-            _ => Known::No,
+        let (known, initial) = match &entry.message {
+            Message::Write(w) => (
+                self.index.key_of(replica, entry.data.as_deref(), w.data)?,
+                w.prev.is_none(),
+            ),
+            _ => (Known::No, false),
         };
         if matches!(known, Known::Pending) {
             self.batch.put(PENDING, id.as_bytes().to_vec(), Vec::new());
             return Ok(());
         }
-        self.settle(replica, tenant, id, entry.message.protocol(), known)
+        let first = if initial { First::IfUnseen } else { First::No };
+        self.settle(replica, tenant, id, entry.message.protocol(), known, first)
     }
 
     /// Indexes the record when it is live and its key is known, removes it when not.
@@ -368,18 +381,28 @@ impl<'a> Step<'a> {
         id: RecordId,
         record_protocol: &ProtocolName,
         known: Known,
+        first: First,
     ) -> Result<()> {
-        let (current, remembered) = match self.ids.get(&id) {
-            Some(c) => c.clone(),
+        let (seen, current, remembered) = match self.ids.get(&id) {
+            Some((current, remembered)) => (true, current.clone(), remembered.clone()),
             None => match self.index.store.get(IDS, id.as_bytes())? {
-                Some(v) if !v.is_empty() => {
+                Some(v) if v.len() > 1 => {
                     let key = v[1..].to_vec();
-                    ((v[0] == 1).then(|| key.clone()), Some(key))
+                    (true, (v[0] == 1).then(|| key.clone()), Some(key))
                 }
-                _ => (None, None),
+                Some(_) => (true, None, None),
+                None => (false, None, None),
             },
         };
-        let live = replica.is_live(tenant, &id)? == Some(true);
+        // An initial write that is the first entry of its record the index has followed
+        // is live as of this point in the log: only an entry after it can end it, and
+        // that entry is settled (with a read of the record) when the follow reaches it.
+        // This skips one record read per record on a bulk import.
+        let live = if !seen && matches!(first, First::IfUnseen) {
+            true
+        } else {
+            replica.is_live(tenant, &id)? == Some(true)
+        };
         // A header naming another record's key is not trusted.
         let named = match known {
             Known::Key(key)
@@ -391,7 +414,7 @@ impl<'a> Step<'a> {
         };
         let key = named.or(remembered.clone());
         let wanted = if live { key.clone() } else { None };
-        if wanted == current && key == remembered {
+        if seen && wanted == current && key == remembered {
             return Ok(());
         }
         if wanted != current {
@@ -404,12 +427,12 @@ impl<'a> Step<'a> {
                 *self.counts.entry(record_protocol.clone()).or_default() += 1;
             }
         }
-        if let Some(k) = &key {
-            let mut v = Vec::with_capacity(1 + k.len());
-            v.push(u8::from(wanted.is_some()));
-            v.extend_from_slice(k);
-            self.batch.put(IDS, id.as_bytes().to_vec(), v);
-        }
+        // Every record the follow has settled keeps a row (one byte when its key is not
+        // known), so "no row" means "no entry of this record followed yet".
+        let mut v = Vec::with_capacity(1 + key.as_ref().map_or(0, Vec::len));
+        v.push(u8::from(wanted.is_some()));
+        v.extend_from_slice(key.as_deref().unwrap_or_default());
+        self.batch.put(IDS, id.as_bytes().to_vec(), v);
         self.ids.insert(id, (wanted, key));
         Ok(())
     }

@@ -15,8 +15,14 @@
 //! # The guide
 //!
 //! Each step below runs as a test (`cargo test -p weft --doc`), against a real node on
-//! 127.0.0.1 that the example starts in its own process ([`LocalNode`]; in production
-//! the node is `weft serve` on a server and the app is given its URL and a token).
+//! 127.0.0.1 that the example serves from the same process ([`LocalNode`]; in
+//! production the node is `weft serve` on a server and the app is given its URL and a
+//! token).
+//!
+//! An application's `Cargo.toml` needs, besides `weft`: `tokio` (with the `macros` and
+//! `rt-multi-thread` features for `#[tokio::main]`) and `serde` (with `derive`, for
+//! `#[derive(Serialize, Deserialize)]` on its record types). The prelude brings
+//! [`StreamExt`](prelude::StreamExt) for reading the change feed.
 //!
 //! ## 1. Open a store and write
 //!
@@ -62,28 +68,32 @@
 //! without it); the token's principal becomes the author of this store's writes.
 //! [`Weft::sync`] runs one pass and is `Ok` only when every link converged;
 //! [`Weft::start_live`] keeps syncing as writes happen. [`Weft::changes`] is one feed of
-//! every change, local or remote, from a token or from now, then live.
+//! every change, local or remote, from a token or from now, then live: open it before
+//! you start live sync or write, so the first changes are in it, and pin it
+//! (`Box::pin`) to call `next()`. Each device of a user gets its own token whose
+//! principal names the device (`owner_token("alice", "alice-phone", …)`): that
+//! principal is the author [`Entry::author`] shows for the device's writes.
 //!
 //! ```
 //! use weft::prelude::*;
-//! use futures_util::StreamExt;
 //!
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 //! # async fn main() -> weft::Result<()> {
 //! let node = LocalNode::start_in_memory("127.0.0.1:0".parse().unwrap(), TokenKey::derive(b"node secret")).await?;
-//! let token = node.owner_token("alice", "alice", u64::MAX)?;
+//! let expires = weft::expires_in(std::time::Duration::from_secs(3600));
 //!
 //! let laptop = Weft::builder("alice").in_memory().await?;
 //! let phone = Weft::builder("alice").in_memory().await?;
-//! for device in [&laptop, &phone] {
-//!     device.connect(&node.url(), &token).await?;
+//! for (device, name) in [(&laptop, "alice-laptop"), (&phone, "alice-phone")] {
+//!     device.connect(&node.url(), &node.owner_token("alice", name, expires)?).await?;
 //! }
 //! let notes = laptop.collection::<String>("notes").await?;
 //! notes.put("hello", &"written on the laptop".to_string()).await?;
 //! laptop.sync().await?;
 //! phone.sync().await?;
 //! let on_phone = phone.collection::<String>("notes").await?;
-//! assert_eq!(on_phone.get("hello").await?.unwrap().value, "written on the laptop");
+//! let hello = on_phone.get("hello").await?.unwrap();
+//! assert_eq!((hello.value.as_str(), hello.author.as_str()), ("written on the laptop", "alice-laptop"));
 //!
 //! // Live: the phone watches its feed while the laptop writes.
 //! let mut feed = Box::pin(phone.changes(Since::Now).await?);
@@ -186,9 +196,17 @@
 //! carries its natural key and codec ([`Codec`]: JSON by default, postcard by choice;
 //! [`Collection::put_raw`] for bytes), so the key travels with the record to every
 //! device and a read checks it against the record's id. Values above the inline limit
-//! travel as blobs; [`Entry::residency`] says whether one has arrived.
+//! travel as blobs; [`Entry::residency`] says whether one has arrived. Until it has,
+//! [`Collection::get`] answers [`Error::NotArrived`], and queries and counts leave the
+//! record out: its key travels inside the value, so the key index lists it once the
+//! blob is here (with `blob_fetch` on, the default, that is the same sync).
 
 #![deny(missing_docs)]
+
+/// The README's program, run as a doctest so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeProgram;
 
 mod codec;
 mod collection;
@@ -202,7 +220,7 @@ pub use codec::{Codec, KEY_BYTES_MAX};
 pub use collection::{Collection, Entry, PAGE_LEN_MAX, Page, Query, Transaction};
 pub use error::{Error, Result, SyncError};
 pub use feed::{Change, Since, Source};
-pub use node::LocalNode;
+pub use node::{LocalNode, expires_in};
 pub use store::{COLLECTION_PATH, LIVE_STOP_TIMEOUT, Weft, WeftBuilder};
 
 pub use sync_engine::replica::Expected;
@@ -227,5 +245,7 @@ pub mod prelude {
         SyncEvent, TokenKey, Transaction, Weft, engine,
     };
     pub use crate::{ConflictPolicy, Receipt, Residency};
+    /// `next()` on a change feed.
+    pub use futures_util::StreamExt;
     pub use serde::{Deserialize, Serialize};
 }

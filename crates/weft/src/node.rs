@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sync_engine::{Replica, ReplicaHandler};
 use sync_transport::{Claims, Role, ServerConfig, ServerHandle, Token, TokenKey, serve};
@@ -66,7 +67,9 @@ impl LocalNode {
     }
 
     /// A token for the owner of `tenant`: everything, until `expires_at_ms`
-    /// (milliseconds since the Unix epoch).
+    /// (milliseconds since the Unix epoch; [`expires_in`] computes one). `principal`
+    /// names the writer: give each device of a user its own (`alice-phone`), and
+    /// entries show which device wrote them.
     pub fn owner_token(&self, tenant: &str, principal: &str, expires_at_ms: u64) -> Result<String> {
         let claims = Claims::owner(
             TenantId::new(tenant)?,
@@ -87,6 +90,51 @@ impl LocalNode {
         collections: &[&str],
         expires_at_ms: u64,
     ) -> Result<String> {
+        let actions = Actions::READ.union(Actions::SYNC);
+        self.delegate_token(
+            tenant,
+            principal,
+            collections,
+            actions,
+            "read",
+            expires_at_ms,
+        )
+    }
+
+    /// A token for `principal`, a delegate of `tenant`: read, write and sync the
+    /// collections named, and nothing else, until `expires_at_ms`. Its writes to any
+    /// other collection stay on its device (a sync counts them as `out_of_scope`, and
+    /// the node would refuse them). A replica connected
+    /// with it syncs before its first [`Weft::collection`](crate::Weft::collection)
+    /// call, so the collection's configuration comes from the owner (a delegate may
+    /// not configure collections).
+    pub fn read_write_token(
+        &self,
+        tenant: &str,
+        principal: &str,
+        collections: &[&str],
+        expires_at_ms: u64,
+    ) -> Result<String> {
+        let actions = Actions::READ.union(Actions::SYNC).union(Actions::WRITE);
+        self.delegate_token(
+            tenant,
+            principal,
+            collections,
+            actions,
+            "write",
+            expires_at_ms,
+        )
+    }
+
+    fn delegate_token(
+        &self,
+        tenant: &str,
+        principal: &str,
+        collections: &[&str],
+        actions: Actions,
+        grant: &str,
+        expires_at_ms: u64,
+    ) -> Result<String> {
         let protocols = collections
             .iter()
             .map(|c| ProtocolName::new(format!("weft:collection/{c}")))
@@ -96,9 +144,9 @@ impl LocalNode {
             principal: PrincipalId::new(principal)?,
             role: Role::Delegate,
             scope: Scope::ProtocolSet(ProtocolSet::new(protocols)?),
-            actions: Actions::READ.union(Actions::SYNC),
+            actions,
             expires_at_ms,
-            grant_id: GrantId::new(format!("read-{principal}"))?,
+            grant_id: GrantId::new(format!("{grant}-{principal}"))?,
         };
         Ok(Token::issue(&self.key, claims).to_string())
     }
@@ -107,4 +155,13 @@ impl LocalNode {
     pub async fn shutdown(self) {
         self.server.shutdown().await;
     }
+}
+
+/// `expires_at_ms` for a token that lasts `duration` from now (milliseconds since the
+/// Unix epoch, as tokens carry them).
+pub fn expires_in(duration: Duration) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(now.saturating_add(duration).as_millis()).unwrap_or(u64::MAX)
 }

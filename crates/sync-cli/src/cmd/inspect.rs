@@ -32,11 +32,24 @@ fn position(t: Option<ProgressToken>) -> String {
     t.map_or_else(|| "-".to_owned(), |t| t.position.to_string())
 }
 
+/// The node the link last reached (of those its endpoint names), if recorded.
+fn reached(engine: &HttpEngine, l: &LinkState) -> anyhow::Result<Option<sync_ledger::ReachedNode>> {
+    engine
+        .replica()
+        .ledger()
+        .links()
+        .reached(&l.key)
+        .context("cannot read the node a link reached")
+}
+
 fn link_json(engine: &HttpEngine, l: &LinkState) -> anyhow::Result<serde_json::Value> {
+    let reached = reached(engine, l)?;
     Ok(serde_json::json!({
         "key": l.key.to_string(),
         "tenant": l.key.tenant.as_str(),
         "node": l.key.endpoint.as_str(),
+        "talks_to": reached.as_ref().map(|r| r.node.as_str()),
+        "talks_to_since_ms": reached.as_ref().map(|r| r.since_ms),
         "status": l.status.as_str(),
         "connectivity": l.connectivity.as_str(),
         "scope": serde_json::to_value(&l.scope)?,
@@ -61,6 +74,7 @@ fn links_table(engine: &HttpEngine, links: &[LinkState]) -> anyhow::Result<out::
     let mut t = out::Table::new(&[
         "TENANT",
         "NODE",
+        "TALKS TO",
         "STATUS",
         "CONN",
         "PULLED@",
@@ -72,6 +86,7 @@ fn links_table(engine: &HttpEngine, links: &[LinkState]) -> anyhow::Result<out::
         t.row(vec![
             l.key.tenant.to_string(),
             l.key.endpoint.to_string(),
+            reached(engine, l)?.map_or_else(|| "-".to_owned(), |r| r.node.to_string()),
             l.status.as_str().to_owned(),
             l.connectivity.as_str().to_owned(),
             position(l.pull.contiguous_applied),
@@ -180,7 +195,7 @@ pub(crate) fn links(args: StatusArgs) -> anyhow::Result<Exit> {
         }
         out::json(&serde_json::Value::Array(ls))?;
     } else if links.is_empty() {
-        eprintln!("no links: run `weft sync --node URL --token TOKEN` to create one");
+        out::note("no links: run `weft sync --node URL --token TOKEN` to create one");
     } else {
         links_table(&engine, &links)?.print()?;
     }

@@ -1,8 +1,8 @@
 //! One module per command family; [`run`] dispatches.
 
-mod inspect;
+pub(crate) mod inspect;
 mod quickstart;
-mod records;
+pub(crate) mod records;
 mod remote;
 mod serve;
 mod shared;
@@ -13,8 +13,10 @@ mod watch;
 use anyhow::Context as _;
 
 use crate::cli::{Cli, Command, DeadLettersCommand, TokenCommand};
+use crate::control::{self, Forwarded};
 use crate::exit::Exit;
 use crate::logging;
+use crate::paths;
 
 /// Runs the command; `Ok` carries the exit code of a command that ran to its end.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<Exit> {
@@ -28,11 +30,49 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Exit> {
     match cli.command {
         Command::Token(TokenCommand::Issue(a)) => token::issue(a),
         Command::Token(TokenCommand::Inspect(a)) => token::inspect(a),
-        Command::Put(a) => records::put(a),
-        Command::Get(a) => records::get(a),
-        Command::List(a) => records::list(a),
-        Command::Delete(a) => records::delete(a),
-        Command::Status(a) => inspect::status(a),
+        Command::Put(mut a) => {
+            let dir = through_watch(&mut a.replica.store)?;
+            if let Some(file) = a.file.as_mut().filter(|f| f.as_os_str() != "-") {
+                *file = control::absolute(file);
+            }
+            match control::forward(&dir, Forwarded::Put(a))? {
+                Ok(exit) => Ok(exit),
+                Err(Forwarded::Put(a)) => records::put(a),
+                Err(_) => unreachable!("given back as sent"),
+            }
+        }
+        Command::Get(mut a) => {
+            let dir = through_watch(&mut a.replica.store)?;
+            match control::forward(&dir, Forwarded::Get(a))? {
+                Ok(exit) => Ok(exit),
+                Err(Forwarded::Get(a)) => records::get(a),
+                Err(_) => unreachable!("given back as sent"),
+            }
+        }
+        Command::List(mut a) => {
+            let dir = through_watch(&mut a.replica.store)?;
+            match control::forward(&dir, Forwarded::List(a))? {
+                Ok(exit) => Ok(exit),
+                Err(Forwarded::List(a)) => records::list(a),
+                Err(_) => unreachable!("given back as sent"),
+            }
+        }
+        Command::Delete(mut a) => {
+            let dir = through_watch(&mut a.replica.store)?;
+            match control::forward(&dir, Forwarded::Delete(a))? {
+                Ok(exit) => Ok(exit),
+                Err(Forwarded::Delete(a)) => records::delete(a),
+                Err(_) => unreachable!("given back as sent"),
+            }
+        }
+        Command::Status(mut a) => {
+            let dir = through_watch(&mut a.store.store)?;
+            match control::forward(&dir, Forwarded::Status(a))? {
+                Ok(exit) => Ok(exit),
+                Err(Forwarded::Status(a)) => inspect::status(a),
+                Err(_) => unreachable!("given back as sent"),
+            }
+        }
         Command::Links(a) => inspect::links(a),
         Command::DeadLetters(DeadLettersCommand::List(a)) => inspect::dead_letters_list(a),
         Command::DeadLetters(DeadLettersCommand::Clear(a)) => inspect::dead_letters_clear(a),
@@ -45,6 +85,14 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Exit> {
         }
         Command::Quickstart(a) => runtime()?.block_on(quickstart::run(a)),
     }
+}
+
+/// The store directory of a command that may go through a watch's control socket,
+/// made absolute in `store` (the watch runs in another directory).
+fn through_watch(store: &mut Option<std::path::PathBuf>) -> anyhow::Result<std::path::PathBuf> {
+    let dir = control::absolute(&paths::replica_dir(store.take())?);
+    *store = Some(dir.clone());
+    Ok(dir)
 }
 
 /// The runtime of the commands that talk to the network.

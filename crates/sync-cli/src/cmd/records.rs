@@ -1,6 +1,6 @@
 //! `weft put`, `get`, `list`, `delete`: the local replica as a key-value store.
 
-use std::io::{IsTerminal as _, Write as _};
+use std::io::Write as _;
 
 use crate::cli::{DeleteArgs, GetArgs, ListArgs, PutArgs};
 use crate::exit::{Exit, coded, usage};
@@ -10,12 +10,15 @@ use sync_engine::{Receipt, WriteOutcome};
 
 /// `weft put`.
 pub(crate) fn put(args: PutArgs) -> anyhow::Result<Exit> {
+    put_from(args, std::io::stdin().lock())
+}
+
+/// `weft put`, reading `--file -` from `stdin`.
+pub(crate) fn put_from(args: PutArgs, stdin: impl std::io::Read) -> anyhow::Result<Exit> {
     let kv = Kv::open(&args.replica, &args.kv, true)?;
     let receipt = match (&args.value, &args.file) {
         (Some(v), _) => kv.put(&args.key, v.as_bytes())?,
-        (None, Some(path)) if path.as_os_str() == "-" => {
-            kv.put_stream(&args.key, std::io::stdin().lock())?
-        }
+        (None, Some(path)) if path.as_os_str() == "-" => kv.put_stream(&args.key, stdin)?,
         (None, Some(path)) => {
             let file = std::fs::File::open(path)
                 .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
@@ -118,7 +121,7 @@ pub(crate) fn get(args: GetArgs) -> anyhow::Result<Exit> {
         out::json(&entry.to_json(&kv.replica)?)?;
         return Ok(Exit::Ok);
     }
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = out::stdout();
     if !entry.copy_value(&kv.replica, &mut stdout)? {
         return Err(coded(
             Exit::Failure,
@@ -160,7 +163,11 @@ pub(crate) fn list(args: ListArgs) -> anyhow::Result<Exit> {
         ]);
     }
     if table.is_empty() {
-        eprintln!("no keys in tenant {} at {}", kv.tenant, kv.dir.display());
+        out::note(format!(
+            "no keys in tenant {} at {}",
+            kv.tenant,
+            kv.dir.display()
+        ));
     } else {
         table.print()?;
     }

@@ -211,6 +211,30 @@ pub(crate) fn engine_with(
     Engine::builder(replica, connector).config(config).build()
 }
 
+/// Records the node the session's link last reached (one of the nodes its endpoint
+/// names), when it changed: what `weft status` shows. A failure to record it is logged,
+/// never fatal.
+pub(crate) fn save_reached(s: &Session) {
+    let Some(node) = s.engine.connector().inner().reached(&s.endpoint) else {
+        return;
+    };
+    let links = s.replica.ledger().links();
+    match links.reached(&s.link) {
+        Ok(Some(r)) if r.node == node => {}
+        Ok(_) => {
+            let reached = sync_ledger::ReachedNode {
+                node,
+                since_ms: s.replica.now_ms(),
+            };
+            if let Err(e) = links.save_reached(&s.link, &reached, sync_ledger::Durability::Buffered)
+            {
+                tracing::warn!(error = %e, "cannot record the node the link reached");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the node the link reached"),
+    }
+}
+
 /// Longest token file read.
 const TOKEN_FILE_BYTES_MAX: u64 = 64 * 1024;
 

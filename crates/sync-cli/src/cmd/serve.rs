@@ -314,6 +314,24 @@ fn log_positions(replica: Replica) -> impl Fn() -> Vec<Family> + Send + Sync + '
     }
 }
 
+/// `weft_node_info{node="…"} 1`: the address this node listens on, set once it is
+/// bound, so the metrics of the nodes of one shared store say which node they are.
+fn node_info(
+    name: Arc<std::sync::OnceLock<String>>,
+) -> impl Fn() -> Vec<Family> + Send + Sync + 'static {
+    move || {
+        let samples = name
+            .get()
+            .map(|n| vec![Sample::new(1.0).label("node", n.as_str())])
+            .unwrap_or_default();
+        vec![Family::gauge(
+            "weft_node_info",
+            "This node, by the address it listens on (nodes of one shared store differ by it).",
+            samples,
+        )]
+    }
+}
+
 /// Runs the node until SIGINT or SIGTERM.
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<Exit> {
     let settings = Settings::resolve(args)?;
@@ -367,8 +385,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<Exit> {
     } else {
         "http"
     };
+    let node_name = Arc::new(std::sync::OnceLock::new());
     if settings.metrics {
         let metrics = Arc::new(Metrics::new());
+        metrics.add_source(node_info(node_name.clone()));
         metrics.add_source(log_positions(replica.clone()));
         if let Some(bus) = &bus {
             metrics.add_source(super::shared::metrics(replica.clone(), bus.clone()));
@@ -401,6 +421,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<Exit> {
         )
     })?;
     let local = server.local_addr();
+    let _ = node_name.set(format!("{scheme}://{local}"));
     tracing::info!(
         address = %local,
         store = %store,

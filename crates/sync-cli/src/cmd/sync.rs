@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sync_engine::sync::{LinkReport, SyncConfig};
 use sync_ledger::DeadLetterFilter;
-use sync_types::{Direction, SyncEvent};
+use sync_types::{Direction, LinkKey, SyncEvent};
 use tokio::sync::broadcast;
 
 use crate::cli::SyncArgs;
@@ -20,9 +20,12 @@ use crate::out;
 pub(crate) struct Summary {
     pub(crate) endpoint: String,
     pub(crate) pulled_messages: u64,
+    /// Bytes of messages and inline data.
     pub(crate) pulled_bytes: u64,
+    pub(crate) pulled_blob_bytes: u64,
     pub(crate) pushed_messages: u64,
     pub(crate) pushed_bytes: u64,
+    pub(crate) pushed_blob_bytes: u64,
     pub(crate) converged: Option<bool>,
     pub(crate) dead_letters: u64,
     pub(crate) elapsed: Duration,
@@ -39,8 +42,10 @@ impl Summary {
             endpoint: s.endpoint.to_string(),
             pulled_messages: r.pulled.messages,
             pulled_bytes: r.pulled.bytes,
+            pulled_blob_bytes: r.pulled.blob_bytes,
             pushed_messages: r.pushed.messages,
             pushed_bytes: r.pushed.bytes,
+            pushed_blob_bytes: r.pushed.blob_bytes,
             converged: r.converged(),
             dead_letters,
             elapsed,
@@ -50,8 +55,8 @@ impl Summary {
     fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "node": self.endpoint,
-            "pulled": { "messages": self.pulled_messages, "bytes": self.pulled_bytes },
-            "pushed": { "messages": self.pushed_messages, "bytes": self.pushed_bytes },
+            "pulled": traffic_json(self.pulled_messages, self.pulled_bytes, self.pulled_blob_bytes),
+            "pushed": traffic_json(self.pushed_messages, self.pushed_bytes, self.pushed_blob_bytes),
             "converged": self.converged,
             "dead_letters": self.dead_letters,
             "elapsed_ms": u64::try_from(self.elapsed.as_millis()).unwrap_or(u64::MAX),
@@ -71,17 +76,48 @@ impl Summary {
                 self.elapsed.as_millis()
             ),
             format!(
-                "  pulled {} messages ({})",
-                self.pulled_messages,
-                out::bytes_human(self.pulled_bytes)
+                "  pulled {}",
+                moved_human(
+                    self.pulled_messages,
+                    self.pulled_bytes,
+                    self.pulled_blob_bytes
+                )
             ),
             format!(
-                "  pushed {} messages ({})",
-                self.pushed_messages,
-                out::bytes_human(self.pushed_bytes)
+                "  pushed {}",
+                moved_human(
+                    self.pushed_messages,
+                    self.pushed_bytes,
+                    self.pushed_blob_bytes
+                )
             ),
         ]
     }
+}
+
+/// A direction's traffic for `--json`: `bytes` counts everything that moved, blobs
+/// included; `message_bytes` and `blob_bytes` split it.
+fn traffic_json(messages: u64, message_bytes: u64, blob_bytes: u64) -> serde_json::Value {
+    serde_json::json!({
+        "messages": messages,
+        "bytes": message_bytes + blob_bytes,
+        "message_bytes": message_bytes,
+        "blob_bytes": blob_bytes,
+    })
+}
+
+/// "3 messages (1.1 KiB)", and the blob bytes when blobs moved:
+/// "3 messages (200.0 MiB: 1.1 KiB of messages, 200.0 MiB of blobs)".
+fn moved_human(messages: u64, message_bytes: u64, blob_bytes: u64) -> String {
+    if blob_bytes == 0 {
+        return format!("{messages} messages ({})", out::bytes_human(message_bytes));
+    }
+    format!(
+        "{messages} messages ({}: {} of messages, {} of blobs)",
+        out::bytes_human(message_bytes + blob_bytes),
+        out::bytes_human(message_bytes),
+        out::bytes_human(blob_bytes)
+    )
 }
 
 /// Runs the session's link once and summarises it. An error stops the command unless
@@ -92,6 +128,7 @@ pub(crate) async fn sync_once(
 ) -> anyhow::Result<(Summary, Option<sync_engine::Error>)> {
     let started = Instant::now();
     let mut report = s.engine.sync_link(&s.link).await;
+    remote::save_reached(s);
     let summary = Summary::of(s, &report, started.elapsed())?;
     Ok((summary, report.error.take()))
 }
@@ -106,11 +143,9 @@ pub(crate) async fn run(args: SyncArgs) -> anyhow::Result<Exit> {
         ..SyncConfig::default()
     };
     let s = Session::open(&args.replica, &args.node, config).await?;
-    let bars = (!args.json && std::io::stderr().is_terminal()).then(|| {
-        let pending = s.engine.pending_outbound(&s.link).unwrap_or(0);
-        Bars::start(s.replica.events(), pending)
-    });
-    let moved = Moved::track(s.replica.events());
+    let bars = (!args.json && std::io::stderr().is_terminal())
+        .then(|| Bars::start(s.replica.events(), s.link.clone()));
+    let moved = Moved::track(s.replica.events(), s.link.clone());
     let (summary, error) = tokio::select! {
         done = sync_once(&s) => done?,
         signal = signals.recv() => {
@@ -122,10 +157,10 @@ pub(crate) async fn run(args: SyncArgs) -> anyhow::Result<Exit> {
             eprintln!(
                 "weft: interrupted ({signal}) during the sync with {}: pulled {} messages ({}), pushed {} messages ({}); what arrived is stored, and `weft sync` continues from there",
                 s.endpoint,
-                pulled.0,
-                out::bytes_human(pulled.1),
-                pushed.0,
-                out::bytes_human(pushed.1),
+                pulled.messages,
+                out::bytes_human(pulled.bytes),
+                pushed.messages,
+                out::bytes_human(pushed.bytes),
             );
             return Ok(Exit::Interrupted);
         }
@@ -165,23 +200,23 @@ pub(crate) async fn run(args: SyncArgs) -> anyhow::Result<Exit> {
 /// Messages and bytes moved so far each way, from the engine's `SyncProgress` events,
 /// for what an interrupted sync says it did.
 struct Moved {
-    totals: std::sync::Arc<std::sync::Mutex<[(u64, u64); 2]>>,
+    totals: std::sync::Arc<std::sync::Mutex<[Progress; 2]>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Moved {
-    fn track(events: broadcast::Receiver<SyncEvent>) -> Self {
-        let totals = std::sync::Arc::new(std::sync::Mutex::new([(0, 0); 2]));
+    fn track(events: broadcast::Receiver<SyncEvent>, link: LinkKey) -> Self {
+        let totals = std::sync::Arc::new(std::sync::Mutex::new([Progress::default(); 2]));
         let t = totals.clone();
-        let task = follow_progress(events, move |direction, moved| {
+        let task = follow_progress(events, link, move |direction, p| {
             let i = usize::from(direction == Direction::Push);
-            t.lock().unwrap_or_else(|e| e.into_inner())[i] = moved;
+            t.lock().unwrap_or_else(|e| e.into_inner())[i] = p;
         });
         Self { totals, task }
     }
 
-    /// (messages, bytes) pulled and pushed.
-    fn totals(&self) -> ((u64, u64), (u64, u64)) {
+    /// What was pulled and pushed.
+    fn totals(&self) -> (Progress, Progress) {
         let t = self.totals.lock().unwrap_or_else(|e| e.into_inner());
         (t[0], t[1])
     }
@@ -193,33 +228,44 @@ impl Drop for Moved {
     }
 }
 
-/// Progress bars for messages and bytes each way, fed by the engine's `SyncProgress`
-/// events. Each operation (catch-up, push, reconcile) reports running totals from
-/// zero, so a value lower than the previous one starts a new operation.
-struct Bars {
-    task: tokio::task::JoinHandle<()>,
-    pull: ProgressBar,
-    push: ProgressBar,
+/// One direction of a sync as its last `SyncProgress` event told it: what moved (bytes
+/// with blobs) and the totals as far as known.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+struct Progress {
+    messages: u64,
+    bytes: u64,
+    messages_total: Option<u64>,
+    bytes_total: Option<u64>,
 }
 
-/// Follows the engine's `SyncProgress` events until the engine goes, calling `on` with
-/// the direction and the (messages, bytes) moved that way so far over every operation.
+/// Follows the engine's `SyncProgress` events of `link` until the engine goes, calling
+/// `on` with the direction and its progress. A one-shot sync of a link is one operation
+/// per direction, so its counts only grow.
 fn follow_progress(
     mut events: broadcast::Receiver<SyncEvent>,
-    mut on: impl FnMut(Direction, (u64, u64)) + Send + 'static,
+    link: LinkKey,
+    mut on: impl FnMut(Direction, Progress) + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut running = [Running::default(); 2];
         loop {
             match events.recv().await {
                 Ok(SyncEvent::SyncProgress {
+                    link: l,
                     direction,
                     messages,
                     bytes,
-                    ..
-                }) => {
-                    let i = usize::from(direction == Direction::Push);
-                    on(direction, running[i].update(messages, bytes));
+                    messages_total,
+                    bytes_total,
+                }) if l == link => {
+                    on(
+                        direction,
+                        Progress {
+                            messages,
+                            bytes,
+                            messages_total,
+                            bytes_total,
+                        },
+                    );
                 }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
@@ -228,60 +274,55 @@ fn follow_progress(
     })
 }
 
-#[derive(Default, Clone, Copy)]
-struct Running {
-    base_messages: u64,
-    base_bytes: u64,
-    last_messages: u64,
-    last_bytes: u64,
+/// Progress bars each way, fed by the engine's `SyncProgress` events: bytes (blobs
+/// included) against the total as soon as it is known, with the rate and the time
+/// left, and the messages beside them.
+struct Bars {
+    task: tokio::task::JoinHandle<()>,
+    pull: ProgressBar,
+    push: ProgressBar,
 }
 
-impl Running {
-    fn update(&mut self, messages: u64, bytes: u64) -> (u64, u64) {
-        if messages < self.last_messages || bytes < self.last_bytes {
-            self.base_messages += self.last_messages;
-            self.base_bytes += self.last_bytes;
-        }
-        self.last_messages = messages;
-        self.last_bytes = bytes;
-        self.total()
-    }
-
-    fn total(&self) -> (u64, u64) {
-        (
-            self.base_messages + self.last_messages,
-            self.base_bytes + self.last_bytes,
-        )
-    }
-}
+/// A bar's look while its total is unknown (a node before totals).
+const SPINNER_TEMPLATE: &str =
+    "{spinner} {prefix} {bytes} ({binary_bytes_per_sec}), {msg} messages, {elapsed}";
+/// A bar's look with a total.
+const BAR_TEMPLATE: &str =
+    "{bar:30} {prefix} {bytes}/{total_bytes} ({binary_bytes_per_sec}, {eta} left), {msg} messages";
 
 impl Bars {
-    fn start(events: broadcast::Receiver<SyncEvent>, pending_push: u64) -> Self {
+    fn start(events: broadcast::Receiver<SyncEvent>, link: LinkKey) -> Self {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        let pull = multi.add(ProgressBar::new_spinner());
-        pull.set_style(
-            ProgressStyle::with_template("{spinner} pull {pos} messages, {msg} {elapsed}")
-                .expect("a valid template"),
-        );
-        pull.set_message("0 B");
-        let push = multi.add(ProgressBar::new(pending_push));
-        push.set_style(
-            ProgressStyle::with_template("{bar:30} push {pos}/{len} messages, {msg} {elapsed}")
-                .expect("a valid template"),
-        );
-        push.set_message("0 B");
-        pull.enable_steady_tick(Duration::from_millis(100));
+        let bar = |prefix: &'static str| {
+            let bar = multi.add(ProgressBar::no_length());
+            bar.set_style(
+                ProgressStyle::with_template(SPINNER_TEMPLATE).expect("a valid template"),
+            );
+            bar.set_prefix(prefix);
+            bar.set_message("0");
+            bar.enable_steady_tick(Duration::from_millis(100));
+            bar
+        };
+        let (pull, push) = (bar("pull"), bar("push"));
         let (pull2, push2) = (pull.clone(), push.clone());
-        let task = follow_progress(events, move |direction, (m, b)| {
+        let task = follow_progress(events, link, move |direction, p| {
             let bar = match direction {
                 Direction::Pull => &pull2,
                 Direction::Push => &push2,
             };
-            if bar.length().is_some_and(|l| m > l) {
-                bar.set_length(m);
+            if let Some(total) = p.bytes_total {
+                if bar.length().is_none() {
+                    bar.set_style(
+                        ProgressStyle::with_template(BAR_TEMPLATE).expect("a valid template"),
+                    );
+                }
+                bar.set_length(total);
             }
-            bar.set_position(m);
-            bar.set_message(out::bytes_human(b));
+            bar.set_position(p.bytes);
+            bar.set_message(match p.messages_total {
+                Some(total) => format!("{}/{total}", p.messages),
+                None => p.messages.to_string(),
+            });
         });
         Self { task, pull, push }
     }
@@ -294,20 +335,5 @@ impl Bars {
         self.task.abort();
         self.pull.finish_and_clear();
         self.push.finish_and_clear();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn running_totals_sum_operations() {
-        let mut r = Running::default();
-        assert_eq!(r.update(5, 50), (5, 50));
-        assert_eq!(r.update(8, 80), (8, 80));
-        // A new operation starts from zero.
-        assert_eq!(r.update(2, 20), (10, 100));
-        assert_eq!(r.update(3, 30), (11, 110));
     }
 }

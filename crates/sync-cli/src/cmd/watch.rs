@@ -8,6 +8,10 @@
 //! by tree diff after a gap. The subscription is only an accelerator: the checkpoints are
 //! what guarantee nothing is missed.
 //!
+//! While it runs, `put`, `get`, `list`, `delete` and `status` on the same store go
+//! through the watch's control socket (`control.rs`): the watch runs them over the
+//! replica it holds, and pushes their writes live.
+//!
 //! Printing is separate: the replica's change feed reports every message that arrived
 //! from elsewhere, whichever path applied it, and the engine's events say when the link
 //! is live, offline or repairing.
@@ -70,6 +74,8 @@ pub(crate) struct Printed {
 const STAGED_POLL_MS: u64 = 200;
 /// Most staged puts `watch` waits for at once; beyond, they print without their value.
 const STAGED_LEN_MAX: usize = 1024;
+/// How often `weft watch` records the node its link talks to (it changes on failover).
+const REACHED_SAVE_MS: u64 = 1_000;
 
 impl Printed {
     /// The change for a message that arrived from elsewhere, `None` for configures and
@@ -181,6 +187,17 @@ pub(crate) async fn run(args: WatchArgs) -> anyhow::Result<Exit> {
     // Subscribe to the change and event feeds before anything can change.
     let mut changes = replica.subscribe();
     let mut events = replica.events();
+    // Other commands on this store go through the watch from here on.
+    let _control = match crate::control::serve(&dir, replica.clone()) {
+        Ok(server) => Some(server),
+        Err(e) => {
+            eprintln!(
+                "weft: warning: no control socket ({e:#}): other commands cannot use {} while this watch runs",
+                dir.display()
+            );
+            None
+        }
+    };
     let s = Session::over(replica, args.replica.tenant.clone(), &args.node).await?;
     let (_, error) = sync_once(&s).await?;
     if let Some(e) = error {
@@ -209,8 +226,11 @@ async fn watch(
     // Puts whose blob is still on its way, printed when it arrives.
     let mut staged: Vec<Printed> = Vec::new();
     let mut poll = tokio::time::interval(Duration::from_millis(STAGED_POLL_MS));
+    // The node the link talks to may change (failover): recorded for `weft status`.
+    let mut reached = tokio::time::interval(Duration::from_millis(REACHED_SAVE_MS));
     loop {
         tokio::select! {
+            _ = reached.tick() => remote::save_reached(s),
             _ = poll.tick(), if !staged.is_empty() => {
                 let mut waiting = Vec::with_capacity(staged.len());
                 for p in staged.drain(..) {

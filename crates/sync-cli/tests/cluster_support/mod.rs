@@ -72,6 +72,30 @@ impl Site {
         }
     }
 
+    /// Rows of the site's table `weft_<partition>` (asked on a thread of its own: the
+    /// `postgres` client must not block a tokio worker).
+    pub fn rows(&self, partition: &str) -> i64 {
+        self.try_rows(partition)
+            .unwrap_or_else(|e| panic!("counting weft_{partition}: {e}"))
+    }
+
+    /// [`rows`](Self::rows), or the error (a table not created yet).
+    pub fn try_rows(&self, partition: &str) -> Result<i64, postgres::Error> {
+        let (url, sql) = (
+            self.pg_url.clone(),
+            format!(
+                "SELECT count(*) FROM \"{}\".\"weft_{partition}\"",
+                self.schema
+            ),
+        );
+        std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls)?;
+            Ok(c.query_one(&sql, &[])?.get(0))
+        })
+        .join()
+        .unwrap()
+    }
+
     /// Starts a node on the shared store; waits until it listens.
     pub fn node(&self, extra: &[&str]) -> NodeProc {
         self.node_at("127.0.0.1:0", extra)
@@ -313,6 +337,22 @@ impl Rep {
             )
             .unwrap();
         assert!(receipt.won());
+    }
+
+    /// Writes record `key` whose payload is the stored blob `data`; returns its id.
+    pub fn put_blob(&self, key: &str, data: sync_types::DataRef) -> sync_types::RecordId {
+        let req = sync_engine::WriteRequest {
+            protocol: notes(),
+            path: note_path(),
+            key: sync_engine::RecordKey::Natural(key.as_bytes().to_vec()),
+            parent: None,
+            data: None,
+            author: self.author.clone(),
+        };
+        self.replica
+            .write_with_blob(&self.tenant, req, data)
+            .unwrap()
+            .record_id
     }
 
     pub fn delete(&self, key: &str) {

@@ -347,13 +347,17 @@ fn write_chunk(
         Some(cursor) => blobs.resume(cursor, now),
         None => blobs.upload_for_tenant(&req.tenant, &req.cid, Some(req.total_size), now),
     };
-    let mut upload = upload.map_err(|e| match e {
+    // Another request of the tenant writes this upload: in this process, or, over a
+    // shared store, on another node (which owns the upload until it ends or its owner
+    // row expires). A commit of this request may also find the upload taken over.
+    let in_progress = |e: sync_ledger::Error| match e {
         sync_ledger::Error::UploadInProgress(_) => HandlerError::Unavailable(format!(
             "tenant {} is already uploading blob {}; retry when that upload ends",
             req.tenant, req.cid
         )),
         other => internal(other),
-    })?;
+    };
+    let mut upload = upload.map_err(in_progress)?;
     if upload.offset() != offset {
         return Err(HandlerError::BadRequest(format!(
             "chunk at offset {offset}, but the upload continues at {}",
@@ -362,7 +366,7 @@ fn write_chunk(
     }
     upload.write(chunk).map_err(|e| match e {
         sync_ledger::Error::BlobTooLarge { .. } => HandlerError::BadRequest(e.to_string()),
-        other => internal(other),
+        other => in_progress(other),
     })?;
     if upload.offset() >= req.total_size {
         let size = upload.finish(replica.durability()).map_err(|e| match e {
@@ -370,7 +374,7 @@ fn write_chunk(
                 "the uploaded bytes are not blob {}: {e}",
                 req.cid
             )),
-            other => internal(other),
+            other => in_progress(other),
         })?;
         return Ok(BlobStat {
             cid: req.cid,
@@ -386,7 +390,7 @@ fn write_chunk(
     let received = if at_range_end {
         upload
             .checkpoint(sync_ledger::Durability::Buffered)
-            .map_err(internal)?
+            .map_err(in_progress)?
     } else {
         upload.offset()
     };

@@ -13,18 +13,27 @@ use sync_types::{Cid, LinkKey, Message};
 use crate::error::{Error, Result};
 use crate::replica::Replica;
 
+use super::meter::Meter;
+
 use super::{
     BLOB_CHUNK_BYTES, BLOB_FETCH_ATTEMPTS_MAX, BLOB_PROBE_BYTES, Connector, Engine, LinkCtx, lock,
 };
 
 /// A [`BlobSource`] over `len` bytes of a stored blob from `offset`, read one store chunk
-/// at a time as the transport pulls it.
-pub(super) fn blob_range_source(replica: Replica, cid: Cid, offset: u64, len: u64) -> BlobSource {
+/// at a time as the transport pulls it; each piece is counted on `meter` as it goes.
+pub(super) fn blob_range_source(
+    replica: Replica,
+    cid: Cid,
+    offset: u64,
+    len: u64,
+    meter: Option<Meter>,
+) -> BlobSource {
     use futures_util::StreamExt;
     const PIECE_BYTES: u64 = 64 * 1024;
     let end = offset + len;
     futures_util::stream::unfold(offset, move |at| {
         let replica = replica.clone();
+        let meter = meter.clone();
         async move {
             if at >= end {
                 return None;
@@ -36,6 +45,9 @@ pub(super) fn blob_range_source(replica: Replica, cid: Cid, offset: u64, len: u6
                 .read_range(&cid, at, n)
                 .map(bytes::Bytes::from)
                 .map_err(std::io::Error::other);
+            if let (Some(meter), Ok(piece)) = (&meter, &piece) {
+                meter.blob_bytes(piece.len() as u64);
+            }
             Some((piece, at + n))
         }
     })
@@ -58,15 +70,18 @@ impl<C: Connector> Engine<C> {
     /// driver calls it after applying a live event that references a blob it lacks.
     pub async fn fetch_wanted_blobs(&self, link: &LinkKey) -> Result<u64> {
         let ctx = self.link_ctx(link)?;
-        self.fetch_staged_after(ctx).await
+        let meter = ctx.meters.pull.clone();
+        let (fetched, _) = self.fetch_staged_after(ctx).await?;
+        meter.finish();
+        Ok(fetched)
     }
 
     /// Fetches the blobs of staged records (the blob store's wanted list): awaited, or in
     /// a detached task when [`SyncConfig::blob_fetch_detached`](crate::sync::SyncConfig::blob_fetch_detached) is set. Returns the blobs
-    /// fetched before returning.
-    pub(super) async fn fetch_staged_after(&self, ctx: LinkCtx<C::Remote>) -> Result<u64> {
+    /// and bytes fetched before returning.
+    pub(super) async fn fetch_staged_after(&self, ctx: LinkCtx<C::Remote>) -> Result<(u64, u64)> {
         if !self.has_wanted_blobs()? {
-            return Ok(0);
+            return Ok((0, 0));
         }
         if !self.inner.config.blob_fetch_detached {
             return self.fetch_staged(&ctx).await;
@@ -77,7 +92,7 @@ impl<C: Connector> Engine<C> {
                 tracing::debug!(link = %ctx.key, error = %e, "blob fetch failed; the records stay staged");
             }
         });
-        Ok(0)
+        Ok((0, 0))
     }
 
     pub(super) fn has_wanted_blobs(&self) -> Result<bool> {
@@ -91,24 +106,33 @@ impl<C: Connector> Engine<C> {
 
     /// Downloads every wanted blob this link's remote can serve, one at a time. A blob
     /// the remote does not hold stays wanted (its records stay staged) for a later sync.
-    pub(super) async fn fetch_staged(&self, ctx: &LinkCtx<C::Remote>) -> Result<u64> {
+    /// Returns the blobs stored and the bytes downloaded; the bytes are counted on the
+    /// context's pull meter, whose rest becomes what the wanted list lacks.
+    pub(super) async fn fetch_staged(&self, ctx: &LinkCtx<C::Remote>) -> Result<(u64, u64)> {
         if !self.inner.config.blob_fetch {
-            return Ok(0);
+            return Ok((0, 0));
         }
-        let wanted: Vec<(Cid, u64)> = self
-            .ledger()
-            .blobs()
-            .partial_uploads()?
-            .into_iter()
-            .filter_map(|(cid, s)| s.size.map(|size| (cid, size)))
-            .collect();
+        let partial = self.ledger().blobs().partial_uploads()?;
+        let mut wanted = Vec::with_capacity(partial.len());
+        let mut rest = 0u64;
+        for (cid, s) in partial {
+            if let Some(size) = s.size {
+                rest = rest.saturating_add(size.saturating_sub(s.received));
+                wanted.push((cid, size));
+            }
+        }
+        let meter = &ctx.meters.pull;
+        if !wanted.is_empty() {
+            meter.expect(0, rest);
+        }
+        let before = meter.bytes();
         let mut fetched = 0;
         for (cid, size) in wanted {
             if self.fetch_blob(ctx, cid, size).await? {
                 fetched += 1;
             }
         }
-        Ok(fetched)
+        Ok((fetched, meter.bytes().saturating_sub(before)))
     }
 
     /// Waits for a blob transfer slot on `link` and then one of the engine's (always in
@@ -273,6 +297,7 @@ impl<C: Connector> Engine<C> {
                 }
                 offset += piece.len() as u64;
                 held += piece.len();
+                ctx.meters.pull.blob_bytes(piece.len() as u64);
                 pieces.push(piece);
                 if held >= STEP_BYTES && offset < end {
                     let Some(c) = step(cursor, std::mem::take(&mut pieces), Then::Pause).await?
@@ -307,11 +332,16 @@ impl<C: Connector> Engine<C> {
     }
 
     /// Uploads a local blob the remote lacks, resuming where the remote stopped. Each
-    /// range is read from the store one chunk at a time as the transport sends it.
-    pub(super) async fn push_blob(&self, ctx: &LinkCtx<C::Remote>, cid: Cid) -> Result<bool> {
+    /// range is read from the store one chunk at a time as the transport sends it (and
+    /// counted on the context's push meter). Returns the bytes sent when it uploaded.
+    pub(super) async fn push_blob(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        cid: Cid,
+    ) -> Result<Option<u64>> {
         let blobs = self.ledger().blobs();
         let Some(size) = blobs.size(&cid)? else {
-            return Ok(false);
+            return Ok(None);
         };
         let stat = ctx
             .remote
@@ -322,10 +352,11 @@ impl<C: Connector> Engine<C> {
             })
             .await?;
         if stat.complete {
-            return Ok(false);
+            return Ok(None);
         }
         let _permits = self.blob_permits(&ctx.key).await;
         let mut offset = stat.received_bytes;
+        let first = offset;
         // The first range is one piece: a node that refuses the blob (a size limit)
         // answers before much is sent, so its error arrives whole instead of as a
         // broken upload.
@@ -340,7 +371,13 @@ impl<C: Connector> Engine<C> {
                 offset,
                 len,
             };
-            let source = blob_range_source(self.replica().clone(), cid, offset, len);
+            let source = blob_range_source(
+                self.replica().clone(),
+                cid,
+                offset,
+                len,
+                Some(ctx.meters.push.clone()),
+            );
             let stat = ctx.remote.blob_write(req, source).await?;
             if stat.complete {
                 break;
@@ -352,6 +389,6 @@ impl<C: Connector> Engine<C> {
             }
             offset = stat.received_bytes;
         }
-        Ok(true)
+        Ok(Some(size.saturating_sub(first)))
     }
 }

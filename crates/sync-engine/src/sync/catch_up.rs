@@ -1,23 +1,30 @@
 //! Catch-up: reading the remote log from the pull checkpoint and applying it.
 
-use sync_transport::Remote;
 use sync_transport::proto::{
-    KnownLogPageRequest, LOG_PAGE_ENTRIES_MAX, LogFilter, LogPage, LogPageReply, LogPageRequest,
+    HeadLogPageRequest, HeadedLogPage, LOG_PAGE_ENTRIES_MAX, LogFilter, LogPage, LogPageReply,
+    LogPageRequest,
 };
+use sync_transport::{Remote, TransportError};
 use sync_types::{
-    ApplyOutcome, DeadLetterCategory, Direction, DirectionCheckpoint, LinkKey, ScopeClass,
-    SyncEvent,
+    ApplyOutcome, DeadLetterCategory, Direction, DirectionCheckpoint, LinkKey, ProgressToken,
+    ScopeClass, SyncEvent,
 };
 use tracing::Instrument;
 
 use crate::closure::{Gate, forbidden_dependency};
 use crate::error::{Error, Result};
 
+use super::blobs::big_data;
 use super::settle::{Next, PullCursor, Settle, settle, settled_prefix};
 use super::{
     CatchUpOutcome, CatchUpStop, Connector, Engine, LinkCtx, STALLED_PAGES_MAX, Traffic,
     item_bytes, too_large,
 };
+
+/// Where a page of the remote log starts and how many entries it holds at most.
+type PageAt = (Option<ProgressToken>, u32);
+/// The remote's answer to a page request: the page (or a gap) and the log's extent.
+type Reply = std::result::Result<HeadedLogPage, TransportError>;
 
 impl<C: Connector> Engine<C> {
     /// Reads the remote log from the link's pull checkpoint and applies it; see the
@@ -41,7 +48,9 @@ impl<C: Connector> Engine<C> {
         };
         let mut out = self.catch_up_locked(&ctx, start).await?;
         drop(guard);
-        out.blobs_fetched += self.fetch_staged_after(ctx).await?;
+        let meter = ctx.meters.pull.clone();
+        out.blobs_fetched += self.fetch_staged_after(ctx).await?.0;
+        meter.finish();
         Ok(out)
     }
 
@@ -88,42 +97,54 @@ impl<C: Connector> Engine<C> {
             checkpoint: start.contiguous_applied,
             ..CatchUpOutcome::default()
         };
+        // The page read ahead while the previous one applied, with its request.
+        let mut ahead: Option<(PageAt, Reply)> = None;
         while out.pages < cfg.catch_up_pages_max as u64 {
-            let (from, limit) = cursor.request();
-            let req = LogPageRequest {
-                tenant: key.tenant.clone(),
-                scope: ctx.scope.clone(),
-                from,
-                filter: LogFilter::default(),
-                limit,
+            let at = cursor.request();
+            // What this replica pushed is left out of the page (no echo). The first
+            // page also asks how much is left, for the operation's total.
+            let reply = match ahead.take() {
+                Some((read, reply)) if read == at => reply,
+                _ => self.read_page(ctx, at, out.pages == 0).await?,
             };
-            // What this replica pushed is left out of the page (no echo).
-            let reply = match self.known_after(key, from)? {
-                Some(known) => {
-                    ctx.remote
-                        .log_page_known(KnownLogPageRequest { page: req, known })
-                        .await
-                }
-                None => ctx.remote.log_page(req).await,
-            };
-            let mut page = match reply {
-                Ok(LogPageReply::Page(page)) => page,
-                Ok(LogPageReply::Gap(gap)) => {
-                    self.replica().emit(SyncEvent::GapDetected {
-                        link: key.clone(),
-                        gap: gap.clone(),
-                    });
-                    out.stop = Some(CatchUpStop::Gap(gap));
-                    return Ok(out);
-                }
+            let (mut page, extent) = match reply {
+                Ok(h) => match h.reply {
+                    LogPageReply::Page(page) => (page, h.extent),
+                    LogPageReply::Gap(gap) => {
+                        self.replica().emit(SyncEvent::GapDetected {
+                            link: key.clone(),
+                            gap: gap.clone(),
+                        });
+                        out.stop = Some(CatchUpStop::Gap(gap));
+                        return Ok(out);
+                    }
+                },
                 Err(e) if too_large(&e) && cursor.shrink() => continue,
                 Err(e) => return Err(e.into()),
             };
             out.pages += 1;
             out.duplicates_dropped += cursor.accept(&mut page)?;
             let span = tracing::debug_span!("page", entries = page.entries.len());
-            let (outcomes, gated, traffic) =
-                self.gate_and_apply(ctx, &page).instrument(span).await?;
+            let applying = self.gate_and_apply(ctx, &page).instrument(span);
+            // The next page travels while this one applies (pipelined, one page ahead).
+            let next = cursor
+                .ahead(&page)
+                .filter(|_| out.pages < cfg.catch_up_pages_max as u64);
+            let applied = match next {
+                Some(next) => {
+                    let (applied, read) =
+                        futures_util::future::join(applying, self.read_page(ctx, next, false))
+                            .await;
+                    // A local failure to read ahead (the known ranges) is met again when
+                    // the page is asked for; the remote's answer, error or not, is kept.
+                    if let Ok(reply) = read {
+                        ahead = Some((next, reply));
+                    }
+                    applied
+                }
+                None => applying.await,
+            };
+            let (outcomes, gated, traffic) = applied?;
             out.dead_lettered += gated.iter().filter(|g| **g).count() as u64;
             out.applied += outcomes
                 .iter()
@@ -187,7 +208,19 @@ impl<C: Connector> Engine<C> {
                 }
             }
             out.checkpoint = cursor.checkpoint().contiguous_applied;
-            self.progress(key, Direction::Pull, out.received);
+            if let Some(rest) = extent.remaining {
+                // This page and the rest; their blobs are downloaded after the pages.
+                let blobs = if cfg.blob_fetch {
+                    rest.blob_bytes + page_blob_bytes(&page)
+                } else {
+                    0
+                };
+                ctx.meters.pull.expect(
+                    rest.messages + traffic.messages,
+                    rest.bytes + traffic.bytes + blobs,
+                );
+            }
+            ctx.meters.pull.moved(traffic.messages, traffic.bytes);
             if let Some(e) = terminal {
                 return Err(e);
             }
@@ -201,6 +234,36 @@ impl<C: Connector> Engine<C> {
             }
         }
         Ok(out)
+    }
+
+    /// Reads the page of the remote log at `at` (from, limit), without what this
+    /// replica pushed (no echo), with the log's extent (and what is left after the
+    /// page when `count_remaining`). The outer error is local (reading the known
+    /// ranges).
+    async fn read_page(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        at: PageAt,
+        count_remaining: bool,
+    ) -> Result<Reply> {
+        let (from, limit) = at;
+        let key = &ctx.key;
+        let page = LogPageRequest {
+            tenant: key.tenant.clone(),
+            scope: ctx.scope.clone(),
+            from,
+            filter: LogFilter::default(),
+            limit,
+        };
+        let known = self.known_after(key, from)?;
+        Ok(ctx
+            .remote
+            .log_page_head(HeadLogPageRequest {
+                page,
+                known,
+                count_remaining,
+            })
+            .await)
     }
 
     /// Gates every entry of `page` against the link's scope (a refused one is
@@ -250,4 +313,13 @@ impl<C: Connector> Engine<C> {
             .collect();
         Ok((outcomes, gated, traffic))
     }
+}
+
+/// The sizes of the blobs a page's messages reference.
+fn page_blob_bytes(page: &LogPage) -> u64 {
+    page.entries
+        .iter()
+        .filter_map(|e| big_data(&e.item.message))
+        .map(|(_, size)| size)
+        .sum()
 }

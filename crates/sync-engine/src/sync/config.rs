@@ -8,6 +8,18 @@ pub const PAGE_ENTRIES_DEFAULT: u32 = LOG_PAGE_ENTRIES_MAX;
 pub const CATCH_UP_PAGES_MAX: usize = 100_000;
 /// Most local log entries read per push step.
 pub const PUSH_READ_ENTRIES_DEFAULT: usize = 1_000;
+/// Pages of the remote log a catch-up reads ahead of the one it applies: the next page
+/// travels while the replica applies this one, so a long catch-up runs at the speed of
+/// the slower of the two, holding at most this many pages besides the one applied. The
+/// checkpoint still moves only over applied pages; a page read ahead is dropped when
+/// the applied one does not settle whole. One: the next request is known only from the
+/// page before it.
+pub const PULL_PAGES_AHEAD_MAX: usize = 1;
+/// Write batches a push sends ahead of the one being delivered, when they do not depend
+/// on it (see `push_core::may_send_ahead`): the node applies one while the next travels.
+/// The push checkpoint still moves only over settled batches.
+pub const PUSH_BATCHES_AHEAD_MAX: usize = 1;
+const _: () = assert!(PULL_PAGES_AHEAD_MAX == 1 && PUSH_BATCHES_AHEAD_MAX == 1);
 /// Most bytes (encoded messages and inline data) in one write batch, well under the
 /// transport's default frame limit.
 pub const PUSH_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;

@@ -23,8 +23,9 @@ use std::sync::{Arc, Mutex};
 use sync_transport::client::{BlobDownload, BlobSource, Subscription};
 use sync_transport::proto::{
     BlobReadRequest, BlobStat, BlobStatRequest, BlobWriteRequest, DiffReply, DiffRequest,
-    ErrorCode, HealthReply, LogPageReply, LogPageRequest, ReadMessagesReply, ReadMessagesRequest,
-    RootReply, RootRequest, SubscribeRequest, WriteBatchReply, WriteBatchRequest,
+    ErrorCode, HeadLogPageRequest, HeadedLogPage, HealthReply, KnownLogPageRequest, LogPageReply,
+    LogPageRequest, PlacedBatchReply, ReadMessagesReply, ReadMessagesRequest, RootReply,
+    RootRequest, SubscribeRequest, WriteBatchReply, WriteBatchRequest,
 };
 use sync_transport::{Connector, Remote, Token, TransportError};
 use sync_types::{Clock, Endpoint, SystemClock};
@@ -145,6 +146,12 @@ impl<C: Connector> CredentialsConnector<C> {
             }),
         }
     }
+
+    /// The connector it wraps (to ask it what it knows, such as the node a failover
+    /// endpoint last reached).
+    pub fn inner(&self) -> &C {
+        &self.shared.inner
+    }
 }
 
 impl<C: Connector> Connector for CredentialsConnector<C> {
@@ -237,6 +244,36 @@ impl<C: Connector> Remote for CredentialedRemote<C> {
         self.with_refresh(|r| {
             let req = req.clone();
             async move { r.log_page(req).await }
+        })
+        .await
+    }
+    async fn log_page_known(
+        &self,
+        req: KnownLogPageRequest,
+    ) -> Result<LogPageReply, TransportError> {
+        self.with_refresh(|r| {
+            let req = req.clone();
+            async move { r.log_page_known(req).await }
+        })
+        .await
+    }
+    async fn log_page_head(
+        &self,
+        req: HeadLogPageRequest,
+    ) -> Result<HeadedLogPage, TransportError> {
+        self.with_refresh(|r| {
+            let req = req.clone();
+            async move { r.log_page_head(req).await }
+        })
+        .await
+    }
+    async fn write_batch_placed(
+        &self,
+        req: WriteBatchRequest,
+    ) -> Result<PlacedBatchReply, TransportError> {
+        self.with_refresh(|r| {
+            let req = req.clone();
+            async move { r.write_batch_placed(req).await }
         })
         .await
     }

@@ -192,6 +192,7 @@ impl<C: Connector> Engine<C> {
             key: key.clone(),
             scope: identity.scope,
             remote,
+            meters: super::meter::Meters::new(self.replica(), key),
         })
     }
 

@@ -131,6 +131,7 @@ mod credentials;
 mod health;
 mod identity;
 mod known;
+mod meter;
 mod push;
 mod push_core;
 mod reconcile;
@@ -256,6 +257,8 @@ pub(super) struct LinkCtx<R> {
     key: LinkKey,
     scope: Scope,
     remote: R,
+    /// The progress of the operation this context runs (see [`meter`]).
+    meters: meter::Meters,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

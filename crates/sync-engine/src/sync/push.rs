@@ -52,7 +52,9 @@ impl<C: Connector> Engine<C> {
             Some(start) => start,
             None => self.load(link)?.push,
         };
-        self.push_locked(&ctx, start).await
+        let out = self.push_locked(&ctx, start).await?;
+        ctx.meters.push.finish();
+        Ok(out)
     }
 
     pub(super) async fn push_locked(
@@ -92,6 +94,9 @@ impl<C: Connector> Engine<C> {
             checkpoint: cp.contiguous_applied,
             ..PushOutcome::default()
         };
+        if let Some((messages, bytes)) = self.outbound_extent(ctx, cp.contiguous_applied)? {
+            ctx.meters.push.expect(messages, bytes);
+        }
         loop {
             let page = match self.replica().changes_since(
                 &key.tenant,
@@ -135,8 +140,28 @@ impl<C: Connector> Engine<C> {
             // meanwhile (see `send_small_meanwhile`).
             let lane_from = page.entries.last().map(|e| e.token);
             let mut failure = None;
+            // The answer to the batch sent ahead while the one before it was delivered.
+            let mut ahead = None;
             while let Some(batch) = plan.next_batch() {
-                let end = self.deliver(ctx, batch, lane_from, &mut out).await?;
+                let delivering = self.deliver(ctx, batch, lane_from, ahead.take(), &mut out);
+                let end = match plan.ahead(cfg) {
+                    // The next batch travels while the node applies this one (pipelined,
+                    // one batch ahead); its answer is used when its turn comes, and
+                    // dropped when this batch ends the page.
+                    Some(next) => {
+                        let indexes: Vec<usize> = (0..next.len()).collect();
+                        let mut bytes = 0;
+                        let (end, sent) = futures_util::future::join(
+                            delivering,
+                            self.send_items(ctx, &next, &indexes, &mut bytes),
+                        )
+                        .await;
+                        out.sent.bytes += bytes;
+                        ahead = Some(sent);
+                        end?
+                    }
+                    None => delivering.await?,
+                };
                 plan.batch_settled(&end.settles);
                 if let Some(e) = end.error {
                     plan.abandon();
@@ -152,7 +177,6 @@ impl<C: Connector> Engine<C> {
                 self.save_checkpoint(key, Direction::Push, before, cp, acked)?;
             }
             out.checkpoint = cp.contiguous_applied;
-            self.progress(key, Direction::Push, out.sent);
             if let Some(e) = failure {
                 return Err(e.into());
             }
@@ -192,14 +216,55 @@ impl<C: Connector> Engine<C> {
         )
     }
 
+    /// What a push from `from` has to send, as far as the local log tells: the messages
+    /// it would send and their bytes, the blobs they name included (some of which the
+    /// remote may hold already). `None` past
+    /// [`LOG_COUNT_ENTRIES_MAX`](sync_transport::proto::LOG_COUNT_ENTRIES_MAX) entries,
+    /// or when the log cannot be read from there (a gap: the push deals with it).
+    fn outbound_extent(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        mut from: Option<ProgressToken>,
+    ) -> Result<Option<(u64, u64)>> {
+        let (mut messages, mut bytes, mut scanned) = (0u64, 0u64, 0u64);
+        loop {
+            let page = match self.replica().changes_since(
+                &ctx.key.tenant,
+                from,
+                sync_ledger::LOG_PAGE_ENTRIES_MAX,
+            )? {
+                LogRead::Page(page) => page,
+                LogRead::Gap(_) => return Ok(None),
+            };
+            for e in &page.entries {
+                scanned += 1;
+                if let Ok(()) = self.push_class(ctx, e)? {
+                    messages += 1;
+                    bytes += super::item_bytes(&e.message, e.data.as_deref())
+                        + big_data(&e.message).map_or(0, |(_, size)| size);
+                }
+            }
+            if !page.has_more || page.next == from {
+                return Ok(Some((messages, bytes)));
+            }
+            if scanned >= sync_transport::proto::LOG_COUNT_ENTRIES_MAX {
+                return Ok(None);
+            }
+            from = page.next;
+        }
+    }
+
     /// Delivers one batch: drives a [`BatchSend`] to its end, records the dead letters
     /// it names and marks the link when retries ran out. `lane_from`: see
-    /// [`send_pass`](Self::send_pass).
+    /// [`send_pass`](Self::send_pass). `sent_ahead`: the answer to the batch's first
+    /// pass when it was sent ahead (the whole batch, while the one before it was
+    /// delivered).
     pub(super) async fn deliver(
         &self,
         ctx: &LinkCtx<C::Remote>,
         items: Vec<PushItem>,
         lane_from: Option<ProgressToken>,
+        mut sent_ahead: Option<Result<Vec<(usize, ApplyOutcome)>>>,
         out: &mut PushOutcome,
     ) -> Result<BatchEnd> {
         let mut batch = BatchSend::new(items, &self.inner.config);
@@ -208,6 +273,15 @@ impl<C: Connector> Engine<C> {
                 Step::Wait(ms) => {
                     tokio::time::sleep(Duration::from_millis(self.jittered(ms))).await;
                     continue;
+                }
+                // The first pass of a batch sent ahead (all of it, no blobs) is answered.
+                Step::Send(pass) if sent_ahead.is_some() => {
+                    debug_assert!(pass.blobs.is_empty() && pass.with_blob.is_empty());
+                    debug_assert!(pass.plain.iter().copied().eq(0..batch.items().len()));
+                    sent_ahead
+                        .take()
+                        .expect("checked")
+                        .map(|results| batch.on_sent(results))
                 }
                 Step::Send(pass) => self
                     .send_pass(ctx, batch.items(), &pass, lane_from, out)
@@ -237,6 +311,7 @@ impl<C: Connector> Engine<C> {
         }
         out.dead_lettered += end.dead_letters.len() as u64;
         out.sent.messages += end.delivered;
+        ctx.meters.push.moved(end.delivered, 0);
         out.dependencies_sent += end.dependencies_sent;
         if end.exhausted {
             out.exhausted = true;
@@ -263,14 +338,17 @@ impl<C: Connector> Engine<C> {
         let cfg = &self.inner.config;
         let uploads = async {
             use futures_util::StreamExt;
-            let mut sent = 0u64;
+            let (mut sent, mut bytes) = (0u64, 0u64);
             let mut results = futures_util::stream::iter(pass.blobs.iter().copied())
                 .map(|cid| self.push_blob(ctx, cid))
                 .buffer_unordered(cfg.blob_transfers_per_link_max.max(1));
             while let Some(r) = results.next().await {
-                sent += u64::from(r?);
+                if let Some(b) = r? {
+                    sent += 1;
+                    bytes += b;
+                }
             }
-            Ok::<u64, Error>(sent)
+            Ok::<(u64, u64), Error>((sent, bytes))
         };
         let mut plain_bytes = 0;
         let uploads_and_plain = futures_util::future::join(
@@ -292,7 +370,9 @@ impl<C: Connector> Engine<C> {
         };
         let mut results = plain_results?;
         out.sent.bytes += plain_bytes + lane_bytes;
-        out.blobs_sent += uploaded?;
+        let (blobs, blob_bytes) = uploaded?;
+        out.blobs_sent += blobs;
+        out.sent.blob_bytes += blob_bytes;
         if !pass.with_blob.is_empty() {
             results.extend(
                 self.send_items(ctx, items, &pass.with_blob, &mut out.sent.bytes)
@@ -377,6 +457,7 @@ impl<C: Connector> Engine<C> {
                 })
                 .await?;
             *bytes += sent;
+            ctx.meters.push.moved(0, sent);
             if let Some(placed) = &reply.placed {
                 self.note_placed(&ctx.key, placed)?;
             }
@@ -414,8 +495,9 @@ impl<C: Connector> Engine<C> {
                     }
                 }
                 Dependency::Blob(c) => {
-                    if self.push_blob(ctx, *c).await? {
+                    if let Some(bytes) = self.push_blob(ctx, *c).await? {
                         out.blobs_sent += 1;
+                        out.sent.blob_bytes += bytes;
                     }
                 }
             }

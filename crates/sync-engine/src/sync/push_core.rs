@@ -65,6 +65,38 @@ pub(crate) fn batch_ranges(
     out
 }
 
+/// Whether the batch `after` may be sent while `before` (the batch in flight) is still
+/// being delivered, so that the remote applies one while the next travels: its first
+/// attempt goes at once (no wait in the retry schedule), none of its messages names a
+/// blob (an upload is its own pipeline), and none depends on a message of `before`
+/// (the remote may apply the two in either order; a dependency would come back
+/// `Incomplete` and cost a pass).
+pub(crate) fn may_send_ahead(before: &[PushItem], after: &[PushItem], cfg: &SyncConfig) -> bool {
+    if cfg.push_retry_backoff_ms.first().is_some_and(|&ms| ms > 0) {
+        return false;
+    }
+    let mut protocols = HashSet::new();
+    let mut records = HashSet::new();
+    for i in before {
+        match &i.item.message {
+            Message::Configure(c) => {
+                protocols.insert(&c.protocol);
+            }
+            m => {
+                records.extend(m.record_id());
+            }
+        }
+    }
+    after.iter().all(|i| {
+        big_data(&i.item.message).is_none()
+            && i.item.message.dependencies().iter().all(|d| match d {
+                Dependency::Protocol(p) => !protocols.contains(p),
+                Dependency::Record(r) => !records.contains(r),
+                Dependency::Blob(_) => false,
+            })
+    })
+}
+
 /// One page of the local log, planned: the entries that go out, in batches, and the
 /// entries settled without sending (echoes, out of scope). Batches go in log order; the
 /// first batch with an unsettled message ends the page, and [`finish`](Self::finish)
@@ -115,6 +147,15 @@ impl PushPage {
         let batch = self.items[range.clone()].to_vec();
         self.current = Some(range);
         Some(batch)
+    }
+
+    /// The batch [`next_batch`](Self::next_batch) will give after the one in flight,
+    /// when it may be sent ahead while that one is delivered (see [`may_send_ahead`]).
+    pub(crate) fn ahead(&self, cfg: &SyncConfig) -> Option<Vec<PushItem>> {
+        let current = self.current.clone()?;
+        let range = self.batches.front()?.clone();
+        may_send_ahead(&self.items[current], &self.items[range.clone()], cfg)
+            .then(|| self.items[range].to_vec())
     }
 
     /// How each message of the batch [`next_batch`](Self::next_batch) gave settled.

@@ -320,3 +320,52 @@ fn a_page_of_echoes_only_moves_to_its_cursor() {
     assert_eq!(prefix.target, Some(token(9)));
     assert_eq!(acked, Traffic::default());
 }
+
+/// A later version of the record `write(n, false)` writes.
+fn update(n: u8) -> PushItem {
+    let PushItem { item, .. } = write(n, false);
+    let Message::Write(mut w) = item.message else {
+        unreachable!()
+    };
+    w.prev = Some(Cid::from_bytes([n; 32]));
+    PushItem::new(Message::Write(w), None)
+}
+
+#[test]
+fn a_batch_goes_ahead_only_when_it_does_not_depend_on_the_one_in_flight() {
+    let c = cfg(&[0, 1], 4);
+    let independent = [write(1, false), write(2, false)];
+    assert!(may_send_ahead(&[write(3, false)], &independent, &c));
+    // The protocol is configured by the batch in flight.
+    assert!(!may_send_ahead(&[configure()], &independent, &c));
+    // A later version of a record whose earlier one is in flight.
+    assert!(!may_send_ahead(&[write(1, false)], &[update(1)], &c));
+    assert!(may_send_ahead(&[write(2, false)], &[update(1)], &c));
+    // A blob, or a first attempt that waits, keeps the batch for its turn.
+    assert!(!may_send_ahead(&[write(3, false)], &[write(4, true)], &c));
+    assert!(!may_send_ahead(
+        &[write(3, false)],
+        &independent,
+        &cfg(&[5], 4)
+    ));
+}
+
+#[test]
+fn the_page_offers_the_next_batch_ahead_only_while_one_is_in_flight() {
+    let c = SyncConfig {
+        push_batch_messages: 1,
+        ..cfg(&[0], 4)
+    };
+    let entries = (1..=3u8).map(|n| (token(n), Some(write(n, false))));
+    let mut page = PushPage::new(entries, Some(token(3)), &c);
+    assert!(page.ahead(&c).is_none(), "nothing in flight yet");
+    let first = page.next_batch().unwrap();
+    let ahead = page.ahead(&c).unwrap();
+    page.batch_settled(&[Settle::Done]);
+    let second = page.next_batch().unwrap();
+    assert_eq!(ahead[0].cid, second[0].cid);
+    assert_ne!(first[0].cid, second[0].cid);
+    // An unsettled batch ends the page: what went ahead is not delivered as its own.
+    page.batch_settled(&[Settle::Open]);
+    assert!(page.next_batch().is_none());
+}

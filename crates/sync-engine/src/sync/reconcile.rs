@@ -7,8 +7,7 @@ use sync_smt::{Config as DiffConfig, Hash, Initiator, Step, Tree};
 use sync_transport::Remote;
 use sync_transport::proto::{DiffRequest, READ_CIDS_MAX, ReadMessagesRequest, RootRequest};
 use sync_types::{
-    ApplyOutcome, Cid, DeadLetterCategory, Direction, LinkKey, Message, ProgressToken, Scope,
-    ScopeClass,
+    ApplyOutcome, Cid, DeadLetterCategory, LinkKey, Message, ProgressToken, Scope, ScopeClass,
 };
 use tracing::Instrument;
 
@@ -28,7 +27,10 @@ impl<C: Connector> Engine<C> {
         let guard = self.lock_link(link).await;
         let out = self.reconcile_locked(&ctx).await?;
         drop(guard);
+        let meters = ctx.meters.clone();
         self.fetch_staged_after(ctx).await?;
+        meters.pull.finish();
+        meters.push.finish();
         Ok(out)
     }
 
@@ -131,7 +133,7 @@ impl<C: Connector> Engine<C> {
             let mut push = PushOutcome::default();
             for range in batch_ranges(items.iter().map(|i| i.bytes), &self.inner.config) {
                 let end = self
-                    .deliver(ctx, items[range].to_vec(), None, &mut push)
+                    .deliver(ctx, items[range].to_vec(), None, None, &mut push)
                     .await?;
                 if let Some(e) = end.error {
                     return Err(e.into());
@@ -259,6 +261,8 @@ impl<C: Connector> Engine<C> {
         let key = &ctx.key;
         let mut pending: Vec<(Message, Option<Vec<u8>>)> = Vec::new();
         let mut last_outcome: HashMap<Cid, ApplyOutcome> = HashMap::new();
+        // What of `out.pulled` the pull meter has counted already.
+        let mut counted = out.pulled;
         for chunk in cids.chunks(self.inner.config.read_batch_cids.clamp(1, READ_CIDS_MAX)) {
             let reply = ctx
                 .remote
@@ -291,7 +295,11 @@ impl<C: Connector> Engine<C> {
             }
             self.apply_round(ctx, items, &mut pending, &mut last_outcome)
                 .await?;
-            self.progress(key, Direction::Pull, out.pulled);
+            ctx.meters.pull.moved(
+                out.pulled.messages - counted.messages,
+                out.pulled.bytes - counted.bytes,
+            );
+            counted = out.pulled;
         }
         for _pass in 0..self.inner.config.dependency_passes_max {
             if pending.is_empty() {

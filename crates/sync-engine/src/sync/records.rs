@@ -122,15 +122,6 @@ impl<C: Connector> Engine<C> {
         )
     }
 
-    pub(super) fn progress(&self, key: &LinkKey, direction: Direction, t: Traffic) {
-        self.replica().emit(SyncEvent::SyncProgress {
-            link: key.clone(),
-            direction,
-            messages: t.messages,
-            bytes: t.bytes,
-        });
-    }
-
     /// Records a message the scope gate refused (`pull_scope_rejected`, code
     /// `out_of_scope` or `unknown`); an unknown one also marks the link for a reconcile,
     /// which retries it once its record can be classified.

@@ -13,12 +13,15 @@ pub struct Traffic {
     pub messages: u64,
     /// Bytes of encoded messages and inline data (received, or sent).
     pub bytes: u64,
+    /// Bytes of blobs (downloaded, or uploaded).
+    pub blob_bytes: u64,
 }
 
 impl std::ops::AddAssign for Traffic {
     fn add_assign(&mut self, other: Traffic) {
         self.messages += other.messages;
         self.bytes += other.bytes;
+        self.blob_bytes += other.blob_bytes;
     }
 }
 

@@ -57,10 +57,13 @@ impl<C: Connector> Engine<C> {
         self.sync_link_locked(&ctx, report).await?;
         drop(guard);
         // 4. Fetch the blobs of staged records, outside the link's lock.
-        let fetched = self.fetch_staged(&ctx).await?;
+        let (fetched, bytes) = self.fetch_staged(&ctx).await?;
         if let Some(c) = report.catch_up.as_mut() {
             c.blobs_fetched += fetched;
         }
+        report.pulled.blob_bytes += bytes;
+        ctx.meters.pull.finish();
+        ctx.meters.push.finish();
         Ok(())
     }
 

@@ -122,6 +122,18 @@ impl PullCursor {
         (self.checkpoint.contiguous_applied, self.limit)
     }
 
+    /// The request that follows an accepted `page` if every entry of it settles: what a
+    /// catch-up may read while it applies `page` (at most
+    /// [`PULL_PAGES_AHEAD_MAX`](super::PULL_PAGES_AHEAD_MAX) page ahead). `None` when
+    /// the page is the last or would not move the cursor. The page read ahead is used
+    /// only when [`request`](Self::request) asks for exactly it after the
+    /// [`advance`](Self::advance).
+    pub(crate) fn ahead(&self, page: &LogPage) -> Option<(Option<ProgressToken>, u32)> {
+        let target = page.next.or(page.entries.last().map(|e| e.token))?;
+        (page.has_more && self.checkpoint.contiguous_applied != Some(target))
+            .then_some((Some(target), self.limit))
+    }
+
     /// The reply was too large for the frame limit: whether a smaller page can be asked
     /// for (halving the page size).
     pub(crate) fn shrink(&mut self) -> bool {
@@ -353,5 +365,26 @@ mod tests {
         assert_eq!(cursor.request().1, 2);
         assert!(cursor.shrink());
         assert!(!cursor.shrink(), "a page of one entry cannot shrink");
+    }
+
+    #[test]
+    fn the_page_read_ahead_is_the_request_that_follows_a_settled_page() {
+        let mut cursor = PullCursor::new(DirectionCheckpoint::default(), 4, 3);
+        let first = page(&[1, 2], Some(3), true);
+        let ahead = cursor.ahead(&first);
+        assert_eq!(ahead, Some((Some(token(1, 3)), 4)));
+        let done = settled_prefix([(token(1, 1), Done), (token(1, 2), Done)], first.next);
+        cursor.advance(&first, done).unwrap();
+        assert_eq!(Some(cursor.request()), ahead);
+        // The last page, or one that would not move the cursor: nothing to read ahead.
+        assert_eq!(cursor.ahead(&page(&[4], Some(4), false)), None);
+        assert_eq!(cursor.ahead(&page(&[], Some(3), true)), None);
+        // A page that does not settle whole asks for another request than the one
+        // read ahead, which is then dropped.
+        let second = page(&[4, 5], Some(5), true);
+        let ahead = cursor.ahead(&second);
+        let open = settled_prefix([(token(1, 4), Done), (token(1, 5), Open)], second.next);
+        cursor.advance(&second, open).unwrap();
+        assert_ne!(Some(cursor.request()), ahead);
     }
 }

@@ -3,8 +3,7 @@
 
 use sync_types::Cid;
 
-use crate::error::{Error, Result};
-use crate::ledger::lock;
+use crate::error::Result;
 use crate::store::Batch;
 
 use super::{BlobUpload, Blobs};
@@ -73,22 +72,28 @@ impl<'a> Blobs<'a> {
     /// is trusted only when the stored upload state is still the one it last committed
     /// (nobody else wrote to this upload since); otherwise this is
     /// [`upload`](Self::upload), which re-hashes the stored chunks.
+    ///
+    /// On a shared store the cursor is also trusted only when this process owned the
+    /// upload throughout (see [`upload`](Self::upload)): another process may have
+    /// written it in between.
     pub fn resume(&self, cursor: UploadCursor, now_ms: u64) -> Result<BlobUpload<'a>> {
+        let (entered, continuous) = self.enter(&cursor.cid, now_ms)?;
         let state = self.upload_state(&cursor.cid)?;
-        let agrees = !self.has(&cursor.cid)?
+        let agrees = continuous
+            && !self.has(&cursor.cid)?
             && match &state {
                 Some(s) => s.received == cursor.durable,
                 None => cursor.durable == 0,
             };
-        if !agrees && cursor.target != cursor.cid {
-            return self.upload_staged(&cursor.cid, &cursor.target, cursor.size, now_ms);
-        }
         if !agrees {
+            // `upload` claims again (the row is this process's now) and re-reads.
+            drop(entered);
+            if cursor.target != cursor.cid {
+                return self.upload_staged(&cursor.cid, &cursor.target, cursor.size, now_ms);
+            }
             return self.upload(&cursor.cid, cursor.size, now_ms);
         }
-        if !lock(&self.ledger.uploads).insert(cursor.cid) {
-            return Err(Error::UploadInProgress(cursor.cid));
-        }
+        entered.keep();
         Ok(BlobUpload {
             ledger: self.ledger,
             cid: cursor.cid,

@@ -40,6 +40,8 @@ pub enum WriteScope {
     TenantNames,
     /// Read-modify-writes of links, dead letters and identities.
     Registry,
+    /// One partial upload's chunks and its owner row (`blob_owners`), by the upload's id.
+    Upload(sync_types::Cid),
 }
 
 /// A write transaction on a [`Store`]: scope locks, reads that see every commit made
@@ -50,7 +52,8 @@ pub trait WriteTxn {
     /// made after it returns see every commit of every transaction that held `scope`
     /// before. Take at most one [`Tenant`](WriteScope::Tenant) per transaction, and
     /// [`TenantNames`](WriteScope::TenantNames) only before it, so two transactions
-    /// never wait on each other; [`Registry`](WriteScope::Registry) is taken alone.
+    /// never wait on each other; [`Registry`](WriteScope::Registry) and
+    /// [`Upload`](WriteScope::Upload) are taken alone.
     fn lock(&mut self, scope: WriteScope) -> Result<()>;
 
     /// The values of `keys` in `partition`, in the order of `keys`: one round trip to a

@@ -103,6 +103,16 @@ impl<H: Handler> Remote for InProcessClient<H> {
             "log page"
         )
     }
+    async fn log_page_head(
+        &self,
+        req: HeadLogPageRequest,
+    ) -> Result<HeadedLogPage, TransportError> {
+        expect_reply!(
+            self.call(Request::LogPageHead(req)).await?,
+            LogPageHead,
+            "log page with head"
+        )
+    }
     async fn blob_stat(&self, req: BlobStatRequest) -> Result<BlobStat, TransportError> {
         expect_reply!(self.call(Request::BlobStat(req)).await?, Blob, "blob")
     }
