@@ -3,7 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
+use fjall::config::CompressionPolicy;
+use fjall::{
+    CompressionType, Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode,
+};
 
 use super::{
     Batch, Durability, KeyRange, Order, Partition, ScanIter, ScanVisitor, Store, check_key,
@@ -157,7 +160,14 @@ impl FjallStore {
         let ks = self
             .db
             .keyspace(partition.name(), || {
-                let opts = KeyspaceCreateOptions::default().max_memtable_size(memtable);
+                // lz4 on the data blocks of every level: fjall's default leaves levels 0
+                // and 1 uncompressed, which is where most of a store below a few GiB
+                // lives. Keys, the JSON and the repeated names of a message compress;
+                // the hashes do not. Fixed at creation: a keyspace created before keeps
+                // its own policy (fjall stores it), and both read alike.
+                let opts = KeyspaceCreateOptions::default()
+                    .max_memtable_size(memtable)
+                    .data_block_compression_policy(CompressionPolicy::all(CompressionType::Lz4));
                 if large {
                     opts.with_kv_separation(Some(KvSeparationOptions::default()))
                 } else {
