@@ -299,7 +299,9 @@ async fn main() {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let cycles = args.first().map_or(50, |&c| c as usize);
+    let cycles = args
+        .first()
+        .map_or(50, |&c| usize::try_from(c).unwrap_or(usize::MAX));
     let every = Duration::from_millis(args.get(1).copied().unwrap_or(WRITE_EVERY_MS_DEFAULT));
     let url = tokio::task::spawn_blocking(pg::url).await.unwrap();
     let schema = pg::fresh_schema("chaos");
