@@ -6,11 +6,11 @@
 //! BENCHMARKS.md.
 //!
 //! Usage: `cargo build --release -p sync-cli && cargo run --release -p benches --bin
-//! cluster_kill [-- <cycles>]`. The node binary is `weft` beside this one
+//! cluster_kill [-- <cycles> [<write every ms>]]` (defaults 50 and 100). The node binary is `weft` beside this one
 //! (`target/release/weft`), or `WEFT_BIN`. The database is `WEFT_TEST_PG_URL` when set,
 //! else a throwaway cluster this process starts (as `sync-ledger-pg`'s tests do).
 //!
-//! Each cycle: every replica writes a record every 20 ms; after 150 ms node `cycle % 3`
+//! Each cycle: every replica writes a record every 100 ms (by default); after 150 ms node `cycle % 3`
 //! is killed; the replica whose first node it was writes a marker at once, and the time
 //! until both other replicas show the marker is the cycle's *failover delivery* (the
 //! replica's calls fail, it moves to the next node, pushes, and the others' nodes wake
@@ -46,10 +46,11 @@ use sync_types::*;
 type Conn = FailoverConnector<HttpConnector>;
 
 const KEY: [u8; 32] = [9; 32];
-/// Each replica's pause between two writes: three replicas write 150 records a
-/// second, within what the cluster delivers on this machine (at 600 a second, 5 ms,
-/// a backlog grows over the cycles and the failover figures measure the backlog).
-const WRITE_EVERY: Duration = Duration::from_millis(20);
+/// Each replica's default pause between two writes, in ms: three replicas write 30
+/// records a second, well within what the cluster delivers on this loaded machine (at
+/// 150 or 600 a second a backlog grows over the cycles, and the failover figures
+/// measure the backlog instead of the failover).
+const WRITE_EVERY_MS_DEFAULT: u64 = 100;
 /// Longest wait for anything (a failure, not a measurement).
 const WAIT_MAX: Duration = Duration::from_secs(120);
 
@@ -260,10 +261,11 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) -> Duration {
     t0.elapsed()
 }
 
-/// Writes `prefix-0`, `prefix-1`, … every `WRITE_EVERY` until `stop`; returns the keys.
+/// Writes `prefix-0`, `prefix-1`, … every `every` until `stop`; returns the keys.
 fn writer(
     replica: Replica,
     prefix: String,
+    every: Duration,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<Vec<String>> {
     tokio::spawn(async move {
@@ -281,7 +283,7 @@ fn writer(
                 )
                 .unwrap();
             keys.push(key);
-            tokio::time::sleep(WRITE_EVERY).await;
+            tokio::time::sleep(every).await;
         }
         keys
     })
@@ -293,10 +295,14 @@ fn ms(d: Duration) -> String {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let cycles: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(50);
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let cycles = args
+        .first()
+        .map_or(50, |&c| usize::try_from(c).unwrap_or(usize::MAX));
+    let every = Duration::from_millis(args.get(1).copied().unwrap_or(WRITE_EVERY_MS_DEFAULT));
     let url = tokio::task::spawn_blocking(pg::url).await.unwrap();
     let schema = pg::fresh_schema("chaos");
     let dir = tempfile::tempdir().unwrap();
@@ -350,7 +356,14 @@ async fn main() {
         let writers: Vec<_> = reps
             .iter()
             .enumerate()
-            .map(|(i, r)| writer(r.replica.clone(), format!("c{cycle}-r{i}"), stop.clone()))
+            .map(|(i, r)| {
+                writer(
+                    r.replica.clone(),
+                    format!("c{cycle}-r{i}"),
+                    every,
+                    stop.clone(),
+                )
+            })
             .collect();
         tokio::time::sleep(Duration::from_millis(150)).await;
         let victim = cycle % 3;
