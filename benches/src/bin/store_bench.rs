@@ -117,8 +117,9 @@ fn dir_bytes(dir: &Path) -> u64 {
 
 /// One store's settled sizes.
 struct Settled {
-    /// (partition, bytes on disk, entries).
-    partitions: Vec<(String, u64, u64)>,
+    /// (partition, bytes of its live tables and blob files, entries, bytes of every
+    /// file in its directory).
+    partitions: Vec<(String, u64, u64, u64)>,
     journal: u64,
     total: u64,
 }
@@ -145,10 +146,17 @@ fn settle(dir: &Path) -> Settled {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut partitions: Vec<(String, u64, u64)> = handles
+    let mut partitions: Vec<(String, u64, u64, u64)> = handles
         .iter()
-        .map(|(name, ks)| (name.clone(), ks.disk_space(), ks.len().unwrap() as u64))
-        .filter(|(_, bytes, _)| *bytes > 0)
+        .map(|(name, ks)| {
+            (
+                name.clone(),
+                ks.disk_space(),
+                ks.len().unwrap() as u64,
+                dir_bytes(ks.path()),
+            )
+        })
+        .filter(|(_, bytes, _, _)| *bytes > 0)
         .collect();
     partitions.sort_by_key(|p| std::cmp::Reverse(p.1));
     let journal = db.journal_disk_space().unwrap();
@@ -290,26 +298,29 @@ fn main() {
         println!();
         println!("{name}, settled:");
         println!();
-        println!("| partition | entries | MiB | bytes an entry | bytes a record |");
-        println!("|---|---:|---:|---:|---:|");
+        println!(
+            "| partition | entries | MiB | bytes an entry | bytes a record | its directory (MiB) |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|");
         let mut counted = s.journal;
-        for (partition, bytes, entries) in &s.partitions {
+        for (partition, bytes, entries, in_dir) in &s.partitions {
             counted += bytes;
             println!(
-                "| {partition} | {entries} | {:.2} | {:.0} | {:.1} |",
+                "| {partition} | {entries} | {:.2} | {:.0} | {:.1} | {:.2} |",
                 mib(*bytes),
                 *bytes as f64 / (*entries).max(1) as f64,
-                *bytes as f64 / n as f64
+                *bytes as f64 / n as f64,
+                mib(*in_dir)
             );
         }
         println!(
-            "| journal | | {:.2} | | {:.1} |",
+            "| journal | | {:.2} | | {:.1} | |",
             mib(s.journal),
             s.journal as f64 / n as f64
         );
         let rest = s.total.saturating_sub(counted);
         println!(
-            "| fjall's own files | | {:.2} | | {:.1} |",
+            "| other files | | {:.2} | | {:.1} | |",
             mib(rest),
             rest as f64 / n as f64
         );

@@ -19,7 +19,7 @@
 //! | `log` | `StoredEntry` | `cid bytea` (32 bytes), `pruned bytea[]` (the cids its apply pruned), `body bytea` (the message and its inline data, as encoded) |
 //! | `log_meta` | `LogMeta` | `stream_id bytea` (16 bytes), `epoch int8`, `head int8`, `compacted_through int8` |
 //! | `msg`, `configs` | the message's position | `pos int8` |
-//! | `log_by_protocol`, `by_path`, `by_context`, `by_blob` | the message's cid | `cid bytea` |
+//! | `log_by_protocol`, `by_path`, `by_context`, `by_blob` | the message's cid, or none (ledger layout 5 keeps it in the log entry only) | `cid bytea` (32 bytes, or empty) |
 //! | `records` | `RecordRow` | `head bytea` (the initial and winning versions, as encoded), `protocol text`, `place bytea` (the path and context, as encoded) |
 //! | the others (`names`, `meta`, blobs, links, dead letters, identities) | various | none: `v` |
 //!

@@ -162,6 +162,8 @@ pub(crate) fn split(shape: ValueShape, value: &[u8]) -> Option<Vec<Cell>> {
             (codec::encode(&pos) == value).then_some(())?;
             Some(vec![Cell::Int(u63(pos)?)])
         }
+        // An index entry of ledger layout 5 and later holds no cid: an empty `cid`.
+        ValueShape::Cid if value == layout::INDEX_VALUE => Some(vec![Cell::Bytes(Vec::new())]),
         ValueShape::Cid => {
             let cid: Cid = codec::decode(value, max).ok()?;
             (codec::encode(&cid) == value).then_some(())?;
@@ -263,7 +265,10 @@ pub(crate) fn join(p: Partition, shape: ValueShape, cells: Vec<Read>) -> Result<
             Ok(codec::encode(&meta))
         }
         ValueShape::Pos => Ok(codec::encode(&next_uint(p, cells)?)),
-        ValueShape::Cid => Ok(codec::encode(&cid(p, &next_bytes(p, cells)?)?)),
+        ValueShape::Cid => match next_bytes(p, cells)? {
+            empty if empty.is_empty() => Ok(layout::INDEX_VALUE.to_vec()),
+            bytes => Ok(codec::encode(&cid(p, &bytes)?)),
+        },
         ValueShape::Record => {
             let head = next_bytes(p, cells)?;
             let protocol = match cells.next() {
@@ -501,6 +506,7 @@ mod tests {
             (layout::MSG, codec::encode(&0u64)),
             (layout::CONFIGS, codec::encode(&(i64::MAX as u64))),
             (layout::BY_PATH, codec::encode(&cid)),
+            (layout::BY_PATH, layout::INDEX_VALUE.to_vec()),
         ] {
             assert_eq!(round_trip(p, &value), Some(value), "{}", p.name());
         }

@@ -35,11 +35,11 @@
 //! | `names` | `'t' tenant` / `'T' T` / `'p' T protocol` / `'#t'` / `'#p' T` | `u32` / `TenantId` / `u32` / next `u32` / next `u32` | interned tenant and protocol numbers, both ways, and the counters that allocate them |
 //! | `log` | `T pos` | [`StoredEntry`]: cid, message, inline data | the event log, and the message bodies |
 //! | `log_meta` | `T` | [`LogMeta`]: stream id, epoch, head, compaction floor | log identity and next position |
-//! | `log_by_protocol` | `T P pos` | `Cid` | filtered log pages without a full scan; cids per protocol |
+//! | `log_by_protocol` | `T P pos` | `()` | filtered log pages without a full scan; cids per protocol (read from the log entry at `pos`) |
 //! | `msg` | `T cid` | `u64` position | message lookup; ordered cid scan per tenant |
 //! | `records` | `T record` | [`RecordRow`]: head, protocol, path, context | the merge rule's state per record |
-//! | `by_path` | `T P path 0x00 pos` | `Cid` | scoped reads by path prefix |
-//! | `by_context` | `T P parent… pos` | `Cid` | scoped reads by context prefix: a record's descendants, under the chain of its parents (root records have no entry) |
+//! | `by_path` | `T P path 0x00 pos` | `()` | scoped reads by path prefix |
+//! | `by_context` | `T P parent… pos` | `()` | scoped reads by context prefix: a record's descendants, under the chain of its parents (root records have no entry) |
 //! | `configs` | `T P wall:u64 counter:u32 node:u64 cid` | `u64` position | newest protocol definition |
 //! | `by_blob` | `T data_cid pos` | `Cid` | the stored writes of a tenant that reference a blob (who may read it) |
 //! | `blob_meta` | `cid` | [`BlobMeta`] | a complete, verified blob |
@@ -77,9 +77,14 @@ use crate::store::Partition;
 /// store is upgraded on open (`upgrade.rs`, then `blob_refs.rs`). Version 4 added to
 /// each log entry the ids its apply pruned ([`StoredEntry::pruned`]); entries written
 /// before keep their version-3 encoding and read with an empty list, so a version-3
-/// store is upgraded on open by writing the new version alone. Any other version is
-/// refused.
-pub const LAYOUT_VERSION: u32 = 4;
+/// store is upgraded on open by writing the new version alone. Version 5 stopped
+/// copying the message's cid into the values of `log_by_protocol`, `by_path` and
+/// `by_context` ([`INDEX_VALUE`]: the key's position finds the log entry, which holds
+/// it); entries written before keep their cid and read as they did, so a version-4 (or
+/// 3) store is upgraded on open by writing the new version alone, and an older build
+/// refuses a version-5 store rather than misread its index values. Any other version
+/// is refused.
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Most ids a log entry records as pruned ([`StoredEntry::pruned`]): the versions its
 /// apply pruned, and those the pruned versions' own entries recorded (deleted with
@@ -183,6 +188,26 @@ struct StoredEntryV3 {
     message: Message,
     #[serde(with = "opt_bytes")]
     data: Option<Vec<u8>>,
+}
+
+/// The value of a scoped index entry (`log_by_protocol`, `by_path`, `by_context`) since
+/// layout 5: the empty envelope. The key ends with the message's log position, and the
+/// log entry there holds the cid; layout 4 and older stored the cid here, a 32-byte copy
+/// of what the log entry holds, and such values still read (see `lookups.rs`).
+pub const INDEX_VALUE: [u8; 1] = [sync_types::codec::ENVELOPE_VERSION];
+
+/// The cid of a log entry without decoding its message: the envelope's version byte,
+/// then the cid's 32 raw bytes (the first field of both [`StoredEntry`] encodings). A
+/// value too short for that is decoded whole, for the error that names what is wrong.
+pub(crate) fn entry_cid(key: &[u8], bytes: &[u8]) -> Result<Cid> {
+    match bytes {
+        [sync_types::codec::ENVELOPE_VERSION, rest @ ..] if rest.len() >= 32 => {
+            let mut cid = [0u8; 32];
+            cid.copy_from_slice(&rest[..32]);
+            Ok(Cid::from_bytes(cid))
+        }
+        _ => dec_entry(key, bytes).map(|entry| entry.cid),
+    }
 }
 
 /// Decodes a log entry of either encoding: layout 4's, or layout 3's (which lacks the
@@ -494,7 +519,7 @@ pub(crate) fn index_entries(
     out.push((
         LOG_BY_PROTOCOL,
         Key::tn(t).pn(p).u64(pos).into_vec(),
-        enc(cid),
+        INDEX_VALUE.to_vec(),
     ));
     let (path, context) = match message {
         Message::Configure(c) => {
@@ -520,7 +545,7 @@ pub(crate) fn index_entries(
         out.push((
             BY_PATH,
             Key::tn(t).pn(p).str0(path.as_str()).u64(pos).into_vec(),
-            enc(cid),
+            INDEX_VALUE.to_vec(),
         ));
     }
     // A record's own versions are found through its record row; the index only holds
@@ -534,7 +559,7 @@ pub(crate) fn index_entries(
         for r in parents {
             k = k.bytes(r.as_bytes());
         }
-        out.push((BY_CONTEXT, k.u64(pos).into_vec(), enc(cid)));
+        out.push((BY_CONTEXT, k.u64(pos).into_vec(), INDEX_VALUE.to_vec()));
     }
     out
 }

@@ -283,9 +283,11 @@ impl Ledger {
                     crate::blob_refs::upgrade_from_v2(&*store)?;
                     found = 3;
                 }
-                if found == 3 {
+                if found == 3 || found == 4 {
                     // Layout 4 only adds pruned ids to new log entries; older entries
-                    // keep their encoding and read with an empty list.
+                    // keep their encoding and read with an empty list. Layout 5 only
+                    // leaves the cid out of new index entries; older ones keep it and
+                    // read as before.
                     store.put(
                         layout::META,
                         KEY,

@@ -3,6 +3,8 @@
 //! per tenant: a cid names a message of one tenant, and a lookup that crossed tenants
 //! would be one missing check away from a leak.
 
+use std::collections::VecDeque;
+
 use sync_types::merge::RecordHead;
 use sync_types::{
     Cid, Configure, ContextId, Message, ProtocolName, ProtocolPath, RecordId, TenantId,
@@ -11,7 +13,10 @@ use sync_types::{
 use crate::error::{Error, Result};
 use crate::layout::{self, Key, RecordRow, StoredEntry, Tn, dec};
 use crate::ledger::{Ledger, RecordInfo, StoredMessage};
-use crate::store::{KeyRange, Order, Partition};
+use crate::store::{KeyRange, Order, Partition, ScanIter, Store};
+
+/// Scoped index entries whose cids are read from the log with one `get_many`.
+pub(crate) const INDEX_RESOLVE_RUN: usize = 256;
 
 impl Ledger {
     /// Whether the tenant stores the message.
@@ -20,6 +25,50 @@ impl Ledger {
             Some(tn) => self.has_message_tn(tn, cid),
             None => Ok(false),
         }
+    }
+
+    /// [`has_message`](Self::has_message) of each of `cids`, in their order: one batched
+    /// read ([`Store::get_many`](crate::Store::get_many), one round trip to a database).
+    pub fn has_messages(&self, tenant: &TenantId, cids: &[Cid]) -> Result<Vec<bool>> {
+        let Some(tn) = self.tenant_no(tenant)? else {
+            return Ok(vec![false; cids.len()]);
+        };
+        let keys: Vec<Vec<u8>> = cids.iter().map(|c| layout::msg_key(tn, c)).collect();
+        Ok(self
+            .store
+            .get_many(layout::MSG, &keys)?
+            .into_iter()
+            .map(|v| v.is_some())
+            .collect())
+    }
+
+    /// [`record_info`](Self::record_info) of each of `records`, in their order: one
+    /// batched read.
+    pub fn record_infos(
+        &self,
+        tenant: &TenantId,
+        records: &[RecordId],
+    ) -> Result<Vec<Option<RecordInfo>>> {
+        let Some(tn) = self.tenant_no(tenant)? else {
+            return Ok(vec![None; records.len()]);
+        };
+        let keys: Vec<Vec<u8>> = records.iter().map(|r| layout::record_key(tn, r)).collect();
+        let values = self.store.get_many(layout::RECORDS, &keys)?;
+        keys.iter()
+            .zip(values)
+            .map(|(key, v)| {
+                v.map(|bytes| {
+                    let r: RecordRow = dec(layout::RECORDS, key, &bytes)?;
+                    Ok(RecordInfo {
+                        head: r.head,
+                        protocol: r.protocol,
+                        path: r.path,
+                        context: r.context,
+                    })
+                })
+                .transpose()
+            })
+            .collect()
     }
 
     pub(crate) fn has_message_tn(&self, tn: Tn, cid: &Cid) -> Result<bool> {
@@ -166,7 +215,7 @@ impl Ledger {
         let Some((tn, pn)) = self.names_of(tenant, protocol)? else {
             return Ok(CidIter::empty());
         };
-        self.value_cid_scan(layout::LOG_BY_PROTOCOL, Key::tn(tn).pn(pn).into_vec())
+        self.value_cid_scan(layout::LOG_BY_PROTOCOL, tn, Key::tn(tn).pn(pn).into_vec())
     }
 
     /// The cids of stored writes and deletes whose record path equals `path` or lies
@@ -187,7 +236,7 @@ impl Ledger {
         below.push(b'/');
         let mut out = Vec::new();
         for prefix in [exact, below] {
-            for cid in self.value_cid_scan(layout::BY_PATH, prefix)? {
+            for cid in self.value_cid_scan(layout::BY_PATH, tn, prefix)? {
                 out.push(cid?);
             }
         }
@@ -225,22 +274,32 @@ impl Ledger {
         for r in context.chain() {
             k = k.bytes(r.as_bytes());
         }
-        for cid in self.value_cid_scan(layout::BY_CONTEXT, k.into_vec())? {
+        for cid in self.value_cid_scan(layout::BY_CONTEXT, tn, k.into_vec())? {
             out.push(cid?);
         }
         Ok(out)
     }
 
-    /// The cids held as values under `prefix`, in key order.
-    fn value_cid_scan(&self, partition: Partition, prefix: Vec<u8>) -> Result<CidIter<'_>> {
-        let iter = self
+    /// The cids of the scoped index entries under `prefix` (`log_by_protocol`,
+    /// `by_path`, `by_context`: keys ending with the message's log position), in key
+    /// order. An entry of layout 5 and later has no value ([`layout::INDEX_VALUE`]): its
+    /// cid is read from the log entry at its position, [`INDEX_RESOLVE_RUN`] entries per
+    /// `get_many`. An older entry holds its cid. An entry whose log entry is gone (its
+    /// message was pruned after the scan began) is left out, as a scan begun a moment
+    /// later would leave it out.
+    fn value_cid_scan(&self, partition: Partition, tn: Tn, prefix: Vec<u8>) -> Result<CidIter<'_>> {
+        let scan = self
             .store
             .scan_prefix(partition, &prefix, Order::Ascending)?;
         Ok(CidIter {
-            inner: Box::new(iter.map(move |kv| {
-                let (k, v) = kv?;
-                dec(partition, &k, &v)
-            })),
+            inner: Box::new(IndexCids {
+                store: &*self.store,
+                partition,
+                tn,
+                scan,
+                ready: VecDeque::new(),
+                done: false,
+            }),
         })
     }
 
@@ -288,5 +347,80 @@ impl Iterator for CidIter<'_> {
 impl std::fmt::Debug for CidIter<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("CidIter")
+    }
+}
+
+/// The cids of a scoped index scan (see `Ledger::value_cid_scan`).
+struct IndexCids<'a> {
+    store: &'a dyn Store,
+    partition: Partition,
+    tn: Tn,
+    scan: ScanIter<'a>,
+    ready: VecDeque<Cid>,
+    done: bool,
+}
+
+impl IndexCids<'_> {
+    /// Reads the next run of index entries and queues their cids.
+    fn fill(&mut self) -> Result<()> {
+        // `None` for an entry whose cid is in the log at the next of `log_keys`.
+        let mut slots: Vec<Option<Cid>> = Vec::with_capacity(INDEX_RESOLVE_RUN);
+        let mut log_keys = Vec::new();
+        while slots.len() < INDEX_RESOLVE_RUN {
+            let Some(kv) = self.scan.next() else {
+                self.done = true;
+                break;
+            };
+            let (k, v) = kv?;
+            if v == layout::INDEX_VALUE {
+                let pos = u64::from_be_bytes(layout::key_tail::<8>(self.partition, &k)?);
+                log_keys.push(layout::log_key(self.tn, pos));
+                slots.push(None);
+            } else {
+                slots.push(Some(dec(self.partition, &k, &v)?));
+            }
+        }
+        let found = if log_keys.is_empty() {
+            Vec::new()
+        } else {
+            self.store.get_many(layout::LOG, &log_keys)?
+        };
+        if found.len() != log_keys.len() {
+            return Err(Error::Inconsistent(format!(
+                "get_many answered {} of {} keys",
+                found.len(),
+                log_keys.len()
+            )));
+        }
+        let mut resolved = log_keys.iter().zip(found);
+        for slot in slots {
+            match slot {
+                Some(cid) => self.ready.push_back(cid),
+                None => {
+                    if let Some((key, Some(value))) = resolved.next() {
+                        self.ready.push_back(layout::entry_cid(key, &value)?);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for IndexCids<'_> {
+    type Item = Result<Cid>;
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(cid) = self.ready.pop_front() {
+                return Some(Ok(cid));
+            }
+            if self.done {
+                return None;
+            }
+            if let Err(e) = self.fill() {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
     }
 }

@@ -175,7 +175,7 @@ fn a_layout_3_store_is_upgraded_on_open_and_its_entries_read_with_empty_lists() 
     let version: u32 =
         codec::decode(&store.get(layout::META, b"layout").unwrap().unwrap(), 64).unwrap();
     assert_eq!(version, layout::LAYOUT_VERSION);
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     let stored = ledger.get_message(&t, &w2.cid()).unwrap().unwrap();
     assert_eq!(stored.data, d2);
     let LogRead::Page(page) = ledger.read_log(&t, &LogQuery::after(None, 100)).unwrap() else {

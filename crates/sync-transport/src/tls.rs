@@ -36,7 +36,7 @@ pub const PEM_BYTES_MAX: usize = 1 << 20;
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// The message of the `BadRequest` error frame a TLS-only node answers a plain HTTP
 /// request with; a client that gets it over `http://` reports
-/// [`TransportError::Tls`](crate::TransportError::Tls) (the node is there, the scheme
+/// [`TransportError::Tls`] (the node is there, the scheme
 /// is wrong), not a refused request.
 pub const TLS_ONLY_MESSAGE: &str = "this node speaks TLS only: use an https:// endpoint";
 
