@@ -219,7 +219,7 @@ pub(crate) enum Command {
         "checkpoint, applies and prints every change as it arrives, pushes local writes at\n",
         "once, and reconnects by itself when the node restarts. Stops on Ctrl-C or SIGTERM.\n",
         "\n",
-        "While it runs, `weft put`, `get`, `list`, `delete` and `status` on the same store\n",
+        "While it runs, `weft put`, `get`, `list`, `delete`, `status` and `links` on the store\n",
         "still work: they go through the watch (a socket in the store directory, weft.sock,\n",
         "owner-only), which runs them over the replica it holds and pushes their writes\n",
         "live. Other commands on that store exit 5 until the watch stops. A socket left by a\n",

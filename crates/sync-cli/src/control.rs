@@ -1,4 +1,4 @@
-//! The control socket: how `weft put`, `get`, `list`, `delete` and `status` work on a
+//! The control socket: how `weft put`, `get`, `list`, `delete`, `status` and `links` work on a
 //! store that `weft watch` holds open.
 //!
 //! The storage engine lets one process open a store. While a watch runs, it listens on
@@ -72,6 +72,8 @@ pub(crate) enum Forwarded {
     Delete(DeleteArgs),
     /// `weft status`.
     Status(StatusArgs),
+    /// `weft links`.
+    Links(StatusArgs),
 }
 
 /// What a command sends: the parsed command (paths made absolute by the sender), and
@@ -366,6 +368,7 @@ fn run(command: Forwarded, stdin: Vec<u8>) -> Exit {
         Forwarded::List(a) => records::list(a),
         Forwarded::Delete(a) => records::delete(a),
         Forwarded::Status(a) => inspect::status(a),
+        Forwarded::Links(a) => inspect::links(a),
     };
     match result {
         Ok(exit) => exit,

@@ -185,7 +185,7 @@ pub(crate) fn hint(err: &anyhow::Error) -> Option<&'static str> {
             "check --token (or WEFT_TOKEN) and --tenant: `weft token inspect <token>` shows what a token allows",
         ),
         Exit::Store if text.contains("lock") => Some(
-            "another weft process holds this store open (a `weft watch`, or `weft serve`): stop it, or use another --store; while a watch runs, put, get, list, delete and status go through it",
+            "another weft process holds this store open (a `weft watch`, or `weft serve`): stop it, or use another --store; while a watch runs, put, get, list, delete, status and links go through it",
         ),
         Exit::Store => Some(
             "check --store (or WEFT_STORE): it must be a weft store directory you can read and write",

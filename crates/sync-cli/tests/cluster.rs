@@ -7,6 +7,8 @@
 #![allow(clippy::print_stderr)]
 
 mod cluster_support;
+#[path = "../../sync-ledger/tests/common/mod.rs"]
+mod common;
 
 use std::time::Duration;
 
@@ -347,4 +349,43 @@ fn status_shows_the_node_a_link_talks_to() {
         metrics.contains(&format!("weft_node_info{{node=\"{}\"}} 1", a.url)),
         "{metrics}"
     );
+}
+
+/// A node's apply of a pushed batch reads what it checks (held messages, record rows)
+/// in batched reads: a batch of 500 messages sends the database as many statements as
+/// a batch of 10 (each check was a round trip per message before).
+#[test]
+fn a_pushed_batch_costs_a_node_the_same_statements_for_10_and_500_messages() {
+    use sync_engine::{Origin, Replica};
+    use sync_types::ApplyOutcome;
+
+    let schema = pg::fresh_schema("push_statements");
+    let store = sync_ledger_pg::PgStore::builder(pg::url())
+        .schema(&schema)
+        .open()
+        .unwrap();
+    let replica = Replica::builder()
+        .with_ledger(sync_ledger::Ledger::open(store.clone()).unwrap())
+        .unwrap();
+    let t = tenant("counted");
+    let p = common::protocol("test:counted");
+    let pushed = |batch: Vec<(sync_types::Message, Option<Vec<u8>>)>| {
+        let before = store.statements_sent();
+        let out = replica.apply(&t, batch, Origin::Remote(None)).unwrap();
+        assert!(out.iter().all(|o| *o == ApplyOutcome::Applied), "{out:?}");
+        store.statements_sent() - before
+    };
+    // The tenant, the protocol and a first record exist before counting.
+    pushed(vec![(common::configure(&t, &p, 1), None)]);
+    pushed(vec![common::write(&t, &p, "first", None, 2, b"x")]);
+    let mut counts = Vec::new();
+    for (phase, n) in [10usize, 500].into_iter().enumerate() {
+        let ts = 10 * (phase as u64 + 1);
+        let batch = (0..n)
+            .map(|i| common::write(&t, &p, &format!("n{n}-{i}"), None, ts, b"pushed"))
+            .collect();
+        counts.push((n, pushed(batch)));
+    }
+    eprintln!("statements per pushed batch (messages, statements): {counts:?}");
+    assert_eq!(counts[0].1, counts[1].1, "{counts:?}");
 }

@@ -98,7 +98,9 @@ fn commands_work_on_a_store_a_watch_holds_and_its_writes_go_out_live() {
     assert_eq!(deleted["outcome"], "won", "{deleted}");
 
     // A command that does not go through the watch says who holds the store.
-    let held = env.fails(5, &["links", "--store", "a"]);
+    let links = env.ok(&["links", "--store", "a", "--json"]).json();
+    assert_eq!(links.as_array().map(Vec::len), Some(1), "{links}");
+    let held = env.fails(5, &["dead-letters", "list", "--store", "a"]);
     assert!(
         held.stderr.contains("weft watch") && held.stderr.contains("go through it"),
         "{}",

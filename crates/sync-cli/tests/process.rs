@@ -67,12 +67,16 @@ fn tour_lines() -> Vec<String> {
         .collect()
 }
 
-/// The README's TOML config example.
+/// The README's TOML config example: the TOML block that sets `listen` (another one
+/// is an application's `Cargo.toml`).
 fn readme_toml() -> String {
     let text = readme();
-    let start = text.find("```toml\n").expect("a toml block") + "```toml\n".len();
-    let end = start + text[start..].find("```").unwrap();
-    text[start..end].to_owned()
+    text.split("```toml\n")
+        .skip(1)
+        .map(|block| &block[..block.find("```").expect("a closed toml block")])
+        .find(|block| block.lines().any(|l| l.starts_with("listen")))
+        .expect("a toml block with listen")
+        .to_owned()
 }
 
 // ---- the README ----------------------------------------------------------------------
@@ -588,7 +592,9 @@ fn exit_codes_mean_what_the_help_says() {
     env.ok(&["sync", "--store", "b"]);
     let watch = env.spawn(&["watch", "--store", "b"]);
     watch.wait_stderr("watching tenant");
-    let r = env.fails(5, &["list", "--store", "b"]);
+    // Reads and writes go through the watch (its control socket); a sync does not.
+    env.ok(&["list", "--store", "b"]);
+    let r = env.fails(5, &["sync", "--store", "b"]);
     assert!(r.stderr.contains("another weft process"), "{}", r.report());
     drop(watch);
 

@@ -356,7 +356,14 @@ impl Handler for ReplicaHandler {
         _ctx: &RequestContext,
         req: LogExtentQuery,
     ) -> Result<LogExtent, HandlerError> {
-        self.extent(&req)
+        if !req.count {
+            return self.extent(&req);
+        }
+        // A count reads the rest of the log: on the blocking pool, not a worker.
+        let handler = self.clone();
+        tokio::task::spawn_blocking(move || handler.extent(&req))
+            .await
+            .map_err(internal)?
     }
 
     async fn read_messages(

@@ -554,8 +554,14 @@ impl Replica {
             }
         }
         // Already held: nothing to check (repeated pages and re-sent batches are common).
-        for (i, cid) in cids.iter().enumerate() {
-            if outcomes[i].is_none() && ledger.has_message(tenant, cid)? {
+        // One batched read for the whole batch (a round trip each, on a shared store).
+        let unchecked: Vec<usize> = (0..cids.len()).filter(|&i| outcomes[i].is_none()).collect();
+        let held = ledger.has_messages(
+            tenant,
+            &unchecked.iter().map(|&i| cids[i]).collect::<Vec<_>>(),
+        )?;
+        for (&i, held) in unchecked.iter().zip(held) {
+            if held {
                 outcomes[i] = Some(ApplyOutcome::Duplicate);
             }
         }
@@ -573,6 +579,22 @@ impl Replica {
                 .unwrap_or_else(|e| e.into_inner())
                 .any_resolving();
         let mut definitions = Definitions::default();
+        // The rows the checks read (records and parents), in one batched read.
+        let rows: Vec<RecordId> = pending
+            .iter()
+            .filter_map(|&i| match &messages[i] {
+                Message::Write(w) => Some([Some(w.record_id), w.parent_id]),
+                Message::Delete(d) => Some([Some(d.record_id), None]),
+                Message::Configure(_) => None,
+            })
+            .flatten()
+            .flatten()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !rows.is_empty() {
+            definitions.prefetch_records(ledger, tenant, rows)?;
+        }
         let mut missing: BTreeMap<usize, Vec<Dependency>> = BTreeMap::new();
         let mut tokens = HashMap::new();
         let mut conflicts = Vec::new();
@@ -624,6 +646,7 @@ impl Replica {
                 .map(|&i| (messages[i].clone(), datas[i].take()))
                 .collect();
             let applied = ledger.apply(tenant, batch, self.inner.durability)?;
+            definitions.forget_records();
             // Over a shared store the trees follow the log instead (`follow.rs`).
             let mut index = (!self.inner.shared)
                 .then(|| self.inner.index.write().unwrap_or_else(|e| e.into_inner()));

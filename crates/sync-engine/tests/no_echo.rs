@@ -6,13 +6,16 @@
 mod sync_support;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sync_engine::sync::HttpConnector;
 use sync_engine::{Engine, Identity, Replica, ReplicaHandler};
 use sync_ledger::Durability;
 use sync_support::*;
 use sync_transport::metrics::Metrics;
-use sync_transport::proto::{KnownLogPageRequest, LogFilter, LogPageReply, LogPageRequest};
+use sync_transport::proto::{
+    HeadLogPageRequest, KnownLogPageRequest, LogFilter, LogPageReply, LogPageRequest,
+};
 use sync_transport::{
     Claims, ClientConfig, InProcessClient, Remote, Role, ServerConfig, ServerHandle, Token, serve,
 };
@@ -336,6 +339,124 @@ async fn known_ranges_cannot_widen_a_read_and_need_the_read_grant() {
     );
 }
 
+/// A page with the log's extent counts only what the caller's scope may read (nothing
+/// of another protocol leaks through the count), leaves out its known positions, and
+/// needs the read grant within the token's scope like any page.
+#[tokio::test]
+async fn the_log_extent_counts_only_the_callers_scope_and_needs_the_read_grant() {
+    let (server, node) = new_node(&key(), 100);
+    configure(&server);
+    let other = ProtocolName::new("https://example.com/other").unwrap();
+    server
+        .configure(
+            &tenant(),
+            &other,
+            vec![TypeRule {
+                path: note(),
+                data_bytes_max: None,
+            }],
+            vec![],
+            &alice(),
+        )
+        .unwrap();
+    for i in 0..30 {
+        put(&server, &format!("n{i}"), b"in scope");
+        server
+            .put(
+                &tenant(),
+                &other,
+                &note(),
+                format!("o{i}").as_bytes(),
+                b"secret, and longer than the notes".to_vec(),
+                &alice(),
+            )
+            .unwrap();
+    }
+    let notes_only = Scope::ProtocolSet(ProtocolSet::new(vec![notes()]).unwrap());
+    let reader = delegate("reader", notes_only.clone(), Actions::READ);
+    let client = InProcessClient::new(node.clone(), &reader);
+    let request = |scope: Scope, limit, known| HeadLogPageRequest {
+        page: LogPageRequest {
+            tenant: tenant(),
+            scope,
+            from: None,
+            filter: LogFilter::default(),
+            limit,
+        },
+        known,
+        count_remaining: true,
+    };
+    // Everything the reader may read, in one page: what the count must add up to.
+    let whole = client
+        .log_page_head(request(notes_only.clone(), 1000, None))
+        .await
+        .unwrap();
+    let LogPageReply::Page(all) = whole.reply else {
+        panic!("gap")
+    };
+    assert_eq!(
+        whole.extent.head,
+        server.ledger().log_head(&tenant()).unwrap()
+    );
+    assert_eq!(
+        whole.extent.remaining.map(|r| r.messages),
+        Some(0),
+        "nothing after the whole log"
+    );
+    // A first page of 5: the rest is exactly the reader's other entries.
+    let first = client
+        .log_page_head(request(notes_only.clone(), 5, None))
+        .await
+        .unwrap();
+    let LogPageReply::Page(page) = &first.reply else {
+        panic!("gap")
+    };
+    let rest = first.extent.remaining.unwrap();
+    assert_eq!(
+        usize::try_from(rest.messages).unwrap() + page.entries.len(),
+        all.entries.len()
+    );
+    let bytes: u64 = all.entries[page.entries.len()..]
+        .iter()
+        .map(|e| {
+            (codec::encoded_len(&e.item.message) + e.item.data.as_ref().map_or(0, Vec::len)) as u64
+        })
+        .sum();
+    assert_eq!(rest.bytes, bytes, "only the reader's entries are counted");
+    assert!(
+        all.entries
+            .iter()
+            .all(|e| *e.item.message.protocol() == notes())
+    );
+    // Positions the reader holds leave the count too.
+    let stream = all.entries[0].token;
+    let mut known = KnownRanges::new(stream.stream_id, stream.epoch);
+    for e in &all.entries[10..20] {
+        known.insert(e.token.position);
+    }
+    let cut = client
+        .log_page_head(request(notes_only.clone(), 5, Some(known)))
+        .await
+        .unwrap();
+    assert_eq!(cut.extent.remaining.unwrap().messages, rest.messages - 10);
+
+    // Beyond the grant, or without the read grant: refused.
+    assert!(
+        client
+            .log_page_head(request(Scope::Full, 5, None))
+            .await
+            .is_err()
+    );
+    let writer = delegate("writer", notes_only.clone(), Actions::WRITE);
+    let writer = InProcessClient::new(node.clone(), &writer);
+    assert!(
+        writer
+            .log_page_head(request(notes_only, 5, None))
+            .await
+            .is_err()
+    );
+}
+
 /// A placed write batch needs the write grant like any write: a reader's is refused and
 /// nothing is stored; a writer's is answered with the positions its messages got.
 #[tokio::test]
@@ -388,4 +509,148 @@ async fn a_placed_write_needs_the_write_grant_and_names_the_positions() {
     };
     assert_eq!(page.entries.len(), 2);
     assert!(page.entries.iter().all(|e| placed.contains(&e.token)));
+}
+
+// ---- live mode ------------------------------------------------------------------
+
+/// A TCP proxy in front of `node`: the bytes the node sends on subscription connections
+/// (those that start with `GET /v1/subscribe`) are counted in the returned counter.
+async fn subscription_counting_proxy(node: &Endpoint) -> (Endpoint, Arc<AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = node.as_str().trim_start_matches("http://").to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = Endpoint::new(format!("http://{}", listener.local_addr().unwrap())).unwrap();
+    let counted = Arc::new(AtomicU64::new(0));
+    let total = counted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            let total = total.clone();
+            tokio::spawn(async move {
+                let mut first = vec![0u8; 64 * 1024];
+                let Ok(n) = client.read(&mut first).await else {
+                    return;
+                };
+                let subscription = first[..n].starts_with(b"GET /v1/subscribe");
+                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                if server.write_all(&first[..n]).await.is_err() {
+                    return;
+                }
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    let _ = sw.shutdown().await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if subscription {
+                                total.fetch_add(n as u64, Ordering::SeqCst);
+                            }
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (endpoint, counted)
+}
+
+fn engine_at(r: &Replica, endpoint: &Endpoint) -> Engine<Arc<HttpConnector>> {
+    let e = Engine::builder(
+        r.clone(),
+        Arc::new(HttpConnector::new(ClientConfig::default())),
+    )
+    .config(fast_config())
+    .seed(7)
+    .build();
+    if e.identities().unwrap().is_empty() {
+        e.register_identity(Identity::owner(
+            tenant(),
+            vec![endpoint.clone()],
+            owner_token(&key()),
+        ))
+        .unwrap();
+    }
+    e
+}
+
+/// Waits (polling) until `done` holds; panics after a long while.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..3_000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{what} did not happen");
+}
+
+/// Records written live, one push each.
+const LIVE_RECORDS: usize = 150;
+/// Bytes of each live record's body: together far more than the subscription may carry
+/// back to their writer.
+const LIVE_BODY_BYTES: usize = 400;
+
+/// In live mode a replica's subscription does not carry back what it pushed: not while
+/// it runs (its session's pushes are left out), and not after a restart (its upgrade
+/// names the node's positions it holds). Counted at a proxy in front of the node: the
+/// bytes of A's subscription connections; B, subscribed directly, gets everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_replica_does_not_receive_its_own_pushes_also_after_a_restart() {
+    use sync_engine::live::LiveSync;
+    use sync_engine::machine::LinkConfig;
+    let node = http_node().await;
+    let (proxy, to_a) = subscription_counting_proxy(&node.endpoint).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = fjall_replica(dir.path(), 1);
+    configure(&a);
+    let b = replica(2);
+    let live_b = LiveSync::start(http_engine(&b, &node), LinkConfig::default()).unwrap();
+    let live_a = LiveSync::start(engine_at(&a, &proxy), LinkConfig::default()).unwrap();
+    let body = |i: usize| format!("{i:0width$}", width = LIVE_BODY_BYTES).into_bytes();
+    for i in 0..LIVE_RECORDS {
+        put(&a, &format!("live{i}"), &body(i));
+    }
+    until("B holding A's live writes", || {
+        records(&b).len() == LIVE_RECORDS
+    })
+    .await;
+    let payload = (LIVE_RECORDS * LIVE_BODY_BYTES) as u64;
+    assert!(live_a.stop(std::time::Duration::from_secs(5)).await);
+    a.close().unwrap();
+    let while_running = to_a.load(Ordering::SeqCst);
+
+    // A restarts: its subscription replays the node's log from A's pull checkpoint,
+    // which its own pushes did not move, without them. One write from B, which A's
+    // subscription does carry, ends the count: everything before it in the node's log
+    // has gone by.
+    let a = fjall_replica(dir.path(), 1);
+    let live_a = LiveSync::start(engine_at(&a, &proxy), LinkConfig::default()).unwrap();
+    put(&b, "after-restart", b"hello again");
+    until("A holding B's write after its restart", || {
+        get(&a, "after-restart").is_some()
+    })
+    .await;
+    let replayed = to_a.load(Ordering::SeqCst) - while_running;
+    assert!(
+        while_running * 10 < payload,
+        "A's subscription carried {while_running} bytes for {payload} bytes A pushed"
+    );
+    assert!(
+        replayed * 10 < payload,
+        "A's subscription replayed {replayed} bytes for {payload} bytes A pushed"
+    );
+    assert_eq!(records(&a), records(&node.replica));
+    assert_eq!(records(&b), records(&node.replica));
+    assert!(live_a.stop(std::time::Duration::from_secs(5)).await);
+    assert!(live_b.stop(std::time::Duration::from_secs(5)).await);
 }

@@ -27,6 +27,50 @@ impl Ledger {
         }
     }
 
+    /// [`has_message`](Self::has_message) of each of `cids`, in their order: one batched
+    /// read ([`Store::get_many`](crate::Store::get_many), one round trip to a database).
+    pub fn has_messages(&self, tenant: &TenantId, cids: &[Cid]) -> Result<Vec<bool>> {
+        let Some(tn) = self.tenant_no(tenant)? else {
+            return Ok(vec![false; cids.len()]);
+        };
+        let keys: Vec<Vec<u8>> = cids.iter().map(|c| layout::msg_key(tn, c)).collect();
+        Ok(self
+            .store
+            .get_many(layout::MSG, &keys)?
+            .into_iter()
+            .map(|v| v.is_some())
+            .collect())
+    }
+
+    /// [`record_info`](Self::record_info) of each of `records`, in their order: one
+    /// batched read.
+    pub fn record_infos(
+        &self,
+        tenant: &TenantId,
+        records: &[RecordId],
+    ) -> Result<Vec<Option<RecordInfo>>> {
+        let Some(tn) = self.tenant_no(tenant)? else {
+            return Ok(vec![None; records.len()]);
+        };
+        let keys: Vec<Vec<u8>> = records.iter().map(|r| layout::record_key(tn, r)).collect();
+        let values = self.store.get_many(layout::RECORDS, &keys)?;
+        keys.iter()
+            .zip(values)
+            .map(|(key, v)| {
+                v.map(|bytes| {
+                    let r: RecordRow = dec(layout::RECORDS, key, &bytes)?;
+                    Ok(RecordInfo {
+                        head: r.head,
+                        protocol: r.protocol,
+                        path: r.path,
+                        context: r.context,
+                    })
+                })
+                .transpose()
+            })
+            .collect()
+    }
+
     pub(crate) fn has_message_tn(&self, tn: Tn, cid: &Cid) -> Result<bool> {
         Ok(self
             .store

@@ -29,13 +29,14 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use sync_types::{Endpoint, Gap, ProgressToken};
+use sync_types::{Endpoint, Gap, KnownRanges, ProgressToken};
 use tokio::sync::mpsc;
 
 use crate::body::{BodyReader, ReadError};
 use crate::compress;
 use crate::error::TransportError;
 use crate::frame::{self, FRAME_BYTES_MAX_DEFAULT, FrameError, FrameKind, HEADER_BYTES};
+use crate::node::echo::{KNOWN_HEADER, KNOWN_HEADER_BYTES_MAX, SESSION_HEADER, SessionId};
 use crate::node::{Feed, Handler, Node, ms};
 use crate::proto::{
     BlobReadHead, BlobReadRequest, BlobStat, BlobStatRequest, BlobWriteRequest, CloseReason,
@@ -238,6 +239,17 @@ pub trait Remote: Send + Sync {
         &self,
         req: SubscribeRequest,
     ) -> impl Future<Output = Result<Subscription, TransportError>> + Send;
+    /// [`subscribe`](Self::subscribe) without the entries at `known` (positions of the
+    /// node's log this replica holds; see [`echo`](crate::node::echo)). Default:
+    /// `subscribe`, with every entry.
+    fn subscribe_known(
+        &self,
+        req: SubscribeRequest,
+        known: Option<KnownRanges>,
+    ) -> impl Future<Output = Result<Subscription, TransportError>> + Send {
+        let _ = known;
+        self.subscribe(req)
+    }
 }
 
 /// The page of `req` by the older calls, with nothing known of the log's extent: for a
@@ -346,6 +358,10 @@ pub struct HttpClient {
     legacy_head: Arc<AtomicBool>,
     /// Set once a reply said the node reads compressed requests.
     node_reads_lz4: Arc<AtomicBool>,
+    /// This client's session (shared by its clones), named on placed write batches and
+    /// subscriptions so that its subscriptions leave out what it pushed (see
+    /// [`echo`](crate::node::echo)).
+    session: HeaderValue,
 }
 
 /// Whether `e` is how a node that does not know a request variant answers it.
@@ -435,6 +451,8 @@ impl HttpClient {
             legacy: Arc::new(AtomicBool::new(false)),
             legacy_head: Arc::new(AtomicBool::new(false)),
             node_reads_lz4: Arc::new(AtomicBool::new(false)),
+            session: HeaderValue::from_str(&SessionId::random().to_header())
+                .map_err(|e| TransportError::Endpoint(e.to_string()))?,
         })
     }
 
@@ -458,7 +476,12 @@ impl HttpClient {
     /// Sends one frame and reads the whole reply within the request time. Large
     /// frames go compressed once the node said it reads them, and replies may come
     /// compressed (see [`compress`](crate::compress)).
-    async fn call_once(&self, path: &str, frame_bytes: Bytes) -> Result<Reply, TransportError> {
+    async fn call_once(
+        &self,
+        path: &str,
+        frame_bytes: Bytes,
+        in_session: bool,
+    ) -> Result<Reply, TransportError> {
         let time = self.config.request_time_ms_max;
         let packed = if self.node_reads_lz4.load(Ordering::Relaxed) {
             compress::compress(&frame_bytes)
@@ -477,6 +500,10 @@ impl HttpClient {
             .insert(compress::ACCEPT_HEADER, lz4.clone());
         if is_packed {
             req.headers_mut().insert(compress::ENCODING_HEADER, lz4);
+        }
+        if in_session {
+            req.headers_mut()
+                .insert(SESSION_HEADER, self.session.clone());
         }
         tokio::time::timeout(ms(time), async {
             let res = self.client.request(req).await.map_err(request_err)?;
@@ -508,10 +535,14 @@ impl HttpClient {
     /// Calls with bounded retries when `idempotent`.
     async fn call(&self, request: &Request, idempotent: bool) -> Result<Reply, TransportError> {
         let frame_bytes = Bytes::from(frame::encode(request));
+        let in_session = matches!(request, Request::WriteBatchPlaced(_));
         let started = tokio::time::Instant::now();
         let mut attempt = 0;
         loop {
-            match self.call_once("/v1/rpc", frame_bytes.clone()).await {
+            match self
+                .call_once("/v1/rpc", frame_bytes.clone(), in_session)
+                .await
+            {
                 Err(e) if idempotent && e.is_retryable() && attempt < self.config.retries_max => {
                     let backoff = self
                         .config
@@ -781,6 +812,14 @@ impl Remote for HttpClient {
         expect_reply!(self.call(&Request::Health, true).await?, Health, "health")
     }
     async fn subscribe(&self, req: SubscribeRequest) -> Result<Subscription, TransportError> {
+        self.subscribe_known(req, None).await
+    }
+
+    async fn subscribe_known(
+        &self,
+        req: SubscribeRequest,
+        known: Option<KnownRanges>,
+    ) -> Result<Subscription, TransportError> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let time = self.config.connect_time_ms_max;
         let tcp = tls::connect(&self.authority, self.tls.as_ref(), ms(time)).await?;
@@ -789,6 +828,17 @@ impl Remote for HttpClient {
             .into_client_request()
             .map_err(|e| TransportError::Endpoint(e.to_string()))?;
         http.headers_mut().insert(AUTHORIZATION, self.token.clone());
+        http.headers_mut()
+            .insert(SESSION_HEADER, self.session.clone());
+        if let Some(known) = known {
+            let encoded = URL_SAFE_NO_PAD.encode(sync_types::codec::encode(&known));
+            // Too many ranges for a header: the replay then carries everything.
+            if encoded.len() <= KNOWN_HEADER_BYTES_MAX
+                && let Ok(value) = HeaderValue::from_str(&encoded)
+            {
+                http.headers_mut().insert(KNOWN_HEADER, value);
+            }
+        }
         let encoded = URL_SAFE_NO_PAD.encode(frame::encode(&req));
         http.headers_mut().insert(
             SUBSCRIBE_HEADER,

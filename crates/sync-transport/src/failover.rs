@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use sync_types::Endpoint;
+use sync_types::{Endpoint, KnownRanges};
 
 use crate::TransportError;
 use crate::client::{BlobDownload, BlobSource, Remote, Subscription};
@@ -296,6 +296,13 @@ impl<R: Remote> Remote for FailoverRemote<R> {
 
     async fn subscribe(&self, req: SubscribeRequest) -> Result<Subscription, TransportError> {
         failover!(self, |r| r.subscribe(req.clone()))
+    }
+    async fn subscribe_known(
+        &self,
+        req: SubscribeRequest,
+        known: Option<KnownRanges>,
+    ) -> Result<Subscription, TransportError> {
+        failover!(self, |r| r.subscribe_known(req.clone(), known.clone()))
     }
 }
 

@@ -54,6 +54,7 @@ use crate::proto::{
 use crate::tenant_share::{ShareGuard, TenantShares};
 use crate::token::{AuthError, Claims, Token};
 
+pub mod echo;
 mod subscription;
 
 pub use subscription::SHARED_PAGES_MAX;
@@ -256,6 +257,7 @@ pub struct Node<H> {
     shutdown: watch::Sender<bool>,
     pages: Arc<SharedPages>,
     shares: Arc<TenantShares>,
+    sessions: Arc<echo::Sessions>,
 }
 
 impl<H> Clone for Node<H> {
@@ -268,6 +270,7 @@ impl<H> Clone for Node<H> {
             shutdown: self.shutdown.clone(),
             pages: self.pages.clone(),
             shares: self.shares.clone(),
+            sessions: self.sessions.clone(),
         }
     }
 }
@@ -309,6 +312,7 @@ impl<H: Handler> Node<H> {
             subscriptions,
             shutdown: watch::Sender::new(false),
             pages: Arc::default(),
+            sessions: Arc::default(),
             shares: Arc::default(),
         }
     }
@@ -393,10 +397,20 @@ impl<H: Handler> Node<H> {
         ctx: &RequestContext,
         request: Request,
     ) -> Result<Reply, ErrorReply> {
+        self.call_in_session(ctx, request, None).await
+    }
+
+    /// [`call`](Self::call) from a client that named its `session` (see [`echo`]).
+    pub(crate) async fn call_in_session(
+        &self,
+        ctx: &RequestContext,
+        request: Request,
+        session: Option<echo::SessionId>,
+    ) -> Result<Reply, ErrorReply> {
         self.authorize(ctx, &request)?;
         let _share = self.share(&request)?;
         let limit = ms(self.config.request_time_ms_max);
-        match tokio::time::timeout(limit, self.dispatch(ctx, request)).await {
+        match tokio::time::timeout(limit, self.dispatch(ctx, request, session)).await {
             Ok(r) => r,
             Err(_) => Err(ErrorReply::new(
                 ErrorCode::Timeout,
@@ -408,7 +422,12 @@ impl<H: Handler> Node<H> {
         }
     }
 
-    async fn dispatch(&self, ctx: &RequestContext, request: Request) -> Result<Reply, ErrorReply> {
+    async fn dispatch(
+        &self,
+        ctx: &RequestContext,
+        request: Request,
+        session: Option<echo::SessionId>,
+    ) -> Result<Reply, ErrorReply> {
         let h = &self.handler;
         let e = |e: HandlerError| e.to_reply();
         Ok(match request {
@@ -422,6 +441,13 @@ impl<H: Handler> Node<H> {
                 outcomes: self.write_batch(ctx, r, false).await?.0,
             }),
             Request::WriteBatchPlaced(r) => {
+                // Noted before the apply, so the session's subscription finds them when
+                // the commit wakes it (see `echo`).
+                if let Some(session) = session {
+                    let key = (session, r.tenant.clone(), ctx.claims.grant_id.clone());
+                    self.sessions
+                        .note(&key, r.messages.iter().map(|m| m.message.cid()));
+                }
                 let (outcomes, placed) = self.write_batch(ctx, r, true).await?;
                 Reply::WriteBatchPlaced(PlacedBatchReply { outcomes, placed })
             }

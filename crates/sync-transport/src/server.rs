@@ -426,6 +426,10 @@ async fn rpc<H: Handler>(
     let compressed =
         compress::lists_lz4(headers.get(compress::ENCODING_HEADER).map(|v| v.as_bytes()));
     let accepts = compress::lists_lz4(headers.get(compress::ACCEPT_HEADER).map(|v| v.as_bytes()));
+    // A session that does not parse is no session: it only ever saves bytes.
+    let session = headers
+        .get(crate::node::echo::SESSION_HEADER)
+        .and_then(|v| crate::node::echo::SessionId::parse(v.as_bytes()));
     tokio::time::timeout(time, async {
         let mut body = read_small_body(node, req).await?;
         if compressed {
@@ -435,7 +439,7 @@ async fn rpc<H: Handler>(
         }
         let request = node.decode_request(&body)?;
         *kind = RequestKind::of(&request);
-        let reply = node.call(&ctx, request).await?;
+        let reply = node.call_in_session(&ctx, request, session).await?;
         if let (Some(metrics), Reply::WriteBatch(WriteBatchReply { outcomes }))
         | (Some(metrics), Reply::WriteBatchPlaced(PlacedBatchReply { outcomes, .. })) =
             (&node.config.metrics, &reply)

@@ -32,9 +32,11 @@ use tokio_tungstenite::tungstenite::protocol::{
 };
 
 use crate::frame;
+use crate::node::echo::{KNOWN_HEADER, KNOWN_HEADER_BYTES_MAX, SESSION_HEADER, SessionId};
 use crate::node::{Feed, Handler, Node, ms};
 use crate::proto::{CloseReason, ErrorCode, ErrorReply, Notice, SubscribeRequest};
 use crate::server::{ResBody, full};
+use sync_types::KnownRanges;
 
 /// The header that carries the subscribe frame, base64url without padding.
 pub const SUBSCRIBE_HEADER: &str = "x-weft-subscribe";
@@ -96,7 +98,8 @@ pub(crate) fn upgrade<H: Handler>(
     })?;
     let request: SubscribeRequest = frame::decode(&bytes, node.config.frame_bytes_max)
         .map_err(|e| crate::node::frame_reply(&e))?;
-    let feed = node.subscribe(&ctx, request)?;
+    let (session, known) = left_out_headers(headers, node.config.frame_bytes_max)?;
+    let feed = node.subscribe_leaving_out(&ctx, request, session, known)?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let config = node.config.clone();
     tokio::spawn(async move {
@@ -122,6 +125,40 @@ pub(crate) fn upgrade<H: Handler>(
             .map_err(|_| ErrorReply::new(ErrorCode::Internal, "bad accept key"))?,
     );
     Ok(res)
+}
+
+/// The session and known ranges a subscription upgrade names (see
+/// [`echo`](crate::node::echo)); both optional, malformed ones refused.
+fn left_out_headers(
+    headers: &hyper::HeaderMap,
+    frame_bytes_max: usize,
+) -> Result<(Option<SessionId>, Option<KnownRanges>), ErrorReply> {
+    let session = match headers.get(SESSION_HEADER) {
+        None => None,
+        Some(v) => Some(
+            SessionId::parse(v.as_bytes())
+                .ok_or_else(|| bad(format!("{SESSION_HEADER} is not 32 hex digits")))?,
+        ),
+    };
+    let known = match headers.get(KNOWN_HEADER) {
+        None => None,
+        Some(v) if v.len() > KNOWN_HEADER_BYTES_MAX => {
+            return Err(ErrorReply::new(
+                ErrorCode::TooLarge,
+                format!("{KNOWN_HEADER} exceeds {KNOWN_HEADER_BYTES_MAX} bytes"),
+            ));
+        }
+        Some(v) => {
+            let bytes = URL_SAFE_NO_PAD
+                .decode(v.as_bytes())
+                .map_err(|_| bad(format!("{KNOWN_HEADER} is not base64url")))?;
+            Some(
+                sync_types::codec::decode(&bytes, frame_bytes_max)
+                    .map_err(|e| bad(format!("{KNOWN_HEADER}: {e}")))?,
+            )
+        }
+    };
+    Ok((session, known))
 }
 
 #[derive(Clone, Copy, Debug)]

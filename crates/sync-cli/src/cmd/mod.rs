@@ -73,7 +73,14 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Exit> {
                 Err(_) => unreachable!("given back as sent"),
             }
         }
-        Command::Links(a) => inspect::links(a),
+        Command::Links(mut a) => {
+            let dir = through_watch(&mut a.store.store)?;
+            match control::forward(&dir, Forwarded::Links(a))? {
+                Ok(exit) => Ok(exit),
+                Err(Forwarded::Links(a)) => inspect::links(a),
+                Err(_) => unreachable!("given back as sent"),
+            }
+        }
         Command::DeadLetters(DeadLettersCommand::List(a)) => inspect::dead_letters_list(a),
         Command::DeadLetters(DeadLettersCommand::Clear(a)) => inspect::dead_letters_clear(a),
         Command::Serve(a) => runtime()?.block_on(serve::run(a)),

@@ -8,7 +8,7 @@
 //! by tree diff after a gap. The subscription is only an accelerator: the checkpoints are
 //! what guarantee nothing is missed.
 //!
-//! While it runs, `put`, `get`, `list`, `delete` and `status` on the same store go
+//! While it runs, `put`, `get`, `list`, `delete`, `status` and `links` on the same store go
 //! through the watch's control socket (`control.rs`): the watch runs them over the
 //! replica it holds, and pushes their writes live.
 //!

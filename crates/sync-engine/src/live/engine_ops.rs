@@ -109,13 +109,22 @@ impl<C: crate::sync::Connector> LinkOps for EngineOps<C> {
             .connector()
             .connect(&link.key.endpoint, token.as_deref())
             .map_err(|e| LinkError::from(&crate::Error::from(e)))?;
+        // What this replica pushed is left out of the replay (no echo after a
+        // restart); what it pushes while subscribed is left out by its session.
+        let known = self
+            .engine
+            .known_after(&link.key, from)
+            .map_err(|e| LinkError::from(&e))?;
         remote
-            .subscribe(sync_transport::proto::SubscribeRequest {
-                tenant: link.key.tenant.clone(),
-                scope: link.scope.clone(),
-                from,
-                filter: sync_transport::proto::LogFilter::default(),
-            })
+            .subscribe_known(
+                sync_transport::proto::SubscribeRequest {
+                    tenant: link.key.tenant.clone(),
+                    scope: link.scope.clone(),
+                    from,
+                    filter: sync_transport::proto::LogFilter::default(),
+                },
+                known,
+            )
             .await
             .map_err(|e| LinkError::from(&crate::Error::from(e)))
     }

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sync_ledger::{Ledger, protocol_mismatch};
+use sync_ledger::{Ledger, RecordInfo, protocol_mismatch};
 use sync_types::{
     ContextId, DataRef, Dependency, INLINE_DATA_BYTES_MAX, Message, ProtocolDefinition,
-    ProtocolName, TenantId,
+    ProtocolName, RecordId, TenantId,
 };
 
 use super::Replica;
@@ -53,7 +53,7 @@ impl Replica {
                     }
                 }
                 if let Some(parent) = w.parent_id {
-                    match ledger.record_info(tenant, &parent)? {
+                    match definitions.record_info(ledger, tenant, &parent)? {
                         Some(info) if info.protocol != w.protocol => {
                             return Ok(Check::Invalid(format!(
                                 "parent record {parent} belongs to protocol {}, not {}",
@@ -74,7 +74,7 @@ impl Replica {
                         _ => missing.push(Dependency::Record(parent)),
                     }
                 }
-                let info = ledger.record_info(tenant, &w.record_id)?;
+                let info = definitions.record_info(ledger, tenant, &w.record_id)?;
                 if let Some(info) = &info
                     && info.protocol != w.protocol
                 {
@@ -102,7 +102,7 @@ impl Replica {
                 if !ledger.has_protocol(tenant, &d.protocol)? {
                     missing.push(Dependency::Protocol(d.protocol.clone()));
                 }
-                match ledger.record_info(tenant, &d.record_id)? {
+                match definitions.record_info(ledger, tenant, &d.record_id)? {
                     Some(info) if info.protocol != d.protocol => {
                         return Ok(Check::Invalid(protocol_mismatch(
                             &d.record_id,
@@ -126,9 +126,45 @@ impl Replica {
 /// Protocol definitions read during one apply call: a batch of writes of one protocol
 /// reads its definition once. Forgotten when a configure of the protocol is committed.
 #[derive(Default)]
-pub(super) struct Definitions(HashMap<ProtocolName, Option<Arc<ProtocolDefinition>>>);
+pub(super) struct Definitions(
+    HashMap<ProtocolName, Option<Arc<ProtocolDefinition>>>,
+    /// Record rows read ahead for a batch ([`prefetch_records`](Self::prefetch_records)),
+    /// valid until the next commit ([`forget_records`](Self::forget_records)).
+    HashMap<RecordId, Option<RecordInfo>>,
+);
 
 impl Definitions {
+    /// Reads the rows of `records` in one batched read (one round trip to a shared
+    /// store instead of one per message), for the checks before the next commit.
+    pub(super) fn prefetch_records(
+        &mut self,
+        ledger: &Ledger,
+        tenant: &TenantId,
+        records: Vec<RecordId>,
+    ) -> Result<()> {
+        let infos = ledger.record_infos(tenant, &records)?;
+        self.1.extend(records.into_iter().zip(infos));
+        Ok(())
+    }
+
+    /// The rows read ahead are stale once a commit may have changed them.
+    pub(super) fn forget_records(&mut self) {
+        self.1.clear();
+    }
+
+    /// A record's row: read ahead, or read now.
+    fn record_info(
+        &self,
+        ledger: &Ledger,
+        tenant: &TenantId,
+        record: &RecordId,
+    ) -> Result<Option<RecordInfo>> {
+        match self.1.get(record) {
+            Some(found) => Ok(found.clone()),
+            None => Ok(ledger.record_info(tenant, record)?),
+        }
+    }
+
     pub(super) fn get(
         &mut self,
         ledger: &Ledger,

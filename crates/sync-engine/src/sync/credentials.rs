@@ -28,7 +28,7 @@ use sync_transport::proto::{
     RootRequest, SubscribeRequest, WriteBatchReply, WriteBatchRequest,
 };
 use sync_transport::{Connector, Remote, Token, TransportError};
-use sync_types::{Clock, Endpoint, SystemClock};
+use sync_types::{Clock, Endpoint, KnownRanges, SystemClock};
 
 use super::lock;
 
@@ -328,6 +328,17 @@ impl<C: Connector> Remote for CredentialedRemote<C> {
         self.with_refresh(|r| {
             let req = req.clone();
             async move { r.subscribe(req).await }
+        })
+        .await
+    }
+    async fn subscribe_known(
+        &self,
+        req: SubscribeRequest,
+        known: Option<KnownRanges>,
+    ) -> Result<Subscription, TransportError> {
+        self.with_refresh(|r| {
+            let (req, known) = (req.clone(), known.clone());
+            async move { r.subscribe_known(req, known).await }
         })
         .await
     }

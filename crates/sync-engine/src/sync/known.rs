@@ -46,7 +46,7 @@ impl<C: Connector> Engine<C> {
 
     /// The known ranges a pull from `checkpoint` asks the node to leave out: those
     /// after it, of the checkpoint's log (`None`: nothing to leave out).
-    pub(super) fn known_after(
+    pub(crate) fn known_after(
         &self,
         key: &LinkKey,
         checkpoint: Option<ProgressToken>,

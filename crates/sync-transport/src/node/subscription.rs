@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use sync_types::Actions;
+use sync_types::{Actions, KnownRanges};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::proto::{
@@ -12,6 +12,7 @@ use crate::proto::{
     SubscribeRequest,
 };
 
+use super::echo::{LeftOut, Pushed, SessionId, SessionKey};
 use super::{Handler, Node, RequestContext, auth_reply, ms};
 
 /// Most log pages a node keeps for live subscriptions to share.
@@ -100,6 +101,19 @@ impl<H: Handler> Node<H> {
         ctx: &RequestContext,
         req: SubscribeRequest,
     ) -> Result<Feed, ErrorReply> {
+        self.subscribe_leaving_out(ctx, req, None, None)
+    }
+
+    /// [`subscribe`](Self::subscribe) for a client that named its `session` and the
+    /// positions it holds (`known`): the feed leaves out what that session pushes
+    /// while it runs and the entries at those positions (see [`echo`](super::echo)).
+    pub(crate) fn subscribe_leaving_out(
+        &self,
+        ctx: &RequestContext,
+        req: SubscribeRequest,
+        session: Option<SessionId>,
+        known: Option<KnownRanges>,
+    ) -> Result<Feed, ErrorReply> {
         ctx.claims
             .authorize(
                 &req.tenant,
@@ -121,6 +135,15 @@ impl<H: Handler> Node<H> {
                     ),
                 )
             })?;
+        let session = session.map(|s| {
+            let key = (s, req.tenant.clone(), ctx.claims.grant_id.clone());
+            let pushed = self.sessions.open(key.clone());
+            (key, pushed)
+        });
+        let left_out = LeftOut {
+            known: known.filter(|k| !k.ranges().is_empty()),
+            pushed: session.as_ref().map(|(_, p)| p.clone()),
+        };
         let (tx, rx) = mpsc::channel(self.config.subscriber_queue_len_max.max(1));
         let reason = Arc::new(OnceLock::new());
         let run = SubscriptionLoop {
@@ -128,6 +151,8 @@ impl<H: Handler> Node<H> {
             ctx: ctx.clone(),
             req,
             tx,
+            left_out,
+            session,
             _permit: permit,
         };
         let reason2 = reason.clone();
@@ -146,7 +171,19 @@ struct SubscriptionLoop<H> {
     ctx: RequestContext,
     req: SubscribeRequest,
     tx: mpsc::Sender<Notice>,
+    /// What the subscriber holds and is not sent.
+    left_out: LeftOut,
+    /// The session whose pushes are left out, closed when the loop ends.
+    session: Option<(SessionKey, Arc<Mutex<Pushed>>)>,
     _permit: OwnedSemaphorePermit,
+}
+
+impl<H> Drop for SubscriptionLoop<H> {
+    fn drop(&mut self) {
+        if let Some((key, pushed)) = &self.session {
+            self.node.sessions.close(key, pushed);
+        }
+    }
 }
 
 enum Drained {
@@ -258,6 +295,9 @@ impl<H: Handler> SubscriptionLoop<H> {
                 }
                 LogPageReply::Page(page) => {
                     for entry in &page.entries {
+                        if self.left_out.leaves_out(&entry.token) {
+                            continue;
+                        }
                         if let Err(r) = self.send(Notice::Event(entry.clone())).await {
                             return Drained::End(r);
                         }
