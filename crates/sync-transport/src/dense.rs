@@ -304,10 +304,13 @@ impl Encoder {
     fn write(&mut self, w: &Write, data: Option<&[u8]>) -> Option<DenseWrite> {
         let chain = w.context_id.chain();
         let (last, ancestors) = chain.split_last()?;
-        // Only a write whose context and parent agree as `validate` wants them has a
-        // dense form; any other travels as it is (and is refused by the receiver's
-        // checks as before).
-        if *last != w.record_id || w.parent_id != ancestors.last().copied() {
+        // Only a write whose context, parent and path agree as `validate` wants them
+        // has a dense form; any other travels as it is (and is refused by the
+        // receiver's checks as before).
+        if *last != w.record_id
+            || w.parent_id != ancestors.last().copied()
+            || chain.len() != w.path.depth()
+        {
             return None;
         }
         let context = if ancestors.is_empty() {
