@@ -603,6 +603,12 @@ fn check_page(page: &LogPage) -> Result<(), FrameError> {
 
 impl Body for Request {
     const KIND: FrameKind = FrameKind::Request;
+    fn to_dense(&self) -> Option<Vec<u8>> {
+        crate::dense::encode_request(self)
+    }
+    fn from_dense(body: &[u8]) -> Result<Self, FrameError> {
+        crate::dense::decode_request(body)
+    }
     fn check_limits(&self) -> Result<(), FrameError> {
         match self {
             Request::Diff(r) => check_len("diff round", r.round.len(), DIFF_ROUND_BYTES_MAX),
@@ -639,6 +645,12 @@ impl Body for Request {
 
 impl Body for Reply {
     const KIND: FrameKind = FrameKind::Reply;
+    fn to_dense(&self) -> Option<Vec<u8>> {
+        crate::dense::encode_reply(self)
+    }
+    fn from_dense(body: &[u8]) -> Result<Self, FrameError> {
+        crate::dense::decode_reply(body)
+    }
     fn check_limits(&self) -> Result<(), FrameError> {
         match self {
             Reply::Diff(r) => check_len("diff round", r.round.len(), DIFF_ROUND_BYTES_MAX),
