@@ -398,7 +398,12 @@ fn status_shows_the_node_a_link_talks_to() {
 
     b.kill9();
     weft(&["put", "greeting", "again"]);
-    weft(&["sync"]);
+    // The sync's summary names the node that answered, too.
+    let summary = weft(&["sync"]);
+    assert!(
+        summary.starts_with(&format!("synced with {} (of {nodes})", a.url)),
+        "{summary}"
+    );
     assert_eq!(talks_to(&weft).as_deref(), Some(a.url.as_str()));
     assert!(weft(&["status"]).contains(&a.url));
 
