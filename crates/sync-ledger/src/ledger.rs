@@ -13,9 +13,10 @@ use sync_types::{
 };
 
 use crate::error::{Error, Result};
-use crate::layout::{self, Key, LogMeta, Pn, RecordRow, StoredEntry, Tn, dec, enc};
+use crate::hashed::HashedMessage;
+use crate::layout::{self, Key, LogMeta, Pn, RecordRow, Tn, dec, enc};
 use crate::notify::Notifier;
-use crate::pending::{Pending, counter, read_messages};
+use crate::pending::{Entry, Pending, counter, read_messages};
 use crate::store::{Batch, Durability, FjallStore, MemoryStore, Order, Store, WriteScope};
 
 /// Most messages in one [`Ledger::apply`] call.
@@ -483,7 +484,23 @@ impl Ledger {
         items: impl IntoIterator<Item = (Message, Option<Vec<u8>>)>,
         durability: Durability,
     ) -> Result<Vec<LedgerApplied>> {
-        let items: Vec<(Message, Option<Vec<u8>>)> = items.into_iter().collect();
+        let items: Vec<HashedMessage> = items
+            .into_iter()
+            .map(|(message, data)| HashedMessage::new(message, data))
+            .collect();
+        self.apply_hashed(tenant, &items.iter().collect::<Vec<_>>(), durability)
+    }
+
+    /// [`apply`](Self::apply) of messages already hashed by [`HashedMessage::new`]: each
+    /// is stored under the cid it carries, without hashing it again, and nothing is
+    /// copied (the log entries are encoded from the borrowed messages). The same checks
+    /// otherwise (tenant, inline data against the data reference, batch size).
+    pub fn apply_hashed(
+        &self,
+        tenant: &TenantId,
+        items: &[&HashedMessage],
+        durability: Durability,
+    ) -> Result<Vec<LedgerApplied>> {
         if items.len() > APPLY_BATCH_MESSAGES_MAX {
             return Err(Error::LimitExceeded {
                 what: "apply batch",
@@ -492,8 +509,8 @@ impl Ledger {
             });
         }
         let mut checked = Vec::with_capacity(items.len());
-        for (message, data) in items {
-            let cid = message.cid();
+        for item in items {
+            let (cid, message, data) = (item.cid(), item.message(), item.data());
             if message.tenant() != tenant {
                 return Err(Error::WrongTenant {
                     cid,
@@ -501,8 +518,8 @@ impl Ledger {
                     found: message.tenant().clone(),
                 });
             }
-            if let Some(bytes) = &data {
-                let declared = match &message {
+            if let Some(bytes) = data {
+                let declared = match message {
                     Message::Write(w) => w.data,
                     _ => None,
                 };
@@ -512,12 +529,7 @@ impl Ledger {
                     return Err(Error::DataMismatch { cid });
                 }
             }
-            checked.push(StoredEntry {
-                cid,
-                message,
-                data,
-                pruned: Vec::new(),
-            });
+            checked.push(Entry { cid, message, data });
         }
         if checked.is_empty() {
             return Ok(Vec::new());
@@ -654,12 +666,12 @@ impl Ledger {
         for entry in checked {
             let cid = entry.cid;
             let timestamp = entry.message.timestamp();
-            let outcome = match &entry.message {
+            let outcome = match entry.message {
                 Message::Configure(_) => {
                     if pending.has_message(&cid)? {
                         LedgerOutcome::Duplicate
                     } else {
-                        let token = pending.store_message(&mut meta, entry, None)?;
+                        let token = pending.store_message(&mut meta, entry, Vec::new(), None)?;
                         LedgerOutcome::Applied {
                             token,
                             pruned: Vec::new(),

@@ -119,6 +119,7 @@ mod blobs;
 pub mod bus;
 mod causality;
 mod error;
+mod hashed;
 pub mod layout;
 pub mod lease;
 mod ledger;
@@ -134,6 +135,7 @@ mod upgrade;
 pub use blobs::{BlobReader, BlobUpload, Blobs, UPLOAD_OWNER_TTL_MS, UploadCursor};
 pub use bus::{BusNews, BusSink, ChangeBus};
 pub use error::{BackendError, Error, Result};
+pub use hashed::HashedMessage;
 pub use layout::UploadState;
 pub use lease::{LeaseGuard, Leases};
 pub use ledger::{
