@@ -706,7 +706,7 @@ impl Ledger {
             pending.batch.put(layout::META, key, enc(&high_water));
         }
         let Pending {
-            txn,
+            mut txn,
             batch,
             new_protocols,
             ..
@@ -714,6 +714,7 @@ impl Ledger {
         if self.is_poisoned() {
             return Err(Error::Poisoned);
         }
+        txn.announce(tenant, meta.head);
         txn.commit(batch, durability)
             .inspect_err(|e| self.poison_on(e))?;
         {
