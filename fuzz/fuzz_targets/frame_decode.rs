@@ -1,6 +1,8 @@
 //! Arbitrary bytes through the frame decoders (no network code: sync-transport is built
 //! without its `net` feature). Decoding must return an error or a value within limits,
-//! never panic, and a value that decodes must re-encode to a frame that decodes to it.
+//! never panic, and a value that decodes must re-encode to a frame that decodes to it,
+//! in version 1 and, where the value has one, in the dense form of version 2 (whose
+//! decoder, `sync_transport::dense`, rebuilds messages from name tables and indices).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -13,6 +15,11 @@ fn check<T: Body + PartialEq + std::fmt::Debug>(data: &[u8]) {
         let again = frame::decode::<T>(&frame::encode(&value), FRAME_BYTES_MAX_DEFAULT)
             .expect("a decoded frame re-encodes to a decodable frame");
         assert_eq!(again, value);
+        if let Some(dense) = frame::encode_dense(&value) {
+            let again = frame::decode::<T>(&dense, FRAME_BYTES_MAX_DEFAULT)
+                .expect("a decoded value re-encodes to a decodable dense frame");
+            assert_eq!(again, value);
+        }
     }
 }
 

@@ -115,6 +115,11 @@ impl Node {
                 c.env_remove(k);
             }
         }
+        // The nodes' own log filter (e.g. `sync_transport=debug,info`), for a run
+        // that looks into a stall.
+        if let Ok(filter) = std::env::var("CLUSTER_KILL_NODE_LOG") {
+            c.args(["--log", &filter]);
+        }
         c.stdout(Stdio::piped()).stderr(log);
         let mut child = c.spawn().unwrap();
         let out = BufReader::new(child.stdout.take().unwrap());
@@ -299,6 +304,12 @@ async fn main() {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let cycles = args
         .first()
         .map_or(50, |&c| usize::try_from(c).unwrap_or(usize::MAX));

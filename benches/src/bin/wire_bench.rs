@@ -11,7 +11,8 @@
 //! Options: `--n N` (records A writes, default 100,000), `--live N` (live writes, default
 //! 1,000), `--hog` (a child process keeps one core busy during the live phase),
 //! `--dump-frames DIR` (writes sample push and page frames there, to measure
-//! compressors on them).
+//! compressors on them), `--plain-wire` (the node neither sends nor invites dense
+//! frames, as a node from before them: the "before" of the dense wire).
 //!
 //! The node is a child process of this binary (a `ReplicaHandler` over a fjall replica,
 //! its own tokio runtime). In front of it, in the same child, a counting TCP proxy: every
@@ -108,7 +109,7 @@ async fn pump(
 
 /// The node role: serve a fjall replica behind a counting proxy; answer `bytes` with
 /// `received sent` (as seen from the node).
-fn serve_node(dir: &str) {
+fn serve_node(dir: &str, plain_wire: bool) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -118,7 +119,10 @@ fn serve_node(dir: &str) {
         let r = Replica::open(dir).unwrap();
         let server = serve(
             Arc::new(ReplicaHandler::new(r.clone())),
-            ServerConfig::new(key()),
+            ServerConfig {
+                dense_frames: !plain_wire,
+                ..ServerConfig::new(key())
+            },
             "127.0.0.1:0".parse().unwrap(),
         )
         .await
@@ -187,10 +191,11 @@ impl Wire {
 }
 
 impl NodeProcess {
-    fn start() -> Self {
+    fn start(plain_wire: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let wire = if plain_wire { "plain" } else { "dense" };
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--serve", &dir.path().display().to_string()])
+            .args(["--serve", &dir.path().display().to_string(), wire])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -441,6 +446,55 @@ fn breakdown(r: &Replica) {
     );
 }
 
+/// Bytes a record takes in a push of 256 messages and in a page of 1,000 entries, in
+/// plain (version 1) and dense (version 2) frames, before compression.
+fn dense_sizes(r: &Replica) {
+    use sync_transport::frame;
+    use sync_transport::proto::{
+        LogEntry, LogPage, LogPageReply, MessageData, Reply, Request, WriteBatchRequest,
+    };
+    let sync_ledger::LogRead::Page(page) = r.changes_since(&tenant(), None, 1000).unwrap() else {
+        return;
+    };
+    let entries: Vec<LogEntry> = page
+        .entries
+        .iter()
+        .map(|e| LogEntry {
+            token: e.token,
+            item: MessageData {
+                message: e.message.clone(),
+                data: e.data.clone(),
+            },
+        })
+        .collect();
+    let n_push = entries.len().min(256);
+    let push = Request::WriteBatch(WriteBatchRequest {
+        tenant: tenant(),
+        messages: entries[..n_push].iter().map(|e| e.item.clone()).collect(),
+    });
+    let n_page = entries.len();
+    let next = entries.last().map(|e| e.token);
+    let page = Reply::LogPage(LogPageReply::Page(LogPage {
+        entries,
+        next,
+        has_more: true,
+    }));
+    let per = |bytes: usize, n: usize| bytes as f64 / n.max(1) as f64;
+    println!("\nBytes a record in whole frames (before compression):\n");
+    println!("| frame | plain (v1) | dense (v2) |");
+    println!("|---|---:|---:|");
+    println!(
+        "| push of {n_push} | {:.1} | {:.1} |",
+        per(frame::encode(&push).len(), n_push),
+        per(frame::encode_dense(&push).map_or(0, |f| f.len()), n_push)
+    );
+    println!(
+        "| page of {n_page} | {:.1} | {:.1} |",
+        per(frame::encode(&page).len(), n_page),
+        per(frame::encode_dense(&page).map_or(0, |f| f.len()), n_page)
+    );
+}
+
 /// Writes sample frames of `r`'s log to `dir` (for measuring compressors on them): a
 /// push of 1 and of 256 messages, a pull page of 1 and of 1,000 entries.
 fn dump_frames(r: &Replica, dir: &str) {
@@ -504,6 +558,7 @@ struct Options {
     live: u64,
     hog: bool,
     dump: Option<String>,
+    plain_wire: bool,
 }
 
 fn options() -> Options {
@@ -512,6 +567,7 @@ fn options() -> Options {
         live: 1_000,
         hog: false,
         dump: None,
+        plain_wire: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -519,6 +575,7 @@ fn options() -> Options {
             "--n" => o.n = it.next().and_then(|v| v.parse().ok()).expect("--n N"),
             "--live" => o.live = it.next().and_then(|v| v.parse().ok()).expect("--live N"),
             "--hog" => o.hog = true,
+            "--plain-wire" => o.plain_wire = true,
             "--dump-frames" => o.dump = Some(it.next().expect("--dump-frames DIR")),
             other => panic!("unknown option {other}"),
         }
@@ -529,7 +586,7 @@ fn options() -> Options {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("--serve") => return serve_node(&args[2]),
+        Some("--serve") => return serve_node(&args[2], args[3] == "plain"),
         Some("--spin") => return spin(),
         _ => {}
     }
@@ -540,7 +597,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut node = NodeProcess::start();
+        let mut node = NodeProcess::start(o.plain_wire);
         let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         // A's records are written with the batch write API, 1,000 per synced commit.
         let ra = Replica::open(da.path()).unwrap();
@@ -642,6 +699,7 @@ fn main() {
             samples.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
         );
         breakdown(&ra);
+        dense_sizes(&ra);
         if let Some(dir) = &o.dump {
             dump_frames(&ra, dir);
         }

@@ -107,7 +107,7 @@ pub(crate) enum LogFormat {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
-    /// Run a server node on an embedded store
+    /// Run a server node on an embedded store, or one of several on a PostgreSQL database
     #[command(after_help = concat!(
         "Examples:\n",
         "  weft serve                                   store and key under ~/.local/share/weft/node\n",
@@ -288,10 +288,15 @@ pub(crate) struct ServeArgs {
     /// Address to listen on, IP:PORT (port 0 picks a free one) [default: 127.0.0.1:7700]
     #[arg(long, env = "WEFT_LISTEN", value_name = "ADDR")]
     pub(crate) listen: Option<String>,
-    /// The node's token key (64 hex characters; created with mode 0600 if missing)
-    /// [default: DATA_DIR/node.key]
+    /// The node's token key (64 hex characters; created with mode 0600 if missing and
+    /// the store has never been served) [default: DATA_DIR/node.key]
     #[arg(long, env = "WEFT_KEY_FILE", value_name = "FILE")]
     pub(crate) key_file: Option<PathBuf>,
+    /// Make the key file's key the store's token key although the store was served
+    /// with another: every token issued with the old key stops working, and every
+    /// other node of the store must be given the new key file
+    #[arg(long)]
+    pub(crate) replace_key: bool,
     /// Serve over TLS only, with this certificate chain (PEM: the node's certificate
     /// first); needs --tls-key
     #[arg(long, env = "WEFT_TLS_CERT", value_name = "FILE", requires = "tls_key")]

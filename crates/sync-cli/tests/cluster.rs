@@ -10,6 +10,7 @@ mod cluster_support;
 #[path = "../../sync-ledger/tests/common/mod.rs"]
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use cluster_support::*;
@@ -163,6 +164,64 @@ fn health_names_the_node_that_answered() {
     );
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["node"], live.url.as_str());
+}
+
+/// The store keeps a check of the token key it is served with: a node given another
+/// key file (one not copied from the other nodes) refuses to start, a missing key file
+/// is not replaced by a new key, and `--replace-key` is how an operator changes keys.
+#[test]
+fn a_node_with_another_key_refuses_to_start() {
+    let site = Site::new("keycheck");
+    let first = site.node(&[]);
+    let other = site.dir.path().join("other.key");
+    std::fs::write(&other, "ab".repeat(32)).unwrap();
+    let refused = |key: &Path| {
+        let out = site
+            .serve_command(key, "127.0.0.1:0", &[])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        stderr
+    };
+    let stderr = refused(&other);
+    assert!(
+        stderr.contains("is not the key this store is served with"),
+        "{stderr}"
+    );
+    let missing = site.dir.path().join("missing.key");
+    let stderr = refused(&missing);
+    assert!(
+        stderr.contains("copy the key file of its other nodes"),
+        "{stderr}"
+    );
+    assert!(
+        !missing.exists(),
+        "a new key was created for a served store"
+    );
+    // The first node still accepts the tokens of its key.
+    let out = std::process::Command::new(WEFT)
+        .args(["health", "--json", "--node", &first.url])
+        .args(["--token", &owner_token(&tenant("keycheck"))])
+        .env_remove("WEFT_NODE")
+        .env_remove("WEFT_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(first);
+    // An operator replacing the key on purpose: the new key starts, the old one is
+    // refused from then on.
+    let replaced = site.spawn(site.serve_command(&other, "127.0.0.1:0", &["--replace-key"]));
+    drop(replaced);
+    let stderr = refused(&site.key_file);
+    assert!(
+        stderr.contains("is not the key this store is served with"),
+        "{stderr}"
+    );
 }
 
 /// Blobs live in the database: a blob one replica uploads through node A downloads
@@ -339,7 +398,12 @@ fn status_shows_the_node_a_link_talks_to() {
 
     b.kill9();
     weft(&["put", "greeting", "again"]);
-    weft(&["sync"]);
+    // The sync's summary names the node that answered, too.
+    let summary = weft(&["sync"]);
+    assert!(
+        summary.starts_with(&format!("synced with {} (of {nodes})", a.url)),
+        "{summary}"
+    );
     assert_eq!(talks_to(&weft).as_deref(), Some(a.url.as_str()));
     assert!(weft(&["status"]).contains(&a.url));
 

@@ -394,6 +394,64 @@ fn a_gap_repairs_by_reconcile_reopen_and_a_second_reconcile() {
     );
 }
 
+/// Under steady writes on either side the roots after a diff never match: the closing
+/// reconcile still exchanged what each side lacked and the reopened subscription is
+/// live, so the repair ends there (live, subscription kept, reconcile again later)
+/// instead of failing, retrying and degrading to polling without a subscription.
+#[test]
+fn a_repair_ends_live_when_writes_keep_the_roots_apart() {
+    let (mut m, sub) = live_machine();
+    m.handle_subscription_end(3, sub, SubscriptionEnd::Error("node error".into()));
+    let t = reconcile(&drain(&mut m));
+    m.handle_reconcile_result(4, t, ReconcileResult::Done { converged: false });
+    let (sub2, _) = subscription(&drain(&mut m));
+    m.handle_eose(5, sub2, Some(token(20)));
+    let t2 = reconcile(&drain(&mut m));
+    m.handle_reconcile_result(6, t2, ReconcileResult::Done { converged: false });
+    let actions = drain(&mut m);
+    assert_eq!(
+        statuses(&actions),
+        vec![(LinkStatus::Repairing, LinkStatus::Live)]
+    );
+    let evs = events(&actions);
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, SyncEvent::RepairCompleted { .. })),
+        "{evs:?}"
+    );
+    assert!(
+        !evs.iter()
+            .any(|e| matches!(e, SyncEvent::RepairFailed { .. })),
+        "{evs:?}"
+    );
+    assert!(
+        !actions.iter().any(|a| matches!(
+            a,
+            Action::CloseSubscription | Action::OpenSubscription { .. }
+        )),
+        "the live subscription stays: {actions:?}"
+    );
+    assert!(
+        m.state().needs_reconcile,
+        "the roots are not proven equal yet"
+    );
+    let at = armed(&actions, Timer::Reconcile).expect("a reconcile again later");
+    assert_eq!(m.state().connectivity, Connectivity::Online);
+
+    // Live events keep flowing on the same subscription.
+    assert!(matches!(
+        m.handle_event(at - 1, sub2, token(21), EventClass::Apply),
+        EventDecision::Apply(_)
+    ));
+    // The next reconcile that converges clears the mark.
+    m.handle_timer(at, Timer::Reconcile);
+    let t3 = reconcile(&drain(&mut m));
+    m.handle_reconcile_result(at + 1, t3, ReconcileResult::Done { converged: true });
+    drain(&mut m);
+    assert!(!m.state().needs_reconcile);
+    assert_eq!(m.state().status, LinkStatus::Live);
+}
+
 #[test]
 fn repeated_repair_failures_back_off_then_degrade_then_heal() {
     let (mut m, sub) = live_machine();

@@ -10,6 +10,9 @@
 //!   clock says.
 //! - `meta/node` holds the node id, created once ([`Ledger::init_node_id`], a synced
 //!   write) and read back at every open.
+//! - `meta/token_key_check` holds a check of the token key the store is served with
+//!   ([`Ledger::token_key_check`]): a node refuses to start with another key, which
+//!   would refuse every token the store's other nodes issued.
 //!
 //! A store written before `meta/hlc` existed gets the mark derived once at open from
 //! what it retains (every record's head and every configure key), then stored. Pruned
@@ -27,6 +30,8 @@ use crate::store::{Durability, Order, Store};
 pub(crate) const HLC_KEY: &[u8] = b"hlc";
 /// The `meta` key of the node id.
 pub(crate) const NODE_KEY: &[u8] = b"node";
+/// The `meta` key of the token key's check.
+const TOKEN_KEY_CHECK_KEY: &[u8] = b"token_key_check";
 
 /// The `meta` key of one tenant's high-water mark on a shared store (`hlc/` and the
 /// tenant's number): there, each apply raises its tenant's mark under the tenant's
@@ -122,6 +127,20 @@ impl Ledger {
     pub fn set_node_id(&self, node: NodeId) -> Result<()> {
         let _writer = lock(&self.writer);
         self.set_node_id_locked(node)
+    }
+
+    /// The check of the token key this store is served with, as a node stored it
+    /// ([`Ledger::set_token_key_check`]); `None` before the first node started.
+    pub fn token_key_check(&self) -> Result<Option<Vec<u8>>> {
+        self.store.get(layout::META, TOKEN_KEY_CHECK_KEY)
+    }
+
+    /// Stores the check of the token key this store is served with (a synced write).
+    pub fn set_token_key_check(&self, check: &[u8]) -> Result<()> {
+        let _writer = lock(&self.writer);
+        let mut batch = crate::store::Batch::new();
+        batch.put(layout::META, TOKEN_KEY_CHECK_KEY, check.to_vec());
+        self.commit(batch, Durability::SyncData)
     }
 
     fn set_node_id_locked(&self, node: NodeId) -> Result<()> {

@@ -139,6 +139,9 @@ pub struct HttpClient {
     legacy_head: Arc<AtomicBool>,
     /// Set once a reply said the node reads compressed requests.
     node_reads_lz4: Arc<AtomicBool>,
+    /// Set once a reply said the node reads dense frames (see [`crate::dense`]);
+    /// cleared when a dense frame is refused as an unsupported version.
+    node_reads_dense: Arc<AtomicBool>,
     /// This client's session (shared by its clones), named on placed write batches and
     /// subscriptions so that its subscriptions leave out what it pushed (see
     /// [`echo`](crate::node::echo)).
@@ -232,6 +235,7 @@ impl HttpClient {
             legacy: Arc::new(AtomicBool::new(false)),
             legacy_head: Arc::new(AtomicBool::new(false)),
             node_reads_lz4: Arc::new(AtomicBool::new(false)),
+            node_reads_dense: Arc::new(AtomicBool::new(false)),
             session: HeaderValue::from_str(&SessionId::random().to_header())
                 .map_err(|e| TransportError::Endpoint(e.to_string()))?,
         })
@@ -277,8 +281,10 @@ impl HttpClient {
             .boxed_unsync();
         let mut req = self.request(path, body, Some(len))?;
         let lz4 = HeaderValue::from_static(compress::LZ4);
-        req.headers_mut()
-            .insert(compress::ACCEPT_HEADER, lz4.clone());
+        req.headers_mut().insert(
+            compress::ACCEPT_HEADER,
+            HeaderValue::from_static(compress::ACCEPT_VALUE),
+        );
         if is_packed {
             req.headers_mut().insert(compress::ENCODING_HEADER, lz4);
         }
@@ -292,6 +298,9 @@ impl HttpClient {
             let header = |name| res.headers().get(name).map(HeaderValue::as_bytes);
             if compress::lists_lz4(header(compress::ACCEPT_HEADER)) {
                 self.node_reads_lz4.store(true, Ordering::Relaxed);
+            }
+            if compress::lists(header(compress::ACCEPT_HEADER), crate::dense::ACCEPT_TOKEN) {
+                self.node_reads_dense.store(true, Ordering::Relaxed);
             }
             let compressed = compress::lists_lz4(header(compress::ENCODING_HEADER));
             let limit = HEADER_BYTES + self.config.frame_bytes_max;
@@ -313,9 +322,34 @@ impl HttpClient {
         .unwrap_or(Err(TransportError::timeout(time)))
     }
 
-    /// Calls with bounded retries when `idempotent`.
+    /// Calls with bounded retries when `idempotent`, in a dense frame when the node said
+    /// it reads them. A dense frame refused as an unsupported version (a node replaced
+    /// by an older one) is sent again plain, and plain frames are sent from then on.
     async fn call(&self, request: &Request, idempotent: bool) -> Result<Reply, TransportError> {
+        if self.node_reads_dense.load(Ordering::Relaxed)
+            && let Some(dense) = frame::encode_dense(request)
+        {
+            match self
+                .call_frame(request, Bytes::from(dense), idempotent)
+                .await
+            {
+                Err(TransportError::Refused {
+                    code: ErrorCode::UnsupportedVersion,
+                    ..
+                }) => self.node_reads_dense.store(false, Ordering::Relaxed),
+                other => return other,
+            }
+        }
         let frame_bytes = Bytes::from(frame::encode(request));
+        self.call_frame(request, frame_bytes, idempotent).await
+    }
+
+    async fn call_frame(
+        &self,
+        request: &Request,
+        frame_bytes: Bytes,
+        idempotent: bool,
+    ) -> Result<Reply, TransportError> {
         let in_session = matches!(request, Request::WriteBatchPlaced(_));
         let started = tokio::time::Instant::now();
         let mut attempt = 0;

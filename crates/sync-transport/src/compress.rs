@@ -29,11 +29,20 @@ pub const LZ4: &str = "lz4";
 /// Smallest frame worth compressing, in bytes.
 pub const COMPRESS_BYTES_MIN: usize = 1024;
 
+/// What a peer lists in [`ACCEPT_HEADER`]: it reads lz4 bodies and dense frames
+/// ([`crate::dense`]).
+pub const ACCEPT_VALUE: &str = "lz4, dense";
+
 /// Whether a header value lists `lz4`.
 pub fn lists_lz4(value: Option<&[u8]>) -> bool {
+    lists(value, LZ4)
+}
+
+/// Whether a comma-separated header value lists `token` (ASCII case ignored).
+pub fn lists(value: Option<&[u8]>, token: &str) -> bool {
     value.is_some_and(|v| {
         v.split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(LZ4.as_bytes()))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
     })
 }
 
@@ -129,5 +138,11 @@ mod tests {
         assert!(lists_lz4(Some(b"zstd, LZ4")));
         assert!(!lists_lz4(Some(b"gzip")));
         assert!(!lists_lz4(None));
+        assert!(lists_lz4(Some(ACCEPT_VALUE.as_bytes())));
+        assert!(lists(
+            Some(ACCEPT_VALUE.as_bytes()),
+            crate::dense::ACCEPT_TOKEN
+        ));
+        assert!(!lists(Some(b"lz4"), crate::dense::ACCEPT_TOKEN));
     }
 }

@@ -73,6 +73,11 @@ pub struct ServerConfig {
     /// Serve over TLS only (see [`crate::tls`]); `None` (the default) serves plain
     /// HTTP, for a node behind a TLS terminator or on a private network.
     pub tls: Option<crate::tls::ServerTls>,
+    /// Answer the message-carrying calls of clients that read dense frames with them,
+    /// and tell clients this node reads them (see [`crate::dense`]). Default `true`;
+    /// `false` speaks like a node from before dense frames (for measuring, and for
+    /// tests of old peers).
+    pub dense_frames: bool,
 }
 
 impl ServerConfig {
@@ -101,6 +106,7 @@ impl ServerConfig {
             shutdown_grace_ms: 5_000,
             metrics: None,
             tls: None,
+            dense_frames: true,
         }
     }
 }
@@ -118,6 +124,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("subscriptions_max", &self.subscriptions_max)
             .field("request_time_ms_max", &self.request_time_ms_max)
             .field("tls", &self.tls.is_some())
+            .field("dense_frames", &self.dense_frames)
             .field("subscriber_queue_len_max", &self.subscriber_queue_len_max)
             .finish_non_exhaustive()
     }

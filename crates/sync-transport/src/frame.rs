@@ -5,7 +5,7 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic        b"WEFT"
-//! 4       1     version      protocol version (this build: 1)
+//! 4       1     version      1 plain body, 2 dense body (see below)
 //! 5       1     kind         FrameKind (1 request, 2 reply, 3 error, 4 subscribe, 5 notice)
 //! 6       2     reserved     zero; a non-zero value is refused
 //! 8       4     body_len     u32 big-endian, at most the reader's `frame_bytes_max`
@@ -20,6 +20,17 @@
 //!
 //! An unknown protocol version is answered with [`FrameError::UnsupportedVersion`],
 //! which names the versions this node speaks ([`SUPPORTED_VERSIONS`]).
+//!
+//! # Versions
+//!
+//! Version 1 ([`PROTOCOL_VERSION`]) carries every body as the codec encodes its type.
+//! Version 2 ([`DENSE_VERSION`]) carries the bodies that hold messages (pushes, log
+//! pages, message reads) in the dense form of [`crate::dense`] (still a codec envelope
+//! with postcard inside): names that repeat across the frame sent once, and what the
+//! receiver can recompute left out. [`decode`] rebuilds the same value from either, so
+//! a caller never sees which one came. A peer writes version 2 only to a peer that said
+//! it reads it (negotiated per request in HTTP headers; see `compress` with the `net`
+//! feature); every other body is always version 1.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -30,8 +41,10 @@ use sync_types::codec;
 pub const MAGIC: [u8; 4] = *b"WEFT";
 /// The protocol version this build writes.
 pub const PROTOCOL_VERSION: u8 = 1;
+/// The frame version of dense bodies ([`crate::dense`]).
+pub const DENSE_VERSION: u8 = crate::dense::DENSE_VERSION;
 /// Every protocol version this build reads.
-pub const SUPPORTED_VERSIONS: &[u8] = &[PROTOCOL_VERSION];
+pub const SUPPORTED_VERSIONS: &[u8] = &[PROTOCOL_VERSION, DENSE_VERSION];
 /// Size of the frame header, in bytes.
 pub const HEADER_BYTES: usize = 12;
 /// Default limit on a frame body, in bytes (a full write batch with inline data fits).
@@ -191,6 +204,10 @@ pub enum FrameError {
     /// The body is not a valid encoding of its type.
     #[error("bad frame body: {0}")]
     Body(#[from] DecodeError),
+    /// A dense body (version 2) cannot be rebuilt: an index outside its table, a
+    /// context that does not match its path, a frame kind without a dense form.
+    #[error("bad dense frame: {0}")]
+    Dense(String),
     /// A list in the body holds more elements than allowed.
     #[error("{what} holds {len} elements, more than the limit of {max}")]
     TooMany {
@@ -227,23 +244,46 @@ pub trait Body: Serialize + DeserializeOwned {
     const KIND: FrameKind;
     /// Checks element counts, string lengths and ranges; called by [`decode`].
     fn check_limits(&self) -> Result<(), FrameError>;
+
+    /// The dense body of this value (a codec envelope), when it has one.
+    fn to_dense(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Rebuilds a value from a dense body; a type without a dense form refuses it.
+    fn from_dense(body: &[u8]) -> Result<Self, FrameError> {
+        let _ = body;
+        Err(FrameError::Dense(format!(
+            "{:?} frames have no dense form",
+            Self::KIND
+        )))
+    }
 }
 
 /// Encodes `body` as a complete frame (header and body).
 pub fn encode<T: Body>(body: &T) -> Vec<u8> {
-    let payload = codec::encode(body);
+    with_header(PROTOCOL_VERSION, T::KIND, &codec::encode(body))
+}
+
+/// Encodes `body` as a dense frame (version [`DENSE_VERSION`]) when it has a dense
+/// form; only for a peer that reads them.
+pub fn encode_dense<T: Body>(body: &T) -> Option<Vec<u8>> {
+    Some(with_header(DENSE_VERSION, T::KIND, &body.to_dense()?))
+}
+
+fn with_header(version: u8, kind: FrameKind, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_BYTES + payload.len());
     out.extend_from_slice(
         &Header {
-            version: PROTOCOL_VERSION,
-            kind: T::KIND,
+            version,
+            kind,
             // Bodies larger than 4 GiB would be refused by every reader anyway; our own
             // writers keep bodies under their frame limit.
             body_len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
         }
         .encode(),
     );
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(payload);
     out
 }
 
@@ -280,7 +320,11 @@ pub fn decode_body<T: Body>(header: Header, body: &[u8]) -> Result<T, FrameError
             found: header.kind,
         });
     }
-    let value: T = codec::decode(body, body.len())?;
+    let value: T = if header.version == DENSE_VERSION {
+        T::from_dense(body)?
+    } else {
+        codec::decode(body, body.len())?
+    };
     value.check_limits()?;
     Ok(value)
 }
@@ -343,10 +387,10 @@ mod tests {
             err,
             FrameError::UnsupportedVersion {
                 found: 9,
-                supported: vec![1]
+                supported: vec![1, 2]
             }
         );
-        assert!(err.to_string().contains("speaks versions [1]"), "{err}");
+        assert!(err.to_string().contains("speaks versions [1, 2]"), "{err}");
         let mut bad = good;
         bad[5] = 77;
         assert_eq!(Header::decode(&bad, 100), Err(FrameError::UnknownKind(77)));

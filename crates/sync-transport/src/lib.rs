@@ -11,6 +11,8 @@
 //! - [`frame`]: pure code over bytes (no tokio): a 12-byte header (magic, version, kind,
 //!   body length) and a postcard body through the `sync-types` codec; every decoder
 //!   enforces explicit limits and returns a typed [`FrameError`].
+//! - [`dense`]: the dense form of the bodies that carry messages (frame version 2):
+//!   names sent once per frame, what the receiver recomputes left out.
 //! - [`proto`]: the request, reply and subscription types and their limits.
 //! - [`token`]: capability tokens: [`Claims`] MAC'd with the node's [`TokenKey`]
 //!   (blake3 keyed hash), verified in constant time, with a text form for the CLI.
@@ -77,6 +79,7 @@
 
 #![deny(missing_docs)]
 
+pub mod dense;
 mod error;
 pub mod frame;
 pub mod proto;

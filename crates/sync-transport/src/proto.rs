@@ -505,9 +505,17 @@ pub enum CloseReason {
     Expired,
     /// The cursor became unservable; a [`Notice::Gap`] was sent before.
     Gap,
-    /// The connection failed or the node's handler failed.
+    /// The node's handler failed, or its notices could not be read.
     Error {
         /// Why (at most [`ERROR_MESSAGE_BYTES_MAX`] bytes).
+        message: String,
+    },
+    /// The connection to the node broke: reset, closed without a `Closing` notice (a
+    /// node killed or restarted), or a heartbeat could not be sent. The client's own
+    /// verdict, never sent by a node: resubscribe from the last applied token, as after
+    /// [`HeartbeatTimeout`](Self::HeartbeatTimeout); nothing about the log is in doubt.
+    ConnectionLost {
+        /// What broke (at most [`ERROR_MESSAGE_BYTES_MAX`] bytes).
         message: String,
     },
 }
@@ -516,6 +524,13 @@ impl CloseReason {
     #[cfg_attr(not(feature = "net"), allow(dead_code))]
     pub(crate) fn error(message: impl Into<String>) -> Self {
         CloseReason::Error {
+            message: sync_types::truncate_reason(message.into()),
+        }
+    }
+
+    #[cfg_attr(not(feature = "net"), allow(dead_code))]
+    pub(crate) fn connection_lost(message: impl Into<String>) -> Self {
+        CloseReason::ConnectionLost {
             message: sync_types::truncate_reason(message.into()),
         }
     }
@@ -588,6 +603,12 @@ fn check_page(page: &LogPage) -> Result<(), FrameError> {
 
 impl Body for Request {
     const KIND: FrameKind = FrameKind::Request;
+    fn to_dense(&self) -> Option<Vec<u8>> {
+        crate::dense::encode_request(self)
+    }
+    fn from_dense(body: &[u8]) -> Result<Self, FrameError> {
+        crate::dense::decode_request(body)
+    }
     fn check_limits(&self) -> Result<(), FrameError> {
         match self {
             Request::Diff(r) => check_len("diff round", r.round.len(), DIFF_ROUND_BYTES_MAX),
@@ -624,6 +645,12 @@ impl Body for Request {
 
 impl Body for Reply {
     const KIND: FrameKind = FrameKind::Reply;
+    fn to_dense(&self) -> Option<Vec<u8>> {
+        crate::dense::encode_reply(self)
+    }
+    fn from_dense(body: &[u8]) -> Result<Self, FrameError> {
+        crate::dense::decode_reply(body)
+    }
     fn check_limits(&self) -> Result<(), FrameError> {
         match self {
             Reply::Diff(r) => check_len("diff round", r.round.len(), DIFF_ROUND_BYTES_MAX),
@@ -680,9 +707,9 @@ impl Body for Notice {
     fn check_limits(&self) -> Result<(), FrameError> {
         match self {
             Notice::Event(e) => check_inline(&e.item.data),
-            Notice::Closing(CloseReason::Error { message }) => {
-                check_len("close message", message.len(), ERROR_MESSAGE_BYTES_MAX)
-            }
+            Notice::Closing(
+                CloseReason::Error { message } | CloseReason::ConnectionLost { message },
+            ) => check_len("close message", message.len(), ERROR_MESSAGE_BYTES_MAX),
             _ => Ok(()),
         }
     }

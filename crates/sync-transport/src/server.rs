@@ -425,7 +425,9 @@ async fn rpc<H: Handler>(
     let headers = req.headers();
     let compressed =
         compress::lists_lz4(headers.get(compress::ENCODING_HEADER).map(|v| v.as_bytes()));
-    let accepts = compress::lists_lz4(headers.get(compress::ACCEPT_HEADER).map(|v| v.as_bytes()));
+    let accept = headers.get(compress::ACCEPT_HEADER).map(|v| v.as_bytes());
+    let accepts = compress::lists_lz4(accept);
+    let dense = node.config.dense_frames && compress::lists(accept, crate::dense::ACCEPT_TOKEN);
     // A session that does not parse is no session: it only ever saves bytes.
     let session = headers
         .get(crate::node::echo::SESSION_HEADER)
@@ -446,7 +448,10 @@ async fn rpc<H: Handler>(
         {
             metrics.record_outcomes(outcomes);
         }
-        let frame = frame::encode(&reply);
+        let frame = dense
+            .then(|| frame::encode_dense(&reply))
+            .flatten()
+            .unwrap_or_else(|| frame::encode(&reply));
         let packed = if accepts {
             compress::compress(&frame)
         } else {
@@ -455,10 +460,15 @@ async fn rpc<H: Handler>(
         let is_packed = packed.is_some();
         let mut res = frame_response(200, packed.unwrap_or(frame));
         let headers = res.headers_mut();
-        // This node reads compressed requests: the client may compress its next ones.
+        // This node reads compressed requests (and dense frames): the client may send
+        // its next ones so.
         headers.insert(
             compress::ACCEPT_HEADER,
-            hyper::header::HeaderValue::from_static(compress::LZ4),
+            hyper::header::HeaderValue::from_static(if node.config.dense_frames {
+                compress::ACCEPT_VALUE
+            } else {
+                compress::LZ4
+            }),
         );
         if is_packed {
             headers.insert(

@@ -37,6 +37,10 @@ pub const TOKEN_TEXT_BYTES_MAX: usize = 8 * 1024;
 /// Domain-separation string hashed in front of the claims.
 pub const TOKEN_DOMAIN: &[u8] = b"weft-capability-token-v1\0";
 
+/// What [`TokenKey::check`] hashes: never the prefix of a token's claims, so a check
+/// is not a MAC of anything a token could carry.
+const KEY_CHECK_DOMAIN: &[u8] = b"weft 2026 token key check";
+
 /// The node's secret key for token MACs. `Debug` does not print it, and it has no
 /// `PartialEq`, so nothing compares it in variable time.
 #[derive(Clone)]
@@ -51,6 +55,18 @@ impl TokenKey {
     /// A key derived from a secret of any length (a passphrase or a file's content).
     pub fn derive(secret: &[u8]) -> Self {
         Self(blake3::derive_key("weft 2025 capability token key", secret))
+    }
+
+    /// A check of the key that reveals nothing of it: 16 bytes of
+    /// `blake3::keyed_hash(key, KEY_CHECK_DOMAIN)`. A store records the check of the key
+    /// it is served with, so that a node started with another key (a key file not
+    /// copied to a new node, a wrong path) is refused at start instead of refusing
+    /// every token the other nodes issued.
+    pub fn check(&self) -> [u8; 16] {
+        let hash = blake3::keyed_hash(&self.0, KEY_CHECK_DOMAIN);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&hash.as_bytes()[..16]);
+        out
     }
 
     /// The key as 64 lowercase hex characters, for a key file.

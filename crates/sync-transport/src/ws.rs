@@ -267,6 +267,7 @@ fn close_text(reason: &CloseReason) -> &'static str {
         CloseReason::ShuttingDown => "shutting down",
         CloseReason::Expired => "token expired",
         CloseReason::Gap => "progress gap",
+        CloseReason::ConnectionLost { .. } => "connection lost",
         _ => "error",
     }
 }
@@ -302,15 +303,17 @@ pub(crate) async fn run_client<S>(
                         }
                         Err(e) => break CloseReason::error(format!("bad notice from node: {e}")),
                     },
-                    Some(Ok(WsMessage::Close(_))) | None => break CloseReason::error("node closed the subscription"),
-                    Some(Err(e)) => break CloseReason::error(format!("subscription connection failed: {e}")),
+                    // Without a `Closing` notice first: the node died or its
+                    // connection broke, which costs a resubscription, not a repair.
+                    Some(Ok(WsMessage::Close(_))) | None => break CloseReason::connection_lost("node closed the subscription without a Closing notice"),
+                    Some(Err(e)) => break CloseReason::connection_lost(format!("subscription connection failed: {e}")),
                     Some(Ok(_)) => {}
                 }
             }
             _ = ping.tick() => {
                 let sent = tokio::time::timeout(hb.send, sink.send(WsMessage::Ping(Bytes::new()))).await;
                 if !matches!(sent, Ok(Ok(()))) {
-                    break CloseReason::error("could not send a heartbeat");
+                    break CloseReason::connection_lost("could not send a heartbeat");
                 }
             }
             _ = deadline => break CloseReason::HeartbeatTimeout,

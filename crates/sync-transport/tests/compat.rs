@@ -1,5 +1,5 @@
-//! Old and new peers together: compression only when both sides said they read it, and
-//! the requests of no echo (`WriteBatchPlaced`, `LogPageKnown`) and the page with the
+//! Old and new peers together: compression and dense frames (version 2) only when
+//! both sides said they read them, and the requests of no echo (`WriteBatchPlaced`, `LogPageKnown`) and the page with the
 //! log's extent (`LogPageHead`) falling back to the older calls against a node that does
 //! not know them.
 
@@ -149,7 +149,7 @@ async fn the_http_client_compresses_and_reads_compressed_frames() {
         5,
         client.write_batch_placed(WriteBatchRequest {
             tenant: tenant(),
-            messages: items,
+            messages: items.clone(),
         }),
     )
     .await
@@ -169,13 +169,30 @@ async fn the_http_client_compresses_and_reads_compressed_frames() {
     .unwrap() else {
         panic!("gap")
     };
-    assert_eq!(page.entries.len(), 200);
+    // The push went dense and compressed, the page came back so: the same messages.
+    let back: Vec<MessageData> = page.entries.into_iter().map(|e| e.item).collect();
+    assert_eq!(back, items);
+}
+
+/// What a fake node speaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Speaks {
+    /// A node from before no echo, compression and dense frames.
+    Old,
+    /// A node from before dense frames that says on its health replies that it reads
+    /// them (a newer node replaced by an older one behind the same address).
+    OldAfterNew,
 }
 
 /// A node from before no echo and compression: it does not know the two new request
 /// variants (its decoder answers `BadFrame`, as the real one does), never names an
-/// encoding, and answers the older calls. It records what it was sent.
+/// encoding, refuses dense frames as an unsupported version (as its header decoder
+/// does), and answers the older calls. It records what it was sent.
 async fn old_node(seen: Arc<Mutex<Vec<(String, bool)>>>) -> std::net::SocketAddr {
+    fake_node(seen, Speaks::Old).await
+}
+
+async fn fake_node(seen: Arc<Mutex<Vec<(String, bool)>>>, speaks: Speaks) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -185,7 +202,24 @@ async fn old_node(seen: Arc<Mutex<Vec<(String, bool)>>>) -> std::net::SocketAddr
                 let mut buf = Vec::new();
                 while let Some((head, body)) = read_message(&mut tcp, &mut buf).await {
                     let compressed = head.contains(compress::ENCODING_HEADER);
+                    if body[4] != frame::PROTOCOL_VERSION {
+                        seen.lock().unwrap().push(("dense".into(), compressed));
+                        let e = ErrorReply {
+                            code: ErrorCode::UnsupportedVersion,
+                            message: format!("unsupported protocol version {}", body[4]),
+                            supported_versions: vec![1],
+                        };
+                        let frame = frame::encode(&e);
+                        let head = format!(
+                            "HTTP/1.1 400 X\r\ncontent-type: application/x-weft-frame\r\ncontent-length: {}\r\n\r\n",
+                            frame.len()
+                        );
+                        let _ = tcp.write_all(head.as_bytes()).await;
+                        let _ = tcp.write_all(&frame).await;
+                        continue;
+                    }
                     let request = frame::decode::<Request>(&body, usize::MAX).unwrap();
+                    let mut advertise = "";
                     let (status, frame) = match request {
                         Request::WriteBatchPlaced(_)
                         | Request::LogPageKnown(_)
@@ -212,13 +246,28 @@ async fn old_node(seen: Arc<Mutex<Vec<(String, bool)>>>) -> std::net::SocketAddr
                                 frame::encode(&Reply::LogPage(LogPageReply::Page(page))),
                             )
                         }
+                        Request::Health => {
+                            seen.lock().unwrap().push(("health".into(), compressed));
+                            if speaks == Speaks::OldAfterNew {
+                                advertise = "x-weft-accept-encoding: dense\r\n";
+                            }
+                            let summary =
+                                HealthSummary::new(Connectivity::Online, 0, 0, 0, 0, None);
+                            let reply = Reply::Health(HealthReply {
+                                protocol_versions: vec![1],
+                                summary,
+                                connections: 1,
+                                subscriptions: 0,
+                            });
+                            (200, frame::encode(&reply))
+                        }
                         _ => (
                             400,
                             frame::encode(&ErrorReply::new(ErrorCode::BadRequest, "no")),
                         ),
                     };
                     let head = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-type: application/x-weft-frame\r\ncontent-length: {}\r\n\r\n",
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/x-weft-frame\r\n{advertise}content-length: {}\r\n\r\n",
                         frame.len()
                     );
                     if tcp.write_all(head.as_bytes()).await.is_err()
@@ -305,4 +354,104 @@ async fn a_page_with_the_log_head_falls_back_to_a_plain_page_against_an_old_node
         .collect();
     // One refused new request, then plain pages for good.
     assert_eq!(calls, ["new", "log_page", "log_page"]);
+}
+
+#[tokio::test]
+async fn a_dense_push_refused_as_an_unsupported_version_is_sent_again_plain() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = fake_node(seen.clone(), Speaks::OldAfterNew).await;
+    let endpoint = Endpoint::new(format!("http://{addr}")).unwrap();
+    let client = HttpClient::new(&endpoint, &owner_token(), client_config()).unwrap();
+    // The health reply says the node reads dense frames (it did, before a downgrade).
+    within(5, client.health()).await.unwrap();
+    let batch = WriteBatchRequest {
+        tenant: tenant(),
+        messages: (0..10)
+            .map(|n| write("notes", n, Some(b"{\"title\":\"x\"}")))
+            .collect(),
+    };
+    for _ in 0..2 {
+        let reply = within(5, client.write_batch_placed(batch.clone()))
+            .await
+            .unwrap();
+        assert_eq!(reply.outcomes, vec![ApplyOutcome::Applied; 10]);
+    }
+    let calls: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(c, _)| c.clone())
+        .collect();
+    // One dense push refused, then plain frames for good.
+    assert_eq!(
+        calls,
+        ["health", "dense", "new", "write_batch", "write_batch"]
+    );
+}
+
+#[tokio::test]
+async fn dense_replies_only_for_a_client_that_reads_them() {
+    let t = TestServer::start(test_config()).await;
+    let items: Vec<MessageData> = (0..200)
+        .map(|n| write("notes", n, Some(b"{\"title\":\"a note with some text\"}")))
+        .collect();
+    t.handler.append(items.clone());
+    let request = frame::encode(&page_request());
+    let page = |bytes: &[u8]| match frame::decode::<Reply>(bytes, usize::MAX).unwrap() {
+        Reply::LogPage(LogPageReply::Page(p)) => p,
+        other => panic!("not a page: {other:?}"),
+    };
+
+    // An old client (without a header, or with lz4 only) gets version 1 frames.
+    let (_, head, plain) = post(t.addr(), &request, "").await;
+    assert_eq!(plain[4], frame::PROTOCOL_VERSION);
+    // ...and learns that the node reads dense frames, which it ignores.
+    assert!(
+        head.contains("x-weft-accept-encoding: lz4, dense"),
+        "{head}"
+    );
+    let lz4_only = format!("{}: lz4\r\n", compress::ACCEPT_HEADER);
+    let (_, _, packed) = post(t.addr(), &request, &lz4_only).await;
+    assert_eq!(compress::decompress(&packed, 1 << 24).unwrap(), plain);
+
+    // A new client gets the same page, dense (and compressed when it also reads lz4).
+    let dense_only = format!("{}: dense\r\n", compress::ACCEPT_HEADER);
+    let (status, head, dense) = post(t.addr(), &request, &dense_only).await;
+    assert_eq!(status, 200);
+    assert!(!head.contains(compress::ENCODING_HEADER));
+    assert_eq!(dense[4], frame::DENSE_VERSION);
+    assert_eq!(page(&dense), page(&plain));
+    assert!(
+        dense.len() * 3 < plain.len() * 2,
+        "{} vs {}",
+        dense.len(),
+        plain.len()
+    );
+    let both = format!("{}: lz4, dense\r\n", compress::ACCEPT_HEADER);
+    let (_, head, packed) = post(t.addr(), &request, &both).await;
+    assert!(head.contains(&format!("{}: lz4", compress::ENCODING_HEADER)));
+    assert_eq!(compress::decompress(&packed, 1 << 24).unwrap(), dense);
+
+    // A new client's dense push is read and applied like a plain one.
+    let batch = Request::WriteBatch(WriteBatchRequest {
+        tenant: tenant(),
+        messages: (500..600)
+            .map(|n| write("notes", n, Some(b"{\"title\":\"pushed dense\"}")))
+            .collect(),
+    });
+    let (status, _, body) = post(t.addr(), &frame::encode_dense(&batch).unwrap(), "").await;
+    assert_eq!(status, 200);
+    let Reply::WriteBatch(reply) = frame::decode::<Reply>(&body, usize::MAX).unwrap() else {
+        panic!("not a write reply")
+    };
+    assert_eq!(reply.outcomes, vec![ApplyOutcome::Applied; 100]);
+
+    // A node with dense frames off speaks like an older one.
+    let mut config = test_config();
+    config.dense_frames = false;
+    let old = TestServer::start(config).await;
+    old.handler.append(items);
+    let (_, head, body) = post(old.addr(), &request, &dense_only).await;
+    assert_eq!(body[4], frame::PROTOCOL_VERSION);
+    assert!(head.contains("x-weft-accept-encoding: lz4\r\n"), "{head}");
 }

@@ -266,6 +266,7 @@ fn close_reason() -> impl Strategy<Value = CloseReason> {
         Just(CloseReason::Expired),
         Just(CloseReason::Gap),
         ".{0,40}".prop_map(|message| CloseReason::Error { message }),
+        ".{0,40}".prop_map(|message| CloseReason::ConnectionLost { message }),
     ]
 }
 

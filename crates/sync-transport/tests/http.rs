@@ -90,7 +90,10 @@ async fn exercise<R: Remote>(remote: &R, handler: &TestHandler, proto: &str) {
     assert_eq!(diff.round, vec![3, 2, 1]);
 
     let health = remote.health().await.unwrap();
-    assert_eq!(health.protocol_versions, vec![PROTOCOL_VERSION]);
+    assert_eq!(
+        health.protocol_versions,
+        vec![PROTOCOL_VERSION, frame::DENSE_VERSION]
+    );
     assert!(health.summary.healthy);
 
     // Blobs: upload in two parts (a resume), then download a range.
@@ -251,9 +254,12 @@ async fn malformed_requests_get_clear_errors_and_the_server_keeps_serving() {
     assert_eq!(status, 400);
     let e = error_of(&body);
     assert_eq!(e.code, ErrorCode::UnsupportedVersion);
-    assert_eq!(e.supported_versions, vec![PROTOCOL_VERSION]);
+    assert_eq!(
+        e.supported_versions,
+        vec![PROTOCOL_VERSION, frame::DENSE_VERSION]
+    );
     assert!(
-        e.message.contains("99") && e.message.contains("[1]"),
+        e.message.contains("99") && e.message.contains("[1, 2]"),
         "{}",
         e.message
     );

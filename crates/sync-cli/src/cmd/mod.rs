@@ -22,7 +22,7 @@ use crate::paths;
 pub(crate) fn run(cli: Cli) -> anyhow::Result<Exit> {
     // The storage engine's own info lines (ingestion, flushes) are noise for operators.
     let default_log = match cli.command {
-        Command::Serve(_) => "info,fjall=warn,lsm_tree=warn",
+        Command::Serve(_) => "info,fjall=warn,lsm_tree=warn,postgres=warn",
         _ => "warn",
     };
     logging::init(&cli.log, default_log)?;

@@ -73,6 +73,9 @@ pub(crate) struct Settings {
     pub(crate) store_schema: String,
     pub(crate) listen: String,
     pub(crate) key_file: PathBuf,
+    /// `--replace-key`: make the key file's key the store's although it was served with
+    /// another.
+    pub(crate) replace_key: bool,
     /// The certificate chain and key files: the node serves TLS only.
     pub(crate) tls: Option<(PathBuf, PathBuf)>,
     pub(crate) metrics: bool,
@@ -158,6 +161,7 @@ impl Settings {
             },
             data_dir,
             key_file,
+            replace_key: args.replace_key,
         })
     }
 
@@ -348,10 +352,6 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<Exit> {
             )
         })?;
     }
-    let (key, created) = key::load_or_create(&settings.key_file)?;
-    if created {
-        tracing::info!(key_file = %settings.key_file.display(), "created a new node key");
-    }
     let (replica, bus, store) = match &settings.store {
         Some(url) => {
             let (replica, bus, pg) =
@@ -370,6 +370,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<Exit> {
             (replica, None, store.display().to_string())
         }
     };
+    let key = key::for_store(&settings.key_file, replica.ledger(), settings.replace_key)?;
     let mut config = settings.server_config(key);
     if let Some((cert, key)) = &settings.tls {
         let read = |path: &Path| {

@@ -19,6 +19,8 @@ use crate::out;
 #[derive(Debug)]
 pub(crate) struct Summary {
     pub(crate) endpoint: String,
+    /// The node of the endpoint that answered (it may name several).
+    pub(crate) talks_to: Option<String>,
     pub(crate) pulled_messages: u64,
     /// Bytes of messages and inline data.
     pub(crate) pulled_bytes: u64,
@@ -40,6 +42,12 @@ impl Summary {
         })?;
         Ok(Self {
             endpoint: s.endpoint.to_string(),
+            talks_to: s
+                .replica
+                .ledger()
+                .links()
+                .reached(&s.link)?
+                .map(|r| r.node.to_string()),
             pulled_messages: r.pulled.messages,
             pulled_bytes: r.pulled.bytes,
             pulled_blob_bytes: r.pulled.blob_bytes,
@@ -55,6 +63,7 @@ impl Summary {
     fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "node": self.endpoint,
+            "talks_to": self.talks_to,
             "pulled": traffic_json(self.pulled_messages, self.pulled_bytes, self.pulled_blob_bytes),
             "pushed": traffic_json(self.pushed_messages, self.pushed_bytes, self.pushed_blob_bytes),
             "converged": self.converged,
@@ -69,10 +78,14 @@ impl Summary {
             Some(false) => "NOT converged (roots differ)",
             None => "roots not compared",
         };
+        // With several nodes in the endpoint, name the one that answered.
+        let with = match &self.talks_to {
+            Some(node) if *node != self.endpoint => format!("{node} (of {})", self.endpoint),
+            _ => self.endpoint.clone(),
+        };
         vec![
             format!(
-                "synced with {} in {} ms: {converged}",
-                self.endpoint,
+                "synced with {with} in {} ms: {converged}",
                 self.elapsed.as_millis()
             ),
             format!(

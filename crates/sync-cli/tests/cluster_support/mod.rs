@@ -101,8 +101,8 @@ impl Site {
         self.node_at("127.0.0.1:0", extra)
     }
 
-    /// Starts a node listening on `listen`.
-    pub fn node_at(&self, listen: &str, extra: &[&str]) -> NodeProc {
+    /// `weft serve` on the shared store with `key_file`, listening on `listen`.
+    pub fn serve_command(&self, key_file: &Path, listen: &str, extra: &[&str]) -> Command {
         let mut c = Command::new(WEFT);
         c.args([
             "serve",
@@ -112,7 +112,7 @@ impl Site {
             &self.schema,
         ])
         .arg("--key-file")
-        .arg(&self.key_file)
+        .arg(key_file)
         .args(["--listen", listen, "--blob-gc-interval-ms", "0"])
         .args(extra)
         .current_dir(self.dir.path())
@@ -123,6 +123,16 @@ impl Site {
                 c.env_remove(k);
             }
         }
+        c
+    }
+
+    /// Starts a node listening on `listen`.
+    pub fn node_at(&self, listen: &str, extra: &[&str]) -> NodeProc {
+        self.spawn(self.serve_command(&self.key_file, listen, extra))
+    }
+
+    /// Starts `c` (a `serve_command`); waits until it listens.
+    pub fn spawn(&self, mut c: Command) -> NodeProc {
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = c.spawn().unwrap();
         let out = child.stdout.take().unwrap();

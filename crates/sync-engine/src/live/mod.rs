@@ -527,6 +527,7 @@ impl<O: LinkOps> Driver<O> {
                 let Some(rt) = self.current(&key, inc) else {
                     return;
                 };
+                tracing::trace!(link = %key, ?result, "push finished");
                 rt.machine.handle_push_result(now, ticket, result);
                 key
             }
@@ -541,6 +542,7 @@ impl<O: LinkOps> Driver<O> {
                 let Some(rt) = self.current(&key, inc) else {
                     return;
                 };
+                tracing::debug!(link = %key, ?result, "reconcile finished");
                 rt.machine.handle_reconcile_result(now, ticket, result);
                 key
             }
@@ -560,8 +562,14 @@ impl<O: LinkOps> Driver<O> {
                             rt.apply_queue.push((sub, ordinal, *entry));
                         }
                     }
-                    FeedItem::EndOfStored(cursor) => rt.machine.handle_eose(now, sub, cursor),
-                    FeedItem::End(end) => rt.machine.handle_subscription_end(now, sub, end),
+                    FeedItem::EndOfStored(cursor) => {
+                        tracing::debug!(link = %key, ?sub, ?cursor, "end of stored events");
+                        rt.machine.handle_eose(now, sub, cursor);
+                    }
+                    FeedItem::End(end) => {
+                        tracing::debug!(link = %key, ?sub, ?end, "subscription ended");
+                        rt.machine.handle_subscription_end(now, sub, end);
+                    }
                 }
                 key
             }
@@ -640,7 +648,12 @@ impl<O: LinkOps> Driver<O> {
                         tracing::warn!(link = %state.key, error = %e, "could not save link state");
                     }
                 }
-                Action::Emit(event) => replica.emit(event),
+                Action::Emit(event) => {
+                    if !matches!(event, sync_types::SyncEvent::CheckpointAdvanced { .. }) {
+                        tracing::debug!(link = %key, ?event, "link event");
+                    }
+                    replica.emit(event);
+                }
                 Action::ArmTimer { timer, at_ms } => {
                     if let Some(old) = rt.timers.remove(&timer) {
                         old.abort();
@@ -661,6 +674,7 @@ impl<O: LinkOps> Driver<O> {
                     }
                 }
                 Action::OpenSubscription { id, from } => {
+                    tracing::debug!(link = %key, ?id, ?from, "subscription opens");
                     if let Some(old) = rt.feed.take() {
                         old.abort();
                     }
@@ -713,6 +727,7 @@ impl<O: LinkOps> Driver<O> {
                     }
                 }
                 Action::Push { ticket, after } => {
+                    tracing::trace!(link = %key, ?ticket, "push starts");
                     let (ops, k, state) = (ops.clone(), key.clone(), rt.machine.state().clone());
                     spawn_op(rt, &tx, async move {
                         Event::Pushed(k, inc, ticket, ops.push(state, after).await)
@@ -725,6 +740,7 @@ impl<O: LinkOps> Driver<O> {
                     });
                 }
                 Action::Reconcile { ticket } => {
+                    tracing::debug!(link = %key, ?ticket, "reconcile starts");
                     let (ops, k, state) = (ops.clone(), key.clone(), rt.machine.state().clone());
                     spawn_op(rt, &tx, async move {
                         Event::Reconciled(k, inc, ticket, ops.reconcile(state).await)
@@ -765,13 +781,15 @@ fn zip_results(
         .collect()
 }
 
-/// A lagging subscriber, a heartbeat timeout or a node going away cost a reconnect from
-/// the durable checkpoint; expired credentials and handler errors send the link to repair.
+/// A lagging subscriber, a heartbeat timeout or a node going away (shutting down, or
+/// killed: its connection reset or closed without a word) cost a reconnect from the
+/// durable checkpoint; expired credentials and handler errors send the link to repair.
 fn end_of(reason: CloseReason) -> SubscriptionEnd {
     match reason {
-        CloseReason::Lagged { .. } | CloseReason::HeartbeatTimeout | CloseReason::ShuttingDown => {
-            SubscriptionEnd::Disconnected
-        }
+        CloseReason::Lagged { .. }
+        | CloseReason::HeartbeatTimeout
+        | CloseReason::ShuttingDown
+        | CloseReason::ConnectionLost { .. } => SubscriptionEnd::Disconnected,
         other => {
             SubscriptionEnd::Error(LinkError::new(LinkErrorKind::Refused, format!("{other:?}")))
         }

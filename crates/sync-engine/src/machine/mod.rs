@@ -481,11 +481,8 @@ impl LinkMachine {
         if let Some(phase) = self.repair.as_ref().map(|r| r.phase) {
             match (phase, result) {
                 (RepairPhase::Reconciling, ReconcileResult::Done { .. }) => self.repair_reopen(),
-                (RepairPhase::Closing, ReconcileResult::Done { converged: true }) => {
-                    self.repair_completed(now_ms)
-                }
-                (RepairPhase::Closing, ReconcileResult::Done { converged: false }) => {
-                    self.repair_failed(now_ms, "roots differ after repair".into());
+                (RepairPhase::Closing, ReconcileResult::Done { converged }) => {
+                    self.repair_completed(now_ms, converged)
                 }
                 (_, ReconcileResult::Failed(error)) => self.repair_failed(now_ms, error.message),
                 (_, ReconcileResult::Terminal(_)) => self.handle_terminal(),

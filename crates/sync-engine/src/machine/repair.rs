@@ -87,10 +87,24 @@ impl LinkMachine {
         }
     }
 
-    pub(super) fn repair_completed(&mut self, now_ms: u64) {
+    /// The closing reconcile exchanged what each side lacked. The window between the
+    /// first reconcile and the reopened subscription is closed by that exchange, and
+    /// the subscription, live since before it, carries everything written after, so
+    /// the repair is done whether or not the roots then matched: they differ only by
+    /// writes that landed while the diff ran, which under steady writes on either side
+    /// they always do (requiring equal roots kept such a link in repair, then degraded
+    /// polling without a subscription, for as long as anyone wrote). When they
+    /// differed, the link stays marked and reconciles again after
+    /// `reconcile_delay_ms`, like any reconcile that did not converge.
+    pub(super) fn repair_completed(&mut self, now_ms: u64, converged: bool) {
         self.repair = None;
-        self.state.needs_reconcile = false;
-        self.state.last_sync_ms.get_or_insert(now_ms);
+        if converged {
+            self.state.needs_reconcile = false;
+            self.state.last_sync_ms.get_or_insert(now_ms);
+        } else {
+            self.state.needs_reconcile = true;
+            self.arm(Timer::Reconcile, now_ms + self.config.reconcile_delay_ms);
+        }
         self.cancel(Timer::RepairRetry);
         self.cancel(Timer::DegradedPoll);
         let to = if self.live() {

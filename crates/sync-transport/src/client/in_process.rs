@@ -37,23 +37,33 @@ impl<H: Handler> InProcessClient<H> {
     }
 
     /// Round-trips a request through the frame codec and the node, exactly as the
-    /// server would.
+    /// server would: in dense frames where they exist, unless the node's config turns
+    /// them off.
     async fn call(&self, request: Request) -> Result<Reply, TransportError> {
         let ctx = self
             .node
             .authenticate(Some(&self.token))
             .map_err(TransportError::refused)?;
+        let dense = self.node.config().dense_frames;
         let request = self
             .node
-            .decode_request(&frame::encode(&request))
+            .decode_request(&encode(&request, dense))
             .map_err(TransportError::refused)?;
         let reply = self
             .node
             .call(&ctx, request)
             .await
             .map_err(TransportError::refused)?;
-        Ok(frame::decode::<Reply>(&frame::encode(&reply), usize::MAX)?)
+        Ok(frame::decode::<Reply>(&encode(&reply, dense), usize::MAX)?)
     }
+}
+
+/// `body`'s frame, dense when `dense` and it has a dense form.
+fn encode<T: frame::Body>(body: &T, dense: bool) -> Vec<u8> {
+    dense
+        .then(|| frame::encode_dense(body))
+        .flatten()
+        .unwrap_or_else(|| frame::encode(body))
 }
 
 impl<H: Handler> Remote for InProcessClient<H> {
