@@ -12,6 +12,7 @@ use sync_types::{
     ProtocolPath, RecordId, StreamId, TenantId,
 };
 
+use crate::blobs::{BlobContent, InStore};
 use crate::error::{Error, Result};
 use crate::layout::{self, Key, LogMeta, Pn, RecordRow, StoredEntry, Tn, dec, enc};
 use crate::notify::Notifier;
@@ -76,6 +77,7 @@ impl IdSource for SeededIds {
 #[must_use]
 pub struct LedgerBuilder {
     ids: Box<dyn IdSource>,
+    content: Arc<dyn BlobContent>,
 }
 
 impl std::fmt::Debug for LedgerBuilder {
@@ -88,6 +90,7 @@ impl Default for LedgerBuilder {
     fn default() -> Self {
         Self {
             ids: Box::new(OsRandom),
+            content: Arc::new(InStore),
         }
     }
 }
@@ -104,9 +107,16 @@ impl LedgerBuilder {
         self.id_source(SeededIds::new(seed))
     }
 
+    /// Where blob content (chunks) lives. Default: [`InStore`], rows of the ledger's
+    /// store; everything else about blobs stays in the store whatever this is.
+    pub fn blob_content(mut self, content: Arc<dyn BlobContent>) -> Self {
+        self.content = content;
+        self
+    }
+
     /// Opens the ledger on any store.
     pub fn open(self, store: impl Store) -> Result<Ledger> {
-        Ledger::open_with(Arc::new(store), self.ids)
+        Ledger::open_with(Arc::new(store), self.ids, self.content)
     }
 
     /// Opens the ledger on a fjall database in `path` (created when missing).
@@ -209,6 +219,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The durable ledger of one replica or node. See the crate documentation.
 pub struct Ledger {
     pub(crate) store: Arc<dyn Store>,
+    /// Where blob chunks live ([`LedgerBuilder::blob_content`]).
+    pub(crate) content: Arc<dyn BlobContent>,
     /// Whether other processes write the store ([`Store::is_shared`]): then log heads
     /// are read under the store's tenant lock, never from `log_metas`, and `writer` is
     /// not taken by applies (the store's [`WriteScope`] locks order them).
@@ -271,7 +283,11 @@ impl Ledger {
         Self::builder().open_in_memory()
     }
 
-    fn open_with(store: Arc<dyn Store>, ids: Box<dyn IdSource>) -> Result<Ledger> {
+    fn open_with(
+        store: Arc<dyn Store>,
+        ids: Box<dyn IdSource>,
+        content: Arc<dyn BlobContent>,
+    ) -> Result<Ledger> {
         const KEY: &[u8] = b"layout";
         match store.get(layout::META, KEY)? {
             Some(bytes) => {
@@ -312,6 +328,7 @@ impl Ledger {
         Ok(Ledger {
             shared: store.is_shared(),
             store,
+            content,
             poisoned: AtomicBool::new(false),
             writer: Mutex::new(()),
             high_water: Mutex::new(high_water),
