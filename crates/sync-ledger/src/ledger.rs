@@ -12,6 +12,7 @@ use sync_types::{
     ProtocolPath, RecordId, StreamId, TenantId,
 };
 
+use crate::blobs::{BlobContent, InStore};
 use crate::error::{Error, Result};
 use crate::hashed::HashedMessage;
 use crate::layout::{self, Key, LogMeta, Pn, RecordRow, Tn, dec, enc};
@@ -77,6 +78,7 @@ impl IdSource for SeededIds {
 #[must_use]
 pub struct LedgerBuilder {
     ids: Box<dyn IdSource>,
+    content: Arc<dyn BlobContent>,
 }
 
 impl std::fmt::Debug for LedgerBuilder {
@@ -89,6 +91,7 @@ impl Default for LedgerBuilder {
     fn default() -> Self {
         Self {
             ids: Box::new(OsRandom),
+            content: Arc::new(InStore),
         }
     }
 }
@@ -105,9 +108,16 @@ impl LedgerBuilder {
         self.id_source(SeededIds::new(seed))
     }
 
+    /// Where blob content (chunks) lives. Default: [`InStore`], rows of the ledger's
+    /// store; everything else about blobs stays in the store whatever this is.
+    pub fn blob_content(mut self, content: Arc<dyn BlobContent>) -> Self {
+        self.content = content;
+        self
+    }
+
     /// Opens the ledger on any store.
     pub fn open(self, store: impl Store) -> Result<Ledger> {
-        Ledger::open_with(Arc::new(store), self.ids)
+        Ledger::open_with(Arc::new(store), self.ids, self.content)
     }
 
     /// Opens the ledger on a fjall database in `path` (created when missing).
@@ -210,6 +220,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The durable ledger of one replica or node. See the crate documentation.
 pub struct Ledger {
     pub(crate) store: Arc<dyn Store>,
+    /// Where blob chunks live ([`LedgerBuilder::blob_content`]).
+    pub(crate) content: Arc<dyn BlobContent>,
     /// Whether other processes write the store ([`Store::is_shared`]): then log heads
     /// are read under the store's tenant lock, never from `log_metas`, and `writer` is
     /// not taken by applies (the store's [`WriteScope`] locks order them).
@@ -272,7 +284,11 @@ impl Ledger {
         Self::builder().open_in_memory()
     }
 
-    fn open_with(store: Arc<dyn Store>, ids: Box<dyn IdSource>) -> Result<Ledger> {
+    fn open_with(
+        store: Arc<dyn Store>,
+        ids: Box<dyn IdSource>,
+        content: Arc<dyn BlobContent>,
+    ) -> Result<Ledger> {
         const KEY: &[u8] = b"layout";
         match store.get(layout::META, KEY)? {
             Some(bytes) => {
@@ -313,6 +329,7 @@ impl Ledger {
         Ok(Ledger {
             shared: store.is_shared(),
             store,
+            content,
             poisoned: AtomicBool::new(false),
             writer: Mutex::new(()),
             high_water: Mutex::new(high_water),
@@ -718,7 +735,7 @@ impl Ledger {
             pending.batch.put(layout::META, key, enc(&high_water));
         }
         let Pending {
-            txn,
+            mut txn,
             batch,
             new_protocols,
             ..
@@ -726,6 +743,7 @@ impl Ledger {
         if self.is_poisoned() {
             return Err(Error::Poisoned);
         }
+        txn.announce(tenant, meta.head);
         txn.commit(batch, durability)
             .inspect_err(|e| self.poison_on(e))?;
         {

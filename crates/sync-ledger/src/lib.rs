@@ -132,7 +132,10 @@ mod staged_uploads;
 pub mod store;
 mod upgrade;
 
-pub use blobs::{BlobReader, BlobUpload, Blobs, UPLOAD_OWNER_TTL_MS, UploadCursor};
+pub use blobs::{
+    BlobContent, BlobReader, BlobUpload, Blobs, ChunkIter, InStore, UPLOAD_OWNER_TTL_MS,
+    UploadCursor,
+};
 pub use bus::{BusNews, BusSink, ChangeBus};
 pub use error::{BackendError, Error, Result};
 pub use hashed::HashedMessage;
