@@ -14,9 +14,9 @@
 //! in its size.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use sync_smt::Tree;
+use sync_smt::{Key, Tree};
 use sync_types::{Cid, ProgressToken, Projection, ProtocolName, Scope, TenantId};
 
 /// Most projection trees kept per tenant; the oldest is dropped first.
@@ -59,7 +59,51 @@ impl TreeIndex {
         trees.all.insert(*cid.as_bytes())
     }
 
+    /// What one commit changed: adds the messages it stored (with their protocols) and
+    /// removes the versions it pruned, from the tenant's tree, the loaded protocol
+    /// trees and the cached projection trees. The same trees as [`insert`](Self::insert)
+    /// and [`remove`](Self::remove) one message at a time, in the commit's order (a
+    /// message stored and then pruned by the same commit ends absent), but each tree is
+    /// rehashed once per touched path for the whole commit.
+    pub(crate) fn apply_commit(
+        &mut self,
+        tenant: &TenantId,
+        added: &[(&ProtocolName, Cid)],
+        pruned: &[(&ProtocolName, Cid)],
+    ) {
+        if added.is_empty() && pruned.is_empty() {
+            return;
+        }
+        let gone: HashSet<Cid> = pruned.iter().map(|(_, c)| *c).collect();
+        let trees = self.tenants.entry(tenant.clone()).or_default();
+        let mut by_protocol: BTreeMap<&ProtocolName, (Vec<Key>, Vec<Key>)> = BTreeMap::new();
+        for (p, c) in pruned {
+            by_protocol.entry(p).or_default().1.push(*c.as_bytes());
+        }
+        for (p, c) in added.iter().filter(|(_, c)| !gone.contains(c)) {
+            by_protocol.entry(p).or_default().0.push(*c.as_bytes());
+        }
+        for (p, (adds, removes)) in &by_protocol {
+            if let Some(tree) = trees.by_protocol.get_mut(*p) {
+                tree.remove_many(removes);
+                tree.insert_many(adds.iter().copied());
+            }
+        }
+        let removes: Vec<Key> = pruned.iter().map(|(_, c)| *c.as_bytes()).collect();
+        trees.all.remove_many(&removes);
+        trees.all.insert_many(
+            added
+                .iter()
+                .filter(|(_, c)| !gone.contains(c))
+                .map(|(_, c)| *c.as_bytes()),
+        );
+        for (_, tree) in self.projections.get_mut(tenant).into_iter().flatten() {
+            tree.remove_many(&removes);
+        }
+    }
+
     /// Removes a message that is no longer retained; returns whether it was there.
+    #[cfg(test)]
     pub(crate) fn remove(&mut self, tenant: &TenantId, protocol: &ProtocolName, cid: &Cid) -> bool {
         let Some(trees) = self.tenants.get_mut(tenant) else {
             return false;
@@ -272,6 +316,68 @@ mod tests {
 
     fn p(s: &str) -> ProtocolName {
         ProtocolName::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_commit_changes_the_trees_as_its_messages_one_by_one() {
+        let t = TenantId::new("t").unwrap();
+        let cid = |i: u32| Cid::from_bytes(*blake3::hash(&i.to_le_bytes()).as_bytes());
+        let (x, y) = (p("x"), p("y"));
+        let mut batched = TreeIndex::new();
+        let mut single = TreeIndex::new();
+        for index in [&mut batched, &mut single] {
+            index.load_protocol(&t, &x, (0..300).map(cid));
+            index.insert(&t, &x, cid(1_000));
+        }
+        let projection =
+            Projection::new(vec![sync_types::ProjectionEntry::whole(x.clone())]).unwrap();
+        for index in [&mut batched, &mut single] {
+            index.cache_projection(
+                &t,
+                projection.clone(),
+                Tree::from_keys((0..300).map(|i| *cid(i).as_bytes())),
+            );
+        }
+        // Adds across two protocols; prunes of stored versions and of one this commit adds.
+        let added: Vec<(&ProtocolName, Cid)> = (300..700)
+            .map(|i| (if i % 3 == 0 { &y } else { &x }, cid(i)))
+            .collect();
+        let pruned: Vec<(&ProtocolName, Cid)> = (0..100)
+            .map(|i| (&x, cid(i * 3)))
+            .chain([(&y, cid(303))])
+            .collect();
+        batched.apply_commit(&t, &added, &pruned);
+        for (p, c) in &added {
+            single.insert(&t, p, *c);
+        }
+        for (p, c) in &pruned {
+            single.remove(&t, p, c);
+        }
+        for scope in [
+            Scope::Full,
+            Scope::protocols(vec![x.clone()]).unwrap(),
+            Scope::protocols(vec![y.clone()]).unwrap(),
+        ] {
+            assert_eq!(
+                batched.root(&t, &scope),
+                single.root(&t, &scope),
+                "{scope:?}"
+            );
+        }
+        // Loading a protocol's tree leaves the tenant's tree alone: it holds the one
+        // insert and the commit's adds but the one it pruned.
+        assert_eq!(batched.tree(&t, &Scope::Full).unwrap().len(), 1 + 400 - 1);
+        assert!(
+            !batched
+                .tree(&t, &Scope::Full)
+                .unwrap()
+                .contains(cid(303).as_bytes())
+        );
+        assert_eq!(
+            batched.projection(&t, &projection).unwrap().root(),
+            single.projection(&t, &projection).unwrap().root()
+        );
+        assert_eq!(batched.projection(&t, &projection).unwrap().len(), 200);
     }
 
     #[test]

@@ -21,11 +21,11 @@ use sync_types::{Cid, Hlc, Message, ProtocolName};
 #[cfg(test)]
 pub(crate) fn dependency_order(messages: &[Message]) -> Vec<usize> {
     let cids: Vec<Cid> = messages.iter().map(Message::cid).collect();
-    dependency_order_by(messages, &cids)
+    dependency_order_by(&messages.iter().collect::<Vec<_>>(), &cids)
 }
 
 /// [`dependency_order`] with the messages' cids, in order (a cid hashes the message).
-pub(crate) fn dependency_order_by(messages: &[Message], cids: &[Cid]) -> Vec<usize> {
+pub(crate) fn dependency_order_by(messages: &[&Message], cids: &[Cid]) -> Vec<usize> {
     let keys: Vec<(Hlc, Cid)> = messages
         .iter()
         .zip(cids)
@@ -50,7 +50,7 @@ pub(crate) fn dependency_order_by(messages: &[Message], cids: &[Cid]) -> Vec<usi
 /// Kahn's algorithm over `uses` edges inside the batch; ready configures are taken in
 /// `(timestamp, cid)` order, and a cycle is broken by taking the smallest remaining one.
 fn order_configures(
-    messages: &[Message],
+    messages: &[&Message],
     mut pending: Vec<usize>,
     keys: &[(Hlc, Cid)],
 ) -> Vec<usize> {

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
-use sync_ledger::{Durability, Ledger, LedgerOutcome};
+use sync_ledger::{Durability, HashedMessage, Ledger, LedgerOutcome};
 use sync_types::{
     ApplyOutcome, Cid, Clock, Configure, ContextId, DataRef, Dependency, Hlc, HlcClock,
     MISSING_MAX, Message, NodeId, PrincipalId, ProgressToken, ProtocolDefinition, ProtocolName,
@@ -514,10 +514,15 @@ impl Replica {
         items: Vec<MessageWithData>,
         origin: Origin,
     ) -> Result<Vec<(ApplyOutcome, Option<ProgressToken>)>> {
-        // Computed once, outside the writer lock (a cid hashes the whole message).
-        let cids: Vec<Cid> = items.iter().map(|(m, _)| m.cid()).collect();
+        // Hashed once, outside the writer lock (a cid hashes the whole message), and
+        // handed down to the ledger with the message.
+        let items: Vec<HashedMessage> = items
+            .into_iter()
+            .map(|(m, d)| HashedMessage::new(m, d))
+            .collect();
+        let cids: Vec<Cid> = items.iter().map(HashedMessage::cid).collect();
         let _writer = lock(&self.inner.writer);
-        let (outcomes, tokens) = self.apply_locked_with(tenant, items, cids.clone(), &origin)?;
+        let (outcomes, tokens) = self.apply_locked_hashed(tenant, items, &origin)?;
         Ok(outcomes
             .into_iter()
             .zip(cids)
@@ -531,25 +536,28 @@ impl Replica {
         items: Vec<MessageWithData>,
         origin: &Origin,
     ) -> Result<(Vec<ApplyOutcome>, HashMap<Cid, ProgressToken>)> {
-        let cids = items.iter().map(|(m, _)| m.cid()).collect();
-        self.apply_locked_with(tenant, items, cids, origin)
+        let items = items
+            .into_iter()
+            .map(|(m, d)| HashedMessage::new(m, d))
+            .collect();
+        self.apply_locked_hashed(tenant, items, origin)
     }
 
-    /// [`apply_locked`](Self::apply_locked) with the items' cids, in order.
-    fn apply_locked_with(
+    /// [`apply_locked`](Self::apply_locked) of messages hashed once by
+    /// [`HashedMessage::new`]: the checks, the ledger and the trees all use that cid,
+    /// and the messages are lent to the ledger, not copied.
+    fn apply_locked_hashed(
         &self,
         tenant: &TenantId,
-        items: Vec<MessageWithData>,
-        cids: Vec<Cid>,
+        items: Vec<HashedMessage>,
         origin: &Origin,
     ) -> Result<(Vec<ApplyOutcome>, HashMap<Cid, ProgressToken>)> {
-        debug_assert_eq!(items.len(), cids.len());
         let ledger = &self.inner.ledger;
         let mut outcomes: Vec<Option<ApplyOutcome>> = vec![None; items.len()];
-        let messages: Vec<Message> = items.iter().map(|(m, _)| m.clone()).collect();
-        let mut datas: Vec<Option<Vec<u8>>> = items.into_iter().map(|(_, d)| d).collect();
-        for (i, m) in messages.iter().enumerate() {
-            if let Err(reason) = check_alone(tenant, m, datas[i].as_deref()) {
+        let messages: Vec<&Message> = items.iter().map(HashedMessage::message).collect();
+        let cids: Vec<Cid> = items.iter().map(HashedMessage::cid).collect();
+        for (i, item) in items.iter().enumerate() {
+            if let Err(reason) = check_alone(tenant, item.message(), item.data()) {
                 outcomes[i] = Some(ApplyOutcome::invalid(reason));
             }
         }
@@ -603,7 +611,7 @@ impl Replica {
             missing.clear();
             let mut ready = Vec::new();
             for &i in &pending {
-                match self.check_against_store(tenant, &messages[i], &mut definitions)? {
+                match self.check_against_store(tenant, messages[i], &mut definitions)? {
                     Check::Ready => ready.push(i),
                     Check::Missing(deps) => {
                         missing.insert(i, deps);
@@ -639,19 +647,25 @@ impl Replica {
                 {
                     known.insert(stored.cid, (stored.message, stored.data));
                 }
-                known.insert(cids[i], (messages[i].clone(), datas[i].clone()));
+                known.insert(
+                    cids[i],
+                    (
+                        items[i].message().clone(),
+                        items[i].data().map(<[u8]>::to_vec),
+                    ),
+                );
             }
-            let batch: Vec<MessageWithData> = ready
-                .iter()
-                .map(|&i| (messages[i].clone(), datas[i].take()))
-                .collect();
-            let applied = ledger.apply(tenant, batch, self.inner.durability)?;
+            let batch: Vec<&HashedMessage> = ready.iter().map(|&i| &items[i]).collect();
+            let applied = ledger.apply_hashed(tenant, &batch, self.inner.durability)?;
             definitions.forget_records();
             // Over a shared store the trees follow the log instead (`follow.rs`).
             let mut index = (!self.inner.shared)
                 .then(|| self.inner.index.write().unwrap_or_else(|e| e.into_inner()));
+            // The commit's changes to the trees, applied together below.
+            let mut tree_added = Vec::new();
+            let mut tree_pruned = Vec::new();
             for (&i, result) in ready.iter().zip(applied) {
-                let message = &messages[i];
+                let message = messages[i];
                 outcomes[i] = Some(match result.outcome {
                     LedgerOutcome::Applied {
                         token,
@@ -659,14 +673,12 @@ impl Replica {
                         conflict,
                     } => {
                         if let Some(index) = index.as_mut() {
-                            index.insert(tenant, message.protocol(), result.cid);
+                            tree_added.push((message.protocol(), result.cid));
                             if index.has_projections(tenant) {
                                 let scope_of = self.projection_membership(tenant, message)?;
                                 index.insert_projected(tenant, result.cid, |p| scope_of(p));
                             }
-                            for p in &pruned {
-                                index.remove(tenant, message.protocol(), p);
-                            }
+                            tree_pruned.extend(pruned.iter().map(|p| (message.protocol(), *p)));
                         }
                         tokens.insert(result.cid, token);
                         changes.push(Change {
@@ -691,6 +703,9 @@ impl Replica {
                         ApplyOutcome::Superseded
                     }
                 });
+            }
+            if let Some(index) = index.as_mut() {
+                index.apply_commit(tenant, &tree_added, &tree_pruned);
             }
             drop(index);
             for &i in &ready {

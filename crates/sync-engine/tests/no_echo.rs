@@ -339,6 +339,64 @@ async fn known_ranges_cannot_widen_a_read_and_need_the_read_grant() {
     );
 }
 
+/// A page whose entries the caller all holds is not sent empty: the node reads on
+/// to the first entry it lacks, so crossing one's own upload takes a request, not one
+/// per page.
+#[tokio::test]
+async fn a_page_of_known_entries_reads_on_to_the_first_unknown_one() {
+    let (server, node) = new_node(&key(), 100);
+    configure(&server);
+    for i in 0..40 {
+        put(&server, &format!("n{i}"), b"value");
+    }
+    let owner = Token::issue(
+        &key(),
+        Claims::owner(tenant(), alice(), GrantId::new("o").unwrap(), FAR_FUTURE_MS),
+    );
+    let client = InProcessClient::new(node.clone(), &owner);
+    let page = |limit| LogPageRequest {
+        tenant: tenant(),
+        scope: Scope::Full,
+        from: None,
+        filter: LogFilter::default(),
+        limit,
+    };
+    let LogPageReply::Page(plain) = client.log_page(page(1000)).await.unwrap() else {
+        panic!("gap")
+    };
+    let (last, held) = plain.entries.split_last().unwrap();
+    let stream = last.token;
+    let mut known = KnownRanges::new(stream.stream_id, stream.epoch);
+    for e in held {
+        known.insert(e.token.position);
+    }
+    let ask = |known: KnownRanges| {
+        client.log_page_known(KnownLogPageRequest {
+            page: page(5),
+            known,
+        })
+    };
+    let LogPageReply::Page(cut) = ask(known.clone()).await.unwrap() else {
+        panic!("gap")
+    };
+    assert_eq!(
+        cut.entries,
+        vec![last.clone()],
+        "eight pages of five read as one"
+    );
+    assert_eq!(cut.next, plain.next);
+    assert!(!cut.has_more);
+
+    // All known: one empty page that reaches the head.
+    known.insert(last.token.position);
+    let LogPageReply::Page(none) = ask(known).await.unwrap() else {
+        panic!("gap")
+    };
+    assert!(none.entries.is_empty());
+    assert_eq!(none.next, plain.next);
+    assert!(!none.has_more);
+}
+
 /// A page with the log's extent counts only what the caller's scope may read (nothing
 /// of another protocol leaks through the count), leaves out its known positions, and
 /// needs the read grant within the token's scope like any page.

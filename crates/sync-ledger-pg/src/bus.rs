@@ -1,52 +1,55 @@
 //! [`PgChangeBus`]: the [`ChangeBus`] of processes sharing a PostgreSQL ledger, over
 //! `LISTEN`/`NOTIFY`.
 //!
-//! Two threads and two connections of its own (outside the store's pool):
+//! The announcements go out with the commits themselves: a [`PgStore`](crate::PgStore)
+//! transaction that appends to a tenant's log calls `pg_notify` on the schema's channel
+//! just before its `COMMIT`, in the same round trip ([`WriteTxn::announce`]). PostgreSQL
+//! delivers it to every listener when the commit becomes visible and drops it when the
+//! transaction does not commit, so a rolled-back write wakes nobody, and no thread,
+//! connection or round trip of its own stands between a commit and the other nodes.
+//! [`ChangeBus::publish`] has nothing left to do here.
 //!
-//! - the **publisher** takes the heads announced by [`ChangeBus::publish`] (called after
-//!   a commit), keeps only the highest per tenant while a `NOTIFY` is in flight, and
-//!   sends every waiting tenant in one statement (`pg_notify` over an array), so a burst
-//!   of commits of one tenant costs one notification;
-//! - the **listener** holds `LISTEN` on the schema's channel and hands each
-//!   notification to the sinks. After every (re)connect it delivers [`BusNews::Lost`]:
-//!   notifications sent while it was away are gone, so readers look at the log again.
+//! The bus itself is the **listener**: a thread and a connection of its own (outside the
+//! store's pool) holding `LISTEN` on the channel. It takes every notification that has
+//! arrived at once, keeps the highest head per tenant (a burst of commits of one tenant
+//! wakes its readers once), and hands them to the sinks. After every (re)connect it
+//! delivers [`BusNews::Lost`]: notifications sent while it was away are gone, so
+//! readers look at the log again.
 //!
-//! A notification is a hint: PostgreSQL delivers `NOTIFY` only to sessions listening
-//! at the moment of the commit, drops nothing it accepted while they stay connected,
-//! and sends nothing for a transaction that rolled back. A node crash between a commit
-//! and its `NOTIFY` loses the wake-up, never the write: readers still re-read the log
-//! on their own schedule. Either thread reconnects after a failure (a database restart)
-//! with a capped back-off.
+//! A notification is a hint: PostgreSQL delivers `NOTIFY` only to sessions listening at
+//! the moment of the commit and drops nothing it accepted while they stay connected. A
+//! lost wake-up costs latency, never a write: readers still re-read the log on their
+//! own schedule. The listener reconnects after a failure (a database restart) with a
+//! capped back-off.
+//!
+//! [`WriteTxn::announce`]: sync_ledger::store::WriteTxn::announce
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use postgres::NoTls;
 use postgres::fallible_iterator::FallibleIterator as _;
-use postgres::{Client, NoTls};
 use sync_ledger::{BusNews, BusSink, ChangeBus, Error, Result};
 use sync_types::TenantId;
 
-/// Most tenants waiting for their announcement; beyond it new ones are dropped (a
-/// reader then finds the change on its next periodic read).
-pub const BUS_PENDING_TENANTS_MAX: usize = 65_536;
-/// How often the threads look at the stop flag, and the listener checks its connection.
+/// Most notifications the listener takes in one go before it wakes the readers (it
+/// keeps one head per tenant among them).
+const BUS_DRAIN_NOTIFICATIONS_MAX: usize = 4096;
+/// How often the listener looks at the stop flag and checks its connection.
 const BUS_POLL: Duration = Duration::from_millis(200);
 /// Longest pause between reconnection attempts.
 const BUS_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How often an idle listener checks that its connection is alive.
 const BUS_KEEPALIVE: Duration = Duration::from_secs(2);
 
-/// Counters of a bus, for metrics.
+/// Counters of a bus, for metrics. (What a node announced is
+/// [`PgStore::announced`](crate::PgStore::announced): the store sends it.)
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub struct BusCounters {
-    /// Tenants' heads sent with `NOTIFY` (after coalescing).
-    pub sent: u64,
     /// Notifications heard (including this process's own).
     pub heard: u64,
-    /// Announcements dropped because [`BUS_PENDING_TENANTS_MAX`] tenants were waiting.
-    pub dropped: u64,
     /// Successful connects of the listener after the first.
     pub reconnects: u64,
     /// Whether the listener is connected now.
@@ -54,7 +57,7 @@ pub struct BusCounters {
 }
 
 /// Log-head announcements between the processes of one PostgreSQL ledger (one
-/// schema): see the module documentation. Dropping it stops its threads.
+/// schema): see the module documentation. Dropping it stops its thread.
 pub struct PgChangeBus {
     inner: Arc<Inner>,
 }
@@ -62,13 +65,9 @@ pub struct PgChangeBus {
 struct Inner {
     config: postgres::Config,
     channel: String,
-    pending: Mutex<HashMap<TenantId, u64>>,
-    wake: Condvar,
     stop: AtomicBool,
     sinks: RwLock<Vec<BusSink>>,
-    sent: AtomicU64,
     heard: AtomicU64,
-    dropped: AtomicU64,
     reconnects: AtomicU64,
     listening: AtomicBool,
 }
@@ -84,33 +83,24 @@ impl std::fmt::Debug for PgChangeBus {
 impl PgChangeBus {
     /// Starts the bus of the ledger in `schema` of the database at `url` (the store's
     /// URL and schema): its channel is named after the schema, so ledgers in other
-    /// schemas of one database never hear each other. Returns once the threads run;
-    /// they connect on their own and keep trying while the database is away.
+    /// schemas of one database never hear each other. Returns once the thread runs; it
+    /// connects on its own and keeps trying while the database is away.
     pub fn start(url: &str, schema: &str) -> Result<PgChangeBus> {
         let config: postgres::Config = url.parse().map_err(Error::backend)?;
         let inner = Arc::new(Inner {
             config,
-            channel: format!("weft_changes_{schema}"),
-            pending: Mutex::new(HashMap::new()),
-            wake: Condvar::new(),
+            channel: channel(schema),
             stop: AtomicBool::new(false),
             sinks: RwLock::new(Vec::new()),
-            sent: AtomicU64::new(0),
             heard: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             listening: AtomicBool::new(false),
         });
-        let spawn = |name: &str, f: fn(Arc<Inner>)| {
-            let inner = Arc::clone(&inner);
-            std::thread::Builder::new()
-                .name(name.to_owned())
-                .spawn(move || f(inner))
-                .map(drop)
-                .map_err(Error::backend)
-        };
-        spawn("weft-bus-publish", publish_loop)?;
-        spawn("weft-bus-listen", listen_loop)?;
+        let listener = Arc::clone(&inner);
+        std::thread::Builder::new()
+            .name("weft-bus-listen".to_owned())
+            .spawn(move || listen_loop(listener))
+            .map_err(Error::backend)?;
         Ok(PgChangeBus { inner })
     }
 
@@ -118,9 +108,7 @@ impl PgChangeBus {
     pub fn counters(&self) -> BusCounters {
         let i = &self.inner;
         BusCounters {
-            sent: i.sent.load(Ordering::Relaxed),
             heard: i.heard.load(Ordering::Relaxed),
-            dropped: i.dropped.load(Ordering::Relaxed),
             reconnects: i.reconnects.load(Ordering::Relaxed),
             listening: i.listening.load(Ordering::Relaxed),
         }
@@ -130,27 +118,12 @@ impl PgChangeBus {
 impl Drop for PgChangeBus {
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::Relaxed);
-        self.inner.wake.notify_all();
     }
 }
 
 impl ChangeBus for PgChangeBus {
-    fn publish(&self, tenant: &TenantId, head: u64) {
-        let mut pending = lock(&self.inner.pending);
-        let full = pending.len() >= BUS_PENDING_TENANTS_MAX;
-        match pending.get_mut(tenant) {
-            Some(h) => *h = (*h).max(head),
-            None if full => {
-                self.inner.dropped.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            None => {
-                pending.insert(tenant.clone(), head);
-            }
-        }
-        drop(pending);
-        self.inner.wake.notify_one();
-    }
+    /// Nothing to do: the [`PgStore`](crate::PgStore) announced the commit within it.
+    fn publish(&self, _tenant: &TenantId, _head: u64) {}
 
     fn subscribe(&self, sink: BusSink) {
         self.inner
@@ -159,10 +132,6 @@ impl ChangeBus for PgChangeBus {
             .unwrap_or_else(|e| e.into_inner())
             .push(sink);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Inner {
@@ -187,9 +156,32 @@ impl Inner {
     }
 }
 
+/// The `NOTIFY` channel of the ledger in `schema` (a name of `[a-z0-9_]`, checked when
+/// the store opens).
+pub(crate) fn channel(schema: &str) -> String {
+    format!("weft_changes_{schema}")
+}
+
 /// The payload of one announcement: `head:tenant`.
 fn payload(tenant: &TenantId, head: u64) -> String {
     format!("{head}:{}", tenant.as_str())
+}
+
+/// The statement announcing, on `channel`, that `tenant`'s log reached `head`: sent
+/// with the simple protocol just before a `COMMIT`, so its text is quoted here (a
+/// tenant id may hold any visible ASCII character, quotes and backslashes included).
+pub(crate) fn notify_sql(channel: &str, tenant: &TenantId, head: u64) -> String {
+    format!(
+        "SELECT pg_notify({}, {})",
+        quote(channel),
+        quote(&payload(tenant, head))
+    )
+}
+
+/// `text` as a string constant that means the same whatever
+/// `standard_conforming_strings` says: an escape string, with `\` and `'` doubled.
+fn quote(text: &str) -> String {
+    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 fn parse_payload(text: &str) -> Option<BusNews> {
@@ -198,56 +190,6 @@ fn parse_payload(text: &str) -> Option<BusNews> {
         tenant: TenantId::new(tenant).ok()?,
         head: head.parse().ok()?,
     })
-}
-
-fn publish_loop(inner: Arc<Inner>) {
-    let mut client: Option<Client> = None;
-    let mut backoff = Duration::from_millis(50);
-    while !inner.stopped() {
-        let batch: HashMap<TenantId, u64> = {
-            let mut pending = lock(&inner.pending);
-            if pending.is_empty() {
-                pending = inner
-                    .wake
-                    .wait_timeout(pending, BUS_POLL)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-            }
-            std::mem::take(&mut *pending)
-        };
-        if batch.is_empty() {
-            continue;
-        }
-        let payloads: Vec<String> = batch.iter().map(|(t, h)| payload(t, *h)).collect();
-        let sent = match client.as_mut() {
-            Some(c) => c
-                .execute(
-                    "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
-                    &[&inner.channel, &payloads],
-                )
-                .is_ok(),
-            None => false,
-        };
-        if sent {
-            inner.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            backoff = Duration::from_millis(50);
-            continue;
-        }
-        // Not sent: put the heads back (a newer one may have come meanwhile), then
-        // connect again, pausing only after a failed connect.
-        {
-            let mut pending = lock(&inner.pending);
-            for (tenant, head) in batch {
-                let h = pending.entry(tenant).or_insert(head);
-                *h = (*h).max(head);
-            }
-        }
-        client = None;
-        match inner.config.connect(NoTls) {
-            Ok(c) => client = Some(c),
-            Err(_) => inner.pause(&mut backoff),
-        }
-    }
 }
 
 fn listen_loop(inner: Arc<Inner>) {
@@ -283,9 +225,34 @@ fn listen_loop(inner: Arc<Inner>) {
             match next {
                 Ok(Some(note)) => {
                     idle = Duration::ZERO;
-                    inner.heard.fetch_add(1, Ordering::Relaxed);
-                    if let Some(news) = parse_payload(note.payload()) {
-                        inner.deliver(news);
+                    // Take what else has arrived (without waiting), one head per tenant.
+                    let mut heads: HashMap<TenantId, u64> = HashMap::new();
+                    let mut take = |payload: &str| {
+                        inner.heard.fetch_add(1, Ordering::Relaxed);
+                        if let Some(BusNews::Head { tenant, head }) = parse_payload(payload) {
+                            let h = heads.entry(tenant).or_insert(head);
+                            *h = (*h).max(head);
+                        }
+                    };
+                    take(note.payload());
+                    let mut notifications = client.notifications();
+                    let mut more = notifications.iter();
+                    let mut failed = false;
+                    for _ in 1..BUS_DRAIN_NOTIFICATIONS_MAX {
+                        match more.next() {
+                            Ok(Some(note)) => take(note.payload()),
+                            Ok(None) => break,
+                            Err(_) => {
+                                failed = true;
+                                break;
+                            }
+                        }
+                    }
+                    for (tenant, head) in heads {
+                        inner.deliver(BusNews::Head { tenant, head });
+                    }
+                    if failed {
+                        break;
                     }
                 }
                 Err(_) => break,
@@ -324,5 +291,16 @@ mod tests {
         assert_eq!(parse_payload("x:acme"), None);
         assert_eq!(parse_payload("12"), None);
         assert_eq!(parse_payload("12:"), None);
+    }
+
+    #[test]
+    fn quoted_text_keeps_quotes_and_backslashes() {
+        assert_eq!(quote("a'b"), "E'a''b'");
+        assert_eq!(quote(r"a\'"), r"E'a\\'''");
+        let t = TenantId::new(r"x'\").unwrap();
+        assert_eq!(
+            notify_sql("weft_changes_s", &t, 3),
+            r"SELECT pg_notify(E'weft_changes_s', E'3:x''\\')"
+        );
     }
 }

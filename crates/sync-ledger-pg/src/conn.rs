@@ -9,19 +9,30 @@ use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement};
 use sync_ledger::Error;
 
-/// Runs `f`, which blocks on the `postgres` client's own runtime: directly, or, when
-/// this thread drives a tokio runtime (where blocking on another runtime panics), on a
-/// helper thread while this one waits. The engine calls the ledger from async tasks;
-/// a helper thread per call is the price of a synchronous client there (about 20 µs,
-/// against a round trip of at least as much).
+/// Runs `f`, which blocks on the `postgres` client's own runtime (blocking on a runtime
+/// panics on a thread that drives another one):
+///
+/// - off any tokio runtime, directly;
+/// - within a multi-threaded runtime, through `block_in_place`: on a blocking-pool thread
+///   (`spawn_blocking`, where the engine's applies run) that is a direct call, on a
+///   worker it first hands the worker's other tasks to another thread;
+/// - within a current-thread runtime, which cannot spare its only thread, on a helper
+///   thread while this one waits (about 20 µs a call, against a round trip of at least
+///   as much).
+///
+/// A new thread per statement used to be the price everywhere in a runtime; on a loaded
+/// machine each one waited for a core, a dozen times per apply.
 pub(crate) fn blocking<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return f();
+    match tokio::runtime::Handle::try_current() {
+        Err(_) => f(),
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        Ok(_) => std::thread::scope(|s| match s.spawn(f).join() {
+            Ok(out) => out,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }),
     }
-    std::thread::scope(|s| match s.spawn(f).join() {
-        Ok(out) => out,
-        Err(panic) => std::panic::resume_unwind(panic),
-    })
 }
 
 /// One connection of the pool, with the statements prepared on it.

@@ -8,7 +8,8 @@
 //!
 //! Two more things the processes of one ledger share: [`PgChangeBus`], the
 //! [`ChangeBus`](sync_ledger::ChangeBus) that takes each commit's announcement to the
-//! other processes (`LISTEN`/`NOTIFY`, coalesced per tenant), and [`PgLeases`], the
+//! other processes (`LISTEN`/`NOTIFY`: the store sends `pg_notify` inside the commit, the
+//! bus listens and coalesces per tenant), and [`PgLeases`], the
 //! [`Leases`](sync_ledger::Leases) under which background work runs on one process at a
 //! time (session advisory locks, freed by the holder's death).
 //!
@@ -92,6 +93,6 @@ pub mod schema;
 mod store;
 mod values;
 
-pub use bus::{BUS_PENDING_TENANTS_MAX, BusCounters, PgChangeBus};
+pub use bus::{BusCounters, PgChangeBus};
 pub use lease::PgLeases;
 pub use store::{POOL_CONNECTIONS_DEFAULT, POOL_WAIT_DEFAULT, PgStore, PgStoreBuilder};

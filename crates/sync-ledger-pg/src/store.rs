@@ -116,6 +116,8 @@ impl PgStoreBuilder {
                 space: schema::lock_space(&self.schema),
                 control: schema::lock_space(&format!("{}/control", self.schema)),
                 uploads: schema::lock_space(&format!("{}/uploads", self.schema)),
+                channel: crate::bus::channel(&self.schema),
+                announced: AtomicU64::new(0),
                 schema: self.schema,
                 pool,
                 sent,
@@ -150,6 +152,10 @@ struct Inner {
     /// First advisory-lock key for uploads (`WriteScope::Upload`).
     uploads: i32,
     sent: Arc<AtomicU64>,
+    /// The `NOTIFY` channel of the schema's [`PgChangeBus`](crate::PgChangeBus).
+    channel: String,
+    /// Commits announced on it.
+    announced: AtomicU64,
     /// Partitions whose tables exist.
     tables: RwLock<HashSet<&'static str>>,
     /// Whether the tables have typed value columns (schema 2 and later).
@@ -183,6 +189,12 @@ impl PgStore {
     /// preparing a statement, once per connection, is not counted).
     pub fn statements_sent(&self) -> u64 {
         self.inner.sent.load(Ordering::Relaxed)
+    }
+
+    /// Commits announced so far to the schema's [`PgChangeBus`](crate::PgChangeBus)
+    /// listeners (one `pg_notify` in each commit that appended to a log).
+    pub fn announced(&self) -> u64 {
+        self.inner.announced.load(Ordering::Relaxed)
     }
 
     /// The schema holding the tables.
@@ -432,6 +444,7 @@ impl Store for PgStore {
             store: self,
             conn: Some(conn),
             begun: false,
+            announce: None,
         };
         txn.write_and_commit(batch, durability)
     }
@@ -455,6 +468,7 @@ impl Store for PgStore {
             store: self,
             conn: Some(self.conn()?),
             begun: false,
+            announce: None,
         }))
     }
 }
@@ -516,6 +530,8 @@ struct PgTxn<'a> {
     store: &'a PgStore,
     conn: Option<Pooled>,
     begun: bool,
+    /// The `pg_notify` call announcing the commit (`WriteTxn::announce`), if any.
+    announce: Option<String>,
 }
 
 impl PgTxn<'_> {
@@ -543,14 +559,24 @@ impl PgTxn<'_> {
         store.write_in(self.conn(), ops)?;
         // A buffered commit does not wait for the WAL flush: it survives the node's
         // crash (the server has it) but not the server's, as a suffix.
-        let commit = if durability.is_synced() {
-            "COMMIT"
-        } else {
-            "SET LOCAL synchronous_commit TO off; COMMIT"
-        };
-        let result = self.conn().simple(commit);
+        let mut commit = String::new();
+        if !durability.is_synced() {
+            commit.push_str("SET LOCAL synchronous_commit TO off; ");
+        }
+        // The announcement is part of the transaction: PostgreSQL delivers it to the
+        // listeners when the commit is visible, and drops it if the transaction does
+        // not commit. It costs no round trip of its own.
+        let announced = self.announce.take().inspect(|notify| {
+            commit.push_str(notify);
+            commit.push_str("; ");
+        });
+        commit.push_str("COMMIT");
+        let result = self.conn().simple(&commit);
         // After COMMIT (or a failed one) the server is out of the transaction.
         self.begun = false;
+        if result.is_ok() && announced.is_some() {
+            store.inner.announced.fetch_add(1, Ordering::Relaxed);
+        }
         result
     }
 }
@@ -597,6 +623,14 @@ impl WriteTxn for PgTxn<'_> {
         // needs a transaction of its own.
         store.ensure_table(partition)?;
         store.get_many_in(self.conn(), partition, keys)
+    }
+
+    fn announce(&mut self, tenant: &sync_types::TenantId, head: u64) {
+        self.announce = Some(crate::bus::notify_sql(
+            &self.store.inner.channel,
+            tenant,
+            head,
+        ));
     }
 
     fn commit(mut self: Box<Self>, batch: Batch, durability: Durability) -> Result<()> {

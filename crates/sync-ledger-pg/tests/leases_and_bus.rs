@@ -9,8 +9,9 @@ mod support;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use sync_ledger::{BusNews, ChangeBus, Leases};
-use sync_ledger_pg::{PgChangeBus, PgLeases};
+use sync_ledger::store::{Batch, Durability, Store, WriteScope};
+use sync_ledger::{BusNews, ChangeBus, Leases, layout};
+use sync_ledger_pg::{PgChangeBus, PgLeases, PgStore};
 use sync_types::TenantId;
 
 fn psql_url() -> String {
@@ -88,10 +89,36 @@ fn a_lease_is_held_by_one_process_at_a_time_and_freed_by_its_death() {
     drop(x);
 }
 
+/// Commits, on `store`, a transaction that announces `tenant`'s head `head` (writing one
+/// key, as a log append would).
+fn commit_announcing(store: &PgStore, tenant: &TenantId, head: u64) {
+    let mut txn = store.begin().unwrap();
+    txn.lock(WriteScope::Tenant(1)).unwrap();
+    txn.announce(tenant, head);
+    let mut batch = Batch::new();
+    batch.put(
+        layout::META,
+        b"bus-test".to_vec(),
+        head.to_be_bytes().to_vec(),
+    );
+    txn.commit(batch, Durability::Buffered).unwrap();
+}
+
+/// The next head announced for `tenant` at or above `at_least` (older ones skipped).
+fn next_head(rx: &mpsc::Receiver<BusNews>, tenant: &TenantId, at_least: u64) -> u64 {
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)).unwrap() {
+            BusNews::Head { tenant: t, head } if t == *tenant && head >= at_least => return head,
+            BusNews::Head { tenant: t, .. } => assert_eq!(t, *tenant, "a head of another tenant"),
+            BusNews::Lost => {}
+        }
+    }
+}
+
 #[test]
-fn announcements_reach_the_other_process_and_only_its_schema() {
+fn commits_reach_the_other_process_and_only_its_schema() {
     let schema = support::fresh_schema("bus");
-    let a = PgChangeBus::start(&psql_url(), &schema).unwrap();
+    let a = support::open(&schema);
     let b = PgChangeBus::start(&psql_url(), &schema).unwrap();
     let elsewhere = PgChangeBus::start(&psql_url(), &support::fresh_schema("bus")).unwrap();
     let (tx, rx) = mpsc::channel();
@@ -109,22 +136,13 @@ fn announcements_reach_the_other_process_and_only_its_schema() {
     while !b.counters().listening {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let t = TenantId::new("acme").unwrap();
-    a.publish(&t, 7);
-    a.publish(&t, 9);
-    let mut best = 0;
-    while best < 9 {
-        match rx.recv_timeout(wait).unwrap() {
-            BusNews::Head { tenant, head } => {
-                assert_eq!(tenant, t);
-                best = best.max(head);
-            }
-            BusNews::Lost => {}
-        }
-    }
-    while a.counters().sent == 0 {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    // A tenant id may hold quotes and backslashes: the announcement is quoted.
+    let t = TenantId::new(r"acme'\x").unwrap();
+    commit_announcing(&a, &t, 7);
+    commit_announcing(&a, &t, 9);
+    assert_eq!(next_head(&rx, &t, 9), 9);
+    assert_eq!(a.announced(), 2);
+    assert!(b.counters().heard >= 1);
     // The other schema's bus heard nothing of it.
     std::thread::sleep(Duration::from_millis(200));
     assert!(rx2.try_recv().is_err());
@@ -143,4 +161,39 @@ fn announcements_reach_the_other_process_and_only_its_schema() {
         }
     }
     assert!(b.counters().reconnects >= 1);
+}
+
+/// The announcement is part of the transaction: a write that rolls back (here, one
+/// dropped before its commit, as a failed apply is) wakes nobody. Were it sent, the
+/// listener would hear head 50 before (or coalesced with) the committed 11.
+#[test]
+fn a_rolled_back_write_announces_nothing() {
+    let schema = support::fresh_schema("bus");
+    let store = support::open(&schema);
+    let bus = PgChangeBus::start(&psql_url(), &schema).unwrap();
+    let (tx, rx) = mpsc::channel();
+    bus.subscribe(std::sync::Arc::new(move |news| {
+        let _ = tx.send(news);
+    }));
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(30)).unwrap(),
+        BusNews::Lost
+    );
+    while !bus.counters().listening {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let t = TenantId::new("acme").unwrap();
+    {
+        let mut txn = store.begin().unwrap();
+        txn.lock(WriteScope::Tenant(1)).unwrap();
+        txn.announce(&t, 50);
+        // Dropped uncommitted: rolled back.
+    }
+    commit_announcing(&store, &t, 11);
+    assert_eq!(
+        next_head(&rx, &t, 11),
+        11,
+        "the rolled-back head was announced"
+    );
+    assert_eq!(store.announced(), 1);
 }

@@ -12,21 +12,27 @@
 //! from. A blob written as a stream of unknown hash ([`Blobs::put_stream`]) keeps its
 //! chunks under the upload's own id and is stored with an entry in `blob_aliases`
 //! naming that id: every byte is written once.
+//!
+//! Where the chunks live is the [`BlobContent`] backend's business (rows of this store
+//! by default, [`InStore`]); a backend of its own writes each chunk before the batch
+//! that names it commits, so the rules above hold with "before" in place of "in the
+//! same batch".
 
 use std::io::Read;
-use std::ops::Bound;
 
 use sync_types::Cid;
 
 use crate::error::{Error, Result};
-use crate::layout::{self, BLOB_CHUNK_BYTES, BlobMeta, Key, UploadState, dec, enc};
+use crate::layout::{self, BLOB_CHUNK_BYTES, BlobMeta, UploadState, dec, enc};
 use crate::ledger::{Ledger, lock};
 use crate::store::{Batch, Durability, KeyRange, Order};
 
+mod content;
 mod cursor;
 mod owners;
 mod reader;
 
+pub use content::{BlobContent, ChunkIter, InStore};
 pub use cursor::UploadCursor;
 pub use owners::UPLOAD_OWNER_TTL_MS;
 pub use reader::BlobReader;
@@ -37,13 +43,13 @@ pub struct Blobs<'a> {
     ledger: &'a Ledger,
 }
 
-pub(crate) fn chunk_key(cid: &Cid, index: u64) -> Result<Vec<u8>> {
-    let index = u32::try_from(index).map_err(|_| Error::LimitExceeded {
+/// A chunk's index as the content backends name it.
+pub(crate) fn chunk_index(index: u64) -> Result<u32> {
+    u32::try_from(index).map_err(|_| Error::LimitExceeded {
         what: "blob chunk index",
         len: usize::MAX,
         max: u32::MAX as usize,
-    })?;
-    Ok(Key::raw(cid.as_bytes()).u32(index).into_vec())
+    })
 }
 
 fn chunk_bytes() -> u64 {
@@ -151,39 +157,24 @@ impl<'a> Blobs<'a> {
         }
         let first = offset / chunk;
         let last = (end - 1) / chunk;
-        let last_key = chunk_key(at, last)?;
+        let (content, store) = (&*self.ledger.content, &*self.ledger.store);
         // The output is allocated once, for `len` bytes; a damaged size must not make
         // that allocation (of up to 2^64 bytes) before the chunks show it wrong, so a
         // long range's last chunk is looked at first. (Short ranges, the node's
         // downloads among them, skip the extra read: their allocation is small anyway.)
-        if len > READ_UNCHECKED_BYTES
-            && self
-                .ledger
-                .store
-                .get(layout::BLOB_CHUNKS, &last_key)?
-                .is_none()
-        {
+        if len > READ_UNCHECKED_BYTES && content.chunk(store, at, chunk_index(last)?)?.is_none() {
             return Err(Error::Inconsistent(format!(
                 "blob {cid} of {} bytes has no chunk {last}",
                 meta.size
             )));
         }
         let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        let range = KeyRange {
-            start: Bound::Included(chunk_key(at, first)?),
-            end: Bound::Included(last_key),
-        };
         let mut expected = first;
-        for kv in self
-            .ledger
-            .store
-            .scan(layout::BLOB_CHUNKS, range, Order::Ascending)?
+        for chunk_read in
+            content.chunks(store, at, chunk_index(first)?, Some(chunk_index(last)?))?
         {
-            let (k, v) = kv?;
-            let index = u64::from(u32::from_be_bytes(layout::key_tail::<4>(
-                layout::BLOB_CHUNKS,
-                &k,
-            )?));
+            let (index, v) = chunk_read?;
+            let index = u64::from(index);
             let chunk_start = index * chunk;
             let full = (meta.size - chunk_start).min(chunk);
             if index != expected || v.len() as u64 != full {
@@ -285,16 +276,13 @@ impl<'a> Blobs<'a> {
         let tail_len = received % chunk_bytes();
         let mut expected = 0u64;
         let mut tail = Vec::new();
-        for kv in
-            self.ledger
-                .store
-                .scan_prefix(layout::BLOB_CHUNKS, cid.as_bytes(), Order::Ascending)?
+        for chunk_read in self
+            .ledger
+            .content
+            .chunks(&*self.ledger.store, cid, 0, None)?
         {
-            let (k, v) = kv?;
-            let index = u64::from(u32::from_be_bytes(layout::key_tail::<4>(
-                layout::BLOB_CHUNKS,
-                &k,
-            )?));
+            let (index, v) = chunk_read?;
+            let index = u64::from(index);
             if index != expected {
                 return Ok(None);
             }
@@ -371,15 +359,22 @@ impl<'a> Blobs<'a> {
     }
 
     pub(crate) fn delete_chunks(&self, cid: &Cid, batch: &mut Batch) -> Result<()> {
-        for kv in
-            self.ledger
-                .store
-                .scan_prefix(layout::BLOB_CHUNKS, cid.as_bytes(), Order::Ascending)?
-        {
-            let (k, _) = kv?;
-            batch.delete(layout::BLOB_CHUNKS, k);
-        }
-        Ok(())
+        self.ledger
+            .content
+            .delete_chunks(&*self.ledger.store, batch, cid)
+    }
+
+    /// Writes chunk `index` of `at` (into `batch` for content in the store).
+    pub(crate) fn put_chunk(
+        &self,
+        batch: &mut Batch,
+        at: &Cid,
+        index: u64,
+        bytes: Vec<u8>,
+    ) -> Result<()> {
+        self.ledger
+            .content
+            .put_chunk(&*self.ledger.store, batch, at, chunk_index(index)?, bytes)
     }
 
     /// Deletes a stored blob; returns whether it was stored.
@@ -496,8 +491,9 @@ impl BlobUpload<'_> {
                 let index = self.received / chunk_bytes();
                 // The full chunk moves into the batch; the next one gets a new buffer.
                 let full = std::mem::take(&mut self.buf);
-                self.pending
-                    .put(layout::BLOB_CHUNKS, chunk_key(&self.cid, index)?, full);
+                self.ledger
+                    .blobs()
+                    .put_chunk(&mut self.pending, &self.cid, index, full)?;
                 self.received += chunk_bytes();
                 self.pending_chunks += 1;
                 if self.pending_chunks >= UPLOAD_COMMIT_CHUNKS {
@@ -517,11 +513,9 @@ impl BlobUpload<'_> {
         if tail && !self.buf.is_empty() {
             // Written again, whole, when the chunk fills.
             let index = self.received / chunk_bytes();
-            batch.put(
-                layout::BLOB_CHUNKS,
-                chunk_key(&self.cid, index)?,
-                self.buf.clone(),
-            );
+            self.ledger
+                .blobs()
+                .put_chunk(&mut batch, &self.cid, index, self.buf.clone())?;
             received += self.buf.len() as u64;
         }
         batch.put(
@@ -599,11 +593,10 @@ impl BlobUpload<'_> {
         let mut batch = std::mem::take(&mut self.pending);
         if !self.buf.is_empty() {
             let index = self.received / chunk_bytes();
-            batch.put(
-                layout::BLOB_CHUNKS,
-                chunk_key(&self.cid, index)?,
-                std::mem::take(&mut self.buf),
-            );
+            let tail = std::mem::take(&mut self.buf);
+            self.ledger
+                .blobs()
+                .put_chunk(&mut batch, &self.cid, index, tail)?;
         }
         batch.put(
             layout::BLOB_META,
@@ -686,8 +679,8 @@ impl<'a> Blobs<'a> {
                 .is_some()
                 || self
                     .ledger
-                    .store
-                    .scan_prefix(layout::BLOB_CHUNKS, id.as_bytes(), Order::Ascending)?
+                    .content
+                    .chunks(&*self.ledger.store, &id, 0, None)?
                     .next()
                     .is_some();
             if !in_use {

@@ -181,6 +181,17 @@ pub struct StoredEntry {
     pub pruned: Vec<Cid>,
 }
 
+/// A log entry to store, borrowed from the apply's input: encodes to the same bytes as
+/// the [`StoredEntry`] of the same fields, without copying the message or its payload.
+#[derive(Serialize)]
+pub(crate) struct EntryRef<'a> {
+    pub(crate) cid: &'a Cid,
+    pub(crate) message: &'a Message,
+    #[serde(serialize_with = "opt_bytes::serialize_ref")]
+    pub(crate) data: Option<&'a [u8]>,
+    pub(crate) pruned: &'a [Cid],
+}
+
 /// A log entry as layout 3 stored it (no pruned ids).
 #[derive(Deserialize)]
 struct StoredEntryV3 {
@@ -302,6 +313,11 @@ mod opt_bytes {
     }
 
     pub(super) fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        serialize_ref(&v.as_deref(), s)
+    }
+
+    #[allow(clippy::ref_option)] // serde's `serialize_with` passes a reference
+    pub(super) fn serialize_ref<S: Serializer>(v: &Option<&[u8]>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             Some(b) => s.serialize_some(&Bytes(b)),
             None => s.serialize_none(),
@@ -352,9 +368,20 @@ pub(crate) fn enc<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 
 /// Encodes a log entry: the same bytes as [`enc`], written into a buffer sized for the
 /// entry up front instead of one that grows (and reallocates) as postcard writes.
+#[cfg(test)]
 pub(crate) fn enc_entry(entry: &StoredEntry) -> Vec<u8> {
+    enc_entry_ref(&EntryRef {
+        cid: &entry.cid,
+        message: &entry.message,
+        data: entry.data.as_deref(),
+        pruned: &entry.pruned,
+    })
+}
+
+/// [`enc_entry`] of an entry borrowed from the apply's input.
+pub(crate) fn enc_entry_ref(entry: &EntryRef<'_>) -> Vec<u8> {
     // A small write is about 250 bytes: ids, names, its context chain and its data.
-    let hint = 320 + entry.data.as_ref().map_or(0, Vec::len);
+    let hint = 320 + entry.data.map_or(0, <[u8]>::len);
     let mut out = Vec::with_capacity(hint);
     out.push(sync_types::codec::ENVELOPE_VERSION);
     // As in `codec::encode`: postcard only fails on sequences of unknown length and

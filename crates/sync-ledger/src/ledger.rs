@@ -12,10 +12,12 @@ use sync_types::{
     ProtocolPath, RecordId, StreamId, TenantId,
 };
 
+use crate::blobs::{BlobContent, InStore};
 use crate::error::{Error, Result};
-use crate::layout::{self, Key, LogMeta, Pn, RecordRow, StoredEntry, Tn, dec, enc};
+use crate::hashed::HashedMessage;
+use crate::layout::{self, Key, LogMeta, Pn, RecordRow, Tn, dec, enc};
 use crate::notify::Notifier;
-use crate::pending::{Pending, counter, read_messages};
+use crate::pending::{Entry, Pending, counter, read_messages};
 use crate::store::{Batch, Durability, FjallStore, MemoryStore, Order, Store, WriteScope};
 
 /// Most messages in one [`Ledger::apply`] call.
@@ -76,6 +78,7 @@ impl IdSource for SeededIds {
 #[must_use]
 pub struct LedgerBuilder {
     ids: Box<dyn IdSource>,
+    content: Arc<dyn BlobContent>,
 }
 
 impl std::fmt::Debug for LedgerBuilder {
@@ -88,6 +91,7 @@ impl Default for LedgerBuilder {
     fn default() -> Self {
         Self {
             ids: Box::new(OsRandom),
+            content: Arc::new(InStore),
         }
     }
 }
@@ -104,9 +108,16 @@ impl LedgerBuilder {
         self.id_source(SeededIds::new(seed))
     }
 
+    /// Where blob content (chunks) lives. Default: [`InStore`], rows of the ledger's
+    /// store; everything else about blobs stays in the store whatever this is.
+    pub fn blob_content(mut self, content: Arc<dyn BlobContent>) -> Self {
+        self.content = content;
+        self
+    }
+
     /// Opens the ledger on any store.
     pub fn open(self, store: impl Store) -> Result<Ledger> {
-        Ledger::open_with(Arc::new(store), self.ids)
+        Ledger::open_with(Arc::new(store), self.ids, self.content)
     }
 
     /// Opens the ledger on a fjall database in `path` (created when missing).
@@ -209,6 +220,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The durable ledger of one replica or node. See the crate documentation.
 pub struct Ledger {
     pub(crate) store: Arc<dyn Store>,
+    /// Where blob chunks live ([`LedgerBuilder::blob_content`]).
+    pub(crate) content: Arc<dyn BlobContent>,
     /// Whether other processes write the store ([`Store::is_shared`]): then log heads
     /// are read under the store's tenant lock, never from `log_metas`, and `writer` is
     /// not taken by applies (the store's [`WriteScope`] locks order them).
@@ -271,7 +284,11 @@ impl Ledger {
         Self::builder().open_in_memory()
     }
 
-    fn open_with(store: Arc<dyn Store>, ids: Box<dyn IdSource>) -> Result<Ledger> {
+    fn open_with(
+        store: Arc<dyn Store>,
+        ids: Box<dyn IdSource>,
+        content: Arc<dyn BlobContent>,
+    ) -> Result<Ledger> {
         const KEY: &[u8] = b"layout";
         match store.get(layout::META, KEY)? {
             Some(bytes) => {
@@ -312,6 +329,7 @@ impl Ledger {
         Ok(Ledger {
             shared: store.is_shared(),
             store,
+            content,
             poisoned: AtomicBool::new(false),
             writer: Mutex::new(()),
             high_water: Mutex::new(high_water),
@@ -483,7 +501,23 @@ impl Ledger {
         items: impl IntoIterator<Item = (Message, Option<Vec<u8>>)>,
         durability: Durability,
     ) -> Result<Vec<LedgerApplied>> {
-        let items: Vec<(Message, Option<Vec<u8>>)> = items.into_iter().collect();
+        let items: Vec<HashedMessage> = items
+            .into_iter()
+            .map(|(message, data)| HashedMessage::new(message, data))
+            .collect();
+        self.apply_hashed(tenant, &items.iter().collect::<Vec<_>>(), durability)
+    }
+
+    /// [`apply`](Self::apply) of messages already hashed by [`HashedMessage::new`]: each
+    /// is stored under the cid it carries, without hashing it again, and nothing is
+    /// copied (the log entries are encoded from the borrowed messages). The same checks
+    /// otherwise (tenant, inline data against the data reference, batch size).
+    pub fn apply_hashed(
+        &self,
+        tenant: &TenantId,
+        items: &[&HashedMessage],
+        durability: Durability,
+    ) -> Result<Vec<LedgerApplied>> {
         if items.len() > APPLY_BATCH_MESSAGES_MAX {
             return Err(Error::LimitExceeded {
                 what: "apply batch",
@@ -492,8 +526,8 @@ impl Ledger {
             });
         }
         let mut checked = Vec::with_capacity(items.len());
-        for (message, data) in items {
-            let cid = message.cid();
+        for item in items {
+            let (cid, message, data) = (item.cid(), item.message(), item.data());
             if message.tenant() != tenant {
                 return Err(Error::WrongTenant {
                     cid,
@@ -501,8 +535,8 @@ impl Ledger {
                     found: message.tenant().clone(),
                 });
             }
-            if let Some(bytes) = &data {
-                let declared = match &message {
+            if let Some(bytes) = data {
+                let declared = match message {
                     Message::Write(w) => w.data,
                     _ => None,
                 };
@@ -512,12 +546,7 @@ impl Ledger {
                     return Err(Error::DataMismatch { cid });
                 }
             }
-            checked.push(StoredEntry {
-                cid,
-                message,
-                data,
-                pruned: Vec::new(),
-            });
+            checked.push(Entry { cid, message, data });
         }
         if checked.is_empty() {
             return Ok(Vec::new());
@@ -654,12 +683,12 @@ impl Ledger {
         for entry in checked {
             let cid = entry.cid;
             let timestamp = entry.message.timestamp();
-            let outcome = match &entry.message {
+            let outcome = match entry.message {
                 Message::Configure(_) => {
                     if pending.has_message(&cid)? {
                         LedgerOutcome::Duplicate
                     } else {
-                        let token = pending.store_message(&mut meta, entry, None)?;
+                        let token = pending.store_message(&mut meta, entry, Vec::new(), None)?;
                         LedgerOutcome::Applied {
                             token,
                             pruned: Vec::new(),
@@ -706,7 +735,7 @@ impl Ledger {
             pending.batch.put(layout::META, key, enc(&high_water));
         }
         let Pending {
-            txn,
+            mut txn,
             batch,
             new_protocols,
             ..
@@ -714,6 +743,7 @@ impl Ledger {
         if self.is_poisoned() {
             return Err(Error::Poisoned);
         }
+        txn.announce(tenant, meta.head);
         txn.commit(batch, durability)
             .inspect_err(|e| self.poison_on(e))?;
         {

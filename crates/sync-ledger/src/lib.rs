@@ -119,6 +119,7 @@ mod blobs;
 pub mod bus;
 mod causality;
 mod error;
+mod hashed;
 pub mod layout;
 pub mod lease;
 mod ledger;
@@ -131,9 +132,13 @@ mod staged_uploads;
 pub mod store;
 mod upgrade;
 
-pub use blobs::{BlobReader, BlobUpload, Blobs, UPLOAD_OWNER_TTL_MS, UploadCursor};
+pub use blobs::{
+    BlobContent, BlobReader, BlobUpload, Blobs, ChunkIter, InStore, UPLOAD_OWNER_TTL_MS,
+    UploadCursor,
+};
 pub use bus::{BusNews, BusSink, ChangeBus};
 pub use error::{BackendError, Error, Result};
+pub use hashed::HashedMessage;
 pub use layout::UploadState;
 pub use lease::{LeaseGuard, Leases};
 pub use ledger::{

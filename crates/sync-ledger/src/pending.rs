@@ -3,19 +3,32 @@
 //! read goes through the apply's [`WriteTxn`], so on a shared store it sees what the
 //! tenant lock orders.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use sync_types::merge::{MergeDecision, Version, VersionKind, merge_one};
 use sync_types::{Cid, Message, ProgressToken, ProtocolName, RecordId};
 
 use crate::error::{Error, Result};
-use crate::layout::{self, LogMeta, Pn, RecordRow, StoredEntry, Tn, dec, enc};
+use crate::layout::{self, EntryRef, LogMeta, Pn, RecordRow, StoredEntry, Tn, dec, enc};
 use crate::ledger::{Ledger, LedgerOutcome, protocol_mismatch};
 use crate::store::{Batch, WriteTxn};
 
-/// A stored version as a pruning needs it: its position, its message, and the ids its
-/// entry recorded as pruned (carried on when it is pruned in turn).
-pub(crate) type Stored = (u64, Message, Vec<Cid>);
+/// A stored version as a pruning needs it: its position, its message (borrowed from the
+/// apply's input when this batch stored it), and the ids its entry recorded as pruned
+/// (carried on when it is pruned in turn).
+pub(crate) type Stored<'a> = (u64, Cow<'a, Message>, Vec<Cid>);
+
+/// A message the apply stores: its cid (hashed once, by [`HashedMessage::new`]), the
+/// message and its inline payload, borrowed from the caller.
+///
+/// [`HashedMessage::new`]: crate::HashedMessage::new
+#[derive(Clone, Copy)]
+pub(crate) struct Entry<'a> {
+    pub(crate) cid: Cid,
+    pub(crate) message: &'a Message,
+    pub(crate) data: Option<&'a [u8]>,
+}
 
 pub(crate) struct Pending<'a> {
     pub(crate) ledger: &'a Ledger,
@@ -31,15 +44,15 @@ pub(crate) struct Pending<'a> {
     pub(crate) loaded: HashMap<RecordId, Option<RecordRow>>,
     /// Retained versions of the loaded records, read up front on a shared store so a
     /// pruning costs no round trip: cid -> (position, message).
-    pub(crate) retained: HashMap<Cid, Stored>,
+    pub(crate) retained: HashMap<Cid, Stored<'a>>,
     pub(crate) records: HashMap<RecordId, RecordRow>,
     /// Messages stored by this batch: cid -> (position, message).
-    pub(crate) added: HashMap<Cid, Stored>,
+    pub(crate) added: HashMap<Cid, Stored<'a>>,
     pub(crate) new_protocols: HashMap<ProtocolName, Pn>,
     pub(crate) next_protocol: Option<u32>,
 }
 
-impl Pending<'_> {
+impl<'a> Pending<'a> {
     fn record(&mut self, id: &RecordId) -> Result<Option<RecordRow>> {
         if let Some(row) = self.records.get(id) {
             return Ok(Some(row.clone()));
@@ -119,7 +132,8 @@ impl Pending<'_> {
     pub(crate) fn store_message(
         &mut self,
         meta: &mut LogMeta,
-        entry: StoredEntry,
+        entry: Entry<'a>,
+        pruned: Vec<Cid>,
         row: Option<&RecordRow>,
     ) -> Result<ProgressToken> {
         let pn = self.protocol(entry.message.protocol())?;
@@ -129,13 +143,18 @@ impl Pending<'_> {
             Error::Inconsistent("the log's head is at the last position there is".into())
         })?;
         let pos = meta.head;
-        for (p, k, v) in layout::index_entries(self.tn, pn, pos, &entry.cid, &entry.message, row) {
+        for (p, k, v) in layout::index_entries(self.tn, pn, pos, &entry.cid, entry.message, row) {
             self.batch.put(p, k, v);
         }
         self.batch.put(
             layout::LOG,
             layout::log_key(self.tn, pos),
-            layout::enc_entry(&entry),
+            layout::enc_entry_ref(&EntryRef {
+                cid: &entry.cid,
+                message: entry.message,
+                data: entry.data,
+                pruned: &pruned,
+            }),
         );
         let token = ProgressToken {
             stream_id: meta.stream_id,
@@ -144,7 +163,7 @@ impl Pending<'_> {
             cid: entry.cid,
         };
         self.added
-            .insert(entry.cid, (pos, entry.message, entry.pruned));
+            .insert(entry.cid, (pos, Cow::Borrowed(entry.message), pruned));
         Ok(token)
     }
 
@@ -174,12 +193,12 @@ impl Pending<'_> {
 }
 
 impl Ledger {
-    pub(crate) fn merge_entry(
+    pub(crate) fn merge_entry<'a>(
         meta: &mut LogMeta,
-        pending: &mut Pending<'_>,
-        entry: StoredEntry,
+        pending: &mut Pending<'a>,
+        entry: Entry<'a>,
     ) -> Result<LedgerOutcome> {
-        let (record_id, prev, kind, write) = match &entry.message {
+        let (record_id, prev, kind, write) = match entry.message {
             Message::Write(w) => (w.record_id, w.prev, VersionKind::Write, Some(w)),
             Message::Delete(d) => (d.record_id, d.prev, VersionKind::Delete, None),
             Message::Configure(_) => unreachable!("configure is handled by the caller"),
@@ -235,11 +254,7 @@ impl Ledger {
                         removed.push(cid);
                     }
                 }
-                let entry = StoredEntry {
-                    pruned: removed,
-                    ..entry
-                };
-                let token = pending.store_message(meta, entry, Some(&new_row))?;
+                let token = pending.store_message(meta, entry, removed, Some(&new_row))?;
                 pending.records.insert(record_id, new_row);
                 LedgerOutcome::Applied {
                     token,
@@ -265,7 +280,7 @@ pub(crate) fn read_messages(
     txn: &mut dyn WriteTxn,
     tn: Tn,
     cids: &[Cid],
-) -> Result<HashMap<Cid, Stored>> {
+) -> Result<HashMap<Cid, Stored<'static>>> {
     let keys: Vec<Vec<u8>> = cids.iter().map(|c| layout::msg_key(tn, c)).collect();
     let positions = txn.get_many(layout::MSG, &keys)?;
     let mut found = Vec::with_capacity(cids.len());
@@ -291,7 +306,7 @@ pub(crate) fn read_messages(
                 entry.cid
             )));
         }
-        out.insert(cid, (pos, entry.message, entry.pruned));
+        out.insert(cid, (pos, Cow::Owned(entry.message), entry.pruned));
     }
     Ok(out)
 }

@@ -17,7 +17,7 @@
 
 use sync_types::{Cid, TenantId};
 
-use crate::blobs::{BlobUpload, Blobs, chunk_key};
+use crate::blobs::{BlobUpload, Blobs};
 use crate::error::Result;
 use crate::layout::{self, BLOB_CHUNK_BYTES, BlobMeta, enc};
 use crate::ledger::lock;
@@ -112,11 +112,8 @@ impl BlobUpload<'_> {
             batch = std::mem::take(&mut self.pending);
             if !self.buf.is_empty() {
                 let index = self.received / BLOB_CHUNK_BYTES as u64;
-                batch.put(
-                    layout::BLOB_CHUNKS,
-                    chunk_key(&staging, index)?,
-                    std::mem::take(&mut self.buf),
-                );
+                let tail = std::mem::take(&mut self.buf);
+                blobs.put_chunk(&mut batch, &staging, index, tail)?;
             }
             // A partial download of the blob under its own id is superseded.
             if !uploads.contains(&target) {

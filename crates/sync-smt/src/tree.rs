@@ -138,6 +138,26 @@ impl Tree {
         self.root.remove(0, key)
     }
 
+    /// Add every key of `keys` (any order, duplicates allowed); returns how many were
+    /// absent. The same set and root as inserting them one by one, but each touched
+    /// bucket and branch is rehashed once for the whole batch instead of once per key:
+    /// a batch of `k` keys costs the hashing of the touched paths, not `k` paths.
+    pub fn insert_many(&mut self, keys: impl IntoIterator<Item = Key>) -> usize {
+        let mut keys: Vec<Key> = keys.into_iter().collect();
+        keys.sort_unstable();
+        keys.dedup();
+        self.root.insert_sorted(0, &keys)
+    }
+
+    /// Remove every key of `keys` (any order, duplicates allowed); returns how many were
+    /// present. As [`insert_many`](Tree::insert_many): one rehash per touched node.
+    pub fn remove_many<'k>(&mut self, keys: impl IntoIterator<Item = &'k Key>) -> usize {
+        let mut keys: Vec<Key> = keys.into_iter().copied().collect();
+        keys.sort_unstable();
+        keys.dedup();
+        self.root.remove_sorted(0, &keys)
+    }
+
     /// The hash of the keys starting with `prefix` ([`Hash::EMPTY`] if there are none).
     /// `O(log n)` when the prefix ends on a cached node, else up to 127 compressions.
     #[must_use]
@@ -368,6 +388,100 @@ impl Node {
                 *len += 1;
                 self.hash = combine16(children);
                 true
+            }
+        }
+    }
+
+    /// Inserts strictly increasing `keys` that all share this node's first `depth` bits;
+    /// returns how many were absent. Each node on the touched paths is rehashed once.
+    fn insert_sorted(&mut self, depth: usize, keys: &[Key]) -> usize {
+        match &mut self.kind {
+            Kind::Bucket(held) => {
+                let before = held.len();
+                let mut merged = Vec::with_capacity(before + keys.len());
+                let (mut a, mut b) = (held.iter().peekable(), keys.iter().peekable());
+                loop {
+                    match (a.peek(), b.peek()) {
+                        (Some(x), Some(y)) => match x.cmp(y) {
+                            std::cmp::Ordering::Less => merged.extend(a.next()),
+                            std::cmp::Ordering::Greater => merged.extend(b.next()),
+                            std::cmp::Ordering::Equal => {
+                                merged.extend(a.next());
+                                b.next();
+                            }
+                        },
+                        (Some(_), None) => merged.extend(a.next()),
+                        (None, Some(_)) => merged.extend(b.next()),
+                        (None, None) => break,
+                    }
+                }
+                let added = merged.len() - before;
+                if added == 0 {
+                    return 0;
+                }
+                if merged.len() > BUCKET_MAX && depth < 256 {
+                    *self = Node::build(&merged, depth);
+                } else {
+                    self.hash = hash_sorted(&merged);
+                    *held = merged;
+                }
+                added
+            }
+            Kind::Branch(children, len) => {
+                let mut rest = keys;
+                let mut added = 0;
+                for (i, child) in children.iter_mut().enumerate() {
+                    let n = rest.partition_point(|k| nibble(k, depth) <= i);
+                    if n > 0 {
+                        added += child.insert_sorted(depth + 4, &rest[..n]);
+                    }
+                    rest = &rest[n..];
+                }
+                if added > 0 {
+                    *len += added;
+                    self.hash = combine16(children);
+                }
+                added
+            }
+        }
+    }
+
+    /// Removes strictly increasing `keys` that all share this node's first `depth` bits;
+    /// returns how many were present. Each node on the touched paths is rehashed once.
+    fn remove_sorted(&mut self, depth: usize, keys: &[Key]) -> usize {
+        match &mut self.kind {
+            Kind::Bucket(held) => {
+                let before = held.len();
+                held.retain(|k| keys.binary_search(k).is_err());
+                let removed = before - held.len();
+                if removed > 0 {
+                    self.hash = hash_sorted(held);
+                }
+                removed
+            }
+            Kind::Branch(children, len) => {
+                let mut rest = keys;
+                let mut removed = 0;
+                for (i, child) in children.iter_mut().enumerate() {
+                    let n = rest.partition_point(|k| nibble(k, depth) <= i);
+                    if n > 0 {
+                        removed += child.remove_sorted(depth + 4, &rest[..n]);
+                    }
+                    rest = &rest[n..];
+                }
+                if removed == 0 {
+                    return 0;
+                }
+                *len -= removed;
+                if *len <= BUCKET_MIN {
+                    let mut held = Vec::with_capacity(*len);
+                    children.iter().for_each(|c| c.collect(&mut held));
+                    self.hash = hash_sorted(&held);
+                    self.kind = Kind::Bucket(held);
+                } else {
+                    self.hash = combine16(children);
+                }
+                removed
             }
         }
     }

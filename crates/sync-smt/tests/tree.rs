@@ -115,6 +115,41 @@ proptest! {
     }
 
     #[test]
+    fn batched_inserts_and_removes_match_the_model(
+        start in keys(300),
+        batches in proptest::collection::vec((keys(200), any::<Vec<usize>>(), keys(20)), 1..6),
+        probe in key(),
+    ) {
+        let mut tree = Tree::new();
+        let mut model = BTreeSet::new();
+        // Half of the starting keys one by one, so batches land on buckets and branches.
+        let (single, batched) = start.split_at(start.len() / 2);
+        for k in single {
+            tree.insert(*k);
+            model.insert(*k);
+        }
+        let new = batched.iter().filter(|k| !model.contains(*k)).copied().collect::<BTreeSet<_>>().len();
+        prop_assert_eq!(tree.insert_many(batched.iter().copied()), new);
+        model.extend(batched.iter().copied());
+        for (adds, picks, absent) in batches {
+            let mut removes: Vec<Key> = picks.iter().filter_map(|i| model.iter().nth(i % model.len().max(1))).copied().collect();
+            removes.extend(absent.iter().filter(|k| !model.contains(*k)));
+            let present = removes.iter().filter(|k| model.contains(*k)).copied().collect::<BTreeSet<_>>().len();
+            prop_assert_eq!(tree.remove_many(&removes), present);
+            for k in &removes {
+                model.remove(k);
+            }
+            let new = adds.iter().filter(|k| !model.contains(*k)).copied().collect::<BTreeSet<_>>().len();
+            prop_assert_eq!(tree.insert_many(adds.iter().copied()), new);
+            model.extend(adds.iter().copied());
+            check_queries(&tree, &model, &probe);
+        }
+        if let Some(k) = model.iter().next() {
+            check_queries(&tree, &model, k);
+        }
+    }
+
+    #[test]
     fn root_with_predicts_the_root_after_changes(keys in keys(300), adds in keys(80), removes in any::<Vec<usize>>()) {
         let set = sorted(keys);
         let tree = Tree::from_sorted(&set).unwrap();

@@ -52,6 +52,9 @@ pub const DENSE_VERSION: u8 = 2;
 pub const ACCEPT_TOKEN: &str = "dense";
 /// Most names in one table of a dense frame.
 pub const NAMES_MAX: usize = 1024;
+/// [`sync_types::INLINE_DATA_BYTES_MAX`] as a length.
+const INLINE_BYTES_MAX: usize = 32 * 1024;
+const _: () = assert!(INLINE_BYTES_MAX as u64 == sync_types::INLINE_DATA_BYTES_MAX);
 
 /// The names a dense frame's messages refer to by index.
 #[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
@@ -541,6 +544,10 @@ impl Names {
     }
 
     fn item(&self, item: DenseItem, at: usize) -> Result<MessageData, FrameError> {
+        // Checked again with the rebuilt value; here before its bytes are hashed.
+        if let Some(d) = &item.data {
+            crate::frame::check_len("inline data", d.len(), INLINE_BYTES_MAX)?;
+        }
         let message = match item.message {
             DenseMessage::Write(w) => Message::Write(self.write(w, item.data.as_deref(), at)?),
             DenseMessage::Delete(d) => Message::Delete(self.delete(d, at)?),

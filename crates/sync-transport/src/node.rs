@@ -451,28 +451,24 @@ impl<H: Handler> Node<H> {
                 let (outcomes, placed) = self.write_batch(ctx, r, true).await?;
                 Reply::WriteBatchPlaced(PlacedBatchReply { outcomes, placed })
             }
-            Request::LogPageKnown(r) => {
-                let known = r.known;
-                let mut reply = h.log_page(ctx, r.page).await.map_err(e)?;
-                if let LogPageReply::Page(page) = &mut reply {
-                    // Only ever less of what the caller may read: its own claim.
-                    page.entries.retain(|entry| !known.contains(&entry.token));
-                }
-                Reply::LogPage(reply)
-            }
+            Request::LogPageKnown(r) => Reply::LogPage(
+                echo::known_page(&**h, ctx, r.page, &r.known)
+                    .await
+                    .map_err(e)?,
+            ),
             Request::LogPageHead(r) => {
                 let HeadLogPageRequest {
                     page: req,
                     known,
                     count_remaining,
                 } = r;
-                let mut reply = h.log_page(ctx, req.clone()).await.map_err(e)?;
-                let extent = match &mut reply {
+                let reply = match &known {
+                    Some(known) => echo::known_page(&**h, ctx, req.clone(), known).await,
+                    None => h.log_page(ctx, req.clone()).await,
+                }
+                .map_err(e)?;
+                let extent = match &reply {
                     LogPageReply::Page(page) => {
-                        if let Some(known) = &known {
-                            // Only ever less of what the caller may read: its own claim.
-                            page.entries.retain(|entry| !known.contains(&entry.token));
-                        }
                         let query = LogExtentQuery {
                             after: page.next,
                             req,

@@ -394,6 +394,21 @@ fn malformed() -> Vec<(Vec<u8>, &'static str)> {
         push_of(big, vec![dense_write()]),
         "dense node table holds 1025 elements, more than the limit of 1024",
     ));
+    let too_big = dense_frame(
+        FrameKind::Request,
+        &DenseRequest::WriteBatch(DenseBatch {
+            tenant: tenant(),
+            names: names(),
+            messages: vec![DenseItem {
+                message: DenseMessage::Write(dense_write()),
+                data: Some(vec![b' '; 32 * 1024 + 1]),
+            }],
+        }),
+    );
+    cases.push((
+        too_big,
+        "inline data is 32769 bytes, more than the limit of 32768",
+    ));
     cases.push((
         push_of(names(), vec![dense_write(); BATCH_MESSAGES_MAX + 1]),
         "write batch holds 257 elements, more than the limit of 256",

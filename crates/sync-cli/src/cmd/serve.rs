@@ -354,14 +354,14 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<Exit> {
     }
     let (replica, bus, store) = match &settings.store {
         Some(url) => {
-            let (replica, bus) =
+            let (replica, bus, pg) =
                 super::shared::open(url, &settings.store_schema, settings.tree_cache())?;
             let shown = format!(
                 "{} (schema {})",
                 super::shared::redact(url),
                 settings.store_schema
             );
-            (replica, Some(bus), shown)
+            (replica, Some((bus, pg)), shown)
         }
         None => {
             let store = paths::node_store(&settings.data_dir);
@@ -391,15 +391,19 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<Exit> {
         let metrics = Arc::new(Metrics::new());
         metrics.add_source(node_info(node_name.clone()));
         metrics.add_source(log_positions(replica.clone()));
-        if let Some(bus) = &bus {
-            metrics.add_source(super::shared::metrics(replica.clone(), bus.clone()));
+        if let Some((bus, pg)) = &bus {
+            metrics.add_source(super::shared::metrics(
+                replica.clone(),
+                bus.clone(),
+                pg.clone(),
+            ));
         }
         config.metrics = Some(metrics);
     }
     let grace_ms = config.shutdown_grace_ms;
     let mut signals = crate::signals::ShutdownSignals::new()?;
     let mut handler = ReplicaHandler::new(replica.clone()).with_blob_limits(settings.blob_limits());
-    if let Some(bus) = bus {
+    if let Some((bus, _)) = bus {
         handler = handler.with_bus(bus);
     }
     let handler = Arc::new(handler);

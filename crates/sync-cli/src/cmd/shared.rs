@@ -3,8 +3,9 @@
 //!
 //! What a node keeps for itself is only cache: connections, Merkle trees that follow
 //! the log (`sync_engine::replica`), blob uploads in progress, subscriptions. Every
-//! node announces its commits on the database's `LISTEN`/`NOTIFY` bus
-//! ([`PgChangeBus`]), so a write accepted by one node wakes the subscriptions of all.
+//! node announces its commits on the database's `LISTEN`/`NOTIFY` bus (the store sends
+//! `pg_notify` inside each commit, [`PgChangeBus`] listens), so a write accepted by one
+//! node wakes the subscriptions of all.
 
 use std::sync::Arc;
 
@@ -24,12 +25,13 @@ pub(crate) fn is_postgres(store: &str) -> bool {
     store.starts_with("postgres://") || store.starts_with("postgresql://")
 }
 
-/// A replica on the shared store and the bus to the other nodes.
+/// A replica on the shared store, the bus to the other nodes and the store (for its
+/// counters).
 pub(crate) fn open(
     url: &str,
     schema: &str,
     (tenants_max, keys_max): (usize, usize),
-) -> anyhow::Result<(Replica, Arc<PgChangeBus>)> {
+) -> anyhow::Result<(Replica, Arc<PgChangeBus>, PgStore)> {
     // The URL may hold a password: never print it.
     let shown = redact(url);
     let store = PgStore::builder(url)
@@ -44,7 +46,7 @@ pub(crate) fn open(
                 format!("cannot open the PostgreSQL store {shown} (schema {schema}): {other}"),
             ),
         })?;
-    let ledger = Ledger::open(store)
+    let ledger = Ledger::open(store.clone())
         .with_context(|| format!("cannot open the ledger in {shown} (schema {schema})"))?;
     let replica = Replica::builder()
         .tree_cache(tenants_max, keys_max)
@@ -52,7 +54,7 @@ pub(crate) fn open(
         .with_context(|| format!("cannot open the ledger in {shown} (schema {schema})"))?;
     let bus = PgChangeBus::start(url, schema)
         .with_context(|| format!("cannot start the change bus on {shown}"))?;
-    Ok((replica, Arc::new(bus)))
+    Ok((replica, Arc::new(bus), store))
 }
 
 /// The leases of the nodes on the shared store: background work (the blob collector)
@@ -81,6 +83,7 @@ pub(crate) fn redact(url: &str) -> String {
 pub(crate) fn metrics(
     replica: Replica,
     bus: Arc<PgChangeBus>,
+    store: PgStore,
 ) -> impl Fn() -> Vec<Family> + Send + Sync + 'static {
     move || {
         let c = bus.counters();
@@ -91,18 +94,13 @@ pub(crate) fn metrics(
         vec![
             counter(
                 "weft_bus_sent_total",
-                "Tenant log heads this node announced to the other nodes (after coalescing).",
-                c.sent,
+                "Commits this node announced to the other nodes (each within its commit).",
+                store.announced(),
             ),
             counter(
                 "weft_bus_heard_total",
                 "Announcements heard on the bus, this node's own included.",
                 c.heard,
-            ),
-            counter(
-                "weft_bus_dropped_total",
-                "Announcements dropped because too many tenants were waiting.",
-                c.dropped,
             ),
             counter(
                 "weft_bus_reconnects_total",

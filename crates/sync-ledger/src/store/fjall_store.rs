@@ -272,7 +272,10 @@ impl Store for FjallStore {
         }
         // The batch touches a few partitions many times: resolve each handle once.
         let mut handles: Vec<(&'static str, Keyspace)> = Vec::new();
-        let mut wb = self.db.batch().durability(Some(persist_mode(durability)));
+        // Sized up front: a batch of a thousand messages holds thousands of operations,
+        // and growing it reallocates (and copies) it a dozen times per commit.
+        let mut wb = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), batch.len())
+            .durability(Some(persist_mode(durability)));
         for op in batch.into_sorted_ops() {
             let name = op.partition.name();
             let ks = match handles

@@ -65,6 +65,16 @@ pub trait WriteTxn {
         Ok(self.get_many(partition, &[key.to_vec()])?.pop().flatten())
     }
 
+    /// Says that, once this transaction commits, `tenant`'s log reaches `head`. A store
+    /// shared by several processes tells the others with the commit itself, so the
+    /// announcement is heard exactly when the commit is visible and never for a
+    /// transaction that does not commit (see [`ChangeBus`](crate::ChangeBus)). The
+    /// default does nothing: a store with one writer process has no one else to tell
+    /// (the ledger's own listeners hear every commit of their process).
+    fn announce(&mut self, tenant: &sync_types::TenantId, head: u64) {
+        let _ = (tenant, head);
+    }
+
     /// Applies `batch` atomically with at least `durability` and releases the locks.
     /// The contract of [`Store::commit`] holds, except that an
     /// [`Error::Retry`](crate::Error::Retry) means the database is consistent and the

@@ -17,8 +17,13 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sync_types::{Cid, GrantId, KnownRanges, ProgressToken, TenantId};
+
+use super::{Handler, RequestContext};
+use crate::error::HandlerError;
+use crate::proto::{LogPageReply, LogPageRequest};
 
 /// The header naming the caller's session (32 hex digits).
 pub const SESSION_HEADER: &str = "x-weft-session";
@@ -31,6 +36,52 @@ pub const KNOWN_HEADER_BYTES_MAX: usize = 16 * 1024;
 /// Most cids noted per session and not yet left out; the oldest go first (their entries
 /// are then sent, which costs bytes, never events).
 pub const SESSION_CIDS_MAX: usize = 8 * 1024;
+
+/// Most further pages a node reads for one page request whose entries the caller all
+/// holds ([`known_page`]).
+pub const KNOWN_PAGES_SKIPPED_MAX: usize = 64;
+/// Longest a node keeps reading further pages for one such request, in milliseconds.
+pub const KNOWN_PAGES_TIME_MS_MAX: u64 = 250;
+
+/// A page of `req` without the entries at positions in `known` (the caller's own claim
+/// of what it holds, so only ever less of what it may read). A page left empty whose
+/// log goes on is not sent: the node reads on from its `next`, within
+/// [`KNOWN_PAGES_SKIPPED_MAX`] pages and [`KNOWN_PAGES_TIME_MS_MAX`], so a replica
+/// that uploaded a large log crosses its own echo in a request or two instead of one
+/// per page. A gap met on the way ends the request with the last (empty) page, whose
+/// `next` the caller reads from and then meets the gap itself.
+pub(crate) async fn known_page<H: Handler>(
+    h: &H,
+    ctx: &RequestContext,
+    mut req: LogPageRequest,
+    known: &KnownRanges,
+) -> Result<LogPageReply, HandlerError> {
+    let started = std::time::Instant::now();
+    let mut reply = h.log_page(ctx, req.clone()).await?;
+    for _ in 0..KNOWN_PAGES_SKIPPED_MAX {
+        let LogPageReply::Page(page) = &mut reply else {
+            break;
+        };
+        page.entries.retain(|entry| !known.contains(&entry.token));
+        let skip = page.entries.is_empty()
+            && page.has_more
+            && page.next.is_some()
+            && page.next != req.from
+            && started.elapsed() < Duration::from_millis(KNOWN_PAGES_TIME_MS_MAX);
+        if !skip {
+            return Ok(reply);
+        }
+        req.from = page.next;
+        match h.log_page(ctx, req.clone()).await? {
+            next @ LogPageReply::Page(_) => reply = next,
+            LogPageReply::Gap(_) => return Ok(reply),
+        }
+    }
+    if let LogPageReply::Page(page) = &mut reply {
+        page.entries.retain(|entry| !known.contains(&entry.token));
+    }
+    Ok(reply)
+}
 
 /// A client's session: random, so that it names one client's pushes and subscriptions.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]

@@ -1,0 +1,186 @@
+//! CPU per applied message, in process: what the node pays for each pushed message and
+//! B for each pulled one, without HTTP, compression or the other end. Printed as a
+//! markdown table for BENCHMARKS.md.
+//!
+//! Usage:
+//!
+//! ```text
+//! cargo run --release -p benches --bin apply_bench -- --n 100000 --batch 1000
+//! ```
+//!
+//! A writes N records of `wire_bench`'s workload (about 210 bytes of JSON each) with
+//! `Replica::write_batch`; its log is read into memory in pages of `--batch` entries;
+//! then an empty durable fjall replica (synced commits, as the node and B) applies the
+//! pages one by one with `Replica::apply_with_positions`, as a node applies a push and
+//! a replica a pulled page. The applying thread's CPU time
+//! (`/proc/thread-self/schedstat`) is counted around each call, so other processes on a
+//! shared machine change the wall time, not the CPU per message; fjall's background
+//! flushes and compactions run on their own threads and are not counted.
+
+// A bench binary's output is its result: it prints tables on stdout by design.
+#![allow(clippy::print_stdout)]
+// Counts and durations are far below the truncation limits on a 64-bit host.
+#![allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+
+use std::time::{Duration, Instant};
+
+use sync_engine::{Origin, RecordKey, Replica, WriteBatch, WriteRequest};
+use sync_ledger::{Durability, LogQuery, LogRead};
+use sync_types::*;
+
+fn tenant() -> TenantId {
+    TenantId::new("did:example:wire").unwrap()
+}
+fn protocol() -> ProtocolName {
+    ProtocolName::new("https://example.com/docs").unwrap()
+}
+fn doc() -> ProtocolPath {
+    ProtocolPath::new("doc").unwrap()
+}
+fn author() -> PrincipalId {
+    PrincipalId::new("did:example:wire").unwrap()
+}
+
+/// `wire_bench`'s record: about 210 bytes of JSON.
+fn record(n: u64) -> (Vec<u8>, Vec<u8>) {
+    let id = format!("doc:{n:08}");
+    let json = format!(
+        "{{\"_id\":\"{id}\",\"type\":\"note\",\"n\":{n},\"v\":0,\"title\":\"Note number {n} version 0\",\"body\":\"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod {n:x}.\",\"updatedAt\":\"2026-12-03T06:{:02}:{:02}.000Z\"}}",
+        (n / 60) % 60,
+        n % 60
+    );
+    (id.into_bytes(), json.into_bytes())
+}
+
+/// CPU time of the calling thread so far.
+fn thread_cpu() -> Duration {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let ns = text
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Duration::from_nanos(ns)
+}
+
+struct Options {
+    n: u64,
+    batch: usize,
+    buffered: bool,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        n: 100_000,
+        batch: 1_000,
+        buffered: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--n" => o.n = it.next().and_then(|v| v.parse().ok()).expect("--n N"),
+            "--batch" => o.batch = it.next().and_then(|v| v.parse().ok()).expect("--batch N"),
+            "--buffered" => o.buffered = true,
+            other => panic!("unknown option {other}"),
+        }
+    }
+    o
+}
+
+fn main() {
+    let o = options();
+    let dir_a = tempfile::tempdir().unwrap();
+    let a = Replica::builder()
+        .durability(Durability::Buffered)
+        .open(dir_a.path())
+        .unwrap();
+    let types = vec![TypeRule {
+        path: doc(),
+        data_bytes_max: None,
+    }];
+    a.configure(&tenant(), &protocol(), types, vec![], &author())
+        .unwrap();
+    let mut n = 0;
+    while n < o.n {
+        let mut batch = WriteBatch::new();
+        for i in n..(n + 1_000).min(o.n) {
+            let (id, json) = record(i);
+            batch.write(WriteRequest {
+                protocol: protocol(),
+                path: doc(),
+                key: RecordKey::Natural(id),
+                parent: None,
+                data: Some(json),
+                author: author(),
+            });
+        }
+        a.write_batch(&tenant(), batch).unwrap();
+        n = (n + 1_000).min(o.n);
+    }
+    let mut pages: Vec<Vec<(Message, Option<Vec<u8>>)>> = Vec::new();
+    let mut after = None;
+    loop {
+        let LogRead::Page(page) = a
+            .ledger()
+            .read_log(&tenant(), &LogQuery::after(after, o.batch))
+            .unwrap()
+        else {
+            panic!("a gap in a fresh log");
+        };
+        after = page.next;
+        let more = page.has_more;
+        pages.push(
+            page.entries
+                .into_iter()
+                .map(|e| (e.message, e.data))
+                .collect(),
+        );
+        if !more {
+            break;
+        }
+    }
+    let messages: usize = pages.iter().map(Vec::len).sum();
+
+    let dir_b = tempfile::tempdir().unwrap();
+    let durability = if o.buffered {
+        Durability::Buffered
+    } else {
+        Durability::SyncData
+    };
+    let b = Replica::builder()
+        .durability(durability)
+        .open(dir_b.path())
+        .unwrap();
+    let (mut cpu, mut wall) = (Duration::ZERO, Duration::ZERO);
+    let commits = pages.len();
+    for page in pages {
+        let len = page.len();
+        let (c0, w0) = (thread_cpu(), Instant::now());
+        let applied = b
+            .apply_with_positions(&tenant(), page, Origin::Remote(None))
+            .unwrap();
+        wall += w0.elapsed();
+        cpu += thread_cpu() - c0;
+        assert_eq!(applied.len(), len);
+        assert!(
+            applied
+                .iter()
+                .all(|(o, t)| *o == ApplyOutcome::Applied && t.is_some()),
+            "every message is newly applied"
+        );
+    }
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / messages as f64;
+    println!(
+        "| messages | batch | commits | durability | CPU (s) | CPU µs/message | wall (s) | wall µs/message |"
+    );
+    println!("|---:|---:|---:|---|---:|---:|---:|---:|");
+    println!(
+        "| {messages} | {} | {commits} | {} | {:.2} | {:.1} | {:.2} | {:.1} |",
+        o.batch,
+        if o.buffered { "buffered" } else { "synced" },
+        cpu.as_secs_f64(),
+        per(cpu),
+        wall.as_secs_f64(),
+        per(wall),
+    );
+}
