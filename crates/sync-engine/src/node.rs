@@ -211,7 +211,9 @@ impl ReplicaHandler {
     }
 
     /// Connects the node to the other processes serving the same shared store: every
-    /// commit of this node is announced on `bus` after it, and every announcement heard
+    /// commit of this node is announced on `bus` after it (`ChangeBus::publish`; a
+    /// store that announces inside the commit itself, as PostgreSQL's `pg_notify` does,
+    /// has a bus whose `publish` does nothing), and every announcement heard
     /// wakes this node's subscriptions of that tenant (a reconnect of the bus wakes them
     /// all). A lost announcement costs latency, never data: subscriptions read the log,
     /// and re-read it on their own schedule (`ServerConfig::live_poll_interval_ms`).
