@@ -38,7 +38,7 @@ pub const KNOWN_HEADER_BYTES_MAX: usize = 16 * 1024;
 pub const SESSION_CIDS_MAX: usize = 8 * 1024;
 
 /// Most further pages a node reads for one page request whose entries the caller all
-/// holds ([`known_page`]).
+/// holds (`LogPageKnown` and `LogPageHead` with known ranges).
 pub const KNOWN_PAGES_SKIPPED_MAX: usize = 64;
 /// Longest a node keeps reading further pages for one such request, in milliseconds.
 pub const KNOWN_PAGES_TIME_MS_MAX: u64 = 250;
