@@ -219,13 +219,10 @@ async fn what_others_wrote_between_two_pushes_still_arrives() {
     assert_eq!(records(&b), records(&node.replica));
 }
 
-/// A caller's known ranges only ever take entries out of its own pages: claiming the
-/// whole log hides everything from it and shows nothing beyond its grant, and a token
-/// without the read grant is refused.
-#[tokio::test]
-async fn known_ranges_cannot_widen_a_read_and_need_the_read_grant() {
-    let (server, node) = new_node(&key(), 100);
-    configure(&server);
+/// `n` notes in scope of a notes-only reader, and `n` records of another protocol,
+/// each holding `secret`, interleaved in the node's log.
+fn notes_and_secrets(server: &Replica, n: usize, secret: &[u8]) {
+    configure(server);
     let other = ProtocolName::new("https://example.com/other").unwrap();
     server
         .configure(
@@ -239,19 +236,28 @@ async fn known_ranges_cannot_widen_a_read_and_need_the_read_grant() {
             &alice(),
         )
         .unwrap();
-    for i in 0..20 {
-        put(&server, &format!("n{i}"), b"in scope");
+    for i in 0..n {
+        put(server, &format!("n{i}"), b"in scope");
         server
             .put(
                 &tenant(),
                 &other,
                 &note(),
                 format!("o{i}").as_bytes(),
-                b"secret".to_vec(),
+                secret.to_vec(),
                 &alice(),
             )
             .unwrap();
     }
+}
+
+/// A caller's known ranges only ever take entries out of its own pages: claiming the
+/// whole log hides everything from it and shows nothing beyond its grant, and a token
+/// without the read grant is refused.
+#[tokio::test]
+async fn known_ranges_cannot_widen_a_read_and_need_the_read_grant() {
+    let (server, node) = new_node(&key(), 100);
+    notes_and_secrets(&server, 20, b"secret");
     let notes_only = Scope::ProtocolSet(ProtocolSet::new(vec![notes()]).unwrap());
     let reader = delegate("reader", notes_only.clone(), Actions::READ);
     let client = InProcessClient::new(node.clone(), &reader);
@@ -403,33 +409,7 @@ async fn a_page_of_known_entries_reads_on_to_the_first_unknown_one() {
 #[tokio::test]
 async fn the_log_extent_counts_only_the_callers_scope_and_needs_the_read_grant() {
     let (server, node) = new_node(&key(), 100);
-    configure(&server);
-    let other = ProtocolName::new("https://example.com/other").unwrap();
-    server
-        .configure(
-            &tenant(),
-            &other,
-            vec![TypeRule {
-                path: note(),
-                data_bytes_max: None,
-            }],
-            vec![],
-            &alice(),
-        )
-        .unwrap();
-    for i in 0..30 {
-        put(&server, &format!("n{i}"), b"in scope");
-        server
-            .put(
-                &tenant(),
-                &other,
-                &note(),
-                format!("o{i}").as_bytes(),
-                b"secret, and longer than the notes".to_vec(),
-                &alice(),
-            )
-            .unwrap();
-    }
+    notes_and_secrets(&server, 30, b"secret, and longer than the notes");
     let notes_only = Scope::ProtocolSet(ProtocolSet::new(vec![notes()]).unwrap());
     let reader = delegate("reader", notes_only.clone(), Actions::READ);
     let client = InProcessClient::new(node.clone(), &reader);

@@ -58,29 +58,28 @@ pub(crate) async fn known_page<H: Handler>(
 ) -> Result<LogPageReply, HandlerError> {
     let started = std::time::Instant::now();
     let mut reply = h.log_page(ctx, req.clone()).await?;
-    for _ in 0..KNOWN_PAGES_SKIPPED_MAX {
+    let mut skipped = 0;
+    loop {
         let LogPageReply::Page(page) = &mut reply else {
-            break;
+            return Ok(reply);
         };
         page.entries.retain(|entry| !known.contains(&entry.token));
-        let skip = page.entries.is_empty()
+        let read_on = page.entries.is_empty()
             && page.has_more
             && page.next.is_some()
             && page.next != req.from
+            && skipped < KNOWN_PAGES_SKIPPED_MAX
             && started.elapsed() < Duration::from_millis(KNOWN_PAGES_TIME_MS_MAX);
-        if !skip {
+        if !read_on {
             return Ok(reply);
         }
         req.from = page.next;
+        skipped += 1;
         match h.log_page(ctx, req.clone()).await? {
             next @ LogPageReply::Page(_) => reply = next,
             LogPageReply::Gap(_) => return Ok(reply),
         }
     }
-    if let LogPageReply::Page(page) = &mut reply {
-        page.entries.retain(|entry| !known.contains(&entry.token));
-    }
-    Ok(reply)
 }
 
 /// A client's session: random, so that it names one client's pushes and subscriptions.
