@@ -1,5 +1,5 @@
 //! Blob content in an S3-compatible object store: [`S3Content`], a
-//! [`BlobContent`](sync_ledger::BlobContent) of the ledger that keeps every chunk of
+//! [`BlobContent`] of the ledger that keeps every chunk of
 //! every blob and upload as an object of one bucket (AWS S3, MinIO, Ceph, moto, …),
 //! while the ledger's store keeps what says which blobs exist (metadata, upload states,
 //! owners, leases).
