@@ -1,9 +1,11 @@
 //! `weft serve --blob-store s3://…`: a real node process keeps blob content in a bucket
 //! of a real S3-compatible server (moto, signatures checked; see
 //! `sync-blob-s3/tests/support`), not in its store; it refuses to start when the bucket
-//! does not answer to its credentials, and when its store already holds content.
+//! does not answer to its credentials, and when its store already holds content. Two
+//! nodes on one PostgreSQL database share the bucket.
 
 mod cli_support;
+mod cluster_support;
 #[path = "../../sync-blob-s3/tests/support/mod.rs"]
 mod s3_support;
 
@@ -206,5 +208,61 @@ fn a_store_with_content_of_its_own_is_not_moved_to_a_bucket() {
         r.stderr.contains("holds blob content of its own"),
         "{}",
         r.report()
+    );
+}
+
+/// Two nodes on one PostgreSQL database, one bucket: a blob a replica uploads through
+/// node A downloads through node B, byte for byte; its chunks are objects of the
+/// bucket, and the database holds none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_on_one_database_share_the_bucket() {
+    use cluster_support::{Rep, Site, tenant, until};
+
+    let site = Site::new("s3blobs");
+    let config = s3_support::bucket("cluster");
+    let url = s3_support::url(&config);
+    let node = || {
+        let mut c = site.serve_command(&site.key_file, "127.0.0.1:0", &["--blob-store", &url]);
+        c.env("AWS_ACCESS_KEY_ID", &config.credentials.access_key_id)
+            .env(
+                "AWS_SECRET_ACCESS_KEY",
+                &config.credentials.secret_access_key,
+            );
+        site.spawn(c)
+    };
+    let (a, b) = (node(), node());
+    let t = tenant("s3blobs");
+    let writer = Rep::new(&t, &a.url);
+    let reader = Rep::new(&t, &b.url);
+    writer.configure();
+    let bytes: Vec<u8> = (0..3 * 1024 * 1024 + 17)
+        .map(|i: u32| i.wrapping_mul(2_654_435_761).to_be_bytes()[1])
+        .collect();
+    let data = writer.replica.write_blob(&bytes[..]).unwrap();
+    let id = writer.put_blob("photo", data);
+    writer.sync().await;
+    assert_eq!(writer.pending(), 0);
+
+    reader.sync().await;
+    until("the blob through node B", || {
+        reader.replica.residency(&t, &id).unwrap() == sync_engine::blob::Residency::Resident
+    })
+    .await;
+    let got = reader
+        .replica
+        .read_blob(&data.data_cid, 0, data.size)
+        .unwrap();
+    assert!(got == bytes, "the blob came back intact");
+    // 3 MiB and 17 bytes are 49 chunks of 64 KiB, all in the bucket.
+    let keys =
+        tokio::task::spawn_blocking(move || S3Content::new(config).unwrap().keys(1_000).unwrap())
+            .await
+            .unwrap();
+    assert_eq!(keys.len(), 49, "{keys:?}");
+    assert_eq!(site.rows("blob_chunks"), 0, "no chunk in the database");
+    assert_eq!(
+        site.rows("blob_meta"),
+        1,
+        "which blobs exist stays in the database"
     );
 }
