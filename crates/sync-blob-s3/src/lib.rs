@@ -10,8 +10,10 @@
 //! Requests are signed with AWS Signature V4 ([`sigv4`], checked against AWS's
 //! published example).
 //!
-//! - `put_chunk` is a PUT, durable when it returns (before the ledger commits the
-//!   upload state that names the chunk);
+//! - `put_chunk` starts a PUT; up to [`PUTS_IN_FLIGHT_MAX`] of one id run at once, and
+//!   `flush` (which the ledger calls before it commits the upload state that names
+//!   them) waits for every one of them. A chunk written again waits for its earlier
+//!   write first, so writes of one chunk land in order;
 //! - `chunk` is a GET (404: not stored);
 //! - `chunks` over a known range GETs each index (a 404 is skipped); to the end, it
 //!   lists the id's objects page by page and GETs those in the range. Up to
@@ -31,7 +33,8 @@ mod http;
 pub mod sigv4;
 mod xml;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
@@ -53,12 +56,16 @@ use http::{Http, Pending, Request};
 pub const LIST_BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
 /// Chunk GETs (and DELETEs) a reader or a removal keeps in flight.
 pub const GETS_IN_FLIGHT_MAX: usize = 8;
+/// Chunk PUTs of one id in flight before a write waits for the oldest.
+pub const PUTS_IN_FLIGHT_MAX: usize = 8;
 /// Digits of a chunk's index in its object name (`u32::MAX` has 10).
 const INDEX_DIGITS: usize = 10;
 
 /// Blob chunks as objects of one S3 bucket; see the crate's documentation.
 pub struct S3Content {
     http: Http,
+    /// PUTs started and not yet waited for, per id, oldest first, with their index.
+    puts: Mutex<HashMap<Cid, VecDeque<(u32, Pending)>>>,
 }
 
 impl std::fmt::Debug for S3Content {
@@ -78,6 +85,7 @@ impl S3Content {
         })?;
         Ok(Self {
             http: Http::new(config)?,
+            puts: Mutex::new(HashMap::new()),
         })
     }
 
@@ -124,6 +132,7 @@ impl S3Content {
 
     /// The indexes of `at`'s stored chunks, listed from the bucket.
     pub fn stored_indexes(&self, at: &Cid) -> Result<Vec<u32>, S3Error> {
+        self.wait_puts(at)?;
         let prefix = self.id_prefix(at);
         let mut out = Vec::new();
         let mut listing = Listing::new(self, prefix, None);
@@ -151,6 +160,25 @@ impl S3Content {
                 None => return Ok(keys),
             }
         }
+    }
+
+    fn puts(&self) -> std::sync::MutexGuard<'_, HashMap<Cid, VecDeque<(u32, Pending)>>> {
+        // The map stays consistent whatever panicked while holding it.
+        self.puts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for every PUT of `at` started so far; the first failure, if any.
+    fn wait_puts(&self, at: &Cid) -> Result<(), S3Error> {
+        let queued = self.puts().remove(at).unwrap_or_default();
+        let mut first = Ok(());
+        for (_, pending) in queued {
+            if let Err(e) = pending.wait()
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
     }
 
     fn id_prefix(&self, at: &Cid) -> String {
@@ -396,8 +424,41 @@ impl BlobContent for S3Content {
         let key = self.key(at, index);
         let mut req = self.object("PUT", Method::PUT, &key, Bytes::from(bytes));
         req.body_bytes_max = http::ERROR_BODY_BYTES_MAX;
-        self.http.send(req)?;
+        // Earlier writes of this chunk land first, and the oldest PUTs past the limit
+        // are waited for (one writer per id: the ledger's uploads are exclusive).
+        let waits: Vec<Pending> = {
+            let mut puts = self.puts();
+            let queue = puts.entry(*at).or_default();
+            let mut waits = Vec::new();
+            let mut kept = VecDeque::with_capacity(queue.len());
+            for (i, p) in queue.drain(..) {
+                if i == index {
+                    waits.push(p);
+                } else {
+                    kept.push_back((i, p));
+                }
+            }
+            while kept.len() >= PUTS_IN_FLIGHT_MAX {
+                if let Some((_, p)) = kept.pop_front() {
+                    waits.push(p);
+                }
+            }
+            *queue = kept;
+            waits
+        };
+        for pending in waits {
+            pending.wait()?;
+        }
+        let pending = self.http.start(req);
+        self.puts()
+            .entry(*at)
+            .or_default()
+            .push_back((index, pending));
         Ok(())
+    }
+
+    fn flush(&self, at: &Cid) -> sync_ledger::Result<()> {
+        Ok(self.wait_puts(at)?)
     }
 
     fn chunk(
@@ -406,6 +467,8 @@ impl BlobContent for S3Content {
         at: &Cid,
         index: u32,
     ) -> sync_ledger::Result<Option<Vec<u8>>> {
+        // Reads see this process's writes.
+        self.wait_puts(at)?;
         let r = self.start_get(at, index).wait()?;
         Ok((r.status != StatusCode::NOT_FOUND).then(|| Vec::from(r.body)))
     }
@@ -417,6 +480,7 @@ impl BlobContent for S3Content {
         first: u32,
         last: Option<u32>,
     ) -> sync_ledger::Result<ChunkIter<'s>> {
+        self.wait_puts(at)?;
         let source = match last {
             Some(last) => Source::Range {
                 next: u64::from(first),
@@ -446,6 +510,9 @@ impl BlobContent for S3Content {
         _batch: &mut Batch,
         at: &Cid,
     ) -> sync_ledger::Result<()> {
+        // Writes still in flight land first, or one could land after its deletion
+        // (whether they failed does not matter: what landed is listed).
+        let _ = self.wait_puts(at);
         // Listed whole first: deleting under a listing in progress may skip keys.
         let indexes = self.stored_indexes(at)?;
         let mut in_flight: VecDeque<Pending> = VecDeque::new();

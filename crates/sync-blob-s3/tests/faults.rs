@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sync_blob_s3::{Credentials, S3Config, S3Content, S3Error};
+use sync_ledger::store::Durability;
 use sync_ledger::store::{Batch, MemoryStore};
-use sync_ledger::{BlobContent, Error};
+use sync_ledger::{BlobContent, Error, Ledger};
 use sync_types::Cid;
 
 /// A response: status line's code, body.
@@ -97,15 +98,16 @@ fn transient_failures_are_retried_until_one_succeeds() {
 fn transient_failures_past_the_retries_are_the_ledgers_retry() {
     let (endpoint, count) = server(vec![Some((503, error("SlowDown")))]);
     let c = content(&endpoint, 2);
-    let err = c
-        .put_chunk(
-            &MemoryStore::new(),
-            &mut Batch::new(),
-            &at(),
-            0,
-            vec![1; 10],
-        )
-        .unwrap_err();
+    // The PUT runs in the background; the flush before a commit reports it.
+    c.put_chunk(
+        &MemoryStore::new(),
+        &mut Batch::new(),
+        &at(),
+        0,
+        vec![1; 10],
+    )
+    .unwrap();
+    let err = c.flush(&at()).unwrap_err();
     assert!(err.is_retry(), "{err:?}");
     let text = err.to_string();
     assert!(text.contains("503") && text.contains("SlowDown"), "{text}");
@@ -209,4 +211,32 @@ fn a_server_that_never_answers_is_given_up_on() {
     assert!(matches!(err, S3Error::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains("no answer within 300 ms"), "{err}");
     assert_eq!(count.load(Ordering::SeqCst), 2);
+}
+
+/// A PUT that fails in the background fails the commit that would have named its
+/// chunk: nothing of the upload is recorded.
+#[test]
+fn a_failed_put_fails_the_commit_that_would_name_it() {
+    let (endpoint, _) = server(vec![Some((403, error("AccessDenied")))]);
+    let ledger = Ledger::builder()
+        .blob_content(Arc::new(content(&endpoint, 0)))
+        .open_in_memory()
+        .unwrap();
+    let data = vec![5u8; 20 * 65_536];
+    let cid = Cid::of_data(&data);
+    let mut up = ledger
+        .blobs()
+        .upload(&cid, Some(data.len() as u64), 1)
+        .unwrap();
+    let written = up.write(&data);
+    let err = written
+        .and_then(|()| up.checkpoint(Durability::SyncData).map(|_| ()))
+        .unwrap_err();
+    assert!(err.to_string().contains("AccessDenied"), "{err}");
+    drop(up);
+    assert_eq!(
+        ledger.blobs().upload_offset(&cid).unwrap(),
+        None,
+        "no state committed"
+    );
 }
