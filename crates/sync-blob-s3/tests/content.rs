@@ -334,3 +334,41 @@ fn calls_from_runtime_threads_neither_panic_nor_deadlock() {
     drop(content);
     multi.block_on(async move { tokio::spawn(async move { drop(last) }).await.unwrap() });
 }
+
+/// PUTs of one id overlap, but a chunk written again lands after its earlier write:
+/// the last write is what a read (which waits for this process's writes) returns.
+#[test]
+fn overlapping_writes_of_one_chunk_land_in_order() {
+    let content = S3Content::new(support::bucket("order")).unwrap();
+    let store = MemoryStore::new();
+    let at = Cid::of_data(b"order");
+    for round in 0..12u8 {
+        for index in 0..3u32 {
+            content
+                .put_chunk(
+                    &store,
+                    &mut Batch::new(),
+                    &at,
+                    index,
+                    vec![round; 1_000 + index as usize],
+                )
+                .unwrap();
+        }
+    }
+    content.flush(&at).unwrap();
+    for index in 0..3u32 {
+        assert_eq!(
+            content.chunk(&store, &at, index).unwrap(),
+            Some(vec![11; 1_000 + index as usize]),
+            "chunk {index}"
+        );
+    }
+    // Reads wait for writes still in flight.
+    content
+        .put_chunk(&store, &mut Batch::new(), &at, 7, b"just now".to_vec())
+        .unwrap();
+    assert_eq!(
+        content.chunk(&store, &at, 7).unwrap(),
+        Some(b"just now".to_vec())
+    );
+}
