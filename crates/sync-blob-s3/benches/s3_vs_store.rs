@@ -6,7 +6,8 @@
 //! Usage: `cargo bench -p sync-blob-s3 --bench s3_vs_store [-- <MiB>]` (default 64).
 //!
 //! Per backend: `Blobs::put` of a generated blob (hashed while it streams, each 64 KiB
-//! chunk written, SyncData at the end), a streamed read (`Blobs::reader`, one chunk per
+//! chunk written, SyncData at the end; on S3 with one PUT in flight and with eight), a
+//! streamed read (`Blobs::reader`, one chunk per
 //! read), and reads in 4 MiB ranges (`Blobs::read_range`, what a node serves a
 //! download with; on S3 up to 8 GETs in flight). Moto is a Python server: its figures
 //! bound what this client does, not what S3 or MinIO would.
@@ -53,15 +54,18 @@ fn main() {
     println!();
     println!("| content | upload MiB/s | streamed read MiB/s | 4 MiB ranges MiB/s |");
     println!("|---|---:|---:|---:|");
-    for s3 in [false, true] {
+    // 0: in the store; else in a bucket with that many PUTs of one id in flight.
+    for puts in [0, 1, 8] {
         let dir = tempfile::tempdir().unwrap();
         let mut builder = Ledger::builder();
-        let name = if s3 {
-            let content = S3Content::new(support::bucket("bench")).unwrap();
+        let name = if puts > 0 {
+            let mut config = support::bucket("bench");
+            config.puts_in_flight = puts;
+            let content = S3Content::new(config).unwrap();
             builder = builder.blob_content(Arc::new(content));
-            "S3 bucket (moto, 127.0.0.1)"
+            format!("S3 bucket (moto, 127.0.0.1), {puts} PUT(s) in flight")
         } else {
-            "in the store (fjall)"
+            "in the store (fjall)".to_owned()
         };
         let ledger = builder.open_fjall(dir.path()).unwrap();
         let blobs = ledger.blobs();

@@ -12,6 +12,10 @@ pub const REQUEST_TIME_MS_DEFAULT: u64 = 30_000;
 pub const CONNECT_TIME_MS_DEFAULT: u64 = 5_000;
 /// Attempts after the first for a request that failed transiently (5xx, 429, no answer).
 pub const RETRIES_DEFAULT: u32 = 4;
+/// Chunk PUTs of one id in flight before a write waits for the oldest.
+pub const PUTS_IN_FLIGHT_DEFAULT: usize = 8;
+/// The most PUTs of one id in flight that can be configured.
+pub const PUTS_IN_FLIGHT_MAX: usize = 64;
 /// Longest prefix, in bytes (S3 keys are at most 1,024; the rest names the chunk).
 pub const PREFIX_BYTES_MAX: usize = 512;
 /// The region when the URL names none.
@@ -86,6 +90,9 @@ pub struct S3Config {
     pub connect_time_ms_max: u64,
     /// Attempts after the first for a transient failure.
     pub retries_max: u32,
+    /// Chunk PUTs of one id in flight, 1 (each write waits for its PUT) to
+    /// [`PUTS_IN_FLIGHT_MAX`].
+    pub puts_in_flight: usize,
 }
 
 impl S3Config {
@@ -106,6 +113,7 @@ impl S3Config {
             request_time_ms_max: REQUEST_TIME_MS_DEFAULT,
             connect_time_ms_max: CONNECT_TIME_MS_DEFAULT,
             retries_max: RETRIES_DEFAULT,
+            puts_in_flight: PUTS_IN_FLIGHT_DEFAULT,
         }
     }
 
@@ -194,6 +202,12 @@ impl S3Config {
                 self.list_page_keys
             ));
         }
+        if !(1..=PUTS_IN_FLIGHT_MAX).contains(&self.puts_in_flight) {
+            return Err(format!(
+                "{} PUTs in flight: must be 1 to {PUTS_IN_FLIGHT_MAX}",
+                self.puts_in_flight
+            ));
+        }
         Ok(())
     }
 
@@ -268,6 +282,18 @@ mod tests {
             let e = S3Config::from_url(url, creds()).unwrap_err().to_string();
             assert!(e.contains(says), "{url}: {e}");
         }
+    }
+
+    #[test]
+    fn limits_out_of_range_are_refused() {
+        let mut c = S3Config::new("http://x:1", "r", "bkt", creds());
+        c.puts_in_flight = 0;
+        assert!(c.validate().unwrap_err().contains("PUTs in flight"));
+        let mut c = S3Config::new("http://x:1", "r", "bkt", creds());
+        c.list_page_keys = 1_001;
+        assert!(c.validate().unwrap_err().contains("list page"));
+        let mut c = S3Config::new("http://x:1", "r", "bkt", creds());
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

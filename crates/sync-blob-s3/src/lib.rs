@@ -10,7 +10,8 @@
 //! Requests are signed with AWS Signature V4 ([`sigv4`], checked against AWS's
 //! published example).
 //!
-//! - `put_chunk` starts a PUT; up to [`PUTS_IN_FLIGHT_MAX`] of one id run at once, and
+//! - `put_chunk` starts a PUT; up to [`S3Config::puts_in_flight`] (8) of one id run at
+//!   once, and
 //!   `flush` (which the ledger calls before it commits the upload state that names
 //!   them) waits for every one of them. A chunk written again waits for its earlier
 //!   write first, so writes of one chunk land in order;
@@ -44,8 +45,9 @@ use sync_ledger::{BlobContent, ChunkIter};
 use sync_types::Cid;
 
 pub use config::{
-    CONNECT_TIME_MS_DEFAULT, Credentials, LIST_PAGE_KEYS_DEFAULT, PREFIX_BYTES_MAX, REGION_DEFAULT,
-    REQUEST_TIME_MS_DEFAULT, RETRIES_DEFAULT, S3Config,
+    CONNECT_TIME_MS_DEFAULT, Credentials, LIST_PAGE_KEYS_DEFAULT, PREFIX_BYTES_MAX,
+    PUTS_IN_FLIGHT_DEFAULT, PUTS_IN_FLIGHT_MAX, REGION_DEFAULT, REQUEST_TIME_MS_DEFAULT,
+    RETRIES_DEFAULT, S3Config,
 };
 pub use error::S3Error;
 
@@ -56,8 +58,6 @@ use http::{Http, Pending, Request};
 pub const LIST_BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
 /// Chunk GETs (and DELETEs) a reader or a removal keeps in flight.
 pub const GETS_IN_FLIGHT_MAX: usize = 8;
-/// Chunk PUTs of one id in flight before a write waits for the oldest.
-pub const PUTS_IN_FLIGHT_MAX: usize = 8;
 /// Digits of a chunk's index in its object name (`u32::MAX` has 10).
 const INDEX_DIGITS: usize = 10;
 
@@ -438,7 +438,7 @@ impl BlobContent for S3Content {
                     kept.push_back((i, p));
                 }
             }
-            while kept.len() >= PUTS_IN_FLIGHT_MAX {
+            while kept.len() >= self.config().puts_in_flight {
                 if let Some((_, p)) = kept.pop_front() {
                     waits.push(p);
                 }
