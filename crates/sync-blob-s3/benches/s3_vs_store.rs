@@ -10,7 +10,8 @@
 //! streamed read (`Blobs::reader`, one chunk per
 //! read), and reads in 4 MiB ranges (`Blobs::read_range`, what a node serves a
 //! download with; on S3 up to 8 GETs in flight). Moto is a Python server: its figures
-//! bound what this client does, not what S3 or MinIO would.
+//! bound what this client does, not what S3 or MinIO would. The last two rows go
+//! through a proxy that adds 10 ms to every request, as a store across a network would.
 
 // A bench binary's output is its result: it prints a table on stdout by design.
 #![allow(clippy::print_stdout)]
@@ -19,8 +20,9 @@
 mod support;
 
 use std::io::Read;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sync_blob_s3::S3Content;
 use sync_ledger::Ledger;
@@ -29,6 +31,38 @@ use sync_types::Cid;
 
 const MIB: usize = 1024 * 1024;
 const RANGE_BYTES: u64 = 4 * 1024 * 1024;
+/// The round trip added to each request by the proxy, in ms (a remote object store).
+const DELAY_MS: u64 = 10;
+
+/// A TCP proxy on 127.0.0.1 to `endpoint` (`http://HOST:PORT`) that holds each new
+/// connection `delay_ms` before passing it on. Moto closes a connection after each
+/// response, so every request pays the delay once, as a round trip to a remote store.
+fn delaying_proxy(endpoint: &str, delay_ms: u64) -> String {
+    let upstream = endpoint.trim_start_matches("http://").to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let upstream = upstream.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(delay_ms));
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    return;
+                };
+                let (mut c_in, mut s_out) =
+                    (conn.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_in, &mut s_out);
+                    let _ = s_out.shutdown(Shutdown::Write);
+                });
+                let (mut s_in, mut c_out) = (server, conn);
+                let _ = std::io::copy(&mut s_in, &mut c_out);
+                let _ = c_out.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
 
 fn main() {
     let mib: usize = std::env::args()
@@ -54,16 +88,19 @@ fn main() {
     println!();
     println!("| content | upload MiB/s | streamed read MiB/s | 4 MiB ranges MiB/s |");
     println!("|---|---:|---:|---:|");
-    // 0: in the store; else in a bucket with that many PUTs of one id in flight.
-    for puts in [0, 1, 8] {
+    // PUTs in flight (0: content in the store), and the delay added to each request.
+    for (puts, delay_ms) in [(0, 0), (1, 0), (8, 0), (1, DELAY_MS), (8, DELAY_MS)] {
         let dir = tempfile::tempdir().unwrap();
         let mut builder = Ledger::builder();
         let name = if puts > 0 {
             let mut config = support::bucket("bench");
             config.puts_in_flight = puts;
+            if delay_ms > 0 {
+                config.endpoint = delaying_proxy(&config.endpoint, delay_ms);
+            }
             let content = S3Content::new(config).unwrap();
             builder = builder.blob_content(Arc::new(content));
-            format!("S3 bucket (moto, 127.0.0.1), {puts} PUT(s) in flight")
+            format!("S3 bucket (moto), +{delay_ms} ms a request, {puts} PUT(s) in flight")
         } else {
             "in the store (fjall)".to_owned()
         };
