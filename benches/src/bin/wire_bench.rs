@@ -12,7 +12,10 @@
 //! 1,000), `--hog` (a child process keeps one core busy during the live phase),
 //! `--dump-frames DIR` (writes sample push and page frames there, to measure
 //! compressors on them), `--plain-wire` (the node neither sends nor invites dense
-//! frames, as a node from before them: the "before" of the dense wire).
+//! frames, as a node from before them: the "before" of the dense wire),
+//! `--narrow-batches` (the node takes write batches of at most `BATCH_MESSAGES_MAX`,
+//! 256, and does not list `wide-batch`, as a node from before wide batches: the
+//! "before" of the negotiated push batch limit).
 //!
 //! The node is a child process of this binary (a `ReplicaHandler` over a fjall replica,
 //! its own tokio runtime). In front of it, in the same child, a counting TCP proxy: every
@@ -109,7 +112,7 @@ async fn pump(
 
 /// The node role: serve a fjall replica behind a counting proxy; answer `bytes` with
 /// `received sent` (as seen from the node).
-fn serve_node(dir: &str, plain_wire: bool) {
+fn serve_node(dir: &str, plain_wire: bool, wide_batches: bool) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -121,6 +124,7 @@ fn serve_node(dir: &str, plain_wire: bool) {
             Arc::new(ReplicaHandler::new(r.clone())),
             ServerConfig {
                 dense_frames: !plain_wire,
+                wide_batches,
                 ..ServerConfig::new(key())
             },
             "127.0.0.1:0".parse().unwrap(),
@@ -191,11 +195,12 @@ impl Wire {
 }
 
 impl NodeProcess {
-    fn start(plain_wire: bool) -> Self {
+    fn start(plain_wire: bool, narrow_batches: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let wire = if plain_wire { "plain" } else { "dense" };
+        let batches = if narrow_batches { "narrow" } else { "wide" };
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--serve", &dir.path().display().to_string(), wire])
+            .args(["--serve", &dir.path().display().to_string(), wire, batches])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -559,6 +564,7 @@ struct Options {
     hog: bool,
     dump: Option<String>,
     plain_wire: bool,
+    narrow_batches: bool,
 }
 
 fn options() -> Options {
@@ -568,6 +574,7 @@ fn options() -> Options {
         hog: false,
         dump: None,
         plain_wire: false,
+        narrow_batches: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -576,6 +583,7 @@ fn options() -> Options {
             "--live" => o.live = it.next().and_then(|v| v.parse().ok()).expect("--live N"),
             "--hog" => o.hog = true,
             "--plain-wire" => o.plain_wire = true,
+            "--narrow-batches" => o.narrow_batches = true,
             "--dump-frames" => o.dump = Some(it.next().expect("--dump-frames DIR")),
             other => panic!("unknown option {other}"),
         }
@@ -586,7 +594,7 @@ fn options() -> Options {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("--serve") => return serve_node(&args[2], args[3] == "plain"),
+        Some("--serve") => return serve_node(&args[2], args[3] == "plain", args[4] == "wide"),
         Some("--spin") => return spin(),
         _ => {}
     }
@@ -597,7 +605,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut node = NodeProcess::start(o.plain_wire);
+        let mut node = NodeProcess::start(o.plain_wire, o.narrow_batches);
         let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         // A's records are written with the batch write API, 1,000 per synced commit.
         let ra = Replica::open(da.path()).unwrap();
