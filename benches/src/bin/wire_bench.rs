@@ -15,7 +15,9 @@
 //! frames, as a node from before them: the "before" of the dense wire),
 //! `--narrow-batches` (the node takes write batches of at most `BATCH_MESSAGES_MAX`,
 //! 256, and does not list `wide-batch`, as a node from before wide batches: the
-//! "before" of the negotiated push batch limit).
+//! "before" of the negotiated push batch limit), `--rounds K` (after the d rounds, K
+//! more rounds of d = 100, with the median and spread of each side, and each round's
+//! wall-clock start and end on stderr, to line up with `strace -tt` or `perf` output).
 //!
 //! The node is a child process of this binary (a `ReplicaHandler` over a fjall replica,
 //! its own tokio runtime). In front of it, in the same child, a counting TCP proxy: every
@@ -361,6 +363,61 @@ fn pct(sorted: &[Duration], q: f64) -> Duration {
     sorted[rank - 1]
 }
 
+/// `rounds` rounds of d = 100 (A writes 100 changes, A syncs, B syncs); prints the
+/// median and spread of each side, and each round's wall-clock span on stderr.
+async fn repeated_rounds(
+    node: &mut NodeProcess,
+    ea: &Engine<Arc<HttpConnector>>,
+    eb: &Engine<Arc<HttpConnector>>,
+    ra: &Replica,
+    n: u64,
+    rounds: u64,
+) {
+    let d = 100u64;
+    let (mut a, mut b, mut both) = (Vec::new(), Vec::new(), Vec::new());
+    let epoch_us = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+    };
+    for r in 0..rounds {
+        for i in 0..d {
+            put(ra, i * (n / d).max(1) % n.max(1), 10 + r);
+        }
+        let start = epoch_us();
+        let sa = sync("A", node, ea).await;
+        let mid = epoch_us();
+        let sb = sync("B", node, eb).await;
+        eprintln!("round {r} A {start} {mid} B {mid} {}", epoch_us());
+        assert_eq!(sb.pulled, d);
+        a.push(sa.elapsed);
+        b.push(sb.elapsed);
+        both.push(sa.elapsed + sb.elapsed);
+    }
+    for v in [&mut a, &mut b, &mut both] {
+        v.sort_unstable();
+    }
+    let ms = |v: &[Duration], q: f64| pct(v, q).as_secs_f64() * 1e3;
+    println!(
+        "
+{rounds} more rounds of d = {d}: p10 / median / p90 (ms)
+"
+    );
+    println!(
+        "| | p10 | median | p90 |
+|---|---:|---:|---:|"
+    );
+    for (label, v) in [("A syncs", &a), ("B syncs", &b), ("round", &both)] {
+        println!(
+            "| {label} | {:.1} | {:.1} | {:.1} |",
+            ms(v, 0.1),
+            ms(v, 0.5),
+            ms(v, 0.9)
+        );
+    }
+}
+
 /// Live writes on A, each timed until B's store reports it.
 async fn live(
     a: Engine<Arc<HttpConnector>>,
@@ -565,6 +622,7 @@ struct Options {
     dump: Option<String>,
     plain_wire: bool,
     narrow_batches: bool,
+    rounds: u64,
 }
 
 fn options() -> Options {
@@ -575,6 +633,7 @@ fn options() -> Options {
         dump: None,
         plain_wire: false,
         narrow_batches: false,
+        rounds: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -584,6 +643,7 @@ fn options() -> Options {
             "--hog" => o.hog = true,
             "--plain-wire" => o.plain_wire = true,
             "--narrow-batches" => o.narrow_batches = true,
+            "--rounds" => o.rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds K"),
             "--dump-frames" => o.dump = Some(it.next().expect("--dump-frames DIR")),
             other => panic!("unknown option {other}"),
         }
@@ -671,6 +731,10 @@ fn main() {
                 pushed: sa.pushed,
             });
             steps.extend([sa, sb]);
+        }
+
+        if o.rounds > 0 {
+            repeated_rounds(&mut node, &ea, &eb, &ra, o.n, o.rounds).await;
         }
 
         let hog = o.hog.then(Hog::start);

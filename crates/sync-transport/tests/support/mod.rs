@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -106,6 +106,8 @@ pub struct TestHandler {
     pub root_delay_ms: AtomicU64,
     /// How many messages each write batch that reached the handler held, in order.
     pub batch_lens: Mutex<Vec<usize>>,
+    /// While set, log reads fail as `Unavailable` (a database restarting under the node).
+    pub log_unavailable: AtomicBool,
 }
 
 impl Default for TestHandler {
@@ -119,6 +121,7 @@ impl Default for TestHandler {
             floor: AtomicU64::new(0),
             root_delay_ms: AtomicU64::new(0),
             batch_lens: Mutex::default(),
+            log_unavailable: AtomicBool::new(false),
         }
     }
 }
@@ -242,6 +245,11 @@ impl Handler for TestHandler {
         req: LogPageRequest,
     ) -> Result<LogPageReply, HandlerError> {
         self.count();
+        if self.log_unavailable.load(Ordering::SeqCst) {
+            return Err(HandlerError::Unavailable(
+                "the log's store is restarting".into(),
+            ));
+        }
         let s = self.state.lock().unwrap();
         let head = s.log.last().map(|e| e.token);
         let floor = self.floor.load(Ordering::SeqCst);
