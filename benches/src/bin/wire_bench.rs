@@ -34,6 +34,8 @@
 
 // A bench binary's output is its result: it prints tables on stdout by design.
 #![allow(clippy::print_stdout)]
+// `--rounds` prints each round's wall-clock span on stderr, apart from the tables.
+#![allow(clippy::print_stderr)]
 // Counts and durations are far below the truncation limits on a 64-bit host.
 #![allow(clippy::cast_possible_truncation)]
 
