@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sync_types::merge::{Conflict, RecordHead};
@@ -18,6 +18,7 @@ use crate::hashed::HashedMessage;
 use crate::layout::{self, Key, LogMeta, Pn, RecordRow, Tn, dec, enc};
 use crate::notify::Notifier;
 use crate::pending::{Entry, Pending, counter, read_messages};
+use crate::prefetch::RecordRows;
 use crate::store::{Batch, Durability, Order, Store, WriteScope};
 
 /// Most messages in one [`Ledger::apply`] call.
@@ -107,6 +108,9 @@ pub struct RecordInfo {
     pub context: Option<ContextId>,
 }
 
+/// Ledgers opened in this process so far.
+static INSTANCES: AtomicU64 = AtomicU64::new(0);
+
 /// Locks a mutex whose data stays consistent even if a holder panicked (every critical
 /// section in this crate either completes or leaves the data untouched).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -123,6 +127,12 @@ pub struct Ledger {
     /// not taken by applies (the store's [`WriteScope`] locks order them).
     pub(crate) shared: bool,
     poisoned: AtomicBool,
+    /// Applies committed by this process, counted after each commit (under `writer`):
+    /// record rows read ahead ([`RecordRows`]) are current while it has not moved.
+    pub(crate) commits: AtomicU64,
+    /// This ledger among those opened in the process ([`RecordRows`] read from one are
+    /// never taken as current by another, even on the same store).
+    pub(crate) instance: u64,
     /// Serializes every apply (and log maintenance) on a store of its own: the merge
     /// reads record heads and log heads, and the batch that follows must be based on
     /// what it read.
@@ -227,6 +237,8 @@ impl Ledger {
             store,
             content,
             poisoned: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
             writer: Mutex::new(()),
             high_water: Mutex::new(high_water),
             log_metas: Mutex::new(HashMap::new()),
@@ -414,6 +426,32 @@ impl Ledger {
         items: &[&HashedMessage],
         durability: Durability,
     ) -> Result<Vec<LedgerApplied>> {
+        self.apply_prefetched(tenant, items, durability, None)
+    }
+
+    /// [`apply_hashed`](Self::apply_hashed) with record rows the caller read ahead
+    /// ([`read_records`](Self::read_records)) for its own checks: when they are still
+    /// current (this tenant's, no commit since they were read, a store with one writer
+    /// process) the merge starts from them instead of reading the same rows again;
+    /// otherwise, and for records they do not cover, it reads as `apply_hashed` does.
+    /// The outcome is the same either way.
+    pub fn apply_hashed_with_rows(
+        &self,
+        tenant: &TenantId,
+        items: &[&HashedMessage],
+        durability: Durability,
+        rows: RecordRows,
+    ) -> Result<Vec<LedgerApplied>> {
+        self.apply_prefetched(tenant, items, durability, Some(rows))
+    }
+
+    fn apply_prefetched(
+        &self,
+        tenant: &TenantId,
+        items: &[&HashedMessage],
+        durability: Durability,
+        rows: Option<RecordRows>,
+    ) -> Result<Vec<LedgerApplied>> {
         if items.len() > APPLY_BATCH_MESSAGES_MAX {
             return Err(Error::LimitExceeded {
                 what: "apply batch",
@@ -514,12 +552,18 @@ impl Ledger {
         // Read the record rows the merge needs up front, in key order, in one batched
         // read: a database answers it in one round trip, and fjall's consecutive
         // lookups search neighbouring memtable nodes that are still cached.
-        let mut loaded = HashMap::new();
+        // Rows the caller read ahead are used when nothing was committed since (checked
+        // here, under the writer lock that orders every commit).
+        let mut loaded = match rows.and_then(|r| r.take_current(self, tenant)) {
+            Some(rows) if !tenant_new => rows,
+            _ => HashMap::new(),
+        };
         let mut retained = HashMap::new();
         if !tenant_new {
             let mut ids: Vec<RecordId> = checked
                 .iter()
                 .filter_map(|e| e.message.record_id())
+                .filter(|id| !loaded.contains_key(id))
                 .collect();
             ids.sort_unstable();
             ids.dedup();
@@ -642,6 +686,7 @@ impl Ledger {
         txn.announce(tenant, meta.head);
         txn.commit(batch, durability)
             .inspect_err(|e| self.poison_on(e))?;
+        self.commits.fetch_add(1, Ordering::Release);
         {
             let mut names = lock(&self.names);
             names.tenants.insert(tenant.clone(), tn);
