@@ -658,9 +658,11 @@ impl Ledger {
             return Ok(results);
         }
         for (id, row) in &pending.records {
-            pending
-                .batch
-                .put(layout::RECORDS, layout::record_key(tn, id), enc(row));
+            pending.batch.put(
+                layout::RECORDS,
+                layout::record_key(tn, id),
+                layout::enc_row(row),
+            );
         }
         pending
             .batch
