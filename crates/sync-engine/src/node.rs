@@ -262,8 +262,18 @@ impl ReplicaHandler {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> HandlerError {
-    HandlerError::Internal(e.to_string())
+/// A failure of the node's own storage or tasks, as the caller sees it: a shared store
+/// that failed transiently (PostgreSQL restarting, a dropped connection; retrying is
+/// safe) or a poisoned ledger (refused until the node reopens it) is `Unavailable`
+/// (503, retried, and a live subscription is told to resubscribe later); anything else
+/// is `Internal`.
+fn internal(e: impl Into<crate::Error>) -> HandlerError {
+    match e.into() {
+        e @ crate::Error::Ledger(sync_ledger::Error::Retry(_) | sync_ledger::Error::Poisoned) => {
+            HandlerError::Unavailable(e.to_string())
+        }
+        e => HandlerError::Internal(e.to_string()),
+    }
 }
 
 /// The one protocol a page request reads, when it reads one: the ledger's per-protocol
@@ -573,12 +583,7 @@ impl ReplicaHandler {
         })
         .await
         .map_err(internal)?
-        .map_err(|e| match e {
-            crate::Error::Ledger(sync_ledger::Error::Poisoned) => {
-                HandlerError::Unavailable(e.to_string())
-            }
-            other => internal(other),
-        })?;
+        .map_err(internal)?;
         let mut applied = applied.into_iter();
         Ok(outcomes
             .into_iter()

@@ -300,3 +300,66 @@ async fn the_engine_applies_a_batch_in_dependency_order_with_one_outcome_per_eve
     assert!(again.iter().all(ApplyOutcome::is_success), "{again:?}");
     assert_eq!(records(&a).len(), 4);
 }
+
+/// A burst of live events much larger than the deliveries a link may have in flight,
+/// arriving while an apply is slow (a backlog the node sends after its database came
+/// back, or another replica's large push): the driver stops reading the subscription
+/// while the limit is reached instead of sending the link to repair, and every event is
+/// applied, in order, on the one subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_the_in_flight_limit_waits_instead_of_repairing() {
+    const IN_FLIGHT_MAX: usize = 4;
+    const EVENTS: u64 = 40;
+    let template = wire_entries().remove(4);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let ops = Arc::new(TestOps::new(rx, None));
+    let state = link_state();
+    let key = state.key.clone();
+    let config = LinkConfig {
+        in_flight_deliveries_max: IN_FLIGHT_MAX,
+        ..LinkConfig::default()
+    };
+    let driver = LiveDriver::start(replica(1), ops.clone(), vec![state], config);
+    tx.send(SubscriptionItem::EndOfStored { cursor: None })
+        .unwrap();
+    for position in 1..=EVENTS {
+        let mut e = template.clone();
+        e.token.position = position;
+        tx.send(SubscriptionItem::Event(e)).unwrap();
+    }
+    // The first apply is held: the driver takes in no more than the limit meanwhile.
+    until("the first batch", || ops.batches.lock().unwrap().len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        ops.classified.lock().unwrap().len() <= IN_FLIGHT_MAX,
+        "{} events taken in with {IN_FLIGHT_MAX} allowed in flight",
+        ops.classified.lock().unwrap().len()
+    );
+    let state = loop {
+        ops.gate.add_permits(1);
+        let states = driver.states().await;
+        let state = states.into_iter().find(|s| s.key == key).unwrap();
+        if state.pull.contiguous_applied.map(|t| t.position) == Some(EVENTS) {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(driver.stop(Duration::from_secs(10)).await);
+    assert_eq!(state.counters.repairs, 0);
+    assert_eq!(
+        ops.subscribed_from.lock().unwrap().len(),
+        1,
+        "one subscription"
+    );
+    let applied: Vec<u64> = ops.batches.lock().unwrap().concat();
+    assert_eq!(applied, (1..=EVENTS).collect::<Vec<_>>());
+    assert!(
+        ops.batches
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|b| b.len() <= IN_FLIGHT_MAX),
+        "{:?}",
+        ops.batches.lock().unwrap()
+    );
+}

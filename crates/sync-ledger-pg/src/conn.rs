@@ -44,6 +44,10 @@ pub(crate) struct Conn {
     /// Set when the connection's state is unknown (a failed rollback): the pool drops
     /// it instead of handing it out again.
     pub(crate) broken: bool,
+    /// The pool's count of lost connections when this one was opened or last checked.
+    checked: u64,
+    /// The pool's count of lost connections ([`Manager::lost`]).
+    lost: Arc<AtomicU64>,
 }
 
 impl Conn {
@@ -57,14 +61,14 @@ impl Conn {
             Some(s) => s.clone(),
             None => {
                 let client = self.client();
-                let s = blocking(|| client.prepare(sql)).map_err(map_err)?;
+                let s = blocking(|| client.prepare(sql)).map_err(|e| self.fail(e))?;
                 self.statements.insert(sql.to_owned(), s.clone());
                 s
             }
         };
         self.sent.fetch_add(1, Ordering::Relaxed);
         let client = self.client();
-        blocking(|| client.query(&statement, params)).map_err(map_err)
+        blocking(|| client.query(&statement, params)).map_err(|e| self.fail(e))
     }
 
     fn client(&mut self) -> &mut Client {
@@ -78,7 +82,35 @@ impl Conn {
     pub(crate) fn simple(&mut self, sql: &str) -> sync_ledger::Result<()> {
         self.sent.fetch_add(1, Ordering::Relaxed);
         let client = self.client();
-        blocking(|| client.batch_execute(sql)).map_err(map_err)
+        blocking(|| client.batch_execute(sql)).map_err(|e| self.fail(e))
+    }
+
+    /// Maps `e`, counting a lost connection for the whole pool: a server restart closes
+    /// every connection, and the idle ones are then checked before their next use.
+    fn fail(&self, e: postgres::Error) -> Error {
+        if connection_lost(&e) {
+            self.lost.fetch_add(1, Ordering::Release);
+        }
+        map_err(e)
+    }
+
+    /// Whether the connection can be handed out: at once when the pool lost none since
+    /// it was last checked, else after an empty round trip (a connection found dead is
+    /// marked broken, and the pool drops it). So after a database restart each idle
+    /// connection costs one empty round trip instead of failing one request.
+    pub(crate) fn still_good(&mut self) -> bool {
+        let lost = self.lost.load(Ordering::Acquire);
+        if self.checked >= lost {
+            return true;
+        }
+        let client = self.client();
+        if blocking(|| client.batch_execute("")).is_ok() {
+            self.checked = lost;
+            true
+        } else {
+            self.broken = true;
+            false
+        }
     }
 }
 
@@ -95,6 +127,9 @@ impl Drop for Conn {
 pub(crate) struct Manager {
     pub(crate) config: postgres::Config,
     pub(crate) sent: Arc<AtomicU64>,
+    /// Connections found lost so far (a closed socket, a connection exception, the
+    /// server shutting down), by any connection of the pool.
+    pub(crate) lost: Arc<AtomicU64>,
 }
 
 impl r2d2::ManageConnection for Manager {
@@ -114,6 +149,8 @@ impl r2d2::ManageConnection for Manager {
             statements: HashMap::new(),
             sent: Arc::clone(&self.sent),
             broken: false,
+            checked: self.lost.load(Ordering::Acquire),
+            lost: Arc::clone(&self.lost),
         })
     }
 
@@ -137,6 +174,17 @@ fn is_transient(code: &str) -> bool {
             code,
             "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "53300"
         )
+}
+
+/// Whether `e` means the connection is gone: its socket closed or failed, a connection
+/// exception (SQLSTATE class 08), or the server shutting down (57P01 to 57P03).
+fn connection_lost(e: &postgres::Error) -> bool {
+    e.is_closed()
+        || e.code().is_some_and(|c| {
+            let code = c.code();
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+        })
+        || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
 }
 
 /// Maps a PostgreSQL error: a lost connection or a transient SQLSTATE is

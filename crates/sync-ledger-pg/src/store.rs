@@ -93,6 +93,7 @@ impl PgStoreBuilder {
         let manager = Manager {
             config,
             sent: Arc::clone(&sent),
+            lost: Arc::default(),
         };
         let pool = Pool::builder()
             .max_size(self.connections)
@@ -202,7 +203,16 @@ impl PgStore {
         &self.inner.schema
     }
 
+    /// A connection of the pool that still answers (see [`Conn::still_good`]). After a
+    /// database restart every idle one may be dead: each is found so and dropped, at
+    /// most the pool's size of them, before a fresh one is opened.
     fn conn(&self) -> Result<Pooled> {
+        for _ in 0..self.inner.pool.max_size() {
+            let mut conn = self.inner.pool.get().map_err(map_pool_err)?;
+            if conn.still_good() {
+                return Ok(conn);
+            }
+        }
         self.inner.pool.get().map_err(map_pool_err)
     }
 

@@ -122,3 +122,47 @@ fn a_server_with_fsync_off_is_refused_at_open() {
     let store = open().expect("fsync is on again");
     drop(store);
 }
+
+/// After the database restarts, every idle connection of the pool is dead. The first
+/// request that meets one fails (transiently, to be retried); the pool then checks
+/// each idle connection before handing it out, so the requests after it succeed
+/// instead of failing once per dead connection.
+#[test]
+fn after_a_restart_one_request_fails_not_one_per_pooled_connection() {
+    use sync_ledger::layout::META;
+    use sync_ledger::store::Store;
+    const CONNECTIONS: u32 = 6;
+    let cluster = support::Cluster::start();
+    let store = PgStore::builder(&cluster.url)
+        .schema("pool")
+        .connections(CONNECTIONS)
+        .open()
+        .unwrap();
+    store
+        .put(META, b"k", b"v".to_vec(), Durability::SyncData)
+        .unwrap();
+    {
+        // Open every connection of the pool at once; they go back idle.
+        let txns: Vec<_> = (0..CONNECTIONS).map(|_| store.begin().unwrap()).collect();
+        drop(txns);
+    }
+    cluster.crash_server();
+    cluster.start_server();
+    let mut failed = 0;
+    for _ in 0..2 * CONNECTIONS {
+        match store.get(META, b"k") {
+            Ok(v) => assert_eq!(v.as_deref(), Some(&b"v"[..])),
+            Err(e) => {
+                assert!(
+                    matches!(e, sync_ledger::Error::Retry(_)),
+                    "a lost connection is a transient failure: {e}"
+                );
+                failed += 1;
+            }
+        }
+    }
+    assert!(
+        failed <= 1,
+        "{failed} requests failed on dead pooled connections after the restart"
+    );
+}

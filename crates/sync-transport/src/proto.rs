@@ -518,12 +518,27 @@ pub enum CloseReason {
         /// What broke (at most [`ERROR_MESSAGE_BYTES_MAX`] bytes).
         message: String,
     },
+    /// The node cannot read its log for now (its shared store is unreachable or
+    /// restarting, or the read timed out): resubscribe later from the last applied
+    /// token, to this node or another; nothing about the log is in doubt. Older clients
+    /// do not know this reason and treat the frame as a handler error.
+    Unavailable {
+        /// Why (at most [`ERROR_MESSAGE_BYTES_MAX`] bytes).
+        message: String,
+    },
 }
 
 impl CloseReason {
     #[cfg_attr(not(feature = "net"), allow(dead_code))]
     pub(crate) fn error(message: impl Into<String>) -> Self {
         CloseReason::Error {
+            message: sync_types::truncate_reason(message.into()),
+        }
+    }
+
+    #[cfg_attr(not(feature = "net"), allow(dead_code))]
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
+        CloseReason::Unavailable {
             message: sync_types::truncate_reason(message.into()),
         }
     }
@@ -708,7 +723,9 @@ impl Body for Notice {
         match self {
             Notice::Event(e) => check_inline(&e.item.data),
             Notice::Closing(
-                CloseReason::Error { message } | CloseReason::ConnectionLost { message },
+                CloseReason::Error { message }
+                | CloseReason::ConnectionLost { message }
+                | CloseReason::Unavailable { message },
             ) => check_len("close message", message.len(), ERROR_MESSAGE_BYTES_MAX),
             _ => Ok(()),
         }

@@ -268,6 +268,7 @@ fn close_text(reason: &CloseReason) -> &'static str {
         CloseReason::Expired => "token expired",
         CloseReason::Gap => "progress gap",
         CloseReason::ConnectionLost { .. } => "connection lost",
+        CloseReason::Unavailable { .. } => "node unavailable",
         _ => "error",
     }
 }

@@ -267,6 +267,7 @@ fn close_reason() -> impl Strategy<Value = CloseReason> {
         Just(CloseReason::Gap),
         ".{0,40}".prop_map(|message| CloseReason::Error { message }),
         ".{0,40}".prop_map(|message| CloseReason::ConnectionLost { message }),
+        ".{0,40}".prop_map(|message| CloseReason::Unavailable { message }),
     ]
 }
 
@@ -426,13 +427,20 @@ fn limits_are_checked_on_decode() {
         frame::decode::<Request>(&frame::encode(&zero), usize::MAX),
         Err(FrameError::OutOfRange { .. })
     ));
-    let fat = Notice::Closing(CloseReason::Error {
-        message: "x".repeat(ERROR_MESSAGE_BYTES_MAX + 1),
-    });
-    assert!(matches!(
-        frame::decode::<Notice>(&frame::encode(&fat), usize::MAX),
-        Err(FrameError::TooLong { .. })
-    ));
+    let long = "x".repeat(ERROR_MESSAGE_BYTES_MAX + 1);
+    for fat in [
+        CloseReason::Error {
+            message: long.clone(),
+        },
+        CloseReason::Unavailable {
+            message: long.clone(),
+        },
+    ] {
+        assert!(matches!(
+            frame::decode::<Notice>(&frame::encode(&Notice::Closing(fat)), usize::MAX),
+            Err(FrameError::TooLong { .. })
+        ));
+    }
     let inline = Reply::ReadMessages(ReadMessagesReply {
         found: vec![MessageData {
             message: Message::Delete(Delete {

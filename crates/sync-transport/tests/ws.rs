@@ -210,6 +210,44 @@ async fn a_stale_cursor_gets_a_gap_and_the_subscription_closes() {
     assert!(matches!(page, LogPageReply::Gap(g) if g.reason == GapReason::EpochMismatch));
 }
 
+/// A node whose log cannot be read for now (its database restarting) tells the
+/// subscriber to come back later, not that the node broke: the client sees
+/// `Unavailable`, which costs a reconnect and not a repair.
+#[tokio::test]
+async fn a_node_that_cannot_read_its_log_closes_as_unavailable() {
+    use std::sync::atomic::Ordering;
+    let t = TestServer::start(test_config()).await;
+    let first = t.handler.append(vec![write("u", 0, None)]);
+    for n in 0..2u64 {
+        t.handler.log_unavailable.store(false, Ordering::SeqCst);
+        let mut sub = if n == 0 {
+            within(5, t.client(&owner_token()).subscribe(sub_req(None))).await
+        } else {
+            within(5, t.in_process(&owner_token()).subscribe(sub_req(None))).await
+        }
+        .unwrap();
+        assert_eq!(next_event(&mut sub).await.token, first[0]);
+        // The second subscription also replays the write the first round added.
+        if n == 1 {
+            next_event(&mut sub).await;
+        }
+        assert!(matches!(
+            within(5, sub.next()).await,
+            Some(SubscriptionItem::EndOfStored { .. })
+        ));
+        // The next read of the log, woken by a write, fails.
+        t.handler.log_unavailable.store(true, Ordering::SeqCst);
+        t.handler.append(vec![write("u", 1 + n, None)]);
+        match within(5, sub.next()).await {
+            Some(SubscriptionItem::Closed(CloseReason::Unavailable { message })) => {
+                assert!(message.contains("restarting"), "{message}");
+            }
+            other => panic!("expected an unavailable close, got {other:?}"),
+        }
+        assert_eq!(within(5, sub.next()).await, None);
+    }
+}
+
 /// Opens a subscription with a raw socket and returns it after the 101 response.
 async fn raw_subscribe(addr: std::net::SocketAddr, recv_buffer: Option<u32>) -> TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();

@@ -422,6 +422,15 @@ impl Rep {
         }
     }
 
+    /// Repairs the live link ran (a node or database going away should cost a
+    /// reconnect, never a repair).
+    pub async fn repairs(&self) -> u64 {
+        match &self.driver {
+            Some(d) => d.states().await.iter().map(|s| s.counters.repairs).sum(),
+            None => 0,
+        }
+    }
+
     /// Local log entries the node has not acknowledged.
     pub fn pending(&self) -> u64 {
         self.engine.pending_outbound(&self.link).unwrap_or(u64::MAX)

@@ -25,14 +25,13 @@
 //! messages that apply idempotently. The messages themselves were committed with the
 //! replica's durability before any checkpoint could cover them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sync_ledger::{Durability, LogEntry};
 use sync_transport::SubscriptionItem;
-use sync_transport::proto::CloseReason;
 use sync_types::{LinkKey, LinkState, ProgressToken};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -40,12 +39,13 @@ use tokio::time::Instant;
 
 use crate::delivery::Ordinal;
 use crate::machine::{
-    Action, CatchUpResult, EventClass, EventDecision, LinkConfig, LinkError, LinkErrorKind,
-    LinkMachine, PushResult, ReconcileResult, SubscriptionEnd, SubscriptionId, Ticket, Timer,
+    Action, CatchUpResult, EventClass, EventDecision, LinkConfig, LinkError, LinkMachine,
+    PushResult, ReconcileResult, SubscriptionEnd, SubscriptionId, Ticket, Timer,
 };
 use crate::replica::Replica;
 
 mod engine_ops;
+mod feed;
 
 pub use engine_ops::{EngineOps, LiveSync};
 
@@ -181,8 +181,9 @@ pub enum Event {
 /// What a subscription reader forwards.
 #[derive(Debug)]
 pub enum FeedItem {
-    /// A stored or live entry.
-    Entry(Box<LogEntry>),
+    /// A stored or live entry, with the permit it holds of its subscription's
+    /// deliveries in flight ([`feed`]).
+    Entry(Box<LogEntry>, tokio::sync::OwnedSemaphorePermit),
     /// End of stored events.
     EndOfStored(Option<ProgressToken>),
     /// The subscription ended.
@@ -326,6 +327,9 @@ struct LinkRuntime {
     apply_queue: Vec<(SubscriptionId, Ordinal, LogEntry)>,
     /// Whether a batch of this link is being applied in a task.
     applying: bool,
+    /// The permits of the deliveries the machine counts in flight, oldest first
+    /// ([`feed`]): one is dropped for each delivery its checkpoint moves past.
+    held: VecDeque<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl LinkRuntime {
@@ -381,6 +385,7 @@ impl<O: LinkOps> Driver<O> {
                 feed: None,
                 apply_queue: Vec::new(),
                 applying: false,
+                held: VecDeque::new(),
             },
         );
         // From now on the link's operations report to its machine.
@@ -552,14 +557,17 @@ impl<O: LinkOps> Driver<O> {
                     return;
                 };
                 match item {
-                    FeedItem::Entry(entry) => {
+                    FeedItem::Entry(entry, permit) => {
                         let class = ops.classify(rt.machine.state(), &entry);
-                        if let EventDecision::Apply(ordinal) =
-                            rt.machine.handle_event(now, sub, entry.token, class)
-                        {
-                            // Applied with whatever else queues up in this turn
-                            // (`start_applies`).
-                            rt.apply_queue.push((sub, ordinal, *entry));
+                        match rt.machine.handle_event(now, sub, entry.token, class) {
+                            EventDecision::Apply(ordinal) => {
+                                // Applied with whatever else queues up in this turn
+                                // (`start_applies`).
+                                rt.apply_queue.push((sub, ordinal, *entry));
+                                rt.held.push_back(permit);
+                            }
+                            EventDecision::Skip => rt.held.push_back(permit),
+                            EventDecision::Ignore => {}
                         }
                     }
                     FeedItem::EndOfStored(cursor) => {
@@ -634,6 +642,7 @@ impl<O: LinkOps> Driver<O> {
     /// Executes the machine's actions, in order.
     fn drain(&mut self, key: &LinkKey) {
         let epoch = self.epoch;
+        let in_flight_max = self.config.in_flight_deliveries_max;
         let ops = self.ops.clone();
         let tx = self.tx.clone();
         let replica = self.replica.clone();
@@ -641,6 +650,9 @@ impl<O: LinkOps> Driver<O> {
             return;
         };
         let inc = rt.incarnation;
+        while rt.held.len() > rt.machine.deliveries_in_flight() {
+            rt.held.pop_front();
+        }
         while let Some(action) = rt.machine.poll_action() {
             match action {
                 Action::Persist(state) => {
@@ -678,48 +690,14 @@ impl<O: LinkOps> Driver<O> {
                     if let Some(old) = rt.feed.take() {
                         old.abort();
                     }
-                    let (ops, tx, k, state) = (
+                    rt.feed = Some(tokio::spawn(feed::read(
                         ops.clone(),
                         tx.clone(),
-                        key.clone(),
+                        (key.clone(), inc, id),
                         rt.machine.state().clone(),
-                    );
-                    rt.feed = Some(tokio::spawn(async move {
-                        let send = |item| tx.send(Event::Feed(k.clone(), inc, id, item)).is_ok();
-                        let mut feed = match ops.subscribe(state, from).await {
-                            Ok(feed) => feed,
-                            Err(e) => {
-                                tracing::debug!(error = %e, "subscription could not open");
-                                send(FeedItem::End(SubscriptionEnd::Disconnected));
-                                return;
-                            }
-                        };
-                        loop {
-                            let item = match feed.next().await {
-                                Some(SubscriptionItem::Event(e)) => {
-                                    FeedItem::Entry(Box::new(LogEntry {
-                                        token: e.token,
-                                        message: e.item.message,
-                                        data: e.item.data,
-                                    }))
-                                }
-                                Some(SubscriptionItem::EndOfStored { cursor }) => {
-                                    FeedItem::EndOfStored(cursor)
-                                }
-                                Some(SubscriptionItem::Gap(gap)) => {
-                                    FeedItem::End(SubscriptionEnd::Gap(gap))
-                                }
-                                Some(SubscriptionItem::Closed(reason)) => {
-                                    FeedItem::End(end_of(reason))
-                                }
-                                None => FeedItem::End(SubscriptionEnd::Disconnected),
-                            };
-                            let last = matches!(item, FeedItem::End(_));
-                            if !send(item) || last {
-                                return;
-                            }
-                        }
-                    }));
+                        from,
+                        in_flight_max,
+                    )));
                 }
                 Action::CloseSubscription => {
                     if let Some(old) = rt.feed.take() {
@@ -779,19 +757,4 @@ fn zip_results(
             (sub, ordinal, result.map(|()| bytes))
         })
         .collect()
-}
-
-/// A lagging subscriber, a heartbeat timeout or a node going away (shutting down, or
-/// killed: its connection reset or closed without a word) cost a reconnect from the
-/// durable checkpoint; expired credentials and handler errors send the link to repair.
-fn end_of(reason: CloseReason) -> SubscriptionEnd {
-    match reason {
-        CloseReason::Lagged { .. }
-        | CloseReason::HeartbeatTimeout
-        | CloseReason::ShuttingDown
-        | CloseReason::ConnectionLost { .. } => SubscriptionEnd::Disconnected,
-        other => {
-            SubscriptionEnd::Error(LinkError::new(LinkErrorKind::Refused, format!("{other:?}")))
-        }
-    }
 }

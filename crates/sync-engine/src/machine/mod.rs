@@ -330,6 +330,12 @@ impl LinkMachine {
         }
     }
 
+    /// Live deliveries registered and not yet passed by the pull checkpoint (at most
+    /// [`LinkConfig::in_flight_deliveries_max`]).
+    pub fn deliveries_in_flight(&self) -> usize {
+        self.tracker.in_flight()
+    }
+
     /// Adds `bytes` (messages and inline data) to the pulled bytes of applied live
     /// deliveries; saved with the next persist.
     pub fn record_pulled_bytes(&mut self, bytes: u64) {

@@ -94,7 +94,7 @@ impl<C: Connector> Engine<C> {
         } else {
             tokio::task::spawn_blocking(apply)
                 .await
-                .map_err(|e| Error::Task(e.to_string()))??
+                .map_err(Error::from)??
         };
         let mut echoes = lock(&self.inner.echoes);
         let echoes = echoes.entry(link.endpoint.clone()).or_default();

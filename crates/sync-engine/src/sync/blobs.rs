@@ -222,9 +222,7 @@ impl<C: Connector> Engine<C> {
             Finish,
         }
         let blocking = |f: Box<dyn FnOnce() -> Result<Option<UploadCursor>> + Send>| async move {
-            tokio::task::spawn_blocking(f)
-                .await
-                .map_err(|e| Error::Task(e.to_string()))?
+            tokio::task::spawn_blocking(f).await.map_err(Error::from)?
         };
         self.ledger().blobs().want(&cid, size, self.now_ms())?;
         let (replica, now, durability) = (self.replica().clone(), self.now_ms(), self.durability());

@@ -14,6 +14,7 @@ use crate::proto::{
 
 use super::echo::{LeftOut, Pushed, SessionId, SessionKey};
 use super::{Handler, Node, RequestContext, auth_reply, ms};
+use crate::error::HandlerError;
 
 /// Most log pages a node keeps for live subscriptions to share.
 pub const SHARED_PAGES_MAX: usize = 32;
@@ -157,10 +158,13 @@ impl<H: Handler> Node<H> {
         };
         let reason2 = reason.clone();
         let task = tokio::spawn(async move {
+            let mut run = run;
             let r = run.run().await;
             let _ = reason2.set(r);
-            // `run` (and with it the sender and the slot) is dropped here, after the
-            // reason is set, so a receiver that sees the queue closed finds the reason.
+            // `run` (and with it the sender and the slot) is dropped only now, after the
+            // reason is set, so a receiver that sees the queue closed finds the reason
+            // (`run(self)` would drop the sender first, and the reason could be lost).
+            drop(run);
         });
         Ok(Feed { rx, reason, task })
     }
@@ -194,7 +198,7 @@ enum Drained {
 }
 
 impl<H: Handler> SubscriptionLoop<H> {
-    async fn run(mut self) -> CloseReason {
+    async fn run(&mut self) -> CloseReason {
         // Take the change receiver before the first read, and mark it seen before each
         // read, so a change that lands during a read wakes the next wait.
         let mut changes = self.node.handler.changes(&self.req.tenant);
@@ -283,8 +287,11 @@ impl<H: Handler> SubscriptionLoop<H> {
             };
             let page = match tokio::time::timeout(time, read).await {
                 Ok(Ok(p)) => p,
+                Ok(Err(e @ HandlerError::Unavailable(_))) => {
+                    return Drained::End(CloseReason::unavailable(e.to_string()));
+                }
                 Ok(Err(e)) => return Drained::End(CloseReason::error(e.to_string())),
-                Err(_) => return Drained::End(CloseReason::error("log read timed out")),
+                Err(_) => return Drained::End(CloseReason::unavailable("log read timed out")),
             };
             match &*page {
                 LogPageReply::Gap(gap) => {

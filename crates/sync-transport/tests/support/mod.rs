@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -104,6 +104,8 @@ pub struct TestHandler {
     pub floor: AtomicU64,
     /// Delay added to every `root` call, to exercise time limits.
     pub root_delay_ms: AtomicU64,
+    /// While set, log reads fail as `Unavailable` (a database restarting under the node).
+    pub log_unavailable: AtomicBool,
 }
 
 impl Default for TestHandler {
@@ -116,6 +118,7 @@ impl Default for TestHandler {
             epoch: 1,
             floor: AtomicU64::new(0),
             root_delay_ms: AtomicU64::new(0),
+            log_unavailable: AtomicBool::new(false),
         }
     }
 }
@@ -239,6 +242,11 @@ impl Handler for TestHandler {
         req: LogPageRequest,
     ) -> Result<LogPageReply, HandlerError> {
         self.count();
+        if self.log_unavailable.load(Ordering::SeqCst) {
+            return Err(HandlerError::Unavailable(
+                "the log's store is restarting".into(),
+            ));
+        }
         let s = self.state.lock().unwrap();
         let head = s.log.last().map(|e| e.token);
         let floor = self.floor.load(Ordering::SeqCst);
