@@ -682,7 +682,7 @@ impl Replica {
             let mut index = (!self.inner.shared)
                 .then(|| self.inner.index.write().unwrap_or_else(|e| e.into_inner()));
             // The commit's changes to the trees, applied together below.
-            let mut tree_added = Vec::new();
+            let mut tree_added = Vec::with_capacity(ready.len());
             let mut tree_pruned = Vec::new();
             for (&i, result) in ready.iter().zip(applied) {
                 let message = messages[i];

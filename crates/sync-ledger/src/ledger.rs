@@ -166,7 +166,8 @@ impl std::fmt::Debug for Ledger {
 #[derive(Default)]
 struct NameCache {
     tenants: HashMap<TenantId, Tn>,
-    protocols: HashMap<(Tn, ProtocolName), Pn>,
+    /// Per tenant, so a lookup borrows the name instead of building a key from a copy.
+    protocols: HashMap<Tn, HashMap<ProtocolName, Pn>>,
 }
 
 impl Ledger {
@@ -329,7 +330,7 @@ impl Ledger {
 
     /// A protocol's interned number within a tenant, if it has ever been applied.
     pub(crate) fn protocol_no(&self, t: Tn, p: &ProtocolName) -> Result<Option<Pn>> {
-        if let Some(n) = lock(&self.names).protocols.get(&(t, p.clone())) {
+        if let Some(n) = lock(&self.names).protocols.get(&t).and_then(|m| m.get(p)) {
             return Ok(Some(*n));
         }
         let key = layout::name_protocol_key(t, p);
@@ -337,7 +338,11 @@ impl Ledger {
             return Ok(None);
         };
         let n = Pn(dec(layout::NAMES, &key, &v)?);
-        lock(&self.names).protocols.insert((t, p.clone()), n);
+        lock(&self.names)
+            .protocols
+            .entry(t)
+            .or_default()
+            .insert(p.clone(), n);
         Ok(Some(n))
     }
 
@@ -372,12 +377,20 @@ impl Ledger {
 
     /// A protocol number from the cache of committed numbers.
     pub(crate) fn cached_protocol(&self, t: Tn, p: &ProtocolName) -> Option<Pn> {
-        lock(&self.names).protocols.get(&(t, p.clone())).copied()
+        lock(&self.names)
+            .protocols
+            .get(&t)
+            .and_then(|m| m.get(p))
+            .copied()
     }
 
     /// Caches a committed protocol number.
     pub(crate) fn cache_protocol(&self, t: Tn, p: &ProtocolName, n: Pn) {
-        lock(&self.names).protocols.insert((t, p.clone()), n);
+        lock(&self.names)
+            .protocols
+            .entry(t)
+            .or_default()
+            .insert(p.clone(), n);
     }
 
     /// Applies a batch of one tenant's messages in ONE atomic commit.
@@ -693,7 +706,7 @@ impl Ledger {
             let mut names = lock(&self.names);
             names.tenants.insert(tenant.clone(), tn);
             for (p, n) in new_protocols {
-                names.protocols.insert((tn, p), n);
+                names.protocols.entry(tn).or_default().insert(p, n);
             }
         }
         if !self.shared {
