@@ -12,7 +12,12 @@
 //! 1,000), `--hog` (a child process keeps one core busy during the live phase),
 //! `--dump-frames DIR` (writes sample push and page frames there, to measure
 //! compressors on them), `--plain-wire` (the node neither sends nor invites dense
-//! frames, as a node from before them: the "before" of the dense wire).
+//! frames, as a node from before them: the "before" of the dense wire),
+//! `--narrow-batches` (the node takes write batches of at most `BATCH_MESSAGES_MAX`,
+//! 256, and does not list `wide-batch`, as a node from before wide batches: the
+//! "before" of the negotiated push batch limit), `--rounds K` (after the d rounds, K
+//! more rounds of d = 100, with the median and spread of each side, and each round's
+//! wall-clock start and end on stderr, to line up with `strace -tt` or `perf` output).
 //!
 //! The node is a child process of this binary (a `ReplicaHandler` over a fjall replica,
 //! its own tokio runtime). In front of it, in the same child, a counting TCP proxy: every
@@ -29,6 +34,8 @@
 
 // A bench binary's output is its result: it prints tables on stdout by design.
 #![allow(clippy::print_stdout)]
+// `--rounds` prints each round's wall-clock span on stderr, apart from the tables.
+#![allow(clippy::print_stderr)]
 // Counts and durations are far below the truncation limits on a 64-bit host.
 #![allow(clippy::cast_possible_truncation)]
 
@@ -109,7 +116,7 @@ async fn pump(
 
 /// The node role: serve a fjall replica behind a counting proxy; answer `bytes` with
 /// `received sent` (as seen from the node).
-fn serve_node(dir: &str, plain_wire: bool) {
+fn serve_node(dir: &str, plain_wire: bool, wide_batches: bool) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -121,6 +128,7 @@ fn serve_node(dir: &str, plain_wire: bool) {
             Arc::new(ReplicaHandler::new(r.clone())),
             ServerConfig {
                 dense_frames: !plain_wire,
+                wide_batches,
                 ..ServerConfig::new(key())
             },
             "127.0.0.1:0".parse().unwrap(),
@@ -191,11 +199,12 @@ impl Wire {
 }
 
 impl NodeProcess {
-    fn start(plain_wire: bool) -> Self {
+    fn start(plain_wire: bool, narrow_batches: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let wire = if plain_wire { "plain" } else { "dense" };
+        let batches = if narrow_batches { "narrow" } else { "wide" };
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--serve", &dir.path().display().to_string(), wire])
+            .args(["--serve", &dir.path().display().to_string(), wire, batches])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -354,6 +363,61 @@ fn pct(sorted: &[Duration], q: f64) -> Duration {
     }
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
+}
+
+/// `rounds` rounds of d = 100 (A writes 100 changes, A syncs, B syncs); prints the
+/// median and spread of each side, and each round's wall-clock span on stderr.
+async fn repeated_rounds(
+    node: &mut NodeProcess,
+    ea: &Engine<Arc<HttpConnector>>,
+    eb: &Engine<Arc<HttpConnector>>,
+    ra: &Replica,
+    n: u64,
+    rounds: u64,
+) {
+    let d = 100u64;
+    let (mut a, mut b, mut both) = (Vec::new(), Vec::new(), Vec::new());
+    let epoch_us = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+    };
+    for r in 0..rounds {
+        for i in 0..d {
+            put(ra, i * (n / d).max(1) % n.max(1), 10 + r);
+        }
+        let start = epoch_us();
+        let sa = sync("A", node, ea).await;
+        let mid = epoch_us();
+        let sb = sync("B", node, eb).await;
+        eprintln!("round {r} A {start} {mid} B {mid} {}", epoch_us());
+        assert_eq!(sb.pulled, d);
+        a.push(sa.elapsed);
+        b.push(sb.elapsed);
+        both.push(sa.elapsed + sb.elapsed);
+    }
+    for v in [&mut a, &mut b, &mut both] {
+        v.sort_unstable();
+    }
+    let ms = |v: &[Duration], q: f64| pct(v, q).as_secs_f64() * 1e3;
+    println!(
+        "
+{rounds} more rounds of d = {d}: p10 / median / p90 (ms)
+"
+    );
+    println!(
+        "| | p10 | median | p90 |
+|---|---:|---:|---:|"
+    );
+    for (label, v) in [("A syncs", &a), ("B syncs", &b), ("round", &both)] {
+        println!(
+            "| {label} | {:.1} | {:.1} | {:.1} |",
+            ms(v, 0.1),
+            ms(v, 0.5),
+            ms(v, 0.9)
+        );
+    }
 }
 
 /// Live writes on A, each timed until B's store reports it.
@@ -559,6 +623,8 @@ struct Options {
     hog: bool,
     dump: Option<String>,
     plain_wire: bool,
+    narrow_batches: bool,
+    rounds: u64,
 }
 
 fn options() -> Options {
@@ -568,6 +634,8 @@ fn options() -> Options {
         hog: false,
         dump: None,
         plain_wire: false,
+        narrow_batches: false,
+        rounds: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -576,6 +644,8 @@ fn options() -> Options {
             "--live" => o.live = it.next().and_then(|v| v.parse().ok()).expect("--live N"),
             "--hog" => o.hog = true,
             "--plain-wire" => o.plain_wire = true,
+            "--narrow-batches" => o.narrow_batches = true,
+            "--rounds" => o.rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds K"),
             "--dump-frames" => o.dump = Some(it.next().expect("--dump-frames DIR")),
             other => panic!("unknown option {other}"),
         }
@@ -586,7 +656,7 @@ fn options() -> Options {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("--serve") => return serve_node(&args[2], args[3] == "plain"),
+        Some("--serve") => return serve_node(&args[2], args[3] == "plain", args[4] == "wide"),
         Some("--spin") => return spin(),
         _ => {}
     }
@@ -597,7 +667,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut node = NodeProcess::start(o.plain_wire);
+        let mut node = NodeProcess::start(o.plain_wire, o.narrow_batches);
         let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         // A's records are written with the batch write API, 1,000 per synced commit.
         let ra = Replica::open(da.path()).unwrap();
@@ -663,6 +733,10 @@ fn main() {
                 pushed: sa.pushed,
             });
             steps.extend([sa, sb]);
+        }
+
+        if o.rounds > 0 {
+            repeated_rounds(&mut node, &ea, &eb, &ra, o.n, o.rounds).await;
         }
 
         let hog = o.hog.then(Hog::start);

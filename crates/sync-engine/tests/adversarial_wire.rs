@@ -201,7 +201,7 @@ async fn slow_clients_are_cut_off_while_others_sync() {
 
 /// Hostile bodies inside well-formed frames: the owner's batch for the tenant carrying
 /// a message whose inline data does not match its reference, one whose payload breaks
-/// its type's path, and a batch over the batch limit; each is answered per message or
+/// its type's path, and a batch over the (wide) batch limit; each is answered per message or
 /// refused whole, and nothing is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_messages_in_good_frames_are_refused_one_by_one() {
@@ -231,14 +231,33 @@ async fn hostile_messages_in_good_frames_are_refused_one_by_one() {
         invalid_reason(&outcomes[1]).contains("not declared"),
         "{outcomes:?}"
     );
-    let too_many: Vec<_> = (0..=sync_transport::proto::BATCH_MESSAGES_MAX)
-        .map(|i| {
-            let id = sync_types::RecordId::from_natural_key(&tenant(), &notes(), &i.to_be_bytes());
-            write_msg(&notes(), id, None, &alice(), b"x")
-        })
-        .collect();
-    let (status, reason) = send_refused(&owner, tenant(), too_many).await;
-    assert_eq!(status, 400, "{reason}");
+    // One message over the wide batch limit, by hand (the client would split it): in
+    // the plain frame and the dense one, each refused whole with the limit named.
+    let too_many = Request::WriteBatch(WriteBatchRequest {
+        tenant: tenant(),
+        messages: (0..=sync_transport::proto::BATCH_MESSAGES_WIDE_MAX)
+            .map(|i| {
+                let id =
+                    sync_types::RecordId::from_natural_key(&tenant(), &notes(), &i.to_be_bytes());
+                write_msg(&notes(), id, None, &alice(), b"x")
+            })
+            .collect(),
+    });
+    for bytes in [
+        frame::encode(&too_many),
+        frame::encode_dense(&too_many).expect("a write batch has a dense form"),
+    ] {
+        let (status, body) = raw_post(site.server.local_addr(), &bytes, None).await;
+        assert_eq!(status, 400);
+        let e = frame::decode::<ErrorReply>(&body, usize::MAX).unwrap();
+        assert_eq!(e.code, ErrorCode::BadFrame);
+        assert!(
+            e.message
+                .contains("write batch holds 1025 elements, more than the limit of 1024"),
+            "{}",
+            e.message
+        );
+    }
     assert_eq!(site.log_position(), before);
     site.assert_unharmed("after-hostile-bodies").await;
 }

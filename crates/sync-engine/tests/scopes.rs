@@ -954,6 +954,9 @@ impl Hostile {
 }
 
 impl Remote for Hostile {
+    fn batch_messages_max(&self) -> usize {
+        self.client().batch_messages_max()
+    }
     async fn root(&self, req: RootRequest) -> Result<RootReply, TransportError> {
         self.client()
             .root(RootRequest {

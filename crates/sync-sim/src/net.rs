@@ -205,6 +205,9 @@ impl SimRemote {
 }
 
 impl Remote for SimRemote {
+    fn batch_messages_max(&self) -> usize {
+        self.inner.batch_messages_max()
+    }
     async fn root(&self, req: RootRequest) -> Result<RootReply, TransportError> {
         self.call(|c| {
             let req = req.clone();

@@ -43,7 +43,7 @@ use crate::proto::{
     DiffReply, DiffRequest, ErrorCode, ErrorReply, HeadLogPageRequest, HeadedLogPage, HealthReply,
     KnownLogPageRequest, LogEntry, LogExtent, LogPageReply, LogPageRequest, Notice,
     PlacedBatchReply, ReadMessagesReply, ReadMessagesRequest, Reply, Request, RootReply,
-    RootRequest, SubscribeRequest, WriteBatchReply, WriteBatchRequest,
+    RootRequest, SubscribeRequest, WIDE_BATCH_TOKEN, WriteBatchReply, WriteBatchRequest,
 };
 use crate::server::{BoxError, FRAME_CONTENT_TYPE};
 use crate::tls::{self, ClientTls};
@@ -70,6 +70,7 @@ macro_rules! expect_reply {
 }
 
 mod in_process;
+mod wide;
 pub use in_process::InProcessClient;
 
 /// Settings of an [`HttpClient`]; every limit has its unit last.
@@ -142,6 +143,11 @@ pub struct HttpClient {
     /// Set once a reply said the node reads dense frames (see [`crate::dense`]);
     /// cleared when a dense frame is refused as an unsupported version.
     node_reads_dense: Arc<AtomicBool>,
+    /// Whether the last reply said the node accepts write batches of up to
+    /// [`BATCH_MESSAGES_WIDE_MAX`](crate::proto::BATCH_MESSAGES_WIDE_MAX) messages (see
+    /// `wide`); cleared by a reply that does not say so, and when a wide batch is
+    /// refused as a bad frame.
+    node_reads_wide: Arc<AtomicBool>,
     /// This client's session (shared by its clones), named on placed write batches and
     /// subscriptions so that its subscriptions leave out what it pushed (see
     /// [`echo`](crate::node::echo)).
@@ -236,6 +242,7 @@ impl HttpClient {
             legacy_head: Arc::new(AtomicBool::new(false)),
             node_reads_lz4: Arc::new(AtomicBool::new(false)),
             node_reads_dense: Arc::new(AtomicBool::new(false)),
+            node_reads_wide: Arc::new(AtomicBool::new(false)),
             session: HeaderValue::from_str(&SessionId::random().to_header())
                 .map_err(|e| TransportError::Endpoint(e.to_string()))?,
         })
@@ -301,6 +308,10 @@ impl HttpClient {
             }
             if compress::lists(header(compress::ACCEPT_HEADER), crate::dense::ACCEPT_TOKEN) {
                 self.node_reads_dense.store(true, Ordering::Relaxed);
+            }
+            if status == 200 {
+                let wide = compress::lists(header(compress::ACCEPT_HEADER), WIDE_BATCH_TOKEN);
+                self.node_reads_wide.store(wide, Ordering::Relaxed);
             }
             let compressed = compress::lists_lz4(header(compress::ENCODING_HEADER));
             let limit = HEADER_BYTES + self.config.frame_bytes_max;
@@ -496,35 +507,19 @@ impl Remote for HttpClient {
         )
     }
     async fn write_batch(&self, req: WriteBatchRequest) -> Result<WriteBatchReply, TransportError> {
-        expect_reply!(
-            self.call(&Request::WriteBatch(req), false).await?,
-            WriteBatch,
-            "write batch"
-        )
+        let reply = self.send_batch(req, false).await?;
+        Ok(WriteBatchReply {
+            outcomes: reply.outcomes,
+        })
     }
     async fn write_batch_placed(
         &self,
         req: WriteBatchRequest,
     ) -> Result<PlacedBatchReply, TransportError> {
-        // An older node does not know the call: fall back to a plain write batch, for good.
-        let req = if self.legacy.load(Ordering::Relaxed) {
-            req
-        } else {
-            let request = Request::WriteBatchPlaced(req);
-            match self.call(&request, false).await {
-                Err(e) if is_unknown_request(&e) => self.legacy.store(true, Ordering::Relaxed),
-                reply => return expect_reply!(reply?, WriteBatchPlaced, "placed write batch"),
-            }
-            let Request::WriteBatchPlaced(req) = request else {
-                unreachable!("built above")
-            };
-            req
-        };
-        let reply = self.write_batch(req).await?;
-        Ok(PlacedBatchReply {
-            outcomes: reply.outcomes,
-            placed: None,
-        })
+        self.send_batch(req, true).await
+    }
+    fn batch_messages_max(&self) -> usize {
+        self.node_batch_messages_max()
     }
     async fn log_page_known(
         &self,

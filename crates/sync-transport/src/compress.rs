@@ -29,9 +29,22 @@ pub const LZ4: &str = "lz4";
 /// Smallest frame worth compressing, in bytes.
 pub const COMPRESS_BYTES_MIN: usize = 1024;
 
-/// What a peer lists in [`ACCEPT_HEADER`]: it reads lz4 bodies and dense frames
+/// What a client lists in [`ACCEPT_HEADER`]: it reads lz4 bodies and dense frames
 /// ([`crate::dense`]).
 pub const ACCEPT_VALUE: &str = "lz4, dense";
+
+/// What a node lists in [`ACCEPT_HEADER`] on its replies: lz4 always, dense frames
+/// when it serves them, and the
+/// [`WIDE_BATCH_TOKEN`](crate::proto::WIDE_BATCH_TOKEN) when it accepts write batches of
+/// up to [`BATCH_MESSAGES_WIDE_MAX`](crate::proto::BATCH_MESSAGES_WIDE_MAX) messages.
+pub fn node_accepts(dense: bool, wide_batches: bool) -> &'static str {
+    match (dense, wide_batches) {
+        (true, true) => "lz4, dense, wide-batch",
+        (true, false) => ACCEPT_VALUE,
+        (false, true) => "lz4, wide-batch",
+        (false, false) => LZ4,
+    }
+}
 
 /// Whether a header value lists `lz4`.
 pub fn lists_lz4(value: Option<&[u8]>) -> bool {
@@ -144,5 +157,19 @@ mod tests {
             crate::dense::ACCEPT_TOKEN
         ));
         assert!(!lists(Some(b"lz4"), crate::dense::ACCEPT_TOKEN));
+    }
+
+    #[test]
+    fn a_node_lists_what_it_serves() {
+        let wide = crate::proto::WIDE_BATCH_TOKEN;
+        let dense = crate::dense::ACCEPT_TOKEN;
+        for d in [false, true] {
+            for w in [false, true] {
+                let v = Some(node_accepts(d, w).as_bytes());
+                assert!(lists_lz4(v));
+                assert_eq!(lists(v, dense), d, "dense {d} wide {w}");
+                assert_eq!(lists(v, wide), w, "dense {d} wide {w}");
+            }
+        }
     }
 }

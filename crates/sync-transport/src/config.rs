@@ -78,6 +78,12 @@ pub struct ServerConfig {
     /// `false` speaks like a node from before dense frames (for measuring, and for
     /// tests of old peers).
     pub dense_frames: bool,
+    /// Accept write batches of up to
+    /// [`BATCH_MESSAGES_WIDE_MAX`](crate::proto::BATCH_MESSAGES_WIDE_MAX) messages and
+    /// tell clients so (the `wide-batch` token). Default `true`; `false` refuses batches
+    /// above [`BATCH_MESSAGES_MAX`](crate::proto::BATCH_MESSAGES_MAX) and says nothing,
+    /// like a node from before wide batches (for tests of old peers).
+    pub wide_batches: bool,
 }
 
 impl ServerConfig {
@@ -107,6 +113,7 @@ impl ServerConfig {
             metrics: None,
             tls: None,
             dense_frames: true,
+            wide_batches: true,
         }
     }
 }
@@ -125,6 +132,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("request_time_ms_max", &self.request_time_ms_max)
             .field("tls", &self.tls.is_some())
             .field("dense_frames", &self.dense_frames)
+            .field("wide_batches", &self.wide_batches)
             .field("subscriber_queue_len_max", &self.subscriber_queue_len_max)
             .finish_non_exhaustive()
     }

@@ -42,7 +42,7 @@ use sync_types::{
 
 use crate::frame::FrameError;
 use crate::proto::{
-    BATCH_MESSAGES_MAX, HeadedLogPage, LOG_PAGE_ENTRIES_MAX, LogEntry, LogExtent, LogPage,
+    BATCH_MESSAGES_WIDE_MAX, HeadedLogPage, LOG_PAGE_ENTRIES_MAX, LogEntry, LogExtent, LogPage,
     LogPageReply, MessageData, READ_CIDS_MAX, ReadMessagesReply, Reply, Request, WriteBatchRequest,
 };
 
@@ -619,7 +619,7 @@ fn unbatch(b: DenseBatch) -> Result<WriteBatchRequest, FrameError> {
     Ok(WriteBatchRequest {
         messages: b
             .names
-            .items(b.messages, "write batch", BATCH_MESSAGES_MAX)?,
+            .items(b.messages, "write batch", BATCH_MESSAGES_WIDE_MAX)?,
         tenant: b.tenant,
     })
 }

@@ -244,6 +244,13 @@ impl<R: Remote> Remote for FailoverRemote<R> {
         failover!(self, |r| r.write_batch_placed(req.clone()))
     }
 
+    /// The current node's: a batch sized to it that fails over to another node is
+    /// split there when that node takes less (see [`HttpClient`](crate::HttpClient)).
+    fn batch_messages_max(&self) -> usize {
+        let n = self.remotes.len();
+        self.remotes[self.current.load(Ordering::Relaxed) % n].batch_messages_max()
+    }
+
     async fn log_page_known(
         &self,
         req: KnownLogPageRequest,

@@ -44,12 +44,13 @@ use sync_types::{
 use tokio::sync::{Semaphore, watch};
 
 use crate::error::HandlerError;
-use crate::frame::{self, FrameError};
+use crate::frame::{self, FrameError, check_count};
 use crate::proto::{
-    BlobReadHead, BlobReadRequest, BlobStat, BlobStatRequest, BlobWriteRequest, DiffReply,
-    DiffRequest, ErrorCode, ErrorReply, HeadLogPageRequest, HeadedLogPage, HealthReply, LogExtent,
-    LogPageReply, LogPageRequest, MessageData, PlacedBatchReply, ReadMessagesReply,
-    ReadMessagesRequest, Reply, Request, RootReply, RootRequest, WriteBatchReply, request_needs,
+    BATCH_MESSAGES_MAX, BATCH_MESSAGES_WIDE_MAX, BlobReadHead, BlobReadRequest, BlobStat,
+    BlobStatRequest, BlobWriteRequest, DiffReply, DiffRequest, ErrorCode, ErrorReply,
+    HeadLogPageRequest, HeadedLogPage, HealthReply, LogExtent, LogPageReply, LogPageRequest,
+    MessageData, PlacedBatchReply, ReadMessagesReply, ReadMessagesRequest, Reply, Request,
+    RootReply, RootRequest, WriteBatchReply, request_needs,
 };
 use crate::tenant_share::{ShareGuard, TenantShares};
 use crate::token::{AuthError, Claims, Token};
@@ -387,7 +388,24 @@ impl<H: Handler> Node<H> {
 
     /// Decodes a request frame.
     pub(crate) fn decode_request(&self, bytes: &[u8]) -> Result<Request, ErrorReply> {
-        frame::decode::<Request>(bytes, self.config.frame_bytes_max).map_err(|e| frame_reply(&e))
+        let request = frame::decode::<Request>(bytes, self.config.frame_bytes_max)
+            .map_err(|e| frame_reply(&e))?;
+        if let Request::WriteBatch(r) | Request::WriteBatchPlaced(r) = &request {
+            check_count("write batch", r.messages.len(), self.batch_messages_max())
+                .map_err(|e| frame_reply(&e))?;
+        }
+        Ok(request)
+    }
+
+    /// Most messages this node accepts in one write batch: [`BATCH_MESSAGES_WIDE_MAX`]
+    /// when [`ServerConfig::wide_batches`] (and it says so on its replies), else
+    /// [`BATCH_MESSAGES_MAX`], as a node from before wide batches.
+    pub fn batch_messages_max(&self) -> usize {
+        if self.config.wide_batches {
+            BATCH_MESSAGES_WIDE_MAX
+        } else {
+            BATCH_MESSAGES_MAX
+        }
     }
 
     /// Serves one request/reply call (not blob transfers): authorizes it against the

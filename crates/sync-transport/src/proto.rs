@@ -38,8 +38,19 @@ use sync_types::{
 
 use crate::frame::{Body, FrameError, FrameKind, check_count, check_len};
 
-/// Most messages in one write batch.
+/// Most messages in one write batch that every node accepts (nodes before
+/// [`BATCH_MESSAGES_WIDE_MAX`] refuse a larger one when they decode it).
 pub const BATCH_MESSAGES_MAX: usize = 256;
+/// Most messages in one write batch (and outcomes in its reply) that a node accepts when
+/// it says so on its replies (the `wide-batch` token of `x-weft-accept-encoding`, see
+/// [`WIDE_BATCH_TOKEN`]); a client sends batches above [`BATCH_MESSAGES_MAX`] only to
+/// such a node. Larger batches make fewer synced commits on the node: an initial push
+/// of 100,000 messages takes about 100 instead of about 390.
+pub const BATCH_MESSAGES_WIDE_MAX: usize = 1024;
+const _: () = assert!(BATCH_MESSAGES_WIDE_MAX >= BATCH_MESSAGES_MAX);
+/// The token a node lists in `x-weft-accept-encoding` when it accepts write batches of
+/// up to [`BATCH_MESSAGES_WIDE_MAX`] messages.
+pub const WIDE_BATCH_TOKEN: &str = "wide-batch";
 /// Most cids in one message read.
 pub const READ_CIDS_MAX: usize = 256;
 /// Most entries in one log page, and the largest `limit` a page request may ask for.
@@ -174,7 +185,8 @@ pub struct ReadMessagesReply {
 pub struct WriteBatchRequest {
     /// The tenant every message must belong to.
     pub tenant: TenantId,
-    /// The messages, at most [`BATCH_MESSAGES_MAX`].
+    /// The messages, at most [`BATCH_MESSAGES_MAX`], or [`BATCH_MESSAGES_WIDE_MAX`] to a
+    /// node that said it accepts them.
     pub messages: Vec<MessageData>,
 }
 
@@ -630,7 +642,7 @@ impl Body for Request {
             Request::LogPage(r) => check_page_limit(r.limit),
             Request::ReadMessages(r) => check_count("read cids", r.cids.len(), READ_CIDS_MAX),
             Request::WriteBatch(r) | Request::WriteBatchPlaced(r) => {
-                check_items("write batch", &r.messages, BATCH_MESSAGES_MAX)
+                check_items("write batch", &r.messages, BATCH_MESSAGES_WIDE_MAX)
             }
             Request::LogPageKnown(r) => check_page_limit(r.page.limit),
             Request::LogPageHead(r) => check_page_limit(r.page.limit),
@@ -680,7 +692,7 @@ impl Body for Reply {
             }
             Reply::WriteBatch(WriteBatchReply { outcomes })
             | Reply::WriteBatchPlaced(PlacedBatchReply { outcomes, .. }) => {
-                check_count("write outcomes", outcomes.len(), BATCH_MESSAGES_MAX)?;
+                check_count("write outcomes", outcomes.len(), BATCH_MESSAGES_WIDE_MAX)?;
                 outcomes.iter().try_for_each(check_outcome)
             }
             Reply::Health(h) => {

@@ -460,15 +460,14 @@ async fn rpc<H: Handler>(
         let is_packed = packed.is_some();
         let mut res = frame_response(200, packed.unwrap_or(frame));
         let headers = res.headers_mut();
-        // This node reads compressed requests (and dense frames): the client may send
-        // its next ones so.
+        // This node reads compressed requests (and dense frames, and wide write
+        // batches): the client may send its next ones so.
         headers.insert(
             compress::ACCEPT_HEADER,
-            hyper::header::HeaderValue::from_static(if node.config.dense_frames {
-                compress::ACCEPT_VALUE
-            } else {
-                compress::LZ4
-            }),
+            hyper::header::HeaderValue::from_static(compress::node_accepts(
+                node.config.dense_frames,
+                node.config.wide_batches,
+            )),
         );
         if is_packed {
             headers.insert(

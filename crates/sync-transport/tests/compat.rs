@@ -446,12 +446,144 @@ async fn dense_replies_only_for_a_client_that_reads_them() {
     };
     assert_eq!(reply.outcomes, vec![ApplyOutcome::Applied; 100]);
 
-    // A node with dense frames off speaks like an older one.
+    // A node with dense frames and wide batches off speaks like an older one.
     let mut config = test_config();
     config.dense_frames = false;
+    config.wide_batches = false;
     let old = TestServer::start(config).await;
     old.handler.append(items);
     let (_, head, body) = post(old.addr(), &request, &dense_only).await;
     assert_eq!(body[4], frame::PROTOCOL_VERSION);
     assert!(head.contains("x-weft-accept-encoding: lz4\r\n"), "{head}");
+}
+
+/// A batch of `n` new messages (distinct for each `round`).
+fn batch_of(n: u64, round: u64) -> WriteBatchRequest {
+    WriteBatchRequest {
+        tenant: tenant(),
+        messages: (0..n)
+            .map(|i| write("notes", round * 1_000_000 + i, Some(b"{\"n\":1}")))
+            .collect(),
+    }
+}
+
+fn batch_lens(t: &TestServer) -> Vec<usize> {
+    std::mem::take(&mut *t.handler.batch_lens.lock().unwrap())
+}
+
+/// A node from before wide batches (`wide_batches: false`: it refuses a batch above
+/// `BATCH_MESSAGES_MAX` when it decodes it and does not list the token): a new client
+/// never sends it more than that, and larger batches still arrive whole, in parts, with
+/// one outcome per message.
+#[tokio::test]
+async fn a_new_client_sends_a_node_before_wide_batches_no_more_than_the_old_limit() {
+    let mut config = test_config();
+    config.wide_batches = false;
+    let t = TestServer::start(config).await;
+    let client = t.client(&owner_token());
+    for round in 0..2 {
+        let reply = within(10, client.write_batch_placed(batch_of(600, round)))
+            .await
+            .unwrap();
+        assert_eq!(reply.outcomes, vec![ApplyOutcome::Applied; 600]);
+        assert_eq!(client.batch_messages_max(), BATCH_MESSAGES_MAX);
+    }
+    let reply = within(10, client.write_batch(batch_of(300, 2)))
+        .await
+        .unwrap();
+    assert_eq!(reply.outcomes.len(), 300);
+    assert_eq!(
+        batch_lens(&t),
+        [256, 256, 88, 256, 256, 88, 256, 44],
+        "no batch above the old limit"
+    );
+    // What such a node does with a larger batch: refuses it whole, storing nothing.
+    let calls = t.handler.calls();
+    let over = frame::encode(&Request::WriteBatch(batch_of(257, 3)));
+    let (status, head, body) = post(t.addr(), &over, "").await;
+    assert_eq!(status, 400);
+    assert!(!head.contains(WIDE_BATCH_TOKEN), "{head}");
+    let e = frame::decode::<ErrorReply>(&body, usize::MAX).unwrap();
+    assert_eq!(e.code, ErrorCode::BadFrame);
+    assert!(
+        e.message.contains("more than the limit of 256"),
+        "{}",
+        e.message
+    );
+    assert_eq!(t.handler.calls(), calls, "the handler saw nothing");
+}
+
+/// A node that takes wide batches says so on every reply; its client sends at most the
+/// old limit until it has seen that (the first call on a fresh client), and batches of
+/// up to `BATCH_MESSAGES_WIDE_MAX` after.
+#[tokio::test]
+async fn a_node_gets_wide_batches_once_it_said_it_takes_them() {
+    let t = TestServer::start(test_config()).await;
+    let client = t.client(&owner_token());
+    assert_eq!(client.batch_messages_max(), BATCH_MESSAGES_MAX);
+    within(10, client.write_batch_placed(batch_of(600, 0)))
+        .await
+        .unwrap();
+    assert_eq!(client.batch_messages_max(), BATCH_MESSAGES_WIDE_MAX);
+    let reply = within(10, client.write_batch_placed(batch_of(600, 1)))
+        .await
+        .unwrap();
+    assert_eq!(reply.outcomes, vec![ApplyOutcome::Applied; 600]);
+    let n = BATCH_MESSAGES_WIDE_MAX as u64 + 476;
+    let reply = within(10, client.write_batch(batch_of(n, 2)))
+        .await
+        .unwrap();
+    assert_eq!(reply.outcomes.len() as u64, n);
+    assert_eq!(
+        batch_lens(&t),
+        [256, 256, 88, 600, BATCH_MESSAGES_WIDE_MAX, 476],
+        "parts of the old limit before the node said more, one batch after"
+    );
+    // The in-process client asks its node directly.
+    assert_eq!(
+        t.in_process(&owner_token()).batch_messages_max(),
+        BATCH_MESSAGES_WIDE_MAX
+    );
+    // Above the wide limit a node refuses the batch whole.
+    let calls = t.handler.calls();
+    let over = frame::encode(&Request::WriteBatch(batch_of(
+        BATCH_MESSAGES_WIDE_MAX as u64 + 1,
+        3,
+    )));
+    let (status, _, body) = post(t.addr(), &over, "").await;
+    assert_eq!(status, 400);
+    let e = frame::decode::<ErrorReply>(&body, usize::MAX).unwrap();
+    assert!(
+        e.message.contains("more than the limit of 1024"),
+        "{}",
+        e.message
+    );
+    assert_eq!(t.handler.calls(), calls, "the handler saw nothing");
+}
+
+/// A node replaced by one from before wide batches at the same address, after its
+/// client learned it takes them: the wide batch it is sent is refused whole as a bad
+/// frame, and the client sends it again in parts of the old limit (not falling back to
+/// the older calls), and stays at the old limit.
+#[tokio::test]
+async fn a_wide_batch_refused_by_a_replaced_node_is_sent_again_in_parts() {
+    let t = TestServer::start(test_config()).await;
+    let addr = t.addr();
+    let client = t.client(&owner_token());
+    within(10, client.write_batch_placed(batch_of(10, 0)))
+        .await
+        .unwrap();
+    assert_eq!(client.batch_messages_max(), BATCH_MESSAGES_WIDE_MAX);
+    within(10, t.server.shutdown()).await;
+    let mut config = test_config();
+    config.wide_batches = false;
+    let handler = Arc::new(TestHandler::default());
+    let old = serve(handler.clone(), config, addr).await.unwrap();
+    let reply = within(10, client.write_batch_placed(batch_of(600, 1)))
+        .await
+        .unwrap();
+    assert_eq!(reply.outcomes, vec![ApplyOutcome::Applied; 600]);
+    assert_eq!(client.batch_messages_max(), BATCH_MESSAGES_MAX);
+    assert_eq!(*handler.batch_lens.lock().unwrap(), [256, 256, 88]);
+    within(10, old.shutdown()).await;
 }

@@ -410,8 +410,8 @@ fn malformed() -> Vec<(Vec<u8>, &'static str)> {
         "inline data is 32769 bytes, more than the limit of 32768",
     ));
     cases.push((
-        push_of(names(), vec![dense_write(); BATCH_MESSAGES_MAX + 1]),
-        "write batch holds 257 elements, more than the limit of 256",
+        push_of(names(), vec![dense_write(); BATCH_MESSAGES_WIDE_MAX + 1]),
+        "write batch holds 1025 elements, more than the limit of 1024",
     ));
     cases
 }

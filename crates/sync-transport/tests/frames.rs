@@ -528,9 +528,9 @@ fn each_field_limit_holds_in_requests_and_replies() {
             outcomes: vec![outcome; n],
         })
     };
-    accepted(&outcomes(BATCH_MESSAGES_MAX, ApplyOutcome::Applied));
+    accepted(&outcomes(BATCH_MESSAGES_WIDE_MAX, ApplyOutcome::Applied));
     refused(
-        &outcomes(BATCH_MESSAGES_MAX + 1, ApplyOutcome::Applied),
+        &outcomes(BATCH_MESSAGES_WIDE_MAX + 1, ApplyOutcome::Applied),
         "write outcomes",
     );
     let missing = |n: usize| ApplyOutcome::Incomplete {

@@ -309,7 +309,7 @@ async fn malformed_requests_get_clear_errors_and_the_server_keeps_serving() {
     // A well-formed batch over the element limit.
     let over = Request::WriteBatch(WriteBatchRequest {
         tenant: tenant(),
-        messages: (0..BATCH_MESSAGES_MAX as u64 + 1)
+        messages: (0..BATCH_MESSAGES_WIDE_MAX as u64 + 1)
             .map(|n| write("x", n, None))
             .collect(),
     });
@@ -317,7 +317,7 @@ async fn malformed_requests_get_clear_errors_and_the_server_keeps_serving() {
     assert_eq!(status, 400);
     let e = error_of(&body);
     assert!(
-        e.message.contains("more than the limit of 256"),
+        e.message.contains("more than the limit of 1024"),
         "{}",
         e.message
     );

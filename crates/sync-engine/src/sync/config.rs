@@ -1,6 +1,8 @@
 //! The engine's tunables and limits.
 
-use sync_transport::proto::{BATCH_MESSAGES_MAX, LOG_PAGE_ENTRIES_MAX, READ_CIDS_MAX};
+use std::borrow::Cow;
+
+use sync_transport::proto::{BATCH_MESSAGES_WIDE_MAX, LOG_PAGE_ENTRIES_MAX, READ_CIDS_MAX};
 
 /// Most entries asked for per remote log page (the protocol's maximum).
 pub const PAGE_ENTRIES_DEFAULT: u32 = LOG_PAGE_ENTRIES_MAX;
@@ -58,7 +60,10 @@ pub struct SyncConfig {
     pub catch_up_pages_max: usize,
     /// Local log entries read per push step. Default [`PUSH_READ_ENTRIES_DEFAULT`].
     pub push_read_entries: usize,
-    /// Messages per write batch. Default [`BATCH_MESSAGES_MAX`].
+    /// Messages per write batch, at most: a push sends no more than its remote says its
+    /// node takes ([`Remote::batch_messages_max`](sync_transport::Remote::batch_messages_max):
+    /// [`BATCH_MESSAGES_MAX`](sync_transport::proto::BATCH_MESSAGES_MAX) until the node
+    /// said it takes more). Default [`BATCH_MESSAGES_WIDE_MAX`].
     pub push_batch_messages: usize,
     /// Bytes per write batch. Default [`PUSH_BATCH_BYTES_MAX`].
     pub push_batch_bytes_max: usize,
@@ -96,13 +101,25 @@ pub struct SyncConfig {
     pub blob_fetch_detached: bool,
 }
 
+impl SyncConfig {
+    /// This config with at most `max` messages per write batch (what the remote takes).
+    pub(crate) fn with_batch_messages_max(&self, max: usize) -> Cow<'_, Self> {
+        if self.push_batch_messages <= max {
+            return Cow::Borrowed(self);
+        }
+        let mut narrower = self.clone();
+        narrower.push_batch_messages = max;
+        Cow::Owned(narrower)
+    }
+}
+
 impl Default for SyncConfig {
     fn default() -> Self {
         Self {
             page_entries: PAGE_ENTRIES_DEFAULT,
             catch_up_pages_max: CATCH_UP_PAGES_MAX,
             push_read_entries: PUSH_READ_ENTRIES_DEFAULT,
-            push_batch_messages: BATCH_MESSAGES_MAX,
+            push_batch_messages: BATCH_MESSAGES_WIDE_MAX,
             push_batch_bytes_max: PUSH_BATCH_BYTES_MAX,
             read_batch_cids: READ_CIDS_MAX,
             dependency_passes_max: DEPENDENCY_PASSES_MAX,

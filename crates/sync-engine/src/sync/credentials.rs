@@ -226,6 +226,9 @@ impl<C: Connector> CredentialedRemote<C> {
 }
 
 impl<C: Connector> Remote for CredentialedRemote<C> {
+    fn batch_messages_max(&self) -> usize {
+        self.current().batch_messages_max()
+    }
     async fn root(&self, req: RootRequest) -> Result<RootReply, TransportError> {
         self.with_refresh(|r| {
             let req = req.clone();

@@ -135,7 +135,10 @@ impl<C: Connector> Engine<C> {
                 };
                 entries.push((e.token, item));
             }
-            let mut plan = PushPage::new(entries, page.next, cfg);
+            // Batches as large as the remote takes now (it may have learned more since
+            // the last page).
+            let batch_cfg = cfg.with_batch_messages_max(ctx.remote.batch_messages_max());
+            let mut plan = PushPage::new(entries, page.next, &batch_cfg);
             // While this page waits for blob uploads, what follows it in the log is sent
             // meanwhile (see `send_small_meanwhile`).
             let lane_from = page.entries.last().map(|e| e.token);
@@ -144,7 +147,7 @@ impl<C: Connector> Engine<C> {
             let mut ahead = None;
             while let Some(batch) = plan.next_batch() {
                 let delivering = self.deliver(ctx, batch, lane_from, ahead.take(), &mut out);
-                let end = match plan.ahead(cfg) {
+                let end = match plan.ahead(&batch_cfg) {
                     // The next batch travels while the node applies this one (pipelined,
                     // one batch ahead); its answer is used when its turn comes, and
                     // dropped when this batch ends the page.
@@ -443,9 +446,12 @@ impl<C: Connector> Engine<C> {
         indexes: &[usize],
         bytes: &mut u64,
     ) -> Result<Vec<(usize, ApplyOutcome)>> {
-        let cfg = &self.inner.config;
+        let cfg = self
+            .inner
+            .config
+            .with_batch_messages_max(ctx.remote.batch_messages_max());
         let mut results = Vec::with_capacity(indexes.len());
-        for range in super::push_core::batch_ranges(indexes.iter().map(|&i| all[i].bytes), cfg) {
+        for range in super::push_core::batch_ranges(indexes.iter().map(|&i| all[i].bytes), &cfg) {
             let chunk = &indexes[range];
             let messages: Vec<MessageData> = chunk.iter().map(|&i| all[i].item.clone()).collect();
             let sent: u64 = chunk.iter().map(|&i| all[i].bytes).sum();

@@ -131,7 +131,11 @@ impl<C: Connector> Engine<C> {
                 }
             }
             let mut push = PushOutcome::default();
-            for range in batch_ranges(items.iter().map(|i| i.bytes), &self.inner.config) {
+            let batch_cfg = self
+                .inner
+                .config
+                .with_batch_messages_max(ctx.remote.batch_messages_max());
+            for range in batch_ranges(items.iter().map(|i| i.bytes), &batch_cfg) {
                 let end = self
                     .deliver(ctx, items[range].to_vec(), None, None, &mut push)
                     .await?;

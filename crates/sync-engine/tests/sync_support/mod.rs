@@ -204,6 +204,9 @@ impl<R> Repeating<R> {
 }
 
 impl<R: Remote> Remote for Repeating<R> {
+    fn batch_messages_max(&self) -> usize {
+        self.inner.batch_messages_max()
+    }
     async fn root(&self, req: RootRequest) -> Result<RootReply, TransportError> {
         self.inner.root(req).await
     }
@@ -285,6 +288,9 @@ pub struct FlakyWrites<R> {
 }
 
 impl<R: Remote> Remote for FlakyWrites<R> {
+    fn batch_messages_max(&self) -> usize {
+        self.inner.batch_messages_max()
+    }
     async fn root(&self, req: RootRequest) -> Result<RootReply, TransportError> {
         self.inner.root(req).await
     }

@@ -103,6 +103,9 @@ impl<H: Handler> Remote for InProcessClient<H> {
             "placed write batch"
         )
     }
+    fn batch_messages_max(&self) -> usize {
+        self.node.batch_messages_max()
+    }
     async fn log_page_known(
         &self,
         req: KnownLogPageRequest,

@@ -152,6 +152,15 @@ pub trait Remote: Send + Sync {
             })
         }
     }
+    /// Most messages a write batch to this remote may hold now: what its node said it
+    /// accepts ([`BATCH_MESSAGES_WIDE_MAX`](crate::proto::BATCH_MESSAGES_WIDE_MAX) after
+    /// a reply listed the `wide-batch` token), else
+    /// [`BATCH_MESSAGES_MAX`](crate::proto::BATCH_MESSAGES_MAX), which every node
+    /// accepts. It may change between calls (a failover, a node replaced). Default:
+    /// `BATCH_MESSAGES_MAX`; a wrapper forwards its inner remote's.
+    fn batch_messages_max(&self) -> usize {
+        crate::proto::BATCH_MESSAGES_MAX
+    }
     /// A page of the tenant's log without the entries at `req.known`, or a gap.
     /// Default: [`log_page`](Self::log_page), with every entry.
     fn log_page_known(

@@ -104,6 +104,8 @@ pub struct TestHandler {
     pub floor: AtomicU64,
     /// Delay added to every `root` call, to exercise time limits.
     pub root_delay_ms: AtomicU64,
+    /// How many messages each write batch that reached the handler held, in order.
+    pub batch_lens: Mutex<Vec<usize>>,
     /// While set, log reads fail as `Unavailable` (a database restarting under the node).
     pub log_unavailable: AtomicBool,
 }
@@ -118,6 +120,7 @@ impl Default for TestHandler {
             epoch: 1,
             floor: AtomicU64::new(0),
             root_delay_ms: AtomicU64::new(0),
+            batch_lens: Mutex::default(),
             log_unavailable: AtomicBool::new(false),
         }
     }
@@ -324,6 +327,7 @@ impl Handler for TestHandler {
         messages: Vec<MessageData>,
     ) -> Result<Vec<ApplyOutcome>, HandlerError> {
         self.count();
+        self.batch_lens.lock().unwrap().push(messages.len());
         let mut outcomes = Vec::new();
         let mut fresh = Vec::new();
         {
