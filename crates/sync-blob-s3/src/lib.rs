@@ -35,7 +35,7 @@ pub mod sigv4;
 mod xml;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
@@ -66,6 +66,9 @@ pub struct S3Content {
     http: Http,
     /// PUTs started and not yet waited for, per id, oldest first, with their index.
     puts: Mutex<HashMap<Cid, VecDeque<(u32, Pending)>>>,
+    /// Per id with PUTs being waited for: held while waiting, so a second caller
+    /// waiting for the same id's writes waits until the first has seen them land.
+    gates: Mutex<HashMap<Cid, Arc<Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for S3Content {
@@ -86,6 +89,7 @@ impl S3Content {
         Ok(Self {
             http: Http::new(config)?,
             puts: Mutex::new(HashMap::new()),
+            gates: Mutex::new(HashMap::new()),
         })
     }
 
@@ -167,18 +171,39 @@ impl S3Content {
         self.puts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Waits for every PUT of `at` started so far; the first failure, if any.
-    fn wait_puts(&self, at: &Cid) -> Result<(), S3Error> {
-        let queued = self.puts().remove(at).unwrap_or_default();
-        let mut first = Ok(());
-        for (_, pending) in queued {
-            if let Err(e) = pending.wait()
-                && first.is_ok()
-            {
-                first = Err(e);
-            }
+    /// Runs `f` holding `at`'s gate (see [`S3Content::gates`]).
+    fn gated<T>(&self, at: &Cid, f: impl FnOnce() -> T) -> T {
+        let gate = {
+            let mut gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
+            gates.entry(*at).or_default().clone()
+        };
+        let out = {
+            let _held = gate.lock().unwrap_or_else(PoisonError::into_inner);
+            f()
+        };
+        let mut gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
+        // Ours and the map's: nobody else waits on it.
+        if Arc::strong_count(&gate) == 2 {
+            gates.remove(at);
         }
-        first
+        out
+    }
+
+    /// Waits for every PUT of `at` started so far; the first failure, if any. A
+    /// caller arriving while another waits for them waits until they landed too.
+    fn wait_puts(&self, at: &Cid) -> Result<(), S3Error> {
+        self.gated(at, || {
+            let queued = self.puts().remove(at).unwrap_or_default();
+            let mut first = Ok(());
+            for (_, pending) in queued {
+                if let Err(e) = pending.wait()
+                    && first.is_ok()
+                {
+                    first = Err(e);
+                }
+            }
+            first
+        })
     }
 
     fn id_prefix(&self, at: &Cid) -> String {
@@ -426,34 +451,37 @@ impl BlobContent for S3Content {
         req.body_bytes_max = http::ERROR_BODY_BYTES_MAX;
         // Earlier writes of this chunk land first, and the oldest PUTs past the limit
         // are waited for (one writer per id: the ledger's uploads are exclusive).
-        let waits: Vec<Pending> = {
-            let mut puts = self.puts();
-            let queue = puts.entry(*at).or_default();
-            let mut waits = Vec::new();
-            let mut kept = VecDeque::with_capacity(queue.len());
-            for (i, p) in queue.drain(..) {
-                if i == index {
-                    waits.push(p);
-                } else {
-                    kept.push_back((i, p));
+        self.gated(at, || {
+            let waits: Vec<Pending> = {
+                let mut puts = self.puts();
+                let queue = puts.entry(*at).or_default();
+                let mut waits = Vec::new();
+                let mut kept = VecDeque::with_capacity(queue.len());
+                for (i, p) in queue.drain(..) {
+                    if i == index {
+                        waits.push(p);
+                    } else {
+                        kept.push_back((i, p));
+                    }
                 }
-            }
-            while kept.len() >= self.config().puts_in_flight {
-                if let Some((_, p)) = kept.pop_front() {
-                    waits.push(p);
+                while kept.len() >= self.config().puts_in_flight {
+                    if let Some((_, p)) = kept.pop_front() {
+                        waits.push(p);
+                    }
                 }
+                *queue = kept;
+                waits
+            };
+            for pending in waits {
+                pending.wait()?;
             }
-            *queue = kept;
-            waits
-        };
-        for pending in waits {
-            pending.wait()?;
-        }
-        let pending = self.http.start(req);
-        self.puts()
-            .entry(*at)
-            .or_default()
-            .push_back((index, pending));
+            let pending = self.http.start(req);
+            self.puts()
+                .entry(*at)
+                .or_default()
+                .push_back((index, pending));
+            Ok::<(), S3Error>(())
+        })?;
         Ok(())
     }
 

@@ -371,4 +371,18 @@ fn overlapping_writes_of_one_chunk_land_in_order() {
         content.chunk(&store, &at, 7).unwrap(),
         Some(b"just now".to_vec())
     );
+    // Concurrent readers all see a write in flight when they start.
+    for round in 0..5u8 {
+        content
+            .put_chunk(&store, &mut Batch::new(), &at, 8, vec![round; 500])
+            .unwrap();
+        std::thread::scope(|s| {
+            let readers: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| content.chunk(&store, &at, 8).unwrap()))
+                .collect();
+            for r in readers {
+                assert_eq!(r.join().unwrap(), Some(vec![round; 500]), "round {round}");
+            }
+        });
+    }
 }
