@@ -330,8 +330,9 @@ async fn a_stale_checkpoint_repairs_and_converges() {
                 s.pull.reset(Some(stale(real)))
             })
             .unwrap();
-        let live = LiveSync::start(engine, LinkConfig::default()).unwrap();
+        // Listen before the driver starts: it may meet the gap at once.
         let mut events = replica.events();
+        let live = LiveSync::start(engine, LinkConfig::default()).unwrap();
         a.put(
             &tenant(),
             &notes(),
@@ -343,14 +344,25 @@ async fn a_stale_checkpoint_repairs_and_converges() {
         .unwrap();
         assert!(a_engine.sync_once().await.is_ok());
         arrives(&replica, b"late", b"2").await;
-        let mut repaired = false;
-        while let Ok(event) = events.try_recv() {
-            repaired |= matches!(
-                event,
-                SyncEvent::RepairCompleted { .. } | SyncEvent::GapDetected { .. }
-            );
-        }
-        assert!(repaired, "the stale cursor was noticed and repaired");
+        // The gap is noticed (and the repair finishes) around when the write arrives,
+        // in either order: wait for the event, a bounded time so a bug fails.
+        let noticed = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match events.recv().await {
+                    Ok(SyncEvent::RepairCompleted { .. } | SyncEvent::GapDetected { .. }) => {
+                        return true;
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return false,
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            noticed,
+            Ok(true),
+            "the stale cursor was noticed and repaired"
+        );
         assert!(live.stop(Duration::from_secs(5)).await);
     }
     server.shutdown().await;
