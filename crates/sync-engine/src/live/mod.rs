@@ -182,7 +182,7 @@ pub enum Event {
 #[derive(Debug)]
 pub enum FeedItem {
     /// A stored or live entry, with the permit it holds of its subscription's
-    /// deliveries in flight ([`feed`]).
+    /// deliveries in flight (`feed.rs`).
     Entry(Box<LogEntry>, tokio::sync::OwnedSemaphorePermit),
     /// End of stored events.
     EndOfStored(Option<ProgressToken>),
@@ -328,7 +328,7 @@ struct LinkRuntime {
     /// Whether a batch of this link is being applied in a task.
     applying: bool,
     /// The permits of the deliveries the machine counts in flight, oldest first
-    /// ([`feed`]): one is dropped for each delivery its checkpoint moves past.
+    /// (`feed.rs`): one is dropped for each delivery its checkpoint moves past.
     held: VecDeque<tokio::sync::OwnedSemaphorePermit>,
 }
 

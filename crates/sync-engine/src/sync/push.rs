@@ -94,15 +94,22 @@ impl<C: Connector> Engine<C> {
             checkpoint: cp.contiguous_applied,
             ..PushOutcome::default()
         };
-        if let Some((messages, bytes)) = self.outbound_extent(ctx, cp.contiguous_applied)? {
+        let read = |from| {
+            self.replica()
+                .changes_since(&key.tenant, from, cfg.push_read_entries.max(1))
+        };
+        // The first page serves the meter's count too (all of it, for a short push).
+        let mut first = Some(read(cp.contiguous_applied)?);
+        if let Some((messages, bytes)) =
+            self.outbound_extent(ctx, cp.contiguous_applied, first.as_ref())?
+        {
             ctx.meters.push.expect(messages, bytes);
         }
         loop {
-            let page = match self.replica().changes_since(
-                &key.tenant,
-                cp.contiguous_applied,
-                cfg.push_read_entries.max(1),
-            )? {
+            let page = match first
+                .take()
+                .map_or_else(|| read(cp.contiguous_applied), Ok)?
+            {
                 LogRead::Page(page) => page,
                 LogRead::Gap(gap) => {
                     // The local log was rebuilt or compacted past the checkpoint: only a
@@ -221,23 +228,33 @@ impl<C: Connector> Engine<C> {
 
     /// What a push from `from` has to send, as far as the local log tells: the messages
     /// it would send and their bytes, the blobs they name included (some of which the
-    /// remote may hold already). `None` past
+    /// remote may hold already). `first`: the log read from `from` already (the push's
+    /// first page), counted without reading it again. `None` past
     /// [`LOG_COUNT_ENTRIES_MAX`](sync_transport::proto::LOG_COUNT_ENTRIES_MAX) entries,
     /// or when the log cannot be read from there (a gap: the push deals with it).
     fn outbound_extent(
         &self,
         ctx: &LinkCtx<C::Remote>,
         mut from: Option<ProgressToken>,
+        mut first: Option<&LogRead>,
     ) -> Result<Option<(u64, u64)>> {
         let (mut messages, mut bytes, mut scanned) = (0u64, 0u64, 0u64);
+        let mut read;
         loop {
-            let page = match self.replica().changes_since(
-                &ctx.key.tenant,
-                from,
-                sync_ledger::LOG_PAGE_ENTRIES_MAX,
-            )? {
-                LogRead::Page(page) => page,
-                LogRead::Gap(_) => return Ok(None),
+            let page = match first.take() {
+                Some(LogRead::Page(page)) => page,
+                Some(LogRead::Gap(_)) => return Ok(None),
+                None => {
+                    read = self.replica().changes_since(
+                        &ctx.key.tenant,
+                        from,
+                        sync_ledger::LOG_PAGE_ENTRIES_MAX,
+                    )?;
+                    match &read {
+                        LogRead::Page(page) => page,
+                        LogRead::Gap(_) => return Ok(None),
+                    }
+                }
             };
             for e in &page.entries {
                 scanned += 1;
