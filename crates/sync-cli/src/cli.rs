@@ -115,10 +115,11 @@ pub(crate) enum Command {
         "  weft serve --config /etc/weft/weft.toml --log-format json\n",
         "  WEFT_LISTEN=127.0.0.1:0 weft serve          port 0 picks a free port (printed on stdout)\n",
         "  weft serve --store postgres://weft@db/weft --key-file ./node.key   one of several nodes\n",
+        "  weft serve --store postgres://weft@db/weft --blob-store 's3://weft-blobs?endpoint=http://minio:9000'\n",
         "\n",
         "Settings come from, highest first: flags, environment variables (WEFT_*), the TOML\n",
         "config file (--config or WEFT_CONFIG), then the defaults. Config file keys:\n",
-        "  data_dir, store, store_schema, listen, key_file, tls_cert, tls_key, metrics,\n",
+        "  data_dir, store, store_schema, blob_store, listen, key_file, tls_cert, tls_key, metrics,\n",
         "  [limits] connections_max, connections_per_address_max, requests_per_tenant_max,\n",
         "           first_byte_time_ms_max,\n",
         "           header_read_time_ms_max, subscriptions_max, frame_bytes_max,\n",
@@ -282,6 +283,12 @@ pub(crate) struct ServeArgs {
     /// [default: the embedded store in DATA_DIR]
     #[arg(long, env = "WEFT_NODE_STORE", value_name = "URL")]
     pub(crate) store: Option<String>,
+    /// Keep blob content (the chunks) in an S3-compatible bucket instead of the store:
+    /// s3://BUCKET[/PREFIX]?endpoint=http://HOST:PORT&region=NAME (credentials from
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, never from flags) [default: in the
+    /// store]
+    #[arg(long, env = "WEFT_BLOB_STORE", value_name = "URL")]
+    pub(crate) blob_store: Option<String>,
     /// The PostgreSQL schema of the node's tables [default: weft]
     #[arg(long, env = "WEFT_STORE_SCHEMA", value_name = "NAME")]
     pub(crate) store_schema: Option<String>,

@@ -272,11 +272,13 @@ pub(crate) fn open_replica(dir: &Path, create: bool) -> anyhow::Result<Replica> 
 }
 
 /// Opens (or creates) the node's store in `dir` with the given block cache and memtable
-/// sizes, in bytes (`None`: the store's defaults).
+/// sizes, in bytes (`None`: the store's defaults), and blob content in `content` when
+/// given (else in the store).
 pub(crate) fn open_node_replica(
     dir: &Path,
     cache_bytes: Option<u64>,
     memtable_bytes: Option<u64>,
+    content: Option<std::sync::Arc<dyn sync_ledger::BlobContent>>,
 ) -> anyhow::Result<Replica> {
     if dir.exists() && !dir.is_dir() {
         return Err(coded(
@@ -292,7 +294,11 @@ pub(crate) fn open_node_replica(
         store = store.memtable_bytes(bytes);
     }
     let open = || -> sync_engine::Result<Replica> {
-        let ledger = sync_ledger::Ledger::builder().open(store.open()?)?;
+        let mut builder = sync_ledger::Ledger::builder();
+        if let Some(content) = content {
+            builder = builder.blob_content(content);
+        }
+        let ledger = builder.open(store.open()?)?;
         Replica::builder().with_ledger(ledger)
     };
     open().with_context(|| format!("cannot open store {}", dir.display()))

@@ -561,15 +561,44 @@ impl Replica {
                 outcomes[i] = Some(ApplyOutcome::invalid(reason));
             }
         }
-        // Already held: nothing to check (repeated pages and re-sent batches are common).
-        // One batched read for the whole batch (a round trip each, on a shared store).
+        // The rows of every record the batch writes or names as a parent, in one batched
+        // read (a round trip on a shared store): the checks read them, they say which
+        // versions are held already, and the ledger's merge starts from them.
         let unchecked: Vec<usize> = (0..cids.len()).filter(|&i| outcomes[i].is_none()).collect();
-        let held = ledger.has_messages(
-            tenant,
-            &unchecked.iter().map(|&i| cids[i]).collect::<Vec<_>>(),
-        )?;
-        for (&i, held) in unchecked.iter().zip(held) {
+        let row_ids: Vec<RecordId> = unchecked
+            .iter()
+            .filter_map(|&i| match &messages[i] {
+                Message::Write(w) => Some([Some(w.record_id), w.parent_id]),
+                Message::Delete(d) => Some([Some(d.record_id), None]),
+                Message::Configure(_) => None,
+            })
+            .flatten()
+            .flatten()
+            .collect();
+        let rows = ledger.read_records(tenant, &row_ids)?;
+        // Already held: nothing to check (repeated pages and re-sent batches are common).
+        // A write or delete is held iff its record retains it; a configure is looked up
+        // by cid.
+        let configures: Vec<usize> = unchecked
+            .iter()
+            .copied()
+            .filter(|&i| matches!(messages[i], Message::Configure(_)))
+            .collect();
+        let held = if configures.is_empty() {
+            Vec::new()
+        } else {
+            ledger.has_messages(
+                tenant,
+                &configures.iter().map(|&i| cids[i]).collect::<Vec<_>>(),
+            )?
+        };
+        for (&i, held) in configures.iter().zip(held) {
             if held {
+                outcomes[i] = Some(ApplyOutcome::Duplicate);
+            }
+        }
+        for &i in &unchecked {
+            if rows.holds(&cids[i], messages[i]) == Some(true) {
                 outcomes[i] = Some(ApplyOutcome::Duplicate);
             }
         }
@@ -587,22 +616,7 @@ impl Replica {
                 .unwrap_or_else(|e| e.into_inner())
                 .any_resolving();
         let mut definitions = Definitions::default();
-        // The rows the checks read (records and parents), in one batched read.
-        let rows: Vec<RecordId> = pending
-            .iter()
-            .filter_map(|&i| match &messages[i] {
-                Message::Write(w) => Some([Some(w.record_id), w.parent_id]),
-                Message::Delete(d) => Some([Some(d.record_id), None]),
-                Message::Configure(_) => None,
-            })
-            .flatten()
-            .flatten()
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if !rows.is_empty() {
-            definitions.prefetch_records(ledger, tenant, rows)?;
-        }
+        definitions.set_records(rows);
         let mut missing: BTreeMap<usize, Vec<Dependency>> = BTreeMap::new();
         let mut tokens = HashMap::new();
         let mut conflicts = Vec::new();
@@ -656,13 +670,19 @@ impl Replica {
                 );
             }
             let batch: Vec<&HashedMessage> = ready.iter().map(|&i| &items[i]).collect();
-            let applied = ledger.apply_hashed(tenant, &batch, self.inner.durability)?;
-            definitions.forget_records();
+            // The rows read ahead go to the merge (which reads them again if a commit
+            // happened since); the checks of a later pass read the committed rows.
+            let applied = match definitions.take_records() {
+                Some(rows) => {
+                    ledger.apply_hashed_with_rows(tenant, &batch, self.inner.durability, rows)?
+                }
+                None => ledger.apply_hashed(tenant, &batch, self.inner.durability)?,
+            };
             // Over a shared store the trees follow the log instead (`follow.rs`).
             let mut index = (!self.inner.shared)
                 .then(|| self.inner.index.write().unwrap_or_else(|e| e.into_inner()));
             // The commit's changes to the trees, applied together below.
-            let mut tree_added = Vec::new();
+            let mut tree_added = Vec::with_capacity(ready.len());
             let mut tree_pruned = Vec::new();
             for (&i, result) in ready.iter().zip(applied) {
                 let message = messages[i];

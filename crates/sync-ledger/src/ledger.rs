@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sync_types::merge::{Conflict, RecordHead};
@@ -18,6 +18,7 @@ use crate::hashed::HashedMessage;
 use crate::layout::{self, Key, LogMeta, Pn, RecordRow, Tn, dec, enc};
 use crate::notify::Notifier;
 use crate::pending::{Entry, Pending, counter, read_messages};
+use crate::prefetch::RecordRows;
 use crate::store::{Batch, Durability, Order, Store, WriteScope};
 
 /// Most messages in one [`Ledger::apply`] call.
@@ -107,6 +108,9 @@ pub struct RecordInfo {
     pub context: Option<ContextId>,
 }
 
+/// Ledgers opened in this process so far.
+static INSTANCES: AtomicU64 = AtomicU64::new(0);
+
 /// Locks a mutex whose data stays consistent even if a holder panicked (every critical
 /// section in this crate either completes or leaves the data untouched).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -123,6 +127,12 @@ pub struct Ledger {
     /// not taken by applies (the store's [`WriteScope`] locks order them).
     pub(crate) shared: bool,
     poisoned: AtomicBool,
+    /// Applies committed by this process, counted after each commit (under `writer`):
+    /// record rows read ahead ([`RecordRows`]) are current while it has not moved.
+    pub(crate) commits: AtomicU64,
+    /// This ledger among those opened in the process ([`RecordRows`] read from one are
+    /// never taken as current by another, even on the same store).
+    pub(crate) instance: u64,
     /// Serializes every apply (and log maintenance) on a store of its own: the merge
     /// reads record heads and log heads, and the batch that follows must be based on
     /// what it read.
@@ -156,7 +166,8 @@ impl std::fmt::Debug for Ledger {
 #[derive(Default)]
 struct NameCache {
     tenants: HashMap<TenantId, Tn>,
-    protocols: HashMap<(Tn, ProtocolName), Pn>,
+    /// Per tenant, so a lookup borrows the name instead of building a key from a copy.
+    protocols: HashMap<Tn, HashMap<ProtocolName, Pn>>,
 }
 
 impl Ledger {
@@ -227,6 +238,8 @@ impl Ledger {
             store,
             content,
             poisoned: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
             writer: Mutex::new(()),
             high_water: Mutex::new(high_water),
             log_metas: Mutex::new(HashMap::new()),
@@ -317,7 +330,7 @@ impl Ledger {
 
     /// A protocol's interned number within a tenant, if it has ever been applied.
     pub(crate) fn protocol_no(&self, t: Tn, p: &ProtocolName) -> Result<Option<Pn>> {
-        if let Some(n) = lock(&self.names).protocols.get(&(t, p.clone())) {
+        if let Some(n) = lock(&self.names).protocols.get(&t).and_then(|m| m.get(p)) {
             return Ok(Some(*n));
         }
         let key = layout::name_protocol_key(t, p);
@@ -325,7 +338,11 @@ impl Ledger {
             return Ok(None);
         };
         let n = Pn(dec(layout::NAMES, &key, &v)?);
-        lock(&self.names).protocols.insert((t, p.clone()), n);
+        lock(&self.names)
+            .protocols
+            .entry(t)
+            .or_default()
+            .insert(p.clone(), n);
         Ok(Some(n))
     }
 
@@ -360,12 +377,20 @@ impl Ledger {
 
     /// A protocol number from the cache of committed numbers.
     pub(crate) fn cached_protocol(&self, t: Tn, p: &ProtocolName) -> Option<Pn> {
-        lock(&self.names).protocols.get(&(t, p.clone())).copied()
+        lock(&self.names)
+            .protocols
+            .get(&t)
+            .and_then(|m| m.get(p))
+            .copied()
     }
 
     /// Caches a committed protocol number.
     pub(crate) fn cache_protocol(&self, t: Tn, p: &ProtocolName, n: Pn) {
-        lock(&self.names).protocols.insert((t, p.clone()), n);
+        lock(&self.names)
+            .protocols
+            .entry(t)
+            .or_default()
+            .insert(p.clone(), n);
     }
 
     /// Applies a batch of one tenant's messages in ONE atomic commit.
@@ -413,6 +438,32 @@ impl Ledger {
         tenant: &TenantId,
         items: &[&HashedMessage],
         durability: Durability,
+    ) -> Result<Vec<LedgerApplied>> {
+        self.apply_prefetched(tenant, items, durability, None)
+    }
+
+    /// [`apply_hashed`](Self::apply_hashed) with record rows the caller read ahead
+    /// ([`read_records`](Self::read_records)) for its own checks: when they are still
+    /// current (this tenant's, no commit since they were read, a store with one writer
+    /// process) the merge starts from them instead of reading the same rows again;
+    /// otherwise, and for records they do not cover, it reads as `apply_hashed` does.
+    /// The outcome is the same either way.
+    pub fn apply_hashed_with_rows(
+        &self,
+        tenant: &TenantId,
+        items: &[&HashedMessage],
+        durability: Durability,
+        rows: RecordRows,
+    ) -> Result<Vec<LedgerApplied>> {
+        self.apply_prefetched(tenant, items, durability, Some(rows))
+    }
+
+    fn apply_prefetched(
+        &self,
+        tenant: &TenantId,
+        items: &[&HashedMessage],
+        durability: Durability,
+        rows: Option<RecordRows>,
     ) -> Result<Vec<LedgerApplied>> {
         if items.len() > APPLY_BATCH_MESSAGES_MAX {
             return Err(Error::LimitExceeded {
@@ -514,12 +565,18 @@ impl Ledger {
         // Read the record rows the merge needs up front, in key order, in one batched
         // read: a database answers it in one round trip, and fjall's consecutive
         // lookups search neighbouring memtable nodes that are still cached.
-        let mut loaded = HashMap::new();
+        // Rows the caller read ahead are used when nothing was committed since (checked
+        // here, under the writer lock that orders every commit).
+        let mut loaded = match rows.and_then(|r| r.take_current(self, tenant)) {
+            Some(rows) if !tenant_new => rows,
+            _ => HashMap::new(),
+        };
         let mut retained = HashMap::new();
         if !tenant_new {
             let mut ids: Vec<RecordId> = checked
                 .iter()
                 .filter_map(|e| e.message.record_id())
+                .filter(|id| !loaded.contains_key(id))
                 .collect();
             ids.sort_unstable();
             ids.dedup();
@@ -614,9 +671,11 @@ impl Ledger {
             return Ok(results);
         }
         for (id, row) in &pending.records {
-            pending
-                .batch
-                .put(layout::RECORDS, layout::record_key(tn, id), enc(row));
+            pending.batch.put(
+                layout::RECORDS,
+                layout::record_key(tn, id),
+                layout::enc_row(row),
+            );
         }
         pending
             .batch
@@ -642,11 +701,12 @@ impl Ledger {
         txn.announce(tenant, meta.head);
         txn.commit(batch, durability)
             .inspect_err(|e| self.poison_on(e))?;
+        self.commits.fetch_add(1, Ordering::Release);
         {
             let mut names = lock(&self.names);
             names.tenants.insert(tenant.clone(), tn);
             for (p, n) in new_protocols {
-                names.protocols.insert((tn, p), n);
+                names.protocols.entry(tn).or_default().insert(p, n);
             }
         }
         if !self.shared {

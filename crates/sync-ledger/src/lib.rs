@@ -127,6 +127,7 @@ mod log;
 mod lookups;
 mod notify;
 mod pending;
+mod prefetch;
 mod registry;
 mod staged_uploads;
 pub mod store;
@@ -148,6 +149,7 @@ pub use ledger::{
 pub use log::{LOG_PAGE_ENTRIES_MAX, LogEntry, LogInfo, LogPage, LogQuery, LogRead};
 pub use lookups::CidIter;
 pub use notify::ListenerId;
+pub use prefetch::RecordRows;
 pub use registry::{
     DEAD_LETTER_ERROR_BYTES_MAX, DeadLetterFilter, DeadLetters, Identities, Links, ReachedNode,
     RegisteredIdentity,

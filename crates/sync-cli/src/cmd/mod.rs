@@ -1,5 +1,6 @@
 //! One module per command family; [`run`] dispatches.
 
+mod blob_store;
 pub(crate) mod inspect;
 mod quickstart;
 pub(crate) mod records;

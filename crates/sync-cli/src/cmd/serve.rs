@@ -28,6 +28,7 @@ pub(crate) struct FileConfig {
     data_dir: Option<PathBuf>,
     store: Option<String>,
     store_schema: Option<String>,
+    blob_store: Option<String>,
     listen: Option<String>,
     key_file: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
@@ -71,6 +72,8 @@ pub(crate) struct Settings {
     /// A PostgreSQL URL: the node's state is in that shared database.
     pub(crate) store: Option<String>,
     pub(crate) store_schema: String,
+    /// An object store URL: blob content lives in that bucket.
+    pub(crate) blob_store: Option<String>,
     pub(crate) listen: String,
     pub(crate) key_file: PathBuf,
     /// `--replace-key`: make the key file's key the store's although it was served with
@@ -105,6 +108,14 @@ impl Settings {
                 super::shared::redact(store)
             )));
         }
+        let blob_store = args.blob_store.or(file.blob_store);
+        if let Some(url) = &blob_store
+            && !super::blob_store::is_s3(url)
+        {
+            return Err(usage(format!(
+                "bad blob store {url:?}: expected s3://BUCKET[/PREFIX]?endpoint=http://HOST:PORT&region=NAME"
+            )));
+        }
         let tls = match (
             args.tls_cert.or(file.tls_cert),
             args.tls_key.or(file.tls_key),
@@ -119,6 +130,7 @@ impl Settings {
         };
         Ok(Self {
             store,
+            blob_store,
             tls,
             store_schema: args
                 .store_schema
@@ -352,10 +364,22 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<Exit> {
             )
         })?;
     }
+    // Blob content in a bucket: checked before anything else is opened.
+    let blob_store = match &settings.blob_store {
+        Some(url) => {
+            let content = super::blob_store::open(url)?;
+            super::blob_store::check(content.clone()).await?;
+            Some(content)
+        }
+        None => None,
+    };
+    let content = blob_store
+        .clone()
+        .map(|c| c as Arc<dyn sync_ledger::BlobContent>);
     let (replica, bus, store) = match &settings.store {
         Some(url) => {
             let (replica, bus, pg) =
-                super::shared::open(url, &settings.store_schema, settings.tree_cache())?;
+                super::shared::open(url, &settings.store_schema, settings.tree_cache(), content)?;
             let shown = format!(
                 "{} (schema {})",
                 super::shared::redact(url),
@@ -366,9 +390,16 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<Exit> {
         None => {
             let store = paths::node_store(&settings.data_dir);
             let (cache_bytes, memtable_bytes) = settings.store_sizes();
-            let replica = kv::open_node_replica(&store, cache_bytes, memtable_bytes)?;
+            let replica = kv::open_node_replica(&store, cache_bytes, memtable_bytes, content)?;
             (replica, None, store.display().to_string())
         }
+    };
+    let blobs_shown = match &blob_store {
+        Some(content) => {
+            super::blob_store::refuse_content_in_store(replica.ledger(), &store)?;
+            content.config().describe()
+        }
+        None => "in the store".to_owned(),
     };
     let key = key::for_store(&settings.key_file, replica.ledger(), settings.replace_key)?;
     let mut config = settings.server_config(key);
@@ -430,6 +461,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<Exit> {
     tracing::info!(
         address = %local,
         store = %store,
+        blobs = %blobs_shown,
         key_file = %settings.key_file.display(),
         metrics = settings.metrics,
         "node started"
@@ -500,6 +532,28 @@ mod tests {
             s.store_sizes(),
             (Some(8 << 20), Some(4 << 20)),
             "cache from the file, memtable from the flag"
+        );
+
+        std::fs::write(&file, "blob_store = \"s3://weft-blobs?region=eu-west-1\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            ..ServeArgs::default()
+        };
+        let s = Settings::resolve(args).unwrap();
+        assert_eq!(
+            s.blob_store.as_deref(),
+            Some("s3://weft-blobs?region=eu-west-1")
+        );
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            blob_store: Some("/var/blobs".into()),
+            ..ServeArgs::default()
+        };
+        let err = Settings::resolve(args).unwrap_err();
+        assert_eq!(
+            crate::exit::classify(&err),
+            Exit::Usage,
+            "the flag wins, and is checked"
         );
 
         std::fs::write(&file, "listen = 5\n").unwrap();

@@ -31,6 +31,7 @@ pub(crate) fn open(
     url: &str,
     schema: &str,
     (tenants_max, keys_max): (usize, usize),
+    content: Option<Arc<dyn sync_ledger::BlobContent>>,
 ) -> anyhow::Result<(Replica, Arc<PgChangeBus>, PgStore)> {
     // The URL may hold a password: never print it.
     let shown = redact(url);
@@ -46,7 +47,12 @@ pub(crate) fn open(
                 format!("cannot open the PostgreSQL store {shown} (schema {schema}): {other}"),
             ),
         })?;
-    let ledger = Ledger::open(store.clone())
+    let mut builder = Ledger::builder();
+    if let Some(content) = content {
+        builder = builder.blob_content(content);
+    }
+    let ledger = builder
+        .open(store.clone())
         .with_context(|| format!("cannot open the ledger in {shown} (schema {schema})"))?;
     let replica = Replica::builder()
         .tree_cache(tenants_max, keys_max)

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sync_ledger::{Ledger, RecordInfo, protocol_mismatch};
+use sync_ledger::{Ledger, RecordInfo, RecordRows, protocol_mismatch};
 use sync_types::{
     ContextId, DataRef, Dependency, INLINE_DATA_BYTES_MAX, Message, ProtocolDefinition,
     ProtocolName, RecordId, TenantId,
@@ -128,28 +128,22 @@ impl Replica {
 #[derive(Default)]
 pub(super) struct Definitions(
     HashMap<ProtocolName, Option<Arc<ProtocolDefinition>>>,
-    /// Record rows read ahead for a batch ([`prefetch_records`](Self::prefetch_records)),
-    /// valid until the next commit ([`forget_records`](Self::forget_records)).
-    HashMap<RecordId, Option<RecordInfo>>,
+    /// Record rows read ahead for a batch ([`set_records`](Self::set_records)), valid
+    /// until they are handed to the commit ([`take_records`](Self::take_records)).
+    Option<RecordRows>,
 );
 
 impl Definitions {
-    /// Reads the rows of `records` in one batched read (one round trip to a shared
-    /// store instead of one per message), for the checks before the next commit.
-    pub(super) fn prefetch_records(
-        &mut self,
-        ledger: &Ledger,
-        tenant: &TenantId,
-        records: Vec<RecordId>,
-    ) -> Result<()> {
-        let infos = ledger.record_infos(tenant, &records)?;
-        self.1.extend(records.into_iter().zip(infos));
-        Ok(())
+    /// Rows read ahead in one batched read (one round trip to a shared store instead of
+    /// one per message), for the checks before the next commit.
+    pub(super) fn set_records(&mut self, rows: RecordRows) {
+        self.1 = Some(rows);
     }
 
-    /// The rows read ahead are stale once a commit may have changed them.
-    pub(super) fn forget_records(&mut self) {
-        self.1.clear();
+    /// The rows read ahead, for the commit: after it they are stale, and the checks read
+    /// the committed rows.
+    pub(super) fn take_records(&mut self) -> Option<RecordRows> {
+        self.1.take()
     }
 
     /// A record's row: read ahead, or read now.
@@ -159,8 +153,8 @@ impl Definitions {
         tenant: &TenantId,
         record: &RecordId,
     ) -> Result<Option<RecordInfo>> {
-        match self.1.get(record) {
-            Some(found) => Ok(found.clone()),
+        match self.1.as_ref().and_then(|rows| rows.info(record)) {
+            Some(found) => Ok(found),
             None => Ok(ledger.record_info(tenant, record)?),
         }
     }

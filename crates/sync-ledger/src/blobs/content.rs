@@ -10,7 +10,9 @@
 //! Why this shape: the ledger already writes a chunk in the same batch as the upload
 //! state that covers it, so a backend inside the store keeps doing exactly that
 //! ([`BlobContent::put_chunk`] puts into the batch), and a backend outside it writes the
-//! chunk before returning, so the state that names it can never commit first. Reads
+//! chunk before returning, or before [`BlobContent::flush`] of its id returns (the
+//! ledger flushes before it commits), so the state that names it can never commit
+//! first. Reads
 //! are by index, never by scanning the metadata, and a removal names the whole upload.
 
 use std::ops::Bound;
@@ -30,7 +32,9 @@ pub trait BlobContent: Send + Sync + 'static {
     /// Writes chunk `index` of the content stored under `at`. `batch` is the commit
     /// that records the upload state covering it: a backend in the store puts the
     /// chunk in it (both land together); a backend of its own writes the chunk durably
-    /// before returning. A chunk written again replaces the old one.
+    /// before returning, or before the next [`flush`](Self::flush) of `at` returns
+    /// (writes of one id may then overlap). A chunk written again replaces the old one:
+    /// writes of one chunk land in the order they were made.
     fn put_chunk(
         &self,
         store: &dyn Store,
@@ -52,6 +56,14 @@ pub trait BlobContent: Send + Sync + 'static {
         first: u32,
         last: Option<u32>,
     ) -> Result<ChunkIter<'s>>;
+
+    /// Makes every chunk of `at` written so far durable: the ledger calls it before it
+    /// commits an upload state (or a blob) that covers them. Nothing to do for a
+    /// backend in the store or one that writes before `put_chunk` returns.
+    fn flush(&self, at: &Cid) -> Result<()> {
+        let _ = at;
+        Ok(())
+    }
 
     /// Removes every chunk of `at`: into `batch` for a backend in the store, at once
     /// for one of its own (the callers remove only content no `blob_meta` entry names,

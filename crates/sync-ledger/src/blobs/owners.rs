@@ -107,7 +107,8 @@ impl Ledger {
         Ok(mine)
     }
 
-    /// Commits `batch` of upload `cid`: on a shared store under the upload's lock, only
+    /// Commits `batch` of upload `cid` (whose chunks the content backend flushes first):
+    /// on a shared store under the upload's lock, only
     /// while this process owns it (else [`Error::UploadInProgress`], nothing written),
     /// with the row refreshed, or deleted when `release`.
     pub(crate) fn commit_upload(
@@ -118,6 +119,8 @@ impl Ledger {
         now_ms: u64,
         release: bool,
     ) -> Result<()> {
+        // Chunks written outside the store land before the state that names them.
+        self.content.flush(cid)?;
         if !self.shared {
             return self.commit(batch, durability);
         }

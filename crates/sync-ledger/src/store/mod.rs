@@ -285,18 +285,17 @@ impl Batch {
                 (pa, &a.key).cmp(&(pb, &b.key))
             }
         });
-        let mut out: Vec<BatchOp> = Vec::with_capacity(ops.len());
-        for op in ops {
-            match out.last_mut() {
-                Some(last)
-                    if last.partition.name() == op.partition.name() && last.key == op.key =>
-                {
-                    *last = op;
-                }
-                _ => out.push(op),
+        // In place (a second vector of thousands of writes would be a large allocation
+        // per commit): `dedup_by` keeps the first of a run of equal keys, so the later
+        // write is swapped into its slot before the earlier one is dropped.
+        ops.dedup_by(|later, kept| {
+            let same = later.partition.name() == kept.partition.name() && later.key == kept.key;
+            if same {
+                std::mem::swap(later, kept);
             }
-        }
-        out
+            same
+        });
+        ops
     }
 }
 
@@ -568,6 +567,7 @@ mod tests {
         b.put(P, b"a".to_vec(), vec![4]);
         b.delete(q, b"z".to_vec());
         b.put(q, b"z".to_vec(), vec![5]);
+        b.put(q, b"z".to_vec(), vec![6]);
         let ops = b.into_sorted_ops();
         assert_eq!(
             brief(&ops),
@@ -575,7 +575,7 @@ mod tests {
                 ("p", &b"a"[..], Some(&[4u8][..])),
                 ("p", &b"b"[..], None),
                 ("q", &b"a"[..], Some(&[2u8][..])),
-                ("q", &b"z"[..], Some(&[5u8][..])),
+                ("q", &b"z"[..], Some(&[6u8][..])),
             ]
         );
         assert!(Batch::new().into_sorted_ops().is_empty());

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::common::*;
 use proptest::prelude::*;
 use sync_ledger::store::Durability;
-use sync_ledger::{Ledger, LedgerOutcome};
+use sync_ledger::{HashedMessage, Ledger, LedgerOutcome, RecordRows};
 use sync_types::merge::{Version, merge_all};
 use sync_types::*;
 
@@ -39,10 +39,29 @@ pub enum Spec {
 
 #[derive(Clone, Debug)]
 pub enum Step {
-    Apply(Vec<Spec>, bool),
+    /// The messages, whether the commit is synced, and the record rows handed to the
+    /// apply ([`Rows`]).
+    Apply(Vec<Spec>, bool, Rows),
     Read(usize),
     Reboot,
     PowerLoss,
+}
+
+/// What an apply is given of the record rows read ahead
+/// ([`Ledger::apply_hashed_with_rows`]): the answers must be the same whatever it is.
+#[derive(Clone, Copy, Debug)]
+pub enum Rows {
+    /// None (`Ledger::apply`).
+    None,
+    /// Every record's row, read right before the apply.
+    Fresh,
+    /// The rows read before the previous apply step (stale when anything was committed
+    /// since, possibly by a ledger since rebooted).
+    Previous,
+}
+
+fn rows() -> impl Strategy<Value = Rows> {
+    prop_oneof![Just(Rows::None), Just(Rows::Fresh), Just(Rows::Previous)]
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
@@ -58,7 +77,8 @@ fn spec() -> impl Strategy<Value = Spec> {
 
 pub fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        6 => (prop::collection::vec(spec(), 1..6), any::<bool>()).prop_map(|(s, sync)| Step::Apply(s, sync)),
+        6 => (prop::collection::vec(spec(), 1..6), any::<bool>(), rows())
+            .prop_map(|(s, sync, rows)| Step::Apply(s, sync, rows)),
         2 => (1..7usize).prop_map(Step::Read),
         1 => Just(Step::Reboot),
         1 => Just(Step::PowerLoss),
@@ -249,9 +269,10 @@ pub fn run(h: &mut dyn Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
     let mut model = Model::default();
     // The model as of the last synced commit, for power losses.
     let mut durable = Model::default();
+    let mut previous_rows: Option<RecordRows> = None;
     for step in steps {
         match step {
-            Step::Apply(specs, sync) => {
+            Step::Apply(specs, sync, rows) => {
                 let mut batch = Vec::new();
                 for s in &specs {
                     let n = model.sent.len() + batch.len();
@@ -267,7 +288,39 @@ pub fn run(h: &mut dyn Harness, steps: Vec<Step>) -> Result<(), TestCaseError> {
                 } else {
                     Durability::Buffered
                 };
-                let out = h.ledger().apply(&t, batch.clone(), durability).unwrap();
+                // Every record the model can write: 2 protocols, 3 records each.
+                let all_records: Vec<RecordId> = (0..2u8)
+                    .flat_map(|p| (0..3u8).map(move |r| (p, r)))
+                    .map(|(p, r)| record(&t, &protocol(&format!("p{p}")), &format!("r{r}")))
+                    .collect();
+                let fresh = h.ledger().read_records(&t, &all_records).unwrap();
+                // A write or delete is stored iff its record's row retains it.
+                for (m, _) in &batch {
+                    if !matches!(m, Message::Configure(_)) {
+                        let stored = h.ledger().has_message(&t, &m.cid()).unwrap();
+                        prop_assert_eq!(fresh.holds(&m.cid(), m), Some(stored));
+                    }
+                }
+                let hashed: Vec<HashedMessage> = batch
+                    .iter()
+                    .map(|(m, d)| HashedMessage::new(m.clone(), d.clone()))
+                    .collect();
+                let refs: Vec<&HashedMessage> = hashed.iter().collect();
+                let out = match rows {
+                    Rows::None => h.ledger().apply(&t, batch.clone(), durability),
+                    Rows::Fresh => {
+                        h.ledger()
+                            .apply_hashed_with_rows(&t, &refs, durability, fresh.clone())
+                    }
+                    Rows::Previous => match previous_rows.take() {
+                        Some(old) => h
+                            .ledger()
+                            .apply_hashed_with_rows(&t, &refs, durability, old),
+                        None => h.ledger().apply_hashed(&t, &refs, durability),
+                    },
+                }
+                .unwrap();
+                previous_rows = Some(fresh);
                 prop_assert_eq!(out.len(), batch.len());
                 for ((m, data), applied) in batch.iter().zip(&out) {
                     let expected = model.apply(m, data);
