@@ -187,6 +187,9 @@ pub(crate) fn hint(err: &anyhow::Error) -> Option<&'static str> {
         Exit::Store if text.contains("lock") => Some(
             "another weft process holds this store open (a `weft watch`, or `weft serve`): stop it, or use another --store; while a watch runs, put, get, list, delete, status and links go through it",
         ),
+        Exit::Store if text.contains("blob store") => Some(
+            "check --blob-store (or blob_store, WEFT_BLOB_STORE): the bucket must exist at that endpoint, and AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be allowed to list, read and write it",
+        ),
         Exit::Store => Some(
             "check --store (or WEFT_STORE): it must be a weft store directory you can read and write",
         ),

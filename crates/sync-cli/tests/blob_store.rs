@@ -143,6 +143,10 @@ fn a_node_refuses_to_start_on_a_bucket_it_cannot_use() {
         "{err}"
     );
     assert!(err.contains("403") && err.contains(&config.bucket), "{err}");
+    assert!(
+        err.contains("check --blob-store") && !err.contains("weft store directory"),
+        "the hint is about the bucket, not the store: {err}"
+    );
     assert!(!err.contains(&wrong), "the secret is never printed: {err}");
     assert!(!env.path("node/store").exists(), "no store was opened");
     assert!(

@@ -623,12 +623,24 @@ impl<H: Handler> Node<H> {
             offset: req.offset,
             len,
         };
-        let handler = self.handler.clone();
-        let ctx = ctx.clone();
         let chunk = u64::from(self.config.blob_chunk_bytes.max(1));
         let idle = ms(self.config.transfer_idle_ms_max);
         let end = req.offset + len;
-        let stream = futures_util::stream::unfold((req.offset, false), move |(offset, failed)| {
+        // The first chunk is read before the head is sent, so a blob store that cannot
+        // be read (its bucket unreachable, its database restarting) is an error reply
+        // (503 for a transient failure) and not a download cut after its head.
+        let first = if len > 0 {
+            let want = u32::try_from(len.min(chunk)).unwrap_or(u32::MAX);
+            read_chunk(&*self.handler, ctx, &req, req.offset, want, idle)
+                .await
+                .map_err(|e| e.to_reply())?
+        } else {
+            Bytes::new()
+        };
+        let handler = self.handler.clone();
+        let ctx = ctx.clone();
+        let after_first = req.offset + first.len() as u64;
+        let rest = futures_util::stream::unfold((after_first, false), move |(offset, failed)| {
             // The tenant's slot lives as long as the body stream does.
             let _share = &share;
             let handler = handler.clone();
@@ -639,27 +651,23 @@ impl<H: Handler> Node<H> {
                     return None;
                 }
                 let want = u32::try_from((end - offset).min(chunk)).unwrap_or(u32::MAX);
-                let read = tokio::time::timeout(idle, handler.blob_read(&ctx, &req, offset, want))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(HandlerError::Unavailable("blob read timed out".into()))
-                    });
-                match read {
-                    Ok(bytes) if bytes.is_empty() || bytes.len() > want as usize => Some((
-                        Err(HandlerError::Internal(format!(
-                            "handler returned {} bytes for a read of {want} at {offset}",
-                            bytes.len()
-                        ))),
-                        (offset, true),
-                    )),
+                match read_chunk(&*handler, &ctx, &req, offset, want, idle).await {
                     Ok(bytes) => {
                         let next = offset + bytes.len() as u64;
                         Some((Ok(bytes), (next, false)))
                     }
-                    Err(e) => Some((Err(e), (offset, true))),
+                    Err(e) => {
+                        tracing::warn!(
+                            cid = %req.cid, offset, error = %e,
+                            "a blob read failed during a download; its connection is cut"
+                        );
+                        Some((Err(e), (offset, true)))
+                    }
                 }
             }
         });
+        let first = (!first.is_empty()).then_some(Ok(first));
+        let stream = futures_util::stream::iter(first).chain(rest);
         Ok((head, stream))
     }
 
@@ -745,4 +753,26 @@ impl<H: Handler> Node<H> {
                 .map_err(|e| e.to_reply()),
         }
     }
+}
+
+/// One chunk of a download: at most `want` bytes at `offset`, within the transfer idle
+/// limit; a handler that answers nothing or too much fails the read.
+async fn read_chunk<H: Handler>(
+    handler: &H,
+    ctx: &RequestContext,
+    req: &BlobReadRequest,
+    offset: u64,
+    want: u32,
+    idle: Duration,
+) -> Result<Bytes, HandlerError> {
+    let bytes = tokio::time::timeout(idle, handler.blob_read(ctx, req, offset, want))
+        .await
+        .unwrap_or_else(|_| Err(HandlerError::Unavailable("blob read timed out".into())))?;
+    if bytes.is_empty() || bytes.len() > want as usize {
+        return Err(HandlerError::Internal(format!(
+            "handler returned {} bytes for a read of {want} at {offset}",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
 }

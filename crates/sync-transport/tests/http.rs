@@ -181,6 +181,40 @@ async fn http_and_in_process_clients_serve_every_call() {
     within(10, t.server.shutdown()).await;
 }
 
+/// A blob whose bytes cannot be read for now (its object store down) is refused with a
+/// retryable 503 that says why, before any byte of the download is sent, instead of a
+/// download whose connection is cut after its head.
+#[tokio::test]
+async fn a_blob_store_that_does_not_answer_is_a_retryable_refusal() {
+    use std::sync::atomic::Ordering;
+    let t = TestServer::start(test_config()).await;
+    let cid = t.handler.put_blob(&[7u8; 100_000]);
+    t.handler.blobs_unavailable.store(true, Ordering::SeqCst);
+    let read = |client: HttpClient| async move {
+        client
+            .blob_read(BlobReadRequest {
+                tenant: tenant(),
+                scope: Scope::Full,
+                cid,
+                offset: 0,
+                len: 100_000,
+            })
+            .await
+    };
+    match within(10, read(t.client(&owner_token()))).await {
+        Err(e @ TransportError::Refused { code, .. }) => {
+            assert_eq!(code, ErrorCode::Unavailable, "{e}");
+            assert!(e.is_retryable(), "{e}");
+            assert!(e.to_string().contains("blob store does not answer"), "{e}");
+        }
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(_) => panic!("a download started on a blob store that does not answer"),
+    }
+    t.handler.blobs_unavailable.store(false, Ordering::SeqCst);
+    let download = within(10, read(t.client(&owner_token()))).await.unwrap();
+    assert_eq!(download.collect().await.unwrap(), vec![7u8; 100_000]);
+}
+
 #[tokio::test]
 async fn the_http_client_reuses_its_connection() {
     let t = TestServer::start(test_config()).await;

@@ -108,6 +108,8 @@ pub struct TestHandler {
     pub batch_lens: Mutex<Vec<usize>>,
     /// While set, log reads fail as `Unavailable` (a database restarting under the node).
     pub log_unavailable: AtomicBool,
+    /// While set, blob reads fail as `Unavailable` (an object store that does not answer).
+    pub blobs_unavailable: AtomicBool,
 }
 
 impl Default for TestHandler {
@@ -122,6 +124,7 @@ impl Default for TestHandler {
             root_delay_ms: AtomicU64::new(0),
             batch_lens: Mutex::default(),
             log_unavailable: AtomicBool::new(false),
+            blobs_unavailable: AtomicBool::new(false),
         }
     }
 }
@@ -379,6 +382,11 @@ impl Handler for TestHandler {
         offset: u64,
         len: u32,
     ) -> Result<Bytes, HandlerError> {
+        if self.blobs_unavailable.load(Ordering::SeqCst) {
+            return Err(HandlerError::Unavailable(
+                "the blob store does not answer".into(),
+            ));
+        }
         let s = self.state.lock().unwrap();
         let b = s
             .blobs
