@@ -4,3 +4,16 @@
 //!
 //! Heavy benches are never part of the test command; `cargo clippy --all-targets`
 //! only checks that they compile.
+
+/// A record of issue 19's workload, as `wire_bench`, `store_bench` and `apply_bench`
+/// write it: its key and about 200 bytes of JSON (`{_id, type, n, v, title, body,
+/// updatedAt}`), `n` the record and `v` its version.
+pub fn workload_record(n: u64, v: u64) -> (Vec<u8>, Vec<u8>) {
+    let id = format!("doc:{n:08}");
+    let json = format!(
+        "{{\"_id\":\"{id}\",\"type\":\"note\",\"n\":{n},\"v\":{v},\"title\":\"Note number {n} version {v}\",\"body\":\"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod {n:x}.\",\"updatedAt\":\"2026-12-03T06:{:02}:{:02}.000Z\"}}",
+        (n / 60) % 60,
+        n % 60
+    );
+    (id.into_bytes(), json.into_bytes())
+}

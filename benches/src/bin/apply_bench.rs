@@ -24,6 +24,7 @@
 
 use std::time::{Duration, Instant};
 
+use benches::workload_record;
 use sync_engine::{Origin, RecordKey, Replica, WriteBatch, WriteRequest};
 use sync_ledger::{Durability, LogQuery, LogRead};
 use sync_types::*;
@@ -39,17 +40,6 @@ fn doc() -> ProtocolPath {
 }
 fn author() -> PrincipalId {
     PrincipalId::new("did:example:wire").unwrap()
-}
-
-/// `wire_bench`'s record: about 210 bytes of JSON.
-fn record(n: u64) -> (Vec<u8>, Vec<u8>) {
-    let id = format!("doc:{n:08}");
-    let json = format!(
-        "{{\"_id\":\"{id}\",\"type\":\"note\",\"n\":{n},\"v\":0,\"title\":\"Note number {n} version 0\",\"body\":\"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod {n:x}.\",\"updatedAt\":\"2026-12-03T06:{:02}:{:02}.000Z\"}}",
-        (n / 60) % 60,
-        n % 60
-    );
-    (id.into_bytes(), json.into_bytes())
 }
 
 /// CPU time of the calling thread so far.
@@ -104,7 +94,7 @@ fn main() {
     while n < o.n {
         let mut batch = WriteBatch::new();
         for i in n..(n + 1_000).min(o.n) {
-            let (id, json) = record(i);
+            let (id, json) = workload_record(i, 0);
             batch.write(WriteRequest {
                 protocol: protocol(),
                 path: doc(),

@@ -30,6 +30,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use benches::workload_record;
 use sync_engine::sync::HttpConnector;
 use sync_engine::{Engine, Identity, RecordKey, Replica, ReplicaHandler, WriteBatch, WriteRequest};
 use sync_transport::{Claims, ServerConfig, Token, TokenKey, serve};
@@ -57,17 +58,6 @@ fn author() -> PrincipalId {
 }
 fn key() -> TokenKey {
     TokenKey::derive(b"store bench")
-}
-
-/// A record of the workload: about 200 bytes of JSON (the shape `wire_bench` writes).
-fn record(n: u64, v: u64) -> (Vec<u8>, Vec<u8>) {
-    let id = format!("doc:{n:08}");
-    let json = format!(
-        "{{\"_id\":\"{id}\",\"type\":\"note\",\"n\":{n},\"v\":{v},\"title\":\"Note number {n} version {v}\",\"body\":\"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod {n:x}.\",\"updatedAt\":\"2026-12-03T06:{:02}:{:02}.000Z\"}}",
-        (n / 60) % 60,
-        n % 60
-    );
-    (id.into_bytes(), json.into_bytes())
 }
 
 fn engine(r: &Replica, endpoint: &Endpoint) -> Engine<Arc<HttpConnector>> {
@@ -202,7 +192,7 @@ fn main() {
         ("node", tempfile::tempdir().unwrap()),
         ("B", tempfile::tempdir().unwrap()),
     ];
-    let payload: u64 = (0..n).map(|i| record(i, 0).1.len() as u64).sum();
+    let payload: u64 = (0..n).map(|i| workload_record(i, 0).1.len() as u64).sum();
     let mut open_sizes = Vec::new();
     rt.block_on(async {
         let rn = Replica::open(dirs[1].1.path()).unwrap();
@@ -221,7 +211,7 @@ fn main() {
         while i < n {
             let mut batch = WriteBatch::new();
             for k in i..(i + WRITE_BATCH_RECORDS).min(n) {
-                let (id, json) = record(k, 0);
+                let (id, json) = workload_record(k, 0);
                 batch.write(WriteRequest {
                     protocol: protocol(),
                     path: doc(),

@@ -45,6 +45,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use benches::workload_record;
 use sync_engine::live::LiveSync;
 use sync_engine::machine::LinkConfig;
 use sync_engine::sync::HttpConnector;
@@ -78,17 +79,6 @@ fn author() -> PrincipalId {
 }
 fn key() -> TokenKey {
     TokenKey::derive(b"wire bench")
-}
-
-/// A record of the workload: about 200 bytes of JSON.
-fn record(n: u64, v: u64) -> (Vec<u8>, Vec<u8>) {
-    let id = format!("doc:{n:08}");
-    let json = format!(
-        "{{\"_id\":\"{id}\",\"type\":\"note\",\"n\":{n},\"v\":{v},\"title\":\"Note number {n} version {v}\",\"body\":\"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod {n:x}.\",\"updatedAt\":\"2026-12-03T06:{:02}:{:02}.000Z\"}}",
-        (n / 60) % 60,
-        n % 60
-    );
-    (id.into_bytes(), json.into_bytes())
 }
 
 // ---- the node process -------------------------------------------------------------
@@ -301,7 +291,7 @@ fn configure(r: &Replica) {
 }
 
 fn put(r: &Replica, n: u64, v: u64) -> Cid {
-    let (id, json) = record(n, v);
+    let (id, json) = workload_record(n, v);
     r.put(&tenant(), &protocol(), &doc(), &id, json, &author())
         .unwrap()
         .cid
@@ -677,7 +667,7 @@ fn main() {
         while n < o.n {
             let mut batch = WriteBatch::new();
             for i in n..(n + WRITE_BATCH_RECORDS).min(o.n) {
-                let (id, json) = record(i, 0);
+                let (id, json) = workload_record(i, 0);
                 batch.write(WriteRequest {
                     protocol: protocol(),
                     path: doc(),
@@ -696,7 +686,7 @@ fn main() {
         let rb = Replica::open(db.path()).unwrap();
         let ea = engine(&ra, &node.endpoint);
         let eb = engine(&rb, &node.endpoint);
-        let payload: u64 = (0..o.n).map(|n| record(n, 0).1.len() as u64).sum();
+        let payload: u64 = (0..o.n).map(|n| workload_record(n, 0).1.len() as u64).sum();
 
         let mut steps = Vec::new();
         let push = sync("A pushes N", &mut node, &ea).await;
