@@ -51,6 +51,11 @@ struct Watching {
     /// Write batches being applied now, and the most at once.
     batches_now: Arc<AtomicUsize>,
     batches_max: Arc<AtomicUsize>,
+    /// Held while a batch is applied: one at a time, as a node's writer.
+    applying: Arc<tokio::sync::Mutex<()>>,
+    /// Write batches received, and those received while another one was being applied.
+    batches: Arc<AtomicUsize>,
+    overlapped: Arc<AtomicUsize>,
     /// Page requests and write batches served before every further one is refused
     /// (`usize::MAX`: never).
     pages_left: Arc<AtomicUsize>,
@@ -68,6 +73,9 @@ impl Watching {
             pages_ahead_max: Arc::default(),
             batches_now: Arc::default(),
             batches_max: Arc::default(),
+            applying: Arc::default(),
+            batches: Arc::default(),
+            overlapped: Arc::default(),
             pages_left: Arc::new(AtomicUsize::new(usize::MAX)),
             batches_left: Arc::new(AtomicUsize::new(usize::MAX)),
             received: Arc::default(),
@@ -156,9 +164,16 @@ impl Handler for Watching {
         }
         let now = self.batches_now.fetch_add(1, Ordering::SeqCst) + 1;
         self.batches_max.fetch_max(now, Ordering::SeqCst);
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        if now > 1 {
+            self.overlapped.fetch_add(1, Ordering::SeqCst);
+        }
         self.received.fetch_add(messages.len(), Ordering::SeqCst);
-        tokio::time::sleep(APPLY_HOLD).await;
-        let result = self.inner.apply_placed(ctx, tenant, messages).await;
+        let result = {
+            let _writer = self.applying.lock().await;
+            tokio::time::sleep(APPLY_HOLD).await;
+            self.inner.apply_placed(ctx, tenant, messages).await
+        };
         self.batches_now.fetch_sub(1, Ordering::SeqCst);
         result
     }
@@ -239,6 +254,15 @@ fn durable(dir: &std::path::Path, id: u64) -> Replica {
 }
 
 fn engine(r: &Replica, node: &Node) -> Engine<Arc<HttpConnector>> {
+    engine_reading(r, node, PUSH_READ_ENTRIES)
+}
+
+/// [`engine`] whose push reads `push_read_entries` local log entries a page.
+fn engine_reading(
+    r: &Replica,
+    node: &Node,
+    push_read_entries: usize,
+) -> Engine<Arc<HttpConnector>> {
     let e = Engine::builder(
         r.clone(),
         Arc::new(HttpConnector::new(ClientConfig::default())),
@@ -246,7 +270,7 @@ fn engine(r: &Replica, node: &Node) -> Engine<Arc<HttpConnector>> {
     .config(SyncConfig {
         page_entries: PAGE_ENTRIES,
         push_batch_messages: BATCH_MESSAGES,
-        push_read_entries: PUSH_READ_ENTRIES,
+        push_read_entries,
         // One attempt: a refused batch ends the push at once.
         push_retry_backoff_ms: vec![0],
         ..SyncConfig::default()
@@ -372,4 +396,33 @@ async fn a_pipelined_push_cut_part_way_resumes_from_its_checkpoint_and_converges
     let most = node.watch.batches_max.load(Ordering::SeqCst);
     assert!(most <= 1 + PUSH_BATCHES_AHEAD_MAX, "{most} batches at once");
     assert_eq!(most, 1 + PUSH_BATCHES_AHEAD_MAX, "no batch was sent ahead");
+}
+
+/// The node always has the next batch while it applies one: a batch goes when the one
+/// before it starts its delivery (not when that one is answered), and across pages too,
+/// here pages of one batch each. A push that sent ahead only within a page, or only
+/// every other batch, leaves most batches to arrive at an idle node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_keeps_a_batch_ahead_across_its_pages() {
+    let node = node().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = durable(dir.path(), 1);
+    write_records(&a, 20 * BATCH_MESSAGES);
+    let ea = engine_reading(&a, &node, BATCH_MESSAGES);
+    let link = link(&ea);
+    let out = ea.push(&link).await.unwrap();
+    assert!(out.reached_head);
+    assert_eq!(records(&a), records(&node.replica));
+
+    let batches = node.watch.batches.load(Ordering::SeqCst);
+    let overlapped = node.watch.overlapped.load(Ordering::SeqCst);
+    assert!(batches >= 20, "{batches} batches");
+    // The first batch has nothing before it and the second depends on the first's
+    // configure; every later one arrives while the one before it is applied.
+    assert!(
+        overlapped >= batches - 2,
+        "{overlapped} of {batches} batches arrived while another was applied"
+    );
+    let most = node.watch.batches_max.load(Ordering::SeqCst);
+    assert_eq!(most, 1 + PUSH_BATCHES_AHEAD_MAX, "{most} batches at once");
 }

@@ -7,7 +7,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use sync_ledger::{LogEntry, LogRead};
+use futures_util::future::{BoxFuture, Either};
+use sync_ledger::{LogEntry, LogPage, LogRead};
 use sync_transport::Remote;
 use sync_transport::proto::{MessageData, WriteBatchRequest};
 use sync_types::{
@@ -105,69 +106,74 @@ impl<C: Connector> Engine<C> {
         {
             ctx.meters.push.expect(messages, bytes);
         }
+        // The next page, read and planned while the last batch of this one is delivered.
+        let mut next: Option<(LogPage, Planned)> = None;
+        // The batch sent ahead of the one delivered (of this page or the next): the
+        // node applies one while the next travels, across pages too.
+        let mut ahead: Option<Ahead<'_>> = None;
         loop {
-            let page = match first
-                .take()
-                .map_or_else(|| read(cp.contiguous_applied), Ok)?
-            {
-                LogRead::Page(page) => page,
-                LogRead::Gap(gap) => {
-                    // The local log was rebuilt or compacted past the checkpoint: only a
-                    // reconcile can tell what the remote lacks. Resume after it.
-                    let before = cp.contiguous_applied;
-                    cp.reset(gap.latest_available);
-                    self.save_checkpoint(key, Direction::Push, before, cp, Traffic::default())?;
-                    self.mark_needs_reconcile(key, None)?;
-                    out.checkpoint = cp.contiguous_applied;
-                    return Ok(out);
-                }
+            let (page, planned) = match next.take() {
+                Some(planned) => planned,
+                None => match first
+                    .take()
+                    .map_or_else(|| read(cp.contiguous_applied), Ok)?
+                {
+                    LogRead::Page(page) => {
+                        let planned = self.plan_page(ctx, &page)?;
+                        (page, planned)
+                    }
+                    LogRead::Gap(gap) => {
+                        // The local log was rebuilt or compacted past the checkpoint: only a
+                        // reconcile can tell what the remote lacks. Resume after it.
+                        let before = cp.contiguous_applied;
+                        cp.reset(gap.latest_available);
+                        self.save_checkpoint(key, Direction::Push, before, cp, Traffic::default())?;
+                        self.mark_needs_reconcile(key, None)?;
+                        out.checkpoint = cp.contiguous_applied;
+                        return Ok(out);
+                    }
+                },
             };
-            let mut entries = Vec::with_capacity(page.entries.len());
-            for e in &page.entries {
-                let item = match self.push_class(ctx, e)? {
-                    Ok(()) => Some(PushItem::new(e.message.clone(), e.data.clone())),
-                    Err(Unsent::Echo) => {
-                        out.echoes_skipped += 1;
-                        None
-                    }
-                    Err(Unsent::OutOfScope) => {
-                        out.out_of_scope += 1;
-                        None
-                    }
-                    Err(Unsent::Unknown) => {
-                        out.out_of_scope += 1;
-                        self.mark_needs_reconcile(key, Some(ReconcileReason::ScopeUnclassified))?;
-                        None
-                    }
-                };
-                entries.push((e.token, item));
-            }
-            // Batches as large as the remote takes now (it may have learned more since
-            // the last page).
-            let batch_cfg = cfg.with_batch_messages_max(ctx.remote.batch_messages_max());
-            let mut plan = PushPage::new(entries, page.next, &batch_cfg);
+            let mut plan = planned.take(self, key, &mut out)?;
             // While this page waits for blob uploads, what follows it in the log is sent
             // meanwhile (see `send_small_meanwhile`).
             let lane_from = page.entries.last().map(|e| e.token);
             let mut failure = None;
-            // The answer to the batch sent ahead while the one before it was delivered.
-            let mut ahead = None;
             while let Some(batch) = plan.next_batch() {
-                let delivering = self.deliver(ctx, batch, lane_from, ahead.take(), &mut out);
-                let end = match plan.ahead(&batch_cfg) {
-                    // The next batch travels while the node applies this one (pipelined,
-                    // one batch ahead); its answer is used when its turn comes, and
-                    // dropped when this batch ends the page.
-                    Some(next) => {
-                        let indexes: Vec<usize> = (0..next.len()).collect();
-                        let mut bytes = 0;
-                        let (end, sent) = futures_util::future::join(
-                            delivering,
-                            self.send_items(ctx, &next, &indexes, &mut bytes),
-                        )
-                        .await;
-                        out.sent.bytes += bytes;
-                        ahead = Some(sent);
+                let batch_cfg = cfg.with_batch_messages_max(ctx.remote.batch_messages_max());
+                // What travels while this batch is delivered: the page's next batch, or
+                // the next page's first (read and planned now).
+                let next_items = if plan.has_next_batch() {
+                    plan.ahead(&batch_cfg)
+                } else if page.has_more {
+                    if next.is_none()
+                        && let Ok(LogRead::Page(p)) = read(page.next)
+                    {
+                        let planned = self.plan_page(ctx, &p)?;
+                        next = Some((p, planned));
+                    }
+                    next.as_ref()
+                        .and_then(|(_, n)| n.plan.first_ahead_of(&batch, &batch_cfg))
+                } else {
+                    None
+                };
+                let answered = ahead.take();
+                let delivering = async {
+                    let sent_ahead = match answered {
+                        Some(a) => {
+                            let (result, bytes) = a.answer().await;
+                            out.sent.bytes += bytes;
+                            Some(result)
+                        }
+                        None => None,
+                    };
+                    self.deliver(ctx, batch, lane_from, sent_ahead, &mut out)
+                        .await
+                };
+                let end = match next_items {
+                    Some(items) => {
+                        let (end, pending) = beside(delivering, self.send_ahead(ctx, items)).await;
+                        ahead = Some(pending);
                         end?
                     }
                     None => delivering.await?,
@@ -190,6 +196,8 @@ impl<C: Connector> Engine<C> {
             if let Some(e) = failure {
                 return Err(e.into());
             }
+            // A batch sent ahead of a page that does not go on is dropped unanswered (the
+            // remote may still apply it: the next push sends it again, a duplicate).
             if !prefix.complete {
                 return Ok(out);
             }
@@ -198,6 +206,57 @@ impl<C: Connector> Engine<C> {
                 return Ok(out);
             }
         }
+    }
+
+    /// Plans a page of the local log: which entries go out (see [`push_class`](Self::push_class)).
+    fn plan_page(&self, ctx: &LinkCtx<C::Remote>, page: &LogPage) -> Result<Planned> {
+        let (mut echoes_skipped, mut out_of_scope, mut unclassified) = (0, 0, false);
+        let mut entries = Vec::with_capacity(page.entries.len());
+        for e in &page.entries {
+            let item = match self.push_class(ctx, e)? {
+                Ok(()) => Some(PushItem::new(e.message.clone(), e.data.clone())),
+                Err(Unsent::Echo) => {
+                    echoes_skipped += 1;
+                    None
+                }
+                Err(Unsent::OutOfScope) => {
+                    out_of_scope += 1;
+                    None
+                }
+                Err(Unsent::Unknown) => {
+                    out_of_scope += 1;
+                    unclassified = true;
+                    None
+                }
+            };
+            entries.push((e.token, item));
+        }
+        // Batches as large as the remote takes now (it may have learned more since the
+        // last page).
+        let batch_cfg = self
+            .inner
+            .config
+            .with_batch_messages_max(ctx.remote.batch_messages_max());
+        Ok(Planned {
+            plan: PushPage::new(entries, page.next, &batch_cfg),
+            echoes_skipped,
+            out_of_scope,
+            unclassified,
+        })
+    }
+
+    /// Sends `items` (a whole batch, no blobs) ahead of the batch being delivered.
+    fn send_ahead<'a>(
+        &'a self,
+        ctx: &'a LinkCtx<C::Remote>,
+        items: Vec<PushItem>,
+    ) -> BoxFuture<'a, Sent> {
+        Box::pin(async move {
+            let indexes: Vec<usize> = (0..items.len()).collect();
+            let mut bytes = 0;
+            let result = self.send_items(ctx, &items, &indexes, &mut bytes).await;
+            (result, bytes)
+        })
     }
 
     /// Whether a local log entry goes to this link's remote, and why not.
@@ -534,5 +593,61 @@ impl<C: Connector> Engine<C> {
             }
         }
         Ok(items)
+    }
+}
+
+/// A planned page of the local log, with what its planning counted; the counts and the
+/// reconcile mark take effect when the page's turn comes ([`take`](Self::take)), so a
+/// page planned ahead of a push that then stops counts nothing.
+struct Planned {
+    plan: PushPage,
+    echoes_skipped: u64,
+    out_of_scope: u64,
+    /// An entry the scope could not classify yet: the link needs a reconcile.
+    unclassified: bool,
+}
+
+impl Planned {
+    fn take<C: Connector>(
+        self,
+        engine: &Engine<C>,
+        key: &LinkKey,
+        out: &mut PushOutcome,
+    ) -> Result<PushPage> {
+        out.echoes_skipped += self.echoes_skipped;
+        out.out_of_scope += self.out_of_scope;
+        if self.unclassified {
+            engine.mark_needs_reconcile(key, Some(ReconcileReason::ScopeUnclassified))?;
+        }
+        Ok(self.plan)
+    }
+}
+
+/// The answer to a batch sent ahead, and the bytes it sent.
+type Sent = (Result<Vec<(usize, ApplyOutcome)>>, u64);
+
+/// A batch sent ahead: still in flight, or answered while the one before it was
+/// delivered.
+enum Ahead<'a> {
+    InFlight(BoxFuture<'a, Sent>),
+    Answered(Sent),
+}
+
+impl Ahead<'_> {
+    async fn answer(self) -> Sent {
+        match self {
+            Ahead::InFlight(f) => f.await,
+            Ahead::Answered(sent) => sent,
+        }
+    }
+}
+
+/// Runs `main` to its end while `side` makes progress beside it; `side` comes back
+/// answered or still in flight.
+async fn beside<'a, T>(main: impl Future<Output = T>, side: BoxFuture<'a, Sent>) -> (T, Ahead<'a>) {
+    let main = std::pin::pin!(main);
+    match futures_util::future::select(main, side).await {
+        Either::Left((t, side)) => (t, Ahead::InFlight(side)),
+        Either::Right((sent, main)) => (main.await, Ahead::Answered(sent)),
     }
 }

@@ -153,9 +153,23 @@ impl PushPage {
     /// when it may be sent ahead while that one is delivered (see [`may_send_ahead`]).
     pub(crate) fn ahead(&self, cfg: &SyncConfig) -> Option<Vec<PushItem>> {
         let current = self.current.clone()?;
+        self.first_ahead_of(&self.items[current], cfg)
+    }
+
+    /// Whether a batch is left after the one in flight.
+    pub(crate) fn has_next_batch(&self) -> bool {
+        !self.batches.is_empty()
+    }
+
+    /// The batch [`next_batch`](Self::next_batch) will give, when it may be sent ahead
+    /// while `before` (the last batch of the page before this one) is delivered.
+    pub(crate) fn first_ahead_of(
+        &self,
+        before: &[PushItem],
+        cfg: &SyncConfig,
+    ) -> Option<Vec<PushItem>> {
         let range = self.batches.front()?.clone();
-        may_send_ahead(&self.items[current], &self.items[range.clone()], cfg)
-            .then(|| self.items[range].to_vec())
+        may_send_ahead(before, &self.items[range.clone()], cfg).then(|| self.items[range].to_vec())
     }
 
     /// How each message of the batch [`next_batch`](Self::next_batch) gave settled.
