@@ -426,3 +426,46 @@ async fn a_push_keeps_a_batch_ahead_across_its_pages() {
     let most = node.watch.batches_max.load(Ordering::SeqCst);
     assert_eq!(most, 1 + PUSH_BATCHES_AHEAD_MAX, "{most} batches at once");
 }
+
+/// A push longer than its first page counts what it sends beside it (the whole outbound
+/// log, on the blocking pool) instead of before its first batch: the total comes while
+/// the batches go, is exact, and the push ends with done == total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_push_learns_its_total_while_its_batches_go() {
+    let node = node().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = durable(dir.path(), 1);
+    let n = 20 * BATCH_MESSAGES;
+    write_records(&a, n);
+    let ea = engine(&a, &node);
+    let link = link(&ea);
+    let mut events = a.events();
+    let out = ea.push(&link).await.unwrap();
+    assert!(out.reached_head);
+
+    let mut push = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if let SyncEvent::SyncProgress {
+            direction: Direction::Push,
+            messages,
+            messages_total,
+            ..
+        } = e
+        {
+            push.push((messages, messages_total));
+        }
+    }
+    let total = n as u64 + 1;
+    assert_eq!(push.last(), Some(&(total, Some(total))), "{push:?}");
+    // Every total announced is the exact one (the configure and n records), and one
+    // came while the push had most of its batches to go (each is held 20 ms).
+    assert!(
+        push.iter().all(|(_, t)| t.is_none() || *t == Some(total)),
+        "{push:?}"
+    );
+    assert!(
+        push.iter()
+            .any(|(m, t)| *t == Some(total) && *m < total / 2),
+        "the total came only at the end: {push:?}"
+    );
+}

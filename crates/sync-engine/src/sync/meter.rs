@@ -7,7 +7,8 @@
 //! blob downloads share the pull meter, its pushes the push meter), or one catch-up,
 //! push or reconcile. The totals come from outside: a pull's from the node's count of
 //! what is left after its first page ([`LogRemaining`](sync_transport::proto::LogRemaining)),
-//! a push's from the local log, a blob download's from the wanted list. When more
+//! a push's from the local log (counted beside a long push, see `push_count.rs`), a blob
+//! download's from the wanted list. When more
 //! moves than expected the total follows, and at the end of the operation it is set
 //! to what moved, so a finished operation always reads done == total.
 
@@ -72,11 +73,24 @@ impl Meter {
     /// What is left to move is `messages` and `bytes`: the totals become what moved
     /// plus that (the newest count replaces an older one).
     pub(crate) fn expect(&self, messages: u64, bytes: u64) {
+        self.expect_since(self.moved_so_far(), messages, bytes);
+    }
+
+    /// What was left to move when [`moved_so_far`](Self::moved_so_far) gave `mark` is
+    /// `messages` and `bytes` (a count that ran while things moved): the totals become
+    /// `mark` plus that, and never less than what moved.
+    pub(crate) fn expect_since(&self, mark: (u64, u64), messages: u64, bytes: u64) {
         let s = self.update(|s| {
-            s.messages_total = Some(s.messages.saturating_add(messages));
-            s.bytes_total = Some(s.bytes.saturating_add(bytes));
+            s.messages_total = Some(mark.0.saturating_add(messages));
+            s.bytes_total = Some(mark.1.saturating_add(bytes));
         });
         self.announce(s);
+    }
+
+    /// Messages and bytes moved so far.
+    pub(crate) fn moved_so_far(&self) -> (u64, u64) {
+        let s = lock(&self.inner.state);
+        (s.messages, s.bytes)
     }
 
     /// `messages` and `bytes` moved.

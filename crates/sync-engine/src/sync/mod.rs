@@ -134,6 +134,7 @@ mod known;
 mod meter;
 mod push;
 mod push_core;
+mod push_count;
 mod reconcile;
 mod records;
 mod report;

@@ -13,7 +13,7 @@ use sync_transport::Remote;
 use sync_transport::proto::{MessageData, WriteBatchRequest};
 use sync_types::{
     ApplyOutcome, Dependency, Direction, DirectionCheckpoint, LinkKey, ProgressToken,
-    ReconcileReason, ScopeClass,
+    ReconcileReason, Scope, ScopeClass,
 };
 use tracing::Instrument;
 
@@ -24,7 +24,7 @@ use super::push_core::{BatchEnd, BatchSend, Pass, PushItem, PushPage, Step};
 use super::{Connector, Engine, LinkCtx, PushOutcome, Traffic, lock};
 
 /// Why a local entry is not sent.
-enum Unsent {
+pub(super) enum Unsent {
     /// It came from this link's endpoint.
     Echo,
     /// The link's scope does not cover it.
@@ -83,10 +83,32 @@ impl<C: Connector> Engine<C> {
         result
     }
 
+    /// The push from `start`, and beside it the count of what it has to send (for the
+    /// meter's total): from the first page alone when that is all, else on the blocking
+    /// pool while the pages go (see `push_count.rs`).
     async fn push_pages(
         &self,
         ctx: &LinkCtx<C::Remote>,
         start: DirectionCheckpoint,
+    ) -> Result<PushOutcome> {
+        let cfg = &self.inner.config;
+        let from = start.contiguous_applied;
+        let first =
+            self.replica()
+                .changes_since(&ctx.key.tenant, from, cfg.push_read_entries.max(1))?;
+        let counting = self.count_beside(ctx, from, &first);
+        tokio::select! {
+            biased;
+            out = self.send_pages(ctx, start, first) => out,
+            () = counting => unreachable!("the count waits once it is done"),
+        }
+    }
+
+    async fn send_pages(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        start: DirectionCheckpoint,
+        first: LogRead,
     ) -> Result<PushOutcome> {
         let cfg = &self.inner.config;
         let key = &ctx.key;
@@ -99,13 +121,7 @@ impl<C: Connector> Engine<C> {
             self.replica()
                 .changes_since(&key.tenant, from, cfg.push_read_entries.max(1))
         };
-        // The first page serves the meter's count too (all of it, for a short push).
-        let mut first = Some(read(cp.contiguous_applied)?);
-        if let Some((messages, bytes)) =
-            self.outbound_extent(ctx, cp.contiguous_applied, first.as_ref())?
-        {
-            ctx.meters.push.expect(messages, bytes);
-        }
+        let mut first = Some(first);
         // The next page, read and planned while the last batch of this one is delivered.
         let mut next: Option<(LogPage, Planned)> = None;
         // The batch sent ahead of the one delivered (of this page or the next): the
@@ -265,72 +281,32 @@ impl<C: Connector> Engine<C> {
         ctx: &LinkCtx<C::Remote>,
         e: &LogEntry,
     ) -> Result<std::result::Result<(), Unsent>> {
+        self.push_class_in(&ctx.key, &ctx.scope, e)
+    }
+
+    /// [`push_class`](Self::push_class) for the link `key` with `scope`.
+    pub(super) fn push_class_in(
+        &self,
+        key: &LinkKey,
+        scope: &Scope,
+        e: &LogEntry,
+    ) -> Result<std::result::Result<(), Unsent>> {
         let echo = lock(&self.inner.echoes)
-            .get(&ctx.key.endpoint)
+            .get(&key.endpoint)
             .is_some_and(|x| x.contains(e.token.position));
         if echo {
             return Ok(Err(Unsent::Echo));
         }
         Ok(
-            match self.replica().classify(
-                &ctx.key.tenant,
-                &ctx.scope,
-                Direction::Push,
-                &e.message,
-            )? {
+            match self
+                .replica()
+                .classify(&key.tenant, scope, Direction::Push, &e.message)?
+            {
                 ScopeClass::InScope => Ok(()),
                 ScopeClass::OutOfScope => Err(Unsent::OutOfScope),
                 ScopeClass::Unknown => Err(Unsent::Unknown),
             },
         )
-    }
-
-    /// What a push from `from` has to send, as far as the local log tells: the messages
-    /// it would send and their bytes, the blobs they name included (some of which the
-    /// remote may hold already). `first`: the log read from `from` already (the push's
-    /// first page), counted without reading it again. `None` past
-    /// [`LOG_COUNT_ENTRIES_MAX`](sync_transport::proto::LOG_COUNT_ENTRIES_MAX) entries,
-    /// or when the log cannot be read from there (a gap: the push deals with it).
-    fn outbound_extent(
-        &self,
-        ctx: &LinkCtx<C::Remote>,
-        mut from: Option<ProgressToken>,
-        mut first: Option<&LogRead>,
-    ) -> Result<Option<(u64, u64)>> {
-        let (mut messages, mut bytes, mut scanned) = (0u64, 0u64, 0u64);
-        let mut read;
-        loop {
-            let page = match first.take() {
-                Some(LogRead::Page(page)) => page,
-                Some(LogRead::Gap(_)) => return Ok(None),
-                None => {
-                    read = self.replica().changes_since(
-                        &ctx.key.tenant,
-                        from,
-                        sync_ledger::LOG_PAGE_ENTRIES_MAX,
-                    )?;
-                    match &read {
-                        LogRead::Page(page) => page,
-                        LogRead::Gap(_) => return Ok(None),
-                    }
-                }
-            };
-            for e in &page.entries {
-                scanned += 1;
-                if let Ok(()) = self.push_class(ctx, e)? {
-                    messages += 1;
-                    bytes += super::item_bytes(&e.message, e.data.as_deref())
-                        + big_data(&e.message).map_or(0, |(_, size)| size);
-                }
-            }
-            if !page.has_more || page.next == from {
-                return Ok(Some((messages, bytes)));
-            }
-            if scanned >= sync_transport::proto::LOG_COUNT_ENTRIES_MAX {
-                return Ok(None);
-            }
-            from = page.next;
-        }
     }
 
     /// Delivers one batch: drives a [`BatchSend`] to its end, records the dead letters
