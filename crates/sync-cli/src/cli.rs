@@ -200,7 +200,7 @@ pub(crate) enum Command {
         "  weft sync --no-blobs   # large values stay staged until a full sync\n",
         "\n",
         "Shows a progress bar each way when stderr is a terminal (bytes, blobs included,\n",
-        "against the total the node announces with its first page, with the rate, the time\n",
+        "against the total the node counts while the first pages go, with the rate, the time\n",
         "left and the messages), and a summary otherwise (blob bytes counted apart). Exits 1 when messages were left in the dead letters or the\n",
         "replicas did not converge, 3 when the node cannot be reached, 4 when it refuses\n",
         "the token.",

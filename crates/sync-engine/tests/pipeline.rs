@@ -125,6 +125,11 @@ impl Handler for Watching {
         ctx: &RequestContext,
         req: LogPageRequest,
     ) -> Result<LogPageReply, HandlerError> {
+        // The one-entry page a catch-up asks with its count of what is left (beside
+        // the pages, never applied) is not one of the pipeline's pages.
+        if req.limit == 1 {
+            return self.inner.log_page(ctx, req).await;
+        }
         self.pages_ahead_max
             .fetch_max(self.pages_not_applied(), Ordering::SeqCst);
         if !Self::take(&self.pages_left) {

@@ -230,7 +230,9 @@ pub struct HeadLogPageRequest {
     /// the page and of the count.
     pub known: Option<KnownRanges>,
     /// Whether the node counts what is left after the page (a scan of at most
-    /// [`LOG_COUNT_ENTRIES_MAX`] entries); a catch-up asks on its first page only.
+    /// [`LOG_COUNT_ENTRIES_MAX`] entries). A catch-up asks once, with a page of one
+    /// entry after its first page, while the pages after it go (older clients asked
+    /// with their first page, which then waited for the count).
     pub count_remaining: bool,
 }
 

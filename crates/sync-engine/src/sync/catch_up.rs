@@ -21,6 +21,13 @@ use super::{
     item_bytes, too_large,
 };
 
+/// Where the count of what a catch-up has left starts: after its first page, whose
+/// messages and bytes `mark` holds with what had moved before it.
+struct CountFrom {
+    after: Option<ProgressToken>,
+    mark: (u64, u64),
+}
+
 /// Where a page of the remote log starts and how many entries it holds at most.
 type PageAt = (Option<ProgressToken>, u32);
 /// The remote's answer to a page request: the page (or a gap) and the log's extent.
@@ -84,11 +91,63 @@ impl<C: Connector> Engine<C> {
         result
     }
 
+    /// The catch-up from `start`, and beside it the node's count of what is left once
+    /// the first page shows there is more (for the meter's total).
     async fn catch_up_pages(
         &self,
         ctx: &LinkCtx<C::Remote>,
         start: DirectionCheckpoint,
     ) -> Result<CatchUpOutcome> {
+        let (count_from, count_at) = tokio::sync::oneshot::channel();
+        tokio::select! {
+            biased;
+            out = self.read_and_apply(ctx, start, count_from) => out,
+            () = self.count_rest(ctx, count_at) => unreachable!("the count waits once it is done"),
+        }
+    }
+
+    /// The node's count of what a catch-up has left after its first page, asked while
+    /// the next pages go (the count reads the rest of the node's log, which would hold
+    /// up the first page); the meter's total becomes what had moved with the first page
+    /// plus the count. Waits forever after: the catch-up drops it when it ends.
+    async fn count_rest(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        at: tokio::sync::oneshot::Receiver<CountFrom>,
+    ) {
+        if let Ok(c) = at.await
+            // A page of one entry from there, and the count after it: together, all
+            // that is left (the page holds the entry only when it is in scope and not
+            // known already, as the count counts).
+            && let Ok(Ok(h)) = self.read_page(ctx, (c.after, 1), true).await
+            && let (LogPageReply::Page(page), Some(rest)) = (&h.reply, h.extent.remaining)
+        {
+            let blobs = if self.inner.config.blob_fetch {
+                rest.blob_bytes + page_blob_bytes(page)
+            } else {
+                0
+            };
+            let bytes: u64 = page
+                .entries
+                .iter()
+                .map(|e| item_bytes(&e.item.message, e.item.data.as_deref()))
+                .sum();
+            ctx.meters.pull.expect_since(
+                c.mark,
+                page.entries.len() as u64 + rest.messages,
+                bytes + rest.bytes + blobs,
+            );
+        }
+        std::future::pending::<()>().await;
+    }
+
+    async fn read_and_apply(
+        &self,
+        ctx: &LinkCtx<C::Remote>,
+        start: DirectionCheckpoint,
+        count_from: tokio::sync::oneshot::Sender<CountFrom>,
+    ) -> Result<CatchUpOutcome> {
+        let mut count_from = Some(count_from);
         let cfg = &self.inner.config;
         let key = &ctx.key;
         let limit = cfg.page_entries.clamp(1, LOG_PAGE_ENTRIES_MAX);
@@ -105,7 +164,7 @@ impl<C: Connector> Engine<C> {
             // page also asks how much is left, for the operation's total.
             let reply = match ahead.take() {
                 Some((read, reply)) if read == at => reply,
-                _ => self.read_page(ctx, at, out.pages == 0).await?,
+                _ => self.read_page(ctx, at, false).await?,
             };
             let (mut page, extent) = match reply {
                 Ok(h) => match h.reply {
@@ -208,6 +267,28 @@ impl<C: Connector> Engine<C> {
                 }
             }
             out.checkpoint = cursor.checkpoint().contiguous_applied;
+            // The total: the first page is all of it, or the node counts the rest
+            // beside the next pages (`count_rest`). A node asked for no count answers
+            // none (`extent.remaining`), but one that counts anyway is heard.
+            if out.pages == 1 && extent.remaining.is_none() {
+                let blobs = if cfg.blob_fetch {
+                    page_blob_bytes(&page)
+                } else {
+                    0
+                };
+                let meter = &ctx.meters.pull;
+                if page.has_more {
+                    let (m, b) = meter.moved_so_far();
+                    if let Some(tx) = count_from.take() {
+                        let _ = tx.send(CountFrom {
+                            after: page.next,
+                            mark: (m + traffic.messages, b + traffic.bytes + blobs),
+                        });
+                    }
+                } else {
+                    meter.expect(traffic.messages, traffic.bytes + blobs);
+                }
+            }
             if let Some(rest) = extent.remaining {
                 // This page and the rest; their blobs are downloaded after the pages.
                 let blobs = if cfg.blob_fetch {

@@ -5,8 +5,9 @@
 //! An operation is what the engine was asked for: a one-shot sync of a link
 //! ([`Engine::sync_link`](super::Engine::sync_link): its catch-ups, reconciles and
 //! blob downloads share the pull meter, its pushes the push meter), or one catch-up,
-//! push or reconcile. The totals come from outside: a pull's from the node's count of
-//! what is left after its first page ([`LogRemaining`](sync_transport::proto::LogRemaining)),
+//! push or reconcile. The totals come from outside: a pull's from its first page when
+//! that is all, else from the node's count of what is left after it, asked beside the
+//! next pages ([`LogRemaining`](sync_transport::proto::LogRemaining)),
 //! a push's from the local log (counted beside a long push, see `push_count.rs`), a blob
 //! download's from the wanted list. When more
 //! moves than expected the total follows, and at the end of the operation it is set
