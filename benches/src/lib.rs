@@ -5,6 +5,8 @@
 //! Heavy benches are never part of the test command; `cargo clippy --all-targets`
 //! only checks that they compile.
 
+pub mod wire_node;
+
 /// A record of issue 19's workload, as `wire_bench`, `store_bench` and `apply_bench`
 /// write it: its key and about 200 bytes of JSON (`{_id, type, n, v, title, body,
 /// updatedAt}`), `n` the record and `v` its version.

@@ -22,6 +22,10 @@
 // Counts and durations are far below the truncation limits on a 64-bit host.
 #![allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use benches::workload_record;
@@ -57,6 +61,7 @@ struct Options {
     n: u64,
     batch: usize,
     buffered: bool,
+    updates: u64,
 }
 
 fn options() -> Options {
@@ -64,6 +69,7 @@ fn options() -> Options {
         n: 100_000,
         batch: 1_000,
         buffered: false,
+        updates: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -71,6 +77,9 @@ fn options() -> Options {
             "--n" => o.n = it.next().and_then(|v| v.parse().ok()).expect("--n N"),
             "--batch" => o.batch = it.next().and_then(|v| v.parse().ok()).expect("--batch N"),
             "--buffered" => o.buffered = true,
+            "--updates" => {
+                o.updates = it.next().and_then(|v| v.parse().ok()).expect("--updates K");
+            }
             other => panic!("unknown option {other}"),
         }
     }
@@ -172,5 +181,73 @@ fn main() {
         per(cpu),
         wall.as_secs_f64(),
         per(wall),
+    );
+    update_rounds(&a, &b, after, o.n, o.updates);
+}
+
+/// Messages of one update round, as `wire_bench`'s d = 100.
+const UPDATE_ROUND_MESSAGES: u64 = 100;
+
+/// `rounds` rounds of d = 100 updates: A updates 100 records spread over its `n` (new
+/// versions of existing records, as `wire_bench`'s d = 100), B applies them in one
+/// batch, as it would a pulled page. Prints the CPU and wall time per message of B's
+/// applies (median and spread over the rounds).
+fn update_rounds(a: &Replica, b: &Replica, mut after: Option<ProgressToken>, n: u64, rounds: u64) {
+    if rounds == 0 {
+        return;
+    }
+    let (mut cpus, mut walls) = (Vec::new(), Vec::new());
+    for v in 1..=rounds {
+        let mut batch = WriteBatch::new();
+        for k in 0..UPDATE_ROUND_MESSAGES {
+            let (id, json) = workload_record((k * (n / UPDATE_ROUND_MESSAGES).max(1) + v) % n.max(1), v);
+            batch.write(WriteRequest {
+                protocol: protocol(),
+                path: doc(),
+                key: RecordKey::Natural(id),
+                parent: None,
+                data: Some(json),
+                author: author(),
+            });
+        }
+        a.write_batch(&tenant(), batch).unwrap();
+        let LogRead::Page(page) = a
+            .ledger()
+            .read_log(&tenant(), &LogQuery::after(after, UPDATE_ROUND_MESSAGES as usize))
+            .unwrap()
+        else {
+            panic!("a gap in a fresh log");
+        };
+        after = page.next;
+        let items: Vec<_> = page.entries.into_iter().map(|e| (e.message, e.data)).collect();
+        let len = items.len();
+        let (c0, w0) = (thread_cpu(), Instant::now());
+        let applied = b
+            .apply_with_positions(&tenant(), items, Origin::Remote(None))
+            .unwrap();
+        walls.push(w0.elapsed().as_secs_f64() * 1e6 / len as f64);
+        cpus.push((thread_cpu() - c0).as_secs_f64() * 1e6 / len as f64);
+        assert!(applied.iter().all(|(o, _)| *o == ApplyOutcome::Applied));
+    }
+    let q = |v: &mut Vec<f64>, f: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * f).round() as usize]
+    };
+    println!(
+        "\n{rounds} rounds of {UPDATE_ROUND_MESSAGES} updates applied in one batch each (µs a message: p10 / median / p90)\n"
+    );
+    println!("| | p10 | median | p90 |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| CPU | {:.1} | {:.1} | {:.1} |",
+        q(&mut cpus, 0.1),
+        q(&mut cpus, 0.5),
+        q(&mut cpus, 0.9)
+    );
+    println!(
+        "| wall | {:.1} | {:.1} | {:.1} |",
+        q(&mut walls, 0.1),
+        q(&mut walls, 0.5),
+        q(&mut walls, 0.9)
     );
 }

@@ -39,31 +39,29 @@
 // Counts and durations are far below the truncation limits on a 64-bit host.
 #![allow(clippy::cast_possible_truncation)]
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::{BufRead, BufReader, Write as _};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use benches::wire_node::{key, serve_node};
 use benches::workload_record;
 use sync_engine::live::LiveSync;
 use sync_engine::machine::LinkConfig;
 use sync_engine::sync::HttpConnector;
-use sync_engine::{
-    Engine, Identity, Origin, RecordKey, Replica, ReplicaHandler, WriteBatch, WriteRequest,
-};
-use sync_transport::{Claims, ServerConfig, Token, TokenKey, serve};
+use sync_engine::{Engine, Identity, Origin, RecordKey, Replica, WriteBatch, WriteRequest};
+use sync_transport::{Claims, Token};
 use sync_types::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 const FAR_FUTURE_MS: u64 = 4_000_000_000_000;
 /// Longest wait for one live write to arrive.
 const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Records per commit of A's write phase.
 const WRITE_BATCH_RECORDS: u64 = 1_000;
-/// Buffer of each direction of a proxied connection.
-const PROXY_BUFFER_BYTES: usize = 64 * 1024;
 
 fn tenant() -> TenantId {
     TenantId::new("did:example:wire").unwrap()
@@ -76,89 +74,6 @@ fn doc() -> ProtocolPath {
 }
 fn author() -> PrincipalId {
     PrincipalId::new("did:example:wire").unwrap()
-}
-fn key() -> TokenKey {
-    TokenKey::derive(b"wire bench")
-}
-
-// ---- the node process -------------------------------------------------------------
-
-/// Copies `from` to `to`, adding every byte to `counter`.
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    counter: Arc<AtomicU64>,
-) {
-    let mut buf = vec![0u8; PROXY_BUFFER_BYTES];
-    loop {
-        match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                counter.fetch_add(n as u64, Ordering::Relaxed);
-                if to.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = to.shutdown().await;
-}
-
-/// The node role: serve a fjall replica behind a counting proxy; answer `bytes` with
-/// `received sent` (as seen from the node).
-fn serve_node(dir: &str, plain_wire: bool, wide_batches: bool) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let r = Replica::open(dir).unwrap();
-        let server = serve(
-            Arc::new(ReplicaHandler::new(r.clone())),
-            ServerConfig {
-                dense_frames: !plain_wire,
-                wide_batches,
-                ..ServerConfig::new(key())
-            },
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .await
-        .unwrap();
-        let inner = server.local_addr();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let outer = listener.local_addr().unwrap();
-        let received = Arc::new(AtomicU64::new(0));
-        let sent = Arc::new(AtomicU64::new(0));
-        {
-            let (received, sent) = (received.clone(), sent.clone());
-            tokio::spawn(async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    let Ok(upstream) = TcpStream::connect(inner).await else {
-                        continue;
-                    };
-                    let _ = client.set_nodelay(true);
-                    let _ = upstream.set_nodelay(true);
-                    let (cr, cw) = client.into_split();
-                    let (ur, uw) = upstream.into_split();
-                    tokio::spawn(pump(cr, uw, received.clone()));
-                    tokio::spawn(pump(ur, cw, sent.clone()));
-                }
-            });
-        }
-        println!("listening {outer}");
-        let mut lines = BufReader::new(std::io::stdin()).lines();
-        while let Some(Ok(line)) = tokio::task::block_in_place(|| lines.next()) {
-            if line == "bytes" {
-                let _keep_serving = &server;
-                println!(
-                    "{} {}",
-                    received.load(Ordering::Relaxed),
-                    sent.load(Ordering::Relaxed)
-                );
-            }
-        }
-    });
 }
 
 struct NodeProcess {
@@ -193,8 +108,9 @@ impl NodeProcess {
         let dir = tempfile::tempdir().unwrap();
         let wire = if plain_wire { "plain" } else { "dense" };
         let batches = if narrow_batches { "narrow" } else { "wide" };
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--serve", &dir.path().display().to_string(), wire, batches])
+        let (mut command, _) = node_command();
+        let mut child = command
+            .args([&dir.path().display().to_string(), wire, batches])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -222,6 +138,31 @@ impl NodeProcess {
         }
     }
 }
+
+/// The command that starts the node, and what runs it: the `wire_node` binary next to
+/// this one (the allocator of `weft`), else this binary with `--serve` (this process's
+/// allocator).
+fn node_command() -> (Command, &'static str) {
+    let exe = std::env::current_exe().unwrap();
+    let node = exe.with_file_name(format!("wire_node{}", std::env::consts::EXE_SUFFIX));
+    if node.exists() {
+        (Command::new(node), "wire_node (mimalloc, as `weft serve`)")
+    } else {
+        let mut c = Command::new(exe);
+        c.arg("--serve");
+        (
+            c,
+            "wire_bench --serve (this binary's allocator; build wire_node for weft's)",
+        )
+    }
+}
+
+/// This process's allocator.
+const CLIENT_ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
+    "mimalloc (--features mimalloc)"
+} else {
+    "the system's"
+};
 
 impl Drop for NodeProcess {
     fn drop(&mut self) {
@@ -733,6 +674,10 @@ fn main() {
         let samples = live(ea, eb, &ra, &rb, o.live, o.n).await;
         drop(hog);
 
+        println!(
+            "node process: {}; A and B's process allocates with {CLIENT_ALLOCATOR}\n",
+            node_command().1
+        );
         println!(
             "N = {} records, {:.1} MiB of JSON ({:.0} bytes a record); A wrote them in batches of {WRITE_BATCH_RECORDS} in {:.1} s\n",
             o.n,

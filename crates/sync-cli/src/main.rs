@@ -55,6 +55,14 @@ mod signals;
 
 use std::process::ExitCode;
 
+/// The allocator of every `weft` process. An apply allocates a handful of small keys and
+/// values per message, and the store's memtables allocate and free a node per key: with
+/// glibc's allocator, allocation was about a quarter of a node's CPU per applied message,
+/// and mimalloc cuts the CPU of an apply by 20 to 30% (`BENCHMARKS.md`, "The node's
+/// allocator"). Libraries leave the choice to their embedder.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 
 fn main() -> ExitCode {
