@@ -200,7 +200,8 @@ fn update_rounds(a: &Replica, b: &Replica, mut after: Option<ProgressToken>, n: 
     for v in 1..=rounds {
         let mut batch = WriteBatch::new();
         for k in 0..UPDATE_ROUND_MESSAGES {
-            let (id, json) = workload_record((k * (n / UPDATE_ROUND_MESSAGES).max(1) + v) % n.max(1), v);
+            let (id, json) =
+                workload_record((k * (n / UPDATE_ROUND_MESSAGES).max(1) + v) % n.max(1), v);
             batch.write(WriteRequest {
                 protocol: protocol(),
                 path: doc(),
@@ -213,13 +214,20 @@ fn update_rounds(a: &Replica, b: &Replica, mut after: Option<ProgressToken>, n: 
         a.write_batch(&tenant(), batch).unwrap();
         let LogRead::Page(page) = a
             .ledger()
-            .read_log(&tenant(), &LogQuery::after(after, UPDATE_ROUND_MESSAGES as usize))
+            .read_log(
+                &tenant(),
+                &LogQuery::after(after, UPDATE_ROUND_MESSAGES as usize),
+            )
             .unwrap()
         else {
             panic!("a gap in a fresh log");
         };
         after = page.next;
-        let items: Vec<_> = page.entries.into_iter().map(|e| (e.message, e.data)).collect();
+        let items: Vec<_> = page
+            .entries
+            .into_iter()
+            .map(|e| (e.message, e.data))
+            .collect();
         let len = items.len();
         let (c0, w0) = (thread_cpu(), Instant::now());
         let applied = b

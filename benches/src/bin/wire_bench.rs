@@ -26,6 +26,11 @@
 //! A and B are fjall stores with synced commits in this process, each an `Engine` over
 //! `HttpConnector` pointed at the proxy.
 //!
+//! Each step also gives the CPU time (user and system, all threads, to the 10 ms clock
+//! tick) the node's process and this one (A and B) spent during it, from
+//! `/proc/PID/stat`: on a machine shared with other work the wall time varies, the CPU
+//! much less.
+//!
 //! Phases: A writes N records of ~200 bytes of JSON (`{_id, type, n, v, title, body,
 //! updatedAt}`) with `Replica::write_batch` (1,000 per commit); A syncs (its push); the empty B syncs until it
 //! holds all; A syncs again (what it downloads is the echo of its upload); then rounds
@@ -245,6 +250,56 @@ struct Step {
     wire: Wire,
     pulled: u64,
     pushed: u64,
+    /// CPU time spent meanwhile by the node's process and by this one (A and B).
+    cpu: Cpu,
+}
+
+/// CPU time (user and system, all threads) of the node's process and of this one.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    node: Duration,
+    client: Duration,
+}
+
+impl Cpu {
+    fn now(node: &NodeProcess) -> Self {
+        Cpu {
+            node: process_cpu(&node.child.id().to_string()),
+            client: process_cpu("self"),
+        }
+    }
+
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            node: self.node.saturating_sub(before.node),
+            client: self.client.saturating_sub(before.client),
+        }
+    }
+
+    fn plus(self, other: Cpu) -> Cpu {
+        Cpu {
+            node: self.node + other.node,
+            client: self.client + other.client,
+        }
+    }
+}
+
+/// Clock ticks a second of `/proc/PID/stat`'s times (`CLK_TCK`, 100 on Linux).
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
+/// CPU time (user and system) of process `pid` (or `self`) so far, from
+/// `/proc/PID/stat`, to the clock tick; zero where there is no such file.
+fn process_cpu(pid: &str) -> Duration {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (in parentheses, which may hold spaces) start
+    // at the state, field 3; utime and stime are fields 14 and 15.
+    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    Duration::from_secs_f64(ticks as f64 / CLOCK_TICKS_PER_SECOND)
 }
 
 async fn sync(
@@ -253,6 +308,7 @@ async fn sync(
     e: &Engine<Arc<HttpConnector>>,
 ) -> Step {
     let before = node.wire();
+    let cpu = Cpu::now(node);
     let start = Instant::now();
     let report = e.sync_once().await;
     let elapsed = start.elapsed();
@@ -263,6 +319,7 @@ async fn sync(
         wire: node.wire().since(before),
         pulled: report.pulled().messages,
         pushed: report.pushed().messages,
+        cpu: Cpu::now(node).since(cpu),
     }
 }
 
@@ -276,7 +333,7 @@ fn kib(b: u64) -> f64 {
 
 fn row(s: &Step) {
     println!(
-        "| {} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} |",
+        "| {} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} |",
         s.label,
         s.elapsed.as_secs_f64() * 1e3,
         s.pushed,
@@ -284,6 +341,8 @@ fn row(s: &Step) {
         kib(s.wire.up),
         kib(s.wire.down),
         kib(s.wire.total()),
+        s.cpu.node.as_secs_f64() * 1e3,
+        s.cpu.client.as_secs_f64() * 1e3,
     );
 }
 
@@ -642,6 +701,7 @@ fn main() {
             },
             pulled: pull.pulled,
             pushed: push.pushed,
+            cpu: push.cpu.plus(pull.cpu),
         };
         let echo = sync("A's next sync (echo)", &mut node, &ea).await;
         let echo_share = echo.wire.total() as f64 / push.wire.total().max(1) as f64;
@@ -662,6 +722,7 @@ fn main() {
                 },
                 pulled: sb.pulled,
                 pushed: sa.pushed,
+                cpu: sa.cpu.plus(sb.cpu),
             });
             steps.extend([sa, sb]);
         }
@@ -685,8 +746,10 @@ fn main() {
             payload as f64 / o.n.max(1) as f64,
             write_time.as_secs_f64()
         );
-        println!("| step | time (ms) | pushed | pulled | up (KiB) | down (KiB) | wire (KiB) |");
-        println!("|---|---:|---:|---:|---:|---:|---:|");
+        println!(
+            "| step | time (ms) | pushed | pulled | up (KiB) | down (KiB) | wire (KiB) | node CPU (ms) | A+B CPU (ms) |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for s in &steps {
             row(s);
         }
