@@ -44,9 +44,10 @@ impl<C: Connector> Engine<C> {
             // A gap: the push deals with it.
             LogRead::Gap(_) => false,
         };
+        // What had moved before the push sent anything: the count starts from there.
+        let mark = meter.moved_so_far();
         async move {
             if long {
-                let mark = meter.moved_so_far();
                 let stop = Arc::new(AtomicBool::new(false));
                 let _stop_on_drop = StopOnDrop(stop.clone());
                 let (engine, key, scope) = (self.clone(), ctx.key.clone(), ctx.scope.clone());
