@@ -160,8 +160,8 @@ impl<C: Connector> Engine<C> {
         let mut ahead: Option<(PageAt, Reply)> = None;
         while out.pages < cfg.catch_up_pages_max as u64 {
             let at = cursor.request();
-            // What this replica pushed is left out of the page (no echo). The first
-            // page also asks how much is left, for the operation's total.
+            // What this replica pushed is left out of the page (no echo). How much is
+            // left is asked beside the pages, after the first (`count_rest`).
             let reply = match ahead.take() {
                 Some((read, reply)) if read == at => reply,
                 _ => self.read_page(ctx, at, false).await?,

@@ -104,6 +104,9 @@ impl<C: Connector> Engine<C> {
         }
     }
 
+    /// Sends the local log from `start` page by page, `first` being its first page
+    /// (read already), one batch always ahead of the one delivered; the checkpoint moves
+    /// over each page's settled prefix.
     async fn send_pages(
         &self,
         ctx: &LinkCtx<C::Remote>,
