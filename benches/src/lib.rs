@@ -7,6 +7,24 @@
 
 pub mod wire_node;
 
+use sync_engine::{RecordKey, WriteRequest};
+use sync_types::{PrincipalId, ProtocolName, ProtocolPath};
+
+/// The write of version `v` of record `n` of issue 19's workload ([`workload_record`]) by
+/// `author`, under the protocol `https://example.com/docs` at path `doc`, as the benches
+/// configure it.
+pub fn workload_write(n: u64, v: u64, author: PrincipalId) -> WriteRequest {
+    let (id, json) = workload_record(n, v);
+    WriteRequest {
+        protocol: ProtocolName::new("https://example.com/docs").expect("a valid protocol"),
+        path: ProtocolPath::new("doc").expect("a valid path"),
+        key: RecordKey::Natural(id),
+        parent: None,
+        data: Some(json),
+        author,
+    }
+}
+
 /// A record of issue 19's workload, as `wire_bench`, `store_bench` and `apply_bench`
 /// write it: its key and about 200 bytes of JSON (`{_id, type, n, v, title, body,
 /// updatedAt}`), `n` the record and `v` its version.

@@ -36,8 +36,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::time::{Duration, Instant};
 
-use benches::workload_record;
-use sync_engine::{Origin, RecordKey, Replica, WriteBatch, WriteRequest};
+use benches::workload_write;
+use sync_engine::{Origin, Replica, WriteBatch};
 use sync_ledger::{Durability, LogQuery, LogRead};
 use sync_types::*;
 
@@ -248,15 +248,7 @@ fn update_rounds(a: &Replica, b: &Replica, mut after: Option<ProgressToken>, n: 
 fn write_records(a: &Replica, records: impl Iterator<Item = (u64, u64)>) {
     let mut batch = WriteBatch::new();
     for (n, v) in records {
-        let (id, json) = workload_record(n, v);
-        batch.write(WriteRequest {
-            protocol: protocol(),
-            path: doc(),
-            key: RecordKey::Natural(id),
-            parent: None,
-            data: Some(json),
-            author: author(),
-        });
+        batch.write(workload_write(n, v, author()));
     }
     a.write_batch(&tenant(), batch).unwrap();
 }

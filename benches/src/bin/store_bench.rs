@@ -30,9 +30,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use benches::workload_record;
+use benches::{workload_record, workload_write};
 use sync_engine::sync::HttpConnector;
-use sync_engine::{Engine, Identity, RecordKey, Replica, ReplicaHandler, WriteBatch, WriteRequest};
+use sync_engine::{Engine, Identity, Replica, ReplicaHandler, WriteBatch};
 use sync_transport::{Claims, ServerConfig, Token, TokenKey, serve};
 use sync_types::*;
 
@@ -211,15 +211,7 @@ fn main() {
         while i < n {
             let mut batch = WriteBatch::new();
             for k in i..(i + WRITE_BATCH_RECORDS).min(n) {
-                let (id, json) = workload_record(k, 0);
-                batch.write(WriteRequest {
-                    protocol: protocol(),
-                    path: doc(),
-                    key: RecordKey::Natural(id),
-                    parent: None,
-                    data: Some(json),
-                    author: author(),
-                });
+                batch.write(workload_write(k, 0, author()));
             }
             i += batch.len() as u64;
             ra.write_batch(&tenant(), batch).unwrap();

@@ -54,11 +54,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use benches::wire_node::{key, serve_node};
-use benches::workload_record;
+use benches::{workload_record, workload_write};
 use sync_engine::live::LiveSync;
 use sync_engine::machine::LinkConfig;
 use sync_engine::sync::HttpConnector;
-use sync_engine::{Engine, Identity, Origin, RecordKey, Replica, WriteBatch, WriteRequest};
+use sync_engine::{Engine, Identity, Origin, Replica, WriteBatch};
 use sync_transport::{Claims, Token};
 use sync_types::*;
 
@@ -667,15 +667,7 @@ fn main() {
         while n < o.n {
             let mut batch = WriteBatch::new();
             for i in n..(n + WRITE_BATCH_RECORDS).min(o.n) {
-                let (id, json) = workload_record(i, 0);
-                batch.write(WriteRequest {
-                    protocol: protocol(),
-                    path: doc(),
-                    key: RecordKey::Natural(id),
-                    parent: None,
-                    data: Some(json),
-                    author: author(),
-                });
+                batch.write(workload_write(i, 0, author()));
             }
             n += batch.len() as u64;
             ra.write_batch(&tenant(), batch).unwrap();

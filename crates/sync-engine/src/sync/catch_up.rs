@@ -17,8 +17,8 @@ use crate::error::{Error, Result};
 use super::blobs::big_data;
 use super::settle::{Next, PullCursor, Settle, settle, settled_prefix};
 use super::{
-    CatchUpOutcome, CatchUpStop, Connector, Engine, LinkCtx, STALLED_PAGES_MAX, Traffic,
-    item_bytes, too_large,
+    CatchUpOutcome, CatchUpStop, Connector, Engine, LinkCtx, STALLED_PAGES_MAX, SyncConfig,
+    Traffic, item_bytes, too_large,
 };
 
 /// Where the count of what a catch-up has left starts: after its first page, whose
@@ -122,11 +122,7 @@ impl<C: Connector> Engine<C> {
             && let Ok(Ok(h)) = self.read_page(ctx, (c.after, 1), true).await
             && let (LogPageReply::Page(page), Some(rest)) = (&h.reply, h.extent.remaining)
         {
-            let blobs = if self.inner.config.blob_fetch {
-                rest.blob_bytes + page_blob_bytes(page)
-            } else {
-                0
-            };
+            let blobs = blobs_to_fetch(&self.inner.config, page, rest.blob_bytes);
             let bytes: u64 = page
                 .entries
                 .iter()
@@ -271,11 +267,7 @@ impl<C: Connector> Engine<C> {
             // beside the next pages (`count_rest`). A node asked for no count answers
             // none (`extent.remaining`), but one that counts anyway is heard.
             if out.pages == 1 && extent.remaining.is_none() {
-                let blobs = if cfg.blob_fetch {
-                    page_blob_bytes(&page)
-                } else {
-                    0
-                };
+                let blobs = blobs_to_fetch(cfg, &page, 0);
                 let meter = &ctx.meters.pull;
                 if page.has_more {
                     let (m, b) = meter.moved_so_far();
@@ -291,11 +283,7 @@ impl<C: Connector> Engine<C> {
             }
             if let Some(rest) = extent.remaining {
                 // This page and the rest; their blobs are downloaded after the pages.
-                let blobs = if cfg.blob_fetch {
-                    rest.blob_bytes + page_blob_bytes(&page)
-                } else {
-                    0
-                };
+                let blobs = blobs_to_fetch(cfg, &page, rest.blob_bytes);
                 ctx.meters.pull.expect(
                     rest.messages + traffic.messages,
                     rest.bytes + traffic.bytes + blobs,
@@ -393,6 +381,16 @@ impl<C: Connector> Engine<C> {
             .map(|o| o.unwrap_or(ApplyOutcome::Deferred))
             .collect();
         Ok((outcomes, gated, traffic))
+    }
+}
+
+/// The blob bytes a catch-up downloads after its pages for `page` and `rest` bytes more
+/// (none when it fetches no blobs).
+fn blobs_to_fetch(cfg: &SyncConfig, page: &LogPage, rest: u64) -> u64 {
+    if cfg.blob_fetch {
+        rest + page_blob_bytes(page)
+    } else {
+        0
     }
 }
 

@@ -74,7 +74,11 @@ impl Meter {
     /// What is left to move is `messages` and `bytes`: the totals become what moved
     /// plus that (the newest count replaces an older one).
     pub(crate) fn expect(&self, messages: u64, bytes: u64) {
-        self.expect_since(self.moved_so_far(), messages, bytes);
+        let s = self.update(|s| {
+            s.messages_total = Some(s.messages.saturating_add(messages));
+            s.bytes_total = Some(s.bytes.saturating_add(bytes));
+        });
+        self.announce(s);
     }
 
     /// What was left to move when [`moved_so_far`](Self::moved_so_far) gave `mark` is
